@@ -1,0 +1,40 @@
+# sparsenet: `make demo` sets everything up and trains FashionMNIST; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EPOCHS ?= 10
+STAMP := $(VENV)/.installed
+
+.PHONY: setup data demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# No system MPI? Take MPICH from PyPI (mpi4py's wheels use it).
+	@if command -v mpiexec >/dev/null 2>&1; then echo "system MPI: $$(command -v mpiexec)"; \
+	  else $(PY) -m pip install -q mpich; fi
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# FashionMNIST from Debian's package where possible; otherwise sparsenet looks in its cache or downloads.
+data:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "FashionMNIST: /usr/share/datasets/fashion-mnist"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
+	  echo "FashionMNIST installed from Debian"; \
+	else echo "no Debian package available: sparsenet will use ~/.cache/sparsenet or download FashionMNIST"; fi
+
+demo: setup data
+	$(VENV)/bin/sparsenet train configs/fashion_mnist.yaml --set train.epochs=$(EPOCHS) --out runs/demo
+
+test: setup data
+	$(PY) -m pytest -q tests
+
+bench: setup data
+	$(PY) scripts/bench_fashion_mnist.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

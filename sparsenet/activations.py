@@ -1,0 +1,86 @@
+"""Hidden activations as per-layer negative slopes, and the output losses (softmax + CE, sigmoid + MSE).
+
+Every hidden activation here is f(z) = z for z > 0 and slope * z otherwise, so one kernel serves
+them all: relu (slope 0), leaky_relu (slope alpha) and All-ReLU (paper eq. 3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "all_relu")
+OUTPUTS = ("softmax", "sigmoid")
+
+
+def hidden_slopes(activation: str, alpha: float, n_hidden: int) -> list[float]:
+    """Negative-side slope of each hidden layer, first hidden layer first.
+
+    All-ReLU numbers neuron layers from the input (l = 1), so the first hidden layer is l = 2:
+    slope -alpha where l is even, +alpha where l is odd.
+    """
+    if activation == "relu":
+        return [0.0] * n_hidden
+    if activation == "leaky_relu":
+        return [float(alpha)] * n_hidden
+    if activation == "all_relu":
+        return [-float(alpha) if (h + 2) % 2 == 0 else float(alpha) for h in range(n_hidden)]
+    raise ValueError(f"unknown activation {activation!r}; allowed: {', '.join(HIDDEN_ACTIVATIONS)}")
+
+
+@njit(fastmath=False, cache=True)
+def _softmax_cross_entropy(z, labels, delta, scale):
+    n_classes, batch = z.shape
+    loss = 0.0
+    correct = 0
+    for b in range(batch):
+        m = z[0, b]
+        best = 0
+        for c in range(1, n_classes):
+            if z[c, b] > m:
+                m = z[c, b]
+                best = c
+        total = 0.0
+        for c in range(n_classes):
+            total += np.exp(np.float64(z[c, b] - m))
+        log_total = np.log(total)
+        y = labels[b]
+        loss += log_total - (z[y, b] - m)
+        correct += best == y
+        for c in range(n_classes):
+            p = np.exp(np.float64(z[c, b] - m) - log_total)
+            delta[c, b] = (p - (1.0 if c == y else 0.0)) * scale
+    return loss, correct
+
+
+@njit(fastmath=False, cache=True)
+def _sigmoid_mse(z, labels, delta, scale):
+    n_classes, batch = z.shape
+    loss = 0.0
+    correct = 0
+    for b in range(batch):
+        y = labels[b]
+        best = 0
+        for c in range(n_classes):
+            a = 1.0 / (1.0 + np.exp(-np.float64(z[c, b])))
+            t = 1.0 if c == y else 0.0
+            loss += 0.5 * (a - t) ** 2
+            delta[c, b] = (a - t) * a * (1.0 - a) * scale
+            if z[c, b] > z[best, b]:
+                best = c
+        correct += best == y
+    return loss, correct
+
+
+def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarray) -> tuple[float, int]:
+    """Summed loss and correct count of logits z (n_classes, batch); delta gets dLoss/dz / batch."""
+    if z.shape != delta.shape or labels.shape != (z.shape[1],):
+        raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
+    scale = 1.0 / z.shape[1]
+    if output == "softmax":
+        loss, correct = _softmax_cross_entropy(z, labels, delta, scale)
+    elif output == "sigmoid":
+        loss, correct = _sigmoid_mse(z, labels, delta, scale)
+    else:
+        raise ValueError(f"unknown output {output!r}; allowed: {', '.join(OUTPUTS)}")
+    return float(loss), int(correct)

@@ -1,0 +1,167 @@
+"""HDF5 checkpoints: the only h5py import. Atomic writes; every array validated on load."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError
+
+FORMAT_NAME = "sparsenet-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LayerArrays:
+    """One layer as stored: output-major rows/cols/values, bias and optimizer state."""
+
+    n_in: int
+    n_out: int
+    rows: np.ndarray
+    cols: np.ndarray
+    values: np.ndarray
+    bias: np.ndarray
+    velocity: np.ndarray
+    bias_velocity: np.ndarray
+
+
+@dataclass
+class CheckpointData:
+    """Everything needed to evaluate a model or resume its training."""
+
+    layers: list[LayerArrays]
+    slopes: list[float]
+    dropout: float
+    output: str
+    epoch: int
+    rng_state: dict
+    history: list[dict]
+    config_yaml: str
+
+
+def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
+    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    import h5py
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["epoch"] = int(data.epoch)
+            f.attrs["n_layers"] = len(data.layers)
+            f.attrs["slopes"] = np.asarray(data.slopes, dtype=np.float64)
+            f.attrs["dropout"] = float(data.dropout)
+            f.attrs["output"] = data.output
+            f.attrs["rng_state"] = json.dumps(data.rng_state)
+            f.attrs["config"] = data.config_yaml
+            f.create_dataset("history", data=json.dumps(data.history))
+            for l, layer in enumerate(data.layers):
+                g = f.create_group(f"layers/{l}")
+                g.attrs["n_in"] = int(layer.n_in)
+                g.attrs["n_out"] = int(layer.n_out)
+                for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
+                    g.create_dataset(name, data=getattr(layer, name))
+            f.flush()
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
+    """Read and fully validate a checkpoint; any defect raises CheckpointError naming it."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+    try:
+        with f:
+            return _read(f, path)
+    except CheckpointError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged or incomplete: {type(exc).__name__}: {exc}") from None
+
+
+def _attr(f, name: str, path: Path):
+    if name not in f.attrs:
+        raise CheckpointError(f"checkpoint {path} lacks the attribute {name!r}; is it a sparsenet checkpoint?")
+    value = f.attrs[name]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _read(f, path: Path) -> CheckpointData:
+    if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
+        raise CheckpointError(f"{path} is not a sparsenet checkpoint (format attribute {f.attrs.get('format')!r})")
+    version = int(_attr(f, "format_version", path))
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this sparsenet reads version {FORMAT_VERSION} only")
+    n_layers = int(_attr(f, "n_layers", path))
+    slopes = [float(s) for s in np.atleast_1d(_attr(f, "slopes", path))]
+    if n_layers < 1 or len(slopes) != n_layers - 1:
+        raise CheckpointError(f"checkpoint {path} has {n_layers} layers but {len(slopes)} hidden slopes")
+    layers = [_read_layer(f, l, path) for l in range(n_layers)]
+    for l in range(1, n_layers):
+        if layers[l].n_in != layers[l - 1].n_out:
+            raise CheckpointError(f"checkpoint {path}: layer {l} has {layers[l].n_in} inputs but layer {l - 1} has {layers[l - 1].n_out} outputs")
+    history_raw = f["history"][()]
+    history = json.loads(history_raw.decode() if isinstance(history_raw, bytes) else history_raw)
+    return CheckpointData(
+        layers=layers, slopes=slopes, dropout=float(_attr(f, "dropout", path)), output=str(_attr(f, "output", path)),
+        epoch=int(_attr(f, "epoch", path)), rng_state=json.loads(_attr(f, "rng_state", path)),
+        history=history, config_yaml=str(_attr(f, "config", path)))
+
+
+def _read_layer(f, l: int, path: Path) -> LayerArrays:
+    name = f"layers/{l}"
+    if name not in f:
+        raise CheckpointError(f"checkpoint {path} lacks group {name!r}")
+    g = f[name]
+    n_in, n_out = int(g.attrs["n_in"]), int(g.attrs["n_out"])
+    if n_in < 1 or n_out < 1:
+        raise CheckpointError(f"checkpoint {path}: layer {l} has shape {n_in} x {n_out}")
+    arrays = {}
+    expected = {"rows": np.int32, "cols": np.int32, "values": np.float32, "velocity": np.float32,
+                "bias": np.float32, "bias_velocity": np.float32}
+    for key, dtype in expected.items():
+        if key not in g:
+            raise CheckpointError(f"checkpoint {path}: layer {l} lacks {key!r}")
+        arr = g[key][()]
+        if arr.ndim != 1 or arr.dtype != dtype:
+            raise CheckpointError(f"checkpoint {path}: layer {l} {key} is {arr.dtype} {arr.shape}, expected 1-D {np.dtype(dtype)}")
+        arrays[key] = arr
+    nnz = arrays["values"].shape[0]
+    for key in ("rows", "cols", "velocity"):
+        if arrays[key].shape[0] != nnz:
+            raise CheckpointError(f"checkpoint {path}: layer {l} has {nnz} values but {arrays[key].shape[0]} {key}")
+    for key in ("bias", "bias_velocity"):
+        if arrays[key].shape[0] != n_out:
+            raise CheckpointError(f"checkpoint {path}: layer {l} has {n_out} outputs but {arrays[key].shape[0]} {key}")
+    rows, cols = arrays["rows"], arrays["cols"]
+    if nnz and (rows.min() < 0 or rows.max() >= n_in or cols.min() < 0 or cols.max() >= n_out):
+        raise CheckpointError(f"checkpoint {path}: layer {l} holds indices outside its {n_in} x {n_out} shape")
+    keys = cols.astype(np.int64) * n_in + rows
+    if nnz > 1 and not np.all(keys[1:] > keys[:-1]):
+        raise CheckpointError(f"checkpoint {path}: layer {l} connections are duplicated or not in output-major order")
+    for key in ("values", "bias", "velocity", "bias_velocity"):
+        if not np.all(np.isfinite(arrays[key])):
+            raise CheckpointError(f"checkpoint {path}: layer {l} {key} contains NaN or infinity")
+    return LayerArrays(n_in, n_out, **arrays)

@@ -1,0 +1,402 @@
+"""Run configuration: YAML -> frozen dataclasses, one validation pass, `--set a.b=value` overrides.
+
+Every field carries its validation rule in its metadata; a section is a frozen dataclass
+listed in `Config` with `field(default_factory=...)`. Adding a field is one line, adding a
+section is a dataclass plus one line in `Config` (plus, optionally, an entry in `_CROSS_CHECKS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from sparsenet.errors import ConfigError
+
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "CheckpointConfig",
+    "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
+]
+
+
+# ---------------------------------------------------------------- validation rules
+
+def _got(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+class _Int:
+    """An integer (bool rejected, 10.0 rejected) within optional bounds; optionally null."""
+
+    def __init__(self, lo: int | None = None, hi: int | None = None, null: bool = False):
+        self.lo, self.hi, self.null = lo, hi, null
+
+    def __call__(self, key: str, value: Any) -> int | None:
+        if value is None and self.null:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            kind = "an integer or null" if self.null else "an integer"
+            raise ConfigError(f"config key '{key}' must be {kind}, got {_got(value)}")
+        value = int(value)
+        _check_range(key, value, self.lo, self.hi, False, False)
+        return value
+
+
+class _Float:
+    """A finite real number (ints accepted, bool rejected) within optional open/closed bounds."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False):
+        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+
+    def __call__(self, key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ConfigError(f"config key '{key}' must be a number, got {_got(value)}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+        _check_range(key, number, self.lo, self.hi, self.lo_open, self.hi_open, shown=value)
+        return number
+
+
+def _check_range(key: str, value: float, lo, hi, lo_open: bool, hi_open: bool,
+                 shown: Any = None) -> None:
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    if not (too_low or too_high):
+        return
+    if lo is not None and hi is not None:
+        allowed = f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        allowed = f"{'>' if lo_open else '>='} {_num(lo)}"
+    else:
+        allowed = f"{'<' if hi_open else '<='} {_num(hi)}"
+    shown = value if shown is None else shown
+    raise ConfigError(f"config key '{key}' must be {allowed}, got {shown}")
+
+
+class _Bool:
+    def __call__(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {_got(value)}")
+        return value
+
+
+class _Choice:
+    def __init__(self, *options: str):
+        self.options = options
+
+    def __call__(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.options:
+            raise ConfigError(
+                f"config key '{key}' must be one of {', '.join(self.options)}, got {value!r}")
+        return value
+
+
+class _Str:
+    """A non-empty string (os.PathLike accepted and converted); optionally null."""
+
+    def __init__(self, null: bool = False):
+        self.null = null
+
+    def __call__(self, key: str, value: Any) -> str | None:
+        if value is None and self.null:
+            return None
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value:
+            kind = "a non-empty string or null" if self.null else "a non-empty string"
+            raise ConfigError(f"config key '{key}' must be {kind}, got {_got(value)}")
+        return value
+
+
+class _PositiveInts:
+    """A non-empty list of positive integers, stored as a tuple."""
+
+    def __call__(self, key: str, value: Any) -> tuple[int, ...]:
+        ok = (isinstance(value, (list, tuple)) and len(value) > 0 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value))
+        if not ok:
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(
+                f"config key '{key}' must be a non-empty list of positive integers, got {shown!r}")
+        return tuple(int(v) for v in value)
+
+
+def _field(default: Any, rule: Callable[[str, Any], Any]) -> Any:
+    return field(default=default, metadata={"rule": rule})
+
+
+# ---------------------------------------------------------------- sections
+
+DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "npz", "csv", "hdf5")
+FILE_SOURCES = ("npz", "csv", "hdf5")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples come from and how they are preprocessed."""
+
+    name: str = _field("fashion_mnist", _Choice(*DATA_SOURCES))
+    path: str | None = _field(None, _Str(null=True))       # required for npz/csv/hdf5
+    test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True))
+    standardize: bool = _field(True, _Bool())
+    label_column: int = _field(-1, _Int())                 # csv only
+    samples: int = _field(2600, _Int(lo=10))               # synthetic only, from here on
+    features: int = _field(500, _Int(lo=2))
+    informative: int = _field(5, _Int(lo=1))
+    redundant: int = _field(15, _Int(lo=0))
+    classes: int = _field(2, _Int(lo=2))
+    max_train: int | None = _field(None, _Int(lo=1, null=True))
+    max_test: int | None = _field(None, _Int(lo=1, null=True))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the sparse MLP (hidden widths, sparsity level, activations)."""
+
+    hidden: tuple[int, ...] = _field((1000, 1000, 1000), _PositiveInts())
+    epsilon: float = _field(20.0, _Float(lo=0, lo_open=True))
+    activation: str = _field("all_relu", _Choice("relu", "leaky_relu", "all_relu"))
+    alpha: float = _field(0.6, _Float(lo=0))
+    init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform"))
+    dropout: float = _field(0.3, _Float(0, 1, hi_open=True))
+    output: str = _field("softmax", _Choice("softmax", "sigmoid"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum and weight decay."""
+
+    epochs: int = _field(500, _Int(lo=1))
+    batch_size: int = _field(128, _Int(lo=1))
+    lr: float = _field(0.01, _Float(lo=0, lo_open=True))
+    momentum: float = _field(0.9, _Float(0, 1, hi_open=True))
+    weight_decay: float = _field(0.0002, _Float(lo=0))
+    eval_batch_size: int = _field(2048, _Int(lo=1))
+    progress: bool = _field(True, _Bool())
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Sparse Evolutionary Training: fraction zeta of weights removed and regrown each epoch."""
+
+    zeta: float = _field(0.3, _Float(0, 1, hi_open=True))
+    evolve_output: bool = _field(False, _Bool())
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = _field(10, _Int(lo=1))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration; top-level scalars first, then one field per section."""
+
+    seed: int = _field(0, _Int(lo=0))
+    threads: int = _field(0, _Int(lo=0))                   # 0 = all cores
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+def _check_data(c: DataConfig) -> None:
+    if c.name in FILE_SOURCES and c.path is None:
+        raise ConfigError(f"config key 'data.path' is required when data.name is '{c.name}', "
+                          f"got null; set it to the {c.name} file")
+    if c.informative > c.features:
+        raise ConfigError(f"config key 'data.informative' must be <= data.features "
+                          f"({c.features}), got {c.informative}")
+    if c.informative + c.redundant > c.features:
+        raise ConfigError(f"config key 'data.redundant' must be <= data.features - "
+                          f"data.informative ({c.features - c.informative}), got {c.redundant}")
+
+
+# Checks that involve several fields of one section (Config: across sections), run after the
+# per-field rules.
+_CROSS_CHECKS: dict[type, Callable[[Any], None]] = {DataConfig: _check_data}
+
+
+# ---------------------------------------------------------------- dict <-> Config
+
+def _section_fields(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, type]]:
+    """Split a dataclass's fields into scalar fields (with a rule) and sub-sections."""
+    scalars, sections = {}, {}
+    for f in dataclasses.fields(cls):
+        factory = f.default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            sections[f.name] = factory
+        elif "rule" in f.metadata:
+            scalars[f.name] = f
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no validation rule; "
+                            f"declare it with _field(default, rule)")
+    return scalars, sections
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        where = f"config section '{prefix}'" if prefix else "the config"
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {_got(raw)}")
+    scalars, sections = _section_fields(cls)
+    for key in raw:
+        if key not in scalars and key not in sections:
+            valid = ", ".join(sorted([*scalars, *sections]))
+            where = f"in '{prefix}'" if prefix else "at the top level"
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown config key '{full}'; valid keys {where}: {valid}")
+    values = {}
+    for name, f in scalars.items():
+        if name in raw:
+            values[name] = f.metadata["rule"](f"{prefix}.{name}" if prefix else name, raw[name])
+    for name, sub in sections.items():
+        values[name] = _build(sub, raw.get(name), f"{prefix}.{name}" if prefix else name)
+    obj = cls(**values)
+    check = _CROSS_CHECKS.get(cls)
+    if check is not None:
+        check(obj)
+    return obj
+
+
+def config_from_dict(d: Mapping) -> Config:
+    """Validate a nested mapping (as read from YAML or a checkpoint) into a Config."""
+    return _build(Config, d, "")
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Nested dict of plain YAML types (tuples become lists); inverse of config_from_dict."""
+    return _plain(cfg)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`."""
+
+
+_Dumper.add_representer(
+    list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False)
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write cfg as YAML to path."""
+    try:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(config_to_yaml(cfg))
+    except OSError as e:
+        raise ConfigError(f"cannot write config file '{os.fspath(path)}': {e.strerror or e}") from e
+
+
+# ---------------------------------------------------------------- YAML reading
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (PyYAML wants 1.0e-3) and rejects duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError(f"invalid override {text!r}: expected the form KEY=VALUE, "
+                          f"e.g. train.lr=0.1 or model.hidden=[200,200]")
+    try:
+        parsed = yaml.load(value, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid override {text!r}: value is not valid YAML "
+                          f"({_yaml_problem(e)})") from e
+    return [p.strip() for p in parts], parsed
+
+
+def _apply_override(raw: dict, text: str) -> None:
+    parts, value = _parse_override(text)
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"invalid override {text!r}: '{where}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None = all defaults), apply `a.b=value` overrides, validate."""
+    raw: Any = {}
+    if path is not None:
+        name = os.fspath(path)
+        try:
+            with open(name, encoding="utf-8") as fh:
+                raw = yaml.load(fh, Loader=_Loader)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file '{name}' not found") from e
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(f"cannot read config file '{name}': {reason}") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"cannot parse config file '{name}': {_yaml_problem(e)}") from e
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{name}' must hold a mapping of sections at the "
+                              f"top level, got {type(raw).__name__}")
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides:
+        _apply_override(raw, text)
+    return config_from_dict(raw)

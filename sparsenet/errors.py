@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message on one line and exits with code 2."""
+
+
+class SparsenetError(Exception):
+    """Base class for errors caused by bad input (config, data, checkpoint)."""
+
+
+class ConfigError(SparsenetError):
+    """The configuration is invalid: unknown key, wrong type or out of range."""
+
+
+class DataError(SparsenetError):
+    """A dataset is missing, malformed or inconsistent."""
+
+
+class CheckpointError(SparsenetError):
+    """A checkpoint file is truncated, of another format version or inconsistent."""

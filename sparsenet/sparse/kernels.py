@@ -1,0 +1,174 @@
+"""Numba kernels on the non-zeros of a layer; activations are feature-major (neurons, batch) float32.
+
+Each public function validates its arrays and calls a private `_kernel`. Every output element
+is written by exactly one thread in a fixed order, so results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .layer import SparseLayer
+
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@njit(inline="always")
+def _uniform_bits(key, counter):
+    """splitmix64 of (key, counter): 64 random bits, a counter-based RNG for dropout masks."""
+    z = key + (counter + np.uint64(1)) * _GOLDEN
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_threshold,
+                    keep_scale, drop_key, out, grad_factor, store_factor):
+    n_out, batch = out.shape
+    for j in prange(n_out):
+        acc = out[j]
+        b0 = bias[j]
+        for b in range(batch):
+            acc[b] = b0
+        for k in range(out_ptr[j], out_ptr[j + 1]):
+            w = values[k]
+            xi = x[rows[k]]
+            for b in range(batch):
+                acc[b] += w * xi[b]
+        if apply_act:
+            g = grad_factor[j]
+            base = np.uint64(j) * np.uint64(batch)
+            for b in range(batch):
+                z = acc[b]
+                d = np.float32(1.0) if z > 0 else slope
+                m = np.float32(1.0)
+                if keep_threshold != 0:
+                    bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
+                    m = keep_scale if bits < keep_threshold else np.float32(0.0)
+                acc[b] = z * d * m
+                if store_factor:
+                    g[b] = d * m
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _backward_kernel(x, delta, cols, values, in_ptr, in_perm, grad_factor, grad, dx):
+    n_in, batch = x.shape
+    for i in prange(n_in):
+        xi = x[i]
+        dxi = dx[i]
+        for b in range(batch):
+            dxi[b] = 0.0
+        for k in range(in_ptr[i], in_ptr[i + 1]):
+            idx = in_perm[k]
+            dj = delta[cols[idx]]
+            w = values[idx]
+            s = np.float32(0.0)
+            for b in range(batch):
+                s += dj[b] * xi[b]
+                dxi[b] += w * dj[b]
+            grad[idx] = s
+        gi = grad_factor[i]
+        for b in range(batch):
+            dxi[b] *= gi[b]
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _weight_grad_kernel(x, delta, rows, cols, grad):
+    batch = x.shape[1]
+    for k in prange(grad.shape[0]):
+        xi = x[rows[k]]
+        dj = delta[cols[k]]
+        s = np.float32(0.0)
+        for b in range(batch):
+            s += dj[b] * xi[b]
+        grad[k] = s
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _row_sum_kernel(a, out):
+    for j in prange(a.shape[0]):
+        s = np.float32(0.0)
+        row = a[j]
+        for b in range(row.shape[0]):
+            s += row[b]
+        out[j] = s
+
+
+def _check_activations(name: str, a: np.ndarray, n: int, batch: int | None = None) -> None:
+    if a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be a C-contiguous 2-D float32 array, got {a.dtype} {a.shape}")
+    if a.shape[0] != n or (batch is not None and a.shape[1] != batch):
+        raise ValueError(f"{name} must have shape ({n}, {batch if batch is not None else 'batch'}), got {a.shape}")
+
+
+def forward(layer: SparseLayer, x: np.ndarray, out: np.ndarray, *, slope: float | None = None,
+            dropout: float = 0.0, drop_key: int = 0, grad_factor: np.ndarray | None = None) -> np.ndarray:
+    """out (n_out, batch) = W x + b, then optionally f(z) = z if z > 0 else slope * z and dropout.
+
+    With `grad_factor` (n_out, batch), stores f'(z) * dropout-scale there for the backward pass.
+    Dropout keeps each unit with probability 1 - dropout and scales it by 1 / (1 - dropout).
+    """
+    _check_activations("x", x, layer.n_in)
+    _check_activations("out", out, layer.n_out, x.shape[1])
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    apply_act = slope is not None
+    if dropout > 0.0 and not apply_act:
+        raise ValueError("dropout needs an activation (slope)")
+    store = grad_factor is not None
+    if store:
+        _check_activations("grad_factor", grad_factor, layer.n_out, x.shape[1])
+    else:
+        grad_factor = out  # unused placeholder of the right type
+    keep_threshold = np.uint64(0) if dropout == 0.0 else np.uint64(min(int((1.0 - dropout) * 2**32), 2**32 - 1))
+    keep_scale = np.float32(1.0 / (1.0 - dropout))
+    _forward_kernel(x, layer.rows, layer.values, layer.out_ptr, layer.bias,
+                    np.float32(slope if apply_act else 0.0), apply_act, keep_threshold, keep_scale,
+                    np.uint64(drop_key & 0xFFFFFFFFFFFFFFFF), out, grad_factor, store)
+    return out
+
+
+def backward(layer: SparseLayer, x: np.ndarray, delta: np.ndarray, grad: np.ndarray,
+             dx: np.ndarray | None = None, grad_factor: np.ndarray | None = None) -> None:
+    """grad (nnz,) = sum over batch of delta[col] * x[row] on existing connections only.
+
+    With `dx`, also dx (n_in, batch) = (W^T delta) * grad_factor, the delta of the layer below.
+    """
+    _check_activations("x", x, layer.n_in)
+    _check_activations("delta", delta, layer.n_out, x.shape[1])
+    if grad.dtype != np.float32 or grad.shape != (layer.nnz,):
+        raise ValueError(f"grad must be float32 of shape ({layer.nnz},), got {grad.dtype} {grad.shape}")
+    if dx is None:
+        _weight_grad_kernel(x, delta, layer.rows, layer.cols, grad)
+        return
+    _check_activations("dx", dx, layer.n_in, x.shape[1])
+    _check_activations("grad_factor", grad_factor, layer.n_in, x.shape[1])
+    _backward_kernel(x, delta, layer.cols, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx)
+
+
+def row_sums(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (n,) = a (n, batch) summed over the batch; the bias gradient."""
+    _row_sum_kernel(a, out)
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _gather_kernel(x, index, out):
+    n_features = x.shape[1]
+    for f in prange(n_features):
+        row = out[f]
+        for b in range(index.shape[0]):
+            row[b] = x[index[b], f]
+
+
+def gather_batch(x: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (n_features, batch) = x[index].T for samples x (n, n_features) float32."""
+    if x.dtype != np.float32 or x.ndim != 2:
+        raise ValueError(f"x must be a 2-D float32 array, got {x.dtype} {x.shape}")
+    _check_activations("out", out, x.shape[1], index.shape[0])
+    _gather_kernel(x, np.ascontiguousarray(index, dtype=np.int64), out)
+    return out

@@ -1,0 +1,184 @@
+"""Sequential SET training: state, the per-batch step (reused by MPI workers), the epoch loop, resume."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import yaml
+
+from . import checkpoint as ckpt
+from .config import Config, config_from_dict, config_to_dict, config_to_yaml, dump_config
+from .data import Dataset, load_dataset
+from .errors import ConfigError
+from .evolution import prune_and_regrow
+from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
+from .model import SparseMLP
+from .optim import MomentumSGD
+from .sparse import kernels
+from .sparse.layer import SparseLayer
+
+# Sections that define the model and its data: a resumed run must not change them.
+FROZEN_ON_RESUME = ("seed", "data", "model")
+
+
+@dataclass
+class TrainingState:
+    """What a run carries from epoch to epoch; `epoch` counts completed epochs."""
+
+    model: SparseMLP
+    optimizer: MomentumSGD
+    rng: np.random.Generator
+    epoch: int
+    history: list[dict]
+
+
+def set_threads(threads: int) -> int:
+    """Use `threads` kernel threads (0 = all the cores numba sees); returns the count in use."""
+    count = numba.config.NUMBA_NUM_THREADS if threads == 0 else min(threads, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(count)
+    return count
+
+
+def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
+    """A freshly initialised model and optimizer; every random draw comes from one seeded generator."""
+    rng = np.random.default_rng(cfg.seed)
+    m = cfg.model
+    model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
+                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
+    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    return TrainingState(model, optimizer, rng, 0, [])
+
+
+def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
+    model, opt = state.model, state.optimizer
+    layers = [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
+                               opt.velocities[l], opt.bias_velocities[l]) for l, layer in enumerate(model.layers)]
+    return ckpt.CheckpointData(layers, model.slopes, model.dropout, model.output, state.epoch,
+                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg))
+
+
+def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
+    layers = [SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias) for a in data.layers]
+    return SparseMLP(layers, data.slopes, data.dropout, data.output)
+
+
+def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingState:
+    model = model_from_checkpoint(data)
+    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    optimizer.velocities = [a.velocity for a in data.layers]
+    optimizer.bias_velocities = [a.bias_velocity for a in data.layers]
+    rng = np.random.default_rng()
+    rng.bit_generator.state = data.rng_state
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history))
+
+
+def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[float, int]:
+    """Gradients on samples x[index] and one optimizer update; returns summed loss and correct count."""
+    loss, correct = compute_gradients(state.model, state.rng, x, y, index)
+    state.optimizer.step(state.model, state.model.grads, state.model.bias_grads)
+    return loss, correct
+
+
+def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
+                      index: np.ndarray) -> tuple[float, int]:
+    """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng)."""
+    kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
+    drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
+    return model.gradients(index.shape[0], y[index], drop_keys)
+
+
+def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: int,
+                progress: ProgressBar | None = None) -> tuple[float, float]:
+    """One pass over shuffled samples (the last batch may be smaller); mean loss and accuracy."""
+    order = state.rng.permutation(x.shape[0])
+    total_loss, total_correct = 0.0, 0
+    n_batches = -(-x.shape[0] // batch_size)
+    for step in range(n_batches):
+        index = order[step * batch_size:(step + 1) * batch_size]
+        loss, correct = train_step(state, x, y, index)
+        total_loss += loss
+        total_correct += correct
+        if progress is not None:
+            progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, x.shape[0]):.4f}")
+    return total_loss / x.shape[0], total_correct / x.shape[0]
+
+
+def evolve(state: TrainingState, cfg: Config) -> None:
+    """The SET step on every evolving layer (not the output unless asked; never a full layer)."""
+    if cfg.evolution.zeta <= 0:
+        return
+    model = state.model
+    last = len(model.layers) - 1
+    for l, layer in enumerate(model.layers):
+        if (l == last and not cfg.evolution.evolve_output) or layer.nnz >= layer.n_positions:
+            continue
+        model.layers[l], source = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng)
+        state.optimizer.follow_topology(l, source)
+    model.topology_changed()
+
+
+def check_resume_compatible(saved: Config, cfg: Config) -> None:
+    old, new = config_to_dict(saved), config_to_dict(cfg)
+    changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
+    if changed:
+        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+                          f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")
+
+
+def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
+    """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    threads = set_threads(cfg.threads)
+    checkpoint_path = out / "checkpoint.h5"
+    metrics_path = out / "metrics.jsonl"
+    data = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
+    log(f"data {data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test samples, "
+        f"{data.n_features} features, {data.n_classes} classes; {threads} kernel threads")
+
+    if resume and checkpoint_path.exists():
+        saved = ckpt.load_checkpoint(checkpoint_path)
+        check_resume_compatible(config_from_dict(yaml.safe_load(saved.config_yaml)), cfg)
+        state = state_from_checkpoint(saved, cfg)
+        log(f"resuming from {checkpoint_path} after epoch {state.epoch}")
+    else:
+        if resume:
+            log(f"no checkpoint at {checkpoint_path}; starting a new run")
+        t0 = time.perf_counter()
+        state = new_state(cfg, data.n_features, data.n_classes)
+        log(f"model {'-'.join(map(str, state.model.sizes))}, nnz per layer {state.model.nnz}, "
+            f"{state.model.n_parameters} parameters, init {time.perf_counter() - t0:.2f}s")
+    dump_config(cfg, out / "config.yaml")
+    write_metrics(metrics_path, state.history)
+
+    while state.epoch < cfg.train.epochs:
+        epoch = state.epoch + 1
+        t0 = time.perf_counter()
+        if epoch > 1:  # evolution runs between epochs, so a resumed run matches an uninterrupted one
+            evolve(state, cfg)
+        t1 = time.perf_counter()
+        bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
+                          enabled=cfg.train.progress)
+        train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)
+        bar.close()
+        t2 = time.perf_counter()
+        test_loss, test_acc = state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)
+        t3 = time.perf_counter()
+        state.epoch = epoch
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+               "test_loss": test_loss, "test_accuracy": test_acc,
+               "train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "eval_seconds": t3 - t2,
+               "nnz": state.model.nnz, "neurons": state.model.sizes,
+               "parameters": state.model.n_parameters, "peak_rss_mb": round(peak_rss_mb(), 1)}
+        state.history.append(row)
+        append_metrics(metrics_path, row)
+        log(f"epoch {epoch}/{cfg.train.epochs} train_loss {train_loss:.4f} test_loss {test_loss:.4f} "
+            f"test_accuracy {100 * test_acc:.2f}% | train {t2 - t1:.2f}s evolution {t1 - t0:.2f}s "
+            f"eval {t3 - t2:.2f}s | nnz {sum(state.model.nnz)}")
+        if epoch % cfg.checkpoint.every == 0 or epoch == cfg.train.epochs:
+            ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
+    return state

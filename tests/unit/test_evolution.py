@@ -1,0 +1,68 @@
+"""The SET step's invariants and the optimizer state that follows it."""
+
+import numpy as np
+import pytest
+
+from sparsenet.evolution import prune_and_regrow, weights_to_remove
+from sparsenet.model import SparseMLP
+from sparsenet.optim import MomentumSGD
+from sparsenet.sparse.init import erdos_renyi_layer
+
+
+@pytest.fixture
+def layer():
+    return erdos_renyi_layer(300, 200, 10, "he_uniform", np.random.default_rng(0))
+
+
+def test_removed_weights_are_those_nearest_zero_on_each_side(layer):
+    values = layer.values
+    removed = weights_to_remove(values, 0.3)
+    n_pos, n_neg = int((values >= 0).sum()), int((values < 0).sum())
+    assert removed.shape[0] == int(0.3 * n_pos) + int(0.3 * n_neg)
+    mask = np.zeros(values.shape[0], dtype=bool)
+    mask[removed] = True
+    pos_removed, pos_kept = values[mask & (values >= 0)], values[~mask & (values >= 0)]
+    neg_removed, neg_kept = values[mask & (values < 0)], values[~mask & (values < 0)]
+    assert pos_removed.shape[0] == int(0.3 * n_pos) and neg_removed.shape[0] == int(0.3 * n_neg)
+    assert pos_removed.max() <= pos_kept.min()
+    assert neg_removed.min() >= neg_kept.max()
+
+
+def test_prune_regrow_keeps_nnz_and_positions_unique(layer):
+    rng = np.random.default_rng(1)
+    new, source = prune_and_regrow(layer, 0.3, "he_uniform", rng)
+    assert new.nnz == layer.nnz
+    keys = new.keys()
+    assert np.all(np.diff(keys) > 0)
+    n_removed = weights_to_remove(layer.values, 0.3).shape[0]
+    assert (source == -1).sum() == n_removed
+    kept = source >= 0
+    # surviving connections keep their position and value
+    np.testing.assert_array_equal(keys[kept], layer.keys()[source[kept]])
+    np.testing.assert_array_equal(new.values[kept], layer.values[source[kept]])
+    # regrown ones sit where no surviving connection is and take init-range values
+    assert np.intersect1d(keys[~kept], keys[kept]).size == 0
+    assert np.abs(new.values[~kept]).max() <= np.sqrt(6 / 300)
+    assert new.out_ptr[-1] == new.nnz and np.all(np.diff(new.rows[new.in_perm]) >= 0)
+
+
+def test_new_weights_get_zero_optimizer_state():
+    rng = np.random.default_rng(2)
+    model = SparseMLP.initialize([20, 30, 5], epsilon=3, init="he_uniform", activation="relu", alpha=0,
+                                 dropout=0, output="softmax", rng=rng)
+    opt = MomentumSGD(model, 0.1, 0.9, 0.0)
+    opt.velocities[0][:] = rng.standard_normal(model.layers[0].nnz).astype(np.float32) + 5.0
+    old_velocity = opt.velocities[0].copy()
+    new, source = prune_and_regrow(model.layers[0], 0.3, "he_uniform", rng)
+    opt.follow_topology(0, source)
+    assert opt.velocities[0].shape == (new.nnz,)
+    np.testing.assert_array_equal(opt.velocities[0][source == -1], 0.0)
+    np.testing.assert_array_equal(opt.velocities[0][source >= 0], old_velocity[source[source >= 0]])
+
+
+def test_dense_layer_regrows_among_free_positions():
+    rng = np.random.default_rng(3)
+    layer = erdos_renyi_layer(12, 10, 4, "xavier", rng)  # density ~0.73
+    for _ in range(5):
+        layer, _ = prune_and_regrow(layer, 0.3, "xavier", rng)
+        assert np.all(np.diff(layer.keys()) > 0)

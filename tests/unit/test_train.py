@@ -1,0 +1,91 @@
+"""End-to-end sequential training: learning, bit-identical reruns and resumed runs, outputs."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sparsenet.checkpoint import load_checkpoint
+from sparsenet.config import load_config
+from sparsenet.train import run
+
+SMALL = ["data.name=synthetic", "data.samples=800", "data.features=40", "data.informative=8",
+         "data.redundant=4", "data.classes=3", "model.hidden=[48,32]", "model.epsilon=6",
+         "train.batch_size=16", "train.lr=0.03", "model.dropout=0.1", "train.progress=false", "checkpoint.every=1", "seed=5"]
+
+
+def small_config(*extra):
+    return load_config(None, SMALL + list(extra))
+
+
+def assert_same_checkpoint(a_path, b_path):
+    a, b = load_checkpoint(a_path), load_checkpoint(b_path)
+    assert a.epoch == b.epoch
+    assert a.rng_state == b.rng_state
+    for la, lb in zip(a.layers, b.layers):
+        for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
+            np.testing.assert_array_equal(getattr(la, name), getattr(lb, name), err_msg=name)
+
+
+def strip_timings(history):
+    drop = {"train_seconds", "evolution_seconds", "eval_seconds", "peak_rss_mb"}
+    return [{k: v for k, v in row.items() if k not in drop} for row in history]
+
+
+def test_training_learns_and_writes_outputs(tmp_path):
+    state = run(small_config("train.epochs=8"), tmp_path)
+    history = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6, 7, 8]
+    required = {"epoch", "train_loss", "test_loss", "test_accuracy", "train_seconds", "evolution_seconds",
+                "eval_seconds", "nnz", "neurons", "peak_rss_mb"}
+    assert required <= set(history[0])
+    assert history[0]["neurons"] == [40, 48, 32, 3]
+    assert history[-1]["nnz"] == state.model.nnz
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["test_accuracy"] > 0.6  # 3 balanced classes: chance is 1/3
+    assert (tmp_path / "config.yaml").read_text().startswith("seed: 5")
+    assert load_checkpoint(tmp_path / "checkpoint.h5").epoch == 8
+
+
+def test_same_seed_is_bit_identical(tmp_path):
+    run(small_config("train.epochs=3"), tmp_path / "a")
+    run(small_config("train.epochs=3"), tmp_path / "b")
+    assert_same_checkpoint(tmp_path / "a" / "checkpoint.h5", tmp_path / "b" / "checkpoint.h5")
+    ha = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    hb = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert strip_timings(ha) == strip_timings(hb)
+
+
+def test_other_seed_differs(tmp_path):
+    a = run(small_config("train.epochs=1"), tmp_path / "a")
+    b = run(small_config("train.epochs=1", "seed=6"), tmp_path / "b")
+    assert not np.array_equal(a.model.layers[0].keys(), b.model.layers[0].keys())
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+    run(small_config("train.epochs=4"), tmp_path / "full")
+    run(small_config("train.epochs=2"), tmp_path / "resumed")
+    run(small_config("train.epochs=4"), tmp_path / "resumed", resume=True)
+    assert_same_checkpoint(tmp_path / "full" / "checkpoint.h5", tmp_path / "resumed" / "checkpoint.h5")
+    full = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert strip_timings(full) == strip_timings(resumed)
+
+
+def test_resume_refuses_a_changed_model(tmp_path):
+    from sparsenet.errors import ConfigError
+
+    run(small_config("train.epochs=1"), tmp_path)
+    with pytest.raises(ConfigError, match="model"):
+        run(small_config("train.epochs=2", "model.hidden=[40,32]"), tmp_path, resume=True)
+
+
+def test_output_layer_evolves_only_when_asked(tmp_path):
+    sparse_output = "model.epsilon=1"  # below density 1, so the output layer can evolve
+    fixed = run(small_config("train.epochs=2", sparse_output), tmp_path / "fixed")
+    first = run(small_config("train.epochs=1", sparse_output), tmp_path / "first")
+    evolved = run(small_config("train.epochs=2", sparse_output, "evolution.evolve_output=true"), tmp_path / "evolved")
+    assert first.model.layers[-1].density < 1
+    assert np.array_equal(fixed.model.layers[-1].keys(), first.model.layers[-1].keys())
+    assert not np.array_equal(evolved.model.layers[-1].keys(), first.model.layers[-1].keys())
+    assert not np.array_equal(fixed.model.layers[0].keys(), first.model.layers[0].keys())
