@@ -1,4 +1,4 @@
-"""Command line: sparsenet train | evaluate | info. Bad input exits 2 with a one-line error."""
+"""Command line: sparsenet train | evaluate | info | plot. Bad input exits 2 with a one-line error."""
 
 from __future__ import annotations
 
@@ -26,24 +26,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _load_model_and_config(path: str, overrides: list[str]):
-    import yaml
-
     from .checkpoint import load_checkpoint
-    from .config import config_from_dict, config_to_dict, load_config
+    from .config import config_from_yaml, override_config
     from .train import model_from_checkpoint
 
     data = load_checkpoint(path)
-    saved = config_from_dict(yaml.safe_load(data.config_yaml))
-    cfg = load_config(None, [f"{k}={json.dumps(v)}" for k, v in _flatten(config_to_dict(saved))] + list(overrides))
+    cfg = override_config(config_from_yaml(data.config_yaml, f"the config stored in {path}"), overrides)
     return data, model_from_checkpoint(data), cfg
-
-
-def _flatten(d: dict, prefix: str = ""):
-    for key, value in d.items():
-        if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -85,6 +74,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_learning_curves
+
+    path = plot_learning_curves(args.metrics, args.out, args.label or None)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsenet", description="Truly sparse MLPs trained with SET on CPUs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint")
     info.add_argument("--json", action="store_true", help="print one JSON line")
     info.set_defaults(func=_cmd_info)
+    plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
+    plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
+    plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")
+    plot.add_argument("--label", action="append", default=[], help="legend label per file (repeatable)")
+    plot.set_defaults(func=_cmd_plot)
     return parser
 
 

@@ -22,7 +22,7 @@ from sparsenet.errors import ConfigError
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "CheckpointConfig",
-    "load_config", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
+    "load_config", "override_config", "config_from_yaml", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
 ]
 
 
@@ -400,3 +400,20 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     for text in overrides:
         _apply_override(raw, text)
     return config_from_dict(raw)
+
+
+def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
+    """cfg with `a.b=value` overrides applied, validated again."""
+    raw = config_to_dict(cfg)
+    for text in overrides:
+        _apply_override(raw, text)
+    return config_from_dict(raw)
+
+
+def config_from_yaml(text: str, source: str = "config text") -> Config:
+    """Validate a config held as YAML text (e.g. the one stored in a checkpoint)."""
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {source}: {_yaml_problem(e)}") from e
+    return config_from_dict(raw or {})

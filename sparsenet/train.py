@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numba
 import numpy as np
-import yaml
 
 from . import checkpoint as ckpt
-from .config import Config, config_from_dict, config_to_dict, config_to_yaml, dump_config
+from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
 from .data import Dataset, load_dataset
 from .errors import ConfigError
 from .evolution import prune_and_regrow
@@ -142,7 +141,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
 
     if resume and checkpoint_path.exists():
         saved = ckpt.load_checkpoint(checkpoint_path)
-        check_resume_compatible(config_from_dict(yaml.safe_load(saved.config_yaml)), cfg)
+        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
         state = state_from_checkpoint(saved, cfg)
         log(f"resuming from {checkpoint_path} after epoch {state.epoch}")
     else:

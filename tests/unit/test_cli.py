@@ -1,0 +1,133 @@
+"""The command line: train/evaluate/info, and bad input -> one-line error, exit code 2, no traceback."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+from sparsenet.cli import main
+
+SMALL = ["--set", "data.name=synthetic", "--set", "data.samples=300", "--set", "data.features=20",
+         "--set", "model.hidden=[24,16]", "--set", "model.epsilon=4", "--set", "train.epochs=2",
+         "--set", "train.batch_size=32", "--set", "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)]) == 0
+    return out
+
+
+def error_of(capsys, argv):
+    """Run the CLI in-process; return its one-line error after checking exit code 2."""
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("sparsenet: error: ") and "\n" not in err, err
+    return err
+
+
+def test_train_writes_outputs_and_evaluate_agrees(trained, capsys):
+    assert {p.name for p in trained.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.h5"}
+    last = json.loads((trained / "metrics.jsonl").read_text().splitlines()[-1])
+    capsys.readouterr()
+    assert main(["evaluate", str(trained / "checkpoint.h5")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["test_accuracy"] == pytest.approx(last["test_accuracy"])
+    assert result["test_loss"] == pytest.approx(last["test_loss"], rel=1e-5)
+
+
+def test_info_reports_layers(trained, capsys):
+    capsys.readouterr()
+    assert main(["info", str(trained / "checkpoint.h5"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["epoch"] == 2 and info["neurons"] == [20, 24, 16, 2] and len(info["nnz"]) == 3
+    assert main(["info", str(trained / "checkpoint.h5")]) == 0
+    text = capsys.readouterr().out
+    assert "20-24-16-2" in text and "epoch       2" in text
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("train.epoch=3", "unknown config key 'train.epoch'; valid keys in 'train': batch_size, epochs"),
+    ("evolution.zeta=1.3", "'evolution.zeta' must be in [0, 1), got 1.3"),
+    ("train.epochs=-2", "'train.epochs' must be"),
+    ("model.hidden=[]", "'model.hidden' must be a non-empty list of positive integers, got []"),
+    ("model.activation=tanh", "must be one of relu, leaky_relu, all_relu, got 'tanh'"),
+])
+def test_bad_config_values(capsys, tmp_path, override, expected):
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", "--set", override, "--out", str(tmp_path)])
+    assert expected in err
+
+
+def test_missing_dataset_says_where_it_looked(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARSENET_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("SPARSENET_DATA", str(tmp_path / "cache"))
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", "--set", "data.name=mnist",
+                            "--set", f"data.path={tmp_path / 'nowhere'}", "--out", str(tmp_path / "out")])
+    assert "mnist" in err and str(tmp_path / "nowhere") in err and str(tmp_path / "cache") in err
+    assert "download disabled" in err
+
+
+def test_malformed_and_mismatched_data_files(capsys, tmp_path):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"this is not a zip archive")
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", "--set", "data.name=npz",
+                            "--set", f"data.path={bad}", "--out", str(tmp_path / "o1")])
+    assert str(bad) in err
+    mismatch = tmp_path / "mismatch.npz"
+    np.savez(mismatch, x=np.zeros((10, 3), np.float32), y=np.zeros(9, np.int64))
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", "--set", "data.name=npz",
+                            "--set", f"data.path={mismatch}", "--out", str(tmp_path / "o2")])
+    assert "label count mismatch" in err and "10" in err and "9" in err
+
+
+def test_truncated_checkpoint(trained, capsys, tmp_path):
+    data = (trained / "checkpoint.h5").read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: len(data) // 2])
+    err = error_of(capsys, ["evaluate", str(cut)])
+    assert "cut.h5" in err and "truncated" in err
+
+
+def test_checkpoint_of_other_format_version(trained, capsys, tmp_path):
+    other = tmp_path / "v99.h5"
+    shutil.copy(trained / "checkpoint.h5", other)
+    with h5py.File(other, "a") as f:
+        f.attrs["format_version"] = 99
+    err = error_of(capsys, ["info", str(other)])
+    assert "format version 99" in err and "version 1" in err
+
+
+def test_checkpoint_with_indices_outside_layer(trained, capsys, tmp_path):
+    bad = tmp_path / "bad_index.h5"
+    shutil.copy(trained / "checkpoint.h5", bad)
+    with h5py.File(bad, "a") as f:
+        rows = f["layers/1/rows"][()]
+        rows[-1] = 10_000
+        f["layers/1/rows"][...] = rows
+    err = error_of(capsys, ["evaluate", str(bad)])
+    assert "layer 1" in err and "outside" in err
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sparsenet", "train", "configs/fashion_mnist.yaml",
+                           "--set", "evolution.zeta=1.3", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "sparsenet: error: config key 'evolution.zeta' must be in [0, 1), got 1.3"]
+
+
+def test_plot_writes_png(trained, capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "curve.png"
+    assert main(["plot", str(trained / "metrics.jsonl"), "--out", str(out), "--label", "small"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    err = error_of(capsys, ["plot", str(tmp_path / "missing.jsonl"), "--out", str(out)])
+    assert "missing.jsonl" in err
