@@ -184,6 +184,7 @@ class TrainConfig:
     lr: float = _field(0.01, _Float(lo=0, lo_open=True))
     momentum: float = _field(0.9, _Float(0, 1, hi_open=True))
     weight_decay: float = _field(0.0002, _Float(lo=0))
+    weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"))  # see optim.MomentumSGD
     eval_batch_size: int = _field(2048, _Int(lo=1))
     progress: bool = _field(True, _Bool())
 

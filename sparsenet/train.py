@@ -48,7 +48,7 @@ def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
     m = cfg.model
     model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
                                  activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
-    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay, cfg.train.weight_decay_mode)
     return TrainingState(model, optimizer, rng, 0, [])
 
 
@@ -67,7 +67,7 @@ def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
 
 def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingState:
     model = model_from_checkpoint(data)
-    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay)
+    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay, cfg.train.weight_decay_mode)
     optimizer.velocities = [a.velocity for a in data.layers]
     optimizer.bias_velocities = [a.bias_velocity for a in data.layers]
     rng = np.random.default_rng()
@@ -180,4 +180,17 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
             f"eval {t3 - t2:.2f}s | nnz {sum(state.model.nnz)}")
         if epoch % cfg.checkpoint.every == 0 or epoch == cfg.train.epochs:
             ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
+    if state.history:
+        log(summarize(state.history))
     return state
+
+
+def summarize(history: list[dict]) -> str:
+    """One line on a run: best and last test accuracy, parameters and time spent per phase."""
+    best = max(history, key=lambda r: r["test_accuracy"])
+    last = history[-1]
+    seconds = {k: sum(r[f"{k}_seconds"] for r in history) for k in ("train", "evolution", "eval")}
+    return (f"done: {last['epoch']} epochs; test accuracy last {100 * last['test_accuracy']:.2f}%, "
+            f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']}); "
+            f"parameters start {history[0]['parameters']} end {last['parameters']}; "
+            f"seconds train {seconds['train']:.1f} evolution {seconds['evolution']:.1f} eval {seconds['eval']:.1f}")

@@ -66,3 +66,25 @@ def test_dense_layer_regrows_among_free_positions():
     for _ in range(5):
         layer, _ = prune_and_regrow(layer, 0.3, "xavier", rng)
         assert np.all(np.diff(layer.keys()) > 0)
+
+
+@pytest.mark.parametrize("mode", ["coupled", "decoupled"])
+def test_momentum_sgd_update_rule(mode):
+    rng = np.random.default_rng(5)
+    model = SparseMLP.initialize([6, 4], epsilon=1, init="he_uniform", activation="relu", alpha=0,
+                                 dropout=0, output="softmax", rng=rng)
+    opt = MomentumSGD(model, lr=0.1, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode)
+    w0 = model.layers[0].values.astype(np.float64)
+    g = rng.standard_normal(w0.shape[0]).astype(np.float32)
+    v = np.zeros_like(w0)
+    w = w0.copy()
+    for _ in range(3):
+        opt.step(model, [g], [np.zeros(4, np.float32)])
+        if mode == "coupled":
+            v = 0.9 * v - 0.1 * (g + 0.01 * w)
+            w = w + v
+        else:
+            v = 0.9 * v - 0.1 * g
+            w = w + v - 0.01 * w
+    np.testing.assert_allclose(model.layers[0].values, w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.velocities[0], v, rtol=1e-5, atol=1e-6)
