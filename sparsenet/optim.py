@@ -12,12 +12,19 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _momentum_kernel(values, velocity, grad, lr, momentum, coupled_decay, decoupled_decay):
+def _momentum_coupled(values, velocity, grad, lr, momentum, weight_decay):
     for k in prange(values.shape[0]):
-        w = values[k]
-        v = momentum * velocity[k] - lr * (grad[k] + coupled_decay * w)
+        v = momentum * velocity[k] - lr * (grad[k] + weight_decay * values[k])
         velocity[k] = v
-        values[k] = w + v - decoupled_decay * w
+        values[k] += v
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _momentum_decoupled(values, velocity, grad, lr, momentum, weight_decay):
+    for k in prange(values.shape[0]):
+        v = momentum * velocity[k] - lr * grad[k]
+        velocity[k] = v
+        values[k] += v - weight_decay * values[k]
 
 
 class MomentumSGD:
@@ -42,11 +49,11 @@ class MomentumSGD:
              lr: float | None = None) -> None:
         """Apply one update of every layer from its weight and bias gradients."""
         lr = np.float32(self.lr if lr is None else lr)
-        momentum, decay, zero = np.float32(self.momentum), np.float32(self.weight_decay), np.float32(0.0)
-        coupled, decoupled = (decay, zero) if self.weight_decay_mode == "coupled" else (zero, decay)
+        momentum, decay = np.float32(self.momentum), np.float32(self.weight_decay)
+        kernel = _momentum_coupled if self.weight_decay_mode == "coupled" else _momentum_decoupled
         for l, layer in enumerate(model.layers):
-            _momentum_kernel(layer.values, self.velocities[l], grads[l], lr, momentum, coupled, decoupled)
-            _momentum_kernel(layer.bias, self.bias_velocities[l], bias_grads[l], lr, momentum, coupled, decoupled)
+            kernel(layer.values, self.velocities[l], grads[l], lr, momentum, decay)
+            kernel(layer.bias, self.bias_velocities[l], bias_grads[l], lr, momentum, decay)
 
     def follow_topology(self, layer_index: int, source: np.ndarray) -> None:
         """Realign a layer's state: new connection k takes old state[source[k]], or 0 where source is -1."""

@@ -49,9 +49,10 @@ def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_thres
                 if keep_threshold != 0:
                     bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
                     m = keep_scale if bits < keep_threshold else np.float32(0.0)
-                acc[b] = z * d * m
+                factor = d * m  # one product, so fastmath has nothing to reassociate
+                acc[b] = z * factor
                 if store_factor:
-                    g[b] = d * m
+                    g[b] = factor
 
 
 @njit(parallel=True, fastmath=True, cache=True)

@@ -89,3 +89,33 @@ def test_output_layer_evolves_only_when_asked(tmp_path):
     assert np.array_equal(fixed.model.layers[-1].keys(), first.model.layers[-1].keys())
     assert not np.array_equal(evolved.model.layers[-1].keys(), first.model.layers[-1].keys())
     assert not np.array_equal(fixed.model.layers[0].keys(), first.model.layers[0].keys())
+
+
+PROCESS_RUN = """
+import hashlib, sys
+from sparsenet.config import load_config
+from sparsenet.train import run
+state = run(load_config(None, sys.argv[2:]), sys.argv[1])
+digest = hashlib.sha256()
+for layer in state.model.layers:
+    for a in (layer.rows, layer.cols, layer.values, layer.bias):
+        digest.update(a.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_bit_identical_across_processes_compiled_or_cached(tmp_path):
+    """A run that compiles the kernels and one that loads them from numba's cache agree bit for bit."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba_cache"))
+    digests = []
+    for name in ("compiled", "cached"):
+        proc = subprocess.run([sys.executable, "-c", PROCESS_RUN, str(tmp_path / name), *SMALL, "train.epochs=2"],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        digests.append(proc.stdout.split()[-1])
+    assert any((tmp_path / "numba_cache").rglob("*.nbi"))
+    assert digests[0] == digests[1]
