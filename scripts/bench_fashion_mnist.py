@@ -1,12 +1,12 @@
 """Benchmark one FashionMNIST SET-MLP epoch as configured in configs/fashion_mnist.yaml.
 
-    cd /work/main && PYTHONPATH=. .venv/bin/python scripts/bench_fashion_mnist.py --epochs 3
+    make setup && .venv/bin/python scripts/bench_fashion_mnist.py --epochs 3
 
 Times train (`train_epoch`), evolution (`evolve`) and evaluation separately per epoch, after an
 uncounted numba warm-up, checks train + evolution against the per-epoch target and, if torch is
 importable, times a masked dense PyTorch SET-MLP of the same shape as a baseline.
 Options: --set KEY=VALUE (config override, repeatable), --epochs N, --threads N (0 = config /
-all cores), --json PATH, --check (exit 1 on FAIL).
+all cores), --json PATH, --check (exit 1 on FAIL), --no-torch (skip the PyTorch baseline).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="kernel threads (0 = config value / all cores)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write all figures as JSON")
     p.add_argument("--check", action="store_true", help="exit non-zero if the target is missed")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline even if torch is importable")
     return p.parse_args(argv)
 
 
@@ -59,7 +60,7 @@ def machine_info(threads: int) -> dict:
 def reproduce_command() -> str:
     python = os.path.relpath(sys.executable, ROOT)
     python = sys.executable if python.startswith("..") else python
-    return f"cd {ROOT} && PYTHONPATH=. {python} scripts/bench_fashion_mnist.py {shlex.join(sys.argv[1:])}".rstrip()
+    return f"cd {ROOT} && {python} scripts/bench_fashion_mnist.py {shlex.join(sys.argv[1:])}".rstrip()
 
 
 def warm_up(cfg, data) -> float:
@@ -215,9 +216,11 @@ def main(argv=None) -> int:
 
     baseline = None
     try:
+        if args.no_torch:
+            raise ImportError
         import torch  # noqa: F401
     except ImportError:
-        print("PyTorch comparison skipped: torch is not importable "
+        print("PyTorch comparison skipped: --no-torch given or torch not importable "
               "(enable it with `.venv/bin/pip install torch==2.13.0`, a CPU wheel on this machine's disk)")
     else:
         baseline = torch_baseline(cfg, data, args.epochs, threads)

@@ -102,13 +102,14 @@ class SparseMLP:
         logits = self._forward(ws, drop_keys)
         delta = ws.deltas[-1]
         loss, correct = output_loss(self.output, logits, labels, delta)
+        kernels.row_sums(delta, self.bias_grads[-1])
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
-            kernels.row_sums(delta, self.bias_grads[l])
             if l == 0:
                 kernels.backward(layer, ws.acts[0], delta, self.grads[0])
             else:
-                kernels.backward(layer, ws.acts[l], delta, self.grads[l], ws.deltas[l], ws.factors[l])
+                kernels.backward(layer, ws.acts[l], delta, self.grads[l], ws.deltas[l], ws.factors[l],
+                                 self.bias_grads[l - 1])
                 delta = ws.deltas[l]
         return loss, correct
 

@@ -34,11 +34,23 @@ def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_thres
         b0 = bias[j]
         for b in range(batch):
             acc[b] = b0
-        for k in range(out_ptr[j], out_ptr[j + 1]):
+        # Eight connections per sweep over the batch: one load/store of acc per eight FMAs.
+        k, end = out_ptr[j], out_ptr[j + 1]
+        while k + 8 <= end:
+            w0, w1, w2, w3 = values[k], values[k + 1], values[k + 2], values[k + 3]
+            w4, w5, w6, w7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
+            x0, x1, x2, x3 = x[rows[k]], x[rows[k + 1]], x[rows[k + 2]], x[rows[k + 3]]
+            x4, x5, x6, x7 = x[rows[k + 4]], x[rows[k + 5]], x[rows[k + 6]], x[rows[k + 7]]
+            for b in range(batch):
+                acc[b] += (((w0 * x0[b] + w1 * x1[b]) + (w2 * x2[b] + w3 * x3[b]))
+                           + ((w4 * x4[b] + w5 * x5[b]) + (w6 * x6[b] + w7 * x7[b])))
+            k += 8
+        while k < end:
             w = values[k]
             xi = x[rows[k]]
             for b in range(batch):
                 acc[b] += w * xi[b]
+            k += 1
         if apply_act:
             g = grad_factor[j]
             base = np.uint64(j) * np.uint64(batch)
@@ -56,14 +68,30 @@ def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_thres
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _backward_kernel(x, delta, cols, values, in_ptr, in_perm, grad_factor, grad, dx):
+def _backward_kernel(x, delta, cols, values, in_ptr, in_perm, grad_factor, grad, dx, dx_sums):
     n_in, batch = x.shape
     for i in prange(n_in):
         xi = x[i]
         dxi = dx[i]
         for b in range(batch):
             dxi[b] = 0.0
-        for k in range(in_ptr[i], in_ptr[i + 1]):
+        # Four connections per sweep: four dot products and one dx update share each x load.
+        k, end = in_ptr[i], in_ptr[i + 1]
+        while k + 4 <= end:
+            i0, i1, i2, i3 = in_perm[k], in_perm[k + 1], in_perm[k + 2], in_perm[k + 3]
+            d0, d1, d2, d3 = delta[cols[i0]], delta[cols[i1]], delta[cols[i2]], delta[cols[i3]]
+            w0, w1, w2, w3 = values[i0], values[i1], values[i2], values[i3]
+            s0 = s1 = s2 = s3 = np.float32(0.0)
+            for b in range(batch):
+                xb = xi[b]
+                s0 += d0[b] * xb
+                s1 += d1[b] * xb
+                s2 += d2[b] * xb
+                s3 += d3[b] * xb
+                dxi[b] += (w0 * d0[b] + w1 * d1[b]) + (w2 * d2[b] + w3 * d3[b])
+            grad[i0], grad[i1], grad[i2], grad[i3] = s0, s1, s2, s3
+            k += 4
+        while k < end:
             idx = in_perm[k]
             dj = delta[cols[idx]]
             w = values[idx]
@@ -72,9 +100,14 @@ def _backward_kernel(x, delta, cols, values, in_ptr, in_perm, grad_factor, grad,
                 s += dj[b] * xi[b]
                 dxi[b] += w * dj[b]
             grad[idx] = s
+            k += 1
         gi = grad_factor[i]
+        total = np.float32(0.0)
         for b in range(batch):
-            dxi[b] *= gi[b]
+            v = dxi[b] * gi[b]
+            dxi[b] = v
+            total += v
+        dx_sums[i] = total
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -89,9 +122,9 @@ def _weight_grad_kernel(x, delta, rows, cols, grad):
         grad[k] = s
 
 
-@njit(parallel=True, fastmath=True, cache=True)
+@njit(fastmath=True, cache=True)
 def _row_sum_kernel(a, out):
-    for j in prange(a.shape[0]):
+    for j in range(a.shape[0]):
         s = np.float32(0.0)
         row = a[j]
         for b in range(row.shape[0]):
@@ -134,10 +167,12 @@ def forward(layer: SparseLayer, x: np.ndarray, out: np.ndarray, *, slope: float 
 
 
 def backward(layer: SparseLayer, x: np.ndarray, delta: np.ndarray, grad: np.ndarray,
-             dx: np.ndarray | None = None, grad_factor: np.ndarray | None = None) -> None:
+             dx: np.ndarray | None = None, grad_factor: np.ndarray | None = None,
+             dx_sums: np.ndarray | None = None) -> None:
     """grad (nnz,) = sum over batch of delta[col] * x[row] on existing connections only.
 
-    With `dx`, also dx (n_in, batch) = (W^T delta) * grad_factor, the delta of the layer below.
+    With `dx`, also dx (n_in, batch) = (W^T delta) * grad_factor, the delta of the layer below,
+    and dx_sums (n_in,) = dx summed over the batch, the bias gradient of the layer below.
     """
     _check_activations("x", x, layer.n_in)
     _check_activations("delta", delta, layer.n_out, x.shape[1])
@@ -148,11 +183,13 @@ def backward(layer: SparseLayer, x: np.ndarray, delta: np.ndarray, grad: np.ndar
         return
     _check_activations("dx", dx, layer.n_in, x.shape[1])
     _check_activations("grad_factor", grad_factor, layer.n_in, x.shape[1])
-    _backward_kernel(x, delta, layer.cols, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx)
+    if dx_sums is None or dx_sums.dtype != np.float32 or dx_sums.shape != (layer.n_in,):
+        raise ValueError(f"dx_sums must be float32 of shape ({layer.n_in},)")
+    _backward_kernel(x, delta, layer.cols, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx, dx_sums)
 
 
 def row_sums(a: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out (n,) = a (n, batch) summed over the batch; the bias gradient."""
+    """out (n,) = a (n, batch) summed over the batch: the output layer's bias gradient (serial: n is small)."""
     _row_sum_kernel(a, out)
     return out
 

@@ -8,10 +8,11 @@ from sparsenet.sparse.init import erdos_renyi_layer
 from tests import naive
 
 
-@pytest.fixture
-def layer():
+@pytest.fixture(params=[4.0, 40.0], ids=["sparse", "full"])
+def layer(request):
+    # eps 4: a few connections per neuron (remainder loops); eps 40: full layer (unrolled loops)
     rng = np.random.default_rng(3)
-    lay = erdos_renyi_layer(37, 23, 4.0, "he_uniform", rng)
+    lay = erdos_renyi_layer(37, 23, request.param, "he_uniform", rng)
     lay.bias[:] = rng.standard_normal(23).astype(np.float32)
     return lay
 
@@ -64,10 +65,13 @@ def test_backward_matches_dense(layer):
     factor = rng.standard_normal((37, 12)).astype(np.float32)
     grad = np.empty(layer.nnz, np.float32)
     dx = np.empty((37, 12), np.float32)
-    kernels.backward(layer, x, delta, grad, dx, factor)
+    sums = np.empty(37, np.float32)
+    kernels.backward(layer, x, delta, grad, dx, factor, sums)
     dense_grad = x.astype(np.float64) @ delta.T.astype(np.float64)
     np.testing.assert_allclose(grad, dense_grad[layer.rows, layer.cols], rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(dx, (naive.dense_weights(layer) @ delta) * factor, rtol=1e-4, atol=1e-5)
+    expected_dx = (naive.dense_weights(layer) @ delta) * factor
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(sums, expected_dx.sum(axis=1), rtol=1e-4, atol=1e-4)
     grad_only = np.empty(layer.nnz, np.float32)
     kernels.backward(layer, x, delta, grad_only)
     np.testing.assert_allclose(grad_only, grad, rtol=1e-5, atol=1e-6)
@@ -86,7 +90,7 @@ def test_results_do_not_depend_on_thread_count(layer):
         grad = np.empty(layer.nnz, np.float32)
         dx = np.empty((37, 33), np.float32)
         kernels.forward(layer, x, out)
-        kernels.backward(layer, x, delta, grad, dx, np.ones_like(x))
+        kernels.backward(layer, x, delta, grad, dx, np.ones_like(x), np.empty(37, np.float32))
         results.append((out, grad, dx))
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     for a, b in zip(*results):
