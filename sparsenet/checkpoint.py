@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,10 @@ class CheckpointData:
     rng_state: dict
     history: list[dict]
     config_yaml: str
+    phase: int = 1  # parallel runs: 1 = parameter server, 2 = local training of replicas
+    version: int = 0  # parallel runs: topology version of the server's model
+    replicas: list[list[LayerArrays]] = field(default_factory=list)  # phase 2: each worker's model
+    replica_rng_states: list[dict] = field(default_factory=list)
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -60,13 +64,14 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             f.attrs["output"] = data.output
             f.attrs["rng_state"] = json.dumps(data.rng_state)
             f.attrs["config"] = data.config_yaml
+            f.attrs["phase"] = int(data.phase)
+            f.attrs["version"] = int(data.version)
+            f.attrs["replica_rng_states"] = json.dumps(data.replica_rng_states)
             f.create_dataset("history", data=json.dumps(data.history))
-            for l, layer in enumerate(data.layers):
-                g = f.create_group(f"layers/{l}")
-                g.attrs["n_in"] = int(layer.n_in)
-                g.attrs["n_out"] = int(layer.n_out)
-                for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
-                    g.create_dataset(name, data=getattr(layer, name))
+            _write_layers(f, "layers", data.layers)
+            for k, replica in enumerate(data.replicas):
+                _write_layers(f, f"replicas/{k}/layers", replica)
+            f.attrs["n_replicas"] = len(data.replicas)
             f.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -79,6 +84,15 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:
+    for l, layer in enumerate(layers):
+        g = f.create_group(f"{prefix}/{l}")
+        g.attrs["n_in"] = int(layer.n_in)
+        g.attrs["n_out"] = int(layer.n_out)
+        for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
+            g.create_dataset(name, data=getattr(layer, name))
 
 
 def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
@@ -118,20 +132,28 @@ def _read(f, path: Path) -> CheckpointData:
     slopes = [float(s) for s in np.atleast_1d(_attr(f, "slopes", path))]
     if n_layers < 1 or len(slopes) != n_layers - 1:
         raise CheckpointError(f"checkpoint {path} has {n_layers} layers but {len(slopes)} hidden slopes")
-    layers = [_read_layer(f, l, path) for l in range(n_layers)]
-    for l in range(1, n_layers):
-        if layers[l].n_in != layers[l - 1].n_out:
-            raise CheckpointError(f"checkpoint {path}: layer {l} has {layers[l].n_in} inputs but layer {l - 1} has {layers[l - 1].n_out} outputs")
+    layers = _read_model(f, "layers", n_layers, path)
+    n_replicas = int(f.attrs.get("n_replicas", 0))
+    replicas = [_read_model(f, f"replicas/{k}/layers", n_layers, path) for k in range(n_replicas)]
     history_raw = f["history"][()]
     history = json.loads(history_raw.decode() if isinstance(history_raw, bytes) else history_raw)
     return CheckpointData(
         layers=layers, slopes=slopes, dropout=float(_attr(f, "dropout", path)), output=str(_attr(f, "output", path)),
         epoch=int(_attr(f, "epoch", path)), rng_state=json.loads(_attr(f, "rng_state", path)),
-        history=history, config_yaml=str(_attr(f, "config", path)))
+        history=history, config_yaml=str(_attr(f, "config", path)),
+        phase=int(f.attrs.get("phase", 1)), version=int(f.attrs.get("version", 0)), replicas=replicas,
+        replica_rng_states=json.loads(f.attrs.get("replica_rng_states", "[]")))
 
 
-def _read_layer(f, l: int, path: Path) -> LayerArrays:
-    name = f"layers/{l}"
+def _read_model(f, prefix: str, n_layers: int, path: Path) -> list[LayerArrays]:
+    layers = [_read_layer(f, f"{prefix}/{l}", l, path) for l in range(n_layers)]
+    for l in range(1, n_layers):
+        if layers[l].n_in != layers[l - 1].n_out:
+            raise CheckpointError(f"checkpoint {path}: layer {l} has {layers[l].n_in} inputs but layer {l - 1} has {layers[l - 1].n_out} outputs")
+    return layers
+
+
+def _read_layer(f, name: str, l: int, path: Path) -> LayerArrays:
     if name not in f:
         raise CheckpointError(f"checkpoint {path} lacks group {name!r}")
     g = f[name]

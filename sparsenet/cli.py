@@ -16,9 +16,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .train import run
 
+    from .parallel.run import launched_world_size
+
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    state = run(cfg, out, resume=args.resume)
+    if launched_world_size() > 1:
+        from .parallel.run import run_parallel
+
+        state = run_parallel(cfg, out, resume=args.resume)
+        if state is None:  # a worker: rank 0 reports
+            return 0
+    else:
+        state = run(cfg, out, resume=args.resume)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"out": str(out), "epoch": state.epoch, "test_accuracy": last.get("test_accuracy"),
                       "test_loss": last.get("test_loss")}))

@@ -21,7 +21,7 @@ import yaml
 from sparsenet.errors import ConfigError
 
 __all__ = [
-    "Config", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "CheckpointConfig",
+    "Config", "ParallelConfig", "DebugConfig", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "CheckpointConfig",
     "load_config", "override_config", "config_from_yaml", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
 ]
 
@@ -203,6 +203,28 @@ class CheckpointConfig:
 
 
 @dataclass(frozen=True)
+class ParallelConfig:
+    """MPI training (world size > 1): rank 0 is the parameter server, ranks 1..K the workers."""
+
+    algorithm: str = _field("wasap", _Choice("wasap", "wassp"))
+    phase1_epochs: int | None = _field(None, _Int(lo=0, null=True))   # None: phase1_fraction of the epochs
+    phase1_fraction: float = _field(0.9, _Float(0, 1))
+    chunk_bytes: int = _field(1 << 30, _Int(lo=1024, hi=2**31 - 1))     # largest single MPI message
+    lr_scaling: bool = _field(True, _Bool())           # wassp: lr * K (Goyal et al.)
+    warmup_epochs: int = _field(5, _Int(lo=0))         # wassp: gradual warm-up from lr to lr * K
+    async_lr_factor: float = _field(1.0, _Float(lo=0, lo_open=True))   # wasap: lr * factor ...
+    async_lr_epochs: int = _field(0, _Int(lo=0))       # ... for the first epochs, then lr
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection for tests: worker `fail_rank` raises at its `fail_at_step`-th gradient."""
+
+    fail_rank: int | None = _field(None, _Int(lo=1, null=True))
+    fail_at_step: int = _field(0, _Int(lo=0))
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole run configuration; top-level scalars first, then one field per section."""
 
@@ -213,6 +235,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 def _check_data(c: DataConfig) -> None:

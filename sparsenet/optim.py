@@ -27,6 +27,24 @@ def _momentum_decoupled(values, velocity, grad, lr, momentum, weight_decay):
         values[k] += v - weight_decay * values[k]
 
 
+@njit(parallel=True, fastmath=True, cache=True)
+def _momentum_coupled_at(values, velocity, index, grad, lr, momentum, weight_decay):
+    for n in prange(index.shape[0]):
+        k = index[n]
+        v = momentum * velocity[k] - lr * (grad[n] + weight_decay * values[k])
+        velocity[k] = v
+        values[k] += v
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _momentum_decoupled_at(values, velocity, index, grad, lr, momentum, weight_decay):
+    for n in prange(index.shape[0]):
+        k = index[n]
+        v = momentum * velocity[k] - lr * grad[n]
+        velocity[k] = v
+        values[k] += v - weight_decay * values[k]
+
+
 class MomentumSGD:
     """coupled: v <- momentum * v - lr * (g + weight_decay * w);  w <- w + v  (the usual L2 form).
 
@@ -54,6 +72,23 @@ class MomentumSGD:
         for l, layer in enumerate(model.layers):
             kernel(layer.values, self.velocities[l], grads[l], lr, momentum, decay)
             kernel(layer.bias, self.bias_velocities[l], bias_grads[l], lr, momentum, decay)
+
+    def step_at(self, model: SparseMLP, layer_index: int, index: np.ndarray, grad: np.ndarray,
+                lr: float | None = None) -> None:
+        """Update only the connections `index` (int64) of one layer with gradients `grad` (same length)."""
+        if index.shape != grad.shape:
+            raise ValueError(f"{index.shape[0]} indices for {grad.shape[0]} gradient values")
+        lr = np.float32(self.lr if lr is None else lr)
+        kernel = _momentum_coupled_at if self.weight_decay_mode == "coupled" else _momentum_decoupled_at
+        kernel(model.layers[layer_index].values, self.velocities[layer_index], index,
+               np.ascontiguousarray(grad, dtype=np.float32), lr, np.float32(self.momentum), np.float32(self.weight_decay))
+
+    def step_bias(self, model: SparseMLP, layer_index: int, bias_grad: np.ndarray, lr: float | None = None) -> None:
+        """Update one layer's biases."""
+        lr = np.float32(self.lr if lr is None else lr)
+        kernel = _momentum_coupled if self.weight_decay_mode == "coupled" else _momentum_decoupled
+        kernel(model.layers[layer_index].bias, self.bias_velocities[layer_index], bias_grad, lr,
+               np.float32(self.momentum), np.float32(self.weight_decay))
 
     def follow_topology(self, layer_index: int, source: np.ndarray) -> None:
         """Realign a layer's state: new connection k takes old state[source[k]], or 0 where source is -1."""

@@ -106,18 +106,23 @@ def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: 
     return total_loss / x.shape[0], total_correct / x.shape[0]
 
 
-def evolve(state: TrainingState, cfg: Config) -> None:
-    """The SET step on every evolving layer (not the output unless asked; never a full layer)."""
+def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
+    """The SET step on every evolving layer (not the output unless asked; never a full layer).
+
+    Returns {layer index: source} for the layers that changed (see evolution.prune_and_regrow).
+    """
     if cfg.evolution.zeta <= 0:
-        return
+        return {}
     model = state.model
     last = len(model.layers) - 1
+    changes = {}
     for l, layer in enumerate(model.layers):
         if (l == last and not cfg.evolution.evolve_output) or layer.nnz >= layer.n_positions:
             continue
-        model.layers[l], source = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng)
-        state.optimizer.follow_topology(l, source)
+        model.layers[l], changes[l] = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng)
+        state.optimizer.follow_topology(l, changes[l])
     model.topology_changed()
+    return changes
 
 
 def check_resume_compatible(saved: Config, cfg: Config) -> None:

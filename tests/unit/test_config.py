@@ -92,7 +92,7 @@ def test_unknown_keys():
                        "epochs, eval_batch_size, lr, momentum, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
-    assert "checkpoint, data, evolution, model, seed, threads, train" in message
+    assert "checkpoint, data, debug, evolution, model, parallel, seed, threads, train" in message
 
 
 def test_unknown_yaml_key_same_message_as_override(tmp_path):

@@ -1,0 +1,96 @@
+"""Entry point of a parallel run: every rank loads its data, rank 0 serves, ranks >= 1 work."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numba
+
+from .. import checkpoint as ckpt
+from ..config import Config, config_from_yaml, dump_config
+from ..data import load_dataset
+from ..errors import SparsenetError
+from ..metrics import log, write_metrics
+from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+
+
+ABORT_GRACE_SECONDS = 1.0
+
+
+def launched_world_size() -> int:
+    """World size announced by the MPI launcher's environment (1 if none); starts no MPI."""
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def rank_threads(cfg: Config, world_size: int) -> int:
+    """Kernel threads per rank: `threads` if set, else this machine's cores shared among the ranks."""
+    cores = os.cpu_count() or 1
+    wanted = cfg.threads if cfg.threads > 0 else max(1, cores // max(world_size - 1, 1))
+    count = min(wanted, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(count)
+    return count
+
+
+def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingState | None:
+    """Train with WASAP/WASSP over MPI; rank 0 returns the final state, workers None.
+
+    Any exception on any rank is reported with its rank and host and aborts the whole job.
+    """
+    from .transport import Transport
+
+    transport = Transport(chunk_bytes=cfg.parallel.chunk_bytes)
+    rank, host = transport.rank, transport.host
+    try:
+        if transport.size < 2:
+            raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
+        threads = rank_threads(cfg, transport.size)
+        data = load_dataset(cfg.data, cfg.seed)
+        if rank == 0:
+            return _serve(cfg, data, transport, Path(out_dir), resume, threads)
+        from .worker import run_worker
+
+        run_worker(cfg, data, transport)
+        return None
+    except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them
+        if not isinstance(exc, SparsenetError):
+            traceback.print_exc(file=sys.stderr)
+        print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward our last words before it kills everyone
+        transport.abort(2 if isinstance(exc, SparsenetError) else 1)
+        raise
+
+
+def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
+    from .server import ParameterServer, _Replica
+
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "checkpoint.h5"
+    log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
+        f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
+        f"{data.x_test.shape[0]} test samples", rank=0)
+    version, replicas = 0, None
+    if resume and checkpoint_path.exists():
+        saved = ckpt.load_checkpoint(checkpoint_path)
+        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
+        state = state_from_checkpoint(saved, cfg)
+        version = saved.version
+        if saved.phase == 2 and saved.replicas:
+            if len(saved.replicas) != transport.size - 1:
+                raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "
+                                     f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
+            replicas = [_Replica(r, s) for r, s in zip(saved.replicas, saved.replica_rng_states)]
+        log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
+    else:
+        state = new_state(cfg, data.n_features, data.n_classes)
+    dump_config(cfg, out / "config.yaml")
+    write_metrics(out / "metrics.jsonl", state.history)
+    return ParameterServer(cfg, data, transport, state, out, version, replicas).run()

@@ -1,0 +1,279 @@
+"""Rank 0: the parameter server of WASAP-SGD / WASSP-SGD (Algorithm 1 of the paper).
+
+Phase 1: workers send gradients tagged with their topology version; the server keeps the only
+optimizer state, carries stale gradients onto the current topology (retain-valid-updates),
+applies momentum SGD and, between epochs, runs the SET step and bumps the version.
+Phase 2: every worker trains its own replica; after each epoch the server averages the K
+replicas on the union of their connections and prunes each layer back to its target nnz.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import checkpoint as ckpt
+from ..config import Config
+from ..data import Dataset
+from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
+from ..optim import MomentumSGD
+from ..train import TrainingState, evolve, state_to_checkpoint, summarize
+from . import bundles
+from .averaging import average_replicas
+from .protocol import TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from .updates import compose, lineage, retain_valid
+from .worker import new_model
+
+
+def phase1_epochs(cfg: Config) -> int:
+    p = cfg.parallel
+    n = p.phase1_epochs if p.phase1_epochs is not None else round(p.phase1_fraction * cfg.train.epochs)
+    return min(max(n, 0), cfg.train.epochs)
+
+
+class ParameterServer:
+    """Holds the global model; talks to workers 1..K through `transport`."""
+
+    def __init__(self, cfg: Config, data: Dataset, transport, state: TrainingState, out_dir: Path,
+                 version: int = 0, replicas: list[_Replica] | None = None):
+        self.cfg, self.data, self.transport, self.state = cfg, data, transport, state
+        self.out = Path(out_dir)
+        self.workers = list(range(1, transport.size))
+        self.version = version
+        self.worker_version = {k: -1 for k in self.workers}  # -1: has no model yet
+        self.lineages: dict[int, list[np.ndarray | None]] = {}  # version v -> per-layer map to v + 1
+        self.saved_replicas = replicas or []
+        self.phase = 2 if self.saved_replicas else 1
+        self.counters = dict(updates=0, stale=0, samples=0, loss=0.0, correct=0)
+
+    # ------------------------------------------------------------------ phase 1
+
+    def learning_rate(self, epoch: int, samples: int) -> float:
+        """Per-update learning rate: WASAP's async boost or WASSP's warm-up to linear scaling."""
+        p, lr = self.cfg.parallel, self.cfg.train.lr
+        if p.algorithm == "wasap":
+            return lr * p.async_lr_factor if epoch <= p.async_lr_epochs else lr
+        if not p.lr_scaling:
+            return lr
+        target = lr * len(self.workers)
+        if p.warmup_epochs == 0:
+            return target
+        progress = (epoch - 1 + samples / self.data.x_train.shape[0]) / p.warmup_epochs
+        return lr + (target - lr) * min(progress, 1.0)
+
+    def send_model(self, worker: int) -> None:
+        """Values only while the worker's topology is current; topology and values after a change."""
+        same = self.worker_version[worker] == self.version
+        arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
+        meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch}
+        self.transport.send(worker, TAG_MODEL, meta, arrays)
+        self.worker_version[worker] = self.version
+
+    def _carry_over(self, from_version: int) -> list[np.ndarray | None]:
+        """Per layer, the old-to-current index map from `from_version` (None where nothing changed)."""
+        maps = self.lineages[from_version]
+        for v in range(from_version + 1, self.version):
+            maps = [m if n is None else (n if m is None else compose(m, n)) for m, n in zip(maps, self.lineages[v])]
+        return maps
+
+    def apply(self, gradients: list[np.ndarray], version: int, lr: float) -> None:
+        """One momentum-SGD update from weight and bias gradients computed on topology `version`."""
+        model, opt = self.state.model, self.state.optimizer
+        grads, bias_grads = bundles.split_pairs(gradients, len(model.layers))
+        if version == self.version:
+            opt.step(model, grads, bias_grads, lr)
+            return
+        self.counters["stale"] += 1
+        for l, carry in enumerate(self._carry_over(version)):
+            if carry is None:
+                opt.step_at(model, l, np.arange(model.layers[l].nnz, dtype=np.int64), grads[l], lr)
+            else:
+                opt.step_at(model, l, *retain_valid(carry, grads[l]), lr)
+            opt.step_bias(model, l, bias_grads[l], lr)
+
+    def _account(self, meta: dict) -> None:
+        c = self.counters
+        c["updates"] += 1
+        c["samples"] += int(meta["samples"])
+        c["loss"] += float(meta["loss"])
+        c["correct"] += int(meta["correct"])
+
+    def _evolve(self) -> None:
+        nnz_before = self.state.model.nnz
+        changes = evolve(self.state, self.cfg)
+        self.lineages[self.version] = [lineage(changes[l], nnz_before[l]) if l in changes else None
+                                       for l in range(len(nnz_before))]
+        self.version += 1
+        oldest = min(self.worker_version.values())
+        for v in [v for v in self.lineages if v < oldest]:
+            del self.lineages[v]
+
+    def phase1(self, end_epoch: int) -> list[int]:
+        """Run phase 1 up to `end_epoch`; returns the workers waiting for a reply at the end."""
+        n_train = self.data.x_train.shape[0]
+        waiting = list(self.workers)  # every worker needs a first model
+        wassp = self.cfg.parallel.algorithm == "wassp"
+        while self.state.epoch < end_epoch:
+            epoch = self.state.epoch + 1
+            t0 = time.perf_counter()
+            if epoch > 1:
+                self._evolve()
+            t1 = time.perf_counter()
+            for k in waiting:
+                self.send_model(k)
+            waiting = []
+            self.counters.update(samples=0, loss=0.0, correct=0, updates=0, stale=0)
+            bar = ProgressBar(n_train, f"epoch {epoch}/{self.cfg.train.epochs}", enabled=self.cfg.train.progress)
+            while self.counters["samples"] < n_train:
+                lr = self.learning_rate(epoch, self.counters["samples"])
+                if wassp:
+                    self._synchronous_round(lr)
+                    done = self.counters["samples"] >= n_train
+                    waiting = list(self.workers) if done else []
+                    if not done:
+                        for k in self.workers:
+                            self.send_model(k)
+                else:
+                    msg = self.transport.recv(tag=TAG_GRADIENT)
+                    self.apply(msg.arrays, int(msg.meta["version"]), lr)
+                    self._account(msg.meta)
+                    if self.counters["samples"] < n_train:
+                        self.send_model(msg.source)
+                    else:
+                        waiting = [msg.source]
+                bar.update(min(self.counters["samples"], n_train))
+            bar.close()
+            self.end_epoch(epoch, train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0, phase=1)
+        return waiting
+
+    def _synchronous_round(self, lr: float) -> None:
+        """WASSP: one gradient from every worker (in rank order), averaged by samples, one update."""
+        msgs = [self.transport.recv(source=k, tag=TAG_GRADIENT) for k in self.workers]
+        versions = {int(m.meta["version"]) for m in msgs}
+        if versions != {self.version}:
+            raise RuntimeError(f"synchronous round mixes topology versions {sorted(versions)} (server at {self.version})")
+        total = sum(int(m.meta["samples"]) for m in msgs)
+        averaged = [np.zeros_like(a) for a in msgs[0].arrays]
+        for m in msgs:
+            weight = np.float32(int(m.meta["samples"]) / total)
+            for acc, g in zip(averaged, m.arrays):
+                acc += weight * g
+        self.apply(averaged, self.version, lr)
+        for m in msgs:
+            self._account(m.meta)
+
+    # ------------------------------------------------------------------ phase 2
+
+    def phase2(self, waiting: list[int]) -> None:
+        """Hand each worker its replica, then average the replicas after every epoch."""
+        cfg, model = self.cfg, self.state.model
+        self.phase = 2
+        for k in self.workers:
+            if k not in waiting:  # its last phase-1 gradient is still in flight: drain it
+                self.transport.recv(source=k, tag=TAG_GRADIENT)
+        start = self.state.epoch
+        targets = [r.nnz for r in model.layers] if not self.saved_replicas else None
+        for i, k in enumerate(self.workers):
+            meta = {"start_epoch": start, "end_epoch": cfg.train.epochs, "rng_state": None}
+            if self.saved_replicas:  # resumed in phase 2: every worker gets its own replica back
+                saved = self.saved_replicas[i]
+                arrays = [a for la in saved.layers for a in (la.rows, la.cols, la.values, la.bias)]
+                arrays += [la.velocity for la in saved.layers] + [la.bias_velocity for la in saved.layers]
+                meta["rng_state"] = saved.rng_state
+            else:
+                opt = self.state.optimizer
+                arrays = bundles.state_arrays(model, opt.velocities, opt.bias_velocities)
+            self.transport.send(k, TAG_PHASE2, meta, arrays)
+        if targets is None:
+            targets = [la.values.shape[0] for la in self.saved_replicas[0].layers]
+        while self.state.epoch < cfg.train.epochs:
+            epoch = self.state.epoch + 1
+            t0 = time.perf_counter()
+            msgs = [self.transport.recv(source=k, tag=TAG_REPLICA) for k in self.workers]
+            sizes = model.sizes
+            replicas = [new_model(cfg, sizes, bundles.split_state(m.arrays, len(sizes) - 1)[0]) for m in msgs]
+            self.state.model.layers = average_replicas([r.layers for r in replicas], targets)
+            self.state.model.topology_changed()
+            self.state.optimizer = MomentumSGD(self.state.model, cfg.train.lr, cfg.train.momentum,
+                                               cfg.train.weight_decay, cfg.train.weight_decay_mode)
+            self.version += 1
+            self.counters.update(samples=self.data.x_train.shape[0], stale=0, updates=0,
+                                 loss=sum(m.meta["train_loss"] * _shard_size(self, m.source) for m in msgs),
+                                 correct=round(sum(m.meta["train_accuracy"] * _shard_size(self, m.source) for m in msgs)))
+            self.saved_replicas = [_replica_checkpoint(m, sizes) for m in msgs]
+            self.end_epoch(epoch, train_seconds=max(m.meta["train_seconds"] for m in msgs),
+                           evolution_seconds=max(m.meta["evolution_seconds"] for m in msgs), phase=2,
+                           wall_seconds=time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ epochs
+
+    def end_epoch(self, epoch: int, train_seconds: float, evolution_seconds: float, phase: int,
+                  wall_seconds: float | None = None) -> None:
+        state, c = self.state, self.counters
+        t0 = time.perf_counter()
+        test_loss, test_acc = state.model.evaluate(self.data.x_test, self.data.y_test, self.cfg.train.eval_batch_size)
+        eval_seconds = time.perf_counter() - t0
+        state.epoch = epoch
+        n = max(c["samples"], 1)
+        row = {"epoch": epoch, "phase": phase, "train_loss": c["loss"] / n, "train_accuracy": c["correct"] / n,
+               "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_seconds,
+               "evolution_seconds": evolution_seconds, "eval_seconds": eval_seconds,
+               "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
+               "peak_rss_mb": round(peak_rss_mb(), 1), "algorithm": self.cfg.parallel.algorithm,
+               "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
+               "version": self.version, "bytes_sent": self.transport.bytes_sent,
+               "bytes_received": self.transport.bytes_received}
+        state.history.append(row)
+        append_metrics(self.out / "metrics.jsonl", row)
+        log(f"epoch {epoch}/{self.cfg.train.epochs} phase {phase} train_loss {row['train_loss']:.4f} "
+            f"test_loss {test_loss:.4f} test_accuracy {100 * test_acc:.2f}% | train {train_seconds:.2f}s "
+            f"evolution {evolution_seconds:.2f}s eval {eval_seconds:.2f}s | updates {c['updates']} "
+            f"stale {c['stale']} | nnz {sum(state.model.nnz)}", rank=0)
+        if epoch % self.cfg.checkpoint.every == 0 or epoch == self.cfg.train.epochs:
+            self.save()
+
+    def save(self) -> None:
+        data = state_to_checkpoint(self.state, self.cfg)
+        data.phase, data.version = self.phase, self.version
+        if self.phase == 2 and self.saved_replicas:
+            data.replicas = [r.layers for r in self.saved_replicas]
+            data.replica_rng_states = [r.rng_state for r in self.saved_replicas]
+        ckpt.save_checkpoint(self.out / "checkpoint.h5", data)
+
+    def run(self) -> TrainingState:
+        end1 = phase1_epochs(self.cfg)
+        waiting = list(self.workers)
+        if self.state.epoch < end1:
+            waiting = self.phase1(end1)
+        if self.state.epoch < self.cfg.train.epochs:
+            self.phase2(waiting)
+        else:
+            for k in self.workers:
+                if k not in waiting:
+                    self.transport.recv(source=k, tag=TAG_GRADIENT)
+        for k in self.workers:
+            self.transport.send(k, TAG_STOP, {})
+        if self.state.history:
+            log(summarize(self.state.history), rank=0)
+        return self.state
+
+
+def _shard_size(server: ParameterServer, rank: int) -> int:
+    n, k = server.data.x_train.shape[0], len(server.workers)
+    return len(range(rank - 1, n, k))
+
+
+class _Replica:
+    """A worker's phase-2 model as the checkpoint stores it."""
+
+    def __init__(self, layers: list[ckpt.LayerArrays], rng_state: dict):
+        self.layers, self.rng_state = layers, rng_state
+
+
+def _replica_checkpoint(msg, sizes: list[int]) -> _Replica:
+    topology, velocities, bias_velocities = bundles.split_state(msg.arrays, len(sizes) - 1)
+    layers = [ckpt.LayerArrays(sizes[l], sizes[l + 1], *topology[4 * l:4 * l + 4], velocities[l], bias_velocities[l])
+              for l in range(len(sizes) - 1)]
+    return _Replica(layers, msg.meta["rng_state"])

@@ -1,0 +1,308 @@
+"""Point-to-point "bundles" over MPI: a JSON metadata dict plus typed numpy arrays.
+
+The only module that imports mpi4py, and it does so on first use (a Transport, ANY_SOURCE or
+ANY_TAG), so importing it never starts MPI. Arrays travel as raw bytes (uppercase Isend/Irecv),
+never pickled, in chunks of at most `chunk_bytes`, so bundles and arrays over 2 GiB work.
+
+Wire format of one bundle, all messages from one source with one tag (MPI keeps them in order):
+  1. header: int64 [MAGIC, VERSION, chunk_bytes, n_arrays, meta_nbytes,
+                    then per array: dtype code, ndim, dims padded to MAX_NDIM with 0, nbytes]
+  2. the UTF-8 JSON metadata, in chunks
+  3. each array's bytes (C order), in chunks
+Waiting never spins: probes and tests alternate with sleeps that back off from 20 µs to
+`max_sleep`, because MPICH's blocking calls busy-poll and ranks may share cores.
+Not thread-safe: use one Transport per communicator from one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+MAGIC = 0x53504E5442554E31  # "SPNTBUN1"
+VERSION = 1
+MAX_NDIM = 4
+DEFAULT_CHUNK_BYTES = 1 << 30
+MIN_CHUNK_BYTES = 1024
+CHUNK_LIMIT = 1 << 31  # chunk_bytes must stay below this: MPI counts are C ints
+MAX_ARRAYS = 1 << 16
+MAX_META_BYTES = 1 << 30
+MIN_SLEEP = 20e-6
+WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
+
+_HEAD = 5  # magic, version, chunk_bytes, n_arrays, meta_nbytes
+_PER_ARRAY = 3 + MAX_NDIM  # dtype code, ndim, dims..., nbytes
+DTYPES = tuple(np.dtype(name) for name in (
+    "bool", "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64", "float32", "float64"))
+_CODE = {dt: code for code, dt in enumerate(DTYPES, start=1)}
+
+_MPI = None
+
+
+def _mpi():
+    """The mpi4py.MPI module, imported (and MPI initialised) on first call."""
+    global _MPI
+    if _MPI is None:
+        from mpi4py import MPI
+
+        _MPI = MPI
+    return _MPI
+
+
+def __getattr__(name: str) -> Any:
+    # ANY_SOURCE / ANY_TAG differ between MPI libraries, so they come from mpi4py, lazily.
+    if name in ("ANY_SOURCE", "ANY_TAG"):
+        return getattr(_mpi(), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class TransportError(RuntimeError):
+    """A received message is not a well-formed bundle (wrong magic, version, dtype or size)."""
+
+
+@dataclass
+class Bundle:
+    """One received message: sender rank, tag, metadata, arrays and its total size in bytes."""
+
+    source: int
+    tag: int
+    meta: dict
+    arrays: list[np.ndarray] = field(default_factory=list)
+    nbytes: int = 0
+
+
+def validate_chunk_bytes(chunk_bytes: int) -> int:
+    """Return chunk_bytes (bytes per MPI message) if 1024 <= chunk_bytes < 2**31, else raise ValueError."""
+    if isinstance(chunk_bytes, bool) or not isinstance(chunk_bytes, (int, np.integer)):
+        raise ValueError(f"chunk_bytes must be an integer, got {chunk_bytes!r}")
+    if not MIN_CHUNK_BYTES <= chunk_bytes < CHUNK_LIMIT:
+        raise ValueError(f"chunk_bytes must satisfy {MIN_CHUNK_BYTES} <= chunk_bytes < 2**31 "
+                         f"(MPI counts are 32-bit), got {chunk_bytes}")
+    return int(chunk_bytes)
+
+
+class _Backoff:
+    """Sleeps that double from MIN_SLEEP up to max_sleep seconds."""
+
+    def __init__(self, max_sleep: float):
+        self.max_sleep = max_sleep
+        self.delay = min(MIN_SLEEP, max_sleep)
+
+    def sleep(self, limit: float | None = None) -> None:
+        """Sleep the current delay (at most `limit` seconds), then double it."""
+        time.sleep(self.delay if limit is None else max(0.0, min(self.delay, limit)))
+        self.delay = min(2 * self.delay, self.max_sleep)
+
+
+def _wait_all(requests: list, max_sleep: float) -> None:
+    """Complete MPI requests by polling Testall with backoff sleeps (Waitall would spin)."""
+    backoff = _Backoff(max_sleep)
+    while not _mpi().Request.Testall(requests):
+        backoff.sleep()
+
+
+def _chunks(flat: np.ndarray, chunk_bytes: int) -> Iterator[np.ndarray]:
+    """Consecutive views of a flat uint8 array, each at most chunk_bytes long."""
+    for start in range(0, flat.size, chunk_bytes):
+        yield flat[start:start + chunk_bytes]
+
+
+def _byte_view(array: np.ndarray) -> np.ndarray:
+    """Flat uint8 view of a C-contiguous array's memory (no copy)."""
+    return array.reshape(-1).view(np.uint8)
+
+
+def _prepare(array: Any) -> np.ndarray:
+    """A native-endian, C-contiguous array of a supported dtype; copies only when needed."""
+    array = np.asarray(array)
+    if not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    if array.dtype not in _CODE:
+        names = ", ".join(dt.name for dt in DTYPES)
+        raise TypeError(f"unsupported dtype {array.dtype} (supported: {names})")
+    if array.ndim > MAX_NDIM:
+        raise ValueError(f"arrays may have at most {MAX_NDIM} dimensions, got shape {array.shape}")
+    if not array.flags.c_contiguous:
+        array = np.array(array, order="C")
+    return array
+
+
+def _json_default(value: Any) -> Any:
+    """Let numpy scalars and arrays in metadata become plain JSON numbers and lists."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable")
+
+
+def encode_meta(meta: Mapping[str, Any]) -> bytes:
+    """UTF-8 JSON bytes of a metadata mapping (never pickle)."""
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    data = json.dumps(dict(meta), separators=(",", ":"), default=_json_default).encode("utf-8")
+    if len(data) > MAX_META_BYTES:
+        raise ValueError(f"metadata is {len(data)} bytes; the limit is {MAX_META_BYTES}")
+    return data
+
+
+def encode_header(chunk_bytes: int, meta_nbytes: int, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """The int64 header describing a bundle (see the module docstring)."""
+    if len(arrays) > MAX_ARRAYS:
+        raise ValueError(f"a bundle holds at most {MAX_ARRAYS} arrays, got {len(arrays)}")
+    header = np.zeros(_HEAD + _PER_ARRAY * len(arrays), dtype=np.int64)
+    header[:_HEAD] = (MAGIC, VERSION, chunk_bytes, len(arrays), meta_nbytes)
+    for i, array in enumerate(arrays):
+        row = header[_HEAD + i * _PER_ARRAY:_HEAD + (i + 1) * _PER_ARRAY]
+        row[0], row[1] = _CODE[array.dtype], array.ndim
+        row[2:2 + array.ndim] = array.shape
+        row[-1] = array.nbytes
+    return header
+
+
+def decode_header(raw: np.ndarray) -> tuple[int, int, list[tuple[np.dtype, tuple[int, ...]]]]:
+    """Validate a received header (uint8 bytes); return (chunk_bytes, meta_nbytes, [(dtype, shape)])."""
+    if raw.size % 8 or raw.size < 8 * _HEAD:
+        raise TransportError(f"malformed bundle header: {raw.size} bytes is not a valid header size")
+    words = [int(w) for w in raw.view(np.int64)]
+    magic, version, chunk_bytes, n_arrays, meta_nbytes = words[:_HEAD]
+    if magic != MAGIC:
+        raise TransportError(f"malformed bundle header: magic {magic:#x} != {MAGIC:#x} "
+                             "(a message not sent by Transport.send?)")
+    if version != VERSION:
+        raise TransportError(f"bundle protocol version {version} received, this side speaks {VERSION}")
+    if not MIN_CHUNK_BYTES <= chunk_bytes < CHUNK_LIMIT:
+        raise TransportError(f"malformed bundle header: chunk_bytes {chunk_bytes} out of range")
+    if not 0 <= n_arrays <= MAX_ARRAYS or len(words) != _HEAD + _PER_ARRAY * n_arrays:
+        raise TransportError(f"malformed bundle header: {n_arrays} arrays but {len(words)} header words")
+    if not 0 <= meta_nbytes <= MAX_META_BYTES:
+        raise TransportError(f"malformed bundle header: metadata size {meta_nbytes} out of range")
+    specs = [_decode_array_spec(i, words[_HEAD + i * _PER_ARRAY:_HEAD + (i + 1) * _PER_ARRAY])
+             for i in range(n_arrays)]
+    return chunk_bytes, meta_nbytes, specs
+
+
+def _decode_array_spec(index: int, row: list[int]) -> tuple[np.dtype, tuple[int, ...]]:
+    """(dtype, shape) of array `index` from its header row, checking every field."""
+    code, ndim, dims, nbytes = row[0], row[1], row[2:2 + MAX_NDIM], row[-1]
+    if not 1 <= code <= len(DTYPES):
+        raise TransportError(f"malformed bundle header: array {index} has unknown dtype code {code}")
+    if not 0 <= ndim <= MAX_NDIM or any(d < 0 for d in dims) or any(dims[ndim:]):
+        raise TransportError(f"malformed bundle header: array {index} has ndim {ndim}, dims {dims}")
+    dtype, shape = DTYPES[code - 1], tuple(dims[:ndim])
+    if int(np.prod(shape, dtype=object)) * dtype.itemsize != nbytes:
+        raise TransportError(f"malformed bundle header: array {index} of {dtype} {shape} "
+                             f"claims {nbytes} bytes")
+    return dtype, shape
+
+
+class Transport:
+    """Sends and receives bundles on one communicator, counting bytes both ways."""
+
+    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_sleep: float = 0.002):
+        """comm: an mpi4py communicator (None = COMM_WORLD); chunk_bytes: bytes per MPI message;
+        max_sleep: longest sleep between polls, in seconds."""
+        self.chunk_bytes = validate_chunk_bytes(chunk_bytes)
+        if not max_sleep > 0:
+            raise ValueError(f"max_sleep must be > 0 seconds, got {max_sleep}")
+        self.max_sleep = float(max_sleep)
+        mpi = _mpi()
+        self.comm = mpi.COMM_WORLD if comm is None else comm
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.host = mpi.Get_processor_name()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    def send(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
+        """Send one bundle to `dest`; return its size in bytes (header + meta + payload).
+
+        Returns once every piece is delivered to MPI; large pieces need the receiver's recv.
+        """
+        prepared = [_prepare(a) for a in arrays]
+        meta_bytes = np.frombuffer(encode_meta(meta), dtype=np.uint8)
+        header = encode_header(self.chunk_bytes, meta_bytes.size, prepared)
+        pieces = [_byte_view(header)]
+        pieces += _chunks(meta_bytes, self.chunk_bytes)
+        for array in prepared:
+            pieces += _chunks(_byte_view(array), self.chunk_bytes)
+        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag))
+        nbytes = header.nbytes + meta_bytes.size + sum(a.nbytes for a in prepared)
+        self.bytes_sent += nbytes
+        return nbytes
+
+    def recv(self, source: int | None = None, tag: int | None = None,
+             timeout: float | None = None) -> Bundle:
+        """Receive one bundle (source/tag None = any); TimeoutError if none starts within `timeout` s."""
+        mpi = _mpi()
+        source = mpi.ANY_SOURCE if source is None else source
+        tag = mpi.ANY_TAG if tag is None else tag
+        message, status = self._probe_message(source, tag, timeout)
+        raw = np.empty(status.Get_count(mpi.BYTE), dtype=np.uint8)
+        message.Recv([raw, mpi.BYTE])
+        source, tag = status.Get_source(), status.Get_tag()
+        chunk_bytes, meta_nbytes, specs = decode_header(raw)
+        meta_raw = np.empty(meta_nbytes, dtype=np.uint8)
+        arrays = [np.empty(shape, dtype=dtype) for dtype, shape in specs]
+        pieces = list(_chunks(meta_raw, chunk_bytes))
+        for array in arrays:
+            pieces += _chunks(_byte_view(array), chunk_bytes)
+        self._transfer(pieces, lambda p: self.comm.Irecv([p, mpi.BYTE], source, tag))
+        meta = self._decode_meta(meta_raw, source, tag)
+        nbytes = raw.size + meta_nbytes + sum(a.nbytes for a in arrays)
+        self.bytes_received += nbytes
+        return Bundle(source=source, tag=tag, meta=meta, arrays=arrays, nbytes=nbytes)
+
+    def poll(self, source: int | None = None, tag: int | None = None) -> tuple[int, int] | None:
+        """(source, tag) of a bundle waiting to be received, or None; never blocks."""
+        mpi = _mpi()
+        status = mpi.Status()
+        source = mpi.ANY_SOURCE if source is None else source
+        tag = mpi.ANY_TAG if tag is None else tag
+        if self.comm.Iprobe(source, tag, status):
+            return status.Get_source(), status.Get_tag()
+        return None
+
+    def barrier(self) -> None:
+        """Wait for every rank of the communicator, sleeping between tests."""
+        _wait_all([self.comm.Ibarrier()], self.max_sleep)
+
+    def abort(self, code: int = 1) -> None:
+        """Kill every process of the communicator with exit code `code` (MPI_Abort)."""
+        self.comm.Abort(code)
+
+    def _probe_message(self, source: int, tag: int, timeout: float | None):
+        """Matched-probe the next header with backoff sleeps; (message, status) or TimeoutError."""
+        status = _mpi().Status()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = _Backoff(self.max_sleep)
+        while True:
+            message = self.comm.Improbe(source, tag, status)
+            if message is not None:
+                return message, status
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} "
+                                   f"within {timeout} s")
+            backoff.sleep(remaining)
+
+    def _transfer(self, pieces: list[np.ndarray], start) -> None:
+        """Run `start(piece)` (an Isend/Irecv) over pieces in order, WINDOW at a time, and complete them."""
+        for first in range(0, len(pieces), WINDOW):
+            _wait_all([start(p) for p in pieces[first:first + WINDOW]], self.max_sleep)
+
+    @staticmethod
+    def _decode_meta(raw: np.ndarray, source: int, tag: int) -> dict:
+        """The metadata dict from its UTF-8 JSON bytes."""
+        try:
+            meta = json.loads(raw.tobytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise TransportError(f"bundle from rank {source} tag {tag}: metadata is not JSON: {err}") from None
+        if not isinstance(meta, dict):
+            raise TransportError(f"bundle from rank {source} tag {tag}: metadata is {type(meta).__name__}, "
+                                 "not a dict")
+        return meta

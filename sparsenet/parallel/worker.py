@@ -1,0 +1,98 @@
+"""Ranks >= 1: gradients on the local data shard in phase 1, local SET training of a replica in phase 2."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..activations import hidden_slopes
+from ..config import Config
+from ..data import Dataset
+from ..model import SparseMLP
+from ..optim import MomentumSGD
+from ..train import TrainingState, compute_gradients, evolve, train_epoch
+from . import bundles
+from .protocol import TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `debug.fail_rank` / `debug.fail_at_step` (fault-injection tests)."""
+
+
+def shard(n_samples: int, rank: int, workers: int, seed: int) -> np.ndarray:
+    """Sample indices of worker `rank` (1..workers): every workers-th of a seeded permutation."""
+    order = np.random.default_rng([seed, 0x5A4D]).permutation(n_samples)
+    return np.sort(order[rank - 1::workers])
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless mini-batches of range(n), reshuffled every pass; the last batch of a pass may be smaller."""
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+
+
+def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> SparseMLP:
+    m = cfg.model
+    return SparseMLP(bundles.layers_from_topology(topology, sizes), hidden_slopes(m.activation, m.alpha, len(sizes) - 2),
+                     m.dropout, m.output)
+
+
+def run_worker(cfg: Config, data: Dataset, transport) -> None:
+    """Serve the parameter server until it says stop."""
+    rank, workers = transport.rank, transport.size - 1
+    mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
+    x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
+    sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
+    model, rng, stream, step = None, None, None, 0
+    while True:
+        msg = transport.recv(source=0)
+        if msg.tag == TAG_STOP:
+            return
+        if msg.tag == TAG_PHASE2:
+            _phase2(cfg, transport, msg, sizes, x, y)
+            continue
+        if msg.tag != TAG_MODEL:
+            raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
+        if msg.meta["kind"] == "topology":
+            model = new_model(cfg, sizes, msg.arrays)
+        else:
+            bundles.load_values(model, msg.arrays)
+        if rng is None:  # seeded by the epoch the server starts us at, so a resumed run reseeds
+            rng = np.random.default_rng([cfg.seed, rank, int(msg.meta["epoch"])])
+            stream = batches(x.shape[0], cfg.train.batch_size, rng)
+        if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
+            raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")
+        index = next(stream)
+        loss, correct = compute_gradients(model, rng, x, y, index)
+        transport.send(0, TAG_GRADIENT, {"version": msg.meta["version"], "samples": int(index.shape[0]),
+                                         "loss": loss, "correct": correct}, bundles.gradient_arrays(model))
+        step += 1
+
+
+def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.ndarray) -> None:
+    """Train the replica the server sent on the local shard, sending it back after every epoch."""
+    topology, velocities, bias_velocities = bundles.split_state(msg.arrays, len(sizes) - 1)
+    model = new_model(cfg, sizes, topology)
+    t = cfg.train
+    optimizer = MomentumSGD(model, t.lr, t.momentum, t.weight_decay, t.weight_decay_mode)
+    optimizer.velocities, optimizer.bias_velocities = list(velocities), list(bias_velocities)
+    rng = np.random.default_rng([cfg.seed, transport.rank, 2, int(msg.meta["start_epoch"])])
+    if msg.meta.get("rng_state"):
+        rng.bit_generator.state = msg.meta["rng_state"]
+    state = TrainingState(model, optimizer, rng, int(msg.meta["start_epoch"]), [])
+    while state.epoch < int(msg.meta["end_epoch"]):
+        epoch = state.epoch + 1
+        t0 = time.perf_counter()
+        if epoch > 1:
+            evolve(state, cfg)
+        t1 = time.perf_counter()
+        loss, accuracy = train_epoch(state, x, y, t.batch_size)
+        t2 = time.perf_counter()
+        state.epoch = epoch
+        meta = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
+                "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state}
+        transport.send(0, TAG_REPLICA, meta, bundles.state_arrays(model, optimizer.velocities, optimizer.bias_velocities))

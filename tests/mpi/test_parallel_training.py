@@ -1,0 +1,97 @@
+"""WASAP/WASSP under `mpiexec -n 3` (1 server + 2 workers): determinism, real phase 2, faults, resume."""
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+from sparsenet.checkpoint import load_checkpoint
+from sparsenet.parallel.averaging import average_replicas
+from sparsenet.sparse.layer import SparseLayer
+from tests.mpi.conftest import run_mpi
+
+SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.informative=8",
+         "data.redundant=4", "data.classes=3", "model.hidden=[40,32]", "model.epsilon=5",
+         "model.dropout=0.1", "train.batch_size=16", "train.lr=0.03", "train.progress=false",
+         "checkpoint.every=1", "seed=3"]
+
+
+def train(n, out, *extra, timeout=240, resume=False):
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(out)]
+    for item in SMALL + list(extra):
+        args += ["--set", item]
+    if resume:
+        args.append("--resume")
+    return run_mpi(n, args, timeout=timeout)
+
+
+def checkpoint_arrays(path):
+    data = load_checkpoint(path)
+    return [np.concatenate([la.rows.astype(np.float64), la.cols, la.values, la.bias]) for la in data.layers]
+
+
+def test_wassp_is_deterministic_and_independent_of_chunk_size(tmp_path):
+    common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2"]
+    runs = {}
+    for name, extra in (("a", []), ("b", []), ("tiny_chunks", ["parallel.chunk_bytes=4096"])):
+        proc = train(3, tmp_path / name, *common, *extra)
+        assert proc.returncode == 0, proc.stderr
+        runs[name] = checkpoint_arrays(tmp_path / name / "checkpoint.h5")
+    for name in ("b", "tiny_chunks"):
+        for x, y in zip(runs["a"], runs[name]):
+            np.testing.assert_array_equal(x, y)
+    history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in history] == [1, 1, 2]
+    assert history[-1]["test_accuracy"] > 0.5  # 3 classes: chance is 1/3
+
+
+def test_phase2_replicas_diverge_and_final_model_is_their_pruned_average(tmp_path):
+    proc = train(3, tmp_path, "parallel.algorithm=wasap", "train.epochs=3", "parallel.phase1_epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    data = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert data.phase == 2 and len(data.replicas) == 2
+    sizes = [data.layers[0].n_in] + [la.n_out for la in data.layers]
+    replicas = [[SparseLayer(la.n_in, la.n_out, la.rows, la.cols, la.values, la.bias) for la in rep]
+                for rep in data.replicas]
+    final = [SparseLayer(la.n_in, la.n_out, la.rows, la.cols, la.values, la.bias) for la in data.layers]
+    # the workers' replicas differ from each other (own SET steps and data) and from the final model
+    for l in range(len(final) - 1):
+        assert not np.array_equal(replicas[0][l].keys(), replicas[1][l].keys())
+    for rep in replicas:
+        assert any(not np.array_equal(r.values, f.values) or not np.array_equal(r.keys(), f.keys())
+                   for r, f in zip(rep, final))
+    # the final model is the union average pruned back to the target nnz per layer
+    targets = [layer.nnz for layer in replicas[0]]
+    expected = average_replicas(replicas, targets)
+    for e, f in zip(expected, final):
+        np.testing.assert_array_equal(e.keys(), f.keys())
+        np.testing.assert_allclose(e.values, f.values, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(e.bias, f.bias, rtol=1e-6, atol=1e-7)
+    assert [f.nnz for f in final] == targets
+    assert sizes == [30, 40, 32, 3]
+
+
+def test_injected_fault_ends_the_job_names_the_rank_and_leaves_a_resumable_checkpoint(tmp_path):
+    start = time.monotonic()
+    proc = train(3, tmp_path, "parallel.algorithm=wasap", "train.epochs=4", "parallel.phase1_epochs=4",
+                 "debug.fail_rank=2", "debug.fail_at_step=45", timeout=120)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert elapsed < 60
+    assert "rank 2" in proc.stderr and "InjectedFault" in proc.stderr
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert saved.epoch >= 1
+    resumed = train(3, tmp_path, "parallel.algorithm=wasap", "train.epochs=4", "parallel.phase1_epochs=4",
+                    resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert load_checkpoint(tmp_path / "checkpoint.h5").epoch == 4
+    history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+
+
+def test_one_rank_runs_the_sequential_trainer(tmp_path):
+    proc = train(1, tmp_path, "train.epochs=1")
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert "phase" not in row and row["epoch"] == 1

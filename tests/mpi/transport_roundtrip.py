@@ -1,0 +1,266 @@
+"""Checks sparsenet.parallel.transport under mpiexec; rank 0 prints "ALL OK" when every check passed.
+
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py           # round trips, chunking, ANY_SOURCE, errors
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle    # CPU time while waiting 2 s in recv
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --big     # one bundle over 2 GiB, SHA-256 checked
+Any failure prints a traceback and aborts every rank, so mpiexec exits non-zero instead of hanging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import resource
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from sparsenet.parallel.transport import (
+    ANY_SOURCE,
+    ANY_TAG,
+    DTYPES,
+    Bundle,
+    Transport,
+    TransportError,
+)
+
+TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG = 1, 2, 3, 4, 5, 6, 7
+TAG_FANIN = 100  # + sender rank
+BIG_NBYTES = 2**31 + 12345
+IDLE_SECONDS = 2.0
+IDLE_MAX_CPU_FRACTION = 0.10
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise AssertionError(message) unless condition holds (asserts survive python -O)."""
+    if not condition:
+        raise AssertionError(message)
+
+
+def assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Dtype, shape and every element equal."""
+    check(got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}")
+    check(got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}")
+    check(got.flags.c_contiguous and got.flags.writeable, f"{what}: not a fresh C-contiguous array")
+    check(np.array_equal(got, want), f"{what}: values differ")
+
+
+def sample_arrays(seed: int) -> list[np.ndarray]:
+    """Every supported dtype in 0-d..4-d and empty shapes, plus non-contiguous and byte-swapped views."""
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for i, dtype in enumerate(DTYPES):
+        shape = [(), (7,), (3, 5), (2, 3, 4), (2, 1, 3, 2)][i % 5]
+        if dtype.kind == "f":
+            arrays.append(rng.standard_normal(shape).astype(dtype))
+        elif dtype.kind == "b":
+            arrays.append(rng.integers(0, 2, shape).astype(bool))
+        else:
+            info = np.iinfo(dtype)
+            arrays.append(rng.integers(info.min, info.max, shape, dtype=dtype, endpoint=True))
+        arrays.append(np.empty((0,) if i % 2 else (3, 0, 2), dtype=dtype))
+    grid = rng.standard_normal((6, 8))
+    arrays.append(grid[:, ::2])  # strided
+    arrays.append(grid.T)  # Fortran order
+    arrays.append(np.asfortranarray(rng.integers(0, 100, (4, 3, 2), dtype=np.int32)))
+    arrays.append(rng.standard_normal(5).astype(">f8"))  # big-endian: sent as native float64
+    return arrays
+
+
+SAMPLE_META = {"epoch": 3, "lr": 0.125, "name": "wörker", "sizes": [1, 2, 3], "nested": [[1.5], ["a"]]}
+
+
+def expect_bundle(got: Bundle, want_arrays: list[np.ndarray], want_meta: dict, source: int, tag: int) -> None:
+    """A received bundle matches what was sent, array by array."""
+    check((got.source, got.tag) == (source, tag), f"(source, tag) {(got.source, got.tag)} != {(source, tag)}")
+    check(got.meta == want_meta, f"meta {got.meta} != {want_meta}")
+    check(len(got.arrays) == len(want_arrays), f"{len(got.arrays)} arrays != {len(want_arrays)}")
+    for i, (a, b) in enumerate(zip(got.arrays, want_arrays)):
+        assert_same(a, np.array(b, dtype=b.dtype.newbyteorder("="), order="C"), f"tag {tag} array {i}")
+
+
+def roundtrip_all_dtypes(t: Transport) -> None:
+    """Rank 1 sends every dtype/shape to rank 0, which echoes it back; both check exactly."""
+    arrays = sample_arrays(seed=11)
+    if t.rank == 1:
+        sent = t.send(0, TAG_ALL, SAMPLE_META, arrays)
+        t.send(0, TAG_COUNT, {"sent": sent})
+        echo = t.recv(source=0, tag=TAG_ECHO, timeout=30)
+        expect_bundle(echo, arrays, SAMPLE_META, 0, TAG_ECHO)
+    elif t.rank == 0:
+        got = t.recv(source=1, tag=TAG_ALL, timeout=30)
+        expect_bundle(got, arrays, SAMPLE_META, 1, TAG_ALL)
+        count = t.recv(source=1, tag=TAG_COUNT, timeout=30)
+        check(count.meta["sent"] == got.nbytes, f"send() said {count.meta['sent']} bytes, recv got {got.nbytes}")
+        check(t.send(1, TAG_ECHO, got.meta, got.arrays) == got.nbytes, "echo size differs")
+
+
+def tiny_chunks(t: Transport) -> int:
+    """chunk_bytes=1024 on the sender only: hundreds of chunks, metadata chunked too; bytes sent."""
+    rng = np.random.default_rng(5)
+    arrays = [rng.standard_normal(100_003), rng.integers(-9, 9, (37, 1025), dtype=np.int32),
+              np.arange(1024, dtype=np.uint8), np.arange(3, dtype=np.int16)]
+    meta = {"long": "x" * 5000, "values": list(range(600))}
+    if t.rank == 1:
+        small = Transport(t.comm, chunk_bytes=1024)
+        return small.send(0, TAG_TINY, meta, arrays)
+    if t.rank == 0:
+        got = t.recv(source=1, tag=TAG_TINY, timeout=30)
+        expect_bundle(got, arrays, meta, 1, TAG_TINY)
+    return 0
+
+
+def fan_in(t: Transport) -> None:
+    """Every rank >= 1 sends to rank 0 with its own tag; rank 0 takes them by ANY_SOURCE/ANY_TAG."""
+    if t.rank > 0:
+        t.send(0, TAG_FANIN + t.rank, {"rank": t.rank}, [np.full((t.rank, 3), t.rank, dtype=np.int64)])
+        return
+    waiting = None
+    deadline = time.monotonic() + 30
+    while waiting is None and time.monotonic() < deadline:
+        waiting = t.poll(ANY_SOURCE, ANY_TAG)
+        time.sleep(0.001)
+    check(waiting is not None and waiting[1] == TAG_FANIN + waiting[0], f"poll() gave {waiting}")
+    seen = set()
+    for _ in range(1, t.size):
+        got = t.recv(ANY_SOURCE, ANY_TAG, timeout=30)
+        check(got.tag == TAG_FANIN + got.source and got.meta == {"rank": got.source}, f"bad fan-in {got}")
+        assert_same(got.arrays[0], np.full((got.source, 3), got.source, dtype=np.int64), "fan-in array")
+        seen.add(got.source)
+    check(seen == set(range(1, t.size)), f"fan-in from {sorted(seen)}")
+    check(t.poll() is None, "a message is left over after fan-in")
+
+
+def errors(t: Transport) -> None:
+    """Timeouts raise TimeoutError; a message that is not a bundle raises TransportError."""
+    if t.rank == 1:
+        t.comm.Send(np.arange(6, dtype=np.int64), dest=0, tag=TAG_BAD)
+    elif t.rank == 0:
+        start = time.monotonic()
+        try:
+            t.recv(source=1, tag=999, timeout=0.05)
+            check(False, "recv did not time out")
+        except TimeoutError:
+            check(time.monotonic() - start < 5, "timeout took far too long")
+        try:
+            t.recv(source=1, tag=TAG_BAD, timeout=30)
+            check(False, "malformed header accepted")
+        except TransportError as err:
+            check("magic" in str(err), f"unexpected error text: {err}")
+    # invalid input is refused before anything is sent
+    for meta, arrays, error in (({}, [np.zeros(2, object)], TypeError),
+                                ({}, [np.zeros(2, np.complex64)], TypeError),
+                                ({"s": {1, 2}}, [], TypeError),
+                                ({}, [np.zeros((1,) * 5)], ValueError)):
+        try:
+            t.send(0, 0, meta, arrays)
+            check(False, f"send accepted meta {meta} / {arrays[0].dtype if arrays else ''}")
+        except error:
+            pass
+
+
+def counters(t: Transport, other_sent: int) -> None:
+    """Bytes counted on every rank add up: total sent (plus other_sent) == total received."""
+    sent = t.comm.allreduce(t.bytes_sent + other_sent)
+    received = t.comm.allreduce(t.bytes_received)
+    check(sent == received > 0, f"bytes sent {sent} != received {received}")
+
+
+def run_basic(t: Transport) -> None:
+    """All functional checks."""
+    roundtrip_all_dtypes(t)
+    tiny_sent = tiny_chunks(t)
+    fan_in(t)
+    errors(t)
+    t.barrier()
+    counters(t, tiny_sent)
+    print(f"rank {t.rank}/{t.size} on {t.host}: OK", flush=True)
+
+
+def run_idle(t: Transport) -> None:
+    """Rank 0 waits IDLE_SECONDS in recv; its CPU time must stay under 10% of the wall time."""
+    t.barrier()
+    if t.rank == 1:
+        time.sleep(IDLE_SECONDS)
+        t.send(0, TAG_IDLE, {"late": True})
+    elif t.rank == 0:
+        wall, cpu = time.perf_counter(), time.process_time()
+        got = t.recv(source=1, tag=TAG_IDLE, timeout=60)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        check(got.meta == {"late": True}, "wrong idle message")
+        print(f"IDLE wall={wall:.3f}s cpu={cpu:.4f}s fraction={cpu / wall:.4f}", flush=True)
+        check(wall >= 0.9 * IDLE_SECONDS, f"recv returned after {wall:.3f} s, before the message was sent")
+        check(cpu < IDLE_MAX_CPU_FRACTION * wall, f"recv burned {cpu:.3f} s CPU in {wall:.3f} s")
+    t.barrier()
+
+
+def pattern(nbytes: int) -> np.ndarray:
+    """uint8 array i % 251 (prime period, so misplaced 2**k-byte chunks change it); one allocation."""
+    period = np.arange(251, dtype=np.uint8)
+    out = np.empty(nbytes, dtype=np.uint8)
+    whole = nbytes - nbytes % 251
+    out[:whole].reshape(-1, 251)[:] = period
+    out[whole:] = period[:nbytes - whole]
+    return out
+
+
+def sha256(array: np.ndarray) -> str:
+    """Hex SHA-256 of a C-contiguous array's bytes (no copy)."""
+    return hashlib.sha256(memoryview(array).cast("B")).hexdigest()
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_big(t: Transport) -> None:
+    """Rank 1 sends a 2**31 + 12345-byte uint8 array and a float32 array; rank 0 checks SHA-256."""
+    if t.rank == 1:
+        big = pattern(BIG_NBYTES)
+        small = np.linspace(-1, 1, 1001, dtype=np.float32)
+        meta = {"sha_big": sha256(big), "sha_small": sha256(small)}
+        t.barrier()
+        t.send(0, TAG_BIG, meta, [big, small])
+    elif t.rank == 0:
+        t.barrier()
+        start = time.perf_counter()
+        got = t.recv(source=1, tag=TAG_BIG, timeout=600)
+        seconds = time.perf_counter() - start
+        big, small = got.arrays
+        check(big.dtype == np.uint8 and big.shape == (BIG_NBYTES,), f"big array {big.dtype} {big.shape}")
+        check(small.dtype == np.float32 and small.shape == (1001,), f"small array {small.dtype} {small.shape}")
+        check(sha256(big) == got.meta["sha_big"], "SHA-256 of the big array differs")
+        check(sha256(small) == got.meta["sha_small"], "SHA-256 of the small array differs")
+        print(f"BIG OK bytes={got.nbytes} transfer={seconds:.2f}s ({got.nbytes / seconds / 1e9:.2f} GB/s)",
+              flush=True)
+    else:
+        t.barrier()
+    t.barrier()
+    print(f"rank {t.rank} peak_rss_mb={peak_rss_mb():.0f}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--big", action="store_true", help="send one bundle larger than 2 GiB")
+    mode.add_argument("--idle", action="store_true", help="measure CPU time while waiting in recv")
+    args = parser.parse_args()
+    t = Transport()
+    if t.size < 2:
+        sys.exit("run under mpiexec with at least 2 ranks")
+    try:
+        run_big(t) if args.big else run_idle(t) if args.idle else run_basic(t)
+        t.barrier()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        t.abort(1)  # never returns: ends every rank
+    if t.rank == 0:
+        print("ALL OK", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""MPI-free parts of parallel training: retain-valid-updates and phase-2 averaging."""
+
+import numpy as np
+
+from sparsenet.evolution import prune_and_regrow
+from sparsenet.model import SparseMLP
+from sparsenet.optim import MomentumSGD
+from sparsenet.parallel.averaging import average_replicas, prune_to_nnz, union_average
+from sparsenet.parallel.updates import compose, lineage, retain_valid
+from sparsenet.sparse.init import erdos_renyi_layer
+from tests import naive
+
+
+def test_stale_gradient_updates_exactly_the_surviving_connections():
+    rng = np.random.default_rng(0)
+    model = SparseMLP.initialize([40, 30, 5], epsilon=4, init="he_uniform", activation="relu", alpha=0,
+                                 dropout=0, output="softmax", rng=rng)
+    opt = MomentumSGD(model, lr=0.1, momentum=0.9, weight_decay=0.001)
+    old = model.layers[0]
+    stale_grad = rng.standard_normal(old.nnz).astype(np.float32) + 3.0  # never zero
+    new, source = prune_and_regrow(old, 0.3, "he_uniform", rng)  # the server evolved meanwhile
+    model.layers[0] = new
+    opt.follow_topology(0, source)
+    before = new.values.copy()
+    index, values = retain_valid(lineage(source, old.nnz), stale_grad)
+    opt.step_at(model, 0, index, values)
+    changed = np.flatnonzero(new.values != before)
+    survivors = np.flatnonzero(source >= 0)
+    np.testing.assert_array_equal(np.sort(changed), survivors)  # every survivor moved, nothing else
+    # each survivor moved by exactly its own old gradient entry
+    g_for = stale_grad[source[survivors]]
+    expected = before[survivors] - 0.1 * (g_for + 0.001 * before[survivors])
+    np.testing.assert_allclose(new.values[survivors], expected, rtol=1e-6, atol=1e-7)
+
+
+def test_union_average_matches_dense_mean():
+    rng = np.random.default_rng(1)
+    replicas = [erdos_renyi_layer(20, 15, 3, "he_uniform", np.random.default_rng(s)) for s in range(3)]
+    for r in replicas:
+        r.bias[:] = rng.standard_normal(15).astype(np.float32)
+    avg = union_average(replicas)
+    dense = np.mean([naive.dense_weights(r) for r in replicas], axis=0)
+    np.testing.assert_allclose(naive.dense_weights(avg), dense, rtol=1e-6, atol=1e-7)
+    union = np.unique(np.concatenate([r.keys() for r in replicas]))
+    np.testing.assert_array_equal(avg.keys(), union)
+    np.testing.assert_allclose(avg.bias, np.mean([r.bias for r in replicas], axis=0), rtol=1e-5)
+
+
+def test_prune_to_nnz_keeps_largest_magnitudes():
+    layer = erdos_renyi_layer(30, 30, 5, "he_uniform", np.random.default_rng(2))
+    pruned = prune_to_nnz(layer, layer.nnz // 2)
+    assert pruned.nnz == layer.nnz // 2
+    assert np.abs(pruned.values).min() >= np.sort(np.abs(layer.values))[::-1][layer.nnz // 2 - 1]
+    assert np.all(np.isin(pruned.keys(), layer.keys()))
+
+
+def test_average_replicas_returns_target_nnz_per_layer():
+    reps = [[erdos_renyi_layer(12, 9, 2, "xavier", np.random.default_rng(10 * k + l)) for l in range(2)]
+            for k in range(2)]
+    targets = [reps[0][0].nnz, reps[0][1].nnz]
+    out = average_replicas(reps, targets)
+    assert [layer.nnz for layer in out] == targets
+
+
+def test_lineage_composes_over_two_topology_changes():
+    rng = np.random.default_rng(3)
+    v0 = erdos_renyi_layer(25, 25, 4, "he_uniform", rng)
+    v1, s1 = prune_and_regrow(v0, 0.3, "he_uniform", rng)
+    v2, s2 = prune_and_regrow(v1, 0.3, "he_uniform", rng)
+    both = compose(lineage(s1, v0.nnz), lineage(s2, v1.nnz))
+    alive = both >= 0
+    # a connection that survived both steps keeps its position and value
+    np.testing.assert_array_equal(v2.keys()[both[alive]], v0.keys()[alive])
+    # and every connection of v2 with a v0 ancestor is reached exactly once
+    assert np.unique(both[alive]).shape[0] == alive.sum()
+    assert alive.sum() < v0.nnz  # some were removed
