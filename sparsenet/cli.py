@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .errors import SparsenetError
+from .signals import EXIT_RESUMABLE
 
 EXIT_BAD_INPUT = 2
 
@@ -30,8 +31,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         state = run(cfg, out, resume=args.resume)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"out": str(out), "epoch": state.epoch, "test_accuracy": last.get("test_accuracy"),
-                      "test_loss": last.get("test_loss")}))
-    return 0
+                      "test_loss": last.get("test_loss"), "stopped_by": state.stopped_by}))
+    return EXIT_RESUMABLE if state.stopped_by else 0
 
 
 def _load_model_and_config(path: str, overrides: list[str]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from .evolution import prune_and_regrow
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
 from .model import SparseMLP
 from .optim import MomentumSGD
+from .signals import StopRequest
 from .sparse import kernels
 from .sparse.layer import SparseLayer
 
@@ -33,6 +35,7 @@ class TrainingState:
     rng: np.random.Generator
     epoch: int
     history: list[dict]
+    stopped_by: str | None = None  # name of the signal that ended the run early, if one did
 
 
 def set_threads(threads: int) -> int:
@@ -73,6 +76,14 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
     return TrainingState(model, optimizer, rng, data.epoch, list(data.history))
+
+
+def epoch_learning_rate(cfg: Config, epoch: int) -> float:
+    """Learning rate of epoch `epoch` (1-based): constant, or cosine from train.lr to train.lr_final."""
+    t = cfg.train
+    if t.lr_schedule == "constant" or t.epochs == 1:
+        return t.lr
+    return t.lr_final + (t.lr - t.lr_final) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / (t.epochs - 1)))
 
 
 def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[float, int]:
@@ -133,6 +144,29 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
                           f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")
 
 
+def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
+    """Evolve (between epochs), train one epoch, evaluate; returns the epoch's metrics row."""
+    epoch = state.epoch + 1
+    t0 = time.perf_counter()
+    if epoch > 1:  # evolution runs between epochs, so a resumed run matches an uninterrupted one
+        evolve(state, cfg)
+    t1 = time.perf_counter()
+    state.optimizer.lr = epoch_learning_rate(cfg, epoch)
+    bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
+                      enabled=cfg.train.progress)
+    train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)
+    bar.close()
+    t2 = time.perf_counter()
+    test_loss, test_acc = state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)
+    t3 = time.perf_counter()
+    state.epoch = epoch
+    return {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+            "test_loss": test_loss, "test_accuracy": test_acc,
+            "train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "eval_seconds": t3 - t2,
+            "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
+            "peak_rss_mb": round(peak_rss_mb(), 1), "lr": state.optimizer.lr}
+
+
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
     """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir."""
     out = Path(out_dir)
@@ -159,32 +193,22 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     dump_config(cfg, out / "config.yaml")
     write_metrics(metrics_path, state.history)
 
-    while state.epoch < cfg.train.epochs:
-        epoch = state.epoch + 1
-        t0 = time.perf_counter()
-        if epoch > 1:  # evolution runs between epochs, so a resumed run matches an uninterrupted one
-            evolve(state, cfg)
-        t1 = time.perf_counter()
-        bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
-                          enabled=cfg.train.progress)
-        train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)
-        bar.close()
-        t2 = time.perf_counter()
-        test_loss, test_acc = state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)
-        t3 = time.perf_counter()
-        state.epoch = epoch
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
-               "test_loss": test_loss, "test_accuracy": test_acc,
-               "train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "eval_seconds": t3 - t2,
-               "nnz": state.model.nnz, "neurons": state.model.sizes,
-               "parameters": state.model.n_parameters, "peak_rss_mb": round(peak_rss_mb(), 1)}
-        state.history.append(row)
-        append_metrics(metrics_path, row)
-        log(f"epoch {epoch}/{cfg.train.epochs} train_loss {train_loss:.4f} test_loss {test_loss:.4f} "
-            f"test_accuracy {100 * test_acc:.2f}% | train {t2 - t1:.2f}s evolution {t1 - t0:.2f}s "
-            f"eval {t3 - t2:.2f}s | nnz {sum(state.model.nnz)}")
-        if epoch % cfg.checkpoint.every == 0 or epoch == cfg.train.epochs:
-            ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
+    with StopRequest() as stop:
+        while state.epoch < cfg.train.epochs:
+            row = run_epoch(state, cfg, data)
+            state.history.append(row)
+            append_metrics(metrics_path, row)
+            log(f"epoch {row['epoch']}/{cfg.train.epochs} train_loss {row['train_loss']:.4f} "
+                f"test_loss {row['test_loss']:.4f} test_accuracy {100 * row['test_accuracy']:.2f}% | "
+                f"train {row['train_seconds']:.2f}s evolution {row['evolution_seconds']:.2f}s "
+                f"eval {row['eval_seconds']:.2f}s | nnz {sum(row['nnz'])}")
+            if state.epoch % cfg.checkpoint.every == 0 or state.epoch == cfg.train.epochs or stop:
+                ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
+            if stop and state.epoch < cfg.train.epochs:
+                state.stopped_by = stop.signal_name
+                log(f"{stop.signal_name} received: stopped after epoch {state.epoch} with a checkpoint; "
+                    f"continue with --resume")
+                break
     if state.history:
         log(summarize(state.history))
     return state

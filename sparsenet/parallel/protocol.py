@@ -5,3 +5,4 @@ TAG_MODEL = 2     # server -> worker: weights (same topology) or topology + weig
 TAG_PHASE2 = 3    # server -> worker: start local training of this replica (topology, weights, state)
 TAG_REPLICA = 4   # worker -> server: the replica after a phase-2 epoch
 TAG_STOP = 5      # server -> worker: the run is over
+TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch

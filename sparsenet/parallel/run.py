@@ -15,6 +15,7 @@ from ..config import Config, config_from_yaml, dump_config
 from ..data import load_dataset
 from ..errors import SparsenetError
 from ..metrics import log, write_metrics
+from ..signals import ignore_stop_signals
 from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
 
 
@@ -57,6 +58,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             return _serve(cfg, data, transport, Path(out_dir), resume, threads)
         from .worker import run_worker
 
+        ignore_stop_signals()
         run_worker(cfg, data, transport)
         return None
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them

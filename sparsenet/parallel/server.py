@@ -19,10 +19,11 @@ from ..config import Config
 from ..data import Dataset
 from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
 from ..optim import MomentumSGD
+from ..signals import StopRequest
 from ..train import TrainingState, evolve, state_to_checkpoint, summarize
 from . import bundles
 from .averaging import average_replicas
-from .protocol import TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 from .updates import compose, lineage, retain_valid
 from .worker import new_model
 
@@ -47,6 +48,7 @@ class ParameterServer:
         self.saved_replicas = replicas or []
         self.phase = 2 if self.saved_replicas else 1
         self.counters = dict(updates=0, stale=0, samples=0, loss=0.0, correct=0)
+        self.stop = StopRequest()
 
     # ------------------------------------------------------------------ phase 1
 
@@ -146,6 +148,8 @@ class ParameterServer:
                 bar.update(min(self.counters["samples"], n_train))
             bar.close()
             self.end_epoch(epoch, train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0, phase=1)
+            if self.stop:
+                break
         return waiting
 
     def _synchronous_round(self, lr: float) -> None:
@@ -190,7 +194,6 @@ class ParameterServer:
             targets = [la.values.shape[0] for la in self.saved_replicas[0].layers]
         while self.state.epoch < cfg.train.epochs:
             epoch = self.state.epoch + 1
-            t0 = time.perf_counter()
             msgs = [self.transport.recv(source=k, tag=TAG_REPLICA) for k in self.workers]
             sizes = model.sizes
             replicas = [new_model(cfg, sizes, bundles.split_state(m.arrays, len(sizes) - 1)[0]) for m in msgs]
@@ -204,13 +207,15 @@ class ParameterServer:
                                  correct=round(sum(m.meta["train_accuracy"] * _shard_size(self, m.source) for m in msgs)))
             self.saved_replicas = [_replica_checkpoint(m, sizes) for m in msgs]
             self.end_epoch(epoch, train_seconds=max(m.meta["train_seconds"] for m in msgs),
-                           evolution_seconds=max(m.meta["evolution_seconds"] for m in msgs), phase=2,
-                           wall_seconds=time.perf_counter() - t0)
+                           evolution_seconds=max(m.meta["evolution_seconds"] for m in msgs), phase=2)
+            if self.stop or self.state.epoch >= cfg.train.epochs:
+                return  # run() tells every worker to stop
+            for k in self.workers:
+                self.transport.send(k, TAG_CONTINUE, {})
 
     # ------------------------------------------------------------------ epochs
 
-    def end_epoch(self, epoch: int, train_seconds: float, evolution_seconds: float, phase: int,
-                  wall_seconds: float | None = None) -> None:
+    def end_epoch(self, epoch: int, train_seconds: float, evolution_seconds: float, phase: int) -> None:
         state, c = self.state, self.counters
         t0 = time.perf_counter()
         test_loss, test_acc = state.model.evaluate(self.data.x_test, self.data.y_test, self.cfg.train.eval_batch_size)
@@ -231,7 +236,7 @@ class ParameterServer:
             f"test_loss {test_loss:.4f} test_accuracy {100 * test_acc:.2f}% | train {train_seconds:.2f}s "
             f"evolution {evolution_seconds:.2f}s eval {eval_seconds:.2f}s | updates {c['updates']} "
             f"stale {c['stale']} | nnz {sum(state.model.nnz)}", rank=0)
-        if epoch % self.cfg.checkpoint.every == 0 or epoch == self.cfg.train.epochs:
+        if epoch % self.cfg.checkpoint.every == 0 or epoch == self.cfg.train.epochs or self.stop:
             self.save()
 
     def save(self) -> None:
@@ -243,18 +248,24 @@ class ParameterServer:
         ckpt.save_checkpoint(self.out / "checkpoint.h5", data)
 
     def run(self) -> TrainingState:
+        """Phase 1, then phase 2 if epochs remain; a stop signal ends either at an epoch boundary."""
         end1 = phase1_epochs(self.cfg)
         waiting = list(self.workers)
-        if self.state.epoch < end1:
-            waiting = self.phase1(end1)
-        if self.state.epoch < self.cfg.train.epochs:
-            self.phase2(waiting)
-        else:
+        with self.stop:
+            if self.state.epoch < end1:
+                waiting = self.phase1(end1)
+            if self.state.epoch < self.cfg.train.epochs and not self.stop:
+                self.phase2(waiting)
+            elif self.phase == 1:
+                for k in self.workers:
+                    if k not in waiting:  # drain the last phase-1 gradient in flight
+                        self.transport.recv(source=k, tag=TAG_GRADIENT)
             for k in self.workers:
-                if k not in waiting:
-                    self.transport.recv(source=k, tag=TAG_GRADIENT)
-        for k in self.workers:
-            self.transport.send(k, TAG_STOP, {})
+                self.transport.send(k, TAG_STOP, {})
+        if self.stop and self.state.epoch < self.cfg.train.epochs:
+            self.state.stopped_by = self.stop.signal_name
+            log(f"{self.stop.signal_name} received: stopped after epoch {self.state.epoch} with a checkpoint; "
+                f"continue with --resume", rank=0)
         if self.state.history:
             log(summarize(self.state.history), rank=0)
         return self.state

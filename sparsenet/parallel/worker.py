@@ -14,7 +14,7 @@ from ..model import SparseMLP
 from ..optim import MomentumSGD
 from ..train import TrainingState, compute_gradients, evolve, train_epoch
 from . import bundles
-from .protocol import TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 
 
 class InjectedFault(RuntimeError):
@@ -54,7 +54,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             return
         if msg.tag == TAG_PHASE2:
             _phase2(cfg, transport, msg, sizes, x, y)
-            continue
+            return
         if msg.tag != TAG_MODEL:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":
@@ -74,7 +74,10 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
 
 
 def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.ndarray) -> None:
-    """Train the replica the server sent on the local shard, sending it back after every epoch."""
+    """Train the replica the server sent on the local shard, sending it back after every epoch.
+
+    After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request).
+    """
     topology, velocities, bias_velocities = bundles.split_state(msg.arrays, len(sizes) - 1)
     model = new_model(cfg, sizes, topology)
     t = cfg.train
@@ -84,7 +87,7 @@ def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.
     if msg.meta.get("rng_state"):
         rng.bit_generator.state = msg.meta["rng_state"]
     state = TrainingState(model, optimizer, rng, int(msg.meta["start_epoch"]), [])
-    while state.epoch < int(msg.meta["end_epoch"]):
+    while True:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
         if epoch > 1:
@@ -96,3 +99,8 @@ def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.
         meta = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
                 "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state}
         transport.send(0, TAG_REPLICA, meta, bundles.state_arrays(model, optimizer.velocities, optimizer.bias_velocities))
+        reply = transport.recv(source=0)
+        if reply.tag == TAG_STOP:
+            return
+        if reply.tag != TAG_CONTINUE:
+            raise RuntimeError(f"worker {transport.rank} got unexpected message tag {reply.tag} in phase 2")

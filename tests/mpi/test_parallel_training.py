@@ -95,3 +95,36 @@ def test_one_rank_runs_the_sequential_trainer(tmp_path):
     assert proc.returncode == 0, proc.stderr
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert "phase" not in row and row["epoch"] == 1
+
+
+@pytest.mark.parametrize("phase1", [4, 1], ids=["in_phase1", "in_phase2"])
+def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
+    """A scheduler's stop signal to rank 0 ends the run at an epoch boundary with exit code 75."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
+    for item in SMALL + ["train.epochs=400", "data.samples=3000", f"parallel.phase1_epochs={phase1}"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (tmp_path / "checkpoint.h5").exists():
+            time.sleep(0.2)
+        time.sleep(1.0)
+        # mpiexec forwards SIGUSR1 to every rank; workers ignore it, the server stops.
+        os.kill(proc.pid, signal.SIGUSR1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 75, err
+    assert "SIGUSR1 received" in out
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert 1 <= saved.epoch < 400
+    assert saved.phase == (1 if saved.epoch < phase1 else 2)
