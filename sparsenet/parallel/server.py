@@ -49,6 +49,7 @@ class ParameterServer:
         self.phase = 2 if self.saved_replicas else 1
         self.counters = dict(updates=0, stale=0, samples=0, loss=0.0, correct=0)
         self.stop = StopRequest()
+        self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch end
 
     # ------------------------------------------------------------------ phase 1
 
@@ -222,6 +223,9 @@ class ParameterServer:
         eval_seconds = time.perf_counter() - t0
         state.epoch = epoch
         n = max(c["samples"], 1)
+        wait = self.transport.wait_seconds - self._waited[0]
+        wait_cpu = self.transport.wait_cpu_seconds - self._waited[1]
+        self._waited = (self.transport.wait_seconds, self.transport.wait_cpu_seconds)
         row = {"epoch": epoch, "phase": phase, "train_loss": c["loss"] / n, "train_accuracy": c["correct"] / n,
                "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_seconds,
                "evolution_seconds": evolution_seconds, "eval_seconds": eval_seconds,
@@ -229,7 +233,8 @@ class ParameterServer:
                "peak_rss_mb": round(peak_rss_mb(), 1), "algorithm": self.cfg.parallel.algorithm,
                "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
                "version": self.version, "bytes_sent": self.transport.bytes_sent,
-               "bytes_received": self.transport.bytes_received}
+               "bytes_received": self.transport.bytes_received, "server_wait_seconds": wait,
+               "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
         state.history.append(row)
         append_metrics(self.out / "metrics.jsonl", row)
         log(f"epoch {epoch}/{self.cfg.train.epochs} phase {phase} train_loss {row['train_loss']:.4f} "

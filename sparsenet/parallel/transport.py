@@ -17,6 +17,7 @@ Not thread-safe: use one Transport per communicator from one thread.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ CHUNK_LIMIT = 1 << 31  # chunk_bytes must stay below this: MPI counts are C ints
 MAX_ARRAYS = 1 << 16
 MAX_META_BYTES = 1 << 30
 MIN_SLEEP = 20e-6
+DEFAULT_MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
+TRANSFER_SPIN = 2e-3  # seconds a transfer under way yields instead of sleeping
 WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
 
 _HEAD = 5  # magic, version, chunk_bytes, n_arrays, meta_nbytes
@@ -88,21 +91,29 @@ def validate_chunk_bytes(chunk_bytes: int) -> int:
 
 
 class _Backoff:
-    """Sleeps that double from MIN_SLEEP up to max_sleep seconds."""
+    """Polling pace: yield the core for `spin` seconds, then sleeps doubling from MIN_SLEEP to max_sleep.
 
-    def __init__(self, max_sleep: float):
+    Yielding (not spinning) keeps a transfer that is under way fast without starving a rank
+    that shares the core; sleeping keeps a long wait nearly free.
+    """
+
+    def __init__(self, max_sleep: float, spin: float = 0.0):
         self.max_sleep = max_sleep
         self.delay = min(MIN_SLEEP, max_sleep)
+        self.spin_until = time.perf_counter() + spin
 
     def sleep(self, limit: float | None = None) -> None:
-        """Sleep the current delay (at most `limit` seconds), then double it."""
+        """Yield while spinning, else sleep the current delay (at most `limit` seconds) and double it."""
+        if time.perf_counter() < self.spin_until:
+            os.sched_yield()
+            return
         time.sleep(self.delay if limit is None else max(0.0, min(self.delay, limit)))
         self.delay = min(2 * self.delay, self.max_sleep)
 
 
-def _wait_all(requests: list, max_sleep: float) -> None:
-    """Complete MPI requests by polling Testall with backoff sleeps (Waitall would spin)."""
-    backoff = _Backoff(max_sleep)
+def _wait_all(requests: list, max_sleep: float, spin: float = 0.0) -> None:
+    """Complete MPI requests by polling Testall (Waitall would busy-poll the core)."""
+    backoff = _Backoff(max_sleep, spin)
     while not _mpi().Request.Testall(requests):
         backoff.sleep()
 
@@ -203,7 +214,7 @@ def _decode_array_spec(index: int, row: list[int]) -> tuple[np.dtype, tuple[int,
 class Transport:
     """Sends and receives bundles on one communicator, counting bytes both ways."""
 
-    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_sleep: float = 0.002):
+    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_sleep: float = DEFAULT_MAX_SLEEP):
         """comm: an mpi4py communicator (None = COMM_WORLD); chunk_bytes: bytes per MPI message;
         max_sleep: longest sleep between polls, in seconds."""
         self.chunk_bytes = validate_chunk_bytes(chunk_bytes)
@@ -217,6 +228,8 @@ class Transport:
         self.host = mpi.Get_processor_name()
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.wait_seconds = 0.0  # wall time spent waiting for bundles to arrive
+        self.wait_cpu_seconds = 0.0  # CPU time this process used meanwhile
 
     def send(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
         """Send one bundle to `dest`; return its size in bytes (header + meta + payload).
@@ -280,9 +293,12 @@ class Transport:
         status = _mpi().Status()
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = _Backoff(self.max_sleep)
+        wall, cpu = time.perf_counter(), time.process_time()
         while True:
             message = self.comm.Improbe(source, tag, status)
             if message is not None:
+                self.wait_seconds += time.perf_counter() - wall
+                self.wait_cpu_seconds += time.process_time() - cpu
                 return message, status
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
@@ -291,9 +307,13 @@ class Transport:
             backoff.sleep(remaining)
 
     def _transfer(self, pieces: list[np.ndarray], start) -> None:
-        """Run `start(piece)` (an Isend/Irecv) over pieces in order, WINDOW at a time, and complete them."""
+        """Run `start(piece)` (an Isend/Irecv) over pieces in order, WINDOW at a time, and complete them.
+
+        Large messages move only while both sides poll, so a transfer under way yields rather
+        than sleeps for its first TRANSFER_SPIN seconds.
+        """
         for first in range(0, len(pieces), WINDOW):
-            _wait_all([start(p) for p in pieces[first:first + WINDOW]], self.max_sleep)
+            _wait_all([start(p) for p in pieces[first:first + WINDOW]], self.max_sleep, TRANSFER_SPIN)
 
     @staticmethod
     def _decode_meta(raw: np.ndarray, source: int, tag: int) -> dict:

@@ -1,0 +1,132 @@
+"""Throughput of sequential, WASAP and WASSP training of the FashionMNIST SET-MLP at equal total threads.
+
+    make setup && .venv/bin/python scripts/bench_parallel.py --epochs 4
+
+Runs `sparsenet train` three times in subprocesses: sequentially with T kernel threads, then under
+`mpiexec -n K+1` (1 parameter server + K workers, T/K threads each) with WASAP and with WASSP,
+phase 1 only. From each run's metrics.jsonl (first epoch dropped: JIT compile) it prints training
+samples/s, bytes per update and the server's CPU share while it waits, and checks the targets:
+WASAP >= 90 % of sequential samples/s, server CPU < 10 % while waiting, bytes per update
+proportional to nnz (weights + biases, float32, both directions) rather than model + velocities.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+THROUGHPUT_TARGET = 0.90
+SERVER_CPU_TARGET = 0.10
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is not counted)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="total kernel threads of every run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
+    p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    return p.parse_args(argv)
+
+
+def mpiexec() -> str:
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.exists() else "mpiexec"
+
+
+def train(out: Path, config: str, epochs: int, threads: int, overrides: list[str], ranks: int = 1) -> list[dict]:
+    """Run one training to `out` and return its metrics rows."""
+    cmd = [sys.executable, "-m", "sparsenet", "train", config, "--out", str(out)]
+    for item in [f"train.epochs={epochs}", f"threads={threads}", "train.progress=false",
+                 f"parallel.phase1_epochs={epochs}", "checkpoint.every=1000", *overrides]:
+        cmd += ["--set", item]
+    if ranks > 1:
+        cmd = [mpiexec(), "-n", str(ranks)] + cmd
+    env = {**os.environ, "HYDRA_LAUNCHER": "fork", "NUMBA_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def summarize(rows: list[dict], n_train: int) -> dict:
+    counted = rows[1:] or rows
+    seconds = statistics.median(r["train_seconds"] for r in counted)
+    result = {"samples_per_second": n_train / seconds, "train_seconds": seconds,
+              "test_accuracy": rows[-1]["test_accuracy"], "nnz": sum(rows[-1]["nnz"])}
+    if "updates" in rows[-1]:
+        first, last = counted[0], counted[-1]
+        prev = rows[rows.index(first) - 1] if rows.index(first) > 0 else {"bytes_sent": 0, "bytes_received": 0}
+        updates = sum(r["updates"] for r in counted)
+        moved = (last["bytes_sent"] - prev["bytes_sent"]) + (last["bytes_received"] - prev["bytes_received"])
+        result.update(bytes_per_update=moved / updates, updates=updates,
+                      server_wait_cpu_share=statistics.median(r["server_wait_cpu_share"] for r in counted),
+                      server_wait_seconds=statistics.median(r["server_wait_seconds"] for r in counted))
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    per_worker = max(1, args.threads // args.workers)
+    ranks = args.workers + 1
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        runs = {"sequential": ("configs/fashion_mnist.yaml", args.threads, 1),
+                "wasap": ("configs/fashion_mnist_wasap.yaml", per_worker, ranks),
+                "wassp": ("configs/fashion_mnist_wassp.yaml", per_worker, ranks)}
+        for name, (config, threads, n_ranks) in runs.items():
+            rows = train(tmp / name, config, args.epochs, threads, args.overrides, n_ranks)
+            results[name] = summarize(rows, _n_train(tmp / name))
+    seq = results["sequential"]
+    nnz = seq["nnz"]
+    print(f"FashionMNIST SET-MLP 784-1000-1000-1000-10 (nnz {nnz}), {args.epochs} epochs per run (first not counted), "
+          f"{args.threads} threads in all: sequential {args.threads} threads; parallel 1 server + {args.workers} "
+          f"workers x {per_worker} threads")
+    print(f"{'run':<11} {'samples/s':>10} {'vs seq':>7} {'s/epoch':>8} {'bytes/update':>13} {'per nnz':>8} "
+          f"{'server CPU waiting':>19} {'test acc':>9}")
+    for name, r in results.items():
+        extra = ""
+        if "bytes_per_update" in r:
+            extra = (f"{r['bytes_per_update']:>13.0f} {r['bytes_per_update'] / nnz:>8.2f} "
+                     f"{100 * r['server_wait_cpu_share']:>18.1f}%")
+        else:
+            extra = f"{'-':>13} {'-':>8} {'-':>19}"
+        print(f"{name:<11} {r['samples_per_second']:>10.0f} {r['samples_per_second'] / seq['samples_per_second']:>6.0%} "
+              f"{r['train_seconds']:>8.2f} {extra} {100 * r['test_accuracy']:>8.2f}%")
+    wasap = results["wasap"]
+    checks = {
+        "wasap throughput >= 90% of sequential": wasap["samples_per_second"] >= THROUGHPUT_TARGET * seq["samples_per_second"],
+        "server CPU < 10% while waiting": all(results[k]["server_wait_cpu_share"] < SERVER_CPU_TARGET for k in ("wasap", "wassp")),
+        # gradient in + weights out, float32, plus biases and headers: about 8 bytes per connection,
+        # where model + velocities both ways would be >= 16
+        "bytes per update ~ 8 x nnz": all(results[k]["bytes_per_update"] < 10 * nnz for k in ("wasap", "wassp")),
+    }
+    for name, ok in checks.items():
+        print(f"target {name}: {'PASS' if ok else 'FAIL'}")
+    print(f"machine: {os.cpu_count()} cores | reproduce: cd {ROOT} && {shlex.join([sys.executable, *sys.argv])}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "checks": checks}, indent=2))
+    return 1 if args.check and not all(checks.values()) else 0
+
+
+def _n_train(out: Path) -> int:
+    """Training samples of the run in `out`, from its resolved config."""
+    from sparsenet.config import load_config
+    from sparsenet.data import load_dataset
+
+    cfg = load_config(out / "config.yaml")
+    return load_dataset(cfg.data, cfg.seed).x_train.shape[0]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
