@@ -185,8 +185,6 @@ class TrainConfig:
     momentum: float = _field(0.9, _Float(0, 1, hi_open=True))
     weight_decay: float = _field(0.0002, _Float(lo=0))
     weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"))  # see optim.MomentumSGD
-    lr_schedule: str = _field("constant", _Choice("constant", "cosine"))  # per epoch; cosine ends at lr_final
-    lr_final: float = _field(0.0, _Float(lo=0))
     eval_batch_size: int = _field(2048, _Int(lo=1))
     progress: bool = _field(True, _Bool())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,14 +77,6 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     return TrainingState(model, optimizer, rng, data.epoch, list(data.history))
 
 
-def epoch_learning_rate(cfg: Config, epoch: int) -> float:
-    """Learning rate of epoch `epoch` (1-based): constant, or cosine from train.lr to train.lr_final."""
-    t = cfg.train
-    if t.lr_schedule == "constant" or t.epochs == 1:
-        return t.lr
-    return t.lr_final + (t.lr - t.lr_final) * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / (t.epochs - 1)))
-
-
 def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[float, int]:
     """Gradients on samples x[index] and one optimizer update; returns summed loss and correct count."""
     loss, correct = compute_gradients(state.model, state.rng, x, y, index)
@@ -151,7 +142,6 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
     if epoch > 1:  # evolution runs between epochs, so a resumed run matches an uninterrupted one
         evolve(state, cfg)
     t1 = time.perf_counter()
-    state.optimizer.lr = epoch_learning_rate(cfg, epoch)
     bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
                       enabled=cfg.train.progress)
     train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)

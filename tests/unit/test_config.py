@@ -45,7 +45,7 @@ def test_defaults():
     assert (cfg.model.epsilon, cfg.model.activation, cfg.model.alpha) == (20.0, "all_relu", 0.6)
     assert (cfg.model.init, cfg.model.dropout, cfg.model.output) == ("he_uniform", 0.3, "softmax")
     assert cfg.train == TrainConfig(epochs=500, batch_size=128, lr=0.01, momentum=0.9,
-                                    weight_decay=0.0002, weight_decay_mode="coupled", lr_schedule="constant", lr_final=0.0, eval_batch_size=2048, progress=True)
+                                    weight_decay=0.0002, weight_decay_mode="coupled", eval_batch_size=2048, progress=True)
     assert cfg.evolution == EvolutionConfig(zeta=0.3, evolve_output=False)
     assert cfg.checkpoint == CheckpointConfig(every=10)
 
@@ -89,7 +89,7 @@ def test_empty_file_and_empty_section(tmp_path):
 def test_unknown_keys():
     message = error_of(["train.epoch=10"])
     assert message == ("unknown config key 'train.epoch'; valid keys in 'train': batch_size, "
-                       "epochs, eval_batch_size, lr, lr_final, lr_schedule, momentum, progress, weight_decay, weight_decay_mode")
+                       "epochs, eval_batch_size, lr, momentum, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
     assert "checkpoint, data, debug, evolution, model, parallel, seed, threads, train" in message
