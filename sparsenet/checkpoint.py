@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .activations import OUTPUTS
 from .errors import CheckpointError
 
 FORMAT_NAME = "sparsenet-checkpoint"
@@ -66,7 +67,7 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             f.attrs["config"] = data.config_yaml
             f.attrs["phase"] = int(data.phase)
             f.attrs["version"] = int(data.version)
-            f.attrs["replica_rng_states"] = json.dumps(data.replica_rng_states)
+            f.create_dataset("replica_rng_states", data=json.dumps(data.replica_rng_states))
             f.create_dataset("history", data=json.dumps(data.history))
             _write_layers(f, "layers", data.layers)
             for k, replica in enumerate(data.replicas):
@@ -135,14 +136,46 @@ def _read(f, path: Path) -> CheckpointData:
     layers = _read_model(f, "layers", n_layers, path)
     n_replicas = int(f.attrs.get("n_replicas", 0))
     replicas = [_read_model(f, f"replicas/{k}/layers", n_layers, path) for k in range(n_replicas)]
-    history_raw = f["history"][()]
-    history = json.loads(history_raw.decode() if isinstance(history_raw, bytes) else history_raw)
-    return CheckpointData(
+    history = _json_dataset(f, "history")
+    replica_rng_states = _json_dataset(f, "replica_rng_states") if "replica_rng_states" in f else []
+    data = CheckpointData(
         layers=layers, slopes=slopes, dropout=float(_attr(f, "dropout", path)), output=str(_attr(f, "output", path)),
         epoch=int(_attr(f, "epoch", path)), rng_state=json.loads(_attr(f, "rng_state", path)),
         history=history, config_yaml=str(_attr(f, "config", path)),
         phase=int(f.attrs.get("phase", 1)), version=int(f.attrs.get("version", 0)), replicas=replicas,
-        replica_rng_states=json.loads(f.attrs.get("replica_rng_states", "[]")))
+        replica_rng_states=replica_rng_states)
+    _check_run_state(data, path)
+    return data
+
+
+def _json_dataset(f, name: str):
+    raw = f[name][()]
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def _check_run_state(data: CheckpointData, path: Path) -> None:
+    """Everything besides the layers that a resumed run or an evaluation would trust."""
+    if data.output not in OUTPUTS:
+        raise CheckpointError(f"checkpoint {path}: output {data.output!r} is not one of {', '.join(OUTPUTS)}")
+    if not 0.0 <= data.dropout < 1.0:
+        raise CheckpointError(f"checkpoint {path}: dropout {data.dropout} is outside [0, 1)")
+    if data.epoch < 0 or data.phase not in (1, 2) or data.version < 0:
+        raise CheckpointError(f"checkpoint {path}: epoch {data.epoch}, phase {data.phase}, version {data.version} "
+                              f"are not a valid run position")
+    if not isinstance(data.history, list) or len(data.history) != data.epoch:
+        raise CheckpointError(f"checkpoint {path}: metrics history has {len(data.history)} epochs, expected {data.epoch}")
+    for state in [data.rng_state, *data.replica_rng_states]:
+        try:
+            np.random.default_rng().bit_generator.state = state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path}: random generator state is unusable ({exc})") from None
+    if len(data.replica_rng_states) != len(data.replicas):
+        raise CheckpointError(f"checkpoint {path}: {len(data.replicas)} replicas but "
+                              f"{len(data.replica_rng_states)} replica generator states")
+    shapes = [(la.n_in, la.n_out) for la in data.layers]
+    for k, replica in enumerate(data.replicas):
+        if [(la.n_in, la.n_out) for la in replica] != shapes:
+            raise CheckpointError(f"checkpoint {path}: replica {k} has other layer shapes than the model")
 
 
 def _read_model(f, prefix: str, n_layers: int, path: Path) -> list[LayerArrays]:

@@ -126,11 +126,12 @@ class _PositiveInts:
 
     def __call__(self, key: str, value: Any) -> tuple[int, ...]:
         ok = (isinstance(value, (list, tuple)) and len(value) > 0 and all(
-            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in value))
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v < 2**31 for v in value))
         if not ok:
             shown = list(value) if isinstance(value, tuple) else value
             raise ConfigError(
-                f"config key '{key}' must be a non-empty list of positive integers, got {shown!r}")
+                f"config key '{key}' must be a non-empty list of positive integers below 2**31, "
+                f"got {shown!r}")
         return tuple(int(v) for v in value)
 
 

@@ -68,6 +68,9 @@ class MomentumSGD:
         """Apply one update of every layer from its weight and bias gradients."""
         lr = np.float32(self.lr if lr is None else lr)
         momentum, decay = np.float32(self.momentum), np.float32(self.weight_decay)
+        for l, layer in enumerate(model.layers):
+            _check_gradient(grads[l], layer.nnz, f"layer {l} weight")
+            _check_gradient(bias_grads[l], layer.n_out, f"layer {l} bias")
         kernel = _momentum_coupled if self.weight_decay_mode == "coupled" else _momentum_decoupled
         for l, layer in enumerate(model.layers):
             kernel(layer.values, self.velocities[l], grads[l], lr, momentum, decay)
@@ -78,6 +81,9 @@ class MomentumSGD:
         """Update only the connections `index` (int64) of one layer with gradients `grad` (same length)."""
         if index.shape != grad.shape:
             raise ValueError(f"{index.shape[0]} indices for {grad.shape[0]} gradient values")
+        nnz = model.layers[layer_index].nnz
+        if index.shape[0] and (index.min() < 0 or index.max() >= nnz):
+            raise ValueError(f"connection indices outside layer {layer_index} of {nnz} connections")
         lr = np.float32(self.lr if lr is None else lr)
         kernel = _momentum_coupled_at if self.weight_decay_mode == "coupled" else _momentum_decoupled_at
         kernel(model.layers[layer_index].values, self.velocities[layer_index], index,
@@ -85,6 +91,7 @@ class MomentumSGD:
 
     def step_bias(self, model: SparseMLP, layer_index: int, bias_grad: np.ndarray, lr: float | None = None) -> None:
         """Update one layer's biases."""
+        _check_gradient(bias_grad, model.layers[layer_index].n_out, f"layer {layer_index} bias")
         lr = np.float32(self.lr if lr is None else lr)
         kernel = _momentum_coupled if self.weight_decay_mode == "coupled" else _momentum_decoupled
         kernel(model.layers[layer_index].bias, self.bias_velocities[layer_index], bias_grad, lr,
@@ -94,10 +101,6 @@ class MomentumSGD:
         """Realign a layer's state: new connection k takes old state[source[k]], or 0 where source is -1."""
         self.velocities[layer_index] = realign(self.velocities[layer_index], source)
 
-    def follow_neurons(self, layer_index: int, kept_outputs: np.ndarray) -> None:
-        """Keep the bias state of the surviving output neurons of a layer."""
-        self.bias_velocities[layer_index] = np.ascontiguousarray(self.bias_velocities[layer_index][kept_outputs])
-
 
 def realign(state: np.ndarray, source: np.ndarray) -> np.ndarray:
     """state gathered at `source` (int64, -1 = new connection, state 0)."""
@@ -105,3 +108,9 @@ def realign(state: np.ndarray, source: np.ndarray) -> np.ndarray:
     have = source >= 0
     out[have] = state[source[have]]
     return out
+
+
+def _check_gradient(grad: np.ndarray, n: int, what: str) -> None:
+    """The kernels index without bounds checks: a gradient must be float32 of its layer's length."""
+    if grad.dtype != np.float32 or grad.shape != (n,):
+        raise ValueError(f"{what} gradient must be float32 of shape ({n},), got {grad.dtype} {grad.shape}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..checkpoint import LayerArrays
 from ..model import SparseMLP
 from ..sparse.layer import SparseLayer
 
@@ -46,12 +45,6 @@ def layers_from_topology(arrays: list[np.ndarray], sizes: list[int]) -> list[Spa
     return [SparseLayer(sizes[l], sizes[l + 1], *arrays[4 * l:4 * l + 4]) for l in range(len(sizes) - 1)]
 
 
-def load_topology(model: SparseMLP, arrays: list[np.ndarray]) -> None:
-    """Replace the model's connections, weights and biases (a topology change)."""
-    model.layers = layers_from_topology(arrays, model.sizes)
-    model.topology_changed()
-
-
 def state_arrays(model: SparseMLP, velocities: list[np.ndarray], bias_velocities: list[np.ndarray]) -> list[np.ndarray]:
     """A model with its optimizer state: topology arrays, then velocities, then bias velocities."""
     return topology_arrays(model) + list(velocities) + list(bias_velocities)
@@ -61,9 +54,3 @@ def split_state(arrays: list[np.ndarray], n_layers: int) -> tuple[list[np.ndarra
     topo = arrays[:4 * n_layers]
     velocities, bias_velocities = split_pairs(arrays[4 * n_layers:], n_layers)
     return topo, velocities, bias_velocities
-
-
-def layer_arrays(model: SparseMLP, velocities, bias_velocities) -> list[LayerArrays]:
-    """The checkpoint's view of a model and its optimizer state."""
-    return [LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
-                        velocities[l], bias_velocities[l]) for l, layer in enumerate(model.layers)]

@@ -23,8 +23,10 @@ ABORT_GRACE_SECONDS = 1.0
 
 
 def launched_world_size() -> int:
-    """World size announced by the MPI launcher's environment (1 if none); starts no MPI."""
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
+    """World size announced by the MPI launcher (1 if none); starts no MPI unless mpi4py already did."""
+    if "mpi4py.MPI" in sys.modules:  # python -m mpi4py: MPI is up, ask it
+        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size()
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"):
         value = os.environ.get(var)
         if value and value.isdigit():
             return int(value)
@@ -53,7 +55,14 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         if transport.size < 2:
             raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
         threads = rank_threads(cfg, transport.size)
-        data = load_dataset(cfg.data, cfg.seed)
+        # Rank 0 first: a dataset that must be downloaded or unpacked is fetched once, not K+1 times.
+        if rank == 0:
+            data = load_dataset(cfg.data, cfg.seed)
+        transport.barrier()
+        if rank != 0:
+            data = load_dataset(cfg.data, cfg.seed)
+        if data.x_train.shape[0] < transport.size - 1:
+            raise SparsenetError(f"{data.x_train.shape[0]} training samples cannot feed {transport.size - 1} workers")
         if rank == 0:
             return _serve(cfg, data, transport, Path(out_dir), resume, threads)
         from .worker import run_worker
@@ -72,7 +81,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
 
 
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
-    from .server import ParameterServer, _Replica
+    from .server import ParameterServer, _Replica, phase1_epochs
 
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "checkpoint.h5"
@@ -85,6 +94,9 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
         check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
         state = state_from_checkpoint(saved, cfg)
         version = saved.version
+        if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
+            raise SparsenetError(f"checkpoint {checkpoint_path} is in phase 2 at epoch {state.epoch}; resume it "
+                                 f"with parallel.phase1_epochs <= {state.epoch}, not {phase1_epochs(cfg)}")
         if saved.phase == 2 and saved.replicas:
             if len(saved.replicas) != transport.size - 1:
                 raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "

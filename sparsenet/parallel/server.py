@@ -106,6 +106,8 @@ class ParameterServer:
     def _evolve(self) -> None:
         nnz_before = self.state.model.nnz
         changes = evolve(self.state, self.cfg)
+        if not changes:  # nothing evolved (zeta 0): the workers' topology stays current
+            return
         self.lineages[self.version] = [lineage(changes[l], nnz_before[l]) if l in changes else None
                                        for l in range(len(nnz_before))]
         self.version += 1
@@ -181,7 +183,7 @@ class ParameterServer:
         start = self.state.epoch
         targets = [r.nnz for r in model.layers] if not self.saved_replicas else None
         for i, k in enumerate(self.workers):
-            meta = {"start_epoch": start, "end_epoch": cfg.train.epochs, "rng_state": None}
+            meta = {"start_epoch": start, "rng_state": None}
             if self.saved_replicas:  # resumed in phase 2: every worker gets its own replica back
                 saved = self.saved_replicas[i]
                 arrays = [a for la in saved.layers for a in (la.rows, la.cols, la.values, la.bias)]

@@ -29,6 +29,8 @@ def shard(n_samples: int, rank: int, workers: int, seed: int) -> np.ndarray:
 
 def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Endless mini-batches of range(n), reshuffled every pass; the last batch of a pass may be smaller."""
+    if n < 1:
+        raise ValueError("a worker needs at least one training sample")
     while True:
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
@@ -47,7 +49,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
     sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
-    model, rng, stream, step = None, None, None, 0
+    model, rng, stream, step, seeded_epoch = None, None, None, 0, None
     while True:
         msg = transport.recv(source=0)
         if msg.tag == TAG_STOP:
@@ -61,8 +63,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             model = new_model(cfg, sizes, msg.arrays)
         else:
             bundles.load_values(model, msg.arrays)
-        if rng is None:  # seeded by the epoch the server starts us at, so a resumed run reseeds
-            rng = np.random.default_rng([cfg.seed, rank, int(msg.meta["epoch"])])
+        if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
+            seeded_epoch = msg.meta["epoch"]
+            rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
             stream = batches(x.shape[0], cfg.train.batch_size, rng)
         if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
             raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")

@@ -39,9 +39,7 @@ def sample_empty_keys(n_positions: int, count: int, occupied: np.ndarray,
     if count == 0:
         return np.empty(0, dtype=KEY_DTYPE)
     if n_positions <= 4 * (occupied.shape[0] + count):
-        free = np.ones(n_positions, dtype=bool)
-        free[occupied] = False
-        free_keys = np.flatnonzero(free).astype(KEY_DTYPE)
+        free_keys = free_positions(n_positions, occupied)
         chosen = rng.choice(free_keys.shape[0], size=count, replace=False)
         return np.sort(free_keys[chosen])
     found = np.empty(0, dtype=KEY_DTYPE)
@@ -53,6 +51,14 @@ def sample_empty_keys(n_positions: int, count: int, occupied: np.ndarray,
             draw = draw[occupied[where] != draw]
         found = sorted_unique(np.concatenate([found, draw]))
     return found
+
+
+def free_positions(n_positions: int, occupied: np.ndarray) -> np.ndarray:
+    """Ascending keys in [0, n_positions) absent from sorted `occupied`, built from the gaps between them."""
+    bounds = np.concatenate([[-1], occupied.astype(KEY_DTYPE), [n_positions]])
+    gaps = np.diff(bounds) - 1
+    skipped = np.cumsum(gaps) - gaps  # free keys before each gap
+    return np.arange(int(gaps.sum()), dtype=KEY_DTYPE) + np.repeat(bounds[:-1] + 1 - skipped, gaps)
 
 
 def sorted_unique(a: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def test_info_reports_layers(trained, capsys):
     ("train.epoch=3", "unknown config key 'train.epoch'; valid keys in 'train': batch_size, epochs"),
     ("evolution.zeta=1.3", "'evolution.zeta' must be in [0, 1), got 1.3"),
     ("train.epochs=-2", "'train.epochs' must be"),
-    ("model.hidden=[]", "'model.hidden' must be a non-empty list of positive integers, got []"),
+    ("model.hidden=[]", "'model.hidden' must be a non-empty list of positive integers below 2**31, got []"),
     ("model.activation=tanh", "must be one of relu, leaky_relu, all_relu, got 'tanh'"),
 ])
 def test_bad_config_values(capsys, tmp_path, override, expected):
@@ -131,3 +131,18 @@ def test_plot_writes_png(trained, capsys, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     err = error_of(capsys, ["plot", str(tmp_path / "missing.jsonl"), "--out", str(out)])
     assert "missing.jsonl" in err
+
+
+@pytest.mark.parametrize("attr,value,expected", [
+    ("output", "tanh", "output 'tanh' is not one of softmax, sigmoid"),
+    ("dropout", 1.5, "dropout 1.5 is outside [0, 1)"),
+    ("rng_state", '{"bit_generator": "nope"}', "random generator state is unusable"),
+    ("epoch", 7, "metrics history has 2 epochs, expected 7"),
+])
+def test_checkpoint_with_bad_run_state(trained, capsys, tmp_path, attr, value, expected):
+    bad = tmp_path / f"bad_{attr}.h5"
+    shutil.copy(trained / "checkpoint.h5", bad)
+    with h5py.File(bad, "a") as f:
+        f.attrs[attr] = value
+    err = error_of(capsys, ["evaluate", str(bad)])
+    assert expected in err

@@ -143,11 +143,11 @@ def test_enums():
 
 @pytest.mark.parametrize("value, shown", [
     ("[]", "[]"), ("[100, 0]", "[100, 0]"), ("200", "200"), ("[1.5]", "[1.5]"),
-    ("[true]", "[True]"),
+    ("[true]", "[True]"), ("[2147483648]", "[2147483648]"),
 ])
 def test_hidden(value, shown):
     assert error_of([f"model.hidden={value}"]) == (
-        f"config key 'model.hidden' must be a non-empty list of positive integers, got {shown}")
+        f"config key 'model.hidden' must be a non-empty list of positive integers below 2**31, got {shown}")
 
 
 def test_cross_field_rules():

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from sparsenet.sparse.init import erdos_renyi_density, erdos_renyi_layer, sample_empty_keys
+from sparsenet.sparse.init import erdos_renyi_density, erdos_renyi_layer, free_positions, sample_empty_keys
 
 
 def test_density_formula_and_cap():
@@ -76,3 +76,10 @@ def test_200k_by_200k_layer_init_stays_under_300_mb():
     nnz, extra_mb = out.stdout.split()
     assert abs(int(nnz) - 4_000_000) < 10_000
     assert float(extra_mb) < 300, f"init took {extra_mb} MB extra"
+
+
+def test_free_positions_are_the_complement_of_occupied():
+    occupied = np.array([0, 3, 4, 9], dtype=np.int64)
+    np.testing.assert_array_equal(free_positions(10, occupied), [1, 2, 5, 6, 7, 8])
+    np.testing.assert_array_equal(free_positions(3, np.empty(0, np.int64)), [0, 1, 2])
+    assert free_positions(2, np.array([0, 1], np.int64)).shape == (0,)
