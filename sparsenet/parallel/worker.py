@@ -17,6 +17,9 @@ from . import bundles
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 
 
+REPLY_SPIN = 1e-3  # a worker expects the server's reply within about a millisecond: yield, don't sleep
+
+
 class InjectedFault(RuntimeError):
     """Raised on purpose by `debug.fail_rank` / `debug.fail_at_step` (fault-injection tests)."""
 
@@ -46,6 +49,7 @@ def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> Spar
 def run_worker(cfg: Config, data: Dataset, transport) -> None:
     """Serve the parameter server until it says stop."""
     rank, workers = transport.rank, transport.size - 1
+    transport.probe_spin = REPLY_SPIN
     mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
     sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
