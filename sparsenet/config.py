@@ -215,6 +215,7 @@ class ParallelConfig:
     warmup_epochs: int = _field(5, _Int(lo=0))         # wassp: gradual warm-up from lr to lr * K
     async_lr_factor: float = _field(1.0, _Float(lo=0, lo_open=True))   # wasap: lr * factor ...
     async_lr_epochs: int = _field(0, _Int(lo=0))       # ... for the first epochs, then lr
+    pipeline: bool = _field(True, _Bool())             # wasap: compute the next gradient while one travels
 
 
 @dataclass(frozen=True)

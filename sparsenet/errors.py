@@ -15,3 +15,7 @@ class DataError(SparsenetError):
 
 class CheckpointError(SparsenetError):
     """A checkpoint file is truncated, of another format version or inconsistent."""
+
+
+class DivergedError(SparsenetError):
+    """Training produced a non-finite loss; the last checkpoint is kept as it was."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
 from .data import Dataset, load_dataset
-from .errors import ConfigError
+from .errors import ConfigError, DivergedError
 from .evolution import prune_and_regrow
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
 from .model import SparseMLP
@@ -135,6 +136,14 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
                           f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")
 
 
+def check_finite(row: dict) -> None:
+    """Stop a run whose loss went NaN or infinite, before its checkpoint is overwritten."""
+    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+        raise DivergedError(f"training diverged at epoch {row['epoch']}: train loss {row['train_loss']}, "
+                            f"test loss {row['test_loss']}; lower train.lr (or, for wasap, parallel.async_lr_factor "
+                            f"or set parallel.pipeline=false) and --resume from the last checkpoint")
+
+
 def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
     """Evolve (between epochs), train one epoch, evaluate; returns the epoch's metrics row."""
     epoch = state.epoch + 1
@@ -186,6 +195,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     with StopRequest() as stop:
         while state.epoch < cfg.train.epochs:
             row = run_epoch(state, cfg, data)
+            check_finite(row)
             state.history.append(row)
             append_metrics(metrics_path, row)
             log(f"epoch {row['epoch']}/{cfg.train.epochs} train_loss {row['train_loss']:.4f} "

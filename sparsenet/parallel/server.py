@@ -20,7 +20,7 @@ from ..data import Dataset
 from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
 from ..optim import MomentumSGD
 from ..signals import StopRequest
-from ..train import TrainingState, evolve, state_to_checkpoint, summarize
+from ..train import TrainingState, check_finite, evolve, state_to_checkpoint, summarize
 from . import bundles
 from .averaging import average_replicas
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
@@ -50,6 +50,7 @@ class ParameterServer:
         self.counters = dict(updates=0, stale=0, samples=0, loss=0.0, correct=0)
         self.stop = StopRequest()
         self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch end
+        self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
 
     # ------------------------------------------------------------------ phase 1
 
@@ -71,8 +72,16 @@ class ParameterServer:
         same = self.worker_version[worker] == self.version
         arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
         meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch}
-        self.transport.send(worker, TAG_MODEL, meta, arrays)
+        self.finish_reply(worker)
+        # Non-blocking: a pipelining worker takes this reply only after computing its next gradient.
+        self.replies[worker] = self.transport.isend(worker, TAG_MODEL, meta, arrays)
         self.worker_version[worker] = self.version
+
+    def finish_reply(self, worker: int) -> None:
+        """Complete the model reply still in flight to `worker`, if any."""
+        pending = self.replies.pop(worker, None)
+        if pending is not None:
+            pending.wait()
 
     def _carry_over(self, from_version: int) -> list[np.ndarray | None]:
         """Per layer, the old-to-current index map from `from_version` (None where nothing changed)."""
@@ -192,6 +201,7 @@ class ParameterServer:
             else:
                 opt = self.state.optimizer
                 arrays = bundles.state_arrays(model, opt.velocities, opt.bias_velocities)
+            self.finish_reply(k)
             self.transport.send(k, TAG_PHASE2, meta, arrays)
         if targets is None:
             targets = [la.values.shape[0] for la in self.saved_replicas[0].layers]
@@ -237,6 +247,7 @@ class ParameterServer:
                "version": self.version, "bytes_sent": self.transport.bytes_sent,
                "bytes_received": self.transport.bytes_received, "server_wait_seconds": wait,
                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
+        check_finite(row)
         state.history.append(row)
         append_metrics(self.out / "metrics.jsonl", row)
         log(f"epoch {epoch}/{self.cfg.train.epochs} phase {phase} train_loss {row['train_loss']:.4f} "
@@ -268,6 +279,7 @@ class ParameterServer:
                     if k not in waiting:  # drain the last phase-1 gradient in flight
                         self.transport.recv(source=k, tag=TAG_GRADIENT)
             for k in self.workers:
+                self.finish_reply(k)
                 self.transport.send(k, TAG_STOP, {})
         if self.stop and self.state.epoch < self.cfg.train.epochs:
             self.state.stopped_by = self.stop.signal_name

@@ -245,6 +245,18 @@ def _pack(meta_bytes: np.ndarray, arrays: list[np.ndarray], chunk_bytes: int) ->
     return buffer
 
 
+class PendingSend:
+    """A send under way; keeps its buffer alive until `wait` completes it."""
+
+    def __init__(self, request, buffer, max_sleep: float):
+        self.request, self.buffer, self.max_sleep = request, buffer, max_sleep
+
+    def wait(self) -> None:
+        if self.request is not None:
+            _wait_all([self.request], self.max_sleep, TRANSFER_SPIN)
+            self.request = self.buffer = None
+
+
 class Transport:
     """Sends and receives bundles on one communicator, counting bytes both ways."""
 
@@ -288,6 +300,20 @@ class Transport:
         self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag))
         self.bytes_sent += nbytes
         return nbytes
+
+    def isend(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> "PendingSend":
+        """Start sending a bundle and return at once; the arrays may change right after the call.
+
+        The bundle is packed into a private buffer (MPICH delivers it while this rank computes);
+        one too large for a single chunk is sent blocking instead.
+        """
+        prepared = [_prepare(a) for a in arrays]
+        packed = _pack(np.frombuffer(encode_meta(meta), dtype=np.uint8), prepared, self.chunk_bytes)
+        if packed is None:
+            self.send(dest, tag, meta, prepared)
+            return PendingSend(None, None, self.max_sleep)
+        self.bytes_sent += packed.size
+        return PendingSend(self.comm.Isend([packed, _mpi().BYTE], dest, tag), packed, self.max_sleep)
 
     def recv(self, source: int | None = None, tag: int | None = None,
              timeout: float | None = None) -> Bundle:

@@ -47,13 +47,20 @@ def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> Spar
 
 
 def run_worker(cfg: Config, data: Dataset, transport) -> None:
-    """Serve the parameter server until it says stop."""
+    """Serve the parameter server until it says stop.
+
+    WASAP workers pipeline: while their gradient travels and the server applies it, they compute
+    the next one on the weights they have (one server update staler), so waiting hides behind
+    work. WASSP workers wait for the averaged update, as synchronous SGD requires.
+    """
     rank, workers = transport.rank, transport.size - 1
     transport.probe_spin = REPLY_SPIN
     mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
     sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
-    model, rng, stream, step, seeded_epoch = None, None, None, 0, None
+    pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
+    model, rng, stream, seeded_epoch, step = None, None, None, None, 0
+    ahead = None  # (meta, arrays) of a gradient computed while the last one was in flight
     while True:
         msg = transport.recv(source=0)
         if msg.tag == TAG_STOP:
@@ -71,13 +78,25 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             seeded_epoch = msg.meta["epoch"]
             rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
             stream = batches(x.shape[0], cfg.train.batch_size, rng)
-        if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
-            raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")
-        index = next(stream)
-        loss, correct = compute_gradients(model, rng, x, y, index)
-        transport.send(0, TAG_GRADIENT, {"version": msg.meta["version"], "samples": int(index.shape[0]),
-                                         "loss": loss, "correct": correct}, bundles.gradient_arrays(model))
-        step += 1
+        if ahead is None:
+            ahead = _gradient(cfg, model, rng, stream, x, y, rank, step, msg.meta["version"])
+            step += 1
+        in_flight = transport.isend(0, TAG_GRADIENT, *ahead)  # packs a copy: model.grads may change now
+        ahead = None
+        if pipeline:
+            ahead = _gradient(cfg, model, rng, stream, x, y, rank, step, msg.meta["version"])
+            step += 1
+        in_flight.wait()
+
+
+def _gradient(cfg: Config, model: SparseMLP, rng, stream, x, y, rank: int, step: int, version: int):
+    """The next mini-batch's gradient as (meta, arrays) for the server; fault injection happens here."""
+    if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
+        raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")
+    index = next(stream)
+    loss, correct = compute_gradients(model, rng, x, y, index)
+    meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
+    return meta, bundles.gradient_arrays(model)
 
 
 def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.ndarray) -> None:

@@ -13,7 +13,7 @@ from tests.mpi.conftest import run_mpi
 
 SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.informative=8",
          "data.redundant=4", "data.classes=3", "model.hidden=[40,32]", "model.epsilon=5",
-         "model.dropout=0.1", "train.batch_size=16", "train.lr=0.03", "train.progress=false",
+         "model.dropout=0.1", "train.batch_size=16", "train.lr=0.01", "train.progress=false",
          "checkpoint.every=1", "seed=3"]
 
 
@@ -32,7 +32,7 @@ def checkpoint_arrays(path):
 
 
 def test_wassp_is_deterministic_and_independent_of_chunk_size(tmp_path):
-    common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2"]
+    common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03"]
     runs = {}
     for name, extra in (("a", []), ("b", []), ("tiny_chunks", ["parallel.chunk_bytes=4096"])):
         proc = train(3, tmp_path / name, *common, *extra)

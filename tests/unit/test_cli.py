@@ -173,3 +173,15 @@ def test_sigterm_stops_at_an_epoch_boundary_and_resume_continues(tmp_path):
     assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--set", f"train.epochs={stopped_at + 1}",
                  "--out", str(tmp_path), "--resume"]) == 0
     assert load_checkpoint(tmp_path / "checkpoint.h5").epoch == stopped_at + 1
+
+
+def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(capsys, tmp_path):
+    assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--set", "train.epochs=1",
+                 "--out", str(tmp_path)]) == 0
+    from sparsenet.checkpoint import load_checkpoint
+
+    good = load_checkpoint(tmp_path / "checkpoint.h5").layers[0].values.copy()
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *SMALL, "--set", "train.epochs=3",
+                            "--set", "train.lr=1e6", "--out", str(tmp_path), "--resume"])
+    assert "training diverged at epoch 2" in err and "lower train.lr" in err
+    np.testing.assert_array_equal(load_checkpoint(tmp_path / "checkpoint.h5").layers[0].values, good)
