@@ -3,9 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EPOCHS ?= 10
+RANKS ?= 3
+# MPICH from PyPI when setup installed it (no system MPI), else the system's mpiexec.
+MPIEXEC ?= $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,mpiexec)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data demo demo-sequential test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,14 +30,19 @@ data:
 	  echo "FashionMNIST installed from Debian"; \
 	else echo "no Debian package available: sparsenet will use ~/.cache/sparsenet or download FashionMNIST"; fi
 
+# WASAP-SGD: 1 parameter server + 2 workers.
 demo: setup data
-	$(VENV)/bin/sparsenet train configs/fashion_mnist.yaml --set train.epochs=$(EPOCHS) --out runs/demo
+	$(MPIEXEC) -n $(RANKS) $(VENV)/bin/sparsenet train configs/fashion_mnist_wasap.yaml --set train.epochs=$(EPOCHS) --out runs/demo
+
+demo-sequential: setup data
+	$(VENV)/bin/sparsenet train configs/fashion_mnist.yaml --set train.epochs=$(EPOCHS) --out runs/demo-sequential
 
 test: setup data
 	$(PY) -m pytest -q tests
 
 bench: setup data
 	$(PY) scripts/bench_fashion_mnist.py
+	$(PY) scripts/bench_parallel.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
