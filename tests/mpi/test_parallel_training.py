@@ -78,7 +78,7 @@ def test_injected_fault_ends_the_job_names_the_rank_and_leaves_a_resumable_check
                  "debug.fail_rank=2", "debug.fail_at_step=45", timeout=120)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
-    assert elapsed < 60
+    assert elapsed < 30  # the job ends promptly, no rank hangs
     assert "rank 2" in proc.stderr and "InjectedFault" in proc.stderr
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert saved.epoch >= 1
