@@ -11,7 +11,8 @@ from .sparse.layer import SparseLayer
 def weights_to_remove(values: np.ndarray, zeta: float) -> np.ndarray:
     """Indices of the zeta fraction of smallest non-negative and of largest negative weights.
 
-    Per side, int(zeta * count) weights nearest zero go; ties at the boundary are broken by index.
+    Per side, int(zeta * count) weights nearest zero go; which of several equal boundary values goes
+    is up to np.argpartition (deterministic for the same input).
     """
     nonneg = np.flatnonzero(values >= 0)
     neg = np.flatnonzero(values < 0)
