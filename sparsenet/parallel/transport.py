@@ -40,6 +40,8 @@ MAX_ARRAYS = 1 << 16
 MAX_META_BYTES = 1 << 30
 MIN_SLEEP = 20e-6
 DEFAULT_MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
+IDLE_AFTER = 0.02  # a wait this long is idle: its sleeps may grow to IDLE_SLEEP
+IDLE_SLEEP = 5e-3
 TRANSFER_SPIN = 2e-3  # seconds a transfer under way yields instead of sleeping
 WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
 
@@ -99,21 +101,25 @@ class _Backoff:
     """Polling pace: yield the core for `spin` seconds, then sleeps doubling from MIN_SLEEP to max_sleep.
 
     Yielding (not spinning) keeps a transfer that is under way fast without starving a rank
-    that shares the core; sleeping keeps a long wait nearly free.
+    that shares the core; sleeping keeps a wait cheap. A wait longer than IDLE_AFTER is idle
+    rather than a hand-off, so its sleeps may grow to IDLE_SLEEP.
     """
 
     def __init__(self, max_sleep: float, spin: float = 0.0):
         self.max_sleep = max_sleep
         self.delay = min(MIN_SLEEP, max_sleep)
-        self.spin_until = time.perf_counter() + spin
+        self.start = time.perf_counter()
+        self.spin_until = self.start + spin
 
     def sleep(self, limit: float | None = None) -> None:
         """Yield while spinning, else sleep the current delay (at most `limit` seconds) and double it."""
-        if time.perf_counter() < self.spin_until:
+        now = time.perf_counter()
+        if now < self.spin_until:
             os.sched_yield()
             return
         time.sleep(self.delay if limit is None else max(0.0, min(self.delay, limit)))
-        self.delay = min(2 * self.delay, self.max_sleep)
+        cap = max(self.max_sleep, IDLE_SLEEP) if now - self.start > IDLE_AFTER else self.max_sleep
+        self.delay = min(2 * self.delay, cap)
 
 
 def _wait_all(requests: list, max_sleep: float, spin: float = 0.0) -> None:
