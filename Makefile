@@ -25,9 +25,10 @@ setup: $(STAMP)
 data:
 	@if [ -d /usr/share/datasets/fashion-mnist ]; then echo "FashionMNIST: /usr/share/datasets/fashion-mnist"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	   (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
-	  echo "FashionMNIST installed from Debian"; \
+	  { (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null)) && \
+	    echo "FashionMNIST installed from Debian" || \
+	    echo "apt-get could not install dataset-fashion-mnist: sparsenet will use its cache or download"; }; \
 	else echo "no Debian package available: sparsenet will use ~/.cache/sparsenet or download FashionMNIST"; fi
 
 # WASAP-SGD: 1 parameter server + 2 workers.
