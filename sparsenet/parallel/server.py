@@ -74,7 +74,7 @@ class ParameterServer:
         meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch}
         self.finish_reply(worker)
         # Non-blocking: a pipelining worker takes this reply only after computing its next gradient.
-        self.replies[worker] = self.transport.isend(worker, TAG_MODEL, meta, arrays)
+        self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
         self.worker_version[worker] = self.version
 
     def finish_reply(self, worker: int) -> None:
@@ -150,7 +150,7 @@ class ParameterServer:
                         for k in self.workers:
                             self.send_model(k)
                 else:
-                    msg = self.transport.recv(tag=TAG_GRADIENT)
+                    msg = self.transport.recv_bundle(tag=TAG_GRADIENT)
                     self.apply(msg.arrays, int(msg.meta["version"]), lr)
                     self._account(msg.meta)
                     if self.counters["samples"] < n_train:
@@ -166,7 +166,7 @@ class ParameterServer:
 
     def _synchronous_round(self, lr: float) -> None:
         """WASSP: one gradient from every worker (in rank order), averaged by samples, one update."""
-        msgs = [self.transport.recv(source=k, tag=TAG_GRADIENT) for k in self.workers]
+        msgs = [self.transport.recv_bundle(source=k, tag=TAG_GRADIENT) for k in self.workers]
         versions = {int(m.meta["version"]) for m in msgs}
         if versions != {self.version}:
             raise RuntimeError(f"synchronous round mixes topology versions {sorted(versions)} (server at {self.version})")
@@ -188,7 +188,7 @@ class ParameterServer:
         self.phase = 2
         for k in self.workers:
             if k not in waiting:  # its last phase-1 gradient is still in flight: drain it
-                self.transport.recv(source=k, tag=TAG_GRADIENT)
+                self.transport.recv_bundle(source=k, tag=TAG_GRADIENT)
         start = self.state.epoch
         targets = [r.nnz for r in model.layers] if not self.saved_replicas else None
         for i, k in enumerate(self.workers):
@@ -202,12 +202,12 @@ class ParameterServer:
                 opt = self.state.optimizer
                 arrays = bundles.state_arrays(model, opt.velocities, opt.bias_velocities)
             self.finish_reply(k)
-            self.transport.send(k, TAG_PHASE2, meta, arrays)
+            self.transport.send_bundle(k, TAG_PHASE2, meta, arrays)
         if targets is None:
             targets = [la.values.shape[0] for la in self.saved_replicas[0].layers]
         while self.state.epoch < cfg.train.epochs:
             epoch = self.state.epoch + 1
-            msgs = [self.transport.recv(source=k, tag=TAG_REPLICA) for k in self.workers]
+            msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.workers]
             sizes = model.sizes
             replicas = [new_model(cfg, sizes, bundles.split_state(m.arrays, len(sizes) - 1)[0]) for m in msgs]
             self.state.model.layers = average_replicas([r.layers for r in replicas], targets)
@@ -224,7 +224,7 @@ class ParameterServer:
             if self.stop or self.state.epoch >= cfg.train.epochs:
                 return  # run() tells every worker to stop
             for k in self.workers:
-                self.transport.send(k, TAG_CONTINUE, {})
+                self.transport.send_bundle(k, TAG_CONTINUE, {})
 
     # ------------------------------------------------------------------ epochs
 
@@ -277,10 +277,10 @@ class ParameterServer:
             elif self.phase == 1:
                 for k in self.workers:
                     if k not in waiting:  # drain the last phase-1 gradient in flight
-                        self.transport.recv(source=k, tag=TAG_GRADIENT)
+                        self.transport.recv_bundle(source=k, tag=TAG_GRADIENT)
             for k in self.workers:
                 self.finish_reply(k)
-                self.transport.send(k, TAG_STOP, {})
+                self.transport.send_bundle(k, TAG_STOP, {})
         if self.stop and self.state.epoch < self.cfg.train.epochs:
             self.state.stopped_by = self.stop.signal_name
             log(f"{self.stop.signal_name} received: stopped after epoch {self.state.epoch} with a checkpoint; "

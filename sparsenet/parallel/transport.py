@@ -194,7 +194,7 @@ def decode_header(raw: np.ndarray) -> tuple[int, int, list[tuple[np.dtype, tuple
     magic, version, chunk_bytes, n_arrays, meta_nbytes = words[:_HEAD]
     if magic not in (MAGIC, MAGIC_PACKED):
         raise TransportError(f"malformed bundle header: magic {magic:#x} != {MAGIC:#x} "
-                             "(a message not sent by Transport.send?)")
+                             "(a message not sent by Transport.send_bundle?)")
     if version != VERSION:
         raise TransportError(f"bundle protocol version {version} received, this side speaks {VERSION}")
     if not MIN_CHUNK_BYTES <= chunk_bytes < CHUNK_LIMIT:
@@ -286,7 +286,7 @@ class Transport:
         self.wait_seconds = 0.0  # wall time spent waiting for bundles to arrive
         self.wait_cpu_seconds = 0.0  # CPU time this process used meanwhile
 
-    def send(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
+    def send_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
         """Send one bundle to `dest`; return its size in bytes (header + meta + payload).
 
         Returns once every piece is delivered to MPI; large pieces need the receiver's recv.
@@ -307,7 +307,7 @@ class Transport:
         self.bytes_sent += nbytes
         return nbytes
 
-    def isend(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> "PendingSend":
+    def isend_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> "PendingSend":
         """Start sending a bundle and return at once; the arrays may change right after the call.
 
         The bundle is packed into a private buffer (MPICH delivers it while this rank computes);
@@ -316,12 +316,12 @@ class Transport:
         prepared = [_prepare(a) for a in arrays]
         packed = _pack(np.frombuffer(encode_meta(meta), dtype=np.uint8), prepared, self.chunk_bytes)
         if packed is None:
-            self.send(dest, tag, meta, prepared)
+            self.send_bundle(dest, tag, meta, prepared)
             return PendingSend(None, None, self.max_sleep)
         self.bytes_sent += packed.size
         return PendingSend(self.comm.Isend([packed, _mpi().BYTE], dest, tag), packed, self.max_sleep)
 
-    def recv(self, source: int | None = None, tag: int | None = None,
+    def recv_bundle(self, source: int | None = None, tag: int | None = None,
              timeout: float | None = None) -> Bundle:
         """Receive one bundle (source/tag None = any); TimeoutError if none starts within `timeout` s."""
         mpi = _mpi()

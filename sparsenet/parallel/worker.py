@@ -62,7 +62,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
     ahead = None  # (meta, arrays) of a gradient computed while the last one was in flight
     while True:
-        msg = transport.recv(source=0)
+        msg = transport.recv_bundle(source=0)
         if msg.tag == TAG_STOP:
             return
         if msg.tag == TAG_PHASE2:
@@ -81,7 +81,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if ahead is None:
             ahead = _gradient(cfg, model, rng, stream, x, y, rank, step, msg.meta["version"])
             step += 1
-        in_flight = transport.isend(0, TAG_GRADIENT, *ahead)  # packs a copy: model.grads may change now
+        in_flight = transport.isend_bundle(0, TAG_GRADIENT, *ahead)  # packs a copy: model.grads may change now
         ahead = None
         if pipeline:
             ahead = _gradient(cfg, model, rng, stream, x, y, rank, step, msg.meta["version"])
@@ -124,8 +124,8 @@ def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.
         state.epoch = epoch
         meta = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
                 "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state}
-        transport.send(0, TAG_REPLICA, meta, bundles.state_arrays(model, optimizer.velocities, optimizer.bias_velocities))
-        reply = transport.recv(source=0)
+        transport.send_bundle(0, TAG_REPLICA, meta, bundles.state_arrays(model, optimizer.velocities, optimizer.bias_velocities))
+        reply = transport.recv_bundle(source=0)
         if reply.tag == TAG_STOP:
             return
         if reply.tag != TAG_CONTINUE:

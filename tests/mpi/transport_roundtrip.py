@@ -85,16 +85,16 @@ def roundtrip_all_dtypes(t: Transport) -> None:
     """Rank 1 sends every dtype/shape to rank 0, which echoes it back; both check exactly."""
     arrays = sample_arrays(seed=11)
     if t.rank == 1:
-        sent = t.send(0, TAG_ALL, SAMPLE_META, arrays)
-        t.send(0, TAG_COUNT, {"sent": sent})
-        echo = t.recv(source=0, tag=TAG_ECHO, timeout=30)
+        sent = t.send_bundle(0, TAG_ALL, SAMPLE_META, arrays)
+        t.send_bundle(0, TAG_COUNT, {"sent": sent})
+        echo = t.recv_bundle(source=0, tag=TAG_ECHO, timeout=30)
         expect_bundle(echo, arrays, SAMPLE_META, 0, TAG_ECHO)
     elif t.rank == 0:
-        got = t.recv(source=1, tag=TAG_ALL, timeout=30)
+        got = t.recv_bundle(source=1, tag=TAG_ALL, timeout=30)
         expect_bundle(got, arrays, SAMPLE_META, 1, TAG_ALL)
-        count = t.recv(source=1, tag=TAG_COUNT, timeout=30)
+        count = t.recv_bundle(source=1, tag=TAG_COUNT, timeout=30)
         check(count.meta["sent"] == got.nbytes, f"send() said {count.meta['sent']} bytes, recv got {got.nbytes}")
-        check(t.send(1, TAG_ECHO, got.meta, got.arrays) == got.nbytes, "echo size differs")
+        check(t.send_bundle(1, TAG_ECHO, got.meta, got.arrays) == got.nbytes, "echo size differs")
 
 
 def tiny_chunks(t: Transport) -> int:
@@ -105,9 +105,9 @@ def tiny_chunks(t: Transport) -> int:
     meta = {"long": "x" * 5000, "values": list(range(600))}
     if t.rank == 1:
         small = Transport(t.comm, chunk_bytes=1024)
-        return small.send(0, TAG_TINY, meta, arrays)
+        return small.send_bundle(0, TAG_TINY, meta, arrays)
     if t.rank == 0:
-        got = t.recv(source=1, tag=TAG_TINY, timeout=30)
+        got = t.recv_bundle(source=1, tag=TAG_TINY, timeout=30)
         expect_bundle(got, arrays, meta, 1, TAG_TINY)
     return 0
 
@@ -115,7 +115,7 @@ def tiny_chunks(t: Transport) -> int:
 def fan_in(t: Transport) -> None:
     """Every rank >= 1 sends to rank 0 with its own tag; rank 0 takes them by ANY_SOURCE/ANY_TAG."""
     if t.rank > 0:
-        t.send(0, TAG_FANIN + t.rank, {"rank": t.rank}, [np.full((t.rank, 3), t.rank, dtype=np.int64)])
+        t.send_bundle(0, TAG_FANIN + t.rank, {"rank": t.rank}, [np.full((t.rank, 3), t.rank, dtype=np.int64)])
         return
     waiting = None
     deadline = time.monotonic() + 30
@@ -125,7 +125,7 @@ def fan_in(t: Transport) -> None:
     check(waiting is not None and waiting[1] == TAG_FANIN + waiting[0], f"poll() gave {waiting}")
     seen = set()
     for _ in range(1, t.size):
-        got = t.recv(ANY_SOURCE, ANY_TAG, timeout=30)
+        got = t.recv_bundle(ANY_SOURCE, ANY_TAG, timeout=30)
         check(got.tag == TAG_FANIN + got.source and got.meta == {"rank": got.source}, f"bad fan-in {got}")
         assert_same(got.arrays[0], np.full((got.source, 3), got.source, dtype=np.int64), "fan-in array")
         seen.add(got.source)
@@ -140,12 +140,12 @@ def errors(t: Transport) -> None:
     elif t.rank == 0:
         start = time.monotonic()
         try:
-            t.recv(source=1, tag=999, timeout=0.05)
+            t.recv_bundle(source=1, tag=999, timeout=0.05)
             check(False, "recv did not time out")
         except TimeoutError:
             check(time.monotonic() - start < 5, "timeout took far too long")
         try:
-            t.recv(source=1, tag=TAG_BAD, timeout=30)
+            t.recv_bundle(source=1, tag=TAG_BAD, timeout=30)
             check(False, "malformed header accepted")
         except TransportError as err:
             check("magic" in str(err), f"unexpected error text: {err}")
@@ -155,7 +155,7 @@ def errors(t: Transport) -> None:
                                 ({"s": {1, 2}}, [], TypeError),
                                 ({}, [np.zeros((1,) * 5)], ValueError)):
         try:
-            t.send(0, 0, meta, arrays)
+            t.send_bundle(0, 0, meta, arrays)
             check(False, f"send accepted meta {meta} / {arrays[0].dtype if arrays else ''}")
         except error:
             pass
@@ -184,10 +184,10 @@ def run_idle(t: Transport) -> None:
     t.barrier()
     if t.rank == 1:
         time.sleep(IDLE_SECONDS)
-        t.send(0, TAG_IDLE, {"late": True})
+        t.send_bundle(0, TAG_IDLE, {"late": True})
     elif t.rank == 0:
         wall, cpu = time.perf_counter(), time.process_time()
-        got = t.recv(source=1, tag=TAG_IDLE, timeout=60)
+        got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         check(got.meta == {"late": True}, "wrong idle message")
         print(f"IDLE wall={wall:.3f}s cpu={cpu:.4f}s fraction={cpu / wall:.4f}", flush=True)
@@ -223,11 +223,11 @@ def run_big(t: Transport) -> None:
         small = np.linspace(-1, 1, 1001, dtype=np.float32)
         meta = {"sha_big": sha256(big), "sha_small": sha256(small)}
         t.barrier()
-        t.send(0, TAG_BIG, meta, [big, small])
+        t.send_bundle(0, TAG_BIG, meta, [big, small])
     elif t.rank == 0:
         t.barrier()
         start = time.perf_counter()
-        got = t.recv(source=1, tag=TAG_BIG, timeout=600)
+        got = t.recv_bundle(source=1, tag=TAG_BIG, timeout=600)
         seconds = time.perf_counter() - start
         big, small = got.arrays
         check(big.dtype == np.uint8 and big.shape == (BIG_NBYTES,), f"big array {big.dtype} {big.shape}")

@@ -94,22 +94,27 @@ def test_truncated_checkpoint(trained, capsys, tmp_path):
     assert "cut.h5" in err and "truncated" in err
 
 
+def edited_copy(trained, path, edit):
+    """A copy of the trained checkpoint at `path`, changed in place by edit(h5py.File)."""
+    shutil.copy(trained / "checkpoint.h5", path)
+    with h5py.File(path, "a") as f:
+        edit(f)
+    return path
+
+
 def test_checkpoint_of_other_format_version(trained, capsys, tmp_path):
-    other = tmp_path / "v99.h5"
-    shutil.copy(trained / "checkpoint.h5", other)
-    with h5py.File(other, "a") as f:
-        f.attrs["format_version"] = 99
+    other = edited_copy(trained, tmp_path / "v99.h5", lambda f: f.attrs.__setitem__("format_version", 99))
     err = error_of(capsys, ["info", str(other)])
     assert "format version 99" in err and "version 1" in err
 
 
 def test_checkpoint_with_indices_outside_layer(trained, capsys, tmp_path):
-    bad = tmp_path / "bad_index.h5"
-    shutil.copy(trained / "checkpoint.h5", bad)
-    with h5py.File(bad, "a") as f:
+    def index_outside(f):
         rows = f["layers/1/rows"][()]
         rows[-1] = 10_000
         f["layers/1/rows"][...] = rows
+
+    bad = edited_copy(trained, tmp_path / "bad_index.h5", index_outside)
     err = error_of(capsys, ["evaluate", str(bad)])
     assert "layer 1" in err and "outside" in err
 
@@ -140,10 +145,7 @@ def test_plot_writes_png(trained, capsys, tmp_path):
     ("epoch", 7, "metrics history has 2 epochs, expected 7"),
 ])
 def test_checkpoint_with_bad_run_state(trained, capsys, tmp_path, attr, value, expected):
-    bad = tmp_path / f"bad_{attr}.h5"
-    shutil.copy(trained / "checkpoint.h5", bad)
-    with h5py.File(bad, "a") as f:
-        f.attrs[attr] = value
+    bad = edited_copy(trained, tmp_path / f"bad_{attr}.h5", lambda f: f.attrs.__setitem__(attr, value))
     err = error_of(capsys, ["evaluate", str(bad)])
     assert expected in err
 
