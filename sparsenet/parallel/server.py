@@ -190,7 +190,7 @@ class ParameterServer:
             if k not in waiting:  # its last phase-1 gradient is still in flight: drain it
                 self.transport.recv_bundle(source=k, tag=TAG_GRADIENT)
         start = self.state.epoch
-        targets = [r.nnz for r in model.layers] if not self.saved_replicas else None
+        targets = model.nnz  # the end of phase 1, or on resume the average already pruned to them
         for i, k in enumerate(self.workers):
             meta = {"start_epoch": start, "rng_state": None}
             if self.saved_replicas:  # resumed in phase 2: every worker gets its own replica back
@@ -203,8 +203,6 @@ class ParameterServer:
                 arrays = bundles.state_arrays(model, opt.velocities, opt.bias_velocities)
             self.finish_reply(k)
             self.transport.send_bundle(k, TAG_PHASE2, meta, arrays)
-        if targets is None:
-            targets = [la.values.shape[0] for la in self.saved_replicas[0].layers]
         while self.state.epoch < cfg.train.epochs:
             epoch = self.state.epoch + 1
             msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.workers]
