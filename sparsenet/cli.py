@@ -1,4 +1,4 @@
-"""Command line: sparsenet train | evaluate | info | plot. Bad input exits 2 with a one-line error."""
+"""Command line: sparsenet train | evaluate | info | prune | features | plot. Bad input exits 2 with a one-line error."""
 
 from __future__ import annotations
 
@@ -84,12 +84,127 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import config_from_yaml
+    from .pruning import select_by_importance, select_npset
+    from .train import apply_neuron_removal, state_from_checkpoint, state_to_checkpoint
+
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise SparsenetError(f"--out {args.out} would overwrite the checkpoint being pruned; choose another file")
+    data = load_checkpoint(args.checkpoint)
+    cfg = config_from_yaml(data.config_yaml, f"the config stored in {args.checkpoint}")
+    state = state_from_checkpoint(data, cfg)
+    model = state.model
+    before = {"neurons": model.sizes, "weights": sum(model.nnz), "parameters": model.n_parameters}
+    if args.fraction is not None:
+        keep = select_npset(model, args.fraction)
+    else:
+        keep = select_by_importance(model, args.percentile)
+    removal = apply_neuron_removal(state, keep)
+    pruned = state_to_checkpoint(state, cfg)
+    pruned.version = data.version  # phase-2 replicas keep the old shapes: a pruned parallel run restarts phase 2
+    save_checkpoint(args.out, pruned)
+    print(json.dumps({"checkpoint": str(args.out), "epoch": data.epoch, "removed": removal.removed,
+                      "neurons_before": before["neurons"], "neurons": model.sizes,
+                      "weights_before": before["weights"], "weights": sum(model.nnz),
+                      "parameters_before": before["parameters"], "parameters": model.n_parameters}))
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .pruning import input_strength
+    from .train import model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(args.checkpoint))
+    first = model.layers[0]
+    strength = input_strength(first)
+    degree = np.bincount(first.rows, minlength=first.n_in)
+    order = np.lexsort((np.arange(first.n_in), -strength))  # strongest first, ties by index
+    top = order[:args.top] if args.top else order
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("rank,feature,strength,connections\n")
+            for rank, i in enumerate(order, start=1):
+                f.write(f"{rank},{i},{strength[i]:.9g},{degree[i]}\n")
+    if args.image:
+        from .plot import plot_feature_strength
+
+        plot_feature_strength(strength, _image_shape(args.image, first.n_in), args.image_out)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "features": first.n_in,
+                          "top": [{"feature": int(i), "strength": float(strength[i]), "connections": int(degree[i])}
+                                  for i in top]}))
+        return 0
+    print(f"{first.n_in} input features, {int((degree > 0).sum())} connected; strength = sum of |outgoing weights|")
+    print(f"{'rank':>6} {'feature':>8} {'strength':>12} {'connections':>11}")
+    for rank, i in enumerate(top, start=1):
+        print(f"{rank:>6} {i:>8} {strength[i]:>12.5f} {degree[i]:>11}")
+    if args.out:
+        print(f"wrote all {first.n_in} features, ranked, to {args.out}")
+    if args.image:
+        print(f"wrote {args.image_out}")
+    return 0
+
+
+def _image_shape(text: str, n_features: int) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3) or any(d < 1 for d in shape):
+        raise SparsenetError(f"--image must look like HEIGHTxWIDTH or CHANNELSxHEIGHTxWIDTH, got {text!r}")
+    size = 1
+    for d in shape:
+        size *= d
+    if size != n_features:
+        raise SparsenetError(f"--image {text} holds {size} pixels but the model has {n_features} input features")
+    return shape
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_learning_curves
 
     path = plot_learning_curves(args.metrics, args.out, args.label or None)
     print(f"wrote {path}")
     return 0
+
+
+def _percentile(text: str) -> float:
+    value = _number(text, "percentile")
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, "fraction")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"fraction must be in (0, 1), got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
+    return value
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +226,23 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("checkpoint")
     info.add_argument("--json", action="store_true", help="print one JSON line")
     info.set_defaults(func=_cmd_info)
+    prune = sub.add_parser("prune", help="remove unimportant hidden neurons of a trained checkpoint (one shot)")
+    prune.add_argument("checkpoint")
+    how = prune.add_mutually_exclusive_group(required=True)
+    how.add_argument("--percentile", type=_percentile,
+                     help="Importance Pruning: remove hidden neurons below this importance percentile of their layer")
+    how.add_argument("--fraction", type=_fraction,
+                     help="NPSET: remove this fraction of each hidden layer's neurons with the fewest connections")
+    prune.add_argument("--out", required=True, help="checkpoint file to write (evaluate and info accept it)")
+    prune.set_defaults(func=_cmd_prune)
+    features = sub.add_parser("features", help="rank input features by strength (sum of |outgoing weights|)")
+    features.add_argument("checkpoint")
+    features.add_argument("--top", type=_non_negative, default=20, help="how many to print (0 = all; default 20)")
+    features.add_argument("--out", help="CSV file for every feature, ranked")
+    features.add_argument("--json", action="store_true", help="print one JSON line")
+    features.add_argument("--image", metavar="[Cx]HxW", help="also draw the strengths as an image of this shape (28x28, 3x32x32)")
+    features.add_argument("--image-out", default="feature_strength.png", help="PNG for --image")
+    features.set_defaults(func=_cmd_features)
     plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
     plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
     plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")

@@ -21,7 +21,7 @@ import yaml
 from sparsenet.errors import ConfigError
 
 __all__ = [
-    "Config", "ParallelConfig", "DebugConfig", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "CheckpointConfig",
+    "Config", "ParallelConfig", "DebugConfig", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "PruningConfig", "CheckpointConfig",
     "load_config", "override_config", "config_from_yaml", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
 ]
 
@@ -199,6 +199,20 @@ class EvolutionConfig:
 
 
 @dataclass(frozen=True)
+class PruningConfig:
+    """Neuron pruning between epochs. importance: from start_epoch, every `every` epochs, remove the
+    hidden neurons below the `percentile`-th importance percentile of their layer. npset: after each of
+    `duration` epochs from start_epoch, remove the `fraction` of hidden neurons with fewest connections."""
+
+    method: str = _field("none", _Choice("none", "importance", "npset"))
+    start_epoch: int = _field(10, _Int(lo=1))          # importance: tau; npset: beta
+    every: int = _field(5, _Int(lo=1))                 # importance: pruning step p
+    percentile: float = _field(10.0, _Float(0, 100, lo_open=True, hi_open=True))   # importance: threshold t
+    fraction: float = _field(0.04, _Float(0, 1, lo_open=True, hi_open=True))       # npset: alpha
+    duration: int = _field(40, _Int(lo=1))             # npset: gamma
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = _field(10, _Int(lo=1))
 
@@ -236,6 +250,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)

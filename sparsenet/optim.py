@@ -97,9 +97,26 @@ class MomentumSGD:
         kernel(model.layers[layer_index].bias, self.bias_velocities[layer_index], bias_grad, lr,
                np.float32(self.momentum), np.float32(self.weight_decay))
 
+    def step_bias_at(self, model: SparseMLP, layer_index: int, index: np.ndarray, bias_grad: np.ndarray,
+                     lr: float | None = None) -> None:
+        """Update only the biases `index` (int64) of one layer with gradients `bias_grad` (same length)."""
+        layer = model.layers[layer_index]
+        if index.shape != bias_grad.shape:
+            raise ValueError(f"{index.shape[0]} indices for {bias_grad.shape[0]} bias gradient values")
+        if index.shape[0] and (index.min() < 0 or index.max() >= layer.n_out):
+            raise ValueError(f"neuron indices outside layer {layer_index} of {layer.n_out} outputs")
+        lr = np.float32(self.lr if lr is None else lr)
+        kernel = _momentum_coupled_at if self.weight_decay_mode == "coupled" else _momentum_decoupled_at
+        kernel(layer.bias, self.bias_velocities[layer_index], index, np.ascontiguousarray(bias_grad, dtype=np.float32),
+               lr, np.float32(self.momentum), np.float32(self.weight_decay))
+
     def follow_topology(self, layer_index: int, source: np.ndarray) -> None:
         """Realign a layer's state: new connection k takes old state[source[k]], or 0 where source is -1."""
         self.velocities[layer_index] = realign(self.velocities[layer_index], source)
+
+    def follow_neurons(self, layer_index: int, keep: np.ndarray) -> None:
+        """Drop the bias state of the output neurons of a layer that `keep` (bool, old n_out) removes."""
+        self.bias_velocities[layer_index] = np.ascontiguousarray(self.bias_velocities[layer_index][keep])
 
 
 def realign(state: np.ndarray, source: np.ndarray) -> np.ndarray:

@@ -44,3 +44,26 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def plot_feature_strength(strength, shape: tuple[int, ...], out: str) -> Path:
+    """Input-feature strengths (n_features,) drawn as an image of `shape` (H, W) or (C, H, W), channels summed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SparsenetError("plotting needs matplotlib: pip install 'sparsenet[plot]'") from None
+    image = strength.reshape(shape)
+    if image.ndim == 3:  # channel planes first, as CIFAR-10 stores them
+        image = image.sum(axis=0)
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    shown = ax.imshow(image, cmap="viridis")
+    fig.colorbar(shown, ax=ax, label="sum of |outgoing weights|")
+    ax.set(title="Input-feature strength", xticks=[], yticks=[])
+    fig.tight_layout()
+    out_path = Path(out)
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path

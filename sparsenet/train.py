@@ -18,6 +18,7 @@ from .evolution import prune_and_regrow
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
 from .model import SparseMLP
 from .optim import MomentumSGD
+from .pruning import NeuronRemoval, pruning_due, remove_neurons, select_by_importance, select_npset
 from .signals import StopRequest
 from .sparse import kernels
 from .sparse.layer import SparseLayer
@@ -128,6 +129,37 @@ def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
     return changes
 
 
+def prune_neurons(state: TrainingState, cfg: Config) -> NeuronRemoval | None:
+    """Importance Pruning or NPSET after completed epoch `state.epoch` if the schedule says so.
+
+    Returns what was removed (None if nothing was); optimizer state follows the smaller layers.
+    """
+    p = cfg.pruning
+    if not pruning_due(p.method, p.start_epoch, p.every, p.duration, state.epoch):
+        return None
+    model = state.model
+    keep = select_by_importance(model, p.percentile) if p.method == "importance" else select_npset(model, p.fraction)
+    if all(k.all() for k in keep):
+        return None
+    return apply_neuron_removal(state, keep)
+
+
+def apply_neuron_removal(state: TrainingState, keep: list[np.ndarray]) -> NeuronRemoval:
+    """Remove the hidden neurons outside `keep` from the model and the optimizer state."""
+    removal = remove_neurons(state.model, keep)
+    for l, source in enumerate(removal.sources):
+        state.optimizer.follow_topology(l, source)
+    for h, mask in enumerate(keep, start=1):
+        state.optimizer.follow_neurons(h - 1, mask)
+    return removal
+
+
+def between_epochs(state: TrainingState, cfg: Config) -> tuple[NeuronRemoval | None, dict[int, np.ndarray]]:
+    """Neuron pruning (if scheduled), then the SET step: what runs between two epochs."""
+    removal = prune_neurons(state, cfg)
+    return removal, evolve(state, cfg)
+
+
 def check_resume_compatible(saved: Config, cfg: Config) -> None:
     old, new = config_to_dict(saved), config_to_dict(cfg)
     changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
@@ -148,8 +180,9 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
     """Evolve (between epochs), train one epoch, evaluate; returns the epoch's metrics row."""
     epoch = state.epoch + 1
     t0 = time.perf_counter()
-    if epoch > 1:  # evolution runs between epochs, so a resumed run matches an uninterrupted one
-        evolve(state, cfg)
+    removal = None
+    if epoch > 1:  # pruning and evolution run between epochs, so a resumed run matches an uninterrupted one
+        removal, _ = between_epochs(state, cfg)
     t1 = time.perf_counter()
     bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
                       enabled=cfg.train.progress)
@@ -163,6 +196,7 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
             "test_loss": test_loss, "test_accuracy": test_acc,
             "train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "eval_seconds": t3 - t2,
             "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
+            "neurons_removed": removal.removed if removal else [0] * (len(state.model.sizes) - 2),
             "peak_rss_mb": round(peak_rss_mb(), 1), "lr": state.optimizer.lr}
 
 
@@ -201,7 +235,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
             log(f"epoch {row['epoch']}/{cfg.train.epochs} train_loss {row['train_loss']:.4f} "
                 f"test_loss {row['test_loss']:.4f} test_accuracy {100 * row['test_accuracy']:.2f}% | "
                 f"train {row['train_seconds']:.2f}s evolution {row['evolution_seconds']:.2f}s "
-                f"eval {row['eval_seconds']:.2f}s | nnz {sum(row['nnz'])}")
+                f"eval {row['eval_seconds']:.2f}s | nnz {sum(row['nnz'])}{_pruned_note(row)}")
             if state.epoch % cfg.checkpoint.every == 0 or state.epoch == cfg.train.epochs or stop:
                 ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
             if stop and state.epoch < cfg.train.epochs:
@@ -214,6 +248,13 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     return state
 
 
+def _pruned_note(row: dict) -> str:
+    removed = row.get("neurons_removed") or []
+    if not any(removed):
+        return ""
+    return f" | pruned {sum(removed)} neurons, now {'-'.join(map(str, row['neurons']))}"
+
+
 def summarize(history: list[dict]) -> str:
     """One line on a run: best and last test accuracy, parameters and time spent per phase."""
     best = max(history, key=lambda r: r["test_accuracy"])
@@ -221,5 +262,6 @@ def summarize(history: list[dict]) -> str:
     seconds = {k: sum(r[f"{k}_seconds"] for r in history) for k in ("train", "evolution", "eval")}
     return (f"done: {last['epoch']} epochs; test accuracy last {100 * last['test_accuracy']:.2f}%, "
             f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']}); "
+            f"weights start {sum(history[0]['nnz'])} end {sum(last['nnz'])}, "
             f"parameters start {history[0]['parameters']} end {last['parameters']}; "
             f"seconds train {seconds['train']:.1f} evolution {seconds['evolution']:.1f} eval {seconds['eval']:.1f}")

@@ -20,11 +20,11 @@ from ..data import Dataset
 from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
 from ..optim import MomentumSGD
 from ..signals import StopRequest
-from ..train import TrainingState, check_finite, evolve, state_to_checkpoint, summarize
+from ..train import TrainingState, between_epochs, check_finite, prune_neurons, state_to_checkpoint, summarize
 from . import bundles
 from .averaging import average_replicas
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
-from .updates import compose, lineage, retain_valid
+from .updates import compose, retain_valid, topology_lineage
 from .worker import new_model
 
 
@@ -44,7 +44,8 @@ class ParameterServer:
         self.workers = list(range(1, transport.size))
         self.version = version
         self.worker_version = {k: -1 for k in self.workers}  # -1: has no model yet
-        self.lineages: dict[int, list[np.ndarray | None]] = {}  # version v -> per-layer map to v + 1
+        # version v -> per-layer (connection maps, bias maps) to v + 1; None where a layer did not change
+        self.lineages: dict[int, tuple[list[np.ndarray | None], list[np.ndarray | None]]] = {}
         self.saved_replicas = replicas or []
         self.phase = 2 if self.saved_replicas else 1
         self.counters = dict(updates=0, stale=0, samples=0, loss=0.0, correct=0)
@@ -71,7 +72,8 @@ class ParameterServer:
         """Values only while the worker's topology is current; topology and values after a change."""
         same = self.worker_version[worker] == self.version
         arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
-        meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch}
+        meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch,
+                "sizes": self.state.model.sizes}
         self.finish_reply(worker)
         # Non-blocking: a pipelining worker takes this reply only after computing its next gradient.
         self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
@@ -83,12 +85,14 @@ class ParameterServer:
         if pending is not None:
             pending.wait()
 
-    def _carry_over(self, from_version: int) -> list[np.ndarray | None]:
-        """Per layer, the old-to-current index map from `from_version` (None where nothing changed)."""
-        maps = self.lineages[from_version]
+    def _carry_over(self, from_version: int) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+        """Per layer, the old-to-current connection and bias maps from `from_version` (None: unchanged)."""
+        connections, biases = self.lineages[from_version]
         for v in range(from_version + 1, self.version):
-            maps = [m if n is None else (n if m is None else compose(m, n)) for m, n in zip(maps, self.lineages[v])]
-        return maps
+            later_connections, later_biases = self.lineages[v]
+            connections = [_then(m, n) for m, n in zip(connections, later_connections)]
+            biases = [_then(m, n) for m, n in zip(biases, later_biases)]
+        return connections, biases
 
     def apply(self, gradients: list[np.ndarray], version: int, lr: float) -> None:
         """One momentum-SGD update from weight and bias gradients computed on topology `version`."""
@@ -98,12 +102,16 @@ class ParameterServer:
             opt.step(model, grads, bias_grads, lr)
             return
         self.counters["stale"] += 1
-        for l, carry in enumerate(self._carry_over(version)):
-            if carry is None:
+        connections, biases = self._carry_over(version)
+        for l in range(len(model.layers)):
+            if connections[l] is None:
                 opt.step_at(model, l, np.arange(model.layers[l].nnz, dtype=np.int64), grads[l], lr)
             else:
-                opt.step_at(model, l, *retain_valid(carry, grads[l]), lr)
-            opt.step_bias(model, l, bias_grads[l], lr)
+                opt.step_at(model, l, *retain_valid(connections[l], grads[l]), lr)
+            if biases[l] is None:
+                opt.step_bias(model, l, bias_grads[l], lr)
+            else:
+                opt.step_bias_at(model, l, *retain_valid(biases[l], bias_grads[l]), lr)
 
     def _account(self, meta: dict) -> None:
         c = self.counters
@@ -113,12 +121,14 @@ class ParameterServer:
         c["correct"] += int(meta["correct"])
 
     def _evolve(self) -> None:
+        """Neuron pruning (if scheduled) and SET between epochs; a change bumps the topology version."""
         nnz_before = self.state.model.nnz
-        changes = evolve(self.state, self.cfg)
-        if not changes:  # nothing evolved (zeta 0): the workers' topology stays current
+        removal, changes = between_epochs(self.state, self.cfg)
+        if removal is None and not changes:  # nothing changed (zeta 0): the workers' topology stays current
             return
-        self.lineages[self.version] = [lineage(changes[l], nnz_before[l]) if l in changes else None
-                                       for l in range(len(nnz_before))]
+        if removal is not None:
+            log(f"pruned {removal.removed} hidden neurons: now {'-'.join(map(str, self.state.model.sizes))}", rank=0)
+        self.lineages[self.version] = topology_lineage(nnz_before, removal, changes)
         self.version += 1
         oldest = min(self.worker_version.values())
         for v in [v for v in self.lineages if v < oldest]:
@@ -190,23 +200,28 @@ class ParameterServer:
             if k not in waiting:  # its last phase-1 gradient is still in flight: drain it
                 self.transport.recv_bundle(source=k, tag=TAG_GRADIENT)
         start = self.state.epoch
-        targets = model.nnz  # the end of phase 1, or on resume the average already pruned to them
+        # Neurons pruned at this boundary: the server's model now; the replicas of a resumed run by the workers.
+        keep = self._prune_phase2()
         for i, k in enumerate(self.workers):
             meta = {"start_epoch": start, "rng_state": None}
             if self.saved_replicas:  # resumed in phase 2: every worker gets its own replica back
                 saved = self.saved_replicas[i]
                 arrays = [a for la in saved.layers for a in (la.rows, la.cols, la.values, la.bias)]
                 arrays += [la.velocity for la in saved.layers] + [la.bias_velocity for la in saved.layers]
-                meta["rng_state"] = saved.rng_state
+                meta.update(rng_state=saved.rng_state, sizes=[saved.layers[0].n_in] + [la.n_out for la in saved.layers],
+                            prune=len(keep))
+                arrays += keep
             else:
                 opt = self.state.optimizer
                 arrays = bundles.state_arrays(model, opt.velocities, opt.bias_velocities)
+                meta.update(sizes=model.sizes, prune=0)
             self.finish_reply(k)
             self.transport.send_bundle(k, TAG_PHASE2, meta, arrays)
         while self.state.epoch < cfg.train.epochs:
             epoch = self.state.epoch + 1
             msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.workers]
             sizes = model.sizes
+            targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
             replicas = [new_model(cfg, sizes, bundles.split_state(m.arrays, len(sizes) - 1)[0]) for m in msgs]
             self.state.model.layers = average_replicas([r.layers for r in replicas], targets)
             self.state.model.topology_changed()
@@ -221,8 +236,17 @@ class ParameterServer:
                            evolution_seconds=max(m.meta["evolution_seconds"] for m in msgs), phase=2)
             if self.stop or self.state.epoch >= cfg.train.epochs:
                 return  # run() tells every worker to stop
+            keep = self._prune_phase2()
             for k in self.workers:
-                self.transport.send_bundle(k, TAG_CONTINUE, {})
+                self.transport.send_bundle(k, TAG_CONTINUE, {"prune": len(keep)}, keep)
+
+    def _prune_phase2(self) -> list[np.ndarray]:
+        """Prune the averaged model's neurons if scheduled; the keep masks the workers apply to their replicas."""
+        removal = prune_neurons(self.state, self.cfg)
+        if removal is None:
+            return []
+        log(f"pruned {removal.removed} hidden neurons: now {'-'.join(map(str, self.state.model.sizes))}", rank=0)
+        return removal.keep
 
     # ------------------------------------------------------------------ epochs
 
@@ -286,6 +310,13 @@ class ParameterServer:
         if self.state.history:
             log(summarize(self.state.history), rank=0)
         return self.state
+
+
+def _then(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarray | None:
+    """Compose two index maps where None means "unchanged"."""
+    if second is None:
+        return first
+    return second if first is None else compose(first, second)
 
 
 def _shard_size(server: ParameterServer, rank: int) -> int:

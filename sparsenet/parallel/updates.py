@@ -35,3 +35,30 @@ def retain_valid(old_to_new: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, 
         raise ValueError(f"gradient has {grad.shape[0]} entries for {old_to_new.shape[0]} connections")
     valid = old_to_new >= 0
     return old_to_new[valid], np.ascontiguousarray(grad[valid])
+
+
+def neuron_lineage(keep: np.ndarray) -> np.ndarray:
+    """Index of every old neuron after neuron pruning with keep mask `keep` (bool), or -1 if removed."""
+    return np.where(keep, np.cumsum(keep, dtype=np.int64) - 1, -1)
+
+
+def topology_lineage(nnz_before: list[int], removal, set_sources: dict[int, np.ndarray]
+                     ) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
+    """Per layer, old-to-new connection and bias (output neuron) maps across neuron pruning then SET.
+
+    `removal` is a pruning.NeuronRemoval or None; None in a list means that layer did not change.
+    """
+    connections, biases = [], [None] * len(nnz_before)
+    for l, nnz in enumerate(nnz_before):
+        carry = None
+        if removal is not None:
+            carry = lineage(removal.sources[l], nnz)
+            nnz = removal.sources[l].shape[0]
+        if l in set_sources:
+            after_set = lineage(set_sources[l], nnz)
+            carry = after_set if carry is None else compose(carry, after_set)
+        connections.append(carry)
+    if removal is not None:
+        for h, keep in enumerate(removal.keep, start=1):
+            biases[h - 1] = neuron_lineage(keep)
+    return connections, biases

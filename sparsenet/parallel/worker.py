@@ -12,7 +12,7 @@ from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
 from ..optim import MomentumSGD
-from ..train import TrainingState, compute_gradients, evolve, train_epoch
+from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 
@@ -57,7 +57,6 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     transport.probe_spin = REPLY_SPIN
     mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
-    sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
     ahead = None  # (meta, arrays) of a gradient computed while the last one was in flight
@@ -66,12 +65,12 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if msg.tag == TAG_STOP:
             return
         if msg.tag == TAG_PHASE2:
-            _phase2(cfg, transport, msg, sizes, x, y)
+            _phase2(cfg, transport, msg, x, y)
             return
         if msg.tag != TAG_MODEL:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
-        if msg.meta["kind"] == "topology":
-            model = new_model(cfg, sizes, msg.arrays)
+        if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
+            model = new_model(cfg, msg.meta["sizes"], msg.arrays)
         else:
             bundles.load_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
@@ -99,12 +98,16 @@ def _gradient(cfg: Config, model: SparseMLP, rng, stream, x, y, rank: int, step:
     return meta, bundles.gradient_arrays(model)
 
 
-def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.ndarray) -> None:
+def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
     """Train the replica the server sent on the local shard, sending it back after every epoch.
 
-    After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request).
+    After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request); a
+    CONTINUE may carry neuron keep masks, which the replica applies before its next epoch.
     """
-    topology, velocities, bias_velocities = bundles.split_state(msg.arrays, len(sizes) - 1)
+    sizes = msg.meta["sizes"]
+    n_masks = int(msg.meta["prune"])
+    state_arrays = msg.arrays[:len(msg.arrays) - n_masks]
+    topology, velocities, bias_velocities = bundles.split_state(state_arrays, len(sizes) - 1)
     model = new_model(cfg, sizes, topology)
     t = cfg.train
     optimizer = MomentumSGD(model, t.lr, t.momentum, t.weight_decay, t.weight_decay_mode)
@@ -113,6 +116,8 @@ def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.
     if msg.meta.get("rng_state"):
         rng.bit_generator.state = msg.meta["rng_state"]
     state = TrainingState(model, optimizer, rng, int(msg.meta["start_epoch"]), [])
+    if n_masks:
+        apply_neuron_removal(state, msg.arrays[len(msg.arrays) - n_masks:])
     while True:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
@@ -130,3 +135,5 @@ def _phase2(cfg: Config, transport, msg, sizes: list[int], x: np.ndarray, y: np.
             return
         if reply.tag != TAG_CONTINUE:
             raise RuntimeError(f"worker {transport.rank} got unexpected message tag {reply.tag} in phase 2")
+        if int(reply.meta["prune"]):
+            apply_neuron_removal(state, reply.arrays)

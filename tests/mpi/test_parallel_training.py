@@ -128,3 +128,42 @@ def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert 1 <= saved.epoch < 400
     assert saved.phase == (1 if saved.epoch < phase1 else 2)
+
+
+PRUNE = ["pruning.method=importance", "pruning.start_epoch=1", "pruning.every=1", "pruning.percentile=20"]
+
+
+def test_neuron_pruning_in_both_phases_shrinks_every_rank_and_resumes_exactly(tmp_path):
+    """The server prunes in phase 1 and after averaging in phase 2; workers follow the new shapes."""
+    common = ["parallel.algorithm=wassp", "parallel.phase1_epochs=2", "train.lr=0.03", *PRUNE]
+    proc = train(3, tmp_path / "full", *common, "train.epochs=4")
+    assert proc.returncode == 0, proc.stderr
+    history = [json.loads(x) for x in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in history] == [1, 1, 2, 2]
+    hidden = [r["neurons"][1:3] for r in history]
+    assert hidden[0] == [40, 32]
+    for before, after in zip(hidden, hidden[1:]):  # pruned before epochs 2 (phase 1), 3 (handover) and 4 (phase 2)
+        assert after[0] < before[0] and after[1] < before[1]
+    data = load_checkpoint(tmp_path / "full" / "checkpoint.h5")
+    sizes = [data.layers[0].n_in] + [la.n_out for la in data.layers]
+    assert sizes[1:3] == hidden[-1]
+    for replica in data.replicas:  # the workers pruned their replicas with the server's masks
+        assert [la.n_out for la in replica] == sizes[1:]
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["test_accuracy"] > 0.45
+    # Resumed in phase 2 right before a pruning boundary: the workers prune their saved replicas.
+    proc = train(3, tmp_path / "resumed", *common, "train.epochs=3")
+    assert proc.returncode == 0, proc.stderr
+    proc = train(3, tmp_path / "resumed", *common, "train.epochs=4", resume=True)
+    assert proc.returncode == 0, proc.stderr
+    for x, y in zip(checkpoint_arrays(tmp_path / "full" / "checkpoint.h5"),
+                    checkpoint_arrays(tmp_path / "resumed" / "checkpoint.h5")):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_wasap_with_pruning_carries_stale_gradients_onto_smaller_layers(tmp_path):
+    proc = train(3, tmp_path, "parallel.algorithm=wasap", "parallel.phase1_epochs=3", "train.epochs=3",
+                 "train.lr=0.03", *PRUNE)
+    assert proc.returncode == 0, proc.stderr
+    history = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["neurons"][1] for r in history][0] == 40 and history[-1]["neurons"][1] < history[1]["neurons"][1] < 40
+    assert history[-1]["train_loss"] < history[0]["train_loss"] and history[-1]["test_accuracy"] > 0.4  # chance: 1/3

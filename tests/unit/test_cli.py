@@ -187,3 +187,63 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(capsys, tm
                             "--set", "train.lr=1e6", "--out", str(tmp_path), "--resume"])
     assert "training diverged at epoch 2" in err and "lower train.lr" in err
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "checkpoint.h5").layers[0].values, good)
+
+
+def test_prune_then_evaluate_and_info_round_trip(trained, capsys, tmp_path):
+    from sparsenet.checkpoint import load_checkpoint
+    from sparsenet.config import config_from_yaml
+    from sparsenet.data import load_dataset
+    from sparsenet.pruning import neuron_importance
+    from sparsenet.train import model_from_checkpoint
+
+    source = trained / "checkpoint.h5"
+    original = model_from_checkpoint(load_checkpoint(source))
+    capsys.readouterr()
+    assert main(["prune", str(source), "--percentile", "25", "--out", str(tmp_path / "pruned.h5")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    expected = [int((neuron_importance(original.layers[h - 1]) < np.percentile(neuron_importance(original.layers[h - 1]), 25)).sum())
+                for h in (1, 2)]
+    assert report["removed"] == expected and min(expected) > 0
+    assert report["neurons"] == [20, 24 - expected[0], 16 - expected[1], 2]
+    assert report["weights"] < report["weights_before"] and report["parameters"] < report["parameters_before"]
+    assert main(["info", str(tmp_path / "pruned.h5"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["neurons"] == report["neurons"] and sum(info["nnz"]) == report["weights"]
+    assert main(["evaluate", str(tmp_path / "pruned.h5")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    pruned = load_checkpoint(tmp_path / "pruned.h5")
+    cfg = config_from_yaml(pruned.config_yaml)
+    data = load_dataset(cfg.data, cfg.seed)
+    loss, accuracy = model_from_checkpoint(pruned).evaluate(data.x_test, data.y_test, 64)
+    assert result["test_accuracy"] == accuracy and result["test_loss"] == pytest.approx(loss, rel=1e-6)
+    assert [la.velocity.shape[0] for la in pruned.layers] == info["nnz"]
+    assert main(["prune", str(source), "--fraction", "0.25", "--out", str(tmp_path / "npset.h5")]) == 0
+    assert json.loads(capsys.readouterr().out)["removed"] == [6, 4]
+
+
+def test_prune_refuses_bad_arguments(trained, capsys, tmp_path):
+    source = str(trained / "checkpoint.h5")
+    err = error_of(capsys, ["prune", source, "--percentile", "5", "--out", source])
+    assert "would overwrite the checkpoint being pruned" in err
+    with pytest.raises(SystemExit):
+        main(["prune", source, "--percentile", "140", "--out", str(tmp_path / "x.h5")])
+    assert "percentile must be in (0, 100), got 140" in capsys.readouterr().err
+
+
+def test_features_ranks_inputs_by_strength(trained, capsys, tmp_path):
+    from sparsenet.checkpoint import load_checkpoint
+    from sparsenet.train import model_from_checkpoint
+    from tests import naive
+
+    strength = np.abs(naive.dense_weights(model_from_checkpoint(load_checkpoint(trained / "checkpoint.h5")).layers[0])).sum(axis=1)
+    capsys.readouterr()
+    assert main(["features", str(trained / "checkpoint.h5"), "--top", "5", "--json",
+                 "--out", str(tmp_path / "f.csv"), "--image", "4x5", "--image-out", str(tmp_path / "f.png")]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    assert [t["feature"] for t in top] == list(np.argsort(-strength, kind="stable")[:5])
+    np.testing.assert_allclose([t["strength"] for t in top], np.sort(strength)[::-1][:5], rtol=1e-6)
+    rows = (tmp_path / "f.csv").read_text().splitlines()
+    assert rows[0] == "rank,feature,strength,connections" and len(rows) == 21
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    err = error_of(capsys, ["features", str(trained / "checkpoint.h5"), "--image", "28x28"])
+    assert "--image 28x28 holds 784 pixels but the model has 20 input features" in err

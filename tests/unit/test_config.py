@@ -9,6 +9,7 @@ from sparsenet.config import (
     Config,
     DataConfig,
     EvolutionConfig,
+    PruningConfig,
     TrainConfig,
     config_from_dict,
     config_to_dict,
@@ -48,6 +49,8 @@ def test_defaults():
                                     weight_decay=0.0002, weight_decay_mode="coupled", eval_batch_size=2048, progress=True)
     assert cfg.evolution == EvolutionConfig(zeta=0.3, evolve_output=False)
     assert cfg.checkpoint == CheckpointConfig(every=10)
+    assert cfg.pruning == PruningConfig(method="none", start_epoch=10, every=5, percentile=10.0,
+                                        fraction=0.04, duration=40)
 
 
 def test_frozen():
@@ -92,7 +95,7 @@ def test_unknown_keys():
                        "epochs, eval_batch_size, lr, momentum, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
-    assert "checkpoint, data, debug, evolution, model, parallel, seed, threads, train" in message
+    assert "checkpoint, data, debug, evolution, model, parallel, pruning, seed, threads, train" in message
 
 
 def test_unknown_yaml_key_same_message_as_override(tmp_path):

@@ -74,3 +74,42 @@ def test_lineage_composes_over_two_topology_changes():
     # and every connection of v2 with a v0 ancestor is reached exactly once
     assert np.unique(both[alive]).shape[0] == alive.sum()
     assert alive.sum() < v0.nnz  # some were removed
+
+
+def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and_set():
+    from sparsenet.parallel.updates import neuron_lineage, topology_lineage
+    from sparsenet.train import TrainingState, apply_neuron_removal, evolve
+    from sparsenet.config import load_config
+    from sparsenet.pruning import select_by_importance
+
+    rng = np.random.default_rng(7)
+    model = SparseMLP.initialize([20, 30, 24, 4], epsilon=4, init="he_uniform", activation="all_relu", alpha=0.6,
+                                 dropout=0, output="softmax", rng=rng)
+    opt = MomentumSGD(model, lr=0.1, momentum=0.0, weight_decay=0.0)
+    state = TrainingState(model, opt, rng, 0, [])
+    old_layers = list(model.layers)
+    nnz_before = model.nnz
+    removal = apply_neuron_removal(state, select_by_importance(model, 20))
+    changes = evolve(state, load_config(None, ["evolution.zeta=0.3"]))
+    connections, biases = topology_lineage(nnz_before, removal, changes)
+    masks = [None, *removal.keep, None]
+    for l, (old, new) in enumerate(zip(old_layers, model.layers)):
+        carry = connections[l]
+        alive = carry >= 0
+        renumber_rows = neuron_lineage(masks[l]) if masks[l] is not None else np.arange(old.n_in)
+        renumber_cols = neuron_lineage(masks[l + 1]) if masks[l + 1] is not None else np.arange(old.n_out)
+        # a carried connection lands on its own (renumbered) position with its own value
+        np.testing.assert_array_equal(new.rows[carry[alive]], renumber_rows[old.rows[alive]])
+        np.testing.assert_array_equal(new.cols[carry[alive]], renumber_cols[old.cols[alive]])
+        np.testing.assert_array_equal(new.values[carry[alive]], old.values[alive])
+        # connections touching a removed neuron are never carried
+        gone = (renumber_rows[old.rows] < 0) | (renumber_cols[old.cols] < 0)
+        assert gone.any() == (l < 3) and not alive[gone].any()
+        # a stale bias gradient reaches exactly the surviving neurons
+        stale_bias = np.arange(old.n_out, dtype=np.float32) + 1
+        if biases[l] is None:
+            assert l == 2 and new.n_out == old.n_out
+            continue
+        before = new.bias.copy()
+        opt.step_bias_at(model, l, *retain_valid(biases[l], stale_bias))
+        np.testing.assert_allclose(before - new.bias, 0.1 * stale_bias[masks[l + 1]], rtol=1e-6)
