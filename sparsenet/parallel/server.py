@@ -52,6 +52,7 @@ class ParameterServer:
         self.stop = StopRequest()
         self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch end
         self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
+        self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
 
     # ------------------------------------------------------------------ phase 1
 
@@ -127,7 +128,7 @@ class ParameterServer:
         if removal is None and not changes:  # nothing changed (zeta 0): the workers' topology stays current
             return
         if removal is not None:
-            log(f"pruned {removal.removed} hidden neurons: now {'-'.join(map(str, self.state.model.sizes))}", rank=0)
+            self._note_removal(removal)
         self.lineages[self.version] = topology_lineage(nnz_before, removal, changes)
         self.version += 1
         oldest = min(self.worker_version.values())
@@ -245,8 +246,12 @@ class ParameterServer:
         removal = prune_neurons(self.state, self.cfg)
         if removal is None:
             return []
-        log(f"pruned {removal.removed} hidden neurons: now {'-'.join(map(str, self.state.model.sizes))}", rank=0)
+        self._note_removal(removal)
         return removal.keep
+
+    def _note_removal(self, removal) -> None:
+        self.removed = removal.removed
+        log(f"pruned {removal.removed} hidden neurons: now {'-'.join(map(str, self.state.model.sizes))}", rank=0)
 
     # ------------------------------------------------------------------ epochs
 
@@ -264,11 +269,12 @@ class ParameterServer:
                "test_loss": test_loss, "test_accuracy": test_acc, "train_seconds": train_seconds,
                "evolution_seconds": evolution_seconds, "eval_seconds": eval_seconds,
                "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
-               "peak_rss_mb": round(peak_rss_mb(), 1), "algorithm": self.cfg.parallel.algorithm,
+               "neurons_removed": self.removed, "peak_rss_mb": round(peak_rss_mb(), 1), "algorithm": self.cfg.parallel.algorithm,
                "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
                "version": self.version, "bytes_sent": self.transport.bytes_sent,
                "bytes_received": self.transport.bytes_received, "server_wait_seconds": wait,
                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
+        self.removed = [0] * len(self.removed)
         check_finite(row)
         state.history.append(row)
         append_metrics(self.out / "metrics.jsonl", row)

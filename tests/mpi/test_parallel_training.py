@@ -142,6 +142,7 @@ def test_neuron_pruning_in_both_phases_shrinks_every_rank_and_resumes_exactly(tm
     assert [r["phase"] for r in history] == [1, 1, 2, 2]
     hidden = [r["neurons"][1:3] for r in history]
     assert hidden[0] == [40, 32]
+    assert [sum(r["neurons_removed"]) > 0 for r in history] == [False, True, True, True]
     for before, after in zip(hidden, hidden[1:]):  # pruned before epochs 2 (phase 1), 3 (handover) and 4 (phase 2)
         assert after[0] < before[0] and after[1] < before[1]
     data = load_checkpoint(tmp_path / "full" / "checkpoint.h5")
