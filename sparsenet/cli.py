@@ -1,4 +1,4 @@
-"""Command line: sparsenet train | evaluate | info | prune | features | plot. Bad input exits 2 with a one-line error."""
+"""Command line: sparsenet train | plan | evaluate | info | prune | features | data synth | plot. Bad input exits 2 with a one-line error."""
 
 from __future__ import annotations
 
@@ -165,6 +165,32 @@ def _image_shape(text: str, n_features: int) -> tuple[int, ...]:
     return shape
 
 
+_SYNTH_FLAGS = {"samples": "--samples", "features": "--features", "informative": "--informative",
+                "redundant": "--redundant", "classes": "--classes", "test_fraction": "--test-fraction"}
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from .config import config_from_dict
+    from .data.synthfile import write_synthetic
+    from .errors import ConfigError
+    from .metrics import peak_rss_mb
+
+    raw = {"name": "synthetic_hdf5", "path": args.out, "seed": args.seed,
+           **{key: getattr(args, key) for key in _SYNTH_FLAGS}}
+    try:  # the same rules as the config keys data.samples, ... (validated in one place)
+        data = config_from_dict({"data": raw}).data
+    except ConfigError as e:
+        message = str(e)
+        for key, flag in _SYNTH_FLAGS.items():
+            message = message.replace(f"config key 'data.{key}'", flag).replace(f"data.{key}", flag)
+        raise ConfigError(message.replace("config key 'data.seed'", "--seed")) from None
+    info = write_synthetic(data, args.seed)
+    print(json.dumps({"path": str(info.path), "x_train": [info.n_train, info.n_features],
+                      "x_test": [info.n_test, info.n_features], "seconds": round(info.seconds, 2),
+                      "bytes": info.path.stat().st_size, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_learning_curves
 
@@ -243,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--image", metavar="[Cx]HxW", help="also draw the strengths as an image of this shape (28x28, 3x32x32)")
     features.add_argument("--image-out", default="feature_strength.png", help="PNG for --image")
     features.set_defaults(func=_cmd_features)
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the paper's big Madelon-like dataset to HDF5 (float32, row chunks)")
+    synth.add_argument("--samples", type=int, default=10000, help="samples in all (default 10000)")
+    synth.add_argument("--features", type=int, default=65536, help="features per sample (default 65536)")
+    synth.add_argument("--informative", type=int, default=5, help="informative features (default 5)")
+    synth.add_argument("--redundant", type=int, default=15, help="linear combinations of them (default 15)")
+    synth.add_argument("--classes", type=int, default=2, help="classes (default 2)")
+    synth.add_argument("--test-fraction", type=float, default=0.3, help="test share (default 0.3)")
+    synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    synth.add_argument("--out", help="HDF5 file (default ~/.cache/sparsenet/synthetic/madelon_<params>.h5)")
+    synth.set_defaults(func=_cmd_data_synth)
     plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
     plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
     plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")

@@ -57,12 +57,15 @@ class _Float:
     """A finite real number (ints accepted, bool rejected) within optional open/closed bounds."""
 
     def __init__(self, lo: float | None = None, hi: float | None = None,
-                 lo_open: bool = False, hi_open: bool = False):
-        self.lo, self.hi, self.lo_open, self.hi_open = lo, hi, lo_open, hi_open
+                 lo_open: bool = False, hi_open: bool = False, null: bool = False):
+        self.lo, self.hi, self.lo_open, self.hi_open, self.null = lo, hi, lo_open, hi_open, null
 
-    def __call__(self, key: str, value: Any) -> float:
+    def __call__(self, key: str, value: Any) -> float | None:
+        if value is None and self.null:
+            return None
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise ConfigError(f"config key '{key}' must be a number, got {_got(value)}")
+            kind = "a number or null" if self.null else "a number"
+            raise ConfigError(f"config key '{key}' must be {kind}, got {_got(value)}")
         number = float(value)
         if not math.isfinite(number):
             raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
@@ -141,7 +144,9 @@ def _field(default: Any, rule: Callable[[str, Any], Any]) -> Any:
 
 # ---------------------------------------------------------------- sections
 
-DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "npz", "csv", "hdf5")
+DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "synthetic_hdf5", "npz", "csv", "hdf5")
+SYNTHETIC_SOURCES = ("synthetic", "synthetic_hdf5")
+CLUSTERS_PER_CLASS = 2  # make_classification's default: classes * 2 clusters need 2**informative hypercube vertices
 FILE_SOURCES = ("npz", "csv", "hdf5")
 
 
@@ -150,7 +155,7 @@ class DataConfig:
     """Where the samples come from and how they are preprocessed."""
 
     name: str = _field("fashion_mnist", _Choice(*DATA_SOURCES))
-    path: str | None = _field(None, _Str(null=True))       # required for npz/csv/hdf5
+    path: str | None = _field(None, _Str(null=True))       # required for npz/csv/hdf5; synthetic_hdf5: the file
     test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True))
     standardize: bool = _field(True, _Bool())
     label_column: int = _field(-1, _Int())                 # csv only
@@ -159,6 +164,7 @@ class DataConfig:
     informative: int = _field(5, _Int(lo=1))
     redundant: int = _field(15, _Int(lo=0))
     classes: int = _field(2, _Int(lo=2))
+    seed: int | None = _field(None, _Int(lo=0, null=True))   # synthetic_hdf5: generation seed (null: the run's)
     max_train: int | None = _field(None, _Int(lo=1, null=True))
     max_test: int | None = _field(None, _Int(lo=1, null=True))
 
@@ -246,6 +252,7 @@ class Config:
 
     seed: int = _field(0, _Int(lo=0))
     threads: int = _field(0, _Int(lo=0))                   # 0 = all cores
+    memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True))  # GiB; null: detect
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -266,6 +273,12 @@ def _check_data(c: DataConfig) -> None:
     if c.informative + c.redundant > c.features:
         raise ConfigError(f"config key 'data.redundant' must be <= data.features - "
                           f"data.informative ({c.features - c.informative}), got {c.redundant}")
+    if c.name in SYNTHETIC_SOURCES and c.classes * CLUSTERS_PER_CLASS > 2 ** min(c.informative, 62):
+        need = max(1, math.ceil(math.log2(c.classes * CLUSTERS_PER_CLASS)))
+        raise ConfigError(f"config key 'data.informative' must be >= {need} for data.classes {c.classes} "
+                          f"(the generator places {CLUSTERS_PER_CLASS} clusters per class on the vertices of an "
+                          f"informative-dimensional hypercube: classes * {CLUSTERS_PER_CLASS} <= 2**informative), "
+                          f"got {c.informative}")
 
 
 # Checks that involve several fields of one section (Config: across sections), run after the

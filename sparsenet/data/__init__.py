@@ -7,6 +7,7 @@ from sparsenet.data.files import load_csv, load_hdf5, load_npz
 from sparsenet.data.idx import load_mnist_like
 from sparsenet.data.prepare import Dataset
 from sparsenet.data.synthetic import load_synthetic
+from sparsenet.data.synthfile import load_synthetic_hdf5
 from sparsenet.errors import DataError
 
 __all__ = ["Dataset", "load_dataset", "LOADERS"]
@@ -17,6 +18,7 @@ LOADERS = {
     "mnist": lambda cfg, seed: load_mnist_like(cfg, "mnist"),
     "cifar10": lambda cfg, seed: load_cifar10(cfg),
     "synthetic": load_synthetic,
+    "synthetic_hdf5": load_synthetic_hdf5,
     "npz": load_npz,
     "csv": load_csv,
     "hdf5": load_hdf5,

@@ -95,7 +95,7 @@ def test_unknown_keys():
                        "epochs, eval_batch_size, lr, momentum, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
-    assert "checkpoint, data, debug, evolution, model, parallel, pruning, seed, threads, train" in message
+    assert "checkpoint, data, debug, evolution, memory_limit_gb, model, parallel, pruning, seed, threads, train" in message
 
 
 def test_unknown_yaml_key_same_message_as_override(tmp_path):
@@ -141,7 +141,7 @@ def test_enums():
         "config key 'model.output' must be one of softmax, sigmoid, got 'linear'")
     message = error_of(["data.name=imagenet"])
     assert message == ("config key 'data.name' must be one of fashion_mnist, mnist, cifar10, "
-                       "synthetic, npz, csv, hdf5, got 'imagenet'")
+                       "synthetic, synthetic_hdf5, npz, csv, hdf5, got 'imagenet'")
 
 
 @pytest.mark.parametrize("value, shown", [
