@@ -22,17 +22,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     if launched_world_size() > 1:
-        from .parallel.run import run_parallel
+        from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
         state = run_parallel(cfg, out, resume=args.resume)
         if state is None:  # a worker: rank 0 reports
             return 0
     else:
+        from .memory import check_memory
+        from .metrics import log
+
+        check_memory(cfg, 1, say=log)
         state = run(cfg, out, resume=args.resume)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"out": str(out), "epoch": state.epoch, "test_accuracy": last.get("test_accuracy"),
                       "test_loss": last.get("test_loss"), "stopped_by": state.stopped_by}))
     return EXIT_RESUMABLE if state.stopped_by else 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .memory import format_plan, plan_json, plan_memory, refusal
+
+    cfg = load_config(args.config, args.set)
+    plan = plan_memory(cfg, args.ranks)
+    if args.json:
+        print(plan_json(plan))
+    else:
+        print(format_plan(plan))
+        if not plan.fits:
+            print(refusal(plan))
+    return 0 if plan.fits else 1
 
 
 def _load_model_and_config(path: str, overrides: list[str]):
@@ -223,6 +242,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
+    return value
+
+
 def _number(text: str, what: str) -> float:
     try:
         value = float(text)
@@ -243,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="output folder (default runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5 if it exists")
     train.set_defaults(func=_cmd_train)
+    plan = sub.add_parser("plan", help="peak memory a config needs, against what is available (exit 1: does not fit)")
+    plan.add_argument("config", help="YAML config file")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. memory_limit_gb=16 (repeatable)")
+    plan.add_argument("--ranks", type=_positive, default=1,
+                      help="MPI ranks on this node: 1 = sequential, N = 1 server + N-1 workers (default 1)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(func=_cmd_plan)
     evaluate = sub.add_parser("evaluate", help="test accuracy and loss of a checkpoint, as one JSON line")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -16,6 +16,7 @@ from ..data import load_dataset
 from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import ignore_stop_signals
+from .protocol import TAG_MEMORY_PLAN
 from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
 
 
@@ -51,6 +52,8 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
 
     transport = Transport(chunk_bytes=cfg.parallel.chunk_bytes)
     rank, host = transport.rank, transport.host
+    if not _memory_gate(cfg, transport):
+        return None  # a worker that rank 0 told not to start: rank 0 reports why
     try:
         if transport.size < 2:
             raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
@@ -78,6 +81,30 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward our last words before it kills everyone
         transport.abort(2 if isinstance(exc, SparsenetError) else 1)
         raise
+
+
+def _memory_gate(cfg: Config, transport) -> bool:
+    """Rank 0 plans memory for all ranks (this node) and tells every worker go / stop before data loads.
+
+    A refusal ends the job without MPI_Abort: rank 0 raises the planner's message (exit 2), the
+    workers return quietly.
+    """
+    from ..memory import check_memory
+
+    if transport.size < 2:
+        return True
+    if transport.rank == 0:
+        error = None
+        try:
+            check_memory(cfg, transport.size, say=lambda text: log(text, rank=0))
+        except BaseException as exc:  # noqa: BLE001 - the workers must hear the verdict whatever happened
+            error = exc
+        for worker in range(1, transport.size):
+            transport.send_bundle(worker, TAG_MEMORY_PLAN, {"go": error is None})
+        if error is not None:
+            raise error
+        return True
+    return bool(transport.recv_bundle(source=0, tag=TAG_MEMORY_PLAN).meta["go"])
 
 
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:

@@ -1,0 +1,174 @@
+"""The memory planner: byte counts against a real model, refusal, available memory, `sparsenet plan`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sparsenet.cli import main
+from sparsenet.config import load_config
+from sparsenet.data import load_dataset
+from sparsenet.memory import (
+    BYTES_PER_CONNECTION, GIB, LAYER_CONNECTION_ARRAYS, DataShape, InsufficientMemoryError, available_memory,
+    cgroup_headroom, expected_nnz, meminfo_available, model_bytes, plan_memory, state_bytes,
+    refusal, workspace_bytes,
+)
+from sparsenet.sparse.init import erdos_renyi_layer
+from sparsenet.train import new_state, train_epoch
+
+pytest.importorskip("sklearn")
+
+SMALL = ["data.name=synthetic", "data.samples=250", "data.features=40", "data.test_fraction=0.3",
+         "model.hidden=[60,50]", "model.epsilon=5", "train.batch_size=16", "train.eval_batch_size=32",
+         "train.progress=false", "memory_limit_gb=64"]
+
+
+def _arrays(obj):
+    return [v for v in vars(obj).values() if isinstance(v, np.ndarray)]
+
+
+def test_connection_table_matches_a_real_layer():
+    layer = erdos_renyi_layer(300, 200, 3.0, "normal", np.random.default_rng(0))
+    per_connection = {name: value.dtype for name, value in vars(layer).items()
+                      if isinstance(value, np.ndarray) and value.shape == (layer.nnz,)}
+    assert per_connection == {k: np.dtype(v) for k, v in LAYER_CONNECTION_ARRAYS.items()}
+    assert BYTES_PER_CONNECTION == 28
+
+
+def test_byte_counts_match_what_a_trained_model_allocates():
+    cfg = load_config(None, SMALL)
+    data = load_dataset(cfg.data, cfg.seed)
+    state = new_state(cfg, data.n_features, data.n_classes)
+    train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size)
+    state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)
+    model, opt = state.model, state.optimizer
+    sizes, nnz = model.sizes, model.nnz
+
+    assert sum(a.nbytes for layer in model.layers for a in _arrays(layer)) == model_bytes(sizes, nnz)
+    assert sum(a.nbytes for a in opt.velocities + opt.bias_velocities) == state_bytes(sizes, nnz, np.float32)
+    assert sum(a.nbytes for a in model.grads + model.bias_grads) == state_bytes(sizes, nnz, np.float32)
+    real_ws = sum(a.nbytes for ws in model._workspaces.values() for a in ws.acts + ws.factors + ws.deltas)
+    # 175 train samples in batches of 16 (+ a last one of 15), 75 test samples in 32, 32, 11
+    assert sorted(model._workspaces) == [11, 15, 16, 32]
+    assert real_ws == sum(workspace_bytes(sizes, b) for b in (11, 15, 16, 32))
+
+    plan = plan_memory(cfg)
+    items = {i.name: i.bytes for i in plan.ranks[0].items}
+    assert plan.sizes == sizes
+    assert items["activations"] == real_ws
+    for planned, real in zip(plan.nnz, nnz):  # expected Erdős–Rényi nnz vs one draw
+        assert abs(planned - real) <= 4 * np.sqrt(planned) + 1
+    real_total = (sum(a.nbytes for layer in model.layers for a in _arrays(layer))
+                  + sum(a.nbytes for a in opt.velocities + opt.bias_velocities + model.grads + model.bias_grads))
+    planned_total = items["model weights + indices"] + items["optimizer velocity"] + items["gradients"]
+    assert abs(planned_total - real_total) <= 0.05 * real_total
+    assert items["data"] == data.x_train.nbytes + data.x_test.nbytes + data.y_train.nbytes + data.y_test.nbytes
+
+
+def test_expected_nnz_is_the_erdos_renyi_mean_capped_at_dense():
+    assert expected_nnz(65536, 500000, 10) == round(10 * (65536 + 500000))
+    assert expected_nnz(500000, 2, 10) == 1000000  # density capped at 1
+    assert expected_nnz(10, 10, 0.001) == 1
+
+
+BIG = DataShape(7000, 3000, 65536, 2, "test")
+
+
+def test_oversized_config_is_refused_with_what_would_fit():
+    cfg = load_config(None, ["model.hidden=[5000000,5000000]", "model.epsilon=5", "train.batch_size=64",
+                             "train.eval_batch_size=64", "memory_limit_gb=12"])
+    plan = plan_memory(cfg, data=BIG)
+    assert not plan.fits and plan.available == 12 * GIB
+    with pytest.raises(InsufficientMemoryError) as e:
+        _check(cfg)
+    message = str(e.value)
+    assert message.startswith("not enough memory: training 65536-5000000-5000000-2 needs about ")
+    assert "only 12.00 GiB is available (memory_limit_gb = 12)" in message
+    assert "largest item: activations" in message
+    assert "would fit: train.batch_size=8 train.eval_batch_size=8" in message
+    assert "--set memory_limit_gb=N" in message
+
+
+def _check(cfg):  # check_memory with the data shape given (no file needed)
+    plan = plan_memory(cfg, data=BIG)
+    if not plan.fits:
+        raise InsufficientMemoryError(refusal(plan))
+
+
+def test_mpi_plan_counts_every_rank_on_the_node():
+    cfg = load_config(None, ["model.hidden=[1000,1000]", "train.batch_size=100", "train.eval_batch_size=100",
+                             "memory_limit_gb=64"])
+    one = plan_memory(cfg, 1, data=BIG)
+    three = plan_memory(cfg, 3, data=BIG)
+    assert [(r.role, r.count) for r in three.ranks] == [("server", 1), ("worker", 2)]
+    assert three.total == three.ranks[0].peak + 2 * three.ranks[1].peak
+    assert three.total > 2.5 * one.total  # three copies of the data, three models
+    worker = {i.name: i.bytes for i in three.ranks[1].items}
+    assert worker["data shard copy"] == 3500 * 65536 * 4
+
+
+def test_meminfo_and_cgroup_parsing(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  1000 kB\nMemAvailable:   20000000 kB\n")
+    assert meminfo_available(meminfo) == (20000000 * 1024, 24000000 * 1024)
+    # cgroup v2: a 8 GiB limit with 1 GiB used leaves 7 GiB
+    v2 = tmp_path / "v2"
+    (v2 / "job").mkdir(parents=True)
+    (v2 / "job" / "memory.max").write_text(f"{8 * GIB}\n")
+    (v2 / "job" / "memory.current").write_text(f"{GIB}\n")
+    self_v2 = tmp_path / "self_v2"
+    self_v2.write_text("0::/job\n")
+    headroom, note = cgroup_headroom(v2, self_v2)
+    assert headroom == 7 * GIB and "cgroup v2" in note
+    assert available_memory(None, meminfo, v2, self_v2)[0] == 7 * GIB  # the smaller of the two
+    (v2 / "job" / "memory.max").write_text("max\n")
+    assert cgroup_headroom(v2, self_v2)[0] is None
+    assert available_memory(None, meminfo, v2, self_v2) == (20000000 * 1024, "MemAvailable of 22.89 GiB total")
+    # cgroup v1: the memory controller's own hierarchy; "unlimited" is a huge number
+    v1 = tmp_path / "v1"
+    (v1 / "memory" / "slurm").mkdir(parents=True)
+    (v1 / "memory" / "slurm" / "memory.limit_in_bytes").write_text(f"{4 * GIB}\n")
+    (v1 / "memory" / "slurm" / "memory.usage_in_bytes").write_text(f"{GIB // 2}\n")
+    self_v1 = tmp_path / "self_v1"
+    self_v1.write_text("5:cpu,cpuacct:/\n4:memory:/slurm\n0::/\n")
+    assert cgroup_headroom(v1, self_v1)[0] == 4 * GIB - GIB // 2
+    (v1 / "memory" / "slurm" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert cgroup_headroom(v1, self_v1)[0] is None
+    # the config key wins over everything
+    assert available_memory(2.5, meminfo, v1, self_v1) == (int(2.5 * GIB), "memory_limit_gb = 2.5")
+
+
+def test_cli_plan_table_json_and_exit_code(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SPARSENET_DATA", str(tmp_path))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: synthetic_hdf5, samples: 10000, features: 65536}\n"
+                   "model: {hidden: [500000, 500000], epsilon: 10}\n"
+                   "train: {batch_size: 128, eval_batch_size: 128}\n")
+    assert main(["plan", str(cfg), "--set", "memory_limit_gb=20"]) == 0
+    out = capsys.readouterr().out
+    assert "memory plan: 65536-500000-500000-2 (1,065,538 neurons" in out
+    assert "not written yet" in out and "activations" in out and "fits" in out
+    assert main(["plan", str(cfg), "--set", "memory_limit_gb=30", "--ranks", "3", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["role"] for r in report["ranks"]] == ["server", "worker"] and report["fits"]
+    assert report["available_bytes"] == 30 * GIB
+    assert main(["plan", str(cfg), "--set", "memory_limit_gb=2"]) == 1
+    out = capsys.readouterr().out
+    assert "DOES NOT FIT" in out and "not enough memory" in out
+
+
+def test_cli_plan_bad_ranks(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "configs/madelon.yaml", "--ranks", "0"])
+    assert e.value.code == 2
+    assert "expected a whole number >= 1, got 0" in capsys.readouterr().err
+
+
+def test_train_refuses_before_writing_anything(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "configs/madelon.yaml", "--out", str(out), "--set", "memory_limit_gb=0.01"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "DOES NOT FIT" in captured.out
+    assert "sparsenet: error: not enough memory" in captured.err and "memory_limit_gb" in captured.err
+    assert not out.exists()
