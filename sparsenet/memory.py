@@ -384,8 +384,7 @@ def cgroup_headroom(root: str | os.PathLike = "/sys/fs/cgroup",
                 v1_path = cg
     except OSError:
         pass
-    best: tuple[int | None, str] = (None, "")
-    candidates = []
+    candidates = []  # the process's own cgroup first, then the root; the first one with a limit counts
     if v1_path is not None:
         for base in (root / "memory" / v1_path.lstrip("/"), root / "memory"):
             candidates.append((base / "memory.limit_in_bytes", base / "memory.usage_in_bytes", "cgroup v1"))
@@ -397,11 +396,8 @@ def cgroup_headroom(root: str | os.PathLike = "/sys/fs/cgroup",
         if limit is None:
             continue
         usage = _read_int(usage_file) or 0
-        headroom = max(0, limit - usage)
-        if best[0] is None or headroom < best[0]:
-            best = (headroom, f"{kind} limit {_gib(limit)} - usage {_gib(usage)} ({limit_file.parent})")
-        break
-    return best
+        return max(0, limit - usage), f"{kind} limit {_gib(limit)} - usage {_gib(usage)} ({limit_file.parent})"
+    return None, ""
 
 
 def available_memory(limit_gb: float | None = None, meminfo: str | os.PathLike = "/proc/meminfo",
