@@ -270,8 +270,9 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     nnz = [expected_nnz(a, b, cfg.model.epsilon) for a, b in zip(sizes[:-1], sizes[1:])]
     x_bytes = (data.n_train + data.n_test) * (data.n_features * 4 + 8)
     data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features x 4 B")
+    per_neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values()) + 2 * np.dtype(LAYER_POINTER_DTYPE).itemsize
     model = Item("model weights + indices", model_bytes(sizes, nnz),
-                 f"{sum(nnz):,} connections x {LAYER_BYTES_PER_CONNECTION} B")
+                 f"{sum(nnz):,} connections x {LAYER_BYTES_PER_CONNECTION} B + ~{per_neuron} B per neuron")
     velocity = Item("optimizer velocity", state_bytes(sizes, nnz, VELOCITY_DTYPE),
                     f"x {np.dtype(VELOCITY_DTYPE).itemsize} B")
     grads = Item("gradients", state_bytes(sizes, nnz, GRADIENT_DTYPE), f"x {np.dtype(GRADIENT_DTYPE).itemsize} B")
