@@ -146,6 +146,9 @@ def write_synthetic(cfg, seed: int, path: str | os.PathLike | None = None,
                     block[:, columns] = useful[take]
                     xs[start:start + len(take)] = block
                     del block
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a data file is as readable as any other
         os.replace(tmp, out)
     except OSError as e:
         raise DataError(f"cannot write synthetic data file '{out}': {' '.join(str(e).split())}") from e
