@@ -1,7 +1,9 @@
 """Numba kernels on the non-zeros of a layer; activations are feature-major (neurons, batch) float32.
 
 Each public function validates its arrays and calls a private `_kernel`. Every output element
-is written by exactly one thread in a fixed order, so results do not depend on the thread count.
+is written by exactly one thread in a fixed order, so results do not depend on the thread count,
+and no kernel lets the compiler reassociate a sum (FASTMATH, simd.py), so a cached kernel and a
+freshly compiled one give the same bits.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from . import simd
 from .layer import SparseLayer
 
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -25,111 +28,135 @@ def _uniform_bits(key, counter):
     return z ^ (z >> np.uint64(31))
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_threshold,
-                    keep_scale, drop_key, out, grad_factor, store_factor):
-    n_out, batch = out.shape
-    for j in prange(n_out):
-        acc = out[j]
-        b0 = bias[j]
-        for b in range(batch):
-            acc[b] = b0
-        # Eight connections per sweep over the batch: one load/store of acc per eight FMAs.
-        k, end = out_ptr[j], out_ptr[j + 1]
-        while k + 8 <= end:
-            w0, w1, w2, w3 = values[k], values[k + 1], values[k + 2], values[k + 3]
-            w4, w5, w6, w7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
-            x0, x1, x2, x3 = x[rows[k]], x[rows[k + 1]], x[rows[k + 2]], x[rows[k + 3]]
-            x4, x5, x6, x7 = x[rows[k + 4]], x[rows[k + 5]], x[rows[k + 6]], x[rows[k + 7]]
+# fastmath without `reassoc`: LLVM may not reorder sums, so results are bitwise reproducible
+# between a fresh compile and a cached one and across thread counts. `contract` (FMA) stays: it
+# fuses the same multiply-adds in every compile of the same code on the same CPU (the cache is per
+# CPU). Batch reductions are written with fixed-order partial sums (simd.py) so they still vectorise.
+_BLOCK = 64  # inputs (backward) or connections (weight gradient) per parallel task and scratch buffer
+FASTMATH = frozenset({"nnan", "ninf", "nsz", "arcp", "contract", "afn"})
+
+
+def _define_kernels(simd_digest):
+    """The parallel kernels, as closures over simd.py's digest so that their numba cache key
+    (which hashes closure variables) changes when the inlined helpers in simd.py change."""
+
+    @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
+    def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_threshold,
+                        keep_scale, drop_key, out, grad_factor, store_factor):
+        if simd_digest == 0:  # never true; ties the cache to simd.py
+            return
+        n_out, batch = out.shape
+        for j in prange(n_out):
+            acc = out[j]
+            b0 = bias[j]
             for b in range(batch):
-                acc[b] += (((w0 * x0[b] + w1 * x1[b]) + (w2 * x2[b] + w3 * x3[b]))
-                           + ((w4 * x4[b] + w5 * x5[b]) + (w6 * x6[b] + w7 * x7[b])))
-            k += 8
-        while k < end:
-            w = values[k]
-            xi = x[rows[k]]
-            for b in range(batch):
-                acc[b] += w * xi[b]
-            k += 1
-        if apply_act:
-            g = grad_factor[j]
-            base = np.uint64(j) * np.uint64(batch)
-            for b in range(batch):
-                z = acc[b]
-                d = np.float32(1.0) if z > 0 else slope
-                m = np.float32(1.0)
-                if keep_threshold != 0:
-                    bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
-                    m = keep_scale if bits < keep_threshold else np.float32(0.0)
-                factor = d * m  # one product, so fastmath has nothing to reassociate
-                acc[b] = z * factor
-                if store_factor:
-                    g[b] = factor
+                acc[b] = b0
+            # Eight connections per sweep over the batch: one load/store of acc per eight FMAs.
+            k, end = out_ptr[j], out_ptr[j + 1]
+            while k + 8 <= end:
+                w0, w1, w2, w3 = values[k], values[k + 1], values[k + 2], values[k + 3]
+                w4, w5, w6, w7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
+                x0, x1, x2, x3 = x[rows[k]], x[rows[k + 1]], x[rows[k + 2]], x[rows[k + 3]]
+                x4, x5, x6, x7 = x[rows[k + 4]], x[rows[k + 5]], x[rows[k + 6]], x[rows[k + 7]]
+                for b in range(batch):
+                    acc[b] += (((w0 * x0[b] + w1 * x1[b]) + (w2 * x2[b] + w3 * x3[b]))
+                               + ((w4 * x4[b] + w5 * x5[b]) + (w6 * x6[b] + w7 * x7[b])))
+                k += 8
+            while k < end:
+                w = values[k]
+                xi = x[rows[k]]
+                for b in range(batch):
+                    acc[b] += w * xi[b]
+                k += 1
+            if apply_act:
+                g = grad_factor[j]
+                base = np.uint64(j) * np.uint64(batch)
+                for b in range(batch):
+                    z = acc[b]
+                    d = np.float32(1.0) if z > 0 else slope
+                    m = np.float32(1.0)
+                    if keep_threshold != 0:
+                        bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
+                        m = keep_scale if bits < keep_threshold else np.float32(0.0)
+                    factor = d * m
+                    acc[b] = z * factor
+                    if store_factor:
+                        g[b] = factor
+
+    @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
+    def _backward_kernel(x, delta, cols_in, values, in_ptr, in_perm, grad_factor, grad, dx, dx_sums):
+        if simd_digest == 0:  # never true; ties the cache to simd.py
+            return
+        n_in, batch = x.shape
+        n_blocks = (n_in + _BLOCK - 1) // _BLOCK
+        for blk in prange(n_blocks):
+            p = np.empty((4, max(batch, simd.LANES)), dtype=np.float32)  # reduction scratch
+            p0, p1, p2, p3 = p[0], p[1], p[2], p[3]
+            for i in range(blk * _BLOCK, min(n_in, (blk + 1) * _BLOCK)):
+                xi = x[i]
+                dxi = dx[i]
+                for b in range(batch):
+                    dxi[b] = 0.0
+                # Four connections per sweep: one load/store of dx and one load of x per four
+                # connections; their products with x go to p, folded in a fixed order (simd.py).
+                # cols_in holds the columns in this (input-major) order.
+                k, end = in_ptr[i], in_ptr[i + 1]
+                while k + 4 <= end:
+                    i0, i1, i2, i3 = in_perm[k], in_perm[k + 1], in_perm[k + 2], in_perm[k + 3]
+                    d0, d1 = delta[cols_in[k]], delta[cols_in[k + 1]]
+                    d2, d3 = delta[cols_in[k + 2]], delta[cols_in[k + 3]]
+                    w0, w1, w2, w3 = values[i0], values[i1], values[i2], values[i3]
+                    for b in range(batch):
+                        xb = xi[b]
+                        e0, e1, e2, e3 = d0[b], d1[b], d2[b], d3[b]
+                        p0[b] = e0 * xb
+                        p1[b] = e1 * xb
+                        p2[b] = e2 * xb
+                        p3[b] = e3 * xb
+                        dxi[b] += (w0 * e0 + w1 * e1) + (w2 * e2 + w3 * e3)
+                    grad[i0], grad[i1], grad[i2], grad[i3] = simd.fold4(p0, p1, p2, p3, batch)
+                    k += 4
+                while k < end:
+                    idx = in_perm[k]
+                    dj = delta[cols_in[k]]
+                    w = values[idx]
+                    for b in range(batch):
+                        e = dj[b]
+                        p0[b] = e * xi[b]
+                        dxi[b] += w * e
+                    grad[idx] = simd.fold(p0, batch)
+                    k += 1
+                gi = grad_factor[i]
+                for b in range(batch):
+                    v = dxi[b] * gi[b]
+                    dxi[b] = v
+                    p0[b] = v
+                dx_sums[i] = simd.fold(p0, batch)
+
+    @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
+    def _weight_grad_kernel(x, delta, rows, cols, grad):
+        if simd_digest == 0:  # never true; ties the cache to simd.py
+            return
+        batch = x.shape[1]
+        nnz = grad.shape[0]
+        n_blocks = (nnz + _BLOCK - 1) // _BLOCK
+        for blk in prange(n_blocks):
+            p = np.empty(max(batch, simd.LANES), dtype=np.float32)
+            for k in range(blk * _BLOCK, min(nnz, (blk + 1) * _BLOCK)):
+                grad[k] = simd.dot(delta[cols[k]], x[rows[k]], batch, p)
+
+    @njit(fastmath=set(FASTMATH), cache=True)
+    def _row_sum_kernel(a, out):
+        if simd_digest == 0:  # never true; ties the cache to simd.py
+            return
+        p = np.empty(max(a.shape[1], simd.LANES), dtype=np.float32)
+        for j in range(a.shape[0]):
+            out[j] = simd.total(a[j], a.shape[1], p)
+
+    return _forward_kernel, _backward_kernel, _weight_grad_kernel, _row_sum_kernel
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _backward_kernel(x, delta, cols, values, in_ptr, in_perm, grad_factor, grad, dx, dx_sums):
-    n_in, batch = x.shape
-    for i in prange(n_in):
-        xi = x[i]
-        dxi = dx[i]
-        for b in range(batch):
-            dxi[b] = 0.0
-        # Four connections per sweep: four dot products and one dx update share each x load.
-        k, end = in_ptr[i], in_ptr[i + 1]
-        while k + 4 <= end:
-            i0, i1, i2, i3 = in_perm[k], in_perm[k + 1], in_perm[k + 2], in_perm[k + 3]
-            d0, d1, d2, d3 = delta[cols[i0]], delta[cols[i1]], delta[cols[i2]], delta[cols[i3]]
-            w0, w1, w2, w3 = values[i0], values[i1], values[i2], values[i3]
-            s0 = s1 = s2 = s3 = np.float32(0.0)
-            for b in range(batch):
-                xb = xi[b]
-                s0 += d0[b] * xb
-                s1 += d1[b] * xb
-                s2 += d2[b] * xb
-                s3 += d3[b] * xb
-                dxi[b] += (w0 * d0[b] + w1 * d1[b]) + (w2 * d2[b] + w3 * d3[b])
-            grad[i0], grad[i1], grad[i2], grad[i3] = s0, s1, s2, s3
-            k += 4
-        while k < end:
-            idx = in_perm[k]
-            dj = delta[cols[idx]]
-            w = values[idx]
-            s = np.float32(0.0)
-            for b in range(batch):
-                s += dj[b] * xi[b]
-                dxi[b] += w * dj[b]
-            grad[idx] = s
-            k += 1
-        gi = grad_factor[i]
-        total = np.float32(0.0)
-        for b in range(batch):
-            v = dxi[b] * gi[b]
-            dxi[b] = v
-            total += v
-        dx_sums[i] = total
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _weight_grad_kernel(x, delta, rows, cols, grad):
-    batch = x.shape[1]
-    for k in prange(grad.shape[0]):
-        xi = x[rows[k]]
-        dj = delta[cols[k]]
-        s = np.float32(0.0)
-        for b in range(batch):
-            s += dj[b] * xi[b]
-        grad[k] = s
-
-
-@njit(fastmath=True, cache=True)
-def _row_sum_kernel(a, out):
-    for j in range(a.shape[0]):
-        s = np.float32(0.0)
-        row = a[j]
-        for b in range(row.shape[0]):
-            s += row[b]
-        out[j] = s
+_forward_kernel, _backward_kernel, _weight_grad_kernel, _row_sum_kernel = _define_kernels(simd.SOURCE_DIGEST)
 
 
 def _check_activations(name: str, a: np.ndarray, n: int, batch: int | None = None) -> None:
@@ -185,7 +212,7 @@ def backward(layer: SparseLayer, x: np.ndarray, delta: np.ndarray, grad: np.ndar
     _check_activations("grad_factor", grad_factor, layer.n_in, x.shape[1])
     if dx_sums is None or dx_sums.dtype != np.float32 or dx_sums.shape != (layer.n_in,):
         raise ValueError(f"dx_sums must be float32 of shape ({layer.n_in},)")
-    _backward_kernel(x, delta, layer.cols, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx, dx_sums)
+    _backward_kernel(x, delta, layer.cols_in, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx, dx_sums)
 
 
 def row_sums(a: np.ndarray, out: np.ndarray) -> np.ndarray:
