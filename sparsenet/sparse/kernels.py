@@ -31,8 +31,7 @@ def _uniform_bits(key, counter):
 # fastmath without `reassoc`: LLVM may not reorder sums, so results are bitwise reproducible
 # between a fresh compile and a cached one and across thread counts. `contract` (FMA) stays: it
 # fuses the same multiply-adds in every compile of the same code on the same CPU (the cache is per
-# CPU). Batch reductions are written with fixed-order partial sums (simd.py) so they still vectorise.
-_BLOCK = 64  # inputs (backward) or connections (weight gradient) per parallel task and scratch buffer
+# CPU). Batch reductions are fixed-order vector code (simd.py), so they still vectorise.
 FASTMATH = frozenset({"nnan", "ninf", "nsz", "arcp", "contract", "afn"})
 
 
@@ -88,70 +87,51 @@ def _define_kernels(simd_digest):
         if simd_digest == 0:  # never true; ties the cache to simd.py
             return
         n_in, batch = x.shape
-        n_blocks = (n_in + _BLOCK - 1) // _BLOCK
-        for blk in prange(n_blocks):
-            p = np.empty((4, max(batch, simd.LANES)), dtype=np.float32)  # reduction scratch
-            p0, p1, p2, p3 = p[0], p[1], p[2], p[3]
-            for i in range(blk * _BLOCK, min(n_in, (blk + 1) * _BLOCK)):
-                xi = x[i]
-                dxi = dx[i]
+        for i in prange(n_in):
+            xi = x[i]
+            dxi = dx[i]
+            for b in range(batch):
+                dxi[b] = 0.0
+            # Four connections per sweep of dx: one load/store of dx per four FMAs; the weight
+            # gradients are four fixed-order dot products (simd.py) sharing each load of x.
+            # cols_in holds the columns in this (input-major) order: no double indirection.
+            k, end = in_ptr[i], in_ptr[i + 1]
+            while k + 4 <= end:
+                i0, i1, i2, i3 = in_perm[k], in_perm[k + 1], in_perm[k + 2], in_perm[k + 3]
+                d0, d1 = delta[cols_in[k]], delta[cols_in[k + 1]]
+                d2, d3 = delta[cols_in[k + 2]], delta[cols_in[k + 3]]
+                w0, w1, w2, w3 = values[i0], values[i1], values[i2], values[i3]
                 for b in range(batch):
-                    dxi[b] = 0.0
-                # Four connections per sweep: one load/store of dx and one load of x per four
-                # connections; their products with x go to p, folded in a fixed order (simd.py).
-                # cols_in holds the columns in this (input-major) order.
-                k, end = in_ptr[i], in_ptr[i + 1]
-                while k + 4 <= end:
-                    i0, i1, i2, i3 = in_perm[k], in_perm[k + 1], in_perm[k + 2], in_perm[k + 3]
-                    d0, d1 = delta[cols_in[k]], delta[cols_in[k + 1]]
-                    d2, d3 = delta[cols_in[k + 2]], delta[cols_in[k + 3]]
-                    w0, w1, w2, w3 = values[i0], values[i1], values[i2], values[i3]
-                    for b in range(batch):
-                        xb = xi[b]
-                        e0, e1, e2, e3 = d0[b], d1[b], d2[b], d3[b]
-                        p0[b] = e0 * xb
-                        p1[b] = e1 * xb
-                        p2[b] = e2 * xb
-                        p3[b] = e3 * xb
-                        dxi[b] += (w0 * e0 + w1 * e1) + (w2 * e2 + w3 * e3)
-                    grad[i0], grad[i1], grad[i2], grad[i3] = simd.fold4(p0, p1, p2, p3, batch)
-                    k += 4
-                while k < end:
-                    idx = in_perm[k]
-                    dj = delta[cols_in[k]]
-                    w = values[idx]
-                    for b in range(batch):
-                        e = dj[b]
-                        p0[b] = e * xi[b]
-                        dxi[b] += w * e
-                    grad[idx] = simd.fold(p0, batch)
-                    k += 1
-                gi = grad_factor[i]
+                    dxi[b] += (w0 * d0[b] + w1 * d1[b]) + (w2 * d2[b] + w3 * d3[b])
+                grad[i0], grad[i1], grad[i2], grad[i3] = simd.dot4(d0, d1, d2, d3, xi, batch)
+                k += 4
+            while k < end:
+                idx = in_perm[k]
+                dj = delta[cols_in[k]]
+                w = values[idx]
                 for b in range(batch):
-                    v = dxi[b] * gi[b]
-                    dxi[b] = v
-                    p0[b] = v
-                dx_sums[i] = simd.fold(p0, batch)
+                    dxi[b] += w * dj[b]
+                grad[idx] = simd.dot(dj, xi, batch)
+                k += 1
+            gi = grad_factor[i]
+            for b in range(batch):
+                dxi[b] = dxi[b] * gi[b]
+            dx_sums[i] = simd.total(dxi, batch)
 
     @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
     def _weight_grad_kernel(x, delta, rows, cols, grad):
         if simd_digest == 0:  # never true; ties the cache to simd.py
             return
         batch = x.shape[1]
-        nnz = grad.shape[0]
-        n_blocks = (nnz + _BLOCK - 1) // _BLOCK
-        for blk in prange(n_blocks):
-            p = np.empty(max(batch, simd.LANES), dtype=np.float32)
-            for k in range(blk * _BLOCK, min(nnz, (blk + 1) * _BLOCK)):
-                grad[k] = simd.dot(delta[cols[k]], x[rows[k]], batch, p)
+        for k in prange(grad.shape[0]):
+            grad[k] = simd.dot(delta[cols[k]], x[rows[k]], batch)
 
     @njit(fastmath=set(FASTMATH), cache=True)
     def _row_sum_kernel(a, out):
         if simd_digest == 0:  # never true; ties the cache to simd.py
             return
-        p = np.empty(max(a.shape[1], simd.LANES), dtype=np.float32)
         for j in range(a.shape[0]):
-            out[j] = simd.total(a[j], a.shape[1], p)
+            out[j] = simd.total(a[j], a.shape[1])
 
     return _forward_kernel, _backward_kernel, _weight_grad_kernel, _row_sum_kernel
 

@@ -1,14 +1,17 @@
-"""Fixed-order batch reductions for the kernels: `@njit(inline='always')` helpers.
+"""Fixed-order float32 batch reductions for the kernels, emitted as explicit LLVM vector code.
 
 The kernels compile without fastmath's `reassoc`, so LLVM may not reorder a sum by itself (a
 reordered, vectorised reduction depends on how the code happened to be compiled: a freshly
 compiled kernel and a cached one were seen to differ at batch 128). numba also compiles without
-the SLP vectoriser, so independent scalar accumulators are not packed into SIMD registers
-either. What the loop vectoriser does handle is elementwise loops, so a reduction here is a
-pairwise fold of a scratch buffer: the elementwise products go into `p`, then p[b] += p[b + half]
-halves the live length (each halving an elementwise, vectorised loop) down to 16 values, which a
-fixed binary tree adds up. The order of every addition depends only on n, never on the compiler,
-the thread count or the CPU's vector width.
+the SLP vectoriser and tells LLVM nothing about aliasing, so neither independent scalar
+accumulators nor lane arrays written in numba get packed into SIMD registers reliably (measured
+2-5x slower than the reassociated loop). These intrinsics therefore write the vector code
+themselves: LANES partial sums in one <16 x float> register, lane l summing elements l, l + 16,
+l + 32, ... in order; then lanes l and l + 8 are added, then l and l + 4, l + 2, l + 1 (a fixed
+tree); then the n % 16 tail elements in order. The order of every addition depends only on n,
+never on the thread count, the compiler's choices or the CPU's vector width. (The backend may
+fuse a multiply and its add into an FMA under the kernels' `contract` flag: the same choice for the
+same compiled code on the same CPU, and the numba cache is per CPU.)
 
 The kernels' numba cache is keyed on kernels.py, not on this file: kernels.py folds SOURCE_DIGEST
 (a hash of this file) into its kernels' cache key, so an edit here recompiles them.
@@ -19,68 +22,123 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-LANES = 16  # values left after the vectorised halvings; p needs at least this many elements
+LANES = 16
 
 SOURCE_DIGEST = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:15], 16) | 1
 
-
-def scratch_length(n: int) -> int:
-    """Length of a scratch row for reductions over n values."""
-    return max(n, LANES)
-
-
-@njit(inline="always")
-def fold(p, n):
-    """Sum of p[:n] in a fixed order; overwrites p (len(p) >= max(n, 16))."""
-    h = n
-    while h > 16:
-        half = (h + 1) >> 1
-        for b in range(h - half):
-            p[b] += p[b + half]
-        h = half
-    for b in range(h, 16):
-        p[b] = np.float32(0.0)
-    return ((((p[0] + p[8]) + (p[1] + p[9])) + ((p[2] + p[10]) + (p[3] + p[11])))
-            + (((p[4] + p[12]) + (p[5] + p[13])) + ((p[6] + p[14]) + (p[7] + p[15]))))
+_F32 = ir.FloatType()
+_I64 = ir.IntType(64)
+_I32 = ir.IntType(32)
+_VEC = ir.VectorType(_F32, LANES)
 
 
-@njit(inline="always")
-def _tree16(p):
-    return ((((p[0] + p[8]) + (p[1] + p[9])) + ((p[2] + p[10]) + (p[3] + p[11])))
-            + (((p[4] + p[12]) + (p[5] + p[13])) + ((p[6] + p[14]) + (p[7] + p[15]))))
+def _is_f32_vector(t) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.float32
 
 
-@njit(inline="always")
-def fold4(p0, p1, p2, p3, n):
-    """fold() of four scratch rows at once (the same order per row, more work per loop)."""
-    h = n
-    while h > 16:
-        half = (h + 1) >> 1
-        for b in range(h - half):
-            p0[b] += p0[b + half]
-            p1[b] += p1[b + half]
-            p2[b] += p2[b + half]
-            p3[b] += p3[b + half]
-        h = half
-    for b in range(h, 16):
-        p0[b] = p1[b] = p2[b] = p3[b] = np.float32(0.0)
-    return _tree16(p0), _tree16(p1), _tree16(p2), _tree16(p3)
+def _reduce(context, builder, arrays, n):
+    """IR for sum over b < n of prod(a[b] for a in arrays) (one or two arrays), fixed order."""
+    ptrs = [a.data for a in arrays]
+    acc = cgutils.alloca_once_value(builder, ir.Constant(_VEC, [0.0] * LANES))
+    n_vec = builder.udiv(n, ir.Constant(_I64, LANES))
+    with cgutils.for_range(builder, n_vec) as loop:
+        off = builder.mul(loop.index, ir.Constant(_I64, LANES))
+        term = None
+        for p in ptrs:
+            v = builder.load(builder.bitcast(builder.gep(p, [off]), _VEC.as_pointer()), align=4)
+            term = v if term is None else builder.fmul(term, v)
+        builder.store(builder.fadd(builder.load(acc), term), acc)
+    v = builder.load(acc)
+    width = LANES
+    while width > 1:
+        h = width // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, width))))
+        v = builder.fadd(lo, hi)
+        width = h
+    total = cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(_I32, 0)))
+    start = builder.mul(n_vec, ir.Constant(_I64, LANES))
+    with cgutils.for_range_slice(builder, start, n, ir.Constant(_I64, 1)) as (idx, _):
+        term = None
+        for p in ptrs:
+            x = builder.load(builder.gep(p, [idx]))
+            term = x if term is None else builder.fmul(term, x)
+        builder.store(builder.fadd(builder.load(total), term), total)
+    return builder.load(total)
 
 
-@njit(inline="always")
-def dot(a, c, n, p):
-    """sum(a[b] * c[b] for b < n) in float32, in a fixed order; p is scratch (see fold)."""
-    for b in range(n):
-        p[b] = a[b] * c[b]
-    return fold(p, n)
+@intrinsic
+def dot(typingctx, a, c, n):
+    """sum(a[b] * c[b] for b < n) for contiguous 1-D float32 a, c (len >= n), in the fixed order above."""
+    if not (_is_f32_vector(a) and _is_f32_vector(c) and isinstance(n, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:2], args[:2])]
+        return _reduce(context, builder, arrays, context.cast(builder, args[2], sig.args[2], types.int64))
+
+    return types.float32(a, c, n), codegen
 
 
-@njit(inline="always")
-def total(a, n, p):
-    """sum(a[b] for b < n) in float32, in the same fixed order as `dot`; p is scratch."""
-    for b in range(n):
-        p[b] = a[b]
-    return fold(p, n)
+def _dots_shared(context, builder, rows, x, n):
+    """IR for [dot(r, x, n) for r in rows], each in dot's order, sharing each load of x."""
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(_VEC, [0.0] * LANES)) for _ in rows]
+    n_vec = builder.udiv(n, ir.Constant(_I64, LANES))
+    with cgutils.for_range(builder, n_vec) as loop:
+        off = builder.mul(loop.index, ir.Constant(_I64, LANES))
+        xv = builder.load(builder.bitcast(builder.gep(x.data, [off]), _VEC.as_pointer()), align=4)
+        for r, acc in zip(rows, accs):
+            v = builder.load(builder.bitcast(builder.gep(r.data, [off]), _VEC.as_pointer()), align=4)
+            builder.store(builder.fadd(builder.load(acc), builder.fmul(v, xv)), acc)
+    totals = []
+    for acc in accs:
+        v = builder.load(acc)
+        width = LANES
+        while width > 1:
+            h = width // 2
+            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
+            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, width))))
+            v = builder.fadd(lo, hi)
+            width = h
+        totals.append(cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(_I32, 0))))
+    start = builder.mul(n_vec, ir.Constant(_I64, LANES))
+    with cgutils.for_range_slice(builder, start, n, ir.Constant(_I64, 1)) as (idx, _):
+        xe = builder.load(builder.gep(x.data, [idx]))
+        for r, t in zip(rows, totals):
+            e = builder.fmul(builder.load(builder.gep(r.data, [idx])), xe)
+            builder.store(builder.fadd(builder.load(t), e), t)
+    return [builder.load(t) for t in totals]
+
+
+@intrinsic
+def dot4(typingctx, a0, a1, a2, a3, c, n):
+    """(dot(a0, c, n), ..., dot(a3, c, n)), bit-identical to four `dot` calls, loading c once."""
+    if not (all(_is_f32_vector(t) for t in (a0, a1, a2, a3, c)) and isinstance(n, types.Integer)):
+        return None
+    ret = types.UniTuple(types.float32, 4)
+
+    def codegen(context, builder, sig, args):
+        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:5], args[:5])]
+        n64 = context.cast(builder, args[5], sig.args[5], types.int64)
+        sums = _dots_shared(context, builder, arrays[:4], arrays[4], n64)
+        return context.make_tuple(builder, ret, sums)
+
+    return ret(a0, a1, a2, a3, c, n), codegen
+
+
+@intrinsic
+def total(typingctx, a, n):
+    """sum(a[b] for b < n) for a contiguous 1-D float32 a, in the same fixed order as `dot`."""
+    if not (_is_f32_vector(a) and isinstance(n, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        arrays = [context.make_array(sig.args[0])(context, builder, args[0])]
+        return _reduce(context, builder, arrays, context.cast(builder, args[1], sig.args[1], types.int64))
+
+    return types.float32(a, n), codegen
