@@ -69,13 +69,29 @@ class SparseLayer:
     def from_keys(cls, n_in: int, n_out: int, keys: np.ndarray, values: np.ndarray,
                   bias: np.ndarray) -> "SparseLayer":
         """Build a layer from ascending unique keys (col * n_in + row) and their values."""
-        cols, rows = np.divmod(keys, np.int64(n_in))
+        rows, cols = split_keys(keys, n_in)
         return cls(n_in, n_out, rows, cols, values, bias)
 
 
 def positions_to_keys(rows: np.ndarray, cols: np.ndarray, n_in: int) -> np.ndarray:
     """Flat int64 keys col * n_in + row; ascending keys mean output-major order."""
     return cols.astype(KEY_DTYPE) * np.int64(n_in) + rows.astype(KEY_DTYPE)
+
+
+def split_keys(keys: np.ndarray, n_in: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) as int32 from keys col * n_in + row, without int64 temporaries."""
+    rows = np.empty(keys.shape[0], dtype=INDEX_DTYPE)
+    cols = np.empty(keys.shape[0], dtype=INDEX_DTYPE)
+    _split_keys(np.ascontiguousarray(keys, dtype=KEY_DTYPE), np.int64(n_in), rows, cols)
+    return rows, cols
+
+
+@njit(parallel=True, cache=True)
+def _split_keys(keys, n_in, rows, cols):
+    for k in prange(keys.shape[0]):
+        c = keys[k] // n_in
+        rows[k] = keys[k] - c * n_in
+        cols[k] = c
 
 
 def perm_dtype(nnz: int) -> type:
