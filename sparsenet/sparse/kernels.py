@@ -41,10 +41,11 @@ def _define_kernels(simd_digest):
 
     @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
     def _forward_kernel(x, rows, values, out_ptr, bias, slope, apply_act, keep_threshold,
-                        keep_scale, drop_key, out, grad_factor, store_factor):
+                        keep_scale, drop_key, out, grad_factor, store_factor, ahead):
         if simd_digest == 0:  # never true; ties the cache to simd.py
             return
         n_out, batch = out.shape
+        nnz = rows.shape[0]
         for j in prange(n_out):
             acc = out[j]
             b0 = bias[j]
@@ -53,6 +54,9 @@ def _define_kernels(simd_digest):
             # Eight connections per sweep over the batch: one load/store of acc per eight FMAs.
             k, end = out_ptr[j], out_ptr[j + 1]
             while k + 8 <= end:
+                if ahead > 0:  # x does not fit in cache: start loading the rows `ahead` connections on
+                    for q in range(k + ahead, min(k + ahead + 8, nnz)):
+                        simd.prefetch(x, rows[q])
                 w0, w1, w2, w3 = values[k], values[k + 1], values[k + 2], values[k + 3]
                 w4, w5, w6, w7 = values[k + 4], values[k + 5], values[k + 6], values[k + 7]
                 x0, x1, x2, x3 = x[rows[k]], x[rows[k + 1]], x[rows[k + 2]], x[rows[k + 3]]
@@ -62,6 +66,8 @@ def _define_kernels(simd_digest):
                                + ((w4 * x4[b] + w5 * x5[b]) + (w6 * x6[b] + w7 * x7[b])))
                 k += 8
             while k < end:
+                if ahead > 0 and k + ahead < nnz:
+                    simd.prefetch(x, rows[k + ahead])
                 w = values[k]
                 xi = x[rows[k]]
                 for b in range(batch):
@@ -83,10 +89,11 @@ def _define_kernels(simd_digest):
                         g[b] = factor
 
     @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
-    def _backward_kernel(x, delta, cols_in, values, in_ptr, in_perm, grad_factor, grad, dx, dx_sums):
+    def _backward_kernel(x, delta, cols_in, values, in_ptr, in_perm, grad_factor, grad, dx, dx_sums, ahead):
         if simd_digest == 0:  # never true; ties the cache to simd.py
             return
         n_in, batch = x.shape
+        nnz = cols_in.shape[0]
         for i in prange(n_in):
             xi = x[i]
             dxi = dx[i]
@@ -97,6 +104,11 @@ def _define_kernels(simd_digest):
             # cols_in holds the columns in this (input-major) order: no double indirection.
             k, end = in_ptr[i], in_ptr[i + 1]
             while k + 4 <= end:
+                if ahead > 0:  # delta does not fit in cache: start loading rows and weights ahead
+                    for q in range(k + ahead, min(k + ahead + 4, nnz)):
+                        simd.prefetch(delta, cols_in[q])
+                        simd.prefetch(values, in_perm[q])
+                        simd.prefetch(grad, in_perm[q])
                 i0, i1, i2, i3 = in_perm[k], in_perm[k + 1], in_perm[k + 2], in_perm[k + 3]
                 d0, d1 = delta[cols_in[k]], delta[cols_in[k + 1]]
                 d2, d3 = delta[cols_in[k + 2]], delta[cols_in[k + 3]]
@@ -106,6 +118,8 @@ def _define_kernels(simd_digest):
                 grad[i0], grad[i1], grad[i2], grad[i3] = simd.dot4(d0, d1, d2, d3, xi, batch)
                 k += 4
             while k < end:
+                if ahead > 0 and k + ahead < nnz:
+                    simd.prefetch(delta, cols_in[k + ahead])
                 idx = in_perm[k]
                 dj = delta[cols_in[k]]
                 w = values[idx]
@@ -119,11 +133,14 @@ def _define_kernels(simd_digest):
             dx_sums[i] = simd.total(dxi, batch)
 
     @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
-    def _weight_grad_kernel(x, delta, rows, cols, grad):
+    def _weight_grad_kernel(x, delta, rows, cols, grad, ahead):
         if simd_digest == 0:  # never true; ties the cache to simd.py
             return
         batch = x.shape[1]
-        for k in prange(grad.shape[0]):
+        nnz = grad.shape[0]
+        for k in prange(nnz):
+            if ahead > 0 and k + ahead < nnz:  # x does not fit in cache
+                simd.prefetch(x, rows[k + ahead])
             grad[k] = simd.dot(delta[cols[k]], x[rows[k]], batch)
 
     @njit(fastmath=set(FASTMATH), cache=True)
@@ -137,6 +154,15 @@ def _define_kernels(simd_digest):
 
 
 _forward_kernel, _backward_kernel, _weight_grad_kernel, _row_sum_kernel = _define_kernels(simd.SOURCE_DIGEST)
+
+
+PREFETCH_MIN_BYTES = 8 << 20  # gathered activations larger than this are prefetched (L2 is ~1 MB a core)
+PREFETCH_AHEAD = 16  # connections ahead (measured on 500k x 500k eps 10, batch 128: 8-64 all help)
+
+
+def _ahead(gathered: np.ndarray) -> int:
+    """How many connections ahead the kernels prefetch rows of `gathered`: 0 while it fits in cache."""
+    return PREFETCH_AHEAD if gathered.nbytes > PREFETCH_MIN_BYTES else 0
 
 
 def _check_activations(name: str, a: np.ndarray, n: int, batch: int | None = None) -> None:
@@ -169,7 +195,7 @@ def forward(layer: SparseLayer, x: np.ndarray, out: np.ndarray, *, slope: float 
     keep_scale = np.float32(1.0 / (1.0 - dropout))
     _forward_kernel(x, layer.rows, layer.values, layer.out_ptr, layer.bias,
                     np.float32(slope if apply_act else 0.0), apply_act, keep_threshold, keep_scale,
-                    np.uint64(drop_key & 0xFFFFFFFFFFFFFFFF), out, grad_factor, store)
+                    np.uint64(drop_key & 0xFFFFFFFFFFFFFFFF), out, grad_factor, store, _ahead(x))
     return out
 
 
@@ -186,13 +212,14 @@ def backward(layer: SparseLayer, x: np.ndarray, delta: np.ndarray, grad: np.ndar
     if grad.dtype != np.float32 or grad.shape != (layer.nnz,):
         raise ValueError(f"grad must be float32 of shape ({layer.nnz},), got {grad.dtype} {grad.shape}")
     if dx is None:
-        _weight_grad_kernel(x, delta, layer.rows, layer.cols, grad)
+        _weight_grad_kernel(x, delta, layer.rows, layer.cols, grad, _ahead(x))
         return
     _check_activations("dx", dx, layer.n_in, x.shape[1])
     _check_activations("grad_factor", grad_factor, layer.n_in, x.shape[1])
     if dx_sums is None or dx_sums.dtype != np.float32 or dx_sums.shape != (layer.n_in,):
         raise ValueError(f"dx_sums must be float32 of shape ({layer.n_in},)")
-    _backward_kernel(x, delta, layer.cols_in, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx, dx_sums)
+    _backward_kernel(x, delta, layer.cols_in, layer.values, layer.in_ptr, layer.in_perm, grad_factor, grad, dx, dx_sums,
+                     _ahead(delta))
 
 
 def row_sums(a: np.ndarray, out: np.ndarray) -> np.ndarray:

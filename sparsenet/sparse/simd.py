@@ -15,6 +15,10 @@ same compiled code on the same CPU, and the numba cache is per CPU.)
 
 The kernels' numba cache is keyed on kernels.py, not on this file: kernels.py folds SOURCE_DIGEST
 (a hash of this file) into its kernels' cache key, so an edit here recompiles them.
+
+`prefetch(a, i)` asks the CPU to start loading row i of a 2-D array (every cache line) or the
+line holding element i of a 1-D array: the kernels issue it a few connections ahead when the
+gathered activations do not fit in cache (no effect on results).
 """
 
 from __future__ import annotations
@@ -142,3 +146,33 @@ def total(typingctx, a, n):
         return _reduce(context, builder, arrays, context.cast(builder, args[1], sig.args[1], types.int64))
 
     return types.float32(a, n), codegen
+
+
+@intrinsic
+def prefetch(typingctx, a, i):
+    """Prefetch row i of a C-contiguous 2-D array (all its cache lines) or element i of a 1-D array."""
+    if not (isinstance(a, types.Array) and a.ndim in (1, 2) and a.layout == "C" and isinstance(i, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        aty = sig.args[0]
+        arr = context.make_array(aty)(context, builder, args[0])
+        idx = context.cast(builder, args[1], sig.args[1], types.int64)
+        itemsize = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+        if aty.ndim == 2:
+            row_bytes = builder.mul(builder.extract_value(arr.shape, 1), ir.Constant(_I64, itemsize))
+        else:
+            row_bytes = ir.Constant(_I64, itemsize)
+        start = builder.add(builder.ptrtoint(arr.data, _I64), builder.mul(idx, row_bytes))
+        i8p = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        n_lines = builder.udiv(builder.add(row_bytes, ir.Constant(_I64, 63)), ir.Constant(_I64, 64))
+        with cgutils.for_range(builder, n_lines) as loop:
+            addr = builder.add(start, builder.mul(loop.index, ir.Constant(_I64, 64)))
+            # read, keep in all cache levels, data cache
+            builder.call(fn, [builder.inttoptr(addr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3),
+                              ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+
+    return types.void(a, i), codegen

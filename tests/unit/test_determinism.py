@@ -41,3 +41,11 @@ def test_fresh_compile_and_cached_kernels_agree(tmp_path, threads):
     assert {f: f.stat().st_mtime_ns for f in cached_files} == stamp  # loaded, not recompiled
     assert fresh == cached
     assert fresh == run(threads)  # and this process (whatever its cache state) agrees
+
+
+def test_prefetching_does_not_change_results(monkeypatch):
+    from sparsenet.sparse import kernels
+
+    plain = run(1)
+    monkeypatch.setattr(kernels, "PREFETCH_MIN_BYTES", 0)  # prefetch even these small arrays
+    assert run(1) == plain
