@@ -100,7 +100,7 @@ def _define_kernels(simd_digest):
             for b in range(batch):
                 dxi[b] = 0.0
             # Four connections per sweep of dx: one load/store of dx per four FMAs; the weight
-            # gradients are four fixed-order dot products (simd.py) sharing each load of x.
+            # gradients are four fixed-order dot products (simd.py), all in one sweep over the batch.
             # cols_in holds the columns in this (input-major) order: no double indirection.
             k, end = in_ptr[i], in_ptr[i + 1]
             while k + 4 <= end:
@@ -113,9 +113,9 @@ def _define_kernels(simd_digest):
                 d0, d1 = delta[cols_in[k]], delta[cols_in[k + 1]]
                 d2, d3 = delta[cols_in[k + 2]], delta[cols_in[k + 3]]
                 w0, w1, w2, w3 = values[i0], values[i1], values[i2], values[i3]
-                for b in range(batch):
-                    dxi[b] += (w0 * d0[b] + w1 * d1[b]) + (w2 * d2[b] + w3 * d3[b])
-                grad[i0], grad[i1], grad[i2], grad[i3] = simd.dot4(d0, d1, d2, d3, xi, batch)
+                # dxi[b] += (w0 d0[b] + w1 d1[b]) + (w2 d2[b] + w3 d3[b]) in the same sweep
+                grad[i0], grad[i1], grad[i2], grad[i3] = simd.dot4_update(d0, d1, d2, d3, xi, dxi,
+                                                                          w0, w1, w2, w3, batch)
                 k += 4
             while k < end:
                 if ahead > 0 and k + ahead < nnz:

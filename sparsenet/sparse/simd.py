@@ -89,15 +89,41 @@ def dot(typingctx, a, c, n):
     return types.float32(a, c, n), codegen
 
 
-def _dots_shared(context, builder, rows, x, n):
-    """IR for [dot(r, x, n) for r in rows], each in dot's order, sharing each load of x."""
+def _splat(builder, value):
+    v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _dots_shared(context, builder, rows, x, n, dx=None, weights=None):
+    """IR for [dot(r, x, n) for r in rows], each in dot's order, sharing each load of x.
+
+    With dx and four weights, also dx[b] += (w0 r0[b] + w1 r1[b]) + (w2 r2[b] + w3 r3[b]) in the
+    same sweep (elementwise, so its order is fixed by the expression).
+    """
+    def axpy(load_row, load_dx, store_dx, splat):
+        w = [splat(v) for v in weights]
+        r = [load_row(i) for i in range(4)]
+        upd = builder.fadd(builder.fadd(builder.fmul(w[0], r[0]), builder.fmul(w[1], r[1])),
+                           builder.fadd(builder.fmul(w[2], r[2]), builder.fmul(w[3], r[3])))
+        store_dx(builder.fadd(load_dx(), upd))
+        return r
+
     accs = [cgutils.alloca_once_value(builder, ir.Constant(_VEC, [0.0] * LANES)) for _ in rows]
     n_vec = builder.udiv(n, ir.Constant(_I64, LANES))
     with cgutils.for_range(builder, n_vec) as loop:
         off = builder.mul(loop.index, ir.Constant(_I64, LANES))
         xv = builder.load(builder.bitcast(builder.gep(x.data, [off]), _VEC.as_pointer()), align=4)
-        for r, acc in zip(rows, accs):
-            v = builder.load(builder.bitcast(builder.gep(r.data, [off]), _VEC.as_pointer()), align=4)
+
+        def vec_ptr(arr):
+            return builder.bitcast(builder.gep(arr.data, [off]), _VEC.as_pointer())
+
+        if dx is None:
+            vals = [builder.load(vec_ptr(r), align=4) for r in rows]
+        else:
+            vals = axpy(lambda i: builder.load(vec_ptr(rows[i]), align=4),
+                        lambda: builder.load(vec_ptr(dx), align=4),
+                        lambda v: builder.store(v, vec_ptr(dx), align=4), lambda w: _splat(builder, w))
+        for v, acc in zip(vals, accs):
             builder.store(builder.fadd(builder.load(acc), builder.fmul(v, xv)), acc)
     totals = []
     for acc in accs:
@@ -113,9 +139,14 @@ def _dots_shared(context, builder, rows, x, n):
     start = builder.mul(n_vec, ir.Constant(_I64, LANES))
     with cgutils.for_range_slice(builder, start, n, ir.Constant(_I64, 1)) as (idx, _):
         xe = builder.load(builder.gep(x.data, [idx]))
-        for r, t in zip(rows, totals):
-            e = builder.fmul(builder.load(builder.gep(r.data, [idx])), xe)
-            builder.store(builder.fadd(builder.load(t), e), t)
+        if dx is None:
+            vals = [builder.load(builder.gep(r.data, [idx])) for r in rows]
+        else:
+            vals = axpy(lambda i: builder.load(builder.gep(rows[i].data, [idx])),
+                        lambda: builder.load(builder.gep(dx.data, [idx])),
+                        lambda v: builder.store(v, builder.gep(dx.data, [idx])), lambda w: w)
+        for v, t in zip(vals, totals):
+            builder.store(builder.fadd(builder.load(t), builder.fmul(v, xe)), t)
     return [builder.load(t) for t in totals]
 
 
@@ -133,6 +164,23 @@ def dot4(typingctx, a0, a1, a2, a3, c, n):
         return context.make_tuple(builder, ret, sums)
 
     return ret(a0, a1, a2, a3, c, n), codegen
+
+
+@intrinsic
+def dot4_update(typingctx, a0, a1, a2, a3, c, dx, w0, w1, w2, w3, n):
+    """dot4(a0..a3, c, n), and in the same sweep dx[b] += (w0 a0[b] + w1 a1[b]) + (w2 a2[b] + w3 a3[b])."""
+    if not (all(_is_f32_vector(t) for t in (a0, a1, a2, a3, c, dx)) and isinstance(n, types.Integer)
+            and all(t == types.float32 for t in (w0, w1, w2, w3))):
+        return None
+    ret = types.UniTuple(types.float32, 4)
+
+    def codegen(context, builder, sig, args):
+        arrays = [context.make_array(t)(context, builder, v) for t, v in zip(sig.args[:6], args[:6])]
+        n64 = context.cast(builder, args[10], sig.args[10], types.int64)
+        sums = _dots_shared(context, builder, arrays[:4], arrays[4], n64, dx=arrays[5], weights=list(args[6:10]))
+        return context.make_tuple(builder, ret, sums)
+
+    return ret(a0, a1, a2, a3, c, dx, w0, w1, w2, w3, n), codegen
 
 
 @intrinsic
