@@ -29,9 +29,9 @@ def hidden_slopes(activation: str, alpha: float, n_hidden: int) -> list[float]:
 
 
 @njit(fastmath=False, cache=True)
-def _softmax_cross_entropy(z, labels, delta, scale):
+def _softmax_cross_entropy(z, labels, delta, scale, start):
     n_classes, batch = z.shape
-    loss = 0.0
+    loss = start
     correct = 0
     for b in range(batch):
         m = z[0, b]
@@ -54,9 +54,9 @@ def _softmax_cross_entropy(z, labels, delta, scale):
 
 
 @njit(fastmath=False, cache=True)
-def _sigmoid_mse(z, labels, delta, scale):
+def _sigmoid_mse(z, labels, delta, scale, start):
     n_classes, batch = z.shape
-    loss = 0.0
+    loss = start
     correct = 0
     for b in range(batch):
         y = labels[b]
@@ -72,15 +72,20 @@ def _sigmoid_mse(z, labels, delta, scale):
     return loss, correct
 
 
-def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarray) -> tuple[float, int]:
-    """Summed loss and correct count of logits z (n_classes, batch); delta gets dLoss/dz / batch."""
+def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarray,
+                start: float = 0.0) -> tuple[float, int]:
+    """Summed loss and correct count of logits z (n_classes, batch); delta gets dLoss/dz / batch.
+
+    The per-sample losses are added, in order, to `start` (float64): a running sum over several
+    calls equals one call on all the samples, bit for bit.
+    """
     if z.shape != delta.shape or labels.shape != (z.shape[1],):
         raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
     scale = 1.0 / z.shape[1]
     if output == "softmax":
-        loss, correct = _softmax_cross_entropy(z, labels, delta, scale)
+        loss, correct = _softmax_cross_entropy(z, labels, delta, scale, float(start))
     elif output == "sigmoid":
-        loss, correct = _sigmoid_mse(z, labels, delta, scale)
+        loss, correct = _sigmoid_mse(z, labels, delta, scale, float(start))
     else:
         raise ValueError(f"unknown output {output!r}; allowed: {', '.join(OUTPUTS)}")
     return float(loss), int(correct)

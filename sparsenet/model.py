@@ -12,6 +12,9 @@ from .sparse.init import erdos_renyi_layer
 from .sparse.layer import SparseLayer
 
 
+EVAL_BUFFER_BYTES = 1 << 30  # default bound on evaluate()'s activation buffers
+
+
 @dataclass
 class _Workspace:
     """Feature-major buffers for one batch size: activations, f'(z) * dropout scale, deltas."""
@@ -117,17 +120,42 @@ class SparseMLP:
         """Output pre-activations (n_classes, batch) for the input in `input_buffer(batch)`, no dropout."""
         return self._forward(self._workspace(batch), None)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
-        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,)."""
+    def eval_chunk(self, batch_size: int, max_bytes: int = EVAL_BUFFER_BYTES) -> int:
+        """Samples per forward pass in `evaluate`: at most batch_size, and activations within max_bytes."""
+        return max(1, min(int(batch_size), int(max_bytes) // self._inference_bytes_per_sample()))
+
+    def _inference_bytes_per_sample(self) -> int:
+        sizes = self.sizes
+        return 4 * (max(sizes[0::2]) + max(sizes[1::2]))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
+                 max_bytes: int = EVAL_BUFFER_BYTES) -> tuple[float, float]:
+        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,).
+
+        Forward only, without dropout, through two ping-pong activation buffers (no f'(z) or delta
+        storage, no cached workspace), in chunks of `eval_chunk(batch_size, max_bytes)` samples so
+        that activation memory stays within max_bytes whatever the width. Every sample's logits are
+        computed independently of the others and the loss is one running sum over the samples in
+        order, so the result does not depend on batch_size or max_bytes.
+        """
+        chunk = min(self.eval_chunk(batch_size, max_bytes), max(x.shape[0], 1))
+        sizes = self.sizes
+        bufs = (np.empty(max(sizes[0::2]) * chunk, dtype=np.float32),
+                np.empty(max(sizes[1::2]) * chunk, dtype=np.float32))
+        delta = np.empty(sizes[-1] * chunk, dtype=np.float32)
+        last = len(self.layers) - 1
         total_loss, total_correct = 0.0, 0
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start:start + batch_size]
-            buf = self.input_buffer(xb.shape[0])
-            np.copyto(buf, xb.T)
-            logits = self.logits(xb.shape[0])
-            loss, correct = output_loss(self.output, logits, y[start:start + batch_size],
-                                        self._workspace(xb.shape[0]).deltas[-1])
-            total_loss += loss
+        for start in range(0, x.shape[0], chunk):
+            xb = x[start:start + chunk]
+            m = xb.shape[0]
+            a = bufs[0][:sizes[0] * m].reshape(sizes[0], m)
+            np.copyto(a, xb.T)
+            for l, layer in enumerate(self.layers):
+                out = bufs[(l + 1) % 2][:layer.n_out * m].reshape(layer.n_out, m)
+                kernels.forward(layer, a, out, slope=None if l == last else self.slopes[l])
+                a = out
+            total_loss, correct = output_loss(self.output, a, y[start:start + m],
+                                              delta[:sizes[-1] * m].reshape(sizes[-1], m), start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)
         return total_loss / n, total_correct / n

@@ -1,0 +1,70 @@
+"""GFLOP/s of the sparse kernels on one layer, forward and backward, at 1 and 2 threads.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_kernels.py [--repeat 5] [--only small|large]
+
+(a) the FashionMNIST hidden layer 1000x1000 eps 20, (b) 500000x500000 eps 10; batch 128.
+Forward = 2 * nnz * batch flops; backward with dx = 4 * nnz * batch flops (weight gradient and
+delta of the layer below). Prints the median and best of --repeat timed calls after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+import numba
+import numpy as np
+
+from sparsenet.sparse import kernels
+from sparsenet.sparse.init import erdos_renyi_layer
+
+CASES = {"small": (1000, 1000, 20.0), "large": (500_000, 500_000, 10.0)}
+
+
+def bench(fn, repeat: int) -> tuple[float, float]:
+    fn()  # warm-up (compile / caches)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times)), float(min(times))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--only", choices=sorted(CASES), action="append")
+    args = p.parse_args(argv)
+    print("reproduce: PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv))
+    print(f"{'layer':>24} {'thr':>3} {'fwd GF/s':>9} {'(best)':>7} {'bwd GF/s':>9} {'(best)':>7}")
+    for name in args.only or ["small", "large"]:
+        n_in, n_out, eps = CASES[name]
+        rng = np.random.default_rng(0)
+        layer = erdos_renyi_layer(n_in, n_out, eps, "he_uniform", rng)
+        b = args.batch
+        x = rng.standard_normal((n_in, b), dtype=np.float32)
+        out = np.empty((n_out, b), np.float32)
+        factor = np.ones((n_out, b), np.float32)
+        delta = rng.standard_normal((n_out, b), dtype=np.float32)
+        gf_in = np.ones((n_in, b), np.float32)
+        dx = np.empty((n_in, b), np.float32)
+        sums = np.empty(n_in, np.float32)
+        grad = np.empty(layer.nnz, np.float32)
+        label = f"{n_in}x{n_out} eps{eps:g} nnz {layer.nnz / 1e6:.2f}M"
+        for t in args.threads:
+            numba.set_num_threads(t)
+            fwd = bench(lambda: kernels.forward(layer, x, out, slope=0.0, dropout=0.3, drop_key=1,
+                                                grad_factor=factor), args.repeat)
+            bwd = bench(lambda: kernels.backward(layer, x, delta, grad, dx, gf_in, sums), args.repeat)
+            ff, fb = 2 * layer.nnz * b / 1e9, 4 * layer.nnz * b / 1e9
+            print(f"{label:>24} {t:>3} {ff / fwd[0]:9.2f} {ff / fwd[1]:7.2f} {fb / bwd[0]:9.2f} {fb / bwd[1]:7.2f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
