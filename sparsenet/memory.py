@@ -16,17 +16,19 @@ import numpy as np
 
 from .config import Config, override_config
 from .errors import SparsenetError
+from .model import EVAL_BUFFER_BYTES
 from .sparse.init import erdos_renyi_density
-from .sparse.layer import INDEX_DTYPE, KEY_DTYPE
+from .sparse.layer import INDEX_DTYPE, perm_dtype
 
 GIB = 1 << 30
 
 # ---------------------------------------------------------------- what the code allocates
 
-# Per connection of a SparseLayer (sparse/layer.py): name -> dtype. After the kernels branch
-# merges this becomes rows, cols, values, cols_in int32 and in_perm int32 (int64 from 2**31 nnz):
-# the same 20 bytes. test_memory checks this table against a real layer.
-LAYER_CONNECTION_ARRAYS = {"rows": INDEX_DTYPE, "cols": INDEX_DTYPE, "values": np.float32, "in_perm": KEY_DTYPE}
+# Per connection of a SparseLayer (sparse/layer.py): name -> dtype; in_perm is int64 from 2**31
+# connections on (LARGE_PERM_EXTRA_BYTES more). test_memory checks this table against a real layer.
+LAYER_CONNECTION_ARRAYS = {"rows": INDEX_DTYPE, "cols": INDEX_DTYPE, "values": np.float32,
+                           "cols_in": INDEX_DTYPE, "in_perm": perm_dtype(1)}
+LARGE_PERM_EXTRA_BYTES = np.dtype(perm_dtype(2**31)).itemsize - np.dtype(perm_dtype(1)).itemsize
 # Per output neuron: bias; per (neuron + 1): the out_ptr / in_ptr run pointers.
 LAYER_NEURON_ARRAYS = {"bias": np.float32}
 LAYER_POINTER_DTYPE = np.int64
@@ -38,19 +40,21 @@ LAYER_BYTES_PER_CONNECTION = sum(np.dtype(d).itemsize for d in LAYER_CONNECTION_
 BYTES_PER_CONNECTION = (LAYER_BYTES_PER_CONNECTION + np.dtype(VELOCITY_DTYPE).itemsize
                         + np.dtype(GRADIENT_DTYPE).itemsize)  # 28
 
-# SparseMLP workspace for one batch size, per neuron and sample: activations (every layer),
-# grad factor f'(z) * dropout (every layer but the output) and deltas (every layer). The model
-# keeps one workspace per distinct batch size (the last, smaller batch of an epoch gets its own),
-# and evaluation uses the same kind of workspace.
+# SparseMLP training workspace, per neuron and sample: activations (every layer), grad factor
+# f'(z) * dropout (every layer but the output) and deltas (every layer). One allocation for the
+# largest batch; smaller batches (an epoch's last) are views into it.
 TRAIN_WORKSPACE_BUFFERS = 3
-EVAL_WORKSPACE_BUFFERS = 3       # a forward-only eval workspace would make this 1
+# Evaluation (model.evaluate): forward only, two ping-pong buffers (widest even / odd layer) per
+# sample of a chunk, the chunk bounded by model.EVAL_BUFFER_BYTES; allocated per call.
 
-# Transient peaks, measured with tracemalloc on a 100000x100000 eps-10 layer (2M connections):
-# SET (evolution.prune_and_regrow + optim.realign) allocates 103 bytes per connection of the layer
-# it evolves on top of the model, one layer at a time; Erdős–Rényi init 32 bytes per connection of
-# the layer being built on top of the finished layer. Neuron pruning rebuilds a layer like SET.
-SET_PEAK_BYTES_PER_CONNECTION = 104
-INIT_PEAK_BYTES_PER_CONNECTION = 32
+# Transient peaks, measured with scripts/bench_memory.py (tracemalloc and RSS) on a 2M x 2M eps-10
+# layer (40M connections) and a 5M x 5M eps-1 layer (10M connections): the SET step
+# (evolution.prune_and_regrow + optim.realign) allocates ~29 B per connection of the layer it
+# evolves plus ~16 B per neuron of it; Erdős–Rényi init ~22 B per connection plus the per-thread
+# counts of the counting sort. Neuron pruning rebuilds a layer with plain numpy (not yet lean).
+SET_PEAK_BYTES_PER_CONNECTION = 30
+SET_PEAK_BYTES_PER_NEURON = 16
+INIT_PEAK_BYTES_PER_CONNECTION = 22
 PRUNE_PEAK_BYTES_PER_CONNECTION = 104
 # MPI messages: a topology bundle (rows, cols, values) and the phase-2 state (+ velocity) of a
 # model; the server receives every worker's phase-2 replica before averaging them.
@@ -214,7 +218,8 @@ def model_bytes(sizes: list[int], nnz: list[int]) -> int:
     """Layer arrays of a SparseMLP: connections, biases and run pointers."""
     neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values())
     ptr = np.dtype(LAYER_POINTER_DTYPE).itemsize
-    return sum(k * LAYER_BYTES_PER_CONNECTION + n_out * neuron + (n_in + 1 + n_out + 1) * ptr
+    return sum(k * (LAYER_BYTES_PER_CONNECTION + (LARGE_PERM_EXTRA_BYTES if k >= 2**31 else 0))
+               + n_out * neuron + (n_in + 1 + n_out + 1) * ptr
                for n_in, n_out, k in zip(sizes[:-1], sizes[1:], nnz))
 
 
@@ -229,30 +234,35 @@ def workspace_bytes(sizes: list[int], batch: int, buffers: int = TRAIN_WORKSPACE
     return per_sample * batch
 
 
-def batch_sizes(n: int, batch: int) -> set[int]:
-    """Distinct batch sizes of one pass over n samples: batch, and the remainder if any."""
-    sizes = {min(batch, n)} if n else set()
-    if n > batch and n % batch:
-        sizes.add(n % batch)
-    return sizes
+def eval_bytes(sizes: list[int], eval_batch: int, n_test: int) -> int:
+    """model.evaluate's two ping-pong buffers (widest even / odd layer) and output delta for its chunk."""
+    per_sample = 4 * (max(sizes[0::2]) + max(sizes[1::2]))
+    chunk = max(1, min(eval_batch, EVAL_BUFFER_BYTES // per_sample, max(n_test, 1)))
+    return chunk * (per_sample + 4 * sizes[-1])
 
 
-def _workspaces(sizes: list[int], train: set[int], evaluate: set[int]) -> tuple[int, str]:
+def _activations(sizes: list[int], train_batch: int | None, eval_batch: int | None, n_test: int,
+                 name: str = "activations") -> Item:
     total, parts = 0, []
-    for b in sorted(train | evaluate, reverse=True):
-        buffers = TRAIN_WORKSPACE_BUFFERS if b in train else EVAL_WORKSPACE_BUFFERS
-        total += workspace_bytes(sizes, b, buffers)
-        parts.append(str(b))
-    return total, f"{TRAIN_WORKSPACE_BUFFERS}x4 B x {sum(sizes):,} neurons x batch {'+'.join(parts)}"
+    if train_batch:
+        total += workspace_bytes(sizes, train_batch)
+        parts.append(f"train {TRAIN_WORKSPACE_BUFFERS}x4 B x {sum(sizes):,} neurons x batch {train_batch}")
+    if eval_batch:
+        total += eval_bytes(sizes, eval_batch, n_test)
+        parts.append("eval: 2 buffers of the widest layers")
+    return Item(name, total, "; ".join(parts))
 
 
 def _transient(cfg: Config, sizes: list[int], nnz: list[int]) -> Item:
     last = len(nnz) - 1
     evolving = [k for l, k in enumerate(nnz) if (l < last or cfg.evolution.evolve_output)
                 and k < sizes[l] * sizes[l + 1]]
-    candidates = [(max(nnz) * INIT_PEAK_BYTES_PER_CONNECTION, "init of the largest layer")]
+    candidates = [(max(nnz) * INIT_PEAK_BYTES_PER_CONNECTION + max(sizes) * 4 * (os.cpu_count() or 1),
+                   "init of the largest layer")]
     if cfg.evolution.zeta > 0 and evolving and cfg.train.epochs > 1:
-        candidates.append((max(evolving) * SET_PEAK_BYTES_PER_CONNECTION, "SET step of the largest layer"))
+        neurons = max(sizes[l] + sizes[l + 1] for l, k in enumerate(nnz) if k == max(evolving))
+        candidates.append((max(evolving) * SET_PEAK_BYTES_PER_CONNECTION + neurons * SET_PEAK_BYTES_PER_NEURON,
+                           "SET step of the largest layer"))
         candidates.append((state_bytes(sizes, nnz, GRADIENT_DTYPE), "gradients reallocated after SET"))
     if cfg.pruning.method != "none":
         candidates.append((max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION, "neuron pruning of the largest layer"))
@@ -279,25 +289,24 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     transient = _transient(cfg, sizes, nnz)
     overhead = Item("interpreter + numba", INTERPRETER_BYTES)
     t = cfg.train
-    eval_batches = batch_sizes(data.n_test, t.eval_batch_size)
+    train_batch = min(t.batch_size, data.n_train)
     if ranks == 1:
-        acts, note = _workspaces(sizes, batch_sizes(data.n_train, t.batch_size), eval_batches)
-        plans = [RankPlan("sequential", 1, [data_item, model, velocity, grads, Item("activations", acts, note),
-                                            transient, overhead])]
+        acts = _activations(sizes, train_batch, t.eval_batch_size, data.n_test)
+        plans = [RankPlan("sequential", 1, [data_item, model, velocity, grads, acts, transient, overhead])]
     else:
         workers = ranks - 1
         shard = -(-data.n_train // workers)
-        acts_s, note_s = _workspaces(sizes, set(), eval_batches)
+        acts_s = _activations(sizes, None, t.eval_batch_size, data.n_test, "activations (eval)")
         replicas = Item("phase-2 replicas received", workers * sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION,
                         f"{workers} x {REPLICA_MESSAGE_BYTES_PER_CONNECTION} B/connection")
-        server = RankPlan("server", 1, [data_item, model, velocity, grads, Item("activations (eval)", acts_s, note_s),
+        server = RankPlan("server", 1, [data_item, model, velocity, grads, acts_s,
                                         replicas, transient, overhead])
-        acts_w, note_w = _workspaces(sizes, batch_sizes(shard, t.batch_size), set())
+        acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
         shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")
         message = Item("messages", sum(nnz) * TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION,
                        f"topology bundle, {TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION} B/connection")
         worker = RankPlan("worker", workers, [data_item, shard_item, model, velocity, grads,
-                                              Item("activations", acts_w, note_w), message, transient, overhead])
+                                              acts_w, message, transient, overhead])
         plans = [server, worker]
     if available is None:
         available, available_source = available_memory(cfg.memory_limit_gb)

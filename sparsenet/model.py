@@ -68,6 +68,7 @@ class SparseMLP:
         self.bias_grads = [np.zeros(layer.n_out, dtype=np.float32) for layer in self.layers]
         if getattr(self, "_workspace_sizes", None) != self.sizes:
             self._workspaces.clear()
+            self._flat, self._capacity = None, 0
             self._workspace_sizes = self.sizes
 
     def input_buffer(self, batch: int) -> np.ndarray:
@@ -75,11 +76,18 @@ class SparseMLP:
         return self._workspace(batch).acts[0]
 
     def _workspace(self, batch: int) -> _Workspace:
+        """Buffers for `batch` samples: views into one allocation sized for the largest batch seen,
+        so an epoch's smaller last batch costs no memory of its own."""
         ws = self._workspaces.get(batch)
         if ws is None:
-            acts = [np.zeros((n, batch), dtype=np.float32) for n in self.sizes]
-            factors = [np.ones((n, batch), dtype=np.float32) for n in self.sizes[:-1]]
-            deltas = [np.zeros((n, batch), dtype=np.float32) for n in self.sizes]
+            if batch > getattr(self, "_capacity", 0):
+                self._workspaces.clear()  # drop views of the smaller allocation before making a new one
+                self._flat = ([np.zeros(n * batch, dtype=np.float32) for n in self.sizes],
+                              [np.ones(n * batch, dtype=np.float32) for n in self.sizes[:-1]],
+                              [np.zeros(n * batch, dtype=np.float32) for n in self.sizes])
+                self._capacity = batch
+            acts, factors, deltas = ([flat[:n * batch].reshape(n, batch) for flat, n in zip(group, self.sizes)]
+                                     for group in self._flat)
             ws = self._workspaces[batch] = _Workspace(acts, factors, deltas)
         return ws
 

@@ -11,7 +11,7 @@ from sparsenet.data import load_dataset
 from sparsenet.memory import (
     BYTES_PER_CONNECTION, GIB, LAYER_CONNECTION_ARRAYS, DataShape, InsufficientMemoryError, available_memory,
     cgroup_headroom, expected_nnz, meminfo_available, model_bytes, plan_memory, state_bytes,
-    refusal, workspace_bytes,
+    eval_bytes, refusal, workspace_bytes,
 )
 from sparsenet.sparse.init import erdos_renyi_layer
 from sparsenet.train import new_state, train_epoch
@@ -47,15 +47,19 @@ def test_byte_counts_match_what_a_trained_model_allocates():
     assert sum(a.nbytes for layer in model.layers for a in _arrays(layer)) == model_bytes(sizes, nnz)
     assert sum(a.nbytes for a in opt.velocities + opt.bias_velocities) == state_bytes(sizes, nnz, np.float32)
     assert sum(a.nbytes for a in model.grads + model.bias_grads) == state_bytes(sizes, nnz, np.float32)
-    real_ws = sum(a.nbytes for ws in model._workspaces.values() for a in ws.acts + ws.factors + ws.deltas)
-    # 175 train samples in batches of 16 (+ a last one of 15), 75 test samples in 32, 32, 11
-    assert sorted(model._workspaces) == [11, 15, 16, 32]
-    assert real_ws == sum(workspace_bytes(sizes, b) for b in (11, 15, 16, 32))
+    # 175 train samples in batches of 16 and a last one of 15: views into one allocation for 16
+    assert sorted(model._workspaces) == [15, 16]
+    real_ws = sum(a.nbytes for group in model._flat for a in group)
+    assert real_ws == workspace_bytes(sizes, 16)
+    last, full = model._workspaces[15], model._workspaces[16]
+    assert all(np.shares_memory(a, b) for a, b in zip(last.acts + last.deltas, full.acts + full.deltas))
 
     plan = plan_memory(cfg)
     items = {i.name: i.bytes for i in plan.ranks[0].items}
     assert plan.sizes == sizes
-    assert items["activations"] == real_ws
+    # 75 test samples evaluated in one chunk of 32: two ping-pong buffers and the output delta
+    assert items["activations"] == real_ws + eval_bytes(sizes, 32, 75)
+    assert eval_bytes(sizes, 32, 75) == 32 * 4 * (max(sizes[0::2]) + max(sizes[1::2]) + sizes[-1])
     for planned, real in zip(plan.nnz, nnz):  # expected Erdős–Rényi nnz vs one draw
         assert abs(planned - real) <= 4 * np.sqrt(planned) + 1
     real_total = (sum(a.nbytes for layer in model.layers for a in _arrays(layer))
@@ -85,7 +89,7 @@ def test_oversized_config_is_refused_with_what_would_fit():
     assert message.startswith("not enough memory: training 65536-5000000-5000000-2 needs about ")
     assert "only 12.00 GiB is available (memory_limit_gb = 12)" in message
     assert "largest item: activations" in message
-    assert "would fit: train.batch_size=8 train.eval_batch_size=8" in message
+    assert "would fit: train.batch_size=32 train.eval_batch_size=32" in message
     assert "--set memory_limit_gb=N" in message
 
 
