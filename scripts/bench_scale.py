@@ -51,6 +51,7 @@ def run_config(config: str, epochs: int, out: Path, extra: list[str]) -> dict:
             "evolution_minutes": statistics.median(evolution) / 60 if evolution else None,
             "peak_rss_gb": max(r["peak_rss_mb"] for r in rows) / 1024,
             "train_loss": [round(r["train_loss"], 4) for r in rows],
+            "test_loss": [round(r["test_loss"], 4) for r in rows],
             "test_accuracy": [round(r["test_accuracy"], 4) for r in rows],
             "epochs": len(rows), "wall_minutes": wall / 60,
             "epsilon": _epsilon(out / "config.yaml")}
@@ -82,13 +83,13 @@ def main() -> int:
     print(f"\nmachine: {os.cpu_count()} cores ({cpu}), "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM; minutes per epoch")
     head = (f"{'architecture':<34} {'eps':>4} {'neurons':>11} {'weights':>12} {'workers':>7} {'init':>6} "
-            f"{'train':>7} {'test':>6} {'evol.':>6} {'peak RSS':>9}  train loss per epoch")
+            f"{'train':>7} {'test':>6} {'evol.':>6} {'peak RSS':>9}  train / test loss per epoch")
     print(head)
     for r in rows:
         evo = f"{r['evolution_minutes']:>6.2f}" if r["evolution_minutes"] is not None else f"{'-':>6}"
         print(f"{r['architecture']:<34} {r['epsilon']:>4g} {r['neurons']:>11,} {r['weights']:>12,} {r['workers']:>7} "
               f"{r['init_minutes']:>6.2f} {r['train_minutes']:>7.2f} {r['test_minutes']:>6.2f} {evo} "
-              f"{r['peak_rss_gb']:>7.1f}GB  {r['train_loss']}")
+              f"{r['peak_rss_gb']:>7.1f}GB  {r['train_loss']} / {r['test_loss']}")
     print("reproduce: python " + " ".join(sys.argv))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
