@@ -232,24 +232,17 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text}")
-    return value
+def _whole_number(minimum: int):
+    """argparse type: an int >= minimum, with a message that says what was given."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text}")
+        return value
+    return parse
 
 
 def _number(text: str, what: str) -> float:
@@ -276,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("config", help="YAML config file")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. memory_limit_gb=16 (repeatable)")
-    plan.add_argument("--ranks", type=_positive, default=1,
+    plan.add_argument("--ranks", type=_whole_number(1), default=1,
                       help="MPI ranks on this node: 1 = sequential, N = 1 server + N-1 workers (default 1)")
     plan.add_argument("--json", action="store_true", help="print one JSON object")
     plan.set_defaults(func=_cmd_plan)
@@ -300,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     prune.set_defaults(func=_cmd_prune)
     features = sub.add_parser("features", help="rank input features by strength (sum of |outgoing weights|)")
     features.add_argument("checkpoint")
-    features.add_argument("--top", type=_non_negative, default=20, help="how many to print (0 = all; default 20)")
+    features.add_argument("--top", type=_whole_number(0), default=20, help="how many to print (0 = all; default 20)")
     features.add_argument("--out", help="CSV file for every feature, ranked")
     features.add_argument("--json", action="store_true", help="print one JSON line")
     features.add_argument("--image", metavar="[Cx]HxW", help="also draw the strengths as an image of this shape (28x28, 3x32x32)")
