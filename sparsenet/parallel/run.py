@@ -84,7 +84,9 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
 
 
 def _memory_gate(cfg: Config, transport) -> bool:
-    """Rank 0 plans memory for all ranks (this node) and tells every worker go / stop before data loads.
+    """Rank 0 plans memory for the ranks on its node and tells every worker go / stop before data loads.
+
+    Ranks on other nodes are assumed to share theirs as rank 0's node does (a cluster allocation).
 
     A refusal ends the job without MPI_Abort: rank 0 raises the planner's message (exit 2), the
     workers return quietly.
@@ -93,10 +95,11 @@ def _memory_gate(cfg: Config, transport) -> bool:
 
     if transport.size < 2:
         return True
+    node_ranks = transport.node_size()
     if transport.rank == 0:
         error = None
         try:
-            check_memory(cfg, transport.size, say=lambda text: log(text, rank=0))
+            check_memory(cfg, node_ranks, say=lambda text: log(text, rank=0))
         except BaseException as exc:  # noqa: BLE001 - the workers must hear the verdict whatever happened
             error = exc
         for worker in range(1, transport.size):

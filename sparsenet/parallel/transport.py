@@ -286,6 +286,13 @@ class Transport:
         self.wait_seconds = 0.0  # wall time spent waiting for bundles to arrive
         self.wait_cpu_seconds = 0.0  # CPU time this process used meanwhile
 
+    def node_size(self) -> int:
+        """Ranks sharing this rank's node (its memory). Collective: every rank must call it."""
+        local = self.comm.Split_type(_mpi().COMM_TYPE_SHARED)
+        size = local.Get_size()
+        local.Free()
+        return size
+
     def send_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
         """Send one bundle to `dest`; return its size in bytes (header + meta + payload).
 
