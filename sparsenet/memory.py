@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import Config, override_config
 from .errors import SparsenetError
-from .model import EVAL_BUFFER_BYTES
+from .model import eval_chunk, inference_bytes_per_sample
 from .sparse.init import erdos_renyi_density
 from .sparse.layer import INDEX_DTYPE, perm_dtype
 
@@ -236,9 +236,8 @@ def workspace_bytes(sizes: list[int], batch: int, buffers: int = TRAIN_WORKSPACE
 
 def eval_bytes(sizes: list[int], eval_batch: int, n_test: int) -> int:
     """model.evaluate's two ping-pong buffers (widest even / odd layer) and output delta for its chunk."""
-    per_sample = 4 * (max(sizes[0::2]) + max(sizes[1::2]))
-    chunk = max(1, min(eval_batch, EVAL_BUFFER_BYTES // per_sample, max(n_test, 1)))
-    return chunk * (per_sample + 4 * sizes[-1])
+    chunk = min(eval_chunk(sizes, eval_batch), max(n_test, 1))
+    return chunk * (inference_bytes_per_sample(sizes) + 4 * sizes[-1])
 
 
 def _activations(sizes: list[int], train_batch: int | None, eval_batch: int | None, n_test: int,

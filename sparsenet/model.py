@@ -15,6 +15,16 @@ from .sparse.layer import SparseLayer
 EVAL_BUFFER_BYTES = 1 << 30  # default bound on evaluate()'s activation buffers
 
 
+def inference_bytes_per_sample(sizes: list[int]) -> int:
+    """Bytes per sample of evaluate's two ping-pong buffers: the widest even and odd neuron layers."""
+    return 4 * (max(sizes[0::2]) + max(sizes[1::2]))
+
+
+def eval_chunk(sizes: list[int], batch_size: int, max_bytes: int = EVAL_BUFFER_BYTES) -> int:
+    """Samples per forward pass of evaluate: at most batch_size, activations within max_bytes."""
+    return max(1, min(int(batch_size), int(max_bytes) // inference_bytes_per_sample(sizes)))
+
+
 @dataclass
 class _Workspace:
     """Feature-major buffers for one batch size: activations, f'(z) * dropout scale, deltas."""
@@ -130,11 +140,7 @@ class SparseMLP:
 
     def eval_chunk(self, batch_size: int, max_bytes: int = EVAL_BUFFER_BYTES) -> int:
         """Samples per forward pass in `evaluate`: at most batch_size, and activations within max_bytes."""
-        return max(1, min(int(batch_size), int(max_bytes) // self._inference_bytes_per_sample()))
-
-    def _inference_bytes_per_sample(self) -> int:
-        sizes = self.sizes
-        return 4 * (max(sizes[0::2]) + max(sizes[1::2]))
+        return eval_chunk(self.sizes, batch_size, max_bytes)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
                  max_bytes: int = EVAL_BUFFER_BYTES) -> tuple[float, float]:
