@@ -45,6 +45,18 @@ def _is_f32_vector(t) -> bool:
     return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == types.float32
 
 
+def _fold_lanes(builder, v):
+    """IR for the sum of the LANES lanes of v in the fixed tree: l + (l + 8), then + 4, + 2, + 1."""
+    width = LANES
+    while width > 1:
+        h = width // 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, width))))
+        v = builder.fadd(lo, hi)
+        width = h
+    return builder.extract_element(v, ir.Constant(_I32, 0))
+
+
 def _reduce(context, builder, arrays, n):
     """IR for sum over b < n of prod(a[b] for a in arrays) (one or two arrays), fixed order."""
     ptrs = [a.data for a in arrays]
@@ -57,15 +69,7 @@ def _reduce(context, builder, arrays, n):
             v = builder.load(builder.bitcast(builder.gep(p, [off]), _VEC.as_pointer()), align=4)
             term = v if term is None else builder.fmul(term, v)
         builder.store(builder.fadd(builder.load(acc), term), acc)
-    v = builder.load(acc)
-    width = LANES
-    while width > 1:
-        h = width // 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, width))))
-        v = builder.fadd(lo, hi)
-        width = h
-    total = cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(_I32, 0)))
+    total = cgutils.alloca_once_value(builder, _fold_lanes(builder, builder.load(acc)))
     start = builder.mul(n_vec, ir.Constant(_I64, LANES))
     with cgutils.for_range_slice(builder, start, n, ir.Constant(_I64, 1)) as (idx, _):
         term = None
@@ -127,15 +131,7 @@ def _dots_shared(context, builder, rows, x, n, dx=None, weights=None):
             builder.store(builder.fadd(builder.load(acc), builder.fmul(v, xv)), acc)
     totals = []
     for acc in accs:
-        v = builder.load(acc)
-        width = LANES
-        while width > 1:
-            h = width // 2
-            lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h))))
-            hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, h), list(range(h, width))))
-            v = builder.fadd(lo, hi)
-            width = h
-        totals.append(cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(_I32, 0))))
+        totals.append(cgutils.alloca_once_value(builder, _fold_lanes(builder, builder.load(acc))))
     start = builder.mul(n_vec, ir.Constant(_I64, LANES))
     with cgutils.for_range_slice(builder, start, n, ir.Constant(_I64, 1)) as (idx, _):
         xe = builder.load(builder.gep(x.data, [idx]))
