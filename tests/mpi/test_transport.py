@@ -69,6 +69,37 @@ def test_header_validation_rejects_garbage():
         transport.decode_header(header.view(np.uint8)[:-3])
 
 
+def test_buffer_pool_reuses_only_unreferenced_buffers():
+    pool = transport.BufferPool(max_buffers=2, max_bytes=1 << 20)
+    first = pool.take(1000)
+    assert first.shape == (1000,) and first.dtype == np.uint8 and first.base is pool.buffers[0]
+    view = first[10:20].view(np.int16)  # like a received bundle's array
+    del first
+    second = pool.take(500)
+    assert second.base is pool.buffers[1], "a buffer with a live view was handed out again"
+    del view
+    again = pool.take(800)
+    assert again.base is pool.buffers[0] and again.shape == (800,), "a free buffer that fits was not reused"
+    del again, second
+    bigger = pool.take(2000)  # both free buffers are too small: the smaller is replaced
+    assert bigger.base is pool.buffers[1] and [b.size for b in pool.buffers] == [1000, 2000]
+    assert pool.take(2 << 20).base is None, "a buffer above max_bytes must not be pooled"
+    assert len(pool.buffers) == 2
+
+
+def test_packed_bundle_padding_is_zeroed_even_in_a_dirty_pooled_buffer():
+    pool = transport.BufferPool()
+    dirty = pool.take(4096)
+    dirty[:] = 0xAB
+    del dirty
+    arrays = [np.ones(3, np.float32), np.arange(5, dtype=np.int16)]
+    meta = np.frombuffer(transport.encode_meta({"k": 1}), dtype=np.uint8)
+    packed = transport._pack(meta, arrays, 1 << 20, pool)
+    clean = transport._pack(meta, arrays, 1 << 20)
+    assert packed.base is not None, "the pooled buffer was not used"
+    assert np.array_equal(packed, clean)
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_bundles_round_trip(ranks):
     assert_ok(run_mpi(ranks, [SCRIPT], timeout=120))

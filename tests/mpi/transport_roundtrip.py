@@ -21,12 +21,13 @@ from sparsenet.parallel.transport import (
     ANY_SOURCE,
     ANY_TAG,
     DTYPES,
+    POOL_BUFFERS,
     Bundle,
     Transport,
     TransportError,
 )
 
-TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG = 1, 2, 3, 4, 5, 6, 7
+TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG, TAG_REUSE = 1, 2, 3, 4, 5, 6, 7, 8
 TAG_FANIN = 100  # + sender rank
 BIG_NBYTES = 2**31 + 12345
 IDLE_SECONDS = 2.0
@@ -112,6 +113,31 @@ def tiny_chunks(t: Transport) -> int:
     return 0
 
 
+def reused_buffers(t: Transport) -> None:
+    """Pooled message buffers: bundles kept while more arrive stay intact; dropped ones are reused.
+
+    Rank 1 isends 3 x POOL_BUFFERS bundles of distinct content (one in flight at a time); rank 0
+    keeps every other one, so the pool fills with live buffers and must fall back to fresh ones.
+    """
+    n = 3 * POOL_BUFFERS
+    def content(i: int) -> list[np.ndarray]:
+        return [np.full(20_000 + i, i, dtype=np.float32), np.arange(i + 1, dtype=np.int64)]
+    if t.rank == 1:
+        for i in range(n):
+            pending = t.isend_bundle(0, TAG_REUSE, {"i": i}, content(i))
+            pending.wait()
+    elif t.rank == 0:
+        kept = []
+        for i in range(n):
+            got = t.recv_bundle(source=1, tag=TAG_REUSE, timeout=30)
+            expect_bundle(got, content(i), {"i": i}, 1, TAG_REUSE)
+            if i % 2 == 0:
+                kept.append(got)
+        for got in kept:
+            expect_bundle(got, content(got.meta["i"]), {"i": got.meta["i"]}, 1, TAG_REUSE)
+        check(len(t.pool.buffers) == POOL_BUFFERS, f"pool holds {len(t.pool.buffers)} buffers")
+
+
 def fan_in(t: Transport) -> None:
     """Every rank >= 1 sends to rank 0 with its own tag; rank 0 takes them by ANY_SOURCE/ANY_TAG."""
     if t.rank > 0:
@@ -172,6 +198,7 @@ def run_basic(t: Transport) -> None:
     """All functional checks."""
     roundtrip_all_dtypes(t)
     tiny_sent = tiny_chunks(t)
+    reused_buffers(t)
     fan_in(t)
     errors(t)
     t.barrier()
