@@ -32,6 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is not counted)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="total kernel threads of every run")
+    p.add_argument("--repeat", type=int, default=3,
+                   help="rounds of the three runs, interleaved so machine noise hits all alike; medians are reported")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the figures as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
@@ -78,18 +80,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     per_worker = max(1, args.threads // args.workers)
     ranks = args.workers + 1
-    results = {}
+    runs = {"sequential": ("configs/fashion_mnist.yaml", args.threads, 1),
+            "wasap": ("configs/fashion_mnist_wasap.yaml", per_worker, ranks),
+            "wassp": ("configs/fashion_mnist_wassp.yaml", per_worker, ranks)}
+    rounds: dict[str, list[dict]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        runs = {"sequential": ("configs/fashion_mnist.yaml", args.threads, 1),
-                "wasap": ("configs/fashion_mnist_wasap.yaml", per_worker, ranks),
-                "wassp": ("configs/fashion_mnist_wassp.yaml", per_worker, ranks)}
-        for name, (config, threads, n_ranks) in runs.items():
-            rows = train(tmp / name, config, args.epochs, threads, args.overrides, n_ranks)
-            results[name] = summarize(rows, _n_train(tmp / name))
+        for r in range(args.repeat):
+            for name, (config, threads, n_ranks) in runs.items():
+                out = Path(tmp) / f"{name}{r}"
+                rows = train(out, config, args.epochs, threads, args.overrides, n_ranks)
+                rounds[name].append(summarize(rows, _n_train(out)))
+            print(f"round {r + 1}/{args.repeat}: " + ", ".join(
+                f"{name} {rounds[name][-1]['samples_per_second']:.0f}" for name in runs) + " samples/s", flush=True)
+    results = {name: _median_run(rs) for name, rs in rounds.items()}
     seq = results["sequential"]
     nnz = seq["nnz"]
     print(f"FashionMNIST SET-MLP 784-1000-1000-1000-10 (nnz {nnz}), {args.epochs} epochs per run (first not counted), "
+          f"median of {args.repeat} interleaved rounds, "
           f"{args.threads} threads in all: sequential {args.threads} threads; parallel 1 server + {args.workers} "
           f"workers x {per_worker} threads")
     print(f"{'run':<11} {'samples/s':>10} {'vs seq':>7} {'s/epoch':>8} {'bytes/update':>13} {'per nnz':>8} "
@@ -117,6 +124,11 @@ def main(argv=None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"results": results, "checks": checks}, indent=2))
     return 1 if args.check and not all(checks.values()) else 0
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """Per figure, the median over repeated runs (each run's own figures are medians over its epochs)."""
+    return {key: statistics.median(r[key] for r in runs) for key in runs[0]}
 
 
 def _n_train(out: Path) -> int:

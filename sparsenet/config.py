@@ -236,6 +236,7 @@ class ParallelConfig:
     async_lr_factor: float = _field(1.0, _Float(lo=0, lo_open=True))   # wasap: lr * factor ...
     async_lr_epochs: int = _field(0, _Int(lo=0))       # ... for the first epochs, then lr
     pipeline: bool = _field(True, _Bool())             # wasap: compute the next gradient while one travels
+    shared_memory: bool = _field(True, _Bool())        # bundles between ranks of one node through /dev/shm
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,8 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
     try:
         if transport.size < 2:
             raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
+        if cfg.parallel.shared_memory:
+            transport.enable_shared_memory()
         threads = rank_threads(cfg, transport.size)
         # Rank 0 first: a dataset that must be downloaded or unpacked is fetched once, not K+1 times.
         if rank == 0:
@@ -79,6 +81,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward our last words before it kills everyone
+        transport.close(grace=0)  # our shared-memory files: the abort kills us before atexit would run
         transport.abort(2 if isinstance(exc, SparsenetError) else 1)
         raise
 

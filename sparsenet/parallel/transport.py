@@ -12,19 +12,23 @@ Wire format of one bundle, all messages from one source with one tag (MPI keeps 
 A bundle that fits in one chunk travels instead as ONE message: the same header (with
 MAGIC_PACKED), the metadata, then each array at a 64-byte aligned offset; the receiver's arrays
 are views of that one buffer. One message instead of n + 2 saves a rendezvous per array.
+Between ranks of one node, enable_shared_memory() sends packed bundles through /dev/shm slots
+(shm.py): the MPI message is then only a pointer, and receivers' arrays are views of the slot.
 Waiting never spins: probes and tests alternate with sleeps that back off from 20 µs to
-`max_sleep`, because MPICH's blocking calls busy-poll and ranks may share cores.
+`max_sleep`, because MPICH's blocking calls busy-poll and ranks may share cores; with shared
+memory on, a rank waiting for same-node senders sleeps in select() until one rings its doorbell.
 Not thread-safe: use one Transport per communicator from one thread.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,7 @@ import numpy as np
 
 MAGIC = 0x53504E5442554E31  # "SPNTBUN1": header of a bundle sent in pieces
 MAGIC_PACKED = 0x53504E544255504B  # "SPNTBUPK": a whole bundle in one message
+MAGIC_SHARED = 0x53504E5442555348  # "SPNTBUSH": a pointer to a packed bundle in a shared-memory slot
 ALIGN = 64  # byte alignment of each array inside a packed message
 VERSION = 1
 MAX_NDIM = 4
@@ -44,13 +49,17 @@ MIN_SLEEP = 20e-6
 DEFAULT_MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
 IDLE_AFTER = 0.02  # a wait this long is idle: its sleeps may grow to IDLE_SLEEP
 IDLE_SLEEP = 5e-3
+BELL_TIMEOUT = 0.05  # longest doorbell sleep: bounds the cost of a sender that never rings
+PROBES_PER_WAKE = 3  # MPICH may need a second progress call to see a message that has arrived
 TRANSFER_SPIN = 2e-3  # seconds a transfer under way yields instead of sleeping
 WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
 POOL_BUFFERS = 8  # packed-message buffers a Transport keeps for reuse
 POOL_MAX_BYTES = 64 << 20  # larger packed messages get a fresh buffer (and give it back to the OS)
+DEFAULT_SHARED_MAX_BYTES = 256 << 20  # largest bundle sent through a same-node shared-memory slot
 
 _HEAD = 5  # magic, version, chunk_bytes, n_arrays, meta_nbytes
 _PER_ARRAY = 3 + MAX_NDIM  # dtype code, ndim, dims..., nbytes
+_POINTER_WORDS = 6  # magic, version, slot, generation, nbytes, name length; then the name
 DTYPES = tuple(np.dtype(name) for name in (
     "bool", "int8", "int16", "int32", "int64",
     "uint8", "uint16", "uint32", "uint64", "float32", "float64"))
@@ -266,14 +275,14 @@ class BufferPool:
 
 
 def _pack(meta_bytes: np.ndarray, arrays: list[np.ndarray], chunk_bytes: int,
-          pool: BufferPool | None = None) -> np.ndarray | None:
-    """The whole bundle as one uint8 buffer (from `pool` if given), or None if it would exceed one chunk."""
+          take: Callable[[int], np.ndarray] | None = None) -> np.ndarray | None:
+    """The whole bundle as one uint8 buffer (from `take(nbytes)` if given), or None if it would exceed one chunk."""
     header = encode_header(chunk_bytes, meta_bytes.size, arrays)
     header[0] = MAGIC_PACKED
     offsets, total = _packed_layout(header.nbytes, meta_bytes.size, [a.nbytes for a in arrays])
     if total > chunk_bytes:
         return None
-    buffer = np.zeros(total, dtype=np.uint8) if pool is None else pool.take(total)
+    buffer = np.zeros(total, dtype=np.uint8) if take is None else take(total)
     end = header.nbytes + meta_bytes.size
     buffer[end:offsets[0] if offsets else total] = 0  # padding: never send stale bytes
     for offset, array in zip(offsets, arrays):
@@ -283,6 +292,31 @@ def _pack(meta_bytes: np.ndarray, arrays: list[np.ndarray], chunk_bytes: int,
     for offset, array in zip(offsets, arrays):
         buffer[offset:offset + array.nbytes] = _byte_view(array)
     return buffer
+
+
+def _pointer(index: int, generation: int, name: str, nbytes: int) -> np.ndarray:
+    """The small message that points a same-node receiver at a packed bundle in slot `index`."""
+    encoded = name.encode("utf-8")
+    words = np.zeros(_POINTER_WORDS + -(-len(encoded) // 8), dtype=np.int64)
+    words[:_POINTER_WORDS] = (MAGIC_SHARED, VERSION, index, generation, nbytes, len(encoded))
+    out = words.view(np.uint8)
+    out[8 * _POINTER_WORDS:8 * _POINTER_WORDS + len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+    return out
+
+
+def _decode_pointer(raw: np.ndarray, source: int) -> tuple[int, int, str, int]:
+    """(slot, generation, file name, bundle bytes) from a pointer message, checked."""
+    if raw.size < 8 * _POINTER_WORDS or raw.size % 8:
+        raise TransportError(f"malformed shared-memory pointer from rank {source}: {raw.size} bytes")
+    _, version, index, generation, nbytes, name_len = raw[:8 * _POINTER_WORDS].view(np.int64).tolist()
+    if version != VERSION:
+        raise TransportError(f"bundle protocol version {version} received, this side speaks {VERSION}")
+    if not 0 <= name_len <= raw.size - 8 * _POINTER_WORDS or nbytes < 0 or index < 0:
+        raise TransportError(f"malformed shared-memory pointer from rank {source}")
+    name = raw[8 * _POINTER_WORDS:8 * _POINTER_WORDS + name_len].tobytes().decode("utf-8")
+    if "/" in name or not name.startswith("sparsenet-"):
+        raise TransportError(f"shared-memory pointer from rank {source} names {name!r}, not a sparsenet segment")
+    return index, generation, name, nbytes
 
 
 class PendingSend:
@@ -315,6 +349,8 @@ class Transport:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.pool = BufferPool()
+        self.mailboxes = None  # same-node shared-memory slots, after enable_shared_memory()
+        self.bells = None  # same-node wake-ups (shm.Doorbells), after enable_shared_memory()
         # Seconds a wait for a bundle yields before it sleeps: 0 for a rank that waits long and
         # must stay off the CPU (the server), about a round trip for one expecting a quick reply.
         self.probe_spin = 0.0
@@ -328,16 +364,79 @@ class Transport:
         local.Free()
         return size
 
+    def enable_shared_memory(self, max_bytes: int = DEFAULT_SHARED_MAX_BYTES) -> int:
+        """Send packed bundles of up to `max_bytes` to ranks on this node through shared memory (shm.py).
+
+        Collective: every rank must call it. Returns the number of other ranks reachable that way.
+        """
+        from .shm import Doorbells, Mailboxes
+
+        mpi = _mpi()
+        local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
+        ranks = mpi.Group.Translate_ranks(local.Get_group(), list(range(local.Get_size())), self.comm.Get_group())
+        local.Free()
+        self.mailboxes = Mailboxes(self.rank, set(ranks), self.comm.Dup(), max_bytes)
+        atexit.register(self.close)
+        bell = None
+        if not self.mailboxes.disabled:
+            try:
+                bell = Doorbells(self.mailboxes.prefix)
+            except OSError:
+                pass
+        names = self.comm.allgather(bell.name if bell else None)  # also: every FIFO exists before peers open it
+        if bell is not None:
+            bell.connect({r: names[r] for r in self.mailboxes.local if names[r] is not None})
+            self.bells = bell
+        self.barrier()  # every peer has opened our FIFO: its name may go
+        if bell is not None:
+            bell.unlink()
+        return 0 if self.mailboxes.disabled else len(self.mailboxes.local)
+
+    def close(self, grace: float = 2.0) -> None:
+        """Remove the shared-memory segments and doorbell this rank created (received bundles stay
+        readable); segments not yet mapped by their receiver get `grace` seconds first."""
+        if self.mailboxes is not None:
+            self.mailboxes.close(grace)
+        if self.bells is not None:
+            self.bells.close()
+            self.bells = None
+
+    def _packed_message(self, dest: int, meta_bytes: np.ndarray, prepared: list[np.ndarray]
+                        ) -> tuple[np.ndarray, int] | None:
+        """(message, bundle bytes) for a bundle that fits one chunk, else None.
+
+        The message is the packed bundle itself, or a pointer to it in a shared-memory slot.
+        """
+        slot = None
+
+        def take(nbytes: int) -> np.ndarray:
+            nonlocal slot
+            slot = self.mailboxes.reserve(dest, nbytes) if self.mailboxes is not None else None
+            return slot[1].array[:nbytes] if slot is not None else self.pool.take(nbytes)
+
+        packed = _pack(meta_bytes, prepared, self.chunk_bytes, take)
+        if packed is None:
+            return None
+        if slot is None:
+            return packed, packed.size
+        index, box = slot
+        return _pointer(index, box.generation, box.name, packed.size), packed.size
+
+    def _release_received(self) -> None:
+        if self.mailboxes is not None:
+            self.mailboxes.release_unreferenced()
+
     def send_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
         """Send one bundle to `dest`; return its size in bytes (header + meta + payload).
 
         Returns once every piece is delivered to MPI; large pieces need the receiver's recv.
         """
+        self._release_received()
         prepared = [_prepare(a) for a in arrays]
         meta_bytes = np.frombuffer(encode_meta(meta), dtype=np.uint8)
-        packed = _pack(meta_bytes, prepared, self.chunk_bytes, self.pool)
+        packed = self._packed_message(dest, meta_bytes, prepared)
         if packed is not None:
-            pieces, nbytes = [packed], packed.size
+            pieces, nbytes = [packed[0]], packed[1]
         else:
             header = encode_header(self.chunk_bytes, meta_bytes.size, prepared)
             pieces = [_byte_view(header)]
@@ -345,7 +444,7 @@ class Transport:
             for array in prepared:
                 pieces += _chunks(_byte_view(array), self.chunk_bytes)
             nbytes = header.nbytes + meta_bytes.size + sum(a.nbytes for a in prepared)
-        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag))
+        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), ring=dest)
         self.bytes_sent += nbytes
         return nbytes
 
@@ -355,13 +454,21 @@ class Transport:
         The bundle is packed into a private buffer (MPICH delivers it while this rank computes);
         one too large for a single chunk is sent blocking instead.
         """
+        self._release_received()
         prepared = [_prepare(a) for a in arrays]
-        packed = _pack(np.frombuffer(encode_meta(meta), dtype=np.uint8), prepared, self.chunk_bytes, self.pool)
+        packed = self._packed_message(dest, np.frombuffer(encode_meta(meta), dtype=np.uint8), prepared)
         if packed is None:
             self.send_bundle(dest, tag, meta, prepared)
             return PendingSend(None, None, self.max_sleep)
-        self.bytes_sent += packed.size
-        return PendingSend(self.comm.Isend([packed, _mpi().BYTE], dest, tag), packed, self.max_sleep)
+        message, nbytes = packed
+        self.bytes_sent += nbytes
+        if message.size < nbytes:  # a pointer to a shared-memory slot: a few bytes, delivered at once
+            self.comm.Send([message, _mpi().BYTE], dest, tag)
+            self._ring(dest)
+            return PendingSend(None, None, self.max_sleep)
+        request = self.comm.Isend([message, _mpi().BYTE], dest, tag)
+        self._ring(dest)
+        return PendingSend(request, message, self.max_sleep)
 
     def recv_bundle(self, source: int | None = None, tag: int | None = None,
              timeout: float | None = None) -> Bundle:
@@ -373,7 +480,13 @@ class Transport:
         raw = self.pool.take(status.Get_count(mpi.BYTE))
         message.Recv([raw, mpi.BYTE])
         source, tag = status.Get_source(), status.Get_tag()
-        if raw.size >= 8 and int(raw[:8].view(np.int64)[0]) == MAGIC_PACKED:
+        magic = int(raw[:8].view(np.int64)[0]) if raw.size >= 8 else None
+        if magic == MAGIC_SHARED:
+            if self.mailboxes is None:
+                raise TransportError(f"rank {source} sent a shared-memory pointer; this rank has no mailboxes")
+            index, generation, name, nbytes = _decode_pointer(raw, source)
+            return self._unpack(self.mailboxes.open(source, index, generation, name, nbytes), source, tag)
+        if magic == MAGIC_PACKED:
             return self._unpack(raw, source, tag)
         chunk_bytes, meta_nbytes, specs = decode_header(raw)
         meta_raw = np.empty(meta_nbytes, dtype=np.uint8)
@@ -425,10 +538,20 @@ class Transport:
         """Matched-probe the next header with backoff sleeps; (message, status) or TimeoutError."""
         status = _mpi().Status()
         deadline = None if timeout is None else time.monotonic() + timeout
-        backoff = _Backoff(self.max_sleep, self.probe_spin)
+        self._release_received()  # bundles the caller has dropped: their senders may reuse the slots
+        bells = self.bells
+        # Every possible sender rings our doorbell: sleep until it does (BELL_TIMEOUT is a safety net).
+        rung = bells is not None and (len(bells.peers) == self.size - 1 if source == _mpi().ANY_SOURCE
+                                      else source in bells.peers)
+        backoff = _Backoff(self.max_sleep, 0.0 if rung else self.probe_spin)
         wall, cpu = time.perf_counter(), time.process_time()
         while True:
-            message = self.comm.Improbe(source, tag, status)
+            if bells is not None:
+                bells.drain()  # before the probe, so a ring after it wakes the wait below
+            for _ in range(PROBES_PER_WAKE):
+                message = self.comm.Improbe(source, tag, status)
+                if message is not None:
+                    break
             if message is not None:
                 self.wait_seconds += time.perf_counter() - wall
                 self.wait_cpu_seconds += time.process_time() - cpu
@@ -437,16 +560,28 @@ class Transport:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} "
                                    f"within {timeout} s")
-            backoff.sleep(remaining)
+            if rung:
+                # A ring whose message is not visible yet means it is on its way: poll for it.
+                rung = not bells.wait(BELL_TIMEOUT if remaining is None else min(BELL_TIMEOUT, remaining))
+            else:
+                backoff.sleep(remaining)
 
-    def _transfer(self, pieces: list[np.ndarray], start) -> None:
+    def _transfer(self, pieces: list[np.ndarray], start, ring: int | None = None) -> None:
         """Run `start(piece)` (an Isend/Irecv) over pieces in order, WINDOW at a time, and complete them.
 
         Large messages move only while both sides poll, so a transfer under way yields rather
-        than sleeps for its first TRANSFER_SPIN seconds.
+        than sleeps for its first TRANSFER_SPIN seconds. `ring`: the rank to wake once the first
+        pieces are posted (a sender's destination).
         """
         for first in range(0, len(pieces), WINDOW):
-            _wait_all([start(p) for p in pieces[first:first + WINDOW]], self.max_sleep, TRANSFER_SPIN)
+            requests = [start(p) for p in pieces[first:first + WINDOW]]
+            if first == 0 and ring is not None:
+                self._ring(ring)
+            _wait_all(requests, self.max_sleep, TRANSFER_SPIN)
+
+    def _ring(self, dest: int) -> None:
+        if self.bells is not None:
+            self.bells.ring(dest)
 
     @staticmethod
     def _decode_meta(raw: np.ndarray, source: int, tag: int) -> dict:

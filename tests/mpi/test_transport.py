@@ -94,15 +94,31 @@ def test_packed_bundle_padding_is_zeroed_even_in_a_dirty_pooled_buffer():
     del dirty
     arrays = [np.ones(3, np.float32), np.arange(5, dtype=np.int16)]
     meta = np.frombuffer(transport.encode_meta({"k": 1}), dtype=np.uint8)
-    packed = transport._pack(meta, arrays, 1 << 20, pool)
+    packed = transport._pack(meta, arrays, 1 << 20, pool.take)
     clean = transport._pack(meta, arrays, 1 << 20)
     assert packed.base is not None, "the pooled buffer was not used"
     assert np.array_equal(packed, clean)
 
 
+def test_mailboxes_without_a_writable_directory_fall_back_to_mpi(tmp_path):
+    from sparsenet.parallel.shm import MIN_BYTES, Mailboxes
+
+    missing = Mailboxes(0, {0, 1}, control_comm=None, max_bytes=1 << 20, directory=str(tmp_path / "none"))
+    assert missing.disabled and missing.reserve(1, MIN_BYTES) is None
+    boxes = Mailboxes(0, {0, 1, 2}, control_comm=None, max_bytes=1 << 20, directory=str(tmp_path))
+    assert boxes.reserve(5, MIN_BYTES) is None, "rank 5 is on another node"
+    assert boxes.reserve(1, MIN_BYTES - 1) is None, "small bundles go through MPI"
+    assert boxes.reserve(1, (1 << 20) + 1) is None and boxes.fallbacks == 1, "too large for a slot"
+
+
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_bundles_round_trip(ranks):
     assert_ok(run_mpi(ranks, [SCRIPT], timeout=120))
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_bundles_round_trip_through_shared_memory(ranks):
+    assert_ok(run_mpi(ranks, [SCRIPT, "--shared"], timeout=120))
 
 
 def test_waiting_recv_sleeps_instead_of_spinning():

@@ -3,6 +3,7 @@
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py           # round trips, chunking, ANY_SOURCE, errors
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle    # CPU time while waiting 2 s in recv
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --big     # one bundle over 2 GiB, SHA-256 checked
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --shared  # the round trips through /dev/shm slots
 Any failure prints a traceback and aborts every rank, so mpiexec exits non-zero instead of hanging.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import resource
 import sys
 import time
@@ -206,6 +208,26 @@ def run_basic(t: Transport) -> None:
     print(f"rank {t.rank}/{t.size} on {t.host}: OK", flush=True)
 
 
+def run_shared(t: Transport) -> None:
+    """The basic checks with shared-memory slots: packed bundles went through them, and when the
+    receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking."""
+    local = t.enable_shared_memory()
+    check(local == t.size - 1, f"{local} of {t.size - 1} other ranks reachable through shared memory")
+    run_basic(t)
+    box = t.mailboxes
+    if t.rank == 1:
+        check(box.sent >= box.slots, f"only {box.sent} bundles went through shared memory")
+        check(box.fallbacks > 0, "holding received bundles never made the sender fall back to MPI")
+    if t.rank == 0:
+        check(len(box.inbox) >= box.slots, f"rank 0 read {len(box.inbox)} slots of rank 1")
+    t.barrier()
+    leftover = [name for name in os.listdir("/dev/shm") if name.startswith(t.mailboxes.prefix)]
+    t.close()
+    t.barrier()
+    check(not [n for n in os.listdir("/dev/shm") if n.startswith(t.mailboxes.prefix)],
+          f"segments left in /dev/shm after close: {leftover}")
+
+
 def run_idle(t: Transport) -> None:
     """Rank 0 waits IDLE_SECONDS in recv; its CPU time must stay under 10% of the wall time."""
     t.barrier()
@@ -274,12 +296,16 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--big", action="store_true", help="send one bundle larger than 2 GiB")
     mode.add_argument("--idle", action="store_true", help="measure CPU time while waiting in recv")
+    mode.add_argument("--shared", action="store_true", help="the basic checks with same-node shared-memory slots")
     args = parser.parse_args()
     t = Transport()
     if t.size < 2:
         sys.exit("run under mpiexec with at least 2 ranks")
     try:
-        run_big(t) if args.big else run_idle(t) if args.idle else run_basic(t)
+        if args.shared:
+            run_shared(t)
+        else:
+            run_big(t) if args.big else run_idle(t) if args.idle else run_basic(t)
         t.barrier()
     except BaseException:
         traceback.print_exc()

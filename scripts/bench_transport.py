@@ -1,0 +1,115 @@
+"""Cost of one WASAP update's messages: a FashionMNIST-sized gradient in, the weights back out.
+
+    make setup && .venv/bin/python scripts/bench_transport.py
+
+Starts `mpiexec -n 2` twice per round, plain MPI and with same-node shared memory
+(`parallel.shared_memory`), and alternates them for --rounds rounds so machine noise hits both
+alike. Rank 1 plays a worker (isend its gradient, receive the weights, copy them into its model),
+rank 0 the server (receive, touch every array, reply); nobody computes, so the figures are the
+transport's own: round trips per second and CPU milliseconds per round trip on each side. Target:
+shared memory needs at most 75 % of plain MPI's CPU per round trip (both sides together).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_TARGET = 0.75
+# nnz per layer of 784-1000-1000-1000-10 at epsilon 20, then the biases
+SIZES = (62_720, 40_000, 40_000, 5_000, 1_000, 1_000, 1_000, 10)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--trips", type=int, default=500, help="round trips per run (after 50 unmeasured)")
+    p.add_argument("--check", action="store_true", help="exit 1 if the target is missed")
+    p.add_argument("--rank-main", nargs=2, metavar=("MODE", "TRIPS"), help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def rank_main(mode: str, trips: int) -> None:
+    """One run under mpiexec -n 2: print one JSON line per rank."""
+    import numpy as np
+
+    from sparsenet.parallel.transport import Transport
+
+    t = Transport()
+    if mode == "shared":
+        t.enable_shared_memory()
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
+    values = [g.copy() for g in grads]
+    for measured in (False, True):
+        t.barrier()
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(trips if measured else 50):
+            if t.rank == 1:
+                pending = t.isend_bundle(0, 1, {"version": 1, "samples": 128, "loss": 0.5, "correct": 3}, grads)
+                reply = t.recv_bundle(source=0, tag=2)
+                for mine, new in zip(values, reply.arrays):
+                    mine[:] = new
+                del reply
+                pending.wait()
+            else:
+                gradient = t.recv_bundle(source=1, tag=1)
+                checksum = sum(float(a[-1]) for a in gradient.arrays)
+                del gradient
+                t.isend_bundle(1, 2, {"kind": "values", "version": 1, "check": checksum}, values).wait()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    print(json.dumps({"rank": t.rank, "trips_per_second": trips / wall, "cpu_ms": 1e3 * cpu / trips}), flush=True)
+    t.barrier()
+
+
+def run(mode: str, trips: int) -> dict[int, dict]:
+    local = Path(sys.executable).parent / "mpiexec"
+    cmd = [str(local) if local.exists() else "mpiexec", "-n", "2", sys.executable, __file__,
+           "--rank-main", mode, str(trips)]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "HYDRA_LAUNCHER": "fork"},
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    return {row["rank"]: row for row in rows}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.rank_main:
+        rank_main(args.rank_main[0], int(args.rank_main[1]))
+        return 0
+    results: dict[str, list] = {"mpi": [], "shared": []}
+    for r in range(args.rounds):
+        for mode in results:
+            results[mode].append(run(mode, args.trips))
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+            f"{m} {results[m][-1][0]['trips_per_second']:.0f} trips/s" for m in results), flush=True)
+    nbytes = 4 * sum(SIZES)
+    print(f"one round trip: {nbytes / 1e6:.2f} MB gradient in, {nbytes / 1e6:.2f} MB weights out "
+          f"(FashionMNIST 784-1000-1000-1000-10); medians of {args.rounds} rounds")
+    print(f"{'transport':<10} {'trips/s':>8} {'server CPU ms':>14} {'worker CPU ms':>14} {'both':>6}")
+    both = {}
+    for mode, runs in results.items():
+        trips = statistics.median(run_[0]["trips_per_second"] for run_ in runs)
+        server = statistics.median(run_[0]["cpu_ms"] for run_ in runs)
+        worker = statistics.median(run_[1]["cpu_ms"] for run_ in runs)
+        both[mode] = server + worker
+        print(f"{mode:<10} {trips:>8.0f} {server:>14.3f} {worker:>14.3f} {both[mode]:>6.3f}")
+    ratio = both["shared"] / both["mpi"]
+    ok = ratio <= CPU_TARGET
+    print(f"target shared-memory CPU per round trip <= {CPU_TARGET:.0%} of MPI's: {ratio:.0%} {'PASS' if ok else 'FAIL'}")
+    print(f"machine: {os.cpu_count()} cores | reproduce: cd {ROOT} && {shlex.join([sys.executable, *sys.argv])}")
+    return 1 if args.check and not ok else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
