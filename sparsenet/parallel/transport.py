@@ -53,6 +53,7 @@ BELL_TIMEOUT = 0.05  # longest doorbell sleep: bounds the cost of a sender that 
 PROBES_PER_WAKE = 3  # MPICH may need a second progress call to see a message that has arrived
 TRANSFER_SPIN = 2e-3  # seconds a transfer under way yields instead of sleeping
 WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
+LAYOUT_CACHE = 64  # decoded packed-message headers kept per Transport
 POOL_BUFFERS = 8  # packed-message buffers a Transport keeps for reuse
 POOL_MAX_BYTES = 64 << 20  # larger packed messages get a fresh buffer (and give it back to the OS)
 DEFAULT_SHARED_MAX_BYTES = 256 << 20  # largest bundle sent through a same-node shared-memory slot
@@ -351,6 +352,8 @@ class Transport:
         self.pool = BufferPool()
         self.mailboxes = None  # same-node shared-memory slots, after enable_shared_memory()
         self.bells = None  # same-node wake-ups (shm.Doorbells), after enable_shared_memory()
+        # Decoded packed-message layouts by header bytes: a run sends the same shapes over and over.
+        self._layouts: dict[bytes, tuple] = {}
         # Seconds a wait for a bundle yields before it sleeps: 0 for a rank that waits long and
         # must stay off the CPU (the server), about a round trip for one expecting a quick reply.
         self.probe_spin = 0.0
@@ -506,9 +509,16 @@ class Transport:
         header_nbytes = 8 * (_HEAD + _PER_ARRAY * n_arrays)
         if n_arrays < 0 or header_nbytes > raw.size:
             raise TransportError(f"malformed packed bundle: {raw.size} bytes cannot hold its header")
-        _, meta_nbytes, specs = decode_header(raw[:header_nbytes])
-        sizes = [dt.itemsize * math.prod(sh) for dt, sh in specs]
-        offsets, end = _packed_layout(header_nbytes, meta_nbytes, sizes)
+        key = raw[:header_nbytes].tobytes()
+        layout = self._layouts.get(key)
+        if layout is None:  # a header not seen lately: validate and decode it
+            _, meta_nbytes, specs = decode_header(raw[:header_nbytes])
+            sizes = [dt.itemsize * math.prod(sh) for dt, sh in specs]
+            layout = (meta_nbytes, specs, sizes, *_packed_layout(header_nbytes, meta_nbytes, sizes))
+            if len(self._layouts) >= LAYOUT_CACHE:
+                del self._layouts[next(iter(self._layouts))]
+            self._layouts[key] = layout
+        meta_nbytes, specs, sizes, offsets, end = layout
         if end != raw.size:
             raise TransportError(f"malformed packed bundle: {raw.size} bytes, its header describes {end}")
         meta = self._decode_meta(raw[header_nbytes:header_nbytes + meta_nbytes], source, tag)

@@ -100,6 +100,22 @@ def test_packed_bundle_padding_is_zeroed_even_in_a_dirty_pooled_buffer():
     assert np.array_equal(packed, clean)
 
 
+def test_unpack_reuses_decoded_layouts_and_still_checks_every_message():
+    receiver = object.__new__(transport.Transport)  # no MPI needed to unpack
+    receiver.bytes_received, receiver._layouts = 0, {}
+    arrays = [np.arange(6, dtype=np.float32).reshape(2, 3), np.arange(4, dtype=np.int64)]
+    for value in (1, 7):
+        meta = np.frombuffer(transport.encode_meta({"v": value}), dtype=np.uint8)
+        got = receiver._unpack(transport._pack(meta, [a * value for a in arrays], 1 << 20), 1, 2)
+        assert got.meta == {"v": value}
+        for g, a in zip(got.arrays, arrays):
+            np.testing.assert_array_equal(g, a * value)
+    assert len(receiver._layouts) == 1, "the second message with the same header was decoded again"
+    truncated = transport._pack(meta, arrays, 1 << 20)[:-64]
+    with pytest.raises(transport.TransportError, match="header describes"):
+        receiver._unpack(truncated, 1, 2)
+
+
 def test_mailboxes_without_a_writable_directory_fall_back_to_mpi(tmp_path):
     from sparsenet.parallel.shm import MIN_BYTES, Mailboxes
 
