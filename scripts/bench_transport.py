@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def rank_main(mode: str, trips: int) -> None:
-    """One run under mpiexec -n 2: print one JSON line per rank."""
+    """One run under mpiexec -n 2: rank 0 prints a JSON list with both ranks' figures."""
     import numpy as np
 
     from sparsenet.parallel.transport import Transport
@@ -66,8 +66,9 @@ def rank_main(mode: str, trips: int) -> None:
                 del gradient
                 t.isend_bundle(1, 2, {"kind": "values", "version": 1, "check": checksum}, values).wait()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(json.dumps({"rank": t.rank, "trips_per_second": trips / wall, "cpu_ms": 1e3 * cpu / trips}), flush=True)
-    t.barrier()
+    rows = t.comm.gather({"rank": t.rank, "trips_per_second": trips / wall, "cpu_ms": 1e3 * cpu / trips})
+    if t.rank == 0:
+        print(json.dumps(rows), flush=True)
 
 
 def run(mode: str, trips: int) -> dict[int, dict]:
@@ -78,7 +79,7 @@ def run(mode: str, trips: int) -> dict[int, dict]:
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise SystemExit(f"{shlex.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    rows = next(json.loads(line) for line in proc.stdout.splitlines() if line.startswith("["))
     return {row["rank"]: row for row in rows}
 
 
