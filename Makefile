@@ -44,6 +44,7 @@ test: setup data
 bench: setup data
 	$(PY) scripts/bench_fashion_mnist.py
 	$(PY) scripts/bench_parallel.py
+	$(PY) scripts/bench_transport.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
