@@ -17,6 +17,8 @@ import numpy as np
 from .config import Config, override_config
 from .errors import SparsenetError
 from .model import eval_chunk, inference_bytes_per_sample
+from .parallel.shm import SLOTS
+from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
 from .sparse.init import erdos_renyi_density
 from .sparse.layer import INDEX_DTYPE, perm_dtype
 
@@ -60,6 +62,10 @@ PRUNE_PEAK_BYTES_PER_CONNECTION = 104
 # model; the server receives every worker's phase-2 replica before averaging them.
 TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION = 12
 REPLICA_MESSAGE_BYTES_PER_CONNECTION = 16
+# parallel.shared_memory: every sender keeps up to SHARED_SLOTS /dev/shm slots (tmpfs, counted as
+# memory) per same-node destination, each as large as the largest bundle, at most SHARED_SLOT_MAX_BYTES.
+SHARED_SLOTS = SLOTS
+SHARED_SLOT_MAX_BYTES = DEFAULT_SHARED_MAX_BYTES
 
 INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
 
@@ -298,14 +304,20 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
         acts_s = _activations(sizes, None, t.eval_batch_size, data.n_test, "activations (eval)")
         replicas = Item("phase-2 replicas received", workers * sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION,
                         f"{workers} x {REPLICA_MESSAGE_BYTES_PER_CONNECTION} B/connection")
-        server = RankPlan("server", 1, [data_item, model, velocity, grads, acts_s,
-                                        replicas, transient, overhead])
+        server_items = [data_item, model, velocity, grads, acts_s, replicas, transient, overhead]
+        worker_slots = []
+        if cfg.parallel.shared_memory:
+            slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, SHARED_SLOT_MAX_BYTES)
+            server_items.insert(-2, Item("shared-memory slots", SHARED_SLOTS * workers * slot,
+                                         f"{SHARED_SLOTS} x {workers} x the largest bundle"))
+            worker_slots = [Item("shared-memory slots", SHARED_SLOTS * slot, f"{SHARED_SLOTS} x the largest bundle")]
+        server = RankPlan("server", 1, server_items)
         acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
         shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")
         message = Item("messages", sum(nnz) * TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION,
                        f"topology bundle, {TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION} B/connection")
         worker = RankPlan("worker", workers, [data_item, shard_item, model, velocity, grads,
-                                              acts_w, message, transient, overhead])
+                                              acts_w, message, *worker_slots, transient, overhead])
         plans = [server, worker]
     if available is None:
         available, available_source = available_memory(cfg.memory_limit_gb)

@@ -99,7 +99,8 @@ class Mailboxes:
             elif free:  # grow the smallest free slot
                 index = min(free, key=lambda i: boxes[i].array.size)
                 old = boxes[index]
-                boxes[index] = self._create(dest, index, max(nbytes, 2 * old.array.size), old.generation + 1)
+                size = min(max(nbytes, 2 * old.array.size), self.max_bytes)
+                boxes[index] = self._create(dest, index, size, old.generation + 1)
                 _unlink(os.path.join(self.directory, old.name))
             else:
                 self.fallbacks += 1
@@ -190,8 +191,12 @@ class Doorbells:
         self.name = f"{prefix}-bell"
         self.path = os.path.join(directory, self.name)
         os.mkfifo(self.path, 0o600)
-        # O_RDWR keeps a writer open on our own FIFO, so select() never sees end-of-file.
-        self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            # O_RDWR keeps a writer open on our own FIFO, so select() never sees end-of-file.
+            self.fd = os.open(self.path, os.O_RDWR | os.O_NONBLOCK)
+        except OSError:
+            _unlink(self.path)
+            raise
         self.peers: dict[int, int] = {}
 
     def connect(self, names: dict[int, str], directory: str = DIRECTORY) -> None:
@@ -207,19 +212,22 @@ class Doorbells:
                 os.write(fd, b"\x01")
             except BlockingIOError:  # its FIFO is full of unread rings: it will wake anyway
                 pass
+            except OSError:  # it has closed its doorbell (it is exiting): stop ringing it
+                os.close(self.peers.pop(rank))
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until a peer rings or `timeout` seconds pass; consume the rings. True if rung."""
-        rung = bool(select.select([self.fd], [], [], timeout)[0])
-        self.drain()
-        return rung
+    def wait(self, timeout: float) -> None:
+        """Sleep until a peer rings or `timeout` seconds pass (the rings stay for drain())."""
+        select.select([self.fd], [], [], timeout)
 
-    def drain(self) -> None:
+    def drain(self) -> bool:
+        """Consume the rings so far; True if there were any."""
+        rung = False
         try:
             while os.read(self.fd, 4096):
-                pass
+                rung = True
         except BlockingIOError:
             pass
+        return rung
 
     def unlink(self) -> None:
         """Remove the FIFO's name once every peer has opened it (the pipe lives on)."""

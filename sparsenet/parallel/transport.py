@@ -51,11 +51,12 @@ IDLE_AFTER = 0.02  # a wait this long is idle: its sleeps may grow to IDLE_SLEEP
 IDLE_SLEEP = 5e-3
 BELL_TIMEOUT = 0.05  # longest doorbell sleep: bounds the cost of a sender that never rings
 PROBES_PER_WAKE = 3  # MPICH may need a second progress call to see a message that has arrived
+RING_GRACE = 2e-3  # after a ring, poll this long for its message before sleeping on the doorbell again
 TRANSFER_SPIN = 2e-3  # seconds a transfer under way yields instead of sleeping
 WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
 LAYOUT_CACHE = 64  # decoded packed-message headers kept per Transport
-POOL_BUFFERS = 8  # packed-message buffers a Transport keeps for reuse
-POOL_MAX_BYTES = 64 << 20  # larger packed messages get a fresh buffer (and give it back to the OS)
+POOL_BUFFERS = 4  # packed-message buffers a Transport keeps for reuse
+POOL_MAX_BYTES = 16 << 20  # larger packed messages get a fresh buffer (and give it back to the OS)
 DEFAULT_SHARED_MAX_BYTES = 256 << 20  # largest bundle sent through a same-node shared-memory slot
 
 _HEAD = 5  # magic, version, chunk_bytes, n_arrays, meta_nbytes
@@ -374,6 +375,8 @@ class Transport:
         """
         from .shm import Doorbells, Mailboxes
 
+        if self.mailboxes is not None:
+            raise RuntimeError("enable_shared_memory() was already called on this Transport")
         mpi = _mpi()
         local = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         ranks = mpi.Group.Translate_ranks(local.Get_group(), list(range(local.Get_size())), self.comm.Get_group())
@@ -387,12 +390,20 @@ class Transport:
             except OSError:
                 pass
         names = self.comm.allgather(bell.name if bell else None)  # also: every FIFO exists before peers open it
+        connected = bell is not None
         if bell is not None:
-            bell.connect({r: names[r] for r in self.mailboxes.local if names[r] is not None})
+            try:
+                bell.connect({r: names[r] for r in self.mailboxes.local if names[r] is not None})
+            except OSError:
+                connected = False
+        # Doorbells for all or none: a rank that cannot ring would leave its peers asleep.
+        if self.comm.allreduce(int(connected), op=mpi.MIN):
             self.bells = bell
         self.barrier()  # every peer has opened our FIFO: its name may go
         if bell is not None:
             bell.unlink()
+            if self.bells is None:
+                bell.close()
         return 0 if self.mailboxes.disabled else len(self.mailboxes.local)
 
     def close(self, grace: float = 2.0) -> None:
@@ -488,7 +499,13 @@ class Transport:
             if self.mailboxes is None:
                 raise TransportError(f"rank {source} sent a shared-memory pointer; this rank has no mailboxes")
             index, generation, name, nbytes = _decode_pointer(raw, source)
-            return self._unpack(self.mailboxes.open(source, index, generation, name, nbytes), source, tag)
+            try:
+                slot = self.mailboxes.open(source, index, generation, name, nbytes)
+            except (OSError, ValueError) as err:
+                raise TransportError(f"rank {self.rank} cannot read the shared-memory bundle rank {source} sent "
+                                     f"({err}); do the two ranks see the same /dev/shm? Set "
+                                     "parallel.shared_memory=false to send everything through MPI") from None
+            return self._unpack(slot, source, tag)
         if magic == MAGIC_PACKED:
             return self._unpack(raw, source, tag)
         chunk_bytes, meta_nbytes, specs = decode_header(raw)
@@ -555,9 +572,12 @@ class Transport:
                                       else source in bells.peers)
         backoff = _Backoff(self.max_sleep, 0.0 if rung else self.probe_spin)
         wall, cpu = time.perf_counter(), time.process_time()
+        last_ring = -math.inf
         while True:
-            if bells is not None:
-                bells.drain()  # before the probe, so a ring after it wakes the wait below
+            # Drain before probing, so a ring after the probe wakes the select below.
+            if bells is not None and bells.drain():
+                last_ring = time.perf_counter()
+                backoff = _Backoff(self.max_sleep)  # poll quickly for the message that rang
             for _ in range(PROBES_PER_WAKE):
                 message = self.comm.Improbe(source, tag, status)
                 if message is not None:
@@ -570,10 +590,9 @@ class Transport:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} "
                                    f"within {timeout} s")
-            if rung:
-                # A ring whose message is not visible yet means it is on its way: poll for it.
-                rung = not bells.wait(BELL_TIMEOUT if remaining is None else min(BELL_TIMEOUT, remaining))
-            else:
+            if rung and time.perf_counter() - last_ring > RING_GRACE:
+                bells.wait(BELL_TIMEOUT if remaining is None else min(BELL_TIMEOUT, remaining))
+            else:  # no doorbell, or a ring whose message MPI has not shown yet: it is on its way
                 backoff.sleep(remaining)
 
     def _transfer(self, pieces: list[np.ndarray], start, ring: int | None = None) -> None:

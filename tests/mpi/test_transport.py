@@ -116,6 +116,15 @@ def test_unpack_reuses_decoded_layouts_and_still_checks_every_message():
         receiver._unpack(truncated, 1, 2)
 
 
+def test_shared_memory_pointer_is_decoded_and_bad_ones_are_refused():
+    pointer = transport._pointer(2, 5, "sparsenet-abc-r1-to0-s2-g5", 123_456)
+    assert transport._decode_pointer(pointer, 1) == (2, 5, "sparsenet-abc-r1-to0-s2-g5", 123_456)
+    with pytest.raises(transport.TransportError, match="not a sparsenet segment"):
+        transport._decode_pointer(transport._pointer(0, 0, "../etc/passwd", 10), 1)
+    with pytest.raises(transport.TransportError, match="malformed"):
+        transport._decode_pointer(pointer[:24], 1)
+
+
 def test_mailboxes_without_a_writable_directory_fall_back_to_mpi(tmp_path):
     from sparsenet.parallel.shm import MIN_BYTES, Mailboxes
 

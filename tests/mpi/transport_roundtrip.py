@@ -29,7 +29,7 @@ from sparsenet.parallel.transport import (
     TransportError,
 )
 
-TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG, TAG_REUSE = 1, 2, 3, 4, 5, 6, 7, 8
+TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG, TAG_REUSE, TAG_GROW = 1, 2, 3, 4, 5, 6, 7, 8, 9
 TAG_FANIN = 100  # + sender rank
 BIG_NBYTES = 2**31 + 12345
 IDLE_SECONDS = 2.0
@@ -208,12 +208,31 @@ def run_basic(t: Transport) -> None:
     print(f"rank {t.rank}/{t.size} on {t.host}: OK", flush=True)
 
 
+def growing_bundles(t: Transport) -> None:
+    """Bundles of growing size, each dropped once checked: slots are reused and grown in place."""
+    sizes = [40_000, 40_000, 90_000, 300_000, 300_000, 1_000_000, 50_000]
+    if t.rank == 1:
+        for i, n in enumerate(sizes):
+            t.send_bundle(0, TAG_GROW, {"i": i}, [np.full(n, i, dtype=np.float32)])
+            t.recv_bundle(source=0, tag=TAG_GROW, timeout=30)  # rank 0's go-ahead: its views are gone
+        grown = max(box.generation for box in t.mailboxes.out[0])
+        check(grown >= 2, f"slots to rank 0 grew to generation {grown} only")
+    elif t.rank == 0:
+        for i, n in enumerate(sizes):
+            got = t.recv_bundle(source=1, tag=TAG_GROW, timeout=30)
+            expect_bundle(got, [np.full(n, i, dtype=np.float32)], {"i": i}, 1, TAG_GROW)
+            del got
+            t.send_bundle(1, TAG_GROW, {})
+
+
 def run_shared(t: Transport) -> None:
     """The basic checks with shared-memory slots: packed bundles went through them, and when the
     receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking."""
     local = t.enable_shared_memory()
     check(local == t.size - 1, f"{local} of {t.size - 1} other ranks reachable through shared memory")
+    check(t.bells is not None, "no doorbells on a machine with /dev/shm")
     run_basic(t)
+    growing_bundles(t)
     box = t.mailboxes
     if t.rank == 1:
         check(box.sent >= box.slots, f"only {box.sent} bundles went through shared memory")
@@ -221,11 +240,9 @@ def run_shared(t: Transport) -> None:
     if t.rank == 0:
         check(len(box.inbox) >= box.slots, f"rank 0 read {len(box.inbox)} slots of rank 1")
     t.barrier()
+    # every bundle has been received, so every receiver has mapped and unlinked its segment
     leftover = [name for name in os.listdir("/dev/shm") if name.startswith(t.mailboxes.prefix)]
-    t.close()
-    t.barrier()
-    check(not [n for n in os.listdir("/dev/shm") if n.startswith(t.mailboxes.prefix)],
-          f"segments left in /dev/shm after close: {leftover}")
+    check(not leftover, f"segments still named in /dev/shm after every bundle arrived: {leftover}")
 
 
 def run_idle(t: Transport) -> None:
