@@ -146,8 +146,9 @@ def test_bundles_round_trip_through_shared_memory(ranks):
     assert_ok(run_mpi(ranks, [SCRIPT, "--shared"], timeout=120))
 
 
-def test_waiting_recv_sleeps_instead_of_spinning():
-    result = run_mpi(3, [SCRIPT, "--idle"], timeout=120)
+@pytest.mark.parametrize("shared", [False, True], ids=["polling", "doorbell"])
+def test_waiting_recv_sleeps_instead_of_spinning(shared):
+    result = run_mpi(3, [SCRIPT, "--idle"] + (["--shared"] if shared else []), timeout=120)
     assert_ok(result)
     match = re.search(r"IDLE wall=([\d.]+)s cpu=([\d.]+)s", result.stdout)
     assert match, result.stdout

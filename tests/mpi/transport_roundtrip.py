@@ -4,6 +4,7 @@
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle    # CPU time while waiting 2 s in recv
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --big     # one bundle over 2 GiB, SHA-256 checked
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --shared  # the round trips through /dev/shm slots
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle --shared  # waiting on the doorbell
 Any failure prints a traceback and aborts every rank, so mpiexec exits non-zero instead of hanging.
 """
 
@@ -225,12 +226,15 @@ def growing_bundles(t: Transport) -> None:
             t.send_bundle(1, TAG_GROW, {})
 
 
-def run_shared(t: Transport) -> None:
-    """The basic checks with shared-memory slots: packed bundles went through them, and when the
-    receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking."""
+def enable_shared(t: Transport) -> None:
     local = t.enable_shared_memory()
     check(local == t.size - 1, f"{local} of {t.size - 1} other ranks reachable through shared memory")
     check(t.bells is not None, "no doorbells on a machine with /dev/shm")
+
+
+def run_shared(t: Transport) -> None:
+    """The basic checks with shared-memory slots: packed bundles went through them, and when the
+    receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking."""
     run_basic(t)
     growing_bundles(t)
     box = t.mailboxes
@@ -313,16 +317,21 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--big", action="store_true", help="send one bundle larger than 2 GiB")
     mode.add_argument("--idle", action="store_true", help="measure CPU time while waiting in recv")
-    mode.add_argument("--shared", action="store_true", help="the basic checks with same-node shared-memory slots")
+    parser.add_argument("--shared", action="store_true",
+                        help="same-node shared-memory slots and doorbells (with --idle: wait on the doorbell)")
     args = parser.parse_args()
     t = Transport()
     if t.size < 2:
         sys.exit("run under mpiexec with at least 2 ranks")
     try:
         if args.shared:
-            run_shared(t)
+            enable_shared(t)
+        if args.big:
+            run_big(t)
+        elif args.idle:
+            run_idle(t)
         else:
-            run_big(t) if args.big else run_idle(t) if args.idle else run_basic(t)
+            run_shared(t) if args.shared else run_basic(t)
         t.barrier()
     except BaseException:
         traceback.print_exc()
