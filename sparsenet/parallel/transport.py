@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from .shm import CLOSE_GRACE_SECONDS
+
 MAGIC = 0x53504E5442554E31  # "SPNTBUN1": header of a bundle sent in pieces
 MAGIC_PACKED = 0x53504E544255504B  # "SPNTBUPK": a whole bundle in one message
 MAGIC_SHARED = 0x53504E5442555348  # "SPNTBUSH": a pointer to a packed bundle in a shared-memory slot
@@ -406,7 +408,7 @@ class Transport:
                 bell.close()
         return 0 if self.mailboxes.disabled else len(self.mailboxes.local)
 
-    def close(self, grace: float = 2.0) -> None:
+    def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Remove the shared-memory segments and doorbell this rank created (received bundles stay
         readable); segments not yet mapped by their receiver get `grace` seconds first."""
         if self.mailboxes is not None:
@@ -465,8 +467,8 @@ class Transport:
     def isend_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> "PendingSend":
         """Start sending a bundle and return at once; the arrays may change right after the call.
 
-        The bundle is packed into a private buffer (MPICH delivers it while this rank computes);
-        one too large for a single chunk is sent blocking instead.
+        The bundle is packed into a shared-memory slot (same node) or a private buffer that MPICH
+        delivers while this rank computes; one too large for a single chunk is sent blocking instead.
         """
         self._release_received()
         prepared = [_prepare(a) for a in arrays]
