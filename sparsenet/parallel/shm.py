@@ -135,7 +135,7 @@ class Mailboxes:
         """Mark the slots `dest` has acknowledged as free."""
         boxes = self.out.get(dest, [])
         while self.control.Iprobe(dest, ACK_TAG):
-            self.control.Recv([self._ack, _mpi().INT64_T], dest, ACK_TAG)
+            self.control.Recv(self._ack, dest, ACK_TAG)  # mpi4py takes the int64 type from the array
             index, generation = int(self._ack[0]), int(self._ack[1])
             if index < len(boxes) and boxes[index].generation == generation:
                 boxes[index].busy = False
@@ -166,7 +166,7 @@ class Mailboxes:
             if box.held and sys.getrefcount(box.array) == 2:  # the dataclass field + the argument
                 box.held = False
                 self._ack[:] = (index, box.generation)
-                self.control.Send([self._ack, _mpi().INT64_T], source, ACK_TAG)
+                self.control.Send(self._ack, source, ACK_TAG)
 
     def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Unlink the segments this rank created (mappings end with their last array).
@@ -251,9 +251,3 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _mpi():
-    from mpi4py import MPI
-
-    return MPI

@@ -64,6 +64,7 @@ DEFAULT_SHARED_MAX_BYTES = 256 << 20  # largest bundle sent through a same-node 
 _HEAD = 5  # magic, version, chunk_bytes, n_arrays, meta_nbytes
 _PER_ARRAY = 3 + MAX_NDIM  # dtype code, ndim, dims..., nbytes
 _POINTER_WORDS = 6  # magic, version, slot, generation, nbytes, name length; then the name
+NAME_BYTES = 128  # room for a doorbell's file name in the start-up exchange
 DTYPES = tuple(np.dtype(name) for name in (
     "bool", "int8", "int16", "int32", "int64",
     "uint8", "uint16", "uint32", "uint64", "float32", "float64"))
@@ -391,15 +392,17 @@ class Transport:
                 bell = Doorbells(self.mailboxes.prefix)
             except OSError:
                 pass
-        names = self.comm.allgather(bell.name if bell else None)  # also: every FIFO exists before peers open it
+        names = self._allgather_names(bell.name if bell else "")  # also: every FIFO exists before peers open it
         connected = bell is not None
         if bell is not None:
             try:
-                bell.connect({r: names[r] for r in self.mailboxes.local if names[r] is not None})
+                bell.connect({r: names[r] for r in self.mailboxes.local if names[r]})
             except OSError:
                 connected = False
         # Doorbells for all or none: a rank that cannot ring would leave its peers asleep.
-        if self.comm.allreduce(int(connected), op=mpi.MIN):
+        everyone = np.zeros(1, dtype=np.int64)
+        self.comm.Allreduce(np.array([int(connected)], dtype=np.int64), everyone, op=mpi.MIN)
+        if everyone[0]:
             self.bells = bell
         self.barrier()  # every peer has opened our FIFO: its name may go
         if bell is not None:
@@ -407,6 +410,15 @@ class Transport:
             if self.bells is None:
                 bell.close()
         return 0 if self.mailboxes.disabled else len(self.mailboxes.local)
+
+    def _allgather_names(self, name: str) -> list[str]:
+        """Every rank's `name` (ASCII, at most NAME_BYTES), in rank order; collective."""
+        mine = np.zeros(NAME_BYTES, dtype=np.uint8)
+        encoded = name.encode("ascii")
+        mine[:len(encoded)] = np.frombuffer(encoded, dtype=np.uint8)
+        every = np.empty((self.size, NAME_BYTES), dtype=np.uint8)
+        self.comm.Allgather(mine, every)
+        return [row.tobytes().rstrip(b"\0").decode("ascii") for row in every]
 
     def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Remove the shared-memory segments and doorbell this rank created (received bundles stay
