@@ -62,10 +62,8 @@ PRUNE_PEAK_BYTES_PER_CONNECTION = 104
 # model; the server receives every worker's phase-2 replica before averaging them.
 TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION = 12
 REPLICA_MESSAGE_BYTES_PER_CONNECTION = 16
-# parallel.shared_memory: every sender keeps up to SHARED_SLOTS /dev/shm slots (tmpfs, counted as
-# memory) per same-node destination, each as large as the largest bundle, at most SHARED_SLOT_MAX_BYTES.
-SHARED_SLOTS = SLOTS
-SHARED_SLOT_MAX_BYTES = DEFAULT_SHARED_MAX_BYTES
+# parallel.shared_memory: every sender keeps up to shm.SLOTS /dev/shm slots (tmpfs, counted as
+# memory) per same-node destination, each as large as the largest bundle, at most DEFAULT_SHARED_MAX_BYTES.
 
 INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
 
@@ -307,10 +305,10 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
         server_items = [data_item, model, velocity, grads, acts_s, replicas, transient, overhead]
         worker_slots = []
         if cfg.parallel.shared_memory:
-            slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, SHARED_SLOT_MAX_BYTES)
-            server_items.insert(-2, Item("shared-memory slots", SHARED_SLOTS * workers * slot,
-                                         f"{SHARED_SLOTS} x {workers} x the largest bundle"))
-            worker_slots = [Item("shared-memory slots", SHARED_SLOTS * slot, f"{SHARED_SLOTS} x the largest bundle")]
+            slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, DEFAULT_SHARED_MAX_BYTES)
+            server_items.insert(-2, Item("shared-memory slots", SLOTS * workers * slot,
+                                         f"{SLOTS} x {workers} x the largest bundle"))
+            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle")]
         server = RankPlan("server", 1, server_items)
         acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
         shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")
