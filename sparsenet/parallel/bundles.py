@@ -29,14 +29,19 @@ def split_pairs(arrays: list[np.ndarray], n_layers: int) -> tuple[list[np.ndarra
     return arrays[:n_layers], arrays[n_layers:]
 
 
-def load_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
-    """Overwrite weights and biases in place (same topology)."""
+def adopt_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
+    """Make the received float32 weights and biases the model's own, without copying (same topology).
+
+    A received bundle's arrays are views of its message buffer or shared-memory slot, which stay
+    reserved for as long as the model holds them, and are released when the next reply replaces them.
+    """
     values, biases = split_pairs(arrays, len(model.layers))
     for layer, v, b in zip(model.layers, values, biases):
         if v.shape != layer.values.shape or b.shape != layer.bias.shape:
             raise ValueError(f"values of shape {v.shape} / {b.shape} do not fit a layer of {layer.nnz} connections")
-        layer.values[:] = v
-        layer.bias[:] = b
+        if v.dtype != np.float32 or b.dtype != np.float32 or not (v.flags.c_contiguous and b.flags.c_contiguous):
+            raise ValueError(f"weights must be contiguous float32, got {v.dtype} / {b.dtype}")
+        layer.values, layer.bias = v, b
 
 
 def layers_from_topology(arrays: list[np.ndarray], sizes: list[int]) -> list[SparseLayer]:

@@ -72,7 +72,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
             model = new_model(cfg, msg.meta["sizes"], msg.arrays)
         else:
-            bundles.load_values(model, msg.arrays)
+            bundles.adopt_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
             seeded_epoch = msg.meta["epoch"]
             rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
