@@ -4,7 +4,8 @@
 
 Starts `mpiexec -n 2` twice per round, plain MPI and with same-node shared memory
 (`parallel.shared_memory`), and alternates them for --rounds rounds so machine noise hits both
-alike. Rank 1 plays a worker (isend its gradient, receive the weights, copy them into its model),
+alike. Rank 1 plays a worker (isend its gradient, receive the weights, copy them into a model of
+its own, as workers did before they adopted the received arrays; kept so results stay comparable),
 rank 0 the server (receive, touch every array, reply); nobody computes, so the figures are the
 transport's own: round trips per second and CPU milliseconds per round trip on each side. Target:
 shared memory needs at most 75 % of plain MPI's CPU per round trip (both sides together).

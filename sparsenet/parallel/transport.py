@@ -253,10 +253,10 @@ def _aligned(n: int) -> int:
 class BufferPool:
     """Reusable uint8 buffers for packed messages.
 
-    A fresh buffer per message costs a page fault per 4 KiB on first touch (about 0.5 ms for a
-    FashionMNIST model's 0.5 MB, as long as the transfer itself). A pooled buffer is handed out
-    again only when nothing references it any more: no pending send and no array view of a
-    received bundle (checked with sys.getrefcount), so reuse can never overwrite live data.
+    A fresh buffer per message costs a page fault per 4 KiB on first touch, on every message.
+    A pooled buffer is handed out again only when nothing references it any more: no pending
+    send and no array view of a received bundle (checked with sys.getrefcount), so reuse can
+    never overwrite live data.
     """
 
     def __init__(self, max_buffers: int = POOL_BUFFERS, max_bytes: int = POOL_MAX_BYTES):
