@@ -45,6 +45,42 @@ def _momentum_decoupled_at(values, velocity, index, grad, lr, momentum, weight_d
         values[k] += v - weight_decay * values[k]
 
 
+@njit(parallel=True, fastmath=True, cache=True)
+def _momentum_into(values, velocity, grad, out, lr, momentum, weight_decay, decoupled):
+    for k in prange(values.shape[0]):
+        if decoupled:
+            v = momentum * velocity[k] - lr * grad[k]
+            new = values[k] + v - weight_decay * values[k]
+        else:
+            v = momentum * velocity[k] - lr * (grad[k] + weight_decay * values[k])
+            new = values[k] + v
+        velocity[k] = v
+        values[k] = new
+        out[k] = new
+
+
+@njit(cache=True)
+def _momentum_all(values, velocity, grad, out, lr, momentum, weight_decay, decoupled):
+    """Every array of the tuple `values` updated in one call from Python; the new values also go to `out`
+    (which may be `values`). A prange directly in this loop over tuples updated nothing in numba 0.68.1: hence two levels."""
+    for j in range(len(values)):
+        _momentum_into(values[j], velocity[j], grad[j], out[j], lr, momentum, weight_decay, decoupled)
+
+
+def _kernel_ready(a: np.ndarray) -> bool:
+    """True if `a` is the one array type the fused kernel is compiled for (float32, C order, aligned, writable)."""
+    return a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+
+
+def _updatable(arrays, what: str) -> tuple[np.ndarray, ...]:
+    """Arrays the kernel writes in place: they must already be kernel-ready (a copy would lose the update)."""
+    for a in arrays:
+        if not _kernel_ready(a):
+            raise ValueError(f"{what} must be writable, aligned, C-contiguous float32 arrays, got {a.dtype} "
+                             f"(writable {a.flags.writeable}, contiguous {a.flags.c_contiguous})")
+    return tuple(arrays)
+
+
 class MomentumSGD:
     """coupled: v <- momentum * v - lr * (g + weight_decay * w);  w <- w + v  (the usual L2 form).
 
@@ -64,17 +100,27 @@ class MomentumSGD:
         self.bias_velocities = [np.zeros(layer.n_out, dtype=np.float32) for layer in model.layers]
 
     def step(self, model: SparseMLP, grads: list[np.ndarray], bias_grads: list[np.ndarray],
-             lr: float | None = None) -> None:
-        """Apply one update of every layer from its weight and bias gradients."""
+             lr: float | None = None, out: list[np.ndarray] | None = None) -> None:
+        """Apply one update of every layer from its weight and bias gradients, in one kernel call.
+
+        out: optional arrays [weights of every layer..., biases of every layer...] that also receive
+        the new values (the parameter server writes its reply into a worker's lane this way).
+        """
         lr = np.float32(self.lr if lr is None else lr)
-        momentum, decay = np.float32(self.momentum), np.float32(self.weight_decay)
         for l, layer in enumerate(model.layers):
             _check_gradient(grads[l], layer.nnz, f"layer {l} weight")
             _check_gradient(bias_grads[l], layer.n_out, f"layer {l} bias")
-        kernel = _momentum_coupled if self.weight_decay_mode == "coupled" else _momentum_decoupled
-        for l, layer in enumerate(model.layers):
-            kernel(layer.values, self.velocities[l], grads[l], lr, momentum, decay)
-            kernel(layer.bias, self.bias_velocities[l], bias_grads[l], lr, momentum, decay)
+        values = _updatable([layer.values for layer in model.layers] + [layer.bias for layer in model.layers],
+                            "weights and biases")
+        if out is None:
+            out = values
+        elif len(out) != len(values) or any(o.shape != v.shape for o, v in zip(out, values)):
+            raise ValueError(f"out must hold {len(values)} arrays shaped like the weights then the biases")
+        gradients = tuple(g if _kernel_ready(g) else np.array(g, dtype=np.float32) for g in [*grads, *bias_grads])
+        velocities = _updatable(self.velocities + self.bias_velocities, "optimizer velocities")
+        _momentum_all(values, velocities, gradients,
+                      _updatable(out, "out"), lr, np.float32(self.momentum), np.float32(self.weight_decay),
+                      self.weight_decay_mode == "decoupled")
 
     def step_at(self, model: SparseMLP, layer_index: int, index: np.ndarray, grad: np.ndarray,
                 lr: float | None = None) -> None:

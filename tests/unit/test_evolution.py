@@ -88,3 +88,34 @@ def test_momentum_sgd_update_rule(mode):
             w = w + v - 0.01 * w
     np.testing.assert_allclose(model.layers[0].values, w, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(opt.velocities[0], v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["coupled", "decoupled"])
+def test_fused_step_of_every_layer_matches_per_layer_updates_and_fills_out(mode):
+    """One kernel call updates every layer's weights and biases as step_at/step_bias do, and copies them to `out`."""
+    rng = np.random.default_rng(8)
+    make = lambda: SparseMLP.initialize([7, 5, 6, 3], epsilon=2, init="he_uniform", activation="relu", alpha=0,
+                                        dropout=0, output="softmax", rng=np.random.default_rng(1))
+    fused, reference = make(), make()
+    opt_f, opt_r = (MomentumSGD(m, lr=0.05, momentum=0.9, weight_decay=0.01, weight_decay_mode=mode)
+                    for m in (fused, reference))
+    for _ in range(3):
+        grads = [rng.standard_normal(layer.nnz).astype(np.float32) for layer in fused.layers]
+        bias_grads = [rng.standard_normal(layer.n_out).astype(np.float32) for layer in fused.layers]
+        out = [np.full(layer.nnz, np.nan, np.float32) for layer in fused.layers]
+        out += [np.full(layer.n_out, np.nan, np.float32) for layer in fused.layers]
+        opt_f.step(fused, [g[::-1][::-1] for g in grads], bias_grads, out=out)  # any gradient layout is accepted
+        for l, layer in enumerate(reference.layers):
+            opt_r.step_at(reference, l, np.arange(layer.nnz, dtype=np.int64), grads[l])
+            opt_r.step_bias(reference, l, bias_grads[l])
+        for l in range(len(fused.layers)):
+            np.testing.assert_allclose(fused.layers[l].values, reference.layers[l].values, rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(fused.layers[l].bias, reference.layers[l].bias, rtol=1e-6, atol=1e-7)
+            np.testing.assert_array_equal(out[l], fused.layers[l].values)
+            np.testing.assert_array_equal(out[len(fused.layers) + l], fused.layers[l].bias)
+    frozen = [o.copy() for o in out]
+    frozen[0].flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writable"):
+        opt_f.step(fused, grads, bias_grads, out=frozen)
+    with pytest.raises(ValueError, match="out must hold 6 arrays"):
+        opt_f.step(fused, grads, bias_grads, out=out[:3])
