@@ -17,6 +17,7 @@ import numpy as np
 from .config import Config, override_config
 from .errors import SparsenetError
 from .model import eval_chunk, inference_bytes_per_sample
+from .parallel.lanes import BUFFERS as LANE_BUFFERS
 from .parallel.shm import SLOTS
 from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
 from .sparse.init import erdos_renyi_density
@@ -63,7 +64,8 @@ PRUNE_PEAK_BYTES_PER_CONNECTION = 104
 TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION = 12
 REPLICA_MESSAGE_BYTES_PER_CONNECTION = 16
 # parallel.shared_memory: every sender keeps up to shm.SLOTS /dev/shm slots (tmpfs, counted as
-# memory) per same-node destination, each as large as the largest bundle, at most DEFAULT_SHARED_MAX_BYTES.
+# memory) per same-node destination, each as large as the largest bundle, at most DEFAULT_SHARED_MAX_BYTES,
+# and a lane of lanes.BUFFERS buffers of float32 weights or gradients (one float per parameter).
 
 INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
 
@@ -308,7 +310,11 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
             slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, DEFAULT_SHARED_MAX_BYTES)
             server_items.insert(-2, Item("shared-memory slots", SLOTS * workers * slot,
                                          f"{SLOTS} x {workers} x the largest bundle"))
-            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle")]
+            lane = min(grads.bytes, DEFAULT_SHARED_MAX_BYTES)
+            server_items.insert(-2, Item("shared-memory lanes", LANE_BUFFERS * workers * lane,
+                                         f"{LANE_BUFFERS} x {workers} x the weights"))
+            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle"),
+                            Item("shared-memory lanes", LANE_BUFFERS * lane, f"{LANE_BUFFERS} x the gradient")]
         server = RankPlan("server", 1, server_items)
         acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
         shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")

@@ -31,6 +31,8 @@ from sparsenet.parallel.transport import (
 )
 
 TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG, TAG_REUSE, TAG_GROW = 1, 2, 3, 4, 5, 6, 7, 8, 9
+TAG_LANE = 10
+LANE_SIZES = [[1000, 0, 17], [1000, 0, 17], [1000, 0, 17], [5, 3], [300_000, 2], [300_000, 2], [7], [7], [7], [7]]
 TAG_FANIN = 100  # + sender rank
 BIG_NBYTES = 2**31 + 12345
 IDLE_SECONDS = 2.0
@@ -232,11 +234,54 @@ def enable_shared(t: Transport) -> None:
     check(t.bells is not None, "no doorbells on a machine with /dev/shm")
 
 
+def lane_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray]:
+    """What rank 1 (answer False) or rank 0 (answer True) puts in the arrays of lane exchange `step`."""
+    return [np.arange(n, dtype=np.float32) * (-1.0 if answer else 1.0) + 1000 * step + i for i, n in enumerate(sizes)]
+
+
+def lane_round_trips(t: Transport) -> None:
+    """Rank 1 fills lane buffers to rank 0 and rank 0 answers in its lane; sizes change (a lane grows)
+    and rank 1 keeps the answers from step 6 on, so rank 0 runs out of free buffers and sends bundles instead."""
+    kept = []
+    for step, sizes in enumerate(LANE_SIZES):
+        if t.rank == 1:
+            ticket = t.lane_arrays(0, sizes)
+            check(ticket is not None, f"step {step}: no free lane buffer although rank 0 released them")
+            for out, want in zip(ticket.arrays, lane_values(step, sizes, False)):
+                out[:] = want
+            t.send_lane(ticket, TAG_LANE, {"step": step})
+            got = t.recv_bundle(source=0, tag=TAG_LANE, timeout=60)
+            check(got.meta == {"step": step}, f"answer meta {got.meta}")
+            for i, (a, want) in enumerate(zip(got.arrays, lane_values(step, sizes, True))):
+                check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: answer array {i} differs")
+            if step >= 6:
+                kept.append(got)
+        elif t.rank == 0:
+            got = t.recv_bundle(source=1, tag=TAG_LANE, timeout=60)
+            check(got.meta == {"step": step}, f"lane meta {got.meta}")
+            for i, (a, want) in enumerate(zip(got.arrays, lane_values(step, sizes, False))):
+                check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: lane array {i} differs")
+            del got, a  # released: the answer's record tells rank 1 its buffer is free
+            ticket = t.lane_arrays(1, sizes)
+            check((ticket is None) == (step == 9), f"step {step}: lane buffer {'missing' if ticket is None else 'free'}"
+                  " (from step 9 on, rank 1 holds the answers of steps 6, 7 and 8)")
+            if ticket is None:
+                t.send_bundle(1, TAG_LANE, {"step": step}, lane_values(step, sizes, True))
+            else:
+                for out, want in zip(ticket.arrays, lane_values(step, sizes, True)):
+                    out[:] = want
+                t.send_lane(ticket, TAG_LANE, {"step": step})
+    if t.rank == 1:
+        check(t.lanes.out[0].generation == 1, f"the lane to rank 0 grew {t.lanes.out[0].generation} times, not once")
+
+
 def run_shared(t: Transport) -> None:
     """The basic checks with shared-memory slots: packed bundles went through them, and when the
-    receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking."""
+    receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking.
+    Then lanes: arrays filled in place, released by the records that answer them."""
     run_basic(t)
     growing_bundles(t)
+    lane_round_trips(t)
     box = t.mailboxes
     if t.rank == 1:
         check(box.sent >= box.slots, f"only {box.sent} bundles went through shared memory")
@@ -244,7 +289,7 @@ def run_shared(t: Transport) -> None:
     if t.rank == 0:
         check(len(box.inbox) >= box.slots, f"rank 0 read {len(box.inbox)} slots of rank 1")
     t.barrier()
-    # every bundle has been received, so every receiver has mapped and unlinked its segment
+    # every bundle has been received, so every receiver has mapped and unlinked its segments and lanes
     leftover = [name for name in os.listdir("/dev/shm") if name.startswith(t.mailboxes.prefix)]
     check(not leftover, f"segments still named in /dev/shm after every bundle arrived: {leftover}")
 
