@@ -69,16 +69,33 @@ class ParameterServer:
         progress = (epoch - 1 + samples / self.data.x_train.shape[0]) / p.warmup_epochs
         return lr + (target - lr) * min(progress, 1.0)
 
-    def send_model(self, worker: int) -> None:
-        """Values only while the worker's topology is current; topology and values after a change."""
+    def send_model(self, worker: int, filled=None) -> None:
+        """Values only while the worker's topology is current; topology and values after a change.
+
+        filled: a lane ticket to `worker` the update already wrote the new values into (see values_lane).
+        """
         same = self.worker_version[worker] == self.version
         arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
         meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch,
                 "sizes": self.state.model.sizes}
         self.finish_reply(worker)
-        # Non-blocking: a pipelining worker takes this reply only after computing its next gradient.
-        self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
+        ticket = filled
+        if ticket is None and same and (ticket := self.values_lane(worker)) is not None:
+            for out, values in zip(ticket.arrays, arrays):
+                np.copyto(out, values)
+        if ticket is not None:  # same node: the worker reads the weights where they were written
+            self.transport.send_lane(ticket, TAG_MODEL, meta)
+        else:  # non-blocking: a pipelining worker takes this reply only after computing its next gradient
+            self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
         self.worker_version[worker] = self.version
+
+    def values_lane(self, worker: int):
+        """A lane ticket for the weights and biases of the current model to `worker`, if it has the
+        current topology and a lane buffer is free; else None (the reply goes as a bundle)."""
+        if self.worker_version[worker] != self.version:
+            return None
+        layers = self.state.model.layers
+        return self.transport.lane_arrays(worker, [la.nnz for la in layers] + [la.n_out for la in layers])
 
     def finish_reply(self, worker: int) -> None:
         """Complete the model reply still in flight to `worker`, if any."""
@@ -95,12 +112,15 @@ class ParameterServer:
             biases = [_then(m, n) for m, n in zip(biases, later_biases)]
         return connections, biases
 
-    def apply(self, gradients: list[np.ndarray], version: int, lr: float) -> None:
-        """One momentum-SGD update from weight and bias gradients computed on topology `version`."""
+    def apply(self, gradients: list[np.ndarray], version: int, lr: float, out: list[np.ndarray] | None = None) -> None:
+        """One momentum-SGD update from weight and bias gradients computed on topology `version`.
+
+        out: arrays [weights..., biases...] that also receive the new values (a reply's lane buffer).
+        """
         model, opt = self.state.model, self.state.optimizer
         grads, bias_grads = bundles.split_pairs(gradients, len(model.layers))
         if version == self.version:
-            opt.step(model, grads, bias_grads, lr)
+            opt.step(model, grads, bias_grads, lr, out=out)
             return
         self.counters["stale"] += 1
         connections, biases = self._carry_over(version)
@@ -113,6 +133,8 @@ class ParameterServer:
                 opt.step_bias(model, l, bias_grads[l], lr)
             else:
                 opt.step_bias_at(model, l, *retain_valid(biases[l], bias_grads[l]), lr)
+        for target, values in zip(out or [], bundles.values_arrays(model)):
+            np.copyto(target, values)
 
     def _account(self, meta: dict) -> None:
         c = self.counters
@@ -161,19 +183,30 @@ class ParameterServer:
                         for k in self.workers:
                             self.send_model(k)
                 else:
-                    msg = self.transport.recv_bundle(tag=TAG_GRADIENT)
-                    self.apply(msg.arrays, int(msg.meta["version"]), lr)
-                    self._account(msg.meta)
-                    if self.counters["samples"] < n_train:
-                        self.send_model(msg.source)
-                    else:
-                        waiting = [msg.source]
+                    left = self._asynchronous_update(lr, n_train)
+                    waiting = [left] if left is not None else waiting
                 bar.update(min(self.counters["samples"], n_train))
             bar.close()
             self.end_epoch(epoch, train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0, phase=1)
             if self.stop:
                 break
         return waiting
+
+    def _asynchronous_update(self, lr: float, n_train: int) -> int | None:
+        """WASAP: apply the next gradient from any worker and, while the epoch lasts, reply with the new
+        weights, written by the update straight into the worker's lane. Returns the worker left
+        waiting at the end of the epoch, else None."""
+        msg = self.transport.recv_bundle(tag=TAG_GRADIENT)
+        source = msg.source
+        self._account(msg.meta)
+        more = self.counters["samples"] < n_train
+        ticket = self.values_lane(source) if more else None
+        self.apply(msg.arrays, int(msg.meta["version"]), lr, out=None if ticket is None else ticket.arrays)
+        del msg  # our views of the worker's lane buffer: gone, the reply tells the worker it is free
+        if not more:
+            return source
+        self.send_model(source, filled=ticket)
+        return None
 
     def _synchronous_round(self, lr: float) -> None:
         """WASSP: one gradient from every worker (in rank order), averaged by samples, one update."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,6 +47,22 @@ def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> Spar
                      m.dropout, m.output)
 
 
+@dataclass
+class _Gradient:
+    """One mini-batch's gradient for the server: in a lane buffer (`ticket`) or in `arrays`."""
+
+    meta: dict
+    ticket: object | None  # lanes.Ticket the gradient was computed into; None: it is in `arrays`
+    arrays: list[np.ndarray]
+
+    def send(self, transport):
+        """Send to the server; returns the pending send (None when nothing is left to complete)."""
+        if self.ticket is not None:
+            transport.send_lane(self.ticket, TAG_GRADIENT, self.meta)
+            return None
+        return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
+
+
 def run_worker(cfg: Config, data: Dataset, transport) -> None:
     """Serve the parameter server until it says stop.
 
@@ -59,7 +76,8 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
-    ahead = None  # (meta, arrays) of a gradient computed while the last one was in flight
+    own = None  # the model's own gradient arrays, used when no lane buffer is free
+    ahead = None  # a _Gradient computed while the last one was in flight
     while True:
         msg = transport.recv_bundle(source=0)
         if msg.tag == TAG_STOP:
@@ -71,31 +89,38 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
             model = new_model(cfg, msg.meta["sizes"], msg.arrays)
+            own = (model.grads, model.bias_grads)
         else:
             bundles.adopt_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
             seeded_epoch = msg.meta["epoch"]
             rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
             stream = batches(x.shape[0], cfg.train.batch_size, rng)
+        version = msg.meta["version"]
         if ahead is None:
-            ahead = _gradient(cfg, model, rng, stream, x, y, rank, step, msg.meta["version"])
+            ahead = _gradient(cfg, model, own, transport, rng, stream, x, y, step, version)
             step += 1
-        in_flight = transport.isend_bundle(0, TAG_GRADIENT, *ahead)  # packs a copy: model.grads may change now
+        in_flight = ahead.send(transport)
         ahead = None
-        if pipeline:
-            ahead = _gradient(cfg, model, rng, stream, x, y, rank, step, msg.meta["version"])
+        if pipeline:  # the sent gradient is in its lane buffer or copied: the next one goes elsewhere
+            ahead = _gradient(cfg, model, own, transport, rng, stream, x, y, step, version)
             step += 1
-        in_flight.wait()
+        if in_flight is not None:
+            in_flight.wait()
 
 
-def _gradient(cfg: Config, model: SparseMLP, rng, stream, x, y, rank: int, step: int, version: int):
-    """The next mini-batch's gradient as (meta, arrays) for the server; fault injection happens here."""
-    if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
-        raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")
+def _gradient(cfg: Config, model: SparseMLP, own, transport, rng, stream, x, y, step: int, version: int) -> _Gradient:
+    """The next mini-batch's gradient, computed into a free lane buffer to the server if there is one,
+    else into the model's `own` arrays; fault injection happens here."""
+    if cfg.debug.fail_rank == transport.rank and step == cfg.debug.fail_at_step:
+        raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
     index = next(stream)
+    n_layers = len(model.layers)
+    ticket = transport.lane_arrays(0, model.nnz + [layer.n_out for layer in model.layers])
+    model.grads, model.bias_grads = own if ticket is None else bundles.split_pairs(ticket.arrays, n_layers)
     loss, correct = compute_gradients(model, rng, x, y, index)
     meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
-    return meta, bundles.gradient_arrays(model)
+    return _Gradient(meta, ticket, bundles.gradient_arrays(model))
 
 
 def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
