@@ -8,6 +8,9 @@ phase 1 only. From each run's metrics.jsonl (first epoch dropped: JIT compile) i
 samples/s, bytes per update and the server's CPU share while it waits, and checks the targets:
 WASAP >= 90 % of sequential samples/s, server CPU < 10 % while waiting, bytes per update
 proportional to nnz (weights + biases, float32, both directions) rather than model + velocities.
+The runs are repeated in interleaved rounds (--repeat) and the check uses medians; because a
+shared VM's speed drifts, it also prints the ratio in the round with the fastest sequential run
+(the nearest to a quiet machine) and the best run of each kind.
 """
 
 from __future__ import annotations
@@ -90,11 +93,12 @@ def main(argv=None) -> int:
                 out = Path(tmp) / f"{name}{r}"
                 rows = train(out, config, args.epochs, threads, args.overrides, n_ranks)
                 rounds[name].append(summarize(rows, _n_train(out)))
-            print(f"round {r + 1}/{args.repeat}: " + ", ".join(
-                f"{name} {rounds[name][-1]['samples_per_second']:.0f}" for name in runs) + " samples/s", flush=True)
+            speed = {name: rounds[name][-1]["samples_per_second"] for name in runs}
+            print(f"round {r + 1}/{args.repeat}: " + ", ".join(f"{name} {v:.0f}" for name, v in speed.items())
+                  + f" samples/s; wasap {speed['wasap'] / speed['sequential']:.0%} of sequential", flush=True)
     results = {name: _median_run(rs) for name, rs in rounds.items()}
     seq = results["sequential"]
-    nnz = seq["nnz"]
+    nnz = int(seq["nnz"])
     print(f"FashionMNIST SET-MLP 784-1000-1000-1000-10 (nnz {nnz}), {args.epochs} epochs per run (first not counted), "
           f"median of {args.repeat} interleaved rounds, "
           f"{args.threads} threads in all: sequential {args.threads} threads; parallel 1 server + {args.workers} "
@@ -110,6 +114,14 @@ def main(argv=None) -> int:
             extra = f"{'-':>13} {'-':>8} {'-':>19}"
         print(f"{name:<11} {r['samples_per_second']:>10.0f} {r['samples_per_second'] / seq['samples_per_second']:>6.0%} "
               f"{r['train_seconds']:>8.2f} {extra} {100 * r['test_accuracy']:>8.2f}%")
+    # The machine's speed drifts (shared VM): the round in which the sequential run was fastest is the
+    # nearest to a quiet machine, and the best run of each kind bounds what each can do.
+    quiet = max(range(args.repeat), key=lambda i: rounds["sequential"][i]["samples_per_second"])
+    best = {name: max(r["samples_per_second"] for r in rs) for name, rs in rounds.items()}
+    quiet_ratio = rounds["wasap"][quiet]["samples_per_second"] / rounds["sequential"][quiet]["samples_per_second"]
+    print(f"quietest round ({quiet + 1}, sequential {rounds['sequential'][quiet]['samples_per_second']:.0f} samples/s): "
+          f"wasap {quiet_ratio:.0%} of sequential; best run of each: sequential {best['sequential']:.0f}, "
+          f"wasap {best['wasap']:.0f} ({best['wasap'] / best['sequential']:.0%}), wassp {best['wassp']:.0f}")
     wasap = results["wasap"]
     checks = {
         "wasap throughput >= 90% of sequential": wasap["samples_per_second"] >= THROUGHPUT_TARGET * seq["samples_per_second"],
@@ -122,7 +134,9 @@ def main(argv=None) -> int:
         print(f"target {name}: {'PASS' if ok else 'FAIL'}")
     print(f"machine: {os.cpu_count()} cores | reproduce: cd {ROOT} && {shlex.join([sys.executable, *sys.argv])}")
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "checks": checks}, indent=2))
+        args.json.write_text(json.dumps({"results": results, "checks": checks, "rounds": rounds,
+                                         "quietest_round": quiet + 1, "quietest_round_wasap_ratio": quiet_ratio,
+                                         "best_samples_per_second": best}, indent=2))
     return 1 if args.check and not all(checks.values()) else 0
 
 
