@@ -10,7 +10,8 @@ metadata. The receiver's arrays are views of its own mapping of that buffer.
 Release without extra messages: a receiver knows which buffers it still has views of
 (sys.getrefcount of the buffer's base array, as BufferPool does) and lists the ones it has let
 go of in the next record it sends back to that peer. Phase 1 sends a record each way per update,
-so the acknowledgements ride for free. A sender without a free buffer gets None and sends a
+so the acknowledgements ride for free (bundles carry none: after a topology change, say, the
+next lane record catches up). A sender without a free buffer gets None and sends a
 normal bundle instead: a lane never blocks and never changes what is received.
 
 Layout of a buffer: the arrays one after another, each at a 64-byte aligned offset.
@@ -101,7 +102,7 @@ class Lanes:
         self.inbound: dict[int, dict[int, _Incoming]] = {}  # source -> generation -> mapping
         self.created: list[str] = []  # file names, for close()
         self.disabled: str | None = None
-        self.sent = 0  # records sent through a lane
+        self.sent = 0  # records sent through a lane (counted by Transport.send_lane)
         self.misses = 0  # times no lane buffer was free (or fitting): the caller sent a bundle
 
     # ----------------------------------------------------------------- sender
@@ -129,7 +130,6 @@ class Lanes:
             return None
         index = free[0]
         lane.busy[index] = True
-        self.sent += 1
         key = (index, tuple(sizes))
         arrays = lane.views.get(key)
         if arrays is None:  # a run sends the same shapes over and over: make the views once
@@ -201,10 +201,13 @@ class Lanes:
     def released(self, source: int) -> list[tuple[int, int]]:
         """(generation, buffer) of the buffers from `source` that no array refers to any more; each reported once."""
         out = []
-        for generation, lane in self.inbound.get(source, {}).items():
+        generations = self.inbound.get(source, {})
+        for generation, lane in list(generations.items()):
             done = [i for i in lane.held if sys.getrefcount(lane.bases[i]) == 2]  # the list + the argument
             lane.held.difference_update(done)
             out += [(generation, i) for i in done]
+            if not lane.held and generation < max(generations):  # superseded and unused: unmap it
+                del generations[generation]
         return out
 
     def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:

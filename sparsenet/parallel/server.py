@@ -78,6 +78,8 @@ class ParameterServer:
         arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
         meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch,
                 "sizes": self.state.model.sizes}
+        if filled is not None and not same:
+            raise RuntimeError(f"a values lane was filled for worker {worker}, whose topology is not current")
         self.finish_reply(worker)
         ticket = filled
         if ticket is None and same and (ticket := self.values_lane(worker)) is not None:
@@ -202,7 +204,7 @@ class ParameterServer:
         more = self.counters["samples"] < n_train
         ticket = self.values_lane(source) if more else None
         self.apply(msg.arrays, int(msg.meta["version"]), lr, out=None if ticket is None else ticket.arrays)
-        del msg  # our views of the worker's lane buffer: gone, the reply tells the worker it is free
+        del msg  # drop our views of the worker's lane buffer, so a lane reply can tell the worker it is free
         if not more:
             return source
         self.send_model(source, filled=ticket)
@@ -306,6 +308,7 @@ class ParameterServer:
                "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
                "version": self.version, "bytes_sent": self.transport.bytes_sent,
                "bytes_received": self.transport.bytes_received, "server_wait_seconds": wait,
+               **self._lane_counts(),
                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
         self.removed = [0] * len(self.removed)
         check_finite(row)
@@ -317,6 +320,11 @@ class ParameterServer:
             f"stale {c['stale']} | nnz {sum(state.model.nnz)}", rank=0)
         if epoch % self.cfg.checkpoint.every == 0 or epoch == self.cfg.train.epochs or self.stop:
             self.save()
+
+    def _lane_counts(self) -> dict:
+        """The server's replies so far that went through a lane, and those that found no free lane buffer."""
+        lanes = self.transport.lanes
+        return {"lane_records": lanes.sent if lanes else 0, "lane_misses": lanes.misses if lanes else 0}
 
     def save(self) -> None:
         data = state_to_checkpoint(self.state, self.cfg)

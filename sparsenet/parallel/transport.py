@@ -555,6 +555,7 @@ class Transport:
         record = _record(ticket, self.lanes.released(ticket.dest), encode_meta(meta))
         self.comm.Send([record, _mpi().BYTE], ticket.dest, tag)
         self._ring(ticket.dest)
+        self.lanes.sent += 1
         nbytes = record.size + sum(a.nbytes for a in ticket.arrays)
         self.bytes_sent += nbytes
         return nbytes
@@ -607,8 +608,8 @@ class Transport:
             arrays = self.lanes.open(source, generation, index, sizes)
         except (OSError, ValueError) as err:
             raise TransportError(f"rank {self.rank} cannot read the lane buffer rank {source} filled ({err}); "
-                                 "do the two ranks see the same /dev/shm? Set parallel.shared_memory=false "
-                                 "to send everything through MPI") from None
+                                 "if the two ranks do not share /dev/shm, or it is out of memory, set "
+                                 "parallel.shared_memory=false to send everything through MPI") from None
         meta = self._decode_meta(meta_raw, source, tag)
         nbytes = raw.size + sum(a.nbytes for a in arrays)
         self.bytes_received += nbytes
@@ -660,10 +661,12 @@ class Transport:
         status = _mpi().Status()
         self._release_received()  # bundles the caller has dropped: their senders may reuse the slots
         bells = self.bells
-        if bells is not None:  # a ring for a message already here must not make the next wait poll
-            bells.drain()
+        # Fast path for a message already here (a pipelined reply): no wait to set up or account.
+        # Drain first, so its ring cannot make the next wait poll; a ring drained here whose message
+        # MPI does not show yet counts as a ring below (polled for RING_GRACE, not slept through).
+        rang = bells is not None and bells.drain()
         message = self.comm.Improbe(source, tag, status)
-        if message is not None:  # already here (a pipelined reply): no wait to set up or account
+        if message is not None:
             return message, status
         deadline = None if timeout is None else time.monotonic() + timeout
         # Every possible sender rings our doorbell: sleep until it does (BELL_TIMEOUT is a safety net).
@@ -671,7 +674,9 @@ class Transport:
                                       else source in bells.peers)
         backoff = _Backoff(self.max_sleep, 0.0 if rung else self.probe_spin)
         wall, cpu = time.perf_counter(), time.process_time()
-        last_ring = -math.inf
+        last_ring = wall if rang else -math.inf
+        if rang:
+            backoff = _Backoff(self.max_sleep)
         while True:
             # Drain before probing, so a ring after the probe wakes the select below.
             if bells is not None and bells.drain():

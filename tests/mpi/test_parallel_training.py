@@ -44,6 +44,9 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
     for name in ("b", "tiny_chunks"):
         for x, y in zip(runs["a"], runs[name]):
             np.testing.assert_array_equal(x, y)
+    lanes = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1])["lane_records"]
+             for name in runs}  # after phase 1: server replies that went through a lane
+    assert lanes["a"] > 0 and lanes["b"] > 0 and lanes["tiny_chunks"] == 0, lanes
     history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in history] == [1, 1, 2]
     assert history[-1]["test_accuracy"] > 0.5  # 3 classes: chance is 1/3

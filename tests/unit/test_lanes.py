@@ -70,8 +70,10 @@ def test_growing_lane_gets_a_new_generation_and_old_views_stay_valid(tmp_path):
     assert old[0].tolist() == [3.0] * 4 and float(new[0].sum()) == 900_000.0
     sender.acknowledge(1, [(small.generation, small.index)])  # stale generation: nothing to free
     assert sum(sender.out[1].busy) == 1
+    assert set(receiver.inbound[0]) == {small.generation, big.generation}, "the old one is still read"
     del old, new
     assert sorted(receiver.released(0)) == [(small.generation, small.index), (big.generation, big.index)]
+    assert set(receiver.inbound[0]) == {big.generation}, "superseded and released: unmapped"
 
 
 def test_lanes_refuse_what_they_cannot_carry(tmp_path):
