@@ -465,10 +465,11 @@ class Transport:
     def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Remove the shared-memory segments and doorbell this rank created (received bundles stay
         readable); segments not yet mapped by their receiver get `grace` seconds first."""
+        deadline = time.monotonic() + grace
         if self.mailboxes is not None:
             self.mailboxes.close(grace)
-        if self.lanes is not None:
-            self.lanes.close(grace)
+        if self.lanes is not None:  # one grace period for both
+            self.lanes.close(max(0.0, deadline - time.monotonic()))
         if self.bells is not None:
             self.bells.close()
             self.bells = None
