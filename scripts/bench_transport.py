@@ -53,6 +53,7 @@ def rank_main(mode: str, trips: int) -> None:
     rng = np.random.default_rng(0)
     grads = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
     values = [g.copy() for g in grads]
+    adopted: list = []  # the worker's model: the arrays of the last reply
     for measured in (False, True):
         t.barrier()
         wall, cpu = time.perf_counter(), time.process_time()
@@ -67,7 +68,7 @@ def rank_main(mode: str, trips: int) -> None:
                 else:
                     pending = t.isend_bundle(0, 1, meta, grads)
                 reply = t.recv_bundle(source=0, tag=2)
-                model = reply.arrays  # adopted, as bundles.adopt_values does; the previous reply is let go
+                adopted[:] = reply.arrays  # kept as the model, as bundles.adopt_values does; the previous reply is let go
                 del reply
                 if pending is not None:
                     pending.wait()

@@ -22,16 +22,14 @@ generation mapped while it still holds views of it; the sender unlinks whatever 
 
 from __future__ import annotations
 
-import mmap
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
-from .shm import ALIGN as PAGE, CLOSE_GRACE_SECONDS, DIRECTORY, _unlink
+from .shm import ALIGN as PAGE, CLOSE_GRACE_SECONDS, DIRECTORY, create_segment, map_segment, unlink_once_mapped
 
 BUFFERS = 3  # per lane: one the receiver holds, one in flight, one being filled
 ALIGN = 64  # byte alignment of every array in a buffer
@@ -144,16 +142,7 @@ class Lanes:
         capacity = nbytes if old is None else min(max(nbytes, 2 * old.capacity), self.max_bytes)
         capacity = -(-capacity // PAGE) * PAGE
         name = f"{self.prefix}-lane{dest}-g{generation}"
-        path = os.path.join(self.directory, name)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, capacity * self.buffers)  # ENOSPC now, not SIGBUS on first write
-            mapping = mmap.mmap(fd, capacity * self.buffers)
-        except OSError:
-            _unlink(path)
-            raise
-        finally:
-            os.close(fd)
+        mapping = create_segment(os.path.join(self.directory, name), capacity * self.buffers)
         self.created.append(name)
         bases = [np.frombuffer(mapping, dtype=np.uint8, count=capacity, offset=i * capacity)
                  for i in range(self.buffers)]
@@ -177,13 +166,7 @@ class Lanes:
         if lane is None:
             if source not in self.peers:
                 raise ValueError(f"rank {source} is not a same-node peer of rank {self.rank}")
-            path = os.path.join(self.directory, f"{self.peers[source]}-lane{self.rank}-g{generation}")
-            fd = os.open(path, os.O_RDWR)
-            try:
-                mapping = mmap.mmap(fd, os.fstat(fd).st_size)
-            finally:
-                os.close(fd)
-            _unlink(path)  # both ranks hold the mapping; the name is no longer needed
+            mapping = map_segment(os.path.join(self.directory, f"{self.peers[source]}-lane{self.rank}-g{generation}"))
             capacity = len(mapping) // self.buffers
             lane = generations[generation] = _Incoming([
                 np.frombuffer(mapping, dtype=np.uint8, count=capacity, offset=i * capacity)
@@ -212,11 +195,6 @@ class Lanes:
 
     def close(self, grace: float = CLOSE_GRACE_SECONDS) -> None:
         """Unlink the lane files this rank created; one not yet mapped by its receiver gets `grace` seconds."""
-        paths = [os.path.join(self.directory, name) for name in self.created]
-        deadline = time.monotonic() + grace
-        while any(os.path.exists(p) for p in paths) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        for path in paths:
-            _unlink(path)
+        unlink_once_mapped([os.path.join(self.directory, name) for name in self.created], grace)
         self.out.clear()
         self.created.clear()

@@ -117,18 +117,8 @@ class Mailboxes:
         return index, boxes[index]
 
     def _create(self, dest: int, index: int, nbytes: int, generation: int) -> _Outbox:
-        size = -(-nbytes // ALIGN) * ALIGN
         name = f"{self.prefix}-to{dest}-s{index}-g{generation}"
-        path = os.path.join(self.directory, name)
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, size)  # fails now with ENOSPC instead of SIGBUS on first write
-            mapping = mmap.mmap(fd, size)
-        except OSError:
-            _unlink(path)
-            raise
-        finally:
-            os.close(fd)
+        mapping = create_segment(os.path.join(self.directory, name), -(-nbytes // ALIGN) * ALIGN)
         return _Outbox(name, np.frombuffer(mapping, dtype=np.uint8), generation)
 
     def _take_acks(self, dest: int) -> None:
@@ -147,13 +137,7 @@ class Mailboxes:
         key = (source, index)
         box = self.inbox.get(key)
         if box is None or box.name != name:
-            path = os.path.join(self.directory, name)
-            fd = os.open(path, os.O_RDWR)
-            try:
-                mapping = mmap.mmap(fd, os.fstat(fd).st_size)
-            finally:
-                os.close(fd)
-            _unlink(path)  # both ranks hold the mapping; the name is no longer needed
+            mapping = map_segment(os.path.join(self.directory, name))
             box = self.inbox[key] = _Inbox(name, np.frombuffer(mapping, dtype=np.uint8), generation)
         if nbytes > box.array.size:
             raise ValueError(f"rank {source} points at {nbytes} bytes in a {box.array.size}-byte slot")
@@ -174,12 +158,8 @@ class Mailboxes:
         A receiver unlinks a segment when it maps it; one not mapped yet (a pointer still in
         flight as this rank exits) gets up to `grace` seconds before it is removed.
         """
-        paths = [os.path.join(self.directory, box.name) for boxes in self.out.values() for box in boxes]
-        deadline = time.monotonic() + grace
-        while any(os.path.exists(p) for p in paths) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        for path in paths:
-            _unlink(path)
+        unlink_once_mapped([os.path.join(self.directory, box.name) for boxes in self.out.values() for box in boxes],
+                           grace)
         self.out.clear()
 
 
@@ -244,6 +224,39 @@ class Doorbells:
             except OSError:
                 pass
         self.peers.clear()
+
+
+def create_segment(path: str, size: int) -> mmap.mmap:
+    """A new file of `size` bytes at `path` (must not exist), mapped read-write; /dev/shm full: OSError now."""
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)  # fails now with ENOSPC instead of SIGBUS on first write
+        return mmap.mmap(fd, size)
+    except OSError:
+        _unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+def map_segment(path: str) -> mmap.mmap:
+    """Map a peer's segment read-write and remove its name (both ranks hold the mapping now)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mapping = mmap.mmap(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    _unlink(path)
+    return mapping
+
+
+def unlink_once_mapped(paths: list[str], grace: float) -> None:
+    """Remove the files a receiver has not mapped (and unlinked) yet, after waiting up to `grace` seconds."""
+    deadline = time.monotonic() + grace
+    while any(os.path.exists(p) for p in paths) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for path in paths:
+        _unlink(path)
 
 
 def _unlink(path: str) -> None:

@@ -55,7 +55,7 @@ class _Gradient:
     ticket: object | None  # lanes.Ticket the gradient was computed into; None: it is in `arrays`
     arrays: list[np.ndarray]
 
-    def send(self, transport):
+    def deliver(self, transport):
         """Send to the server; returns the pending send (None when nothing is left to complete)."""
         if self.ticket is not None:
             transport.send_lane(self.ticket, TAG_GRADIENT, self.meta)
@@ -100,7 +100,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if ahead is None:
             ahead = _gradient(cfg, model, own, transport, rng, stream, x, y, step, version)
             step += 1
-        in_flight = ahead.send(transport)
+        in_flight = ahead.deliver(transport)
         ahead = None
         if pipeline:  # the sent gradient is in its lane buffer or copied: the next one goes elsewhere
             ahead = _gradient(cfg, model, own, transport, rng, stream, x, y, step, version)
