@@ -12,22 +12,6 @@ WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _momentum_coupled(values, velocity, grad, lr, momentum, weight_decay):
-    for k in prange(values.shape[0]):
-        v = momentum * velocity[k] - lr * (grad[k] + weight_decay * values[k])
-        velocity[k] = v
-        values[k] += v
-
-
-@njit(parallel=True, fastmath=True, cache=True)
-def _momentum_decoupled(values, velocity, grad, lr, momentum, weight_decay):
-    for k in prange(values.shape[0]):
-        v = momentum * velocity[k] - lr * grad[k]
-        velocity[k] = v
-        values[k] += v - weight_decay * values[k]
-
-
-@njit(parallel=True, fastmath=True, cache=True)
 def _momentum_coupled_at(values, velocity, index, grad, lr, momentum, weight_decay):
     for n in prange(index.shape[0]):
         k = index[n]
@@ -139,9 +123,9 @@ class MomentumSGD:
         """Update one layer's biases."""
         _check_gradient(bias_grad, model.layers[layer_index].n_out, f"layer {layer_index} bias")
         lr = np.float32(self.lr if lr is None else lr)
-        kernel = _momentum_coupled if self.weight_decay_mode == "coupled" else _momentum_decoupled
-        kernel(model.layers[layer_index].bias, self.bias_velocities[layer_index], bias_grad, lr,
-               np.float32(self.momentum), np.float32(self.weight_decay))
+        bias = model.layers[layer_index].bias
+        _momentum_into(bias, self.bias_velocities[layer_index], bias_grad, bias, lr, np.float32(self.momentum),
+                       np.float32(self.weight_decay), self.weight_decay_mode == "decoupled")
 
     def step_bias_at(self, model: SparseMLP, layer_index: int, index: np.ndarray, bias_grad: np.ndarray,
                      lr: float | None = None) -> None:
