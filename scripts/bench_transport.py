@@ -3,15 +3,15 @@
     make setup && .venv/bin/python scripts/bench_transport.py
 
 Starts `mpiexec -n 2` three times per round: plain MPI, same-node shared-memory slots (bundles
-packed into /dev/shm), and lanes (what phase 1 uses with `parallel.shared_memory`: the worker's
-gradient and the server's weights are written in place in /dev/shm), alternating them for
---rounds rounds so machine noise hits all alike. Rank 1 plays a worker (send its gradient,
-receive the weights and keep them as its model until the next reply arrives, as workers do),
-rank 0 the server (receive, touch every array, reply; with lanes it copies the weights into the
-lane, as its momentum step writes them there).
+packed into /dev/shm), and a channel (what phase 1 uses with `parallel.shared_memory`: the
+worker's gradient and the server's weights are written in place in /dev/shm, posted without MPI),
+alternating them for --rounds rounds so machine noise hits all alike. Rank 1 plays a worker (send
+its gradient, receive the weights and keep them as its model until the next reply arrives, as
+workers do), rank 0 the server (receive, touch every array, reply; with a channel it copies the
+weights into it, as its momentum step writes them there).
 Nobody computes, so the figures are the transport's own: round trips per second and CPU
-milliseconds per round trip on each side. Targets: slots at most 75 % and lanes at most 50 % of
-plain MPI's CPU per round trip (both sides together).
+milliseconds per round trip on each side. Targets: slots at most 75 % and the channel at most
+25 % of plain MPI's CPU per round trip (both sides together).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CPU_TARGET = {"shared": 0.75, "lanes": 0.50}
+CPU_TARGET = {"shared": 0.75, "channel": 0.25}
 # nnz per layer of 784-1000-1000-1000-10 at epsilon 20, then the biases
 SIZES = (62_720, 40_000, 40_000, 5_000, 1_000, 1_000, 1_000, 10)
 
@@ -48,44 +48,55 @@ def rank_main(mode: str, trips: int) -> None:
     from sparsenet.parallel.transport import Transport
 
     t = Transport()
-    if mode in ("shared", "lanes"):
+    if mode in ("shared", "channel"):
         t.enable_shared_memory()
     rng = np.random.default_rng(0)
     grads = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
     values = [g.copy() for g in grads]
+    sizes = np.array(SIZES, dtype=np.int64)
+    channel = None
+    if mode == "channel":  # the server opens it and names it in its first message, as in training
+        if t.rank == 0:
+            channel = t.open_channel(1, SIZES)
+            if channel is None:
+                raise SystemExit("rank 0: no channel to rank 1 (is /dev/shm writable?)")
+            t.send_bundle(1, 3, {"path": channel.path})
+        else:
+            channel = t.attach_channel(t.recv_bundle(source=0, tag=3).meta["path"])
     adopted: list = []  # the worker's model: the arrays of the last reply
     for measured in (False, True):
         t.barrier()
         wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(trips if measured else 50):
             if t.rank == 1:
+                if channel is not None:  # the gradient kernel writes here; nothing to copy
+                    channel.gradient_arrays(SIZES)[0][-1] = grads[0][-1]
+                    channel.post_gradient(1, 128, 0.5, 3, sizes)
+                    t.ring(0)
+                    if t.recv_unless(channel.reply_ready, source=0, tag=2) is not None:
+                        raise SystemExit("rank 1: a bundle instead of a channel reply")
+                    adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as bundles.adopt_values does
+                    continue
                 meta = {"version": 1, "samples": 128, "loss": 0.5, "correct": 3}
-                ticket = t.lane_arrays(0, SIZES) if mode == "lanes" else None
-                if ticket is not None:  # the gradient kernel writes here; nothing to copy
-                    ticket.arrays[0][-1] = grads[0][-1]
-                    t.send_lane(ticket, 1, meta)
-                    pending = None
-                else:
-                    pending = t.isend_bundle(0, 1, meta, grads)
+                pending = t.isend_bundle(0, 1, meta, grads)
                 reply = t.recv_bundle(source=0, tag=2)
                 adopted[:] = reply.arrays  # kept as the model, as bundles.adopt_values does; the previous reply is let go
                 del reply
-                if pending is not None:
-                    pending.wait()
+                pending.wait()
+            elif channel is not None:
+                if t.recv_unless(channel.gradient_ready, source=1, tag=1) is not None:
+                    raise SystemExit("rank 0: a bundle instead of a channel gradient")
+                checksum = sum(float(a[-1]) for a in channel.take_gradient()[4])
+                for out, new in zip(channel.reply_arrays(SIZES), values):
+                    np.copyto(out, new)
+                channel.post_reply(1, int(checksum > 0))
+                t.ring(1)
             else:
                 gradient = t.recv_bundle(source=1, tag=1)
                 checksum = sum(float(a[-1]) for a in gradient.arrays)
                 del gradient
                 meta = {"kind": "values", "version": 1, "check": checksum}
-                ticket = t.lane_arrays(1, SIZES) if mode == "lanes" else None
-                if ticket is not None:
-                    for out, new in zip(ticket.arrays, values):
-                        np.copyto(out, new)
-                    t.send_lane(ticket, 2, meta)
-                else:
-                    t.isend_bundle(1, 2, meta, values).wait()
-        if mode == "lanes" and t.lanes.misses:
-            raise SystemExit(f"rank {t.rank}: {t.lanes.misses} messages found no free lane buffer")
+                t.isend_bundle(1, 2, meta, values).wait()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     rows = t.comm.gather({"rank": t.rank, "trips_per_second": trips / wall, "cpu_ms": 1e3 * cpu / trips})
     if t.rank == 0:
@@ -109,7 +120,7 @@ def main(argv=None) -> int:
     if args.rank_main:
         rank_main(args.rank_main[0], int(args.rank_main[1]))
         return 0
-    results: dict[str, list] = {"mpi": [], "shared": [], "lanes": []}
+    results: dict[str, list] = {"mpi": [], "shared": [], "channel": []}
     for r in range(args.rounds):
         for mode in results:
             results[mode].append(run(mode, args.trips))

@@ -25,10 +25,11 @@ CALLS: collections.Counter = collections.Counter()
 
 HOT = [(worker, "_gradient", "worker gradient"), (worker, "compute_gradients", "  of which compute_gradients"),
        (bundles, "adopt_values", "worker adopt values"),
-       (transport.Transport, "send_lane", "send_lane"),
+       (worker, "_channel_reply", "worker channel reply"), (worker._Gradient, "deliver", "worker deliver"),
+       (transport.Transport, "recv_unless", "recv_unless"),
+       (server.ParameterServer, "receive_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),
        (transport.Transport, "_probe_message", "  of which waiting"), (transport.Transport, "_unpack", "  of which unpack"),
-       (transport.Transport, "_open_lane", "  of which lane open"),
        (transport, "_pack", "pack (in sends)"), (transport.PendingSend, "wait", "send completion"),
        (shm.Mailboxes, "release_unreferenced", "slot release check"),
        (server.ParameterServer, "apply", "server update"), (server.ParameterServer, "send_model", "server reply"),

@@ -17,7 +17,7 @@ import numpy as np
 from .config import Config, override_config
 from .errors import SparsenetError
 from .model import eval_chunk, inference_bytes_per_sample
-from .parallel.lanes import BUFFERS as LANE_BUFFERS
+from .parallel.channel import BUFFERS as CHANNEL_BUFFERS
 from .parallel.shm import SLOTS
 from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
 from .sparse.init import erdos_renyi_density
@@ -65,7 +65,8 @@ TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION = 12
 REPLICA_MESSAGE_BYTES_PER_CONNECTION = 16
 # parallel.shared_memory: every sender keeps up to shm.SLOTS /dev/shm slots (tmpfs, counted as
 # memory) per same-node destination, each as large as the largest bundle, at most DEFAULT_SHARED_MAX_BYTES,
-# and a lane of lanes.BUFFERS buffers of float32 weights or gradients (one float per parameter).
+# and the server opens a channel per same-node worker: channel.BUFFERS buffers of float32 weights or
+# gradients (one float per parameter), mapped by both ranks and counted once, at the server.
 
 INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
 
@@ -310,11 +311,10 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
             slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, DEFAULT_SHARED_MAX_BYTES)
             server_items.insert(-2, Item("shared-memory slots", SLOTS * workers * slot,
                                          f"{SLOTS} x {workers} x the largest bundle"))
-            lane = min(grads.bytes, DEFAULT_SHARED_MAX_BYTES)
-            server_items.insert(-2, Item("shared-memory lanes", LANE_BUFFERS * workers * lane,
-                                         f"{LANE_BUFFERS} x {workers} x the weights"))
-            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle"),
-                            Item("shared-memory lanes", LANE_BUFFERS * lane, f"{LANE_BUFFERS} x the gradient")]
+            if grads.bytes <= DEFAULT_SHARED_MAX_BYTES:  # larger models get no channel
+                server_items.insert(-2, Item("shared-memory channels", CHANNEL_BUFFERS * workers * grads.bytes,
+                                             f"{CHANNEL_BUFFERS} x {workers} x the weights, mapped by workers too"))
+            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle")]
         server = RankPlan("server", 1, server_items)
         acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
         shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")

@@ -88,7 +88,7 @@ class MomentumSGD:
         """Apply one update of every layer from its weight and bias gradients, in one kernel call.
 
         out: optional arrays [weights of every layer..., biases of every layer...] that also receive
-        the new values (the parameter server writes its reply into a worker's lane this way).
+        the new values (the parameter server writes its reply into a worker's channel this way).
         """
         lr = np.float32(self.lr if lr is None else lr)
         for l, layer in enumerate(model.layers):

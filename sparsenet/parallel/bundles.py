@@ -32,7 +32,7 @@ def split_pairs(arrays: list[np.ndarray], n_layers: int) -> tuple[list[np.ndarra
 def adopt_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
     """Make the received float32 weights and biases the model's own, without copying (same topology).
 
-    A received bundle's arrays are views of its message buffer, shared-memory slot or lane buffer,
+    A received bundle's arrays are views of its message buffer, shared-memory slot or channel buffer,
     which stay reserved for as long as the model holds them, and are released when the next reply
     replaces them.
     """

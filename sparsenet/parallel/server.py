@@ -10,6 +10,7 @@ replicas on the union of their connections and prunes each layer back to its tar
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,9 @@ class ParameterServer:
         self.stop = StopRequest()
         self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch end
         self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
+        self.channels: dict[int, object] = {}  # worker -> channel.Channel (same node, phase 1)
+        self.channel_bytes = [0, 0]  # bytes sent / received through channels
+        self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
 
     # ------------------------------------------------------------------ phase 1
@@ -69,35 +73,57 @@ class ParameterServer:
         progress = (epoch - 1 + samples / self.data.x_train.shape[0]) / p.warmup_epochs
         return lr + (target - lr) * min(progress, 1.0)
 
+    def value_sizes(self) -> list[int]:
+        """Sizes of the current model's weights then biases (a reply's arrays)."""
+        if self._sizes[0] != self.version:
+            layers = self.state.model.layers
+            self._sizes = (self.version, [la.nnz for la in layers] + [la.n_out for la in layers])
+        return self._sizes[1]
+
+    def open_channels(self) -> None:
+        """A shared-memory channel to every same-node worker (the first topology reply names it)."""
+        if self.channels or not self.cfg.parallel.shared_memory:
+            return
+        for k in self.workers:
+            channel = self.transport.open_channel(k, self.value_sizes())
+            if channel is not None:
+                self.channels[k] = channel
+
+    def reply_buffer(self, worker: int) -> list[np.ndarray] | None:
+        """Where an update may write `worker`'s reply: its channel's next weight and bias arrays, if
+        it shares our node and has the current topology; else None."""
+        channel = self.channels.get(worker)
+        if channel is None or self.worker_version[worker] != self.version or not channel.fits(self.value_sizes()):
+            return None
+        return channel.reply_arrays(self.value_sizes())
+
     def send_model(self, worker: int, filled=None) -> None:
         """Values only while the worker's topology is current; topology and values after a change.
 
-        filled: a lane ticket to `worker` the update already wrote the new values into (see values_lane).
+        filled: what reply_buffer(worker) returned, already holding the new values.
         """
         same = self.worker_version[worker] == self.version
+        if filled is not None and not same:
+            raise RuntimeError(f"a reply buffer was filled for worker {worker}, whose topology is not current")
+        channel = self.channels.get(worker)
+        self.finish_reply(worker)
+        if same and channel is not None and channel.fits(self.value_sizes()):
+            if filled is None:
+                filled = channel.reply_arrays(self.value_sizes())
+                for out, values in zip(filled, bundles.values_arrays(self.state.model)):
+                    np.copyto(out, values)
+            channel.post_reply(self.version, self.state.epoch)
+            self.transport.ring(worker)
+            self.channel_bytes[0] += 4 * sum(self.value_sizes())
+            return
         arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
         meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch,
                 "sizes": self.state.model.sizes}
-        if filled is not None and not same:
-            raise RuntimeError(f"a values lane was filled for worker {worker}, whose topology is not current")
-        self.finish_reply(worker)
-        ticket = filled
-        if ticket is None and same and (ticket := self.values_lane(worker)) is not None:
-            for out, values in zip(ticket.arrays, arrays):
-                np.copyto(out, values)
-        if ticket is not None:  # same node: the worker reads the weights where they were written
-            self.transport.send_lane(ticket, TAG_MODEL, meta)
-        else:  # non-blocking: a pipelining worker takes this reply only after computing its next gradient
-            self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
+        if channel is not None:
+            meta["channel"] = channel.path
+        # non-blocking: a pipelining worker takes this reply only after computing its next gradient
+        self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
         self.worker_version[worker] = self.version
-
-    def values_lane(self, worker: int):
-        """A lane ticket for the weights and biases of the current model to `worker`, if it has the
-        current topology and a lane buffer is free; else None (the reply goes as a bundle)."""
-        if self.worker_version[worker] != self.version:
-            return None
-        layers = self.state.model.layers
-        return self.transport.lane_arrays(worker, [la.nnz for la in layers] + [la.n_out for la in layers])
 
     def finish_reply(self, worker: int) -> None:
         """Complete the model reply still in flight to `worker`, if any."""
@@ -117,7 +143,7 @@ class ParameterServer:
     def apply(self, gradients: list[np.ndarray], version: int, lr: float, out: list[np.ndarray] | None = None) -> None:
         """One momentum-SGD update from weight and bias gradients computed on topology `version`.
 
-        out: arrays [weights..., biases...] that also receive the new values (a reply's lane buffer).
+        out: arrays [weights..., biases...] that also receive the new values (a reply's channel buffer).
         """
         model, opt = self.state.model, self.state.optimizer
         grads, bias_grads = bundles.split_pairs(gradients, len(model.layers))
@@ -138,12 +164,34 @@ class ParameterServer:
         for target, values in zip(out or [], bundles.values_arrays(model)):
             np.copyto(target, values)
 
-    def _account(self, meta: dict) -> None:
+    def receive_gradient(self, source: int | None = None) -> _Incoming:
+        """The next gradient from `source` (None: any worker), through its channel or the transport."""
+        channels = self.channels if source is None else {k: c for k, c in self.channels.items() if k == source}
+        if not channels:
+            return _Incoming.of_bundle(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
+        found = []
+
+        def ready() -> bool:
+            for k, channel in channels.items():
+                if channel.gradient_ready():
+                    found.append(k)
+                    return True
+            return False
+
+        msg = self.transport.recv_unless(ready, source=source, tag=TAG_GRADIENT)
+        if msg is not None:
+            return _Incoming.of_bundle(msg)
+        k = found[-1]
+        version, samples, loss, correct, arrays = self.channels[k].take_gradient()
+        self.channel_bytes[1] += sum(a.nbytes for a in arrays)
+        return _Incoming(k, version, samples, loss, correct, arrays)
+
+    def _account(self, g: _Incoming) -> None:
         c = self.counters
         c["updates"] += 1
-        c["samples"] += int(meta["samples"])
-        c["loss"] += float(meta["loss"])
-        c["correct"] += int(meta["correct"])
+        c["samples"] += g.samples
+        c["loss"] += g.loss
+        c["correct"] += g.correct
 
     def _evolve(self) -> None:
         """Neuron pruning (if scheduled) and SET between epochs; a change bumps the topology version."""
@@ -170,6 +218,7 @@ class ParameterServer:
             if epoch > 1:
                 self._evolve()
             t1 = time.perf_counter()
+            self.open_channels()
             for k in waiting:
                 self.send_model(k)
             waiting = []
@@ -196,35 +245,34 @@ class ParameterServer:
 
     def _asynchronous_update(self, lr: float, n_train: int) -> int | None:
         """WASAP: apply the next gradient from any worker and, while the epoch lasts, reply with the new
-        weights, written by the update straight into the worker's lane. Returns the worker left
+        weights, written by the update straight into the worker's channel. Returns the worker left
         waiting at the end of the epoch, else None."""
-        msg = self.transport.recv_bundle(tag=TAG_GRADIENT)
-        source = msg.source
-        self._account(msg.meta)
+        g = self.receive_gradient()
+        source = g.source
+        self._account(g)
         more = self.counters["samples"] < n_train
-        ticket = self.values_lane(source) if more else None
-        self.apply(msg.arrays, int(msg.meta["version"]), lr, out=None if ticket is None else ticket.arrays)
-        del msg  # drop our views of the worker's lane buffer, so a lane reply can tell the worker it is free
+        target = self.reply_buffer(source) if more else None
+        self.apply(g.arrays, g.version, lr, out=target)
         if not more:
             return source
-        self.send_model(source, filled=ticket)
+        self.send_model(source, filled=target)
         return None
 
     def _synchronous_round(self, lr: float) -> None:
         """WASSP: one gradient from every worker (in rank order), averaged by samples, one update."""
-        msgs = [self.transport.recv_bundle(source=k, tag=TAG_GRADIENT) for k in self.workers]
-        versions = {int(m.meta["version"]) for m in msgs}
+        msgs = [self.receive_gradient(k) for k in self.workers]
+        versions = {m.version for m in msgs}
         if versions != {self.version}:
             raise RuntimeError(f"synchronous round mixes topology versions {sorted(versions)} (server at {self.version})")
-        total = sum(int(m.meta["samples"]) for m in msgs)
+        total = sum(m.samples for m in msgs)
         averaged = [np.zeros_like(a) for a in msgs[0].arrays]
         for m in msgs:
-            weight = np.float32(int(m.meta["samples"]) / total)
+            weight = np.float32(m.samples / total)
             for acc, g in zip(averaged, m.arrays):
                 acc += weight * g
         self.apply(averaged, self.version, lr)
         for m in msgs:
-            self._account(m.meta)
+            self._account(m)
 
     # ------------------------------------------------------------------ phase 2
 
@@ -234,7 +282,7 @@ class ParameterServer:
         self.phase = 2
         for k in self.workers:
             if k not in waiting:  # its last phase-1 gradient is still in flight: drain it
-                self.transport.recv_bundle(source=k, tag=TAG_GRADIENT)
+                self.receive_gradient(k)
         start = self.state.epoch
         # Neurons pruned at this boundary: the server's model now; the replicas of a resumed run by the workers.
         keep = self._prune_phase2()
@@ -306,9 +354,9 @@ class ParameterServer:
                "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                "neurons_removed": self.removed, "peak_rss_mb": round(peak_rss_mb(), 1), "algorithm": self.cfg.parallel.algorithm,
                "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
-               "version": self.version, "bytes_sent": self.transport.bytes_sent,
-               "bytes_received": self.transport.bytes_received, "server_wait_seconds": wait,
-               **self._lane_counts(),
+               "version": self.version, "bytes_sent": self.transport.bytes_sent + self.channel_bytes[0],
+               "bytes_received": self.transport.bytes_received + self.channel_bytes[1], "server_wait_seconds": wait,
+               "channel_replies": sum(c.replies_posted for c in self.channels.values()),
                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
         self.removed = [0] * len(self.removed)
         check_finite(row)
@@ -320,11 +368,6 @@ class ParameterServer:
             f"stale {c['stale']} | nnz {sum(state.model.nnz)}", rank=0)
         if epoch % self.cfg.checkpoint.every == 0 or epoch == self.cfg.train.epochs or self.stop:
             self.save()
-
-    def _lane_counts(self) -> dict:
-        """The server's replies so far that went through a lane, and those that found no free lane buffer."""
-        lanes = self.transport.lanes
-        return {"lane_records": lanes.sent if lanes else 0, "lane_misses": lanes.misses if lanes else 0}
 
     def save(self) -> None:
         data = state_to_checkpoint(self.state, self.cfg)
@@ -346,7 +389,7 @@ class ParameterServer:
             elif self.phase == 1:
                 for k in self.workers:
                     if k not in waiting:  # drain the last phase-1 gradient in flight
-                        self.transport.recv_bundle(source=k, tag=TAG_GRADIENT)
+                        self.receive_gradient(k)
             for k in self.workers:
                 self.finish_reply(k)
                 self.transport.send_bundle(k, TAG_STOP, {})
@@ -369,6 +412,23 @@ def _then(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarray | N
 def _shard_size(server: ParameterServer, rank: int) -> int:
     n, k = server.data.x_train.shape[0], len(server.workers)
     return len(range(rank - 1, n, k))
+
+
+@dataclass
+class _Incoming:
+    """A worker's gradient: weight then bias arrays (views of a channel or message) and what the worker said."""
+
+    source: int
+    version: int
+    samples: int
+    loss: float
+    correct: int
+    arrays: list[np.ndarray]
+
+    @classmethod
+    def of_bundle(cls, msg) -> "_Incoming":
+        m = msg.meta
+        return cls(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]), msg.arrays)
 
 
 class _Replica:

@@ -21,7 +21,7 @@ sender unlinks whatever is left at close(), after giving pointers in flight a mo
 A job killed with a pointer in flight can leave a `sparsenet-*` file in /dev/shm; it holds no
 open descriptor and may be deleted.
 Measured by scripts/bench_transport.py: CPU per gradient-and-weights round trip 0.68 ms instead
-of 1.05 ms through MPI (phase 1 itself uses lanes.py: 0.46 ms).
+of 1.05 ms through MPI (phase 1 itself uses channel.py, see there).
 """
 
 from __future__ import annotations

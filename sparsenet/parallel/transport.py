@@ -14,9 +14,9 @@ MAGIC_PACKED), the metadata, then each array at a 64-byte aligned offset; the re
 are views of that one buffer. One message instead of n + 2 saves a rendezvous per array.
 Between ranks of one node, enable_shared_memory() sends packed bundles through /dev/shm slots
 (shm.py): the MPI message is then only a pointer, and receivers' arrays are views of the slot.
-It also opens lanes (lanes.py): float32 arrays the sender fills in place, sent as a small record
-  int64 [MAGIC_LANE, VERSION, generation, buffer, n_arrays, n_released, meta_nbytes,
-         sizes..., (generation, buffer) pairs released..., then the JSON metadata]
+Phase 1's gradients and weights between same-node ranks skip bundles altogether: open_channel /
+attach_channel give both ranks a channel (channel.py) they read and write in place, and
+recv_unless waits for a bundle or a channel post in one sleep.
 Waiting never spins: probes and tests alternate with sleeps that back off from 20 µs to
 `max_sleep`, because MPICH's blocking calls busy-poll and ranks may share cores; with shared
 memory on, a rank waiting for same-node senders sleeps in select() until one rings its doorbell.
@@ -37,12 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from .shm import CLOSE_GRACE_SECONDS
+from .shm import CLOSE_GRACE_SECONDS, unlink_once_mapped
 
 MAGIC = 0x53504E5442554E31  # "SPNTBUN1": header of a bundle sent in pieces
 MAGIC_PACKED = 0x53504E544255504B  # "SPNTBUPK": a whole bundle in one message
 MAGIC_SHARED = 0x53504E5442555348  # "SPNTBUSH": a pointer to a packed bundle in a shared-memory slot
-MAGIC_LANE = 0x53504E54424C414E  # "SPNTBLAN": a record of float32 arrays filled in place in a lane buffer
 ALIGN = 64  # byte alignment of each array inside a packed message
 VERSION = 1
 MAX_NDIM = 4
@@ -68,7 +67,6 @@ DEFAULT_SHARED_MAX_BYTES = 256 << 20  # largest bundle sent through a same-node 
 _HEAD = 5  # magic, version, chunk_bytes, n_arrays, meta_nbytes
 _PER_ARRAY = 3 + MAX_NDIM  # dtype code, ndim, dims..., nbytes
 _POINTER_WORDS = 6  # magic, version, slot, generation, nbytes, name length; then the name
-_RECORD_WORDS = 7  # magic, version, generation, buffer, n_arrays, n_released, meta_nbytes; then sizes, pairs, meta
 NAME_BYTES = 128  # room for a doorbell's file name in the start-up exchange
 DTYPES = tuple(np.dtype(name) for name in (
     "bool", "int8", "int16", "int32", "int64",
@@ -329,37 +327,6 @@ def _decode_pointer(raw: np.ndarray, source: int) -> tuple[int, int, str, int]:
     return index, generation, name, nbytes
 
 
-def _record(ticket, released: list[tuple[int, int]], meta_bytes: bytes) -> np.ndarray:
-    """The message announcing a filled lane buffer (see the module docstring)."""
-    words = [MAGIC_LANE, VERSION, ticket.generation, ticket.index, len(ticket.sizes), len(released),
-             len(meta_bytes), *ticket.sizes]
-    for pair in released:
-        words += pair
-    out = np.zeros(8 * len(words) + -(-len(meta_bytes) // 8) * 8, dtype=np.uint8)
-    out[:8 * len(words)] = np.array(words, dtype=np.int64).view(np.uint8)
-    out[8 * len(words):8 * len(words) + len(meta_bytes)] = np.frombuffer(meta_bytes, dtype=np.uint8)
-    return out
-
-
-def _decode_record(raw: np.ndarray, source: int) -> tuple[int, int, list[int], list[tuple[int, int]], np.ndarray]:
-    """(generation, buffer, sizes, released pairs, meta bytes) from a lane record, checked."""
-    if raw.size < 8 * _RECORD_WORDS or raw.size % 8:
-        raise TransportError(f"malformed lane record from rank {source}: {raw.size} bytes")
-    _, version, generation, index, n_arrays, n_released, meta_nbytes = raw[:8 * _RECORD_WORDS].view(np.int64).tolist()
-    if version != VERSION:
-        raise TransportError(f"bundle protocol version {version} received, this side speaks {VERSION}")
-    n_words = _RECORD_WORDS + n_arrays + 2 * n_released
-    if (min(generation, index, n_arrays, n_released, meta_nbytes) < 0 or n_arrays > MAX_ARRAYS
-            or 8 * n_words + meta_nbytes > raw.size):
-        raise TransportError(f"malformed lane record from rank {source}")
-    words = raw[8 * _RECORD_WORDS:8 * n_words].view(np.int64).tolist()
-    sizes, flat = words[:n_arrays], words[n_arrays:]
-    if any(n < 0 for n in sizes):
-        raise TransportError(f"malformed lane record from rank {source}: negative array size")
-    released = list(zip(flat[0::2], flat[1::2]))
-    return generation, index, sizes, released, raw[8 * n_words:8 * n_words + meta_nbytes]
-
-
 class PendingSend:
     """A send under way; keeps its buffer alive until `wait` completes it."""
 
@@ -392,7 +359,7 @@ class Transport:
         self.pool = BufferPool()
         self.mailboxes = None  # same-node shared-memory slots, after enable_shared_memory()
         self.bells = None  # same-node wake-ups (shm.Doorbells), after enable_shared_memory()
-        self.lanes = None  # same-node in-place arrays (lanes.Lanes), after enable_shared_memory()
+        self._channel_paths: list[str] = []  # channel files this rank created (open_channel), for close()
         # Decoded packed-message layouts by header bytes: a run sends the same shapes over and over.
         self._layouts: dict[bytes, tuple] = {}
         # Seconds a wait for a bundle yields before it sleeps: 0 for a rank that waits long and
@@ -413,7 +380,6 @@ class Transport:
 
         Collective: every rank must call it. Returns the number of other ranks reachable that way.
         """
-        from .lanes import Lanes
         from .shm import Doorbells, Mailboxes
 
         if self.mailboxes is not None:
@@ -447,10 +413,6 @@ class Transport:
             bell.unlink()
             if self.bells is None:
                 bell.close()
-        prefixes = self._allgather_names("" if self.mailboxes.disabled else self.mailboxes.prefix)
-        if not self.mailboxes.disabled:
-            self.lanes = Lanes(self.rank, self.mailboxes.prefix,
-                               {r: prefixes[r] for r in self.mailboxes.local if prefixes[r]}, max_bytes)
         return 0 if self.mailboxes.disabled else len(self.mailboxes.local)
 
     def _allgather_names(self, name: str) -> list[str]:
@@ -468,8 +430,8 @@ class Transport:
         deadline = time.monotonic() + grace
         if self.mailboxes is not None:
             self.mailboxes.close(grace)
-        if self.lanes is not None:  # one grace period for both
-            self.lanes.close(max(0.0, deadline - time.monotonic()))
+        unlink_once_mapped(self._channel_paths, max(0.0, deadline - time.monotonic()))
+        self._channel_paths = []
         if self.bells is not None:
             self.bells.close()
             self.bells = None
@@ -543,23 +505,32 @@ class Transport:
         self._ring(dest)
         return PendingSend(request, message, self.max_sleep)
 
-    def lane_arrays(self, dest: int, sizes: Sequence[int]):
-        """A lanes.Ticket: writable float32 arrays of `sizes` elements that `dest` (same node) will
-        read in place once sent with send_lane; None when there is no free lane buffer: send a bundle."""
-        return self.lanes.take(dest, sizes) if self.lanes is not None else None
+    def open_channel(self, peer: int, sizes: Sequence[int]):
+        """A new channel.Channel to same-node `peer` sized for float32 arrays of `sizes`, or None (no
+        shared memory or doorbell to `peer`, buffers over the shared-memory limit, /dev/shm full).
+        The peer maps it with attach_channel(channel.path)."""
+        from .channel import Channel, channel_path, layout
 
-    def send_lane(self, ticket, tag: int, meta: Mapping[str, Any]) -> int:
-        """Send a filled lane buffer to ticket.dest as a bundle of its arrays; returns the bundle's bytes.
+        if (self.bells is None or peer not in self.bells.peers or self.mailboxes.disabled
+                or layout(sizes)[1] > self.mailboxes.max_bytes):
+            return None
+        path = channel_path(self.mailboxes.prefix, peer, self.mailboxes.directory)
+        try:
+            channel = Channel.create(path, sizes)
+        except OSError:
+            return None
+        self._channel_paths.append(path)
+        return channel
 
-        The record also tells ticket.dest which of its lane buffers this rank has let go of.
-        """
-        record = _record(ticket, self.lanes.released(ticket.dest), encode_meta(meta))
-        self.comm.Send([record, _mpi().BYTE], ticket.dest, tag)
-        self._ring(ticket.dest)
-        self.lanes.sent += 1
-        nbytes = record.size + sum(a.nbytes for a in ticket.arrays)
-        self.bytes_sent += nbytes
-        return nbytes
+    def attach_channel(self, path: str):
+        """Map the channel a same-node peer opened for this rank (open_channel)."""
+        from .channel import Channel
+
+        try:
+            return Channel.attach(path)
+        except (OSError, ValueError) as err:
+            raise TransportError(f"rank {self.rank} cannot map the shared-memory channel {path} ({err}); if the "
+                                 "ranks do not share /dev/shm, set parallel.shared_memory=false") from None
 
     def recv_bundle(self, source: int | None = None, tag: int | None = None,
              timeout: float | None = None) -> Bundle:
@@ -568,6 +539,27 @@ class Transport:
         source = mpi.ANY_SOURCE if source is None else source
         tag = mpi.ANY_TAG if tag is None else tag
         message, status = self._probe_message(source, tag, timeout)
+        return self._receive(message, status)
+
+    def recv_unless(self, ready: Callable[[], bool], source: int | None = None, tag: int | None = None) -> Bundle | None:
+        """Receive one bundle as recv_bundle does, unless `ready()` turns true first (then None).
+
+        `ready` checks a same-node channel (channel.py) whose sender rings this rank's doorbell, so
+        one sleep waits for either.
+        """
+        mpi = _mpi()
+        source = mpi.ANY_SOURCE if source is None else source
+        tag = mpi.ANY_TAG if tag is None else tag
+        message, status = self._probe_message(source, tag, None, ready)
+        return None if message is None else self._receive(message, status)
+
+    def ring(self, dest: int) -> None:
+        """Wake `dest` if it sleeps on its doorbell (after posting to a channel it reads)."""
+        self._ring(dest)
+
+    def _receive(self, message, status) -> Bundle:
+        """Receive the bundle whose first message `message` was matched with `status`."""
+        mpi = _mpi()
         raw = self.pool.take(status.Get_count(mpi.BYTE))
         message.Recv([raw, mpi.BYTE])
         source, tag = status.Get_source(), status.Get_tag()
@@ -585,8 +577,6 @@ class Transport:
             return self._unpack(slot, source, tag)
         if magic == MAGIC_PACKED:
             return self._unpack(raw, source, tag)
-        if magic == MAGIC_LANE:
-            return self._open_lane(raw, source, tag)
         chunk_bytes, meta_nbytes, specs = decode_header(raw)
         meta_raw = np.empty(meta_nbytes, dtype=np.uint8)
         arrays = [np.empty(shape, dtype=dtype) for dtype, shape in specs]
@@ -596,23 +586,6 @@ class Transport:
         self._transfer(pieces, lambda p: self.comm.Irecv([p, mpi.BYTE], source, tag))
         meta = self._decode_meta(meta_raw, source, tag)
         nbytes = raw.size + meta_nbytes + sum(a.nbytes for a in arrays)
-        self.bytes_received += nbytes
-        return Bundle(source=source, tag=tag, meta=meta, arrays=arrays, nbytes=nbytes)
-
-    def _open_lane(self, raw: np.ndarray, source: int, tag: int) -> Bundle:
-        """The bundle a lane record announces; its arrays are views of the sender's lane buffer."""
-        if self.lanes is None:
-            raise TransportError(f"rank {source} sent a lane record; this rank has no shared memory enabled")
-        generation, index, sizes, released, meta_raw = _decode_record(raw, source)
-        self.lanes.acknowledge(source, released)
-        try:
-            arrays = self.lanes.open(source, generation, index, sizes)
-        except (OSError, ValueError) as err:
-            raise TransportError(f"rank {self.rank} cannot read the lane buffer rank {source} filled ({err}); "
-                                 "if the two ranks do not share /dev/shm, or it is out of memory, set "
-                                 "parallel.shared_memory=false to send everything through MPI") from None
-        meta = self._decode_meta(meta_raw, source, tag)
-        nbytes = raw.size + sum(a.nbytes for a in arrays)
         self.bytes_received += nbytes
         return Bundle(source=source, tag=tag, meta=meta, arrays=arrays, nbytes=nbytes)
 
@@ -657,8 +630,9 @@ class Transport:
         """Kill every process of the communicator with exit code `code` (MPI_Abort)."""
         self.comm.Abort(code)
 
-    def _probe_message(self, source: int, tag: int, timeout: float | None):
-        """Matched-probe the next header with backoff sleeps; (message, status) or TimeoutError."""
+    def _probe_message(self, source: int, tag: int, timeout: float | None, ready: Callable[[], bool] | None = None):
+        """Matched-probe the next header with backoff sleeps; (message, status), TimeoutError, or
+        (None, None) as soon as `ready()` is true."""
         status = _mpi().Status()
         self._release_received()  # bundles the caller has dropped: their senders may reuse the slots
         bells = self.bells
@@ -666,6 +640,8 @@ class Transport:
         # Drain first, so its ring cannot make the next wait poll; a ring drained here whose message
         # MPI does not show yet counts as a ring below (polled for RING_GRACE, not slept through).
         rang = bells is not None and bells.drain()
+        if ready is not None and ready():
+            return None, None
         message = self.comm.Improbe(source, tag, status)
         if message is not None:
             return message, status
@@ -683,6 +659,10 @@ class Transport:
             if bells is not None and bells.drain():
                 last_ring = time.perf_counter()
                 backoff = _Backoff(self.max_sleep)  # poll quickly for the message that rang
+            if ready is not None and ready():
+                self.wait_seconds += time.perf_counter() - wall
+                self.wait_cpu_seconds += time.process_time() - cpu
+                return None, None
             for _ in range(PROBES_PER_WAKE):
                 message = self.comm.Improbe(source, tag, status)
                 if message is not None:

@@ -15,6 +15,8 @@ from ..model import SparseMLP
 from ..optim import MomentumSGD
 from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
+from .channel import Channel
+from .transport import Bundle
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 
 
@@ -49,16 +51,19 @@ def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> Spar
 
 @dataclass
 class _Gradient:
-    """One mini-batch's gradient for the server: in a lane buffer (`ticket`) or in `arrays`."""
+    """One mini-batch's gradient for the server, in `arrays`: the next buffer of `channel`, or the model's own."""
 
     meta: dict
-    ticket: object | None  # lanes.Ticket the gradient was computed into; None: it is in `arrays`
+    channel: Channel | None  # the channel the gradient was computed into; None: send it as a bundle
     arrays: list[np.ndarray]
+    sizes: np.ndarray  # int64 sizes of `arrays`
 
     def deliver(self, transport):
         """Send to the server; returns the pending send (None when nothing is left to complete)."""
-        if self.ticket is not None:
-            transport.send_lane(self.ticket, TAG_GRADIENT, self.meta)
+        if self.channel is not None:
+            m = self.meta
+            self.channel.post_gradient(m["version"], m["samples"], m["loss"], m["correct"], self.sizes)
+            transport.ring(0)
             return None
         return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
 
@@ -76,10 +81,16 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
-    own = None  # the model's own gradient arrays, used when no lane buffer is free
+    own = None  # the model's own gradient arrays, used without a channel
     ahead = None  # a _Gradient computed while the last one was in flight
+    channel = None  # same node: the server's replies and our gradients go through this channel.Channel
     while True:
-        msg = transport.recv_bundle(source=0)
+        if channel is not None and model is not None:
+            msg = transport.recv_unless(channel.reply_ready, source=0)
+            if msg is None:
+                msg = _channel_reply(channel, model)
+        else:
+            msg = transport.recv_bundle(source=0)
         if msg.tag == TAG_STOP:
             return
         if msg.tag == TAG_PHASE2:
@@ -90,6 +101,10 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
             model = new_model(cfg, msg.meta["sizes"], msg.arrays)
             own = (model.grads, model.bias_grads)
+            if channel is None and msg.meta.get("channel"):
+                channel = transport.attach_channel(msg.meta["channel"])
+        elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already
+            pass
         else:
             bundles.adopt_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
@@ -98,29 +113,49 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             stream = batches(x.shape[0], cfg.train.batch_size, rng)
         version = msg.meta["version"]
         if ahead is None:
-            ahead = _gradient(cfg, model, own, transport, rng, stream, x, y, step, version)
+            ahead = _gradient(cfg, model, own, channel, transport, rng, stream, x, y, step, version)
             step += 1
         in_flight = ahead.deliver(transport)
         ahead = None
-        if pipeline:  # the sent gradient is in its lane buffer or copied: the next one goes elsewhere
-            ahead = _gradient(cfg, model, own, transport, rng, stream, x, y, step, version)
+        if pipeline:  # the sent gradient is in its buffer or copied: the next one goes elsewhere
+            ahead = _gradient(cfg, model, own, channel, transport, rng, stream, x, y, step, version)
             step += 1
         if in_flight is not None:
             in_flight.wait()
 
 
-def _gradient(cfg: Config, model: SparseMLP, own, transport, rng, stream, x, y, step: int, version: int) -> _Gradient:
-    """The next mini-batch's gradient, computed into a free lane buffer to the server if there is one,
-    else into the model's `own` arrays; fault injection happens here."""
+def _channel_reply(channel: Channel, model: SparseMLP):
+    """The server's reply waiting in `channel`, its weights adopted by `model`; shaped like a Bundle."""
+    version, epoch, arrays = channel.take_reply(_value_sizes(model))
+    bundles.adopt_values(model, arrays)
+    return Bundle(source=0, tag=TAG_MODEL, meta={"kind": "adopted", "version": version, "epoch": epoch},
+                  arrays=arrays, nbytes=0)
+
+
+def _value_sizes(model: SparseMLP) -> np.ndarray:
+    """int64 sizes of the model's weights then biases (its gradient's arrays), cached on the model."""
+    sizes = getattr(model, "_value_sizes", None)
+    if sizes is None:
+        sizes = model._value_sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
+    return sizes
+
+
+def _gradient(cfg: Config, model: SparseMLP, own, channel, transport, rng, stream, x, y, step: int,
+              version: int) -> _Gradient:
+    """The next mini-batch's gradient, computed into the channel to the server if there is one (and
+    the model fits it), else into the model's `own` arrays; fault injection happens here."""
     if cfg.debug.fail_rank == transport.rank and step == cfg.debug.fail_at_step:
         raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
     index = next(stream)
     n_layers = len(model.layers)
-    ticket = transport.lane_arrays(0, model.nnz + [layer.n_out for layer in model.layers])
-    model.grads, model.bias_grads = own if ticket is None else bundles.split_pairs(ticket.arrays, n_layers)
+    sizes = _value_sizes(model)
+    if channel is not None and not channel.fits(sizes):
+        channel = None
+    model.grads, model.bias_grads = own if channel is None else bundles.split_pairs(channel.gradient_arrays(sizes),
+                                                                                    n_layers)
     loss, correct = compute_gradients(model, rng, x, y, index)
     meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
-    return _Gradient(meta, ticket, bundles.gradient_arrays(model))
+    return _Gradient(meta, channel, bundles.gradient_arrays(model), sizes)
 
 
 def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:

@@ -32,7 +32,7 @@ def checkpoint_arrays(path):
 
 
 def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_path):
-    """Runs a and b move gradients and weights through shared-memory lanes; tiny_chunks through
+    """Runs a and b move gradients and weights through shared-memory channels; tiny_chunks through
     MPI alone, in 4 KiB pieces: all three end with bit-identical weights."""
     common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03"]
     runs = {}
@@ -44,9 +44,9 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
     for name in ("b", "tiny_chunks"):
         for x, y in zip(runs["a"], runs[name]):
             np.testing.assert_array_equal(x, y)
-    lanes = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1])["lane_records"]
-             for name in runs}  # after phase 1: server replies that went through a lane
-    assert lanes["a"] > 0 and lanes["b"] > 0 and lanes["tiny_chunks"] == 0, lanes
+    replies = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1])["channel_replies"]
+               for name in runs}  # after phase 1: server replies that went through a channel
+    assert replies["a"] > 0 and replies["b"] > 0 and replies["tiny_chunks"] == 0, replies
     history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in history] == [1, 1, 2]
     assert history[-1]["test_accuracy"] > 0.5  # 3 classes: chance is 1/3

@@ -31,8 +31,9 @@ from sparsenet.parallel.transport import (
 )
 
 TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG, TAG_REUSE, TAG_GROW = 1, 2, 3, 4, 5, 6, 7, 8, 9
-TAG_LANE = 10
-LANE_SIZES = [[1000, 0, 17], [1000, 0, 17], [1000, 0, 17], [5, 3], [300_000, 2], [300_000, 2], [7], [7], [7], [7]]
+TAG_CHANNEL = 10
+CHANNEL_SIZES = [[300_000, 1000, 0, 17], [300_000, 1000, 0, 17], [5, 3], [7], [300_000, 1000, 0, 17],
+                 [300_000, 1000, 0, 17], [300_000, 2], [7, 7, 7, 7]]
 TAG_FANIN = 100  # + sender rank
 BIG_NBYTES = 2**31 + 12345
 IDLE_SECONDS = 2.0
@@ -234,54 +235,79 @@ def enable_shared(t: Transport) -> None:
     check(t.bells is not None, "no doorbells on a machine with /dev/shm")
 
 
-def lane_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray]:
-    """What rank 1 (answer False) or rank 0 (answer True) puts in the arrays of lane exchange `step`."""
+def channel_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray]:
+    """What rank 1 (answer False) or rank 0 (answer True) puts in the arrays of channel exchange `step`."""
     return [np.arange(n, dtype=np.float32) * (-1.0 if answer else 1.0) + 1000 * step + i for i, n in enumerate(sizes)]
 
 
-def lane_round_trips(t: Transport) -> None:
-    """Rank 1 fills lane buffers to rank 0 and rank 0 answers in its lane; sizes change (a lane grows)
-    and rank 1 keeps the answers from step 6 on, so rank 0 runs out of free buffers and sends bundles instead."""
-    kept = []
-    for step, sizes in enumerate(LANE_SIZES):
-        if t.rank == 1:
-            ticket = t.lane_arrays(0, sizes)
-            check(ticket is not None, f"step {step}: no free lane buffer although rank 0 released them")
-            for out, want in zip(ticket.arrays, lane_values(step, sizes, False)):
+def channel_round_trips(t: Transport) -> None:
+    """Rank 0 opens a channel to rank 1 and names it in a bundle. Rank 1 posts gradients that rank 0
+    answers in place, with fewer arrays or smaller ones at some steps; rank 1 posts the next one and
+    goes on reading the answer (as a pipelining worker does), and on the next answer checks that the
+    one before was not overwritten meanwhile; step 5 is answered with a bundle, which recv_unless
+    returns instead."""
+    if t.rank == 0:
+        channel = t.open_channel(1, CHANNEL_SIZES[0])
+        check(channel is not None, "no channel between two ranks of one node")
+        t.send_bundle(1, TAG_CHANNEL, {"path": channel.path})
+        for step, sizes in enumerate(CHANNEL_SIZES):
+            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_CHANNEL)
+            check(got is None, f"step {step}: a bundle instead of a channel post")
+            version, samples, loss, correct, arrays = channel.take_gradient()
+            check((version, samples, loss, correct) == (step, 100 + step, 0.5 * step, 7 * step),
+                  f"step {step}: posted {(version, samples, loss, correct)}")
+            for i, (a, want) in enumerate(zip(arrays, channel_values(step, sizes, False), strict=True)):
+                check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: gradient array {i} differs")
+            if step == 5:
+                t.send_bundle(1, TAG_CHANNEL, {"step": step}, channel_values(step, sizes, True))
+                continue
+            for out, want in zip(channel.reply_arrays(sizes), channel_values(step, sizes, True)):
                 out[:] = want
-            t.send_lane(ticket, TAG_LANE, {"step": step})
-            got = t.recv_bundle(source=0, tag=TAG_LANE, timeout=60)
-            check(got.meta == {"step": step}, f"answer meta {got.meta}")
-            for i, (a, want) in enumerate(zip(got.arrays, lane_values(step, sizes, True))):
-                check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: answer array {i} differs")
-            if step >= 6:
-                kept.append(got)
-        elif t.rank == 0:
-            got = t.recv_bundle(source=1, tag=TAG_LANE, timeout=60)
-            check(got.meta == {"step": step}, f"lane meta {got.meta}")
-            for i, (a, want) in enumerate(zip(got.arrays, lane_values(step, sizes, False))):
-                check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: lane array {i} differs")
-            del got, a  # released: the answer's record tells rank 1 its buffer is free
-            ticket = t.lane_arrays(1, sizes)
-            check((ticket is None) == (step == 9), f"step {step}: lane buffer {'missing' if ticket is None else 'free'}"
-                  " (from step 9 on, rank 1 holds the answers of steps 6, 7 and 8)")
-            if ticket is None:
-                t.send_bundle(1, TAG_LANE, {"step": step}, lane_values(step, sizes, True))
+            channel.post_reply(step, 2 * step)
+            t.ring(1)
+        check(channel.gradients_taken == len(CHANNEL_SIZES) and channel.replies_posted == len(CHANNEL_SIZES) - 1,
+              f"{channel.gradients_taken} gradients taken, {channel.replies_posted} replies posted")
+    elif t.rank == 1:
+        channel = t.attach_channel(t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60).meta["path"])
+        check(not os.path.exists(channel.path), "the channel's name stays in /dev/shm once mapped")
+        previous = None
+
+        def post(step: int) -> None:
+            sizes = CHANNEL_SIZES[step]
+            check(channel.fits(sizes), f"step {step}: sizes {sizes} do not fit the channel")
+            for out, want in zip(channel.gradient_arrays(sizes), channel_values(step, sizes, False)):
+                out[:] = want
+            channel.post_gradient(step, 100 + step, 0.5 * step, 7 * step, np.array(sizes, dtype=np.int64))
+            t.ring(0)
+
+        post(0)
+        for step, sizes in enumerate(CHANNEL_SIZES):
+            got = t.recv_unless(channel.reply_ready, source=0, tag=TAG_CHANNEL)
+            if step == 5:
+                check(got is not None and got.meta == {"step": step}, f"step {step}: no bundle answer ({got})")
+                arrays = got.arrays
             else:
-                for out, want in zip(ticket.arrays, lane_values(step, sizes, True)):
-                    out[:] = want
-                t.send_lane(ticket, TAG_LANE, {"step": step})
-    if t.rank == 1:
-        check(t.lanes.out[0].generation == 1, f"the lane to rank 0 grew {t.lanes.out[0].generation} times, not once")
+                check(got is None, f"step {step}: a bundle instead of a channel reply")
+                version, epoch, arrays = channel.take_reply(sizes)
+                check((version, epoch) == (step, 2 * step), f"step {step}: reply says {(version, epoch)}")
+            for i, (a, want) in enumerate(zip(arrays, channel_values(step, sizes, True), strict=True)):
+                check(np.array_equal(a, want), f"step {step}: reply array {i} differs")
+            if previous is not None:  # the answer before this one was read while this one was written
+                for i, (a, want) in enumerate(zip(previous[1], channel_values(previous[0], CHANNEL_SIZES[previous[0]], True))):
+                    check(np.array_equal(a, want), f"step {previous[0]}: reply array {i} overwritten too early")
+            previous = (step, arrays) if step != 5 else None
+            if step + 1 < len(CHANNEL_SIZES):
+                post(step + 1)  # we go on reading this answer: the next one goes to the other buffer
+        check(not channel.fits([10**9]), "a channel claims to fit 4 GB")
 
 
 def run_shared(t: Transport) -> None:
     """The basic checks with shared-memory slots: packed bundles went through them, and when the
     receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking.
-    Then lanes: arrays filled in place, released by the records that answer them."""
+    Then a channel: arrays filled in place, answered in place."""
     run_basic(t)
     growing_bundles(t)
-    lane_round_trips(t)
+    channel_round_trips(t)
     box = t.mailboxes
     if t.rank == 1:
         check(box.sent >= box.slots, f"only {box.sent} bundles went through shared memory")
@@ -289,7 +315,7 @@ def run_shared(t: Transport) -> None:
     if t.rank == 0:
         check(len(box.inbox) >= box.slots, f"rank 0 read {len(box.inbox)} slots of rank 1")
     t.barrier()
-    # every bundle has been received, so every receiver has mapped and unlinked its segments and lanes
+    # every bundle has been received, so every receiver has mapped and unlinked its segments and channels
     leftover = [name for name in os.listdir("/dev/shm") if name.startswith(t.mailboxes.prefix)]
     check(not leftover, f"segments still named in /dev/shm after every bundle arrived: {leftover}")
 
