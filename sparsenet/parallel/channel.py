@@ -1,8 +1,8 @@
 """Same-node phase-1 channels: a worker's gradients and the server's replies in shared memory, no MPI.
 
-Phase 1 exchanges one gradient and one set of weights per update. Through MPI records (lanes.py)
-that still cost about 1 ms of interpreter work per update on a 2-core machine, 10 % of a
-FashionMNIST gradient. A channel is one /dev/shm file per (server, worker) pair holding a control
+Phase 1 exchanges one gradient and one set of weights per update. As messages, even ones that only
+point at arrays written in place in /dev/shm (the "lanes" this module replaced), that cost about
+1 ms of interpreter work per update on a 2-core machine, 10 % of a FashionMNIST gradient. A channel is one /dev/shm file per (server, worker) pair holding a control
 block and two gradient and two weight buffers. The worker's backward kernel writes its gradient
 into a gradient buffer and posts it by bumping a sequence number; the server's momentum step
 writes the new weights into a weight buffer and posts them the same way; each rings the other's
@@ -14,8 +14,9 @@ computes gradient n + 1 meanwhile, into the other buffer); reply n goes into buf
 worker stops reading it before it sends the gradient whose answer reply n + 2 is.
 Whatever does not fit the buffers (a model that grew) goes through the transport as before.
 
-Memory ordering: posting a sequence number is preceded by a fence and reading one is followed by
-one (_publish / _observe), so the data written before a post is seen after it on any CPU.
+Memory ordering: a sequence number is posted with an atomic release store (_post_gradient,
+_post_reply) and read with an atomic acquire load (_observe), so whatever was written before a
+post is seen by the side that sees the post, on any CPU, not only on x86.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Sequence
 
 import numpy as np
 from numba import njit, types
+from numba.core import cgutils
 from numba.core.extending import intrinsic
 
 from .shm import ALIGN as PAGE, DIRECTORY, create_segment, map_segment
@@ -33,11 +35,13 @@ BUFFERS = 4  # two gradient buffers (worker -> server), two weight buffers (serv
 ALIGN = 64  # byte alignment of every array in a buffer
 ITEMSIZE = 4  # channels carry float32
 
-# Control block, int64 words. The worker writes the first cache line, the server the second.
+# Control block, int64 words. The worker writes the first cache line and the sizes (third line on),
+# the server the second.
 W_SEQ, W_VERSION, W_SAMPLES, W_CORRECT, W_LOSS, W_ARRAYS = 0, 1, 2, 3, 4, 5  # W_LOSS holds float64 bits
 S_SEQ, S_VERSION, S_EPOCH = 8, 9, 10
+N_LAYERS, CAPACITY, MAGIC_WORD = 13, 14, 15  # written once by the creator: layers, bytes per buffer, MAGIC
 SIZES = 16  # W_ARRAYS array sizes of the posted gradient from here on
-MAGIC = 0x5350434830000001  # word 15: "SPCH0", layout version 1
+MAGIC = 0x5350434830000001  # "SPCH0", layout version 1
 
 
 def layout(sizes: Sequence[int]) -> tuple[list[int], int]:
@@ -59,13 +63,29 @@ def views(base: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     return [base[off:off + ITEMSIZE * n].view(np.float32) for off, n in zip(offsets, sizes)]
 
 
+def _element_pointer(context, builder, signature, args):
+    aryty = signature.args[0]
+    ary = context.make_array(aryty)(context, builder, args[0])
+    index = context.cast(builder, args[1], signature.args[1], types.intp)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [index], wraparound=False)
+
+
 @intrinsic
-def _fence(typingctx):
-    """A sequentially consistent memory fence (LLVM `fence seq_cst`)."""
+def _store_release(typingctx, array, index, value):
+    """array[index] = value as an atomic store with release ordering (int64 arrays)."""
     def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
+        value = context.cast(builder, args[2], signature.args[2], signature.args[0].dtype)
+        builder.store_atomic(value, _element_pointer(context, builder, signature, args), "release", 8)
         return context.get_dummy_value()
-    return types.void(), codegen
+    return types.void(array, index, value), codegen
+
+
+@intrinsic
+def _load_acquire(typingctx, array, index):
+    """array[index] as an atomic load with acquire ordering (int64 arrays)."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_element_pointer(context, builder, signature, args), "acquire", 8)
+    return array.dtype(array, index), codegen
 
 
 @njit(cache=True)
@@ -76,23 +96,19 @@ def _post_gradient(control, seq, version, samples, correct, loss, sizes):
     control[W_LOSS:W_LOSS + 1].view(np.float64)[0] = loss
     control[W_ARRAYS] = sizes.shape[0]
     control[SIZES:SIZES + sizes.shape[0]] = sizes
-    _fence()
-    control[W_SEQ] = seq
+    _store_release(control, W_SEQ, seq)
 
 
 @njit(cache=True)
 def _post_reply(control, seq, version, epoch):
     control[S_VERSION] = version
     control[S_EPOCH] = epoch
-    _fence()
-    control[S_SEQ] = seq
+    _store_release(control, S_SEQ, seq)
 
 
 @njit(cache=True)
 def _observe(control, index):
-    value = control[index]
-    _fence()
-    return value
+    return _load_acquire(control, index)
 
 
 class Channel:
@@ -100,39 +116,42 @@ class Channel:
 
     def __init__(self, path: str, mapping, capacity: int, n_layers: int):
         self.path, self.capacity, self.n_layers = path, capacity, n_layers
-        control_bytes = -(-8 * (SIZES + 2 * n_layers) // PAGE) * PAGE
+        control_bytes = self.control_bytes(n_layers)
         base = np.frombuffer(mapping, dtype=np.uint8)
         self.control = base[:control_bytes].view(np.int64)
-        buffers = [base[control_bytes + i * capacity:control_bytes + (i + 1) * capacity] for i in range(4)]
-        self.gradient_buffers, self.weight_buffers = buffers[:2], buffers[2:]
+        buffers = [base[control_bytes + i * capacity:control_bytes + (i + 1) * capacity] for i in range(BUFFERS)]
+        self.gradient_buffers, self.weight_buffers = buffers[:BUFFERS // 2], buffers[BUFFERS // 2:]
         self.gradients_posted = self.gradients_taken = 0
         self.replies_posted = self.replies_taken = 0
         self._views: dict[tuple[int, int, tuple[int, ...]], list[np.ndarray]] = {}
 
     @staticmethod
-    def bytes_needed(n_layers: int, capacity: int) -> int:
-        return -(-8 * (SIZES + 2 * n_layers) // PAGE) * PAGE + 4 * capacity
+    def control_bytes(n_layers: int) -> int:
+        """Bytes of the control block (whole pages): fixed words, then a weight and a bias size per layer."""
+        return -(-8 * (SIZES + 2 * n_layers) // PAGE) * PAGE
 
     @classmethod
     def create(cls, path: str, sizes: Sequence[int]) -> "Channel":
         """A new channel file at `path` whose buffers hold float32 arrays of `sizes` (weights then biases)."""
         n_layers = len(sizes) // 2
         capacity = -(-layout(sizes)[1] // PAGE) * PAGE
-        mapping = create_segment(path, cls.bytes_needed(n_layers, capacity))
+        mapping = create_segment(path, cls.control_bytes(n_layers) + BUFFERS * capacity)
         channel = cls(path, mapping, capacity, n_layers)
-        channel.control[15] = MAGIC
-        channel.control[14] = capacity
-        channel.control[13] = n_layers
+        channel.control[[N_LAYERS, CAPACITY, MAGIC_WORD]] = n_layers, capacity, MAGIC
         return channel
 
     @classmethod
     def attach(cls, path: str) -> "Channel":
         """Map the channel the server created at `path` (and remove its name)."""
+        name = os.path.basename(path)
+        if not (name.startswith("sparsenet-") and "-chan" in name):
+            raise ValueError(f"{path} is not named like a sparsenet channel")
         mapping = map_segment(path)
-        head = np.frombuffer(mapping, dtype=np.int64, count=16)
-        if int(head[15]) != MAGIC:
+        head = np.frombuffer(mapping, dtype=np.int64, count=SIZES)
+        n_layers, capacity = int(head[N_LAYERS]), int(head[CAPACITY])
+        if int(head[MAGIC_WORD]) != MAGIC or len(mapping) != cls.control_bytes(n_layers) + BUFFERS * capacity:
             raise ValueError(f"{path} is not a sparsenet channel")
-        return cls(path, mapping, int(head[14]), int(head[13]))
+        return cls(path, mapping, capacity, n_layers)
 
     def fits(self, sizes: Sequence[int]) -> bool:
         return len(sizes) <= 2 * self.n_layers and layout(sizes)[1] <= self.capacity

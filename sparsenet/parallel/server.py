@@ -53,7 +53,9 @@ class ParameterServer:
         self.stop = StopRequest()
         self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch end
         self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
-        self.channels: dict[int, object] = {}  # worker -> channel.Channel (same node, phase 1)
+        self.channels: dict[int, object] = {}  # worker -> channel.Channel it was told of (same node, phase 1)
+        self._unnamed: dict[int, object] | None = None  # channels opened, not yet named in a topology reply
+        self._last_served = 0  # the worker whose gradient was taken last: the next scan starts after it
         self.channel_bytes = [0, 0]  # bytes sent / received through channels
         self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
@@ -81,13 +83,17 @@ class ParameterServer:
         return self._sizes[1]
 
     def open_channels(self) -> None:
-        """A shared-memory channel to every same-node worker (the first topology reply names it)."""
-        if self.channels or not self.cfg.parallel.shared_memory:
+        """Once per run: a shared-memory channel to every same-node worker; the next topology reply
+        to a worker names its channel, and only from then on does the server use it."""
+        if self._unnamed is not None:
+            return
+        self._unnamed = {}
+        if not self.cfg.parallel.shared_memory:
             return
         for k in self.workers:
             channel = self.transport.open_channel(k, self.value_sizes())
             if channel is not None:
-                self.channels[k] = channel
+                self._unnamed[k] = channel
 
     def reply_buffer(self, worker: int) -> list[np.ndarray] | None:
         """Where an update may write `worker`'s reply: its channel's next weight and bias arrays, if
@@ -119,8 +125,9 @@ class ParameterServer:
         arrays = bundles.values_arrays(self.state.model) if same else bundles.topology_arrays(self.state.model)
         meta = {"kind": "values" if same else "topology", "version": self.version, "epoch": self.state.epoch,
                 "sizes": self.state.model.sizes}
-        if channel is not None:
-            meta["channel"] = channel.path
+        if self._unnamed and worker in self._unnamed:
+            self.channels[worker] = self._unnamed.pop(worker)
+            meta["channel"] = self.channels[worker].path
         # non-blocking: a pipelining worker takes this reply only after computing its next gradient
         self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
         self.worker_version[worker] = self.version
@@ -165,14 +172,26 @@ class ParameterServer:
             np.copyto(target, values)
 
     def receive_gradient(self, source: int | None = None) -> _Incoming:
-        """The next gradient from `source` (None: any worker), through its channel or the transport."""
-        channels = self.channels if source is None else {k: c for k, c in self.channels.items() if k == source}
+        """The next gradient from `source` (None: any worker), through its channel or the transport.
+
+        Channels are scanned from the worker after the one served last, and when some workers
+        have no channel (other nodes) a waiting bundle goes first every other time, so a busy
+        server starves nobody."""
+        if source is not None:
+            channels = [(source, self.channels[source])] if source in self.channels else []
+        else:
+            channels = sorted(self.channels.items(), key=lambda kc: (kc[0] <= self._last_served, kc[0]))
+            if len(channels) < len(self.workers) and self.counters["updates"] % 2:
+                if self.transport.poll(tag=TAG_GRADIENT) is not None:
+                    channels = []
         if not channels:
-            return _Incoming.of_bundle(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
+            g = _Incoming.of_bundle(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
+            self._last_served = g.source
+            return g
         found = []
 
         def ready() -> bool:
-            for k, channel in channels.items():
+            for k, channel in channels:
                 if channel.gradient_ready():
                     found.append(k)
                     return True
@@ -180,8 +199,9 @@ class ParameterServer:
 
         msg = self.transport.recv_unless(ready, source=source, tag=TAG_GRADIENT)
         if msg is not None:
+            self._last_served = msg.source
             return _Incoming.of_bundle(msg)
-        k = found[-1]
+        k = self._last_served = found[-1]
         version, samples, loss, correct, arrays = self.channels[k].take_gradient()
         self.channel_bytes[1] += sum(a.nbytes for a in arrays)
         return _Incoming(k, version, samples, loss, correct, arrays)
@@ -356,6 +376,8 @@ class ParameterServer:
                "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
                "version": self.version, "bytes_sent": self.transport.bytes_sent + self.channel_bytes[0],
                "bytes_received": self.transport.bytes_received + self.channel_bytes[1], "server_wait_seconds": wait,
+               # cumulative over the run, like the byte counts
+               "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
                "channel_replies": sum(c.replies_posted for c in self.channels.values()),
                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
         self.removed = [0] * len(self.removed)

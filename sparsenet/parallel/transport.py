@@ -541,7 +541,8 @@ class Transport:
         message, status = self._probe_message(source, tag, timeout)
         return self._receive(message, status)
 
-    def recv_unless(self, ready: Callable[[], bool], source: int | None = None, tag: int | None = None) -> Bundle | None:
+    def recv_unless(self, ready: Callable[[], bool], source: int | None = None, tag: int | None = None,
+                    timeout: float | None = None) -> Bundle | None:
         """Receive one bundle as recv_bundle does, unless `ready()` turns true first (then None).
 
         `ready` checks a same-node channel (channel.py) whose sender rings this rank's doorbell, so
@@ -550,7 +551,7 @@ class Transport:
         mpi = _mpi()
         source = mpi.ANY_SOURCE if source is None else source
         tag = mpi.ANY_TAG if tag is None else tag
-        message, status = self._probe_message(source, tag, None, ready)
+        message, status = self._probe_message(source, tag, timeout, ready)
         return None if message is None else self._receive(message, status)
 
     def ring(self, dest: int) -> None:

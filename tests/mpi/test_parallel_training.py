@@ -44,9 +44,15 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
     for name in ("b", "tiny_chunks"):
         for x, y in zip(runs["a"], runs[name]):
             np.testing.assert_array_equal(x, y)
-    replies = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1])["channel_replies"]
-               for name in runs}  # after phase 1: server replies that went through a channel
-    assert replies["a"] > 0 and replies["b"] > 0 and replies["tiny_chunks"] == 0, replies
+    rows = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1]) for name in runs}
+    # after phase 1's 2 epochs (counts are cumulative, "updates" per epoch counts gradients): in runs
+    # a and b every gradient went through a channel, and every reply but those to the 2 workers at
+    # each epoch's end (a topology bundle, or phase 2, follows); in tiny_chunks nothing did
+    for name in ("a", "b"):
+        gradients = rows[name]["channel_gradients"]
+        assert gradients == 2 * rows[name]["updates"] > 0, rows[name]
+        assert gradients - 4 <= rows[name]["channel_replies"] < gradients, rows[name]
+    assert rows["tiny_chunks"]["channel_gradients"] == rows["tiny_chunks"]["channel_replies"] == 0
     history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in history] == [1, 1, 2]
     assert history[-1]["test_accuracy"] > 0.5  # 3 classes: chance is 1/3

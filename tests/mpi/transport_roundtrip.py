@@ -242,22 +242,25 @@ def channel_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray
 
 def channel_round_trips(t: Transport) -> None:
     """Rank 0 opens a channel to rank 1 and names it in a bundle. Rank 1 posts gradients that rank 0
-    answers in place, with fewer arrays or smaller ones at some steps; rank 1 posts the next one and
-    goes on reading the answer (as a pipelining worker does), and on the next answer checks that the
-    one before was not overwritten meanwhile; step 5 is answered with a bundle, which recv_unless
-    returns instead."""
+    answers in place, with fewer arrays or smaller ones at some steps. Both sides keep reading what
+    they took while the other writes the next one (as a pipelining worker and the server do) and
+    check it was not overwritten; step 5 is answered with a bundle, which recv_unless returns instead."""
     if t.rank == 0:
         channel = t.open_channel(1, CHANNEL_SIZES[0])
         check(channel is not None, "no channel between two ranks of one node")
         t.send_bundle(1, TAG_CHANNEL, {"path": channel.path})
         for step, sizes in enumerate(CHANNEL_SIZES):
-            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_CHANNEL)
+            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_CHANNEL, timeout=60)
             check(got is None, f"step {step}: a bundle instead of a channel post")
             version, samples, loss, correct, arrays = channel.take_gradient()
             check((version, samples, loss, correct) == (step, 100 + step, 0.5 * step, 7 * step),
                   f"step {step}: posted {(version, samples, loss, correct)}")
             for i, (a, want) in enumerate(zip(arrays, channel_values(step, sizes, False), strict=True)):
                 check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: gradient array {i} differs")
+            if step:  # the one before, which we could still be reading while rank 1 wrote this one: intact
+                for i, (a, want) in enumerate(zip(held, channel_values(step - 1, CHANNEL_SIZES[step - 1], False))):
+                    check(np.array_equal(a, want), f"step {step - 1}: gradient array {i} overwritten too early")
+            held = arrays
             if step == 5:
                 t.send_bundle(1, TAG_CHANNEL, {"step": step}, channel_values(step, sizes, True))
                 continue
@@ -282,7 +285,7 @@ def channel_round_trips(t: Transport) -> None:
 
         post(0)
         for step, sizes in enumerate(CHANNEL_SIZES):
-            got = t.recv_unless(channel.reply_ready, source=0, tag=TAG_CHANNEL)
+            got = t.recv_unless(channel.reply_ready, source=0, tag=TAG_CHANNEL, timeout=60)
             if step == 5:
                 check(got is not None and got.meta == {"step": step}, f"step {step}: no bundle answer ({got})")
                 arrays = got.arrays

@@ -77,6 +77,19 @@ def test_buffers_alternate_so_a_pipelining_worker_keeps_reading_its_weights(tmp_
     assert worker.gradients_posted == server.gradients_taken == 5 == server.replies_posted == worker.replies_taken
 
 
+def test_gradient_buffers_alternate_so_the_server_reads_while_the_next_is_written(tmp_path):
+    server, worker = pair(tmp_path)
+    sizes = np.array(SIZES, dtype=np.int64)
+    for step in range(4):
+        worker.gradient_arrays(SIZES)[0][:] = step
+        worker.post_gradient(step, 1, 0.0, 0, sizes)
+        taken = server.take_gradient()[4][0]
+        if step:  # still intact although the worker wrote this gradient after the server took it
+            assert np.all(previous == step - 1) and not np.shares_memory(previous, taken)
+        previous = taken
+    assert np.all(taken == 3)
+
+
 def test_smaller_and_fewer_arrays_fit_larger_ones_do_not(tmp_path):
     server, worker = pair(tmp_path)
     assert worker.fits([5, 3]) and worker.fits(SIZES)
@@ -84,14 +97,19 @@ def test_smaller_and_fewer_arrays_fit_larger_ones_do_not(tmp_path):
     worker.gradient_arrays([5, 3])[1][:] = 4
     worker.post_gradient(0, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
     assert [a.tolist() for a in server.take_gradient()[4]][1] == [4, 4, 4]
+    worker.post_gradient(0, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
     worker.control[16] = 10 ** 7  # a corrupted size: refused, not read past the buffer
-    worker.post_gradient(0, 1, 0.0, 0, np.array([10 ** 7, 3], dtype=np.int64))
     with pytest.raises(ValueError, match="overflows"):
         server.take_gradient()
 
 
 def test_attach_refuses_a_file_that_is_not_a_channel(tmp_path):
-    path = tmp_path / "sparsenet-test-other"
-    path.write_bytes(b"\0" * 8192)
+    other = tmp_path / "results.txt"
+    other.write_bytes(b"\0" * 8192)
+    with pytest.raises(ValueError, match="not named like"):
+        Channel.attach(str(other))
+    assert other.exists(), "a file that is not a channel is left alone"
+    fake = tmp_path / "sparsenet-test-chan2"
+    fake.write_bytes(b"\0" * 8192)
     with pytest.raises(ValueError, match="not a sparsenet channel"):
-        Channel.attach(str(path))
+        Channel.attach(str(fake))
