@@ -8,9 +8,9 @@ phase 1 only. From each run's metrics.jsonl (first epoch dropped: JIT compile) i
 samples/s, bytes per update and the server's CPU share while it waits, and checks the targets:
 WASAP >= 90 % of sequential samples/s, server CPU < 10 % while waiting, bytes per update
 proportional to nnz (weights + biases, float32, both directions) rather than model + velocities.
-The runs are repeated in interleaved rounds (--repeat) and the check uses medians; because a
-shared VM's speed drifts, it also prints the ratio in the round with the fastest sequential run
-(the nearest to a quiet machine) and the best run of each kind.
+The runs are repeated in interleaved rounds (--repeat), each kind going first in turn, and the
+check uses medians; because a shared VM's speed drifts, it also prints the ratio in the round with
+the fastest sequential run (the nearest to a quiet machine) and the best run of each kind.
 """
 
 from __future__ import annotations
@@ -89,7 +89,9 @@ def main(argv=None) -> int:
     rounds: dict[str, list[dict]] = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
-            for name, (config, threads, n_ranks) in runs.items():
+            names = list(runs)
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each kind goes first in turn
+                config, threads, n_ranks = runs[name]
                 out = Path(tmp) / f"{name}{r}"
                 rows = train(out, config, args.epochs, threads, args.overrides, n_ranks)
                 rounds[name].append(summarize(rows, _n_train(out)))

@@ -55,7 +55,7 @@ class ParameterServer:
         self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
         self.channels: dict[int, object] = {}  # worker -> channel.Channel it was told of (same node, phase 1)
         self._unnamed: dict[int, object] | None = None  # channels opened, not yet named in a topology reply
-        self._last_served = 0  # the worker whose gradient was taken last: the next scan starts after it
+        self._last_channel = 0  # the worker whose channel was taken from last: the next scan starts after it
         self.channel_bytes = [0, 0]  # bytes sent / received through channels
         self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
@@ -174,20 +174,18 @@ class ParameterServer:
     def receive_gradient(self, source: int | None = None) -> _Incoming:
         """The next gradient from `source` (None: any worker), through its channel or the transport.
 
-        Channels are scanned from the worker after the one served last, and when some workers
+        Channels are scanned from the one after the channel taken from last, and when some workers
         have no channel (other nodes) a waiting bundle goes first every other time, so a busy
         server starves nobody."""
         if source is not None:
             channels = [(source, self.channels[source])] if source in self.channels else []
         else:
-            channels = sorted(self.channels.items(), key=lambda kc: (kc[0] <= self._last_served, kc[0]))
+            channels = sorted(self.channels.items(), key=lambda kc: (kc[0] <= self._last_channel, kc[0]))
             if len(channels) < len(self.workers) and self.counters["updates"] % 2:
                 if self.transport.poll(tag=TAG_GRADIENT) is not None:
                     channels = []
         if not channels:
-            g = _Incoming.of_bundle(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
-            self._last_served = g.source
-            return g
+            return _Incoming.of_bundle(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
         found = []
 
         def ready() -> bool:
@@ -199,9 +197,8 @@ class ParameterServer:
 
         msg = self.transport.recv_unless(ready, source=source, tag=TAG_GRADIENT)
         if msg is not None:
-            self._last_served = msg.source
             return _Incoming.of_bundle(msg)
-        k = self._last_served = found[-1]
+        k = self._last_channel = found[-1]
         version, samples, loss, correct, arrays = self.channels[k].take_gradient()
         self.channel_bytes[1] += sum(a.nbytes for a in arrays)
         return _Incoming(k, version, samples, loss, correct, arrays)

@@ -619,8 +619,9 @@ class Transport:
         status = mpi.Status()
         source = mpi.ANY_SOURCE if source is None else source
         tag = mpi.ANY_TAG if tag is None else tag
-        if self.comm.Iprobe(source, tag, status):
-            return status.Get_source(), status.Get_tag()
+        for _ in range(PROBES_PER_WAKE):  # the first probe may only make MPICH notice the message
+            if self.comm.Iprobe(source, tag, status):
+                return status.Get_source(), status.Get_tag()
         return None
 
     def barrier(self) -> None:

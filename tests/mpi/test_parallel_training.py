@@ -17,8 +17,11 @@ SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.in
          "checkpoint.every=1", "seed=3"]
 
 
-def train(n, out, *extra, timeout=240, resume=False):
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(out)]
+def train(n, out, *extra, timeout=240, resume=False, no_channel=()):
+    args = ["-m", "sparsenet"] if not no_channel else ["tests/mpi/partial_channels.py"]
+    for rank in no_channel:
+        args += ["--no-channel", str(rank)]
+    args += ["train", "configs/fashion_mnist.yaml", "--out", str(out)]
     for item in SMALL + list(extra):
         args += ["--set", item]
     if resume:
@@ -33,15 +36,17 @@ def checkpoint_arrays(path):
 
 def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_path):
     """Runs a and b move gradients and weights through shared-memory channels; tiny_chunks through
-    MPI alone, in 4 KiB pieces: all three end with bit-identical weights."""
+    MPI alone, in 4 KiB pieces; mixed through a channel for worker 1 and MPI for worker 2 (as if it
+    were on another node): all four end with bit-identical weights."""
     common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03"]
     runs = {}
-    for name, extra in (("a", []), ("b", []),
-                        ("tiny_chunks", ["parallel.chunk_bytes=4096", "parallel.shared_memory=false"])):
-        proc = train(3, tmp_path / name, *common, *extra)
+    for name, extra, no_channel in (("a", [], ()), ("b", [], ()),
+                                    ("tiny_chunks", ["parallel.chunk_bytes=4096", "parallel.shared_memory=false"], ()),
+                                    ("mixed", [], (2,))):
+        proc = train(3, tmp_path / name, *common, *extra, no_channel=no_channel)
         assert proc.returncode == 0, proc.stderr
         runs[name] = checkpoint_arrays(tmp_path / name / "checkpoint.h5")
-    for name in ("b", "tiny_chunks"):
+    for name in ("b", "tiny_chunks", "mixed"):
         for x, y in zip(runs["a"], runs[name]):
             np.testing.assert_array_equal(x, y)
     rows = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1]) for name in runs}
@@ -53,6 +58,7 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
         assert gradients == 2 * rows[name]["updates"] > 0, rows[name]
         assert gradients - 4 <= rows[name]["channel_replies"] < gradients, rows[name]
     assert rows["tiny_chunks"]["channel_gradients"] == rows["tiny_chunks"]["channel_replies"] == 0
+    assert rows["mixed"]["channel_gradients"] == rows["a"]["channel_gradients"] // 2  # worker 1's only
     history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in history] == [1, 1, 2]
     assert history[-1]["test_accuracy"] > 0.5  # 3 classes: chance is 1/3

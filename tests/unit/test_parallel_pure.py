@@ -1,4 +1,6 @@
-"""MPI-free parts of parallel training: retain-valid-updates and phase-2 averaging."""
+"""MPI-free parts of parallel training: retain-valid-updates, phase-2 averaging, which gradient the server takes next."""
+
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -6,6 +8,8 @@ from sparsenet.evolution import prune_and_regrow
 from sparsenet.model import SparseMLP
 from sparsenet.optim import MomentumSGD
 from sparsenet.parallel.averaging import average_replicas, prune_to_nnz, union_average
+from sparsenet.parallel.server import ParameterServer
+from sparsenet.parallel.transport import Bundle
 from sparsenet.parallel.updates import compose, lineage, retain_valid
 from sparsenet.sparse.init import erdos_renyi_layer
 from tests import naive
@@ -137,3 +141,44 @@ def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
         bundles.adopt_values(model, [received[0][:-1]] + received[1:])
     with pytest.raises(ValueError, match="float32"):
         bundles.adopt_values(model, [received[0].astype(np.float64)] + received[1:])
+
+
+class _BusyChannel:
+    """A worker's channel that always has a gradient waiting."""
+
+    def __init__(self):
+        self.taken = 0
+
+    def gradient_ready(self) -> bool:
+        return True
+
+    def take_gradient(self):
+        self.taken += 1
+        return 0, 16, 0.0, 0, [np.zeros(2, dtype=np.float32)]
+
+
+class _BusyTransport:
+    """Rank 3 (no channel, another node) always has a gradient bundle waiting."""
+
+    def poll(self, source=None, tag=None):
+        return 3, tag
+
+    def recv_unless(self, ready, source=None, tag=None, timeout=None):
+        return None if ready() else self.recv_bundle(source, tag)
+
+    def recv_bundle(self, source=None, tag=None, timeout=None):
+        meta = {"version": 0, "samples": 16, "loss": 0.0, "correct": 0}
+        return Bundle(source=3, tag=tag, meta=meta, arrays=[np.zeros(2, dtype=np.float32)], nbytes=0)
+
+
+def test_a_busy_server_serves_every_worker_in_turn():
+    """Workers 1 and 2 post through channels, worker 3 sends bundles, and all three always have a
+    gradient waiting: the server takes them round-robin over the channels, a bundle every other time."""
+    server = SimpleNamespace(channels={1: _BusyChannel(), 2: _BusyChannel()}, workers=[1, 2, 3], _last_channel=0,
+                             counters={"updates": 0}, transport=_BusyTransport(), channel_bytes=[0, 0])
+    order = []
+    for _ in range(8):
+        order.append(ParameterServer.receive_gradient(server).source)
+        server.counters["updates"] += 1
+    assert order == [1, 3, 2, 3, 1, 3, 2, 3]
+    assert ParameterServer.receive_gradient(server, 2).source == 2  # a named source is what is taken
