@@ -86,7 +86,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     channel = None  # same node: the server's replies and our gradients go through this channel.Channel
     while True:
         if channel is not None and model is not None:
-            msg = transport.recv_unless(channel.reply_ready, source=0)
+            # Pipelining, the reply is usually here already: take it without the transport's wait (the
+            # server's ring for it stays in our doorbell until a wait drains it).
+            msg = None if channel.reply_ready() else transport.recv_unless(channel.reply_ready, source=0)
             if msg is None:
                 msg = _channel_reply(channel, model)
         else:
@@ -127,7 +129,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
 def _channel_reply(channel: Channel, model: SparseMLP):
     """The server's reply waiting in `channel`, its weights adopted by `model`; shaped like a Bundle."""
     version, epoch, arrays = channel.take_reply(_value_sizes(model))
-    bundles.adopt_values(model, arrays)
+    n = len(model.layers)
+    for layer, values, bias in zip(model.layers, arrays[:n], arrays[n:]):  # views made for these very sizes
+        layer.values, layer.bias = values, bias
     return Bundle(source=0, tag=TAG_MODEL, meta={"kind": "adopted", "version": version, "epoch": epoch},
                   arrays=arrays, nbytes=0)
 
