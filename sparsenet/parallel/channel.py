@@ -174,6 +174,8 @@ class Channel:
 
     def post_gradient(self, version: int, samples: int, loss: float, correct: int, sizes: np.ndarray) -> None:
         """Hand the gradient written into gradient_arrays(sizes) (int64 `sizes`) to the server."""
+        if sizes.shape[0] > 2 * self.n_layers:  # the control block has room for 2 sizes per layer
+            raise ValueError(f"{sizes.shape[0]} arrays posted to a channel made for {2 * self.n_layers}")
         self.gradients_posted += 1
         _post_gradient(self.control, self.gradients_posted, version, samples, correct, loss, sizes)
 

@@ -111,14 +111,13 @@ class ParameterServer:
         same = self.worker_version[worker] == self.version
         if filled is not None and not same:
             raise RuntimeError(f"a reply buffer was filled for worker {worker}, whose topology is not current")
-        channel = self.channels.get(worker)
         self.finish_reply(worker)
-        if same and channel is not None and channel.fits(self.value_sizes()):
+        target = filled if filled is not None else self.reply_buffer(worker)
+        if target is not None:  # same node and topology: the worker reads the weights where they are written
             if filled is None:
-                filled = channel.reply_arrays(self.value_sizes())
-                for out, values in zip(filled, bundles.values_arrays(self.state.model)):
+                for out, values in zip(target, bundles.values_arrays(self.state.model)):
                     np.copyto(out, values)
-            channel.post_reply(self.version, self.state.epoch)
+            self.channels[worker].post_reply(self.version, self.state.epoch)
             self.transport.ring(worker)
             self.channel_bytes[0] += 4 * sum(self.value_sizes())
             return

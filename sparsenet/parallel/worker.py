@@ -16,8 +16,8 @@ from ..optim import MomentumSGD
 from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
 from .channel import Channel
-from .transport import Bundle
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from .transport import Bundle
 
 
 REPLY_SPIN = 1e-3  # a worker expects the server's reply within about a millisecond: yield, don't sleep
@@ -84,13 +84,15 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
     own = None  # the model's own gradient arrays, used without a channel
     ahead = None  # a _Gradient computed while the last one was in flight
     channel = None  # same node: the server's replies and our gradients go through this channel.Channel
+    sizes = None  # int64 sizes of the model's weights then biases (its gradient's arrays)
+    via = None  # the channel while the model fits it, else None
     while True:
-        if channel is not None and model is not None:
+        if via is not None:
             # Pipelining, the reply is usually here already: take it without the transport's wait (the
             # server's ring for it stays in our doorbell until a wait drains it).
-            msg = None if channel.reply_ready() else transport.recv_unless(channel.reply_ready, source=0)
+            msg = None if via.reply_ready() else transport.recv_unless(via.reply_ready, source=0)
             if msg is None:
-                msg = _channel_reply(channel, model)
+                msg = _channel_reply(via, model, sizes)
         else:
             msg = transport.recv_bundle(source=0)
         if msg.tag == TAG_STOP:
@@ -105,6 +107,8 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             own = (model.grads, model.bias_grads)
             if channel is None and msg.meta.get("channel"):
                 channel = transport.attach_channel(msg.meta["channel"])
+            sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
+            via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
         elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already
             pass
         else:
@@ -115,20 +119,21 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
             stream = batches(x.shape[0], cfg.train.batch_size, rng)
         version = msg.meta["version"]
         if ahead is None:
-            ahead = _gradient(cfg, model, own, channel, transport, rng, stream, x, y, step, version)
+            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
             step += 1
         in_flight = ahead.deliver(transport)
         ahead = None
         if pipeline:  # the sent gradient is in its buffer or copied: the next one goes elsewhere
-            ahead = _gradient(cfg, model, own, channel, transport, rng, stream, x, y, step, version)
+            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
             step += 1
         if in_flight is not None:
             in_flight.wait()
 
 
-def _channel_reply(channel: Channel, model: SparseMLP):
-    """The server's reply waiting in `channel`, its weights adopted by `model`; shaped like a Bundle."""
-    version, epoch, arrays = channel.take_reply(_value_sizes(model))
+def _channel_reply(channel: Channel, model: SparseMLP, sizes: np.ndarray):
+    """The server's reply waiting in `channel` (arrays of `sizes`), its weights adopted by `model`;
+    shaped like a Bundle."""
+    version, epoch, arrays = channel.take_reply(sizes)
     n = len(model.layers)
     for layer, values, bias in zip(model.layers, arrays[:n], arrays[n:]):  # views made for these very sizes
         layer.values, layer.bias = values, bias
@@ -136,25 +141,14 @@ def _channel_reply(channel: Channel, model: SparseMLP):
                   arrays=arrays, nbytes=0)
 
 
-def _value_sizes(model: SparseMLP) -> np.ndarray:
-    """int64 sizes of the model's weights then biases (its gradient's arrays), cached on the model."""
-    sizes = getattr(model, "_value_sizes", None)
-    if sizes is None:
-        sizes = model._value_sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
-    return sizes
-
-
-def _gradient(cfg: Config, model: SparseMLP, own, channel, transport, rng, stream, x, y, step: int,
-              version: int) -> _Gradient:
-    """The next mini-batch's gradient, computed into the channel to the server if there is one (and
-    the model fits it), else into the model's `own` arrays; fault injection happens here."""
+def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes: np.ndarray, transport, rng,
+              stream, x, y, step: int, version: int) -> _Gradient:
+    """The next mini-batch's gradient, computed into `channel` to the server if given, else into the
+    model's `own` arrays; `sizes`: the model's weight and bias counts. Fault injection happens here."""
     if cfg.debug.fail_rank == transport.rank and step == cfg.debug.fail_at_step:
         raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
     index = next(stream)
     n_layers = len(model.layers)
-    sizes = _value_sizes(model)
-    if channel is not None and not channel.fits(sizes):
-        channel = None
     model.grads, model.bias_grads = own if channel is None else bundles.split_pairs(channel.gradient_arrays(sizes),
                                                                                     n_layers)
     loss, correct = compute_gradients(model, rng, x, y, index)

@@ -94,6 +94,8 @@ def test_smaller_and_fewer_arrays_fit_larger_ones_do_not(tmp_path):
     server, worker = pair(tmp_path)
     assert worker.fits([5, 3]) and worker.fits(SIZES)
     assert not worker.fits([10 ** 7]) and not worker.fits(SIZES + [1, 1])  # too large; more arrays than room
+    with pytest.raises(ValueError, match="made for 8"):
+        worker.post_gradient(0, 1, 0.0, 0, np.array(SIZES + [1, 1], dtype=np.int64))
     worker.gradient_arrays([5, 3])[1][:] = 4
     worker.post_gradient(0, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
     assert [a.tolist() for a in server.take_gradient()[4]][1] == [4, 4, 4]
