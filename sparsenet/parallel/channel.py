@@ -111,6 +111,14 @@ def _observe(control, index):
     return _load_acquire(control, index)
 
 
+def load_kernels() -> None:
+    """Load (or compile) the numba helpers on a scratch control block, before the first update needs them."""
+    control = np.zeros(SIZES + 2, dtype=np.int64)
+    _post_gradient(control, 1, 0, 0, 0, 0.0, np.zeros(2, dtype=np.int64))
+    _post_reply(control, 1, 0, 0)
+    _observe(control, W_SEQ)
+
+
 class Channel:
     """One worker's channel; the server creates it (create) and the worker maps it (attach)."""
 

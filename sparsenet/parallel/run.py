@@ -69,10 +69,13 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         if data.x_train.shape[0] < transport.size - 1:
             raise SparsenetError(f"{data.x_train.shape[0]} training samples cannot feed {transport.size - 1} workers")
         if rank == 0:
+            transport.barrier()  # the workers have their kernels loaded: phase 1 starts for all at once
             return _serve(cfg, data, transport, Path(out_dir), resume, threads)
-        from .worker import run_worker
+        from .worker import load_kernels, run_worker
 
         ignore_stop_signals()
+        load_kernels(cfg, data)
+        transport.barrier()
         run_worker(cfg, data, transport)
         return None
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them

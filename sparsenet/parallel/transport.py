@@ -535,11 +535,7 @@ class Transport:
     def recv_bundle(self, source: int | None = None, tag: int | None = None,
              timeout: float | None = None) -> Bundle:
         """Receive one bundle (source/tag None = any); TimeoutError if none starts within `timeout` s."""
-        mpi = _mpi()
-        source = mpi.ANY_SOURCE if source is None else source
-        tag = mpi.ANY_TAG if tag is None else tag
-        message, status = self._probe_message(source, tag, timeout)
-        return self._receive(message, status)
+        return self._receive(*self._probe_message(source, tag, timeout))
 
     def recv_unless(self, ready: Callable[[], bool], source: int | None = None, tag: int | None = None,
                     timeout: float | None = None) -> Bundle | None:
@@ -548,9 +544,6 @@ class Transport:
         `ready` checks a same-node channel (channel.py) whose sender rings this rank's doorbell, so
         one sleep waits for either.
         """
-        mpi = _mpi()
-        source = mpi.ANY_SOURCE if source is None else source
-        tag = mpi.ANY_TAG if tag is None else tag
         message, status = self._probe_message(source, tag, timeout, ready)
         return None if message is None else self._receive(message, status)
 
@@ -632,10 +625,14 @@ class Transport:
         """Kill every process of the communicator with exit code `code` (MPI_Abort)."""
         self.comm.Abort(code)
 
-    def _probe_message(self, source: int, tag: int, timeout: float | None, ready: Callable[[], bool] | None = None):
-        """Matched-probe the next header with backoff sleeps; (message, status), TimeoutError, or
-        (None, None) as soon as `ready()` is true."""
-        status = _mpi().Status()
+    def _probe_message(self, source: int | None, tag: int | None, timeout: float | None,
+                       ready: Callable[[], bool] | None = None):
+        """Matched-probe the next header (source/tag None = any) with backoff sleeps; (message, status),
+        TimeoutError, or (None, None) as soon as `ready()` is true."""
+        mpi = _mpi()
+        source = mpi.ANY_SOURCE if source is None else source
+        tag = mpi.ANY_TAG if tag is None else tag
+        status = mpi.Status()
         self._release_received()  # bundles the caller has dropped: their senders may reuse the slots
         bells = self.bells
         # Fast path for a message already here (a pipelined reply): no wait to set up or account.
@@ -649,7 +646,7 @@ class Transport:
             return message, status
         deadline = None if timeout is None else time.monotonic() + timeout
         # Every possible sender rings our doorbell: sleep until it does (BELL_TIMEOUT is a safety net).
-        rung = bells is not None and (len(bells.peers) == self.size - 1 if source == _mpi().ANY_SOURCE
+        rung = bells is not None and (len(bells.peers) == self.size - 1 if source == mpi.ANY_SOURCE
                                       else source in bells.peers)
         backoff = _Backoff(self.max_sleep, 0.0 if rung else self.probe_spin)
         wall, cpu = time.perf_counter(), time.process_time()

@@ -15,7 +15,7 @@ from ..model import SparseMLP
 from ..optim import MomentumSGD
 from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
-from .channel import Channel
+from .channel import Channel, load_kernels as channel_kernels
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 from .transport import Bundle
 
@@ -66,6 +66,20 @@ class _Gradient:
             transport.ring(0)
             return None
         return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
+
+
+def load_kernels(cfg: Config, data: Dataset) -> None:
+    """Load (or compile) the gradient and channel kernels on a tiny model of the same layer count and
+    types, so that no worker is still loading them while the others run the first epochs."""
+    sizes = [data.n_features, *[2] * len(cfg.model.hidden), data.n_classes]
+    topology = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):  # one connection into every neuron
+        cols = np.arange(n_out, dtype=np.int32)
+        topology += [cols % n_in, cols, np.full(n_out, 0.1, dtype=np.float32), np.zeros(n_out, dtype=np.float32)]
+    model = new_model(cfg, sizes, topology)
+    n = min(cfg.train.batch_size, data.x_train.shape[0])
+    compute_gradients(model, np.random.default_rng(0), data.x_train, data.y_train, np.arange(n))
+    channel_kernels()
 
 
 def run_worker(cfg: Config, data: Dataset, transport) -> None:
