@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@# No system MPI? Take MPICH from PyPI (mpi4py's wheels use it).
 	@if command -v mpiexec >/dev/null 2>&1; then echo "system MPI: $$(command -v mpiexec)"; \
 	  else $(PY) -m pip install -q mpich; fi
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,mpi]'
 	touch $(STAMP)
 
 setup: $(STAMP)
