@@ -1,3 +1,37 @@
-"""sparsenet: truly sparse MLPs trained with Sparse Evolutionary Training on CPUs."""
+"""sparsenet: truly sparse MLPs trained with Sparse Evolutionary Training on CPUs.
+
+From Python: `SETClassifier` / `SETRegressor` (scikit-learn estimators; need scikit-learn),
+`load(path)` a checkpoint as a `Model`, `Model.from_sparse(matrices, ...)`, `train(config, X, y)`.
+Importing sparsenet starts no MPI and imports neither mpi4py nor scikit-learn (the estimators
+import scikit-learn on first use).
+"""
 
 __version__ = "0.1.0"
+
+__all__ = ["SETClassifier", "SETRegressor", "Model", "load", "train", "__version__"]
+
+# The submodule sparsenet.train (the epoch loop) is imported first: importing a submodule binds its
+# name in the package, and sparsenet.train must stay the function (use `from sparsenet.train import ...`
+# for the module's contents).
+from . import train as _train_module  # noqa: E402,F401
+from .api import Model, load, train  # noqa: E402
+
+_LAZY = {"SETClassifier": "estimators", "SETRegressor": "estimators"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sparsenet' has no attribute {name!r}")
+    if module == "estimators":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ImportError(f"sparsenet.{name} needs scikit-learn >= 1.6: pip install 'sparsenet[sklearn]'") from None
+    from importlib import import_module
+
+    return getattr(import_module(f"sparsenet.{module}"), name)
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])

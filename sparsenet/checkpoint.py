@@ -46,6 +46,11 @@ class CheckpointData:
     version: int = 0  # parallel runs: topology version of the server's model
     replicas: list[list[LayerArrays]] = field(default_factory=list)  # phase 2: each worker's model
     replica_rng_states: list[dict] = field(default_factory=list)
+    # preprocessing/ group: float32 (n_features,) standardisation applied to raw samples, and the label
+    # of each output (int64 or str array); None when the run did not standardise / used labels 0..n-1
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    classes: np.ndarray | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -73,6 +78,7 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             for k, replica in enumerate(data.replicas):
                 _write_layers(f, f"replicas/{k}/layers", replica)
             f.attrs["n_replicas"] = len(data.replicas)
+            _write_preprocessing(f, data)
             f.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -94,6 +100,17 @@ def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:
         g.attrs["n_out"] = int(layer.n_out)
         for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
             g.create_dataset(name, data=getattr(layer, name))
+
+
+def _write_preprocessing(f, data: CheckpointData) -> None:
+    if data.mean is None and data.classes is None:
+        return
+    g = f.create_group("preprocessing")
+    if data.mean is not None:
+        g.create_dataset("mean", data=np.asarray(data.mean, dtype=np.float32))
+        g.create_dataset("std", data=np.asarray(data.std, dtype=np.float32))
+    if data.classes is not None:
+        g.attrs["classes"] = json.dumps(np.asarray(data.classes).tolist())
 
 
 def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
@@ -145,7 +162,34 @@ def _read(f, path: Path) -> CheckpointData:
         phase=int(f.attrs.get("phase", 1)), version=int(f.attrs.get("version", 0)), replicas=replicas,
         replica_rng_states=replica_rng_states)
     _check_run_state(data, path)
+    if "preprocessing" in f:
+        _read_preprocessing(f["preprocessing"], data, path)
     return data
+
+
+def _read_preprocessing(g, data: CheckpointData, path: Path) -> None:
+    """mean/std: float32 [n_in of layer 0], finite, std > 0; classes: distinct ints or strings, one per output."""
+    n_in, n_out = data.layers[0].n_in, data.layers[-1].n_out
+    if ("mean" in g) != ("std" in g):
+        raise CheckpointError(f"checkpoint {path}: preprocessing holds only one of mean and std")
+    if "mean" in g:
+        for key in ("mean", "std"):
+            arr = g[key][()]
+            if arr.dtype != np.float32 or arr.shape != (n_in,) or not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"checkpoint {path}: preprocessing/{key} is {arr.dtype} {arr.shape}, "
+                                      f"expected {n_in} finite float32 values (one per input)")
+            setattr(data, key, arr)
+        if not np.all(data.std > 0):
+            raise CheckpointError(f"checkpoint {path}: preprocessing/std holds a value <= 0")
+    if "classes" in g.attrs:
+        raw = g.attrs["classes"]
+        classes = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        kinds = {type(c) for c in classes} if isinstance(classes, list) else {None}
+        if (not classes or len(kinds) != 1 or kinds - {int, str} or len(classes) != n_out
+                or len(set(classes)) != n_out or (kinds == {int} and not all(-2**63 <= c < 2**63 for c in classes))):
+            raise CheckpointError(f"checkpoint {path}: preprocessing classes must be {n_out} distinct integers "
+                                  f"or strings (one per output)")
+        data.classes = np.array(classes, dtype=np.int64 if kinds == {int} else str)
 
 
 def _json_dataset(f, name: str):

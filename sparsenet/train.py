@@ -37,6 +37,8 @@ class TrainingState:
     epoch: int
     history: list[dict]
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    # anything with mean, std and classes (a Dataset, CheckpointData): saved in the checkpoint for inference
+    preprocessing: object | None = None
 
 
 def set_threads(threads: int) -> int:
@@ -60,8 +62,11 @@ def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointDat
     model, opt = state.model, state.optimizer
     layers = [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
                                opt.velocities[l], opt.bias_velocities[l]) for l, layer in enumerate(model.layers)]
+    pre = state.preprocessing
     return ckpt.CheckpointData(layers, model.slopes, model.dropout, model.output, state.epoch,
-                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg))
+                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
+                               mean=getattr(pre, "mean", None), std=getattr(pre, "std", None),
+                               classes=getattr(pre, "classes", None))
 
 
 def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
@@ -76,7 +81,7 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     optimizer.bias_velocities = [a.bias_velocity for a in data.layers]
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
-    return TrainingState(model, optimizer, rng, data.epoch, list(data.history))
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), preprocessing=data)
 
 
 def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[float, int]:
@@ -223,6 +228,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
         state = new_state(cfg, data.n_features, data.n_classes)
         log(f"model {'-'.join(map(str, state.model.sizes))}, nnz per layer {state.model.nnz}, "
             f"{state.model.n_parameters} parameters, init {time.perf_counter() - t0:.2f}s")
+    state.preprocessing = data
     dump_config(cfg, out / "config.yaml")
     write_metrics(metrics_path, state.history)
 

@@ -57,11 +57,11 @@ def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str) -> Dataset
         y_train, y_test = arrays["y_train"], arrays["y_test"]
         check_lengths(x_train, y_train, "x_train", "y_train", where)
         check_lengths(x_test, y_test, "x_test", "y_test", where)
-    y_train, y_test, n_classes = encode_labels(y_train, y_test, where)
+    y_train, y_test, classes = encode_labels(y_train, y_test, where)
     if x_train.shape[1] != x_test.shape[1]:
         raise DataError(f"{where}: x_test has {x_test.shape[1]} features but x_train has "
                         f"{x_train.shape[1]}")
-    return finish(cfg, name, x_train, y_train, x_test, y_test, n_classes, check_finite=True)
+    return finish(cfg, name, x_train, y_train, x_test, y_test, len(classes), check_finite=True, classes=classes)
 
 
 def load_npz(cfg, seed: int) -> Dataset:

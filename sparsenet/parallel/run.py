@@ -144,6 +144,7 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
         log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
     else:
         state = new_state(cfg, data.n_features, data.n_classes)
+    state.preprocessing = data  # mean/std/classes into the checkpoint
     dump_config(cfg, out / "config.yaml")
     write_metrics(out / "metrics.jsonl", state.history)
     return ParameterServer(cfg, data, transport, state, out, version, replicas).run()
