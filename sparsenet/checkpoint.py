@@ -49,12 +49,13 @@ class CheckpointData:
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write `data` to a private temporary beside `path`, fsync it, then rename it over `path`
+    (fileio.replacing: a full disk or a kill leaves the previous checkpoint as it was)."""
     import h5py
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    from .fileio import replacing
+
+    with replacing(path, "checkpoint") as (tmp, _):
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -74,17 +75,6 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
                 _write_layers(f, f"replicas/{k}/layers", replica)
             f.attrs["n_replicas"] = len(data.replicas)
             f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:

@@ -361,12 +361,14 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write cfg as YAML to path."""
+    """Write cfg as YAML to path (through a temporary and a rename, see fileio)."""
+    from sparsenet.errors import OutputError
+    from sparsenet.fileio import write_text
+
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(config_to_yaml(cfg))
-    except OSError as e:
-        raise ConfigError(f"cannot write config file '{os.fspath(path)}': {e.strerror or e}") from e
+        write_text(path, config_to_yaml(cfg), "config file")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ---------------------------------------------------------------- YAML reading
