@@ -55,7 +55,7 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
 
     from .fileio import replacing
 
-    with replacing(path, "checkpoint") as (tmp, _):
+    with replacing(path, "checkpoint", reserve=_file_size_bound(data)) as (tmp, _):
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -75,6 +75,15 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
                 _write_layers(f, f"replicas/{k}/layers", replica)
             f.attrs["n_replicas"] = len(data.replicas)
             f.flush()
+
+
+def _file_size_bound(data: CheckpointData) -> int:
+    """More bytes than the HDF5 file of `data` takes: its arrays and texts plus metadata per object."""
+    arrays = [a for model in [data.layers, *data.replicas] for layer in model
+              for a in (layer.rows, layer.cols, layer.values, layer.bias, layer.velocity, layer.bias_velocity)]
+    texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
+        + len(json.dumps(data.replica_rng_states))
+    return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
 def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:

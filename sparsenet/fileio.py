@@ -115,12 +115,14 @@ def _temporary_name(target: str) -> str:
 
 
 @contextmanager
-def replacing(path: str | os.PathLike, what: str = "output file") -> Iterator[tuple[str, int]]:
+def replacing(path: str | os.PathLike, what: str = "output file", reserve: int = 0) -> Iterator[tuple[str, int]]:
     """Yield (temporary path, its fd) for the caller to fill; on success the temporary replaces `path`.
 
     The temporary is created O_EXCL|O_NOFOLLOW, mode 0o600; afterwards it must still be the file
     we created (same inode), is fsynced, made FILE_MODE & ~umask and renamed over `path`; the
     folder is fsynced. Any failure removes the temporary and leaves `path` as it was (OutputError).
+    reserve: bytes the caller will write; allocated first, so a disk without room for them fails
+    here, cleanly, instead of inside a library (HDF5 crashes when a write fails: segfault at close).
     """
     path = Path(path)
     try:
@@ -134,6 +136,8 @@ def replacing(path: str | os.PathLike, what: str = "output file") -> Iterator[tu
         raise OutputError(f"cannot write {what} '{path}': {_reason(exc)}") from None
     try:
         try:
+            if reserve > 0:
+                _reserve(fd, reserve)
             yield tmp, fd
             mine = os.fstat(fd)
             there = os.lstat(tmp)
@@ -158,6 +162,14 @@ def replacing(path: str | os.PathLike, what: str = "output file") -> Iterator[tu
             pass
         except OSError:
             pass
+
+
+def _reserve(fd: int, nbytes: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, what: str = "output file") -> None:
