@@ -100,6 +100,8 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file, e.g. {path / 'checkpoint.h5'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
