@@ -254,3 +254,9 @@ def test_stale_temporaries_of_dead_processes_are_removed_at_start(tmp_path):
 
     assert prepare_run_folder(out) == out
     assert sorted(p.name for p in out.iterdir()) == sorted(kept)
+
+
+def test_a_directory_given_as_checkpoint_says_so(tmp_path, capsys):
+    err = error_of(capsys, ["info", str(tmp_path)])
+    assert err == (f"sparsenet: error: checkpoint {tmp_path} is a directory; give the checkpoint file, "
+                   f"e.g. {tmp_path / 'checkpoint.h5'}")
