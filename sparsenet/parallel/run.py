@@ -18,7 +18,7 @@ from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import ignore_stop_signals
 from .protocol import TAG_MEMORY_PLAN
-from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+from ..train import TrainingState, check_resume_compatible, new_state, prepare_run_folder, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -125,7 +125,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
     from .server import ParameterServer, _Replica, phase1_epochs
 
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_folder(out)
     checkpoint_path = out / "checkpoint.h5"
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
