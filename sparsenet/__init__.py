@@ -10,11 +10,25 @@ __version__ = "0.1.0"
 
 __all__ = ["SETClassifier", "SETRegressor", "Model", "load", "train", "__version__"]
 
-# The submodule sparsenet.train (the epoch loop) is imported first: importing a submodule binds its
-# name in the package, and sparsenet.train must stay the function (use `from sparsenet.train import ...`
-# for the module's contents).
-from . import train as _train_module  # noqa: E402,F401
-from .api import Model, load, train  # noqa: E402
+import types as _types  # noqa: E402
+
+from . import train as _train_module  # noqa: E402
+from .api import Model, load  # noqa: E402
+
+
+class _CallableModule(_types.ModuleType):
+    """sparsenet.train is both the epoch-loop module (sparsenet/train.py: `from sparsenet.train
+    import run`, `monkeypatch.setattr("sparsenet.train.run", ...)` keep working) and the API call
+    `sparsenet.train(config, X, y, ...)` (api.train), without one name shadowing the other."""
+
+    def __call__(self, config, X, y, **kwargs):
+        from .api import train as _train
+
+        return _train(config, X, y, **kwargs)
+
+
+_train_module.__class__ = _CallableModule
+train = _train_module
 
 _LAZY = {"SETClassifier": "estimators", "SETRegressor": "estimators"}
 

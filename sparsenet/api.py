@@ -158,7 +158,9 @@ class Model:
         `sparsenet export` read."""
         from . import checkpoint as ckpt
         from .config import config_to_yaml
+        from .fileio import prepare_file
 
+        path = prepare_file(path, "checkpoint")
         layers = [ckpt.LayerArrays(la.n_in, la.n_out, la.rows, la.cols, la.values, la.bias,
                                    np.zeros(la.nnz, dtype=np.float32), np.zeros(la.n_out, dtype=np.float32))
                   for la in self.network.layers]

@@ -28,3 +28,7 @@ class InputError(DataError, ValueError):
 
 class ParameterError(ConfigError, ValueError):
     """An estimator parameter that breaks a config rule; also a ValueError (scikit-learn's convention)."""
+
+
+class OutputError(SparsenetError):
+    """An output file or folder cannot be written safely (unsafe folder, full disk, a file in the way)."""

@@ -7,7 +7,6 @@ Layouts are documented in docs/python-api.md ("Export"); both hold each layer as
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -39,7 +38,7 @@ def npz_arrays(model: Model) -> dict[str, np.ndarray]:
 
 def export_npz(model: Model, path: str | os.PathLike) -> None:
     arrays = npz_arrays(model)
-    _write_atomic(path, lambda fh: np.savez(fh, **arrays))
+    _write_atomic(path, lambda fh: np.savez(fh, **arrays), "npz export")
 
 
 def torch_state(model: Model) -> dict:
@@ -71,21 +70,13 @@ def export_torch(model: Model, path: str | os.PathLike) -> None:
     state = torch_state(model)  # raises SparsenetError without torch
     import torch
 
-    _write_atomic(path, lambda fh: torch.save(state, fh))
+    _write_atomic(path, lambda fh: torch.save(state, fh), "torch export")
 
 
-def _write_atomic(path: str | os.PathLike, write) -> None:
-    """write(fh) into a fresh temporary beside path, fsync, rename over path."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "xb") as fh:
+def _write_atomic(path: str | os.PathLike, write, what: str) -> None:
+    """write(file object) into a private temporary beside path, then renamed over it (fileio.replacing)."""
+    from .fileio import prepare_file, replacing
+
+    with replacing(prepare_file(path, what), what) as (_, fd):
+        with os.fdopen(os.dup(fd), "wb") as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise SparsenetError(f"cannot write {path}: {e.strerror or e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()

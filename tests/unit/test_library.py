@@ -166,6 +166,16 @@ def test_train_returns_model_and_history_and_layers_are_csr(blobs):
     np.testing.assert_array_equal(rebuilt.predict(x), model.predict(x))
 
 
+def test_sparsenet_train_is_the_api_call_and_still_the_module():
+    import sparsenet.train as module
+    from sparsenet.train import run
+
+    assert module is sparsenet.train and module.run is run  # dotted paths into the epoch-loop module work
+    model, history = sparsenet.train({"model": {"hidden": [8]}, "train": {"epochs": 2}},
+                                     np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2)
+    assert isinstance(model, sparsenet.Model) and [r["epoch"] for r in history] == [1, 2]
+
+
 def test_boundary_errors_are_clear(blobs):
     x, y = blobs
     model, _ = sparsenet.train({"model": {"hidden": [8]}, "train": {"epochs": 1}}, x, y + 1)
