@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .config import Config, config_from_dict, config_to_dict, load_config
+from .config import Config, config_from_dict, load_config
 from .errors import ConfigError, DivergedError, InputError
 from .inputs import CSRRows, Preprocessing, as_samples, label_indices
 from .model import SparseMLP

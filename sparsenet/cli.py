@@ -88,6 +88,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
     import numpy as np
 
     from .api import load, probabilities
@@ -103,11 +106,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     z = model.logits(x)  # checked against the model and standardised as at training time
     classes = model.classes_
     pred = classes[np.argmax(z, axis=1)]
-    lines = ["prediction" + ("".join(f",p_{c}" for c in classes) if args.proba else "")]
     proba = probabilities(model.output, z) if args.proba else None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # quotes labels holding commas or quotes
+    writer.writerow(["prediction", *([f"p_{c}" for c in classes] if args.proba else [])])
     for i in range(z.shape[0]):
-        lines.append(str(pred[i]) + ("".join(f",{p:.9g}" for p in proba[i]) if args.proba else ""))
-    text = "\n".join(lines) + "\n"
+        writer.writerow([pred[i], *([f"{p:.9g}" for p in proba[i]] if args.proba else [])])
+    text = buffer.getvalue()
     summary = {"checkpoint": str(args.checkpoint), "data": str(args.data), "rows": int(z.shape[0])}
     if labels is not None:
         truth = label_indices(label_array(labels, "labels", f"'{args.data}'"), classes, where=f"labels in {args.data}")

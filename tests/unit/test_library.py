@@ -305,3 +305,19 @@ def test_csr_duplicate_entries_count_as_their_sum():
     np.testing.assert_array_equal(a.preprocessing.mean, b.preprocessing.mean)
     np.testing.assert_allclose(a.preprocessing.std, b.preprocessing.std, rtol=1e-6)
     np.testing.assert_allclose(b.predict_proba(dup), a.predict_proba(dense), rtol=1e-5)
+
+
+def test_mpi_launch_without_mpi4py_says_which_extra(tmp_path):
+    (tmp_path / "cfg.yaml").write_text("model: {hidden: [8]}\n")
+    code = f"""
+import sys
+sys.modules["mpi4py"] = None
+from sparsenet.cli import main
+sys.exit(main(["train", "{tmp_path / 'cfg.yaml'}", "--out", "{tmp_path / 'run'}"]))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "SLURM_"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**env, "PMI_SIZE": "3"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == ("sparsenet: error: launched on 3 MPI ranks, but mpi4py is not installed: "
+                                   "pip install 'sparsenet[mpi]' (sequential training needs no MPI)")

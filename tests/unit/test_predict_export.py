@@ -144,7 +144,7 @@ def test_bad_preprocessing_in_a_checkpoint_is_refused(trained, tmp_path):
             if name in g:
                 del g[name]
             change(g)
-        with pytest.raises(CheckpointError, match=f"preprocessing"):
+        with pytest.raises(CheckpointError, match="preprocessing"):
             sparsenet.load(bad)
 
 
@@ -153,3 +153,16 @@ def test_version(capsys):
         main(["--version"])
     assert done.value.code == 0
     assert capsys.readouterr().out.strip() == f"sparsenet {sparsenet.__version__}"
+
+
+def test_predict_quotes_labels_that_hold_commas(tmp_path, capsys):
+    import scipy.sparse as sp
+
+    w = sp.csr_array((np.array([1.0, -1.0], dtype=np.float32), np.array([0, 0]), np.array([0, 1, 2])), shape=(2, 1))
+    sparsenet.Model.from_sparse([w], classes=["a,b", 'say "hi"']).save(tmp_path / "m.h5")
+    np.savez(tmp_path / "x.npz", x=np.array([[2.0], [-3.0]]))
+    assert main(["predict", str(tmp_path / "m.h5"), "--data", str(tmp_path / "x.npz"), "--proba"]) == 0
+    rows = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert rows[0] == ["prediction", "p_a,b", 'p_say "hi"']
+    assert [r[0] for r in rows[1:]] == ["a,b", 'say "hi"']  # logits (2, -2) then (-3, 3)
+    assert float(rows[1][1]) == pytest.approx(1 / (1 + np.exp(-4)))

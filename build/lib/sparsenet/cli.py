@@ -1,0 +1,423 @@
+"""Command line: sparsenet train | plan | evaluate | predict | export | info | prune | features | data synth | plot. Bad input exits 2 with a one-line error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import SparsenetError
+from .signals import EXIT_RESUMABLE
+
+EXIT_BAD_INPUT = 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .train import run
+
+    from .parallel.run import launched_world_size
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if launched_world_size() > 1:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            raise SparsenetError(f"launched on {launched_world_size()} MPI ranks, but mpi4py is not installed: "
+                                 f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)") from None
+        from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
+
+        state = run_parallel(cfg, out, resume=args.resume)
+        if state is None:  # a worker: rank 0 reports
+            return 0
+    else:
+        from .memory import check_memory
+        from .metrics import log
+
+        check_memory(cfg, 1, say=log)
+        state = run(cfg, out, resume=args.resume)
+    last = state.history[-1] if state.history else {}
+    print(json.dumps({"out": str(out), "epoch": state.epoch, "test_accuracy": last.get("test_accuracy"),
+                      "test_loss": last.get("test_loss"), "stopped_by": state.stopped_by}))
+    return EXIT_RESUMABLE if state.stopped_by else 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .memory import format_plan, plan_json, plan_memory, refusal
+
+    cfg = load_config(args.config, args.set)
+    plan = plan_memory(cfg, args.ranks)
+    if args.json:
+        print(plan_json(plan))
+    else:
+        print(format_plan(plan))
+        if not plan.fits:
+            print(refusal(plan))
+    return 0 if plan.fits else 1
+
+
+def _load_model_and_config(path: str, overrides: list[str]):
+    from .checkpoint import load_checkpoint
+    from .config import config_from_yaml, override_config
+    from .train import model_from_checkpoint
+
+    data = load_checkpoint(path)
+    cfg = override_config(config_from_yaml(data.config_yaml, f"the config stored in {path}"), overrides)
+    return data, model_from_checkpoint(data), cfg
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .model import training_workspace_bytes
+    from .train import set_threads
+
+    data, model, cfg = _load_model_and_config(args.checkpoint, args.set)
+    set_threads(cfg.threads)
+    dataset = load_dataset(cfg.data, cfg.seed)
+    if dataset.n_features != model.sizes[0] or dataset.n_classes > model.sizes[-1]:
+        raise SparsenetError(f"data {dataset.name} has {dataset.n_features} features and {dataset.n_classes} classes, "
+                             f"but the model expects {model.sizes[0]} inputs and {model.sizes[-1]} outputs")
+    loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
+                                    max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
+    print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
+                      "test_loss": loss, "test_samples": int(dataset.x_test.shape[0])}))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .api import load, probabilities
+    from .data.features import read_features
+    from .data.prepare import label_array
+    from .fileio import prepare_file, write_text
+    from .inputs import label_indices
+    from .train import set_threads
+
+    model = load(args.checkpoint)
+    set_threads(model.config.threads)
+    x, labels = read_features(args.data, model.n_features_in_, model.config.data.label_column)
+    z = model.logits(x)  # checked against the model and standardised as at training time
+    classes = model.classes_
+    pred = classes[np.argmax(z, axis=1)]
+    lines = ["prediction" + ("".join(f",p_{c}" for c in classes) if args.proba else "")]
+    proba = probabilities(model.output, z) if args.proba else None
+    for i in range(z.shape[0]):
+        lines.append(str(pred[i]) + ("".join(f",{p:.9g}" for p in proba[i]) if args.proba else ""))
+    text = "\n".join(lines) + "\n"
+    summary = {"checkpoint": str(args.checkpoint), "data": str(args.data), "rows": int(z.shape[0])}
+    if labels is not None:
+        truth = label_indices(label_array(labels, "labels", f"'{args.data}'"), classes, where=f"labels in {args.data}")
+        if truth.shape[0] != z.shape[0]:
+            raise SparsenetError(f"'{args.data}' has {truth.shape[0]} labels for {z.shape[0]} samples")
+        summary["accuracy"] = float(np.mean(np.argmax(z, axis=1) == truth))
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    write_text(prepare_file(args.out, "predictions file"), text, "predictions file")
+    print(json.dumps({**summary, "out": str(args.out)}))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .api import load
+    from .export import export_npz, export_torch
+
+    model = load(args.checkpoint)
+    out = args.out or str(Path(args.checkpoint).with_suffix(".npz" if args.format == "npz" else ".pt"))
+    (export_npz if args.format == "npz" else export_torch)(model, out)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "format": args.format, "out": out,
+                      "layers": len(model.network.layers), "nnz": model.network.nnz}))
+    return 0
+
+
+def _json_line(obj: dict) -> str:
+    """obj as strict JSON: a NaN or infinite top-level number becomes null and a warning on stderr says so."""
+    import math
+
+    bad = [k for k, v in obj.items() if isinstance(v, float) and not math.isfinite(v)]
+    for key in bad:
+        print(f"sparsenet: warning: {key} is {obj[key]}, which JSON cannot hold; printed as null", file=sys.stderr)
+        obj[key] = None
+    return json.dumps(obj, allow_nan=False)
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint
+    from .train import model_from_checkpoint
+
+    data = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(data)
+    info = {"checkpoint": str(args.checkpoint), "epoch": data.epoch, "layers": len(model.layers),
+            "neurons": model.sizes, "nnz": model.nnz, "density": [round(l.density, 6) for l in model.layers],
+            "parameters": model.n_parameters, "hidden_slopes": model.slopes, "output": model.output}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"checkpoint  {info['checkpoint']}")
+    print(f"epoch       {data.epoch}")
+    print(f"neurons     {'-'.join(map(str, model.sizes))} ({sum(model.sizes)} in all)")
+    print(f"parameters  {model.n_parameters} (weights {sum(model.nnz)} + biases {sum(model.sizes[1:])})")
+    print(f"{'layer':>5} {'n_in':>10} {'n_out':>10} {'nnz':>12} {'density':>10} {'slope':>7}")
+    for l, layer in enumerate(model.layers):
+        slope = f"{model.slopes[l]:+.3g}" if l < len(model.slopes) else model.output
+        print(f"{l:>5} {layer.n_in:>10} {layer.n_out:>10} {layer.nnz:>12} {layer.density:>10.5f} {slope:>7}")
+    return 0
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .config import config_from_yaml
+    from .fileio import prepare_file
+    from .pruning import select_by_importance, select_npset
+    from .train import apply_neuron_removal, state_from_checkpoint, state_to_checkpoint
+
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise SparsenetError(f"--out {args.out} would overwrite the checkpoint being pruned; choose another file")
+    data = load_checkpoint(args.checkpoint)
+    cfg = config_from_yaml(data.config_yaml, f"the config stored in {args.checkpoint}")
+    state = state_from_checkpoint(data, cfg)
+    model = state.model
+    before = {"neurons": model.sizes, "weights": sum(model.nnz), "parameters": model.n_parameters}
+    if args.fraction is not None:
+        keep = select_npset(model, args.fraction)
+    else:
+        keep = select_by_importance(model, args.percentile)
+    removal = apply_neuron_removal(state, keep)
+    pruned = state_to_checkpoint(state, cfg)
+    pruned.version = data.version  # phase-2 replicas keep the old shapes: a pruned parallel run restarts phase 2
+    save_checkpoint(prepare_file(args.out, "checkpoint"), pruned)
+    print(json.dumps({"checkpoint": str(args.out), "epoch": data.epoch, "removed": removal.removed,
+                      "neurons_before": before["neurons"], "neurons": model.sizes,
+                      "weights_before": before["weights"], "weights": sum(model.nnz),
+                      "parameters_before": before["parameters"], "parameters": model.n_parameters}))
+    return 0
+
+
+def _cmd_features(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .checkpoint import load_checkpoint
+    from .pruning import input_strength
+    from .train import model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(args.checkpoint))
+    first = model.layers[0]
+    strength = input_strength(first)
+    degree = np.bincount(first.rows, minlength=first.n_in)
+    order = np.lexsort((np.arange(first.n_in), -strength))  # strongest first, ties by index
+    top = order[:args.top] if args.top else order
+    if args.out:
+        from .fileio import prepare_file, write_text
+
+        rows = "".join(f"{rank},{i},{strength[i]:.9g},{degree[i]}\n" for rank, i in enumerate(order, start=1))
+        write_text(prepare_file(args.out, "feature file"), "rank,feature,strength,connections\n" + rows, "feature file")
+    if args.image:
+        from .plot import plot_feature_strength
+
+        plot_feature_strength(strength, _image_shape(args.image, first.n_in), args.image_out)
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "features": first.n_in,
+                          "top": [{"feature": int(i), "strength": float(strength[i]), "connections": int(degree[i])}
+                                  for i in top]}))
+        return 0
+    print(f"{first.n_in} input features, {int((degree > 0).sum())} connected; strength = sum of |outgoing weights|")
+    print(f"{'rank':>6} {'feature':>8} {'strength':>12} {'connections':>11}")
+    for rank, i in enumerate(top, start=1):
+        print(f"{rank:>6} {i:>8} {strength[i]:>12.5f} {degree[i]:>11}")
+    if args.out:
+        print(f"wrote all {first.n_in} features, ranked, to {args.out}")
+    if args.image:
+        print(f"wrote {args.image_out}")
+    return 0
+
+
+def _image_shape(text: str, n_features: int) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if len(shape) not in (2, 3) or any(d < 1 for d in shape):
+        raise SparsenetError(f"--image must look like HEIGHTxWIDTH or CHANNELSxHEIGHTxWIDTH, got {text!r}")
+    size = 1
+    for d in shape:
+        size *= d
+    if size != n_features:
+        raise SparsenetError(f"--image {text} holds {size} pixels but the model has {n_features} input features")
+    return shape
+
+
+_SYNTH_FLAGS = {"samples": "--samples", "features": "--features", "informative": "--informative",
+                "redundant": "--redundant", "classes": "--classes", "test_fraction": "--test-fraction"}
+
+
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from .config import config_from_dict
+    from .data.synthfile import write_synthetic
+    from .errors import ConfigError
+    from .metrics import peak_rss_mb
+
+    raw = {"name": "synthetic_hdf5", "path": args.out, "seed": args.seed,
+           **{key: getattr(args, key) for key in _SYNTH_FLAGS}}
+    try:  # the same rules as the config keys data.samples, ... (validated in one place)
+        data = config_from_dict({"data": raw}).data
+    except ConfigError as e:
+        message = str(e)
+        for key, flag in _SYNTH_FLAGS.items():
+            message = message.replace(f"config key 'data.{key}'", flag).replace(f"data.{key}", flag)
+        raise ConfigError(message.replace("config key 'data.seed'", "--seed")) from None
+    info = write_synthetic(data, args.seed)
+    print(json.dumps({"path": str(info.path), "x_train": [info.n_train, info.n_features],
+                      "x_test": [info.n_test, info.n_features], "seconds": round(info.seconds, 2),
+                      "bytes": info.path.stat().st_size, "peak_rss_mb": round(peak_rss_mb(), 1)}))
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_learning_curves
+
+    path = plot_learning_curves(args.metrics, args.out, args.label or None)
+    print(f"wrote {path}")
+    return 0
+
+
+def _percentile(text: str) -> float:
+    value = _number(text, "percentile")
+    if not 0 < value < 100:
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text, "fraction")
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"fraction must be in (0, 1), got {text}")
+    return value
+
+
+def _whole_number(minimum: int):
+    """argparse type: an int >= minimum, with a message that says what was given."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text}")
+        return value
+    return parse
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+    if value != value:
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="sparsenet", description="Truly sparse MLPs trained with SET on CPUs.")
+    parser.add_argument("--version", action="version", version=f"sparsenet {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train a model from a YAML config")
+    train.add_argument("config", help="YAML config file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key; VALUE is parsed as YAML (repeatable)")
+    train.add_argument("--out", help="output folder (default runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5 if it exists")
+    train.set_defaults(func=_cmd_train)
+    plan = sub.add_parser("plan", help="peak memory a config needs, against what is available (exit 1: does not fit)")
+    plan.add_argument("config", help="YAML config file")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override a config key, e.g. memory_limit_gb=16 (repeatable)")
+    plan.add_argument("--ranks", type=_whole_number(1), default=1,
+                      help="MPI ranks on this node: 1 = sequential, N = 1 server + N-1 workers (default 1)")
+    plan.add_argument("--json", action="store_true", help="print one JSON object")
+    plan.set_defaults(func=_cmd_plan)
+    evaluate = sub.add_parser("evaluate", help="test accuracy and loss of a checkpoint, as one JSON line")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override the checkpoint's config, e.g. data.path=...")
+    evaluate.set_defaults(func=_cmd_evaluate)
+    predict = sub.add_parser("predict", help="score every row of a data file with a checkpoint, preprocessed as "
+                                             "at training time (CSV: prediction[, p_<class>...])")
+    predict.add_argument("checkpoint")
+    predict.add_argument("--data", required=True, help=".npz / .h5 (array x or x_test; labels y or y_test "
+                         "optional), scipy save_npz matrix, or .csv (feature columns, optionally the label column)")
+    predict.add_argument("--proba", action="store_true", help="add one probability column per class")
+    predict.add_argument("--out", help="CSV file to write (default: standard output); prints a JSON summary, "
+                         "with the accuracy when the file has labels")
+    predict.set_defaults(func=_cmd_predict)
+    export = sub.add_parser("export", help="write a checkpoint's model as per-layer CSR arrays (npz, scipy) "
+                                           "or a torch state_dict of sparse CSR tensors")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", choices=("npz", "torch"), required=True)
+    export.add_argument("--out", help="file to write (default: the checkpoint's name with .npz / .pt)")
+    export.set_defaults(func=_cmd_export)
+    info = sub.add_parser("info", help="layers, neurons, nnz and epoch of a checkpoint")
+    info.add_argument("checkpoint")
+    info.add_argument("--json", action="store_true", help="print one JSON line")
+    info.set_defaults(func=_cmd_info)
+    prune = sub.add_parser("prune", help="remove unimportant hidden neurons of a trained checkpoint (one shot)")
+    prune.add_argument("checkpoint")
+    how = prune.add_mutually_exclusive_group(required=True)
+    how.add_argument("--percentile", type=_percentile,
+                     help="Importance Pruning: remove hidden neurons below this importance percentile of their layer")
+    how.add_argument("--fraction", type=_fraction,
+                     help="NPSET: remove this fraction of each hidden layer's neurons with the fewest connections")
+    prune.add_argument("--out", required=True, help="checkpoint file to write (evaluate and info accept it)")
+    prune.set_defaults(func=_cmd_prune)
+    features = sub.add_parser("features", help="rank input features by strength (sum of |outgoing weights|)")
+    features.add_argument("checkpoint")
+    features.add_argument("--top", type=_whole_number(0), default=20, help="how many to print (0 = all; default 20)")
+    features.add_argument("--out", help="CSV file for every feature, ranked")
+    features.add_argument("--json", action="store_true", help="print one JSON line")
+    features.add_argument("--image", metavar="[Cx]HxW", help="also draw the strengths as an image of this shape (28x28, 3x32x32)")
+    features.add_argument("--image-out", default="feature_strength.png", help="PNG for --image")
+    features.set_defaults(func=_cmd_features)
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write the paper's big Madelon-like dataset to HDF5 (float32, row chunks)")
+    synth.add_argument("--samples", type=int, default=10000, help="samples in all (default 10000)")
+    synth.add_argument("--features", type=int, default=65536, help="features per sample (default 65536)")
+    synth.add_argument("--informative", type=int, default=5, help="informative features (default 5)")
+    synth.add_argument("--redundant", type=int, default=15, help="linear combinations of them (default 15)")
+    synth.add_argument("--classes", type=int, default=2, help="classes (default 2)")
+    synth.add_argument("--test-fraction", type=float, default=0.3, help="test share (default 0.3)")
+    synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    synth.add_argument("--out", help="HDF5 file (default ~/.cache/sparsenet/synthetic/madelon_<params>.h5)")
+    synth.set_defaults(func=_cmd_data_synth)
+    plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
+    plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
+    plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")
+    plot.add_argument("--label", action="append", default=[], help="legend label per file (repeatable)")
+    plot.set_defaults(func=_cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SparsenetError as exc:
+        print(f"sparsenet: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as exc:
+        detail = f" ({' '.join(str(exc).split())[:120]})" if str(exc) else ""
+        print(f"sparsenet: error: out of memory{detail}; `sparsenet plan` shows what a config needs; "
+              f"use smaller data (data.max_train), a smaller model or a machine with more memory", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("sparsenet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,536 @@
+"""Run configuration: YAML -> frozen dataclasses, one validation pass, `--set a.b=value` overrides.
+
+Every field carries its validation rule in its metadata; a section is a frozen dataclass
+listed in `Config` with `field(default_factory=...)`. Adding a field is one line, adding a
+section is a dataclass plus one line in `Config` (plus, optionally, an entry in `_CROSS_CHECKS`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import os
+import re
+import reprlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import yaml
+
+from sparsenet.errors import ConfigError
+
+__all__ = [
+    "Config", "ParallelConfig", "DebugConfig", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "PruningConfig", "CheckpointConfig",
+    "load_config", "override_config", "config_from_yaml", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
+]
+
+
+# ---------------------------------------------------------------- validation rules
+
+SHOWN_CHARS = 80  # an error message shows at most this much of a value
+MAX_CONFIG_BYTES = 1 << 20  # a config (file, override or the text in a checkpoint) is far smaller
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = SHOWN_CHARS
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 8, 12, 12
+
+
+def _show(value: Any) -> str:
+    """repr(value) cut to SHOWN_CHARS characters (+ '...'), never built whole for huge values."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def _got(value: Any) -> str:
+    return f"{_show(value)} ({type(value).__name__})"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+class _Int:
+    """An integer (bool rejected, 10.0 rejected) within optional bounds; optionally null."""
+
+    def __init__(self, lo: int | None = None, hi: int | None = None, null: bool = False):
+        self.lo, self.hi, self.null = lo, hi, null
+
+    def __call__(self, key: str, value: Any) -> int | None:
+        if value is None and self.null:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            kind = "an integer or null" if self.null else "an integer"
+            raise ConfigError(f"config key '{key}' must be {kind}, got {_got(value)}")
+        value = int(value)
+        _check_range(key, value, self.lo, self.hi, False, False)
+        return value
+
+
+class _Float:
+    """A finite real number (ints accepted, bool rejected) within optional open/closed bounds."""
+
+    def __init__(self, lo: float | None = None, hi: float | None = None,
+                 lo_open: bool = False, hi_open: bool = False, null: bool = False):
+        self.lo, self.hi, self.lo_open, self.hi_open, self.null = lo, hi, lo_open, hi_open, null
+
+    def __call__(self, key: str, value: Any) -> float | None:
+        if value is None and self.null:
+            return None
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            kind = "a number or null" if self.null else "a number"
+            raise ConfigError(f"config key '{key}' must be {kind}, got {_got(value)}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise ConfigError(f"config key '{key}' must be a finite number, got {value}")
+        _check_range(key, number, self.lo, self.hi, self.lo_open, self.hi_open, shown=value)
+        return number
+
+
+def _check_range(key: str, value: float, lo, hi, lo_open: bool, hi_open: bool,
+                 shown: Any = None) -> None:
+    too_low = lo is not None and (value <= lo if lo_open else value < lo)
+    too_high = hi is not None and (value >= hi if hi_open else value > hi)
+    if not (too_low or too_high):
+        return
+    if lo is not None and hi is not None:
+        allowed = f"in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        allowed = f"{'>' if lo_open else '>='} {_num(lo)}"
+    else:
+        allowed = f"{'<' if hi_open else '<='} {_num(hi)}"
+    shown = value if shown is None else shown
+    raise ConfigError(f"config key '{key}' must be {allowed}, got {_show(shown)}")
+
+
+class _Bool:
+    def __call__(self, key: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}' must be true or false, got {_got(value)}")
+        return value
+
+
+class _Choice:
+    def __init__(self, *options: str):
+        self.options = options
+
+    def __call__(self, key: str, value: Any) -> str:
+        if not isinstance(value, str) or value not in self.options:
+            raise ConfigError(
+                f"config key '{key}' must be one of {', '.join(self.options)}, got {_show(value)}")
+        return value
+
+
+class _Str:
+    """A non-empty string (os.PathLike accepted and converted); optionally null."""
+
+    def __init__(self, null: bool = False):
+        self.null = null
+
+    def __call__(self, key: str, value: Any) -> str | None:
+        if value is None and self.null:
+            return None
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value:
+            kind = "a non-empty string or null" if self.null else "a non-empty string"
+            raise ConfigError(f"config key '{key}' must be {kind}, got {_got(value)}")
+        return value
+
+
+class _PositiveInts:
+    """A non-empty list of positive integers, stored as a tuple."""
+
+    def __call__(self, key: str, value: Any) -> tuple[int, ...]:
+        ok = (isinstance(value, (list, tuple)) and len(value) > 0 and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and 1 <= v < 2**31 for v in value))
+        if not ok:
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(
+                f"config key '{key}' must be a non-empty list of positive integers below 2**31, "
+                f"got {_show(shown)}")
+        return tuple(int(v) for v in value)
+
+
+def _field(default: Any, rule: Callable[[str, Any], Any]) -> Any:
+    return field(default=default, metadata={"rule": rule})
+
+
+# ---------------------------------------------------------------- sections
+
+DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "synthetic_hdf5", "npz", "csv", "hdf5")
+SYNTHETIC_SOURCES = ("synthetic", "synthetic_hdf5")
+CLUSTERS_PER_CLASS = 2  # make_classification's default: classes * 2 clusters need 2**informative hypercube vertices
+FILE_SOURCES = ("npz", "csv", "hdf5")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the samples come from and how they are preprocessed."""
+
+    name: str = _field("fashion_mnist", _Choice(*DATA_SOURCES))
+    path: str | None = _field(None, _Str(null=True))       # required for npz/csv/hdf5; synthetic_hdf5: the file
+    test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True))
+    standardize: bool = _field(True, _Bool())
+    label_column: int = _field(-1, _Int())                 # csv only
+    samples: int = _field(2600, _Int(lo=10))               # synthetic only, from here on
+    features: int = _field(500, _Int(lo=2))
+    informative: int = _field(5, _Int(lo=1))
+    redundant: int = _field(15, _Int(lo=0))
+    classes: int = _field(2, _Int(lo=2))
+    seed: int | None = _field(None, _Int(lo=0, null=True))   # synthetic_hdf5: generation seed (null: the run's)
+    max_train: int | None = _field(None, _Int(lo=1, null=True))
+    max_test: int | None = _field(None, _Int(lo=1, null=True))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the sparse MLP (hidden widths, sparsity level, activations)."""
+
+    hidden: tuple[int, ...] = _field((1000, 1000, 1000), _PositiveInts())
+    epsilon: float = _field(20.0, _Float(lo=0, lo_open=True))
+    activation: str = _field("all_relu", _Choice("relu", "leaky_relu", "all_relu"))
+    alpha: float = _field(0.6, _Float(lo=0))
+    init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform"))
+    dropout: float = _field(0.3, _Float(0, 1, hi_open=True))
+    output: str = _field("softmax", _Choice("softmax", "sigmoid"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """SGD with momentum and weight decay."""
+
+    epochs: int = _field(500, _Int(lo=1))
+    batch_size: int = _field(128, _Int(lo=1))
+    lr: float = _field(0.01, _Float(lo=0, lo_open=True))
+    momentum: float = _field(0.9, _Float(0, 1, hi_open=True))
+    weight_decay: float = _field(0.0002, _Float(lo=0))
+    weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"))  # see optim.MomentumSGD
+    eval_batch_size: int = _field(2048, _Int(lo=1))
+    progress: bool = _field(True, _Bool())
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Sparse Evolutionary Training: fraction zeta of weights removed and regrown each epoch."""
+
+    zeta: float = _field(0.3, _Float(0, 1, hi_open=True))
+    evolve_output: bool = _field(False, _Bool())
+
+
+@dataclass(frozen=True)
+class PruningConfig:
+    """Neuron pruning between epochs. importance: from start_epoch, every `every` epochs, remove the
+    hidden neurons below the `percentile`-th importance percentile of their layer. npset: after each of
+    `duration` epochs from start_epoch, remove the `fraction` of hidden neurons with fewest connections."""
+
+    method: str = _field("none", _Choice("none", "importance", "npset"))
+    start_epoch: int = _field(10, _Int(lo=1))          # importance: tau; npset: beta
+    every: int = _field(5, _Int(lo=1))                 # importance: pruning step p
+    percentile: float = _field(10.0, _Float(0, 100, lo_open=True, hi_open=True))   # importance: threshold t
+    fraction: float = _field(0.04, _Float(0, 1, lo_open=True, hi_open=True))       # npset: alpha
+    duration: int = _field(40, _Int(lo=1))             # npset: gamma
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = _field(10, _Int(lo=1))
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """MPI training (world size > 1): rank 0 is the parameter server, ranks 1..K the workers."""
+
+    algorithm: str = _field("wasap", _Choice("wasap", "wassp"))
+    phase1_epochs: int | None = _field(None, _Int(lo=0, null=True))   # None: phase1_fraction of the epochs
+    phase1_fraction: float = _field(0.9, _Float(0, 1))
+    chunk_bytes: int = _field(1 << 30, _Int(lo=1024, hi=2**31 - 1))     # largest single MPI message
+    lr_scaling: bool = _field(True, _Bool())           # wassp: lr * K (Goyal et al.)
+    warmup_epochs: int = _field(5, _Int(lo=0))         # wassp: gradual warm-up from lr to lr * K
+    async_lr_factor: float = _field(1.0, _Float(lo=0, lo_open=True))   # wasap: lr * factor ...
+    async_lr_epochs: int = _field(0, _Int(lo=0))       # ... for the first epochs, then lr
+    pipeline: bool = _field(True, _Bool())             # wasap: compute the next gradient while one travels
+    shared_memory: bool = _field(True, _Bool())        # bundles between ranks of one node through /dev/shm
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection for tests: worker `fail_rank` raises at its `fail_at_step`-th gradient."""
+
+    fail_rank: int | None = _field(None, _Int(lo=1, null=True))
+    fail_at_step: int = _field(0, _Int(lo=0))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run configuration; top-level scalars first, then one field per section."""
+
+    seed: int = _field(0, _Int(lo=0))
+    threads: int = _field(0, _Int(lo=0))                   # 0 = all cores
+    memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True))  # GiB; null: detect
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evolution: EvolutionConfig = field(default_factory=EvolutionConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
+
+
+def _check_data(c: DataConfig) -> None:
+    if c.name in FILE_SOURCES and c.path is None:
+        raise ConfigError(f"config key 'data.path' is required when data.name is '{c.name}', "
+                          f"got null; set it to the {c.name} file")
+    if c.informative > c.features:
+        raise ConfigError(f"config key 'data.informative' must be <= data.features "
+                          f"({c.features}), got {c.informative}")
+    if c.informative + c.redundant > c.features:
+        raise ConfigError(f"config key 'data.redundant' must be <= data.features - "
+                          f"data.informative ({c.features - c.informative}), got {c.redundant}")
+    if c.name in SYNTHETIC_SOURCES and c.classes * CLUSTERS_PER_CLASS > 2 ** min(c.informative, 62):
+        need = max(1, math.ceil(math.log2(c.classes * CLUSTERS_PER_CLASS)))
+        raise ConfigError(f"config key 'data.informative' must be >= {need} for data.classes {c.classes} "
+                          f"(the generator places {CLUSTERS_PER_CLASS} clusters per class on the vertices of an "
+                          f"informative-dimensional hypercube: classes * {CLUSTERS_PER_CLASS} <= 2**informative), "
+                          f"got {c.informative}")
+
+
+# Checks that involve several fields of one section (Config: across sections), run after the
+# per-field rules.
+_CROSS_CHECKS: dict[type, Callable[[Any], None]] = {DataConfig: _check_data}
+
+
+# ---------------------------------------------------------------- dict <-> Config
+
+def _section_fields(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, type]]:
+    """Split a dataclass's fields into scalar fields (with a rule) and sub-sections."""
+    scalars, sections = {}, {}
+    for f in dataclasses.fields(cls):
+        factory = f.default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            sections[f.name] = factory
+        elif "rule" in f.metadata:
+            scalars[f.name] = f
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} has no validation rule; "
+                            f"declare it with _field(default, rule)")
+    return scalars, sections
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        where = f"config section '{prefix}'" if prefix else "the config"
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {_got(raw)}")
+    scalars, sections = _section_fields(cls)
+    for key in raw:
+        if key not in scalars and key not in sections:
+            valid = ", ".join(sorted([*scalars, *sections]))
+            where = f"in '{prefix}'" if prefix else "at the top level"
+            full = f"{prefix}.{key}" if prefix else str(key)
+            raise ConfigError(f"unknown config key '{_cut(full)}'; valid keys {where}: {valid}")
+    values = {}
+    for name, f in scalars.items():
+        if name in raw:
+            values[name] = f.metadata["rule"](f"{prefix}.{name}" if prefix else name, raw[name])
+    for name, sub in sections.items():
+        values[name] = _build(sub, raw.get(name), f"{prefix}.{name}" if prefix else name)
+    obj = cls(**values)
+    check = _CROSS_CHECKS.get(cls)
+    if check is not None:
+        check(obj)
+    return obj
+
+
+def config_from_dict(d: Mapping) -> Config:
+    """Validate a nested mapping (as read from YAML or a checkpoint) into a Config."""
+    return _build(Config, d, "")
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Nested dict of plain YAML types (tuples become lists); inverse of config_from_dict."""
+    return _plain(cfg)
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`."""
+
+
+_Dumper.add_representer(
+    list, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", v, flow_style=True))
+
+
+def config_to_yaml(cfg: Config) -> str:
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False)
+
+
+def dump_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write cfg as YAML to path (through a temporary and a rename, see fileio)."""
+    from sparsenet.errors import OutputError
+    from sparsenet.fileio import write_text
+
+    try:
+        write_text(path, config_to_yaml(cfg), "config file")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
+
+
+# ---------------------------------------------------------------- YAML reading
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (PyYAML wants 1.0e-3) and rejects duplicate keys and
+    anchors/aliases (nested aliases expand exponentially: a 390-byte file can stand for gigabytes)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a sparsenet config; "
+                "write each value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {_show(key)}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or str(e)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return _cut(" ".join(f"{where}{problem}".split()), 2 * SHOWN_CHARS)
+
+
+def _cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_yaml(text: str, source: str, fail: Callable[[str], str] | None = None) -> Any:
+    """YAML text -> plain Python values; every failure is a one-line ConfigError, fail(problem) if given."""
+    fail = fail or (lambda problem: f"cannot parse {source}: {problem}")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(fail(f"{len(text)} characters or more; a config is at most {MAX_CONFIG_BYTES}"))
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(fail(_yaml_problem(e))) from None
+    except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; nesting deeper than Python's stack
+        raise ConfigError(fail(_cut(" ".join(str(e).split()) or type(e).__name__))) from None
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    shown = repr(_cut(text))
+    if not sep or not all(p.strip() for p in parts):
+        raise ConfigError(f"invalid override {shown}: expected the form KEY=VALUE, "
+                          f"e.g. train.lr=0.1 or model.hidden=[200,200]")
+    if not value.strip():
+        raise ConfigError(f"invalid override {shown}: no value after '='; write {_cut(key.strip())}=null "
+                          f"to mean null")
+    parsed = _parse_yaml(value, "", lambda problem: f"invalid override {shown}: value is not valid YAML ({problem})")
+    return [p.strip() for p in parts], parsed
+
+
+def _section_at(parts: list[str]) -> type | None:
+    """The section dataclass that the key path `parts` names (e.g. ['train']), or None."""
+    cls = Config
+    for part in parts:
+        sections = _section_fields(cls)[1]
+        if part not in sections:
+            return None
+        cls = sections[part]
+    return cls
+
+
+def _apply_override(raw: dict, text: str) -> None:
+    parts, value = _parse_override(text)
+    section = _section_at(parts)
+    if section is not None and not isinstance(value, dict):
+        key = ".".join(parts)
+        example = next(iter(_section_fields(section)[0]), "key")
+        raise ConfigError(f"invalid override {repr(_cut(text))}: '{key}' is a config section, not a value; "
+                          f"override its keys one by one, e.g. {key}.{example}=...")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"invalid override {repr(_cut(text))}: '{where}' is a value, not a section")
+        node = child
+    if section is not None and isinstance(node.get(parts[-1]), dict):
+        node[parts[-1]] = {**node[parts[-1]], **value}  # a mapping updates the section's keys it names
+    else:
+        node[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None = all defaults), apply `a.b=value` overrides, validate."""
+    raw: Any = {}
+    if path is not None:
+        name = os.fspath(path)
+        try:
+            with open(name, encoding="utf-8") as fh:
+                text = fh.read(MAX_CONFIG_BYTES + 1)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file '{name}' not found") from e
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(f"cannot read config file '{name}': {_cut(reason)}") from e
+        raw = _parse_yaml(text, f"config file '{name}'")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{name}' must hold a mapping of sections at the "
+                              f"top level, got {type(raw).__name__}")
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    for text in overrides:
+        _apply_override(raw, text)
+    return config_from_dict(raw)
+
+
+def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
+    """cfg with `a.b=value` overrides applied, validated again."""
+    raw = config_to_dict(cfg)
+    for text in overrides:
+        _apply_override(raw, text)
+    return config_from_dict(raw)
+
+
+def config_from_yaml(text: str, source: str = "config text") -> Config:
+    """Validate a config held as YAML text (e.g. the one stored in a checkpoint)."""
+    return config_from_dict(_parse_yaml(text, source) or {})

@@ -1,0 +1,501 @@
+"""Memory planner: how much a config needs at its peak, per rank, against what this machine has.
+
+Everything is derived from a validated Config and the data's shape; no model is built. The
+byte counts follow what the code allocates (see the constants below, one place to update when a
+layout changes; tests/unit/test_memory.py checks them against a real model's arrays).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Config, override_config
+from .errors import SparsenetError
+from .model import eval_chunk, inference_bytes_per_sample, training_workspace_bytes
+from .parallel.channel import BUFFERS as CHANNEL_BUFFERS
+from .parallel.shm import SLOTS
+from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
+from .sparse.init import erdos_renyi_density
+from .sparse.layer import INDEX_DTYPE, perm_dtype
+
+GIB = 1 << 30
+
+# ---------------------------------------------------------------- what the code allocates
+
+# Per connection of a SparseLayer (sparse/layer.py): name -> dtype; in_perm is int64 from 2**31
+# connections on (LARGE_PERM_EXTRA_BYTES more). test_memory checks this table against a real layer.
+LAYER_CONNECTION_ARRAYS = {"rows": INDEX_DTYPE, "cols": INDEX_DTYPE, "values": np.float32,
+                           "cols_in": INDEX_DTYPE, "in_perm": perm_dtype(1)}
+LARGE_PERM_EXTRA_BYTES = np.dtype(perm_dtype(2**31)).itemsize - np.dtype(perm_dtype(1)).itemsize
+# Per output neuron: bias; per (neuron + 1): the out_ptr / in_ptr run pointers.
+LAYER_NEURON_ARRAYS = {"bias": np.float32}
+LAYER_POINTER_DTYPE = np.int64
+VELOCITY_DTYPE = np.float32      # optim.MomentumSGD: one per connection and per bias
+GRADIENT_DTYPE = np.float32      # SparseMLP.grads / bias_grads
+ACTIVATION_DTYPE = np.float32
+
+LAYER_BYTES_PER_CONNECTION = sum(np.dtype(d).itemsize for d in LAYER_CONNECTION_ARRAYS.values())
+BYTES_PER_CONNECTION = (LAYER_BYTES_PER_CONNECTION + np.dtype(VELOCITY_DTYPE).itemsize
+                        + np.dtype(GRADIENT_DTYPE).itemsize)  # 28
+
+# SparseMLP training workspace, per neuron and sample: activations (every layer), grad factor
+# f'(z) * dropout (every layer but the output) and deltas (every layer). One allocation for the
+# largest batch; smaller batches (an epoch's last) are views into it.
+TRAIN_WORKSPACE_BUFFERS = 3
+# Evaluation (model.evaluate): forward only, through the training workspace where there is one; on
+# the server (no workspace) two ping-pong buffers (widest even / odd layer) per sample of a chunk,
+# within the bytes of a training batch's workspace; allocated per call.
+
+# Transient peaks, measured with scripts/bench_memory.py (tracemalloc and RSS) on a 2M x 2M eps-10
+# layer (40M connections) and a 5M x 5M eps-1 layer (10M connections): the SET step
+# (evolution.prune_and_regrow + optim.realign) allocates ~29 B per connection of the layer it
+# evolves plus ~16 B per neuron of it; Erdős–Rényi init ~22 B per connection plus the per-thread
+# counts of the counting sort. Neuron pruning rebuilds a layer with plain numpy (not yet lean).
+SET_PEAK_BYTES_PER_CONNECTION = 30
+SET_PEAK_BYTES_PER_NEURON = 16
+INIT_PEAK_BYTES_PER_CONNECTION = 22
+PRUNE_PEAK_BYTES_PER_CONNECTION = 104
+# MPI messages: a topology bundle (rows, cols, values) and the phase-2 state (+ velocity) of a
+# model; the server receives every worker's phase-2 replica before averaging them.
+TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION = 12
+REPLICA_MESSAGE_BYTES_PER_CONNECTION = 16
+# parallel.shared_memory: every sender keeps up to shm.SLOTS /dev/shm slots (tmpfs, counted as
+# memory) per same-node destination, each as large as the largest bundle, at most DEFAULT_SHARED_MAX_BYTES,
+# and the server opens a channel per same-node worker: channel.BUFFERS buffers of float32 weights or
+# gradients (one float per parameter), mapped by both ranks and counted once, at the server.
+
+INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
+
+
+# ---------------------------------------------------------------- data shape
+
+@dataclass(frozen=True)
+class DataShape:
+    n_train: int
+    n_test: int
+    n_features: int
+    n_classes: int
+    source: str            # where the numbers come from
+
+
+_BUILTIN = {"fashion_mnist": (60000, 10000, 784, 10), "mnist": (60000, 10000, 784, 10),
+            "cifar10": (50000, 10000, 3072, 10)}
+
+
+def data_shape(cfg: Config) -> DataShape:
+    """Samples and features the config's data will have, without loading it."""
+    d = cfg.data
+    if d.name in _BUILTIN:
+        n_train, n_test, f, c = _BUILTIN[d.name]
+        shape = DataShape(n_train, n_test, f, c, f"{d.name} (fixed size)")
+    elif d.name in ("synthetic", "synthetic_hdf5"):
+        from .data.synthfile import file_shapes, split_sizes, synth_path
+
+        path = synth_path(d, cfg.seed) if d.name == "synthetic_hdf5" else None
+        if path is not None and path.is_file():
+            s = file_shapes(path)
+            shape = DataShape(s["x_train"][0], s["x_test"][0], s["x_train"][1], d.classes, f"file {path}")
+        else:
+            n_train, n_test = split_sizes(d.samples, d.test_fraction)
+            what = f"config (file {path} not written yet)" if path is not None else "config"
+            shape = DataShape(n_train, n_test, d.features, d.classes, what)
+    elif not Path(d.path).expanduser().is_file():
+        raise SparsenetError(f"cannot plan memory: data file '{d.path}' not found")
+    elif d.name == "hdf5":
+        shape = _hdf5_shape(Path(d.path).expanduser(), d.test_fraction)
+    elif d.name == "npz":
+        shape = _npz_shape(Path(d.path).expanduser(), d.test_fraction)
+    else:  # csv: columns of the first line, rows counted
+        shape = _csv_shape(Path(d.path).expanduser(), d.test_fraction)
+    n_train = min(shape.n_train, d.max_train) if d.max_train else shape.n_train
+    n_test = min(shape.n_test, d.max_test) if d.max_test else shape.n_test
+    return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source)
+
+
+def _split(n: int, test_fraction: float) -> tuple[int, int]:
+    n_test = int(round(n * test_fraction))
+    return n - n_test, n_test
+
+
+def _hdf5_shape(path: Path, test_fraction: float) -> DataShape:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            if "x_train" in fh and "x_test" in fh:
+                return DataShape(fh["x_train"].shape[0], fh["x_test"].shape[0], fh["x_train"].shape[1], 2,
+                                 f"file {path} (classes not counted: 2 assumed)")
+            n_train, n_test = _split(fh["x"].shape[0], test_fraction)
+            return DataShape(n_train, n_test, fh["x"].shape[1], 2, f"file {path} (classes not counted: 2 assumed)")
+    except (OSError, KeyError, IndexError, TypeError) as e:
+        raise SparsenetError(f"cannot plan memory: cannot read the shapes in '{path}': {e}") from e
+
+
+def _npz_shape(path: Path, test_fraction: float) -> DataShape:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            shapes = {}
+            for name in z.namelist():
+                with z.open(name) as fh:
+                    major, _ = np.lib.format.read_magic(fh)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shapes[name.removesuffix(".npy")] = read(fh)[0]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise SparsenetError(f"cannot plan memory: cannot read the shapes in '{path}': {e}") from e
+    note = f"file {path} (classes not counted: 2 assumed)"
+    if "x_train" in shapes and "x_test" in shapes:
+        return DataShape(shapes["x_train"][0], shapes["x_test"][0], shapes["x_train"][1], 2, note)
+    if "x" not in shapes:
+        raise SparsenetError(f"cannot plan memory: '{path}' has no x_train/x_test or x array")
+    n_train, n_test = _split(shapes["x"][0], test_fraction)
+    return DataShape(n_train, n_test, shapes["x"][1], 2, note)
+
+
+def _csv_shape(path: Path, test_fraction: float) -> DataShape:
+    try:
+        with open(path, "rb") as fh:
+            first = fh.readline()
+            rows = 1 + sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 24), b""))
+    except OSError as e:
+        raise SparsenetError(f"cannot plan memory: cannot read '{path}': {e.strerror or e}") from e
+    text = first.decode("utf-8", "replace")
+    delimiter = max(",;\t", key=text.count)
+    n_train, n_test = _split(rows, test_fraction)
+    return DataShape(n_train, n_test, max(1, text.count(delimiter)), 2, f"file {path} (rows counted, 2 classes assumed)")
+
+
+# ---------------------------------------------------------------- the plan
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class RankPlan:
+    role: str              # sequential, server or worker
+    count: int             # how many ranks of this kind
+    items: list[Item]
+
+    @property
+    def peak(self) -> int:
+        return sum(i.bytes for i in self.items)
+
+
+@dataclass
+class Plan:
+    sizes: list[int]
+    nnz: list[int]
+    data: DataShape
+    ranks: list[RankPlan]
+    available: int
+    available_source: str
+    suggestions: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(r.peak * r.count for r in self.ranks)
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.available
+
+    def to_dict(self) -> dict:
+        return {"neurons": self.sizes, "nnz": self.nnz, "data": vars(self.data),
+                "ranks": [{"role": r.role, "count": r.count, "peak_bytes": r.peak,
+                           "items": [vars(i) for i in r.items]} for r in self.ranks],
+                "total_bytes": self.total, "available_bytes": self.available,
+                "available_source": self.available_source, "fits": self.fits, "suggestions": self.suggestions}
+
+
+def expected_nnz(n_in: int, n_out: int, epsilon: float) -> int:
+    """Expected connections of an Erdős–Rényi layer (at least 1)."""
+    return max(1, int(round(erdos_renyi_density(n_in, n_out, epsilon) * n_in * n_out)))
+
+
+def model_bytes(sizes: list[int], nnz: list[int]) -> int:
+    """Layer arrays of a SparseMLP: connections, biases and run pointers."""
+    neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values())
+    ptr = np.dtype(LAYER_POINTER_DTYPE).itemsize
+    return sum(k * (LAYER_BYTES_PER_CONNECTION + (LARGE_PERM_EXTRA_BYTES if k >= 2**31 else 0))
+               + n_out * neuron + (n_in + 1 + n_out + 1) * ptr
+               for n_in, n_out, k in zip(sizes[:-1], sizes[1:], nnz))
+
+
+def state_bytes(sizes: list[int], nnz: list[int], dtype) -> int:
+    """One value per connection and per bias (optimizer velocity or gradient)."""
+    return (sum(nnz) + sum(sizes[1:])) * np.dtype(dtype).itemsize
+
+
+def workspace_bytes(sizes: list[int], batch: int) -> int:
+    """One SparseMLP training workspace (the model says how large)."""
+    return training_workspace_bytes(sizes, batch)
+
+
+def eval_bytes(sizes: list[int], eval_batch: int, n_test: int, train_batch: int) -> int:
+    """model.evaluate's own buffers on a rank without a training workspace (the server, `evaluate`):
+    two ping-pong buffers (widest even / odd layer) and the output delta, within what a training batch needs."""
+    chunk = min(eval_chunk(sizes, eval_batch, training_workspace_bytes(sizes, train_batch)), max(n_test, 1))
+    return chunk * (inference_bytes_per_sample(sizes) + 4 * sizes[-1])
+
+
+def _activations(sizes: list[int], train_batch: int, eval_batch: int | None, n_test: int,
+                 name: str = "activations") -> Item:
+    """The training workspace (evaluation runs through it), or, with eval_batch, evaluation's own buffers."""
+    if eval_batch is None:
+        return Item(name, workspace_bytes(sizes, train_batch),
+                    f"train {TRAIN_WORKSPACE_BUFFERS}x4 B x {sum(sizes):,} neurons x batch {train_batch}, reused by eval")
+    return Item(name, eval_bytes(sizes, eval_batch, n_test, train_batch),
+                "eval: 2 buffers of the widest layers, within a training batch's bytes")
+
+
+def _transient(cfg: Config, sizes: list[int], nnz: list[int]) -> Item:
+    last = len(nnz) - 1
+    evolving = [k for l, k in enumerate(nnz) if (l < last or cfg.evolution.evolve_output)
+                and k < sizes[l] * sizes[l + 1]]
+    candidates = [(max(nnz) * INIT_PEAK_BYTES_PER_CONNECTION + max(sizes) * 4 * (os.cpu_count() or 1),
+                   "init of the largest layer")]
+    if cfg.evolution.zeta > 0 and evolving and cfg.train.epochs > 1:
+        neurons = max(sizes[l] + sizes[l + 1] for l, k in enumerate(nnz) if k == max(evolving))
+        candidates.append((max(evolving) * SET_PEAK_BYTES_PER_CONNECTION + neurons * SET_PEAK_BYTES_PER_NEURON,
+                           "SET step of the largest layer"))
+        candidates.append((state_bytes(sizes, nnz, GRADIENT_DTYPE), "gradients reallocated after SET"))
+    if cfg.pruning.method != "none":
+        candidates.append((max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION, "neuron pruning of the largest layer"))
+    size, why = max(candidates)
+    return Item("transient peak", size, why)
+
+
+def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, available: int | None = None,
+                available_source: str | None = None, suggest: bool = True) -> Plan:
+    """Peak memory of training `cfg` on `ranks` processes on this node (1 = sequential)."""
+    if ranks < 1:
+        raise SparsenetError(f"ranks must be >= 1, got {ranks}")
+    data = data or data_shape(cfg)
+    sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
+    nnz = [expected_nnz(a, b, cfg.model.epsilon) for a, b in zip(sizes[:-1], sizes[1:])]
+    x_bytes = (data.n_train + data.n_test) * (data.n_features * 4 + 8)
+    data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features x 4 B")
+    per_neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values()) + 2 * np.dtype(LAYER_POINTER_DTYPE).itemsize
+    model = Item("model weights + indices", model_bytes(sizes, nnz),
+                 f"{sum(nnz):,} connections x {LAYER_BYTES_PER_CONNECTION} B + ~{per_neuron} B per neuron")
+    velocity = Item("optimizer velocity", state_bytes(sizes, nnz, VELOCITY_DTYPE),
+                    f"x {np.dtype(VELOCITY_DTYPE).itemsize} B")
+    grads = Item("gradients", state_bytes(sizes, nnz, GRADIENT_DTYPE), f"x {np.dtype(GRADIENT_DTYPE).itemsize} B")
+    transient = _transient(cfg, sizes, nnz)
+    overhead = Item("interpreter + numba", INTERPRETER_BYTES)
+    t = cfg.train
+    train_batch = min(t.batch_size, data.n_train)
+    if ranks == 1:
+        acts = _activations(sizes, train_batch, None, data.n_test)
+        plans = [RankPlan("sequential", 1, [data_item, model, velocity, grads, acts, transient, overhead])]
+    else:
+        workers = ranks - 1
+        shard = -(-data.n_train // workers)
+        acts_s = _activations(sizes, train_batch, t.eval_batch_size, data.n_test, "activations (eval)")
+        replicas = Item("phase-2 replicas received", workers * sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION,
+                        f"{workers} x {REPLICA_MESSAGE_BYTES_PER_CONNECTION} B/connection")
+        server_items = [data_item, model, velocity, grads, acts_s, replicas, transient, overhead]
+        worker_slots = []
+        if cfg.parallel.shared_memory:
+            slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, DEFAULT_SHARED_MAX_BYTES)
+            server_items.insert(-2, Item("shared-memory slots", SLOTS * workers * slot,
+                                         f"{SLOTS} x {workers} x the largest bundle"))
+            if grads.bytes <= DEFAULT_SHARED_MAX_BYTES:  # larger models get no channel
+                server_items.insert(-2, Item("shared-memory channels", CHANNEL_BUFFERS * workers * grads.bytes,
+                                             f"{CHANNEL_BUFFERS} x {workers} x the weights, mapped by workers too"))
+            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle")]
+        server = RankPlan("server", 1, server_items)
+        acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
+        shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")
+        message = Item("messages", sum(nnz) * TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION,
+                       f"topology bundle, {TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION} B/connection")
+        worker = RankPlan("worker", workers, [data_item, shard_item, model, velocity, grads,
+                                              acts_w, message, *worker_slots, transient, overhead])
+        plans = [server, worker]
+    if available is None:
+        available, available_source = available_memory(cfg.memory_limit_gb)
+    result = Plan(sizes, nnz, data, plans, available, available_source or "given")
+    if suggest and not result.fits:
+        result.suggestions = _suggestions(cfg, ranks, data, available, available_source)
+    return result
+
+
+def _suggestions(cfg: Config, ranks: int, data: DataShape, available: int, source: str | None) -> list[str]:
+    def fits(c: Config, r: int) -> Plan | None:
+        p = plan_memory(c, r, data, available, source, suggest=False)
+        return p if p.fits else None
+
+    out = []
+    t = cfg.train
+    for b in (t.batch_size // 2 ** k for k in range(1, 12)):
+        if b < 1:
+            break
+        eb = min(t.eval_batch_size, b)
+        p = fits(override_config(cfg, [f"train.batch_size={b}", f"train.eval_batch_size={eb}"]), ranks)
+        if p is not None:
+            out.append(f"train.batch_size={b} train.eval_batch_size={eb} ({_gib(p.total)})")
+            break
+    for r in range(ranks - 1, 1, -1):
+        p = fits(cfg, r)
+        if p is not None:
+            out.append(f"{r} ranks ({_gib(p.total)})")
+            break
+    if ranks > 1 and fits(cfg, 1) is not None:
+        out.append(f"sequential training ({_gib(fits(cfg, 1).total)})")
+    eps = cfg.model.epsilon
+    for k in range(1, 12):
+        e = float(f"{eps * 0.7 ** k:.3g}")
+        p = fits(override_config(cfg, [f"model.epsilon={e}"]), ranks)
+        if p is not None:
+            out.append(f"model.epsilon={e:g} ({_gib(p.total)})")
+            break
+    return out
+
+
+# ---------------------------------------------------------------- what is available
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    if text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    return value if 0 < value < (1 << 60) else None  # v1 "unlimited" is about 2**63
+
+
+def meminfo_available(path: str | os.PathLike = "/proc/meminfo") -> tuple[int | None, int | None]:
+    """(MemAvailable, MemTotal) in bytes from a meminfo file; None where missing."""
+    found: dict[str, int] = {}
+    try:
+        with open(path) as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if key in ("MemAvailable", "MemTotal") and parts:
+                    found[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+    except (OSError, ValueError):
+        pass
+    return found.get("MemAvailable"), found.get("MemTotal")
+
+
+def cgroup_headroom(root: str | os.PathLike = "/sys/fs/cgroup",
+                    self_cgroup: str | os.PathLike = "/proc/self/cgroup") -> tuple[int | None, str]:
+    """Bytes this process's cgroup may still allocate (limit - usage), v2 or v1; None if unlimited."""
+    root = Path(root)
+    v2_path, v1_path = None, None
+    try:
+        for line in Path(self_cgroup).read_text().splitlines():
+            hierarchy, _, rest = line.partition(":")
+            controllers, _, cg = rest.partition(":")
+            if hierarchy == "0" and controllers == "":
+                v2_path = cg
+            elif "memory" in controllers.split(","):
+                v1_path = cg
+    except OSError:
+        pass
+    candidates = []  # the process's own cgroup first, then the root; the first one with a limit counts
+    if v1_path is not None:
+        for base in (root / "memory" / v1_path.lstrip("/"), root / "memory"):
+            candidates.append((base / "memory.limit_in_bytes", base / "memory.usage_in_bytes", "cgroup v1"))
+    if v2_path is not None:
+        for base in (root / v2_path.lstrip("/"), root):
+            candidates.append((base / "memory.max", base / "memory.current", "cgroup v2"))
+    for limit_file, usage_file, kind in candidates:
+        limit = _read_int(limit_file)
+        if limit is None:
+            continue
+        usage = _read_int(usage_file) or 0
+        return max(0, limit - usage), f"{kind} limit {_gib(limit)} - usage {_gib(usage)} ({limit_file.parent})"
+    return None, ""
+
+
+def available_memory(limit_gb: float | None = None, meminfo: str | os.PathLike = "/proc/meminfo",
+                     cgroup_root: str | os.PathLike = "/sys/fs/cgroup",
+                     self_cgroup: str | os.PathLike = "/proc/self/cgroup") -> tuple[int, str]:
+    """(bytes, where from): memory_limit_gb if set, else min(MemAvailable, cgroup limit - usage)."""
+    if limit_gb is not None:
+        return int(limit_gb * GIB), f"memory_limit_gb = {limit_gb:g}"
+    avail, total = meminfo_available(meminfo)
+    options = []
+    if avail is not None:
+        options.append((avail, f"MemAvailable of {_gib(total) if total else '?'} total"))
+    cg, note = cgroup_headroom(cgroup_root, self_cgroup)
+    if cg is not None:
+        options.append((cg, note))
+    if not options:
+        raise SparsenetError("cannot tell how much memory is available (no /proc/meminfo, no cgroup limit); "
+                             "set memory_limit_gb in the config or with --set memory_limit_gb=N")
+    return min(options)
+
+
+# ---------------------------------------------------------------- output and the gate
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f} GiB"
+
+
+def format_plan(p: Plan) -> str:
+    lines = [f"memory plan: {'-'.join(map(str, p.sizes))} ({sum(p.sizes):,} neurons, {sum(p.nnz):,} connections); "
+             f"data from {p.data.source}"]
+    for r in p.ranks:
+        label = r.role if r.count == 1 else f"{r.role} (x{r.count})"
+        lines.append(f"  {label}")
+        for i in r.items:
+            lines.append(f"    {i.name:<28}{i.bytes / GIB:>9.2f} GiB  {i.note}")
+        lines.append(f"    {'peak per rank':<28}{r.peak / GIB:>9.2f} GiB")
+    lines.append(f"  total {_gib(p.total)}, available {_gib(p.available)} ({p.available_source}): "
+                 f"{'fits' if p.fits else 'DOES NOT FIT'}")
+    return "\n".join(lines)
+
+
+class InsufficientMemoryError(SparsenetError):
+    """The planned peak memory exceeds what is available."""
+
+
+def refusal(p: Plan) -> str:
+    biggest = max(((i, r) for r in p.ranks for i in r.items), key=lambda ir: ir[0].bytes * ir[1].count)
+    what = ", ".join(f"{r.count} {r.role}{'s' if r.count > 1 else ''} x {_gib(r.peak)}" for r in p.ranks)
+    hint = ("; would fit: " + "; or ".join(p.suggestions)) if p.suggestions else "; nothing smaller found that fits"
+    return (f"not enough memory: training {'-'.join(map(str, p.sizes))} needs about {_gib(p.total)} ({what}; "
+            f"largest item: {biggest[0].name} {_gib(biggest[0].bytes)}), but only {_gib(p.available)} is available "
+            f"({p.available_source}){hint}; to override set memory_limit_gb (e.g. --set memory_limit_gb=N)")
+
+
+def check_memory(cfg: Config, ranks: int = 1, say=print) -> Plan | None:
+    """Plan, print the table with `say`, and raise InsufficientMemoryError if it will not fit.
+
+    If the data file cannot be sized (missing, malformed) there is no plan: the loader reports why.
+    """
+    try:
+        shape = data_shape(cfg)
+    except SparsenetError as e:
+        say(f"memory plan skipped: {e}")
+        return None
+    p = plan_memory(cfg, ranks, data=shape)
+    say(format_plan(p))
+    if not p.fits:
+        raise InsufficientMemoryError(refusal(p))
+    return p
+
+
+def plan_json(p: Plan) -> str:
+    return json.dumps(p.to_dict())
+
+
+__all__ = ["plan_memory", "check_memory", "format_plan", "available_memory", "data_shape", "Plan",
+           "InsufficientMemoryError", "BYTES_PER_CONNECTION"]

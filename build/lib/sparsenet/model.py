@@ -1,0 +1,200 @@
+"""SparseMLP: a stack of SparseLayers with per-layer hidden slopes, dropout and an output loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .activations import hidden_slopes, output_loss
+from .sparse import kernels
+from .sparse.init import erdos_renyi_layer
+from .sparse.layer import SparseLayer
+
+
+EVAL_BUFFER_BYTES = 1 << 28  # default bound on evaluate()'s own activation buffers (no training workspace)
+
+
+def training_workspace_bytes(sizes: list[int], batch: int) -> int:
+    """Bytes of the training workspace for `batch` samples: activations and deltas of every layer,
+    f'(z) * dropout scale of every layer but the output (float32)."""
+    return 4 * batch * (3 * sum(sizes) - sizes[-1])
+
+
+def inference_bytes_per_sample(sizes: list[int]) -> int:
+    """Bytes per sample of evaluate's two ping-pong buffers: the widest even and odd neuron layers."""
+    return 4 * (max(sizes[0::2]) + max(sizes[1::2]))
+
+
+def eval_chunk(sizes: list[int], batch_size: int, max_bytes: int = EVAL_BUFFER_BYTES) -> int:
+    """Samples per forward pass of evaluate: at most batch_size, activations within max_bytes."""
+    return max(1, min(int(batch_size), int(max_bytes) // inference_bytes_per_sample(sizes)))
+
+
+@dataclass
+class _Workspace:
+    """Feature-major buffers for one batch size: activations, f'(z) * dropout scale, deltas."""
+
+    acts: list[np.ndarray]
+    factors: list[np.ndarray]
+    deltas: list[np.ndarray]
+
+
+class SparseMLP:
+    """Truly sparse MLP: layers[l] maps neuron layer l to l + 1; hidden layers use slopes[l]."""
+
+    def __init__(self, layers: list[SparseLayer], slopes: list[float], dropout: float, output: str):
+        if len(slopes) != len(layers) - 1:
+            raise ValueError(f"need one slope per hidden layer ({len(layers) - 1}), got {len(slopes)}")
+        for lower, upper in zip(layers[:-1], layers[1:]):
+            if lower.n_out != upper.n_in:
+                raise ValueError(f"layer widths disagree: {lower.n_out} outputs feed {upper.n_in} inputs")
+        self.layers = layers
+        self.slopes = [float(s) for s in slopes]
+        self.dropout = float(dropout)
+        self.output = output
+        self._workspaces: dict[int, _Workspace] = {}
+        self.grads: list[np.ndarray] = []
+        self.bias_grads: list[np.ndarray] = []
+        self.topology_changed()
+
+    @classmethod
+    def initialize(cls, sizes: list[int], *, epsilon: float, init: str, activation: str, alpha: float,
+                   dropout: float, output: str, rng: np.random.Generator) -> "SparseMLP":
+        """Erdős–Rényi layers for neuron counts `sizes` (input first, output last)."""
+        layers = [erdos_renyi_layer(n_in, n_out, epsilon, init, rng) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        return cls(layers, hidden_slopes(activation, alpha, len(sizes) - 2), dropout, output)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layers[0].n_in] + [layer.n_out for layer in self.layers]
+
+    @property
+    def nnz(self) -> list[int]:
+        return [layer.nnz for layer in self.layers]
+
+    @property
+    def n_parameters(self) -> int:
+        """Weights plus biases."""
+        return sum(layer.nnz + layer.n_out for layer in self.layers)
+
+    def topology_changed(self) -> None:
+        """Reallocate what depends on the connections or the widths (call after SET or pruning)."""
+        self.grads = [np.zeros(layer.nnz, dtype=np.float32) for layer in self.layers]
+        self.bias_grads = [np.zeros(layer.n_out, dtype=np.float32) for layer in self.layers]
+        if getattr(self, "_workspace_sizes", None) != self.sizes:
+            self._workspaces.clear()
+            self._flat, self._capacity = None, 0
+            self._workspace_sizes = self.sizes
+
+    def input_buffer(self, batch: int) -> np.ndarray:
+        """The (n_features, batch) float32 buffer that `gradients` and `logits` read their input from."""
+        return self._workspace(batch).acts[0]
+
+    def _workspace(self, batch: int) -> _Workspace:
+        """Buffers for `batch` samples: views into one allocation sized for the largest batch seen,
+        so an epoch's smaller last batch costs no memory of its own."""
+        ws = self._workspaces.get(batch)
+        if ws is None:
+            if batch > getattr(self, "_capacity", 0):
+                self._workspaces.clear()  # drop views of the smaller allocation before making a new one
+                self._flat = ([np.zeros(n * batch, dtype=np.float32) for n in self.sizes],
+                              [np.ones(n * batch, dtype=np.float32) for n in self.sizes[:-1]],
+                              [np.zeros(n * batch, dtype=np.float32) for n in self.sizes])
+                self._capacity = batch
+            acts, factors, deltas = ([flat[:n * batch].reshape(n, batch) for flat, n in zip(group, self.sizes)]
+                                     for group in self._flat)
+            ws = self._workspaces[batch] = _Workspace(acts, factors, deltas)
+        return ws
+
+    def _forward(self, ws: _Workspace, drop_keys: np.ndarray | None) -> np.ndarray:
+        last = len(self.layers) - 1
+        for l, layer in enumerate(self.layers):
+            if l == last:
+                kernels.forward(layer, ws.acts[l], ws.acts[l + 1])
+            elif drop_keys is None:
+                kernels.forward(layer, ws.acts[l], ws.acts[l + 1], slope=self.slopes[l])
+            else:
+                kernels.forward(layer, ws.acts[l], ws.acts[l + 1], slope=self.slopes[l],
+                                dropout=self.dropout, drop_key=int(drop_keys[l]), grad_factor=ws.factors[l + 1])
+        return ws.acts[-1]
+
+    def gradients(self, batch: int, labels: np.ndarray, drop_keys: np.ndarray) -> tuple[float, int]:
+        """Forward with dropout and backward on the input already in `input_buffer(batch)`.
+
+        Fills self.grads / self.bias_grads with gradients of the batch-mean loss; returns the
+        summed loss and the number of correct predictions.
+        """
+        ws = self._workspace(batch)
+        logits = self._forward(ws, drop_keys)
+        delta = ws.deltas[-1]
+        loss, correct = output_loss(self.output, logits, labels, delta)
+        kernels.row_sums(delta, self.bias_grads[-1])
+        for l in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[l]
+            if l == 0:
+                kernels.backward(layer, ws.acts[0], delta, self.grads[0])
+            else:
+                kernels.backward(layer, ws.acts[l], delta, self.grads[l], ws.deltas[l], ws.factors[l],
+                                 self.bias_grads[l - 1])
+                delta = ws.deltas[l]
+        return loss, correct
+
+    def logits(self, batch: int) -> np.ndarray:
+        """Output pre-activations (n_classes, batch) for the input in `input_buffer(batch)`, no dropout."""
+        return self._forward(self._workspace(batch), None)
+
+    def eval_chunk(self, batch_size: int, max_bytes: int = EVAL_BUFFER_BYTES) -> int:
+        """Samples per forward pass of evaluate's own buffers: at most batch_size, activations within max_bytes."""
+        return eval_chunk(self.sizes, batch_size, max_bytes)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
+                 max_bytes: int | None = None) -> tuple[float, float]:
+        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,).
+
+        Forward only, without dropout, in chunks of at most batch_size samples. After training the
+        model holds a workspace for its training batch: evaluation runs through it and allocates
+        nothing (chunks of min(batch_size, training batch)). Otherwise it uses two ping-pong
+        activation buffers (no f'(z) or delta storage) within max_bytes (default EVAL_BUFFER_BYTES;
+        trainers pass what a training batch needs). Every sample's logits are computed independently
+        and the loss is one running sum over the samples in order, so the result does not depend on
+        the chunking.
+        """
+        if self._capacity and max_bytes is None:
+            return self._evaluate_in_workspace(x, y, min(int(batch_size), self._capacity))
+        bound = EVAL_BUFFER_BYTES if max_bytes is None else max_bytes
+        chunk = min(self.eval_chunk(batch_size, bound), max(x.shape[0], 1))
+        sizes = self.sizes
+        bufs = (np.empty(max(sizes[0::2]) * chunk, dtype=np.float32),
+                np.empty(max(sizes[1::2]) * chunk, dtype=np.float32))
+        delta = np.empty(sizes[-1] * chunk, dtype=np.float32)
+        last = len(self.layers) - 1
+        total_loss, total_correct = 0.0, 0
+        for start in range(0, x.shape[0], chunk):
+            xb = x[start:start + chunk]
+            m = xb.shape[0]
+            a = bufs[0][:sizes[0] * m].reshape(sizes[0], m)
+            np.copyto(a, xb.T)
+            for l, layer in enumerate(self.layers):
+                out = bufs[(l + 1) % 2][:layer.n_out * m].reshape(layer.n_out, m)
+                kernels.forward(layer, a, out, slope=None if l == last else self.slopes[l])
+                a = out
+            total_loss, correct = output_loss(self.output, a, y[start:start + m],
+                                              delta[:sizes[-1] * m].reshape(sizes[-1], m), start=total_loss)
+            total_correct += correct
+        n = max(x.shape[0], 1)
+        return total_loss / n, total_correct / n
+
+    def _evaluate_in_workspace(self, x: np.ndarray, y: np.ndarray, chunk: int) -> tuple[float, float]:
+        """evaluate() through the training workspace's activation and delta buffers."""
+        total_loss, total_correct = 0.0, 0
+        for start in range(0, x.shape[0], chunk):
+            xb = x[start:start + chunk]
+            ws = self._workspace(xb.shape[0])
+            np.copyto(ws.acts[0], xb.T)
+            logits = self._forward(ws, None)
+            total_loss, correct = output_loss(self.output, logits, y[start:start + xb.shape[0]], ws.deltas[-1],
+                                              start=total_loss)
+            total_correct += correct
+        n = max(x.shape[0], 1)
+        return total_loss / n, total_correct / n

@@ -1,0 +1,153 @@
+"""Entry point of a parallel run: every rank loads its data, rank 0 serves, ranks >= 1 work."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numba
+
+from .. import checkpoint as ckpt
+from ..config import Config, config_from_yaml, dump_config
+from ..cpus import usable_cpus
+from ..data import load_dataset
+from ..errors import SparsenetError
+from ..metrics import log, write_metrics
+from ..signals import ignore_stop_signals
+from .protocol import TAG_MEMORY_PLAN
+from ..train import TrainingState, check_resume_compatible, new_state, prepare_run_folder, state_from_checkpoint
+
+
+ABORT_GRACE_SECONDS = 1.0
+
+
+def launched_world_size() -> int:
+    """World size announced by the MPI launcher (1 if none); starts no MPI unless mpi4py already did."""
+    if "mpi4py.MPI" in sys.modules:  # python -m mpi4py: MPI is up, ask it
+        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size()
+    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"):
+        value = os.environ.get(var)
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def rank_threads(cfg: Config, world_size: int) -> int:
+    """Kernel threads per rank: `threads` if set; else Slurm's CPUs per task, or the CPUs this process
+    may use (affinity, cgroup quota) shared among the workers."""
+    cpus, why = usable_cpus()
+    per_rank = cpus if why == "SLURM_CPUS_PER_TASK" else cpus // max(world_size - 1, 1)
+    wanted = cfg.threads if cfg.threads > 0 else max(1, per_rank)
+    count = min(wanted, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(count)
+    return count
+
+
+def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingState | None:
+    """Train with WASAP/WASSP over MPI; rank 0 returns the final state, workers None.
+
+    Any exception on any rank is reported with its rank and host and aborts the whole job.
+    """
+    from .transport import Transport
+
+    transport = Transport(chunk_bytes=cfg.parallel.chunk_bytes)
+    rank, host = transport.rank, transport.host
+    if not _memory_gate(cfg, transport):
+        return None  # a worker that rank 0 told not to start: rank 0 reports why
+    try:
+        if transport.size < 2:
+            raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
+        if cfg.parallel.shared_memory:
+            transport.enable_shared_memory()
+        threads = rank_threads(cfg, transport.size)
+        # Rank 0 first: a dataset that must be downloaded or unpacked is fetched once, not K+1 times.
+        if rank == 0:
+            data = load_dataset(cfg.data, cfg.seed)
+        transport.barrier()
+        if rank != 0:
+            data = load_dataset(cfg.data, cfg.seed)
+        if data.x_train.shape[0] < transport.size - 1:
+            raise SparsenetError(f"{data.x_train.shape[0]} training samples cannot feed {transport.size - 1} workers")
+        if rank == 0:
+            transport.barrier()  # the workers have their kernels loaded: phase 1 starts for all at once
+            return _serve(cfg, data, transport, Path(out_dir), resume, threads)
+        from .worker import load_kernels, run_worker
+
+        ignore_stop_signals()
+        load_kernels(cfg, data)
+        transport.barrier()
+        run_worker(cfg, data, transport)
+        return None
+    except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them
+        if not isinstance(exc, SparsenetError):
+            traceback.print_exc(file=sys.stderr)
+        print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward our last words before it kills everyone
+        try:
+            transport.close(grace=0)  # our shared-memory files: the abort kills us before atexit would run
+        except BaseException:  # noqa: BLE001 - nothing may stand between an error and the abort
+            pass
+        transport.abort(2 if isinstance(exc, SparsenetError) else 1)
+        raise
+
+
+def _memory_gate(cfg: Config, transport) -> bool:
+    """Rank 0 plans memory for the ranks on its node and tells every worker go / stop before data loads.
+
+    Ranks on other nodes are assumed to share theirs as rank 0's node does (a cluster allocation).
+
+    A refusal ends the job without MPI_Abort: rank 0 raises the planner's message (exit 2), the
+    workers return quietly.
+    """
+    from ..memory import check_memory
+
+    if transport.size < 2:
+        return True
+    node_ranks = transport.node_size()
+    if transport.rank == 0:
+        error = None
+        try:
+            check_memory(cfg, node_ranks, say=lambda text: log(text, rank=0))
+        except BaseException as exc:  # noqa: BLE001 - the workers must hear the verdict whatever happened
+            error = exc
+        for worker in range(1, transport.size):
+            transport.send_bundle(worker, TAG_MEMORY_PLAN, {"go": error is None})
+        if error is not None:
+            raise error
+        return True
+    return bool(transport.recv_bundle(source=0, tag=TAG_MEMORY_PLAN).meta["go"])
+
+
+def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
+    from .server import ParameterServer, _Replica, phase1_epochs
+
+    out = prepare_run_folder(out)
+    checkpoint_path = out / "checkpoint.h5"
+    log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
+        f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
+        f"{data.x_test.shape[0]} test samples", rank=0)
+    version, replicas = 0, None
+    if resume and checkpoint_path.exists():
+        saved = ckpt.load_checkpoint(checkpoint_path)
+        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
+        state = state_from_checkpoint(saved, cfg)
+        version = saved.version
+        if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
+            raise SparsenetError(f"checkpoint {checkpoint_path} is in phase 2 at epoch {state.epoch}; resume it "
+                                 f"with parallel.phase1_epochs <= {state.epoch}, not {phase1_epochs(cfg)}")
+        if saved.phase == 2 and saved.replicas:
+            if len(saved.replicas) != transport.size - 1:
+                raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "
+                                     f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
+            replicas = [_Replica(r, s) for r, s in zip(saved.replicas, saved.replica_rng_states)]
+        log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
+    else:
+        state = new_state(cfg, data.n_features, data.n_classes)
+    state.preprocessing = data  # mean/std/classes into the checkpoint
+    dump_config(cfg, out / "config.yaml")
+    write_metrics(out / "metrics.jsonl", state.history)
+    return ParameterServer(cfg, data, transport, state, out, version, replicas).run()

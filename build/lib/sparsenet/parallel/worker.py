@@ -1,0 +1,211 @@
+"""Ranks >= 1: gradients on the local data shard in phase 1, local SET training of a replica in phase 2."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..activations import hidden_slopes
+from ..config import Config
+from ..data import Dataset
+from ..model import SparseMLP
+from ..optim import MomentumSGD
+from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
+from . import bundles
+from .channel import Channel, load_kernels as channel_kernels
+from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from .transport import Bundle
+
+
+REPLY_SPIN = 1e-3  # a worker expects the server's reply within about a millisecond: yield, don't sleep
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by `debug.fail_rank` / `debug.fail_at_step` (fault-injection tests)."""
+
+
+def shard(n_samples: int, rank: int, workers: int, seed: int) -> np.ndarray:
+    """Sample indices of worker `rank` (1..workers): every workers-th of a seeded permutation."""
+    order = np.random.default_rng([seed, 0x5A4D]).permutation(n_samples)
+    return np.sort(order[rank - 1::workers])
+
+
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless mini-batches of range(n), reshuffled every pass; the last batch of a pass may be smaller."""
+    if n < 1:
+        raise ValueError("a worker needs at least one training sample")
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n, batch_size):
+            yield order[start:start + batch_size]
+
+
+def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> SparseMLP:
+    m = cfg.model
+    return SparseMLP(bundles.layers_from_topology(topology, sizes), hidden_slopes(m.activation, m.alpha, len(sizes) - 2),
+                     m.dropout, m.output)
+
+
+@dataclass
+class _Gradient:
+    """One mini-batch's gradient for the server, in `arrays`: the next buffer of `channel`, or the model's own."""
+
+    meta: dict
+    channel: Channel | None  # the channel the gradient was computed into; None: send it as a bundle
+    arrays: list[np.ndarray]
+    sizes: np.ndarray  # int64 sizes of `arrays`
+
+    def deliver(self, transport):
+        """Send to the server; returns the pending send (None when nothing is left to complete)."""
+        if self.channel is not None:
+            m = self.meta
+            self.channel.post_gradient(m["version"], m["samples"], m["loss"], m["correct"], self.sizes)
+            transport.ring(0)
+            return None
+        return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
+
+
+def load_kernels(cfg: Config, data: Dataset) -> None:
+    """Load (or compile) the gradient and channel kernels on a tiny model of the same layer count and
+    types, so that no worker is still loading them while the others run the first epochs."""
+    sizes = [data.n_features, *[2] * len(cfg.model.hidden), data.n_classes]
+    topology = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):  # one connection into every neuron
+        cols = np.arange(n_out, dtype=np.int32)
+        topology += [cols % n_in, cols, np.full(n_out, 0.1, dtype=np.float32), np.zeros(n_out, dtype=np.float32)]
+    model = new_model(cfg, sizes, topology)
+    n = min(cfg.train.batch_size, data.x_train.shape[0])
+    compute_gradients(model, np.random.default_rng(0), data.x_train, data.y_train, np.arange(n))
+    channel_kernels()
+
+
+def run_worker(cfg: Config, data: Dataset, transport) -> None:
+    """Serve the parameter server until it says stop.
+
+    WASAP workers pipeline: while their gradient travels and the server applies it, they compute
+    the next one on the weights they have (one server update staler), so waiting hides behind
+    work. WASSP workers wait for the averaged update, as synchronous SGD requires.
+    """
+    rank, workers = transport.rank, transport.size - 1
+    transport.probe_spin = REPLY_SPIN
+    mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
+    x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
+    pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
+    model, rng, stream, seeded_epoch, step = None, None, None, None, 0
+    own = None  # the model's own gradient arrays, used without a channel
+    ahead = None  # a _Gradient computed while the last one was in flight
+    channel = None  # same node: the server's replies and our gradients go through this channel.Channel
+    sizes = None  # int64 sizes of the model's weights then biases (its gradient's arrays)
+    via = None  # the channel while the model fits it, else None
+    while True:
+        if via is not None:
+            # Pipelining, the reply is usually here already: take it without the transport's wait (the
+            # server's ring for it stays in our doorbell until a wait drains it).
+            msg = None if via.reply_ready() else transport.recv_unless(via.reply_ready, source=0)
+            if msg is None:
+                msg = _channel_reply(via, model, sizes)
+        else:
+            msg = transport.recv_bundle(source=0)
+        if msg.tag == TAG_STOP:
+            return
+        if msg.tag == TAG_PHASE2:
+            _phase2(cfg, transport, msg, x, y)
+            return
+        if msg.tag != TAG_MODEL:
+            raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
+        if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
+            model = new_model(cfg, msg.meta["sizes"], msg.arrays)
+            own = (model.grads, model.bias_grads)
+            if channel is None and msg.meta.get("channel"):
+                channel = transport.attach_channel(msg.meta["channel"])
+            sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
+            via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
+        elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already
+            pass
+        else:
+            bundles.adopt_values(model, msg.arrays)
+        if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
+            seeded_epoch = msg.meta["epoch"]
+            rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
+            stream = batches(x.shape[0], cfg.train.batch_size, rng)
+        version = msg.meta["version"]
+        if ahead is None:
+            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
+            step += 1
+        in_flight = ahead.deliver(transport)
+        ahead = None
+        if pipeline:  # the sent gradient is in its buffer or copied: the next one goes elsewhere
+            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
+            step += 1
+        if in_flight is not None:
+            in_flight.wait()
+
+
+def _channel_reply(channel: Channel, model: SparseMLP, sizes: np.ndarray):
+    """The server's reply waiting in `channel` (arrays of `sizes`), its weights adopted by `model`;
+    shaped like a Bundle."""
+    version, epoch, arrays = channel.take_reply(sizes)
+    n = len(model.layers)
+    for layer, values, bias in zip(model.layers, arrays[:n], arrays[n:]):  # views made for these very sizes
+        layer.values, layer.bias = values, bias
+    return Bundle(source=0, tag=TAG_MODEL, meta={"kind": "adopted", "version": version, "epoch": epoch},
+                  arrays=arrays, nbytes=0)
+
+
+def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes: np.ndarray, transport, rng,
+              stream, x, y, step: int, version: int) -> _Gradient:
+    """The next mini-batch's gradient, computed into `channel` to the server if given, else into the
+    model's `own` arrays; `sizes`: the model's weight and bias counts. Fault injection happens here."""
+    if cfg.debug.fail_rank == transport.rank and step == cfg.debug.fail_at_step:
+        raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
+    index = next(stream)
+    n_layers = len(model.layers)
+    model.grads, model.bias_grads = own if channel is None else bundles.split_pairs(channel.gradient_arrays(sizes),
+                                                                                    n_layers)
+    loss, correct = compute_gradients(model, rng, x, y, index)
+    meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
+    return _Gradient(meta, channel, bundles.gradient_arrays(model), sizes)
+
+
+def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
+    """Train the replica the server sent on the local shard, sending it back after every epoch.
+
+    After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request); a
+    CONTINUE may carry neuron keep masks, which the replica applies before its next epoch.
+    """
+    sizes = msg.meta["sizes"]
+    n_masks = int(msg.meta["prune"])
+    state_arrays = msg.arrays[:len(msg.arrays) - n_masks]
+    topology, velocities, bias_velocities = bundles.split_state(state_arrays, len(sizes) - 1)
+    model = new_model(cfg, sizes, topology)
+    t = cfg.train
+    optimizer = MomentumSGD(model, t.lr, t.momentum, t.weight_decay, t.weight_decay_mode)
+    optimizer.velocities, optimizer.bias_velocities = list(velocities), list(bias_velocities)
+    rng = np.random.default_rng([cfg.seed, transport.rank, 2, int(msg.meta["start_epoch"])])
+    if msg.meta.get("rng_state"):
+        rng.bit_generator.state = msg.meta["rng_state"]
+    state = TrainingState(model, optimizer, rng, int(msg.meta["start_epoch"]), [])
+    if n_masks:
+        apply_neuron_removal(state, msg.arrays[len(msg.arrays) - n_masks:])
+    while True:
+        epoch = state.epoch + 1
+        t0 = time.perf_counter()
+        if epoch > 1:
+            evolve(state, cfg)
+        t1 = time.perf_counter()
+        loss, accuracy = train_epoch(state, x, y, t.batch_size)
+        t2 = time.perf_counter()
+        state.epoch = epoch
+        meta = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
+                "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state}
+        transport.send_bundle(0, TAG_REPLICA, meta, bundles.state_arrays(model, optimizer.velocities, optimizer.bias_velocities))
+        reply = transport.recv_bundle(source=0)
+        if reply.tag == TAG_STOP:
+            return
+        if reply.tag != TAG_CONTINUE:
+            raise RuntimeError(f"worker {transport.rank} got unexpected message tag {reply.tag} in phase 2")
+        if int(reply.meta["prune"]):
+            apply_neuron_removal(state, reply.arrays)
