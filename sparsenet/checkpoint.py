@@ -90,9 +90,9 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
 def _file_size_bound(data: CheckpointData) -> int:
     """More bytes than the HDF5 file of `data` takes: its arrays and texts plus metadata per object."""
     arrays = [a for model in [data.layers, *data.replicas] for layer in model
-              for a in (layer.rows, layer.cols, layer.values, layer.bias, layer.velocity, layer.bias_velocity)]
+              for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
-        + len(json.dumps(data.replica_rng_states))
+        + len(json.dumps(data.replica_rng_states)) + len(json.dumps(data.replica_optimizer_scalars))
     return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
