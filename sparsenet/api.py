@@ -159,16 +159,17 @@ class Model:
         from . import checkpoint as ckpt
         from .config import config_to_yaml
         from .fileio import prepare_file
+        from .optim import make_optimizer
+        from .train import layers_to_checkpoint
 
         path = prepare_file(path, "checkpoint")
-        layers = [ckpt.LayerArrays(la.n_in, la.n_out, la.rows, la.cols, la.values, la.bias,
-                                   np.zeros(la.nnz, dtype=np.float32), np.zeros(la.n_out, dtype=np.float32))
-                  for la in self.network.layers]
+        opt = make_optimizer(self.config, self.network)  # fresh: zero state
         pre = self.preprocessing
         ckpt.save_checkpoint(path, ckpt.CheckpointData(
-            layers, self.network.slopes, self.network.dropout, self.output, len(self.history),
-            np.random.default_rng(self.config.seed).bit_generator.state, self.history,
-            config_to_yaml(self.config), mean=pre.mean, std=pre.std, classes=pre.classes))
+            layers_to_checkpoint(self.network, opt), self.network.slopes, self.network.dropout, self.output,
+            len(self.history), np.random.default_rng(self.config.seed).bit_generator.state, self.history,
+            config_to_yaml(self.config), optimizer=opt.name, optimizer_scalars=opt.scalars(),
+            mean=pre.mean, std=pre.std, classes=pre.classes))
 
 
 def forward_logits(net: SparseMLP, x, batch_size: int) -> np.ndarray:
