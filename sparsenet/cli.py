@@ -66,6 +66,7 @@ def _load_model_and_config(path: str, overrides: list[str]):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
+    from .model import training_workspace_bytes
     from .train import set_threads
 
     data, model, cfg = _load_model_and_config(args.checkpoint, args.set)
@@ -74,7 +75,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if dataset.n_features != model.sizes[0] or dataset.n_classes > model.sizes[-1]:
         raise SparsenetError(f"data {dataset.name} has {dataset.n_features} features and {dataset.n_classes} classes, "
                              f"but the model expects {model.sizes[0]} inputs and {model.sizes[-1]} outputs")
-    loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size)
+    loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
+                                    max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
     print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
                       "test_loss": loss, "test_samples": int(dataset.x_test.shape[0])}))
     return 0

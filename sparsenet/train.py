@@ -12,6 +12,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
+from .cpus import usable_cpus
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergedError
 from .evolution import prune_and_regrow
@@ -41,8 +42,10 @@ class TrainingState:
 
 
 def set_threads(threads: int) -> int:
-    """Use `threads` kernel threads (0 = all the cores numba sees); returns the count in use."""
-    count = numba.config.NUMBA_NUM_THREADS if threads == 0 else min(threads, numba.config.NUMBA_NUM_THREADS)
+    """Use `threads` kernel threads (0 = the CPUs this process may use: affinity, cgroup quota, Slurm);
+    returns the count in use."""
+    wanted = usable_cpus()[0] if threads == 0 else threads
+    count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(count)
     return count
 
