@@ -223,7 +223,7 @@ def test_evaluate_prints_strict_json(tmp_path, monkeypatch, capsys):
     cfg = config_from_dict(TINY)
     data = tiny_checkpoint()
     ckpt.save_checkpoint(tmp_path / "c.h5", data)
-    monkeypatch.setattr("sparsenet.model.SparseMLP.evaluate", lambda self, x, y, batch: (float("nan"), 0.5))
+    monkeypatch.setattr("sparsenet.model.SparseMLP.evaluate", lambda self, x, y, *args, **kwargs: (float("nan"), 0.5))
     assert main(["evaluate", str(tmp_path / "c.h5")]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
@@ -260,3 +260,16 @@ def test_a_directory_given_as_checkpoint_says_so(tmp_path, capsys):
     err = error_of(capsys, ["info", str(tmp_path)])
     assert err == (f"sparsenet: error: checkpoint {tmp_path} is a directory; give the checkpoint file, "
                    f"e.g. {tmp_path / 'checkpoint.h5'}")
+
+
+def test_plot_replaces_a_symlink_and_creates_its_folder(tmp_path, victim, capsys):
+    pytest.importorskip("matplotlib")
+    metrics = tmp_path / "m.jsonl"
+    write_metrics(metrics, [{"epoch": e, "test_accuracy": 0.5, "test_loss": 1.0, "train_loss": 1.1} for e in (1, 2)])
+    os.symlink(victim, tmp_path / "curve.png")
+    assert main(["plot", str(metrics), "--out", str(tmp_path / "curve.png")]) == 0
+    assert victim.read_bytes() == VICTIM and (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["plot", str(metrics), "--out", str(tmp_path / "new" / "c.pdf")]) == 0
+    assert (tmp_path / "new" / "c.pdf").read_bytes().startswith(b"%PDF")
+    capsys.readouterr()
+    assert "matplotlib writes" in error_of(capsys, ["plot", str(metrics), "--out", str(tmp_path / "c.xyz")])
