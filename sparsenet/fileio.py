@@ -162,9 +162,7 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
         os.close(fd)
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError:
+        except OSError:  # renamed already (success), or gone
             pass
 
 

@@ -273,3 +273,17 @@ def test_plot_replaces_a_symlink_and_creates_its_folder(tmp_path, victim, capsys
     assert (tmp_path / "new" / "c.pdf").read_bytes().startswith(b"%PDF")
     capsys.readouterr()
     assert "matplotlib writes" in error_of(capsys, ["plot", str(metrics), "--out", str(tmp_path / "c.xyz")])
+
+
+def test_command_line_values_are_cut_in_messages(tmp_path, capsys):
+    ckpt.save_checkpoint(tmp_path / "c.h5", tiny_checkpoint())
+    long = "9" * 10_000
+    for argv in (["prune", str(tmp_path / "c.h5"), "--percentile", long, "--out", str(tmp_path / "p.h5")],
+                 ["features", str(tmp_path / "c.h5"), "--top", "x" * 10_000],
+                 ["features", str(tmp_path / "c.h5"), "--image", "x" * 10_000]):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own usage error
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2 and len(err) < 1000 and "..." in err, err[:300]
