@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,12 +16,15 @@ EXIT_BAD_INPUT = 2
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .fileio import check_folder
     from .train import run
 
     from .parallel.run import launched_world_size
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if os.path.lexists(out):  # an unusable output folder is refused before data and memory are looked at
+        check_folder(out)
     if launched_world_size() > 1:
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
