@@ -287,3 +287,29 @@ def test_command_line_values_are_cut_in_messages(tmp_path, capsys):
             code = exc.code
         err = capsys.readouterr().err
         assert code == 2 and len(err) < 1000 and "..." in err, err[:300]
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_old_one_and_the_next_run_removes_the_temporary(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt.save_checkpoint(out / "checkpoint.h5", tiny_checkpoint())
+    before = (out / "checkpoint.h5").read_bytes()
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_outputs import tiny_checkpoint
+from sparsenet import checkpoint as ckpt
+def die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+ckpt._write_layers = die  # killed half-way: attributes written, layers not
+ckpt.save_checkpoint({str(out / 'checkpoint.h5')!r}, tiny_checkpoint(epoch=1))
+"""])
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in out.iterdir() if p.name != "checkpoint.h5"]
+    assert len(left) == 1 and left[0].startswith(".checkpoint.h5.tmp-")
+    assert (out / "checkpoint.h5").read_bytes() == before
+    from sparsenet.train import prepare_run_folder
+
+    prepare_run_folder(out)
+    assert [p.name for p in out.iterdir()] == ["checkpoint.h5"]
+    assert ckpt.load_checkpoint(out / "checkpoint.h5").epoch == 0
