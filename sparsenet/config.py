@@ -368,7 +368,10 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`."""
+    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`; never an anchor (the loader refuses them)."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 _Dumper.add_representer(
