@@ -18,7 +18,7 @@ from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import ignore_stop_signals
 from .protocol import TAG_MEMORY_PLAN
-from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+from ..train import TrainingState, check_resume_compatible, new_state, prepare_run_folder, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -125,7 +125,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
     from .server import ParameterServer, _Replica, phase1_epochs
 
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_folder(out)
     checkpoint_path = out / "checkpoint.h5"
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
@@ -143,7 +143,8 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
             if len(saved.replicas) != transport.size - 1:
                 raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "
                                      f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
-            replicas = [_Replica(r, s) for r, s in zip(saved.replicas, saved.replica_rng_states)]
+            replicas = [_Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
+                                                  saved.replica_optimizer_scalars)]
         log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
     else:
         state = new_state(cfg, data.n_features, data.n_classes)
