@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sparsenet.fileio import prepare_file, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "configs/fashion_mnist.yaml"
 ALONE_TARGET = 0.9        # seconds per epoch (train + evolution)
@@ -36,6 +38,7 @@ PAIR_THROUGHPUT = 0.8
 WIDE = ["model.hidden=[50000,50000]", "model.epsilon=20", "train.batch_size=128"]
 WIDE_STEP_TARGET = 0.15   # seconds per step
 WIDE_RSS_TARGET_MB = 600.0
+FASHION_MNIST_TRAIN = 60_000  # training samples: steps per epoch at batch 128 = 469
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -116,8 +119,7 @@ def main(argv=None) -> int:
         results.update(alone_seconds=alone, hog_seconds=hog, pair_seconds=pair, pair_throughput=throughput)
         if not args.skip_wide:
             rows = run_alone(tmp, "wide", 2, args.overrides + WIDE)
-            steps = -(-rows[1]["samples"] // 128) if "samples" in rows[1] else -(-60000 // 128)
-            step = rows[1]["train_seconds"] / steps
+            step = rows[1]["train_seconds"] / -(-FASHION_MNIST_TRAIN // 128)
             rss = max(r["peak_rss_mb"] for r in rows)
             checks += [("wide 784-50000-50000-10, s/step", step, step <= WIDE_STEP_TARGET, f"<= {WIDE_STEP_TARGET}"),
                        ("wide, peak RSS MB", rss, rss <= WIDE_RSS_TARGET_MB, f"<= {WIDE_RSS_TARGET_MB:g}")]
@@ -128,11 +130,10 @@ def main(argv=None) -> int:
     command = f"cd {ROOT} && {os.path.relpath(sys.executable, ROOT)} scripts/bench_contention.py {shlex.join(sys.argv[1:])}".rstrip()
     print("\n".join(lines))
     print(f"reproduce: {command}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     results.update(checks=[{"what": w, "value": v, "target": t, "pass": p} for w, v, p, t in checks],
                    command=command, load_average_1min=round(os.getloadavg()[0], 2),
                    cpu=_cpu_model(), cores=os.cpu_count())
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    write_text(prepare_file(args.json), json.dumps(results, indent=1) + "\n")
     return 0 if ok or not args.check else 1
 
 
