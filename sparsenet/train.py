@@ -12,7 +12,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
-from .cpus import usable_cpus
+from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
 from .errors import CheckpointError, ConfigError, DivergedError
 from .evolution import prune_and_regrow
@@ -39,6 +39,7 @@ class TrainingState:
     epoch: int
     history: list[dict]
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
 
 
 def set_threads(threads: int) -> int:
@@ -103,6 +104,8 @@ def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.nda
     """Gradients on samples x[index] and one optimizer update; returns summed loss and correct count."""
     loss, correct = compute_gradients(state.model, state.rng, x, y, index)
     state.optimizer.step(state.model, state.model.grads, state.model.bias_grads)
+    if state.governor is not None:
+        state.governor.tick()
     return loss, correct
 
 
@@ -242,6 +245,8 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
         state = new_state(cfg, data.n_features, data.n_classes)
         log(f"model {'-'.join(map(str, state.model.sizes))}, nnz per layer {state.model.nnz}, "
             f"{state.model.n_parameters} parameters, init {time.perf_counter() - t0:.2f}s")
+    if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
+        state.governor = ThreadGovernor(threads, numba.set_num_threads)
     dump_config(cfg, out / "config.yaml")
     write_metrics(metrics_path, state.history)
 
