@@ -17,7 +17,9 @@ from pathlib import Path
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, dump_config
 from .errors import DivergedError
+from .fileio import clean_stale_temporaries, make_folder
 from .metrics import append_metrics, log, peak_rss_mb, write_metrics
+from .model import training_workspace_bytes
 from .signals import StopRequest
 from .state import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
 
@@ -33,8 +35,8 @@ def start_run(cfg: Config, out: Path, n_features: int, n_classes: int, resume: b
               ) -> tuple[TrainingState, ckpt.CheckpointData | None]:
     """The state to train from (out/checkpoint.h5 if resuming and present, else a new one) and the
     checkpoint it came from; `check(saved, state)` may refuse a checkpoint before anything is written.
-    Writes out/config.yaml and rewrites out/metrics.jsonl from the state's history."""
-    out.mkdir(parents=True, exist_ok=True)
+    Writes out/config.yaml and rewrites out/metrics.jsonl from the state's history (out: a folder
+    prepare_run_folder made)."""
     path = out / CHECKPOINT
     saved = None
     if resume and path.exists():
@@ -56,14 +58,25 @@ def start_run(cfg: Config, out: Path, n_features: int, n_classes: int, resume: b
     return state, saved
 
 
+def prepare_run_folder(out_dir: str | Path, rank: int | None = None) -> Path:
+    """The run's output folder, created if missing and checked safe (fileio); stale temporaries removed."""
+    out = make_folder(out_dir)
+    removed = clean_stale_temporaries(out)
+    if removed:
+        log(f"removed {len(removed)} temporaries of interrupted writes from {out}: {', '.join(removed)}", rank)
+    return out
+
+
 class EpochLoop:
     """Runs epochs of `state` and ends each one: evaluation on (x_test, y_test), the metrics row, the
     divergence stop, a checkpoint (`save()`) every cfg.checkpoint.every epochs, at the end and on a stop."""
 
     def __init__(self, cfg: Config, out: Path, state: TrainingState, x_test, y_test, save: Callable[[], None],
-                 rank: int | None = None):
+                 rank: int | None = None, trains: bool = True):
+        """trains: this process trains the model (evaluation reuses its training workspace); False on
+        the parameter server, whose evaluation buffers stay within what a training batch needs."""
         self.cfg, self.out, self.state, self.x_test, self.y_test = cfg, out, state, x_test, y_test
-        self.save, self.rank = save, rank
+        self.save, self.rank, self.trains = save, rank, trains
         self.stop = StopRequest()
 
     def __enter__(self) -> "EpochLoop":
@@ -89,7 +102,8 @@ class EpochLoop:
         state, cfg = self.state, self.cfg
         trained = dict(trained)
         t0 = time.perf_counter()
-        test_loss, test_acc = state.model.evaluate(self.x_test, self.y_test, cfg.train.eval_batch_size)
+        bound = None if self.trains else training_workspace_bytes(state.model.sizes, cfg.train.batch_size)
+        test_loss, test_acc = state.model.evaluate(self.x_test, self.y_test, cfg.train.eval_batch_size, max_bytes=bound)
         row = {"epoch": epoch, **({"phase": trained.pop("phase")} if "phase" in trained else {}),
                **{k: trained.pop(k) for k in TRAINED}, "test_loss": test_loss, "test_accuracy": test_acc,
                **{k: trained.pop(k) for k in SECONDS}, "eval_seconds": time.perf_counter() - t0,

@@ -10,9 +10,11 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config
+from .cpus import usable_cpus
 from .data import Dataset, load_dataset
 from .evolution import prune_and_regrow
-from .loop import CHECKPOINT, EpochLoop, check_finite, start_run, summarize  # noqa: F401 - check_finite, summarize: re-exported
+from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
+    CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, start_run, summarize)
 from .metrics import ProgressBar, log
 from .model import SparseMLP
 from .pruning import NeuronRemoval, pruning_due, remove_neurons, select_by_importance, select_npset
@@ -21,9 +23,12 @@ from .state import (  # noqa: F401 - re-exported: the names callers know train b
     TrainingState, check_resume_compatible, layers_to_checkpoint, model_from_checkpoint, new_state,
     optimizer_from_checkpoint, state_from_checkpoint, state_to_checkpoint)
 
+
 def set_threads(threads: int) -> int:
-    """Use `threads` kernel threads (0 = all the cores numba sees); returns the count in use."""
-    count = numba.config.NUMBA_NUM_THREADS if threads == 0 else min(threads, numba.config.NUMBA_NUM_THREADS)
+    """Use `threads` kernel threads (0 = the CPUs this process may use: affinity, cgroup quota, Slurm);
+    returns the count in use."""
+    wanted = usable_cpus()[0] if threads == 0 else threads
+    count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(count)
     return count
 
@@ -126,7 +131,7 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int) -> d
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
     """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir."""
-    out = Path(out_dir)
+    out = prepare_run_folder(out_dir)
     threads = set_threads(cfg.threads)
     data = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
     log(f"data {data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test samples, "

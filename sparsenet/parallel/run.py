@@ -12,9 +12,10 @@ import numba
 
 from .. import checkpoint as ckpt
 from ..config import Config
+from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
-from ..loop import CHECKPOINT, start_run
+from ..loop import CHECKPOINT, prepare_run_folder, start_run
 from ..metrics import log
 from ..signals import ignore_stop_signals
 from ..state import TrainingState
@@ -36,9 +37,11 @@ def launched_world_size() -> int:
 
 
 def rank_threads(cfg: Config, world_size: int) -> int:
-    """Kernel threads per rank: `threads` if set, else this machine's cores shared among the ranks."""
-    cores = os.cpu_count() or 1
-    wanted = cfg.threads if cfg.threads > 0 else max(1, cores // max(world_size - 1, 1))
+    """Kernel threads per rank: `threads` if set; else Slurm's CPUs per task, or the CPUs this process
+    may use (affinity, cgroup quota) shared among the workers."""
+    cpus, why = usable_cpus()
+    per_rank = cpus if why == "SLURM_CPUS_PER_TASK" else cpus // max(world_size - 1, 1)
+    wanted = cfg.threads if cfg.threads > 0 else max(1, per_rank)
     count = min(wanted, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(count)
     return count
@@ -125,6 +128,7 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
     from .seam import Replica
     from .server import ParameterServer, phase1_epochs
 
+    out = prepare_run_folder(out, rank=0)
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
         f"{data.x_test.shape[0]} test samples", rank=0)

@@ -53,7 +53,8 @@ class ParameterServer:
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self._replicas_out = False  # phase 2: replicas handed out, their epoch not gathered yet
-        self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0)
+        # the server computes no gradients: evaluation gets buffers of a training batch's size
+        self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0, trains=False)
 
     # ------------------------------------------------------------------ phase 1
 
