@@ -78,6 +78,7 @@ class EpochLoop:
         self.cfg, self.out, self.state, self.x_test, self.y_test = cfg, out, state, x_test, y_test
         self.save, self.rank, self.trains = save, rank, trains
         self.stop = StopRequest()
+        self.stopped_in_epoch = False
 
     def __enter__(self) -> "EpochLoop":
         self.stop.__enter__()
@@ -90,12 +91,19 @@ class EpochLoop:
         """True once a stop signal has arrived."""
         return bool(self.stop)
 
-    def run(self, epoch: Callable[[int], dict], until: int) -> None:
+    def run(self, epoch: Callable[[int], dict | None], until: int) -> None:
         """Train epochs state.epoch + 1 .. `until` with `epoch(e)`, which returns the training part of
         epoch e's row (TRAINED and SECONDS keys, optionally "phase", "neurons_removed" and more keys);
-        returns early after the epoch in which a stop was requested."""
+        returns early after the epoch in which a stop was requested. An epoch function that checks
+        stop_requested() itself may return None instead: it stopped part-way and kept its position in
+        the state, which is saved at once."""
         while self.state.epoch < until and not self.stop:
-            self.end_epoch(self.state.epoch + 1, epoch(self.state.epoch + 1))
+            trained = epoch(self.state.epoch + 1)
+            if trained is None:
+                self.save()
+                self.stopped_in_epoch = True
+                return
+            self.end_epoch(self.state.epoch + 1, trained)
 
     def end_epoch(self, epoch: int, trained: dict) -> dict:
         """Evaluate, record epoch `epoch` as completed and write its row; raises DivergedError on a NaN loss."""
@@ -124,8 +132,8 @@ class EpochLoop:
         state = self.state
         if self.stop and state.epoch < self.cfg.train.epochs:
             state.stopped_by = self.stop.signal_name
-            log(f"{self.stop.signal_name} received: stopped after epoch {state.epoch} with a checkpoint; "
-                f"continue with --resume", self.rank)
+            where = f"in epoch {state.epoch + 1}" if self.stopped_in_epoch else f"after epoch {state.epoch}"
+            log(f"{self.stop.signal_name} received: stopped {where} with a checkpoint; continue with --resume", self.rank)
         if state.history:
             log(summarize(state.history), self.rank)
         return state

@@ -162,3 +162,35 @@ class MPIWorkers(Workers):
 def _gradient_of(msg) -> Gradient:
     m = msg.meta
     return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]), msg.arrays)
+
+
+def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0) -> int:
+    """Array bytes of a model as _send_model sends a topology (rows, cols, values, bias of every layer)
+    or, with the optimizer's state bytes per parameter, of a phase-2 replica (bundles.replica_arrays)."""
+    connections, biases = sum(nnz), sum(sizes[1:])
+    return 12 * connections + 4 * biases + state_per_parameter * (connections + biases)
+
+
+def planned_bytes(cfg: Config, sizes: list[int], nnz: list[int], state_per_parameter: int, workers: int
+                  ) -> dict[str, list[tuple[str, int, str]]]:
+    """(item, bytes, note) the messaging holds at its peak, per role ("server", "worker"): the server
+    receives every replica before averaging; with parallel.shared_memory every sender keeps up to
+    shm.SLOTS /dev/shm slots (tmpfs, counted as memory) per same-node peer, each as large as the
+    largest bundle up to the transport's limit, and the server maps a channel per worker
+    (channel.BUFFERS buffers of one float32 per parameter), counted once, at the server."""
+    from .channel import BUFFERS
+    from .shm import SLOTS
+    from .transport import DEFAULT_SHARED_MAX_BYTES
+
+    replica = message_bytes(sizes, nnz, state_per_parameter)
+    server = [("phase-2 replicas received", workers * replica, f"{workers} x {replica:,} B")]
+    worker = [("messages", message_bytes(sizes, nnz), "topology bundle")]
+    if cfg.parallel.shared_memory:
+        slot = min(replica, DEFAULT_SHARED_MAX_BYTES)
+        server.append(("shared-memory slots", SLOTS * workers * slot, f"{SLOTS} x {workers} x the largest bundle"))
+        values = 4 * (sum(nnz) + sum(sizes[1:]))
+        if values <= DEFAULT_SHARED_MAX_BYTES:  # larger models get no channel
+            server.append(("shared-memory channels", BUFFERS * workers * values,
+                           f"{BUFFERS} x {workers} x the weights, mapped by workers too"))
+        worker.append(("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle"))
+    return {"server": server, "worker": worker}
