@@ -270,7 +270,8 @@ class Config:
     """The whole run configuration; top-level scalars first, then one field per section."""
 
     seed: int = _field(0, _Int(lo=0))
-    threads: int = _field(0, _Int(lo=0))                   # 0 = all cores
+    threads: int = _field(0, _Int(lo=0))                   # 0 = the CPUs this process may use
+    adapt_threads: bool = _field(False, _Bool())           # threads 0: fewer while other processes take CPUs
     memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True))  # GiB; null: detect
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -367,7 +368,10 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`."""
+    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`; never an anchor (the loader refuses them)."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 _Dumper.add_representer(

@@ -8,6 +8,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config, config_to_dict, config_to_yaml
+from .cpus import ThreadGovernor
 from .errors import CheckpointError, ConfigError
 from .model import SparseMLP
 from .optim import Optimizer, make_optimizer
@@ -27,6 +28,7 @@ class TrainingState:
     epoch: int
     history: list[dict]
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
 
 
 def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config
-from .cpus import usable_cpus
+from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
 from .evolution import prune_and_regrow
 from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
@@ -37,6 +37,8 @@ def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.nda
     """Gradients on samples x[index] and one optimizer update; returns summed loss and correct count."""
     loss, correct = compute_gradients(state.model, state.rng, x, y, index)
     state.optimizer.step(state.model, state.model.grads, state.model.bias_grads)
+    if state.governor is not None:
+        state.governor.tick()
     return loss, correct
 
 
@@ -138,6 +140,8 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     log(f"data {data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test samples, "
         f"{data.n_features} features, {data.n_classes} classes; {threads} kernel threads")
     state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume)
+    if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
+        state.governor = ThreadGovernor(threads, numba.set_num_threads)
 
     def save() -> None:
         ckpt.save_checkpoint(out / CHECKPOINT, state_to_checkpoint(state, cfg))

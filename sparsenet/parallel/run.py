@@ -83,7 +83,8 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         run_worker(cfg, data, transport)
         return None
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them
-        if not isinstance(exc, SparsenetError):
+        expected = isinstance(exc, (SparsenetError, MemoryError))  # bad input or out of memory: one line, exit 2
+        if not expected:
             traceback.print_exc(file=sys.stderr)
         print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -92,7 +93,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             transport.close(grace=0)  # our shared-memory files: the abort kills us before atexit would run
         except BaseException:  # noqa: BLE001 - nothing may stand between an error and the abort
             pass
-        transport.abort(2 if isinstance(exc, SparsenetError) else 1)
+        transport.abort(2 if expected else 1)
         raise
 
 
