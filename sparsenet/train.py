@@ -128,7 +128,8 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int) -> d
     train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)
     bar.close()
     return {"train_loss": train_loss, "train_accuracy": train_acc, "train_seconds": time.perf_counter() - t1,
-            "evolution_seconds": t1 - t0, "neurons_removed": removal.removed if removal else None}
+            "evolution_seconds": t1 - t0, "neurons_removed": removal.removed if removal else None,
+            "lr": state.optimizer.lr}
 
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
