@@ -137,6 +137,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     model = load(args.checkpoint)
     out = args.out or str(Path(args.checkpoint).with_suffix(".npz" if args.format == "npz" else ".pt"))
+    if Path(out).resolve() == Path(args.checkpoint).resolve():
+        raise SparsenetError(f"export would overwrite the checkpoint '{args.checkpoint}' itself; give --out")
     (export_npz if args.format == "npz" else export_torch)(model, out)
     print(json.dumps({"checkpoint": str(args.checkpoint), "format": args.format, "out": out,
                       "layers": len(model.network.layers), "nnz": model.network.nnz}))

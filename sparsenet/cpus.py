@@ -81,17 +81,26 @@ def usable_cpus(environ: Mapping[str, str] | None = None, affinity: int | None =
     return min(options, key=lambda o: o[0])
 
 
-def machine_busy_seconds(path: str = "/proc/stat") -> float | None:
-    """CPU seconds all CPUs spent busy since boot (user, nice, system, irq, softirq, steal); None if unknown."""
+def machine_busy_seconds(path: str = "/proc/stat", cpus: set[int] | None = None) -> float | None:
+    """CPU seconds the CPUs `cpus` (None: all) spent busy since boot (user, nice, system, irq, softirq,
+    steal; not idle or iowait), from /proc/stat's per-CPU lines; None if unknown."""
+    total, seen = 0, False
     try:
         with open(path) as fh:
-            fields = fh.readline().split()
-    except OSError:
+            for line in fh:
+                fields = line.split()
+                if not fields or not fields[0].startswith("cpu") or not fields[0][3:].isdigit():
+                    continue
+                if cpus is not None and int(fields[0][3:]) not in cpus:
+                    continue
+                if len(fields) < 9:
+                    return None
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+                total += user + nice + system + irq + softirq + steal
+                seen = True
+    except (OSError, ValueError):
         return None
-    if len(fields) < 9 or fields[0] != "cpu":
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
 
 
 def process_cpu_seconds() -> float:
@@ -108,11 +117,17 @@ class ThreadGovernor:
     CPU hog beside a 2-thread run made its epochs 6x slower). Results do not depend on the count.
     """
 
-    def __init__(self, cpus: int, set_threads, period: float = 1.0, busy=machine_busy_seconds,
+    def __init__(self, cpus: int, set_threads, period: float = 1.0, busy=None, watched: int | None = None,
                  mine=process_cpu_seconds, clock=None):
+        """cpus: most threads to run; watched: how many CPUs `busy` (busy seconds of those CPUs) covers,
+        by default the CPUs of this process's affinity mask."""
         import time
 
+        if busy is None:
+            mask = os.sched_getaffinity(0)
+            busy, watched = (lambda: machine_busy_seconds(cpus=mask)), len(mask)
         self.cpus, self.set_threads, self.period = max(1, cpus), set_threads, period
+        self.watched = self.cpus if watched is None else watched
         self.busy, self.mine, self.clock = busy, mine, clock or time.monotonic
         self.threads = self.cpus
         self._mark = self._sample()
@@ -131,7 +146,7 @@ class ThreadGovernor:
         if busy0 is None or busy1 is None:
             return self.threads
         others = max(0.0, (busy1 - busy0) - (mine1 - mine0)) / (t1 - t0)
-        wanted = max(1, min(self.cpus, math.floor(self.cpus - others + 0.25)))
+        wanted = max(1, min(self.cpus, math.floor(self.watched - others + 0.25)))
         if wanted != self.threads:
             self.threads = wanted
             self.set_threads(wanted)

@@ -127,6 +127,8 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
     folder is fsynced. Any failure removes the temporary and leaves `path` as it was (OutputError).
     reserve: bytes the caller will write; allocated first, so a disk without room for them fails
     here, cleanly, instead of inside a library (HDF5 crashes when a write fails: segfault at close).
+    A check, not a reservation: h5py's "w" open truncates the file again, so a disk that another
+    process fills during the write can still make HDF5 fail (the old file stays whole either way).
     """
     path = Path(path)
     try:

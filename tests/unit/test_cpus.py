@@ -95,8 +95,23 @@ def test_governor_waits_a_period_and_ignores_missing_counters():
 
 def test_machine_busy_seconds_reads_proc_stat(tmp_path):
     stat = tmp_path / "stat"
-    ticks = os.sysconf("SC_CLK_TCK")
-    stat.write_text(f"cpu  {3 * ticks} {ticks} {ticks} {50 * ticks} {9 * ticks} 0 0 {ticks} 0 0\ncpu0 ...\n")
-    assert machine_busy_seconds(str(stat)) == 6.0   # user 3 + nice 1 + system 1 + steal 1; idle, iowait not
+    t = os.sysconf("SC_CLK_TCK")
+    stat.write_text(f"cpu  {9 * t} 0 0 0 0 0 0 0 0 0\n"
+                    f"cpu0 {3 * t} {t} {t} {50 * t} {9 * t} 0 0 {t} 0 0\n"
+                    f"cpu1 {2 * t} 0 0 {50 * t} 0 0 0 0 0 0\nintr 5\n")
+    assert machine_busy_seconds(str(stat)) == 8.0            # user, nice, system, steal; not idle, iowait
+    assert machine_busy_seconds(str(stat), cpus={0}) == 6.0
+    assert machine_busy_seconds(str(stat), cpus={1}) == 2.0
+    assert machine_busy_seconds(str(stat), cpus={7}) is None  # none of ours listed
     stat.write_text("garbage\n")
     assert machine_busy_seconds(str(stat)) is None
+
+
+def test_governor_judges_only_the_cpus_it_may_use():
+    """A task on 2 of 64 CPUs ignores load on the other 62: it watches its own 2."""
+    clock = _Clock()
+    chosen = []
+    g = ThreadGovernor(2, chosen.append, period=1.0, busy=lambda: clock.busy, watched=2,
+                       mine=lambda: clock.mine, clock=lambda: clock.now)
+    _second(clock, ours=2.0, others=0.0)   # busy counts the watched CPUs only: 60 busy elsewhere are not in it
+    assert g.tick() == 2 and chosen == []

@@ -118,6 +118,15 @@ def test_export_npz_runs_with_the_documented_scipy_reader(trained, capsys):
         assert list(f["classes"]) == list(NAMES) and str(f["output"]) == "softmax"
 
 
+def test_export_refuses_to_overwrite_its_checkpoint(trained, capsys, tmp_path):
+    d, ckpt, x, y, last = trained
+    named_npz = tmp_path / "model.npz"  # a checkpoint may carry any name
+    named_npz.write_bytes(ckpt.read_bytes())
+    assert main(["export", str(named_npz), "--format", "npz"]) == 2
+    assert "would overwrite the checkpoint" in capsys.readouterr().err
+    assert named_npz.read_bytes() == ckpt.read_bytes()
+
+
 def test_export_torch_runs_with_the_documented_module(trained, capsys):
     d, ckpt, x, y, last = trained
     torch = pytest.importorskip("torch")
