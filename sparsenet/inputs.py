@@ -83,7 +83,7 @@ class CSRRows:
         return CSRRows(self.data, self.indices, self.indptr, self.shape, mean, std)
 
     def gather(self, index: np.ndarray, out: np.ndarray) -> np.ndarray:
-        kernels.gather_csr_rows(self.data, self.indices, self.indptr, index, out)
+        kernels.gather_csr_rows(self.data, self.indices, self.indptr, index, out, self.shape)
         if self.mean is not None:  # the same float32 operations as data.prepare.standardize
             out -= self.mean[:, None]
             out /= self.std[:, None]

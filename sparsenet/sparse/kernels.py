@@ -261,12 +261,20 @@ def _gather_csr_kernel(data, indices, indptr, index, out):
 
 
 def gather_csr_rows(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, index: np.ndarray,
-                    out: np.ndarray) -> np.ndarray:
-    """out (n_features, batch) = rows `index` of a CSR matrix, dense and transposed (duplicates add up).
+                    out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """out (n_features, batch) = rows `index` of a CSR matrix of `shape` (n_rows, n_features), dense
+    and transposed (duplicates add up).
 
-    The caller has checked the CSR structure (indices within n_features, indptr monotone).
+    The caller has checked the CSR structure (indices within n_features, indptr monotone, of length
+    n_rows + 1); here out's shape and the rows asked for are checked against `shape`.
     """
-    _check_activations("out", out, out.shape[0], index.shape[0])
+    n_rows, n_features = shape
+    _check_activations("out", out, n_features, index.shape[0])
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    if indptr.shape[0] != n_rows + 1:
+        raise ValueError(f"indptr must have {n_rows + 1} entries, got {indptr.shape[0]}")
+    if index.size and (index.min() < 0 or index.max() >= n_rows):
+        raise ValueError(f"row index out of range [0, {n_rows})")
     out.fill(0)
-    _gather_csr_kernel(data, indices, indptr, np.ascontiguousarray(index, dtype=np.int64), out)
+    _gather_csr_kernel(data, indices, indptr, index, out)
     return out
