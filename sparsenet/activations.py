@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .errors import DataError
+
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "all_relu")
 OUTPUTS = ("softmax", "sigmoid")
 
@@ -81,6 +83,9 @@ def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarra
     """
     if z.shape != delta.shape or labels.shape != (z.shape[1],):
         raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
+    if labels.shape[0] and (labels.min() < 0 or labels.max() >= z.shape[0]):  # the kernels index z[label]
+        raise DataError(f"label {int(labels.min()) if labels.min() < 0 else int(labels.max())} is outside the "
+                        f"model's {z.shape[0]} outputs (0..{z.shape[0] - 1})")
     scale = 1.0 / z.shape[1]
     if output == "softmax":
         loss, correct = _softmax_cross_entropy(z, labels, delta, scale, float(start))

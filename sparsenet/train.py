@@ -13,7 +13,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
 from .data import Dataset, load_dataset
-from .errors import ConfigError, DivergedError
+from .errors import ConfigError, DataError, DivergedError
 from .evolution import prune_and_regrow
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
 from .model import SparseMLP
@@ -160,6 +160,21 @@ def between_epochs(state: TrainingState, cfg: Config) -> tuple[NeuronRemoval | N
     return removal, evolve(state, cfg)
 
 
+def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, what: str,
+                          exact: bool = True) -> None:
+    """A model meets data: its inputs must be the data's features and its outputs cover every class.
+
+    Training (exact) needs one output per class; evaluation needs at least as many outputs as classes,
+    so that no label indexes past the logits.
+    """
+    outputs_ok = sizes[-1] == n_classes if exact else sizes[-1] >= n_classes
+    if sizes[0] != n_features or not outputs_ok:
+        need = "" if exact else "at least "
+        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but the data has {n_features} "
+                        f"features and {n_classes} classes (the model needs {n_features} inputs and "
+                        f"{need}{n_classes} outputs)")
+
+
 def check_resume_compatible(saved: Config, cfg: Config) -> None:
     old, new = config_to_dict(saved), config_to_dict(cfg)
     changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
@@ -212,8 +227,10 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
         f"{data.n_features} features, {data.n_classes} classes; {threads} kernel threads")
 
     if resume and checkpoint_path.exists():
-        saved = ckpt.load_checkpoint(checkpoint_path)
+        saved = ckpt.load_checkpoint(checkpoint_path, cfg.memory_limit_gb)
         check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
+        check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], data.n_features,
+                              data.n_classes, f"the model in {checkpoint_path}")
         state = state_from_checkpoint(saved, cfg)
         log(f"resuming from {checkpoint_path} after epoch {state.epoch}")
     else:

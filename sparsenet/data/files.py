@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import zipfile
 from pathlib import Path
 
@@ -45,12 +46,13 @@ def _pick_keys(found, path: Path) -> tuple[str, ...]:
 
 
 def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str) -> Dataset:
-    """Validate x/y arrays, split if needed, encode labels, then finish()."""
+    """Validate x/y arrays, split if needed, encode labels, then finish(); takes the arrays out of `arrays`."""
     if "x" in arrays:
-        x = check_features(arrays["x"], "x", where)
-        y = label_array(arrays["y"], "y", where)
+        x = check_features(arrays.pop("x"), "x", where)
+        y = label_array(arrays.pop("y"), "y", where)
         check_lengths(x, y, "x", "y", where)
         x_train, y_train, x_test, y_test = split(x, y, cfg.test_fraction, seed, where)
+        del x, y  # the split copied both parts: x goes before they are converted (memory.DataShape.load_peak)
     else:
         x_train = check_features(arrays["x_train"], "x_train", where)
         x_test = check_features(arrays["x_test"], "x_test", where)
@@ -72,6 +74,7 @@ def load_npz(cfg, seed: int) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = _pick_keys(archive.files, path)
+            _check_npz_sizes(archive.zip, keys, path)
             arrays = {}
             for k in keys:
                 try:
@@ -85,22 +88,64 @@ def load_npz(cfg, seed: int) -> Dataset:
     return _from_arrays(cfg, "npz", arrays, seed, where)
 
 
+def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
+    """Each array's header (shape, dtype) against its member's size and the memory available, before
+    numpy allocates what the header declares."""
+    from sparsenet.memory import available_memory
+
+    total = 0
+    for k in keys:
+        info = archive.getinfo(f"{k}.npy")
+        with archive.open(info) as fh:
+            major, _ = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            header = fh.tell()
+        declared = math.prod(shape) * dtype.itemsize
+        if dtype.hasobject:
+            continue  # refused when read (would need pickle)
+        if declared != info.file_size - header:
+            raise DataError(f"'{path}': array '{k}' declares shape {shape} of {dtype} ({declared} bytes) but its "
+                            f"archive member holds {info.file_size - header} bytes")
+        total += declared
+    available, source = available_memory()
+    if total > available:
+        raise DataError(f"'{path}': its arrays {', '.join(keys)} declare {total / 2**30:.2f} GiB, more than the "
+                        f"{available / 2**30:.2f} GiB available ({source})")
+
+
 def load_hdf5(cfg, seed: int) -> Dataset:
+    """x_train/y_train/x_test/y_test or x/y datasets, read only if stored in the file itself (h5safe)."""
     path = _existing_file(cfg.path, "hdf5")
     where = f"'{path}'"
     try:
         import h5py
     except ImportError as e:
         raise DataError("reading HDF5 files needs h5py: pip install h5py") from e
+    from sparsenet import h5safe
+    from sparsenet.memory import available_memory
+
+    fh = h5safe.open_file(path, DataError, f"cannot read HDF5 file '{path}'")
     try:
-        with h5py.File(path, "r") as fh:
-            found = [k for k in fh.keys() if isinstance(fh[k], h5py.Dataset)]
+        with fh:
+            size = h5safe.file_size(path)
+            found = [k for k in (*SPLIT_KEYS, *WHOLE_KEYS) if h5safe.hard_object(fh, k, where, DataError) is not None]
             keys = _pick_keys(found, path)
+            datasets = {k: h5safe.dataset(fh, k, where, DataError, size) for k in keys}
+            need = sum(h5safe.declared_bytes(ds) for ds in datasets.values())
+            available, source = available_memory()
+            if need > available:
+                raise DataError(f"{where}: its arrays {', '.join(keys)} declare {need / 2**30:.2f} GiB, more than the "
+                                f"{available / 2**30:.2f} GiB available ({source})")
             arrays = {}
-            for k in keys:
-                ds = fh[k]
-                arrays[k] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-    except OSError as e:
+            for k, ds in datasets.items():
+                if h5py.check_string_dtype(ds.dtype):
+                    arrays[k] = h5safe.read_array(ds.asstr(), where, DataError)
+                elif ds.dtype.kind not in "biuf":
+                    raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
+                else:
+                    arrays[k] = h5safe.read_array(ds, where, DataError)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from e
     return _from_arrays(cfg, "hdf5", arrays, seed, where)
 
@@ -142,4 +187,6 @@ def load_csv(cfg, seed: int) -> Dataset:
         y = np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
-    return _from_arrays(cfg, "csv", {"x": x, "y": y}, seed, where)
+    arrays = {"x": x, "y": y}
+    del x, y  # _from_arrays drops them once split
+    return _from_arrays(cfg, "csv", arrays, seed, where)

@@ -17,7 +17,7 @@ from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import ignore_stop_signals
 from .protocol import TAG_MEMORY_PLAN
-from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+from ..train import TrainingState, check_model_fits_data, check_resume_compatible, new_state, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -129,8 +129,10 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
         f"{data.x_test.shape[0]} test samples", rank=0)
     version, replicas = 0, None
     if resume and checkpoint_path.exists():
-        saved = ckpt.load_checkpoint(checkpoint_path)
+        saved = ckpt.load_checkpoint(checkpoint_path, cfg.memory_limit_gb)
         check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
+        check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], data.n_features,
+                              data.n_classes, f"the model in {checkpoint_path}")
         state = state_from_checkpoint(saved, cfg)
         version = saved.version
         if saved.phase == 2 and state.epoch < phase1_epochs(cfg):

@@ -13,7 +13,7 @@ from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
 from ..optim import MomentumSGD
-from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
+from ..train import TrainingState, apply_neuron_removal, check_model_fits_data, compute_gradients, evolve, train_epoch
 from . import bundles
 from .channel import Channel, load_kernels as channel_kernels
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
@@ -117,6 +117,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if msg.tag != TAG_MODEL:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
+            check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
             model = new_model(cfg, msg.meta["sizes"], msg.arrays)
             own = (model.grads, model.bias_grads)
             if channel is None and msg.meta.get("channel"):
@@ -180,6 +181,8 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
     n_masks = int(msg.meta["prune"])
     state_arrays = msg.arrays[:len(msg.arrays) - n_masks]
     topology, velocities, bias_velocities = bundles.split_state(state_arrays, len(sizes) - 1)
+    check_model_fits_data(sizes, x.shape[1], int(y.max(initial=0)) + 1, f"the replica worker {transport.rank} received",
+                          exact=False)
     model = new_model(cfg, sizes, topology)
     t = cfg.train
     optimizer = MomentumSGD(model, t.lr, t.momentum, t.weight_decay, t.weight_decay_mode)
