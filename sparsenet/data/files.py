@@ -15,6 +15,7 @@ from sparsenet.data.prepare import (
     check_features,
     check_lengths,
     encode_labels,
+    encode_whole,
     finish,
     label_array,
     split,
@@ -45,20 +46,21 @@ def _pick_keys(found, path: Path) -> tuple[str, ...]:
                     f"{', '.join(SPLIT_KEYS)} or {', '.join(WHOLE_KEYS)}")
 
 
-def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str) -> Dataset:
-    """Validate x/y arrays, split if needed, encode labels, then finish(); takes the arrays out of `arrays`."""
+def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str, row=None) -> Dataset:
+    """Validate x/y arrays, encode labels (a whole file before its split), split if needed, then finish(); takes the arrays out of `arrays`."""
     if "x" in arrays:
         x = check_features(arrays.pop("x"), "x", where)
-        y = label_array(arrays.pop("y"), "y", where)
+        y = label_array(arrays.pop("y"), "y", where, row)
         check_lengths(x, y, "x", "y", where)
-        x_train, y_train, x_test, y_test = split(x, y, cfg.test_fraction, seed, where)
-        del x, y  # the split copied both parts: x goes before they are converted (memory.DataShape.load_peak)
-    else:
-        x_train = check_features(arrays["x_train"], "x_train", where)
-        x_test = check_features(arrays["x_test"], "x_test", where)
-        y_train, y_test = arrays["y_train"], arrays["y_test"]
-        check_lengths(x_train, y_train, "x_train", "y_train", where)
-        check_lengths(x_test, y_test, "x_test", "y_test", where)
+        codes, n_classes = encode_whole(y, where)
+        x_train, y_train, x_test, y_test = split(x, codes, cfg.test_fraction, seed, where)
+        del x, y, codes  # the split copied both parts: x goes before they are converted (memory.DataShape.load_peak)
+        return finish(cfg, name, x_train, y_train, x_test, y_test, n_classes, check_finite=True)
+    x_train = check_features(arrays["x_train"], "x_train", where)
+    x_test = check_features(arrays["x_test"], "x_test", where)
+    y_train, y_test = arrays["y_train"], arrays["y_test"]
+    check_lengths(x_train, y_train, "x_train", "y_train", where)
+    check_lengths(x_test, y_test, "x_test", "y_test", where)
     y_train, y_test, n_classes = encode_labels(y_train, y_test, where)
     if x_train.shape[1] != x_test.shape[1]:
         raise DataError(f"{where}: x_test has {x_test.shape[1]} features but x_train has "
@@ -70,6 +72,11 @@ def load_npz(cfg, seed: int) -> Dataset:
     path = _existing_file(cfg.path, "npz")
     where = f"'{path}'"
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            zip_start = fh.read(4) == b"PK\x03\x04"
+        if zip_start:
+            raise DataError(f"'{path}' is a truncated or damaged .npz archive (it starts as a zip file but "
+                            f"its directory is missing); write it again")
         raise DataError(f"'{path}' is not an .npz archive (not a zip file); save it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -79,34 +86,47 @@ def load_npz(cfg, seed: int) -> Dataset:
             for k in keys:
                 try:
                     arrays[k] = archive[k]
-                except ValueError as e:
-                    raise DataError(f"'{path}': array '{k}' holds Python objects, which would "
-                                    f"need pickle; store labels as numbers or fixed-width "
-                                    f"strings") from e
+                except MemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - numpy's header parser raises tokenizer errors too
+                    if isinstance(e, ValueError) and "pickle" in str(e):
+                        raise DataError(f"'{path}': array '{k}' holds Python objects, which would "
+                                        f"need pickle; store labels as numbers or fixed-width "
+                                        f"strings") from None
+                    detail = " ".join(str(e).split())[:120]
+                    raise DataError(f"'{path}': array '{k}' is truncated or damaged "
+                                    f"({type(e).__name__}: {detail}); write the file again") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read npz file '{path}': {' '.join(str(e).split())}") from e
     return _from_arrays(cfg, "npz", arrays, seed, where)
 
 
 def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
-    """Each array's header (shape, dtype) against its member's size and the memory available, before
-    numpy allocates what the header declares."""
+    """Each array's header (shape, dtype) against its member's size, and their sum against the memory
+    available, before numpy allocates what the headers declare."""
     from sparsenet.memory import available_memory
 
     total = 0
     for k in keys:
         info = archive.getinfo(f"{k}.npy")
-        with archive.open(info) as fh:
-            major, _ = np.lib.format.read_magic(fh)
-            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(fh)
-            header = fh.tell()
-        declared = math.prod(shape) * dtype.itemsize
+        try:
+            with archive.open(info) as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+                header = fh.tell()
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numpy's header parser raises tokenizer errors too
+            detail = " ".join(str(e).split())[:120]
+            raise DataError(f"'{path}': array '{k}' is truncated or damaged ({type(e).__name__}: {detail}); "
+                            f"write the file again") from None
         if dtype.hasobject:
             continue  # refused when read (would need pickle)
-        if declared != info.file_size - header:
-            raise DataError(f"'{path}': array '{k}' declares shape {shape} of {dtype} ({declared} bytes) but its "
-                            f"archive member holds {info.file_size - header} bytes")
+        declared, stored = math.prod(shape) * dtype.itemsize, info.file_size - header
+        if declared != stored:
+            raise DataError(f"'{path}': array '{k}' is truncated or damaged (its header declares shape {shape} of "
+                            f"{dtype}, {declared} bytes, its archive member holds {stored}); write the file again")
         total += declared
     available, source = available_memory()
     if total > available:
@@ -189,4 +209,17 @@ def load_csv(cfg, seed: int) -> Dataset:
         raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
     arrays = {"x": x, "y": y}
     del x, y  # _from_arrays drops them once split
-    return _from_arrays(cfg, "csv", arrays, seed, where)
+    return _from_arrays(cfg, "csv", arrays, seed, where, lambda i: _csv_line(path, int(header), i))
+
+
+def _csv_line(path: Path, skip: int, index: int) -> str:
+    """Where data row `index` is in the csv file (loadtxt skips the header and blank lines)."""
+    seen = -1
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number <= skip or not line.strip():
+                continue
+            seen += 1
+            if seen == index:
+                return f"line {number}"
+    return f"data row {index + 1}"
