@@ -12,9 +12,10 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
+from .activations import hidden_slopes
 from .cpus import usable_cpus
 from .data import Dataset, load_dataset
-from .errors import ConfigError, DataError, DivergedError
+from .errors import CheckpointError, ConfigError, DataError, DivergedError
 from .evolution import prune_and_regrow
 from .fileio import clean_stale_temporaries, make_folder
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
@@ -179,6 +180,20 @@ def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, wha
                         f"{need}{n_classes} outputs)")
 
 
+def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, data: Dataset, path: Path) -> None:
+    """Before resuming: the run's config may continue the saved one, the saved model fits the data, and
+    its activations and dropout are the ones the (frozen) model section gives."""
+    check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
+    check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], data.n_features,
+                          data.n_classes, f"the model in {path}")
+    m = cfg.model
+    slopes = hidden_slopes(m.activation, m.alpha, len(saved.layers) - 1)
+    if saved.slopes != slopes or saved.dropout != m.dropout or saved.output != m.output:
+        raise CheckpointError(f"checkpoint {path}: hidden slopes {saved.slopes}, dropout {saved.dropout}, output "
+                              f"{saved.output} are not what its config gives ({m.activation} alpha {m.alpha}: "
+                              f"{slopes}, dropout {m.dropout}, output {m.output})")
+
+
 def check_resume_compatible(saved: Config, cfg: Config) -> None:
     old, new = config_to_dict(saved), config_to_dict(cfg)
     changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
@@ -231,9 +246,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
 
     if resume and checkpoint_path.exists():
         saved = ckpt.load_checkpoint(checkpoint_path, cfg.memory_limit_gb)
-        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
-        check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], data.n_features,
-                              data.n_classes, f"the model in {checkpoint_path}")
+        check_saved_run(saved, cfg, data, checkpoint_path)
         state = state_from_checkpoint(saved, cfg)
         log(f"resuming from {checkpoint_path} after epoch {state.epoch}")
     else:

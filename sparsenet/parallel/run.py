@@ -11,15 +11,14 @@ from pathlib import Path
 import numba
 
 from .. import checkpoint as ckpt
-from ..config import Config, config_from_yaml, dump_config
+from ..config import Config, dump_config
 from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import ignore_stop_signals
 from .protocol import TAG_MEMORY_PLAN
-from ..train import (TrainingState, check_model_fits_data, check_resume_compatible, new_state, prepare_run_folder,
-                     state_from_checkpoint)
+from ..train import TrainingState, check_saved_run, new_state, prepare_run_folder, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -134,9 +133,7 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
     version, replicas = 0, None
     if resume and checkpoint_path.exists():
         saved = ckpt.load_checkpoint(checkpoint_path, cfg.memory_limit_gb)
-        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
-        check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], data.n_features,
-                              data.n_classes, f"the model in {checkpoint_path}")
+        check_saved_run(saved, cfg, data, checkpoint_path)
         state = state_from_checkpoint(saved, cfg)
         version = saved.version
         if saved.phase == 2 and state.epoch < phase1_epochs(cfg):

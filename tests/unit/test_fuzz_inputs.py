@@ -390,6 +390,7 @@ def test_fuzzed_checkpoints_configs_and_data_end_in_success_or_one_line(tmp_path
     for r in results:
         key = (r["case"].get("kind", "warmup"), r.get("code"))
         kinds[key] = kinds.get(key, 0) + 1
+    print("outcomes (kind, exit code): count", sorted(kinds.items(), key=str))
     if problems:
         print("\n\n".join(problems[:5]))  # the first ones whole, with their tracebacks
     assert not problems, f"{len(problems)} of {len(results)} cases:\n" + "\n".join(p.splitlines()[0][:300] for p in problems[:40])

@@ -207,18 +207,41 @@ def _shrink_outputs(f, keep: int):
     _set_history(f, json.dumps(h), len(h))
 
 
-def test_resume_refuses_a_model_with_fewer_outputs_than_classes(capsys, tmp_path):
-    """5 outputs for 10 classes made the loss kernel read out of bounds (test loss -1.89)."""
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "configs/fashion_mnist.yaml", *[a for s in SMALL for a in ("--set", s)], "--out", str(out)]) == 0
+    return out
+
+
+def _resume(trained_run, tmp_path, edit):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    with h5py.File(run / "checkpoint.h5", "a") as f:
+        edit(f)
     sets = [a for s in SMALL for a in ("--set", s)]
-    assert main(["train", "configs/fashion_mnist.yaml", *sets, "--out", str(tmp_path)]) == 0
-    capsys.readouterr()
-    with h5py.File(tmp_path / "checkpoint.h5", "a") as f:
-        _shrink_outputs(f, 2)
-    err, _ = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *sets, "--set", "train.epochs=2",
-                               "--out", str(tmp_path), "--resume"])
+    return ["train", "configs/fashion_mnist.yaml", *sets, "--set", "train.epochs=2", "--out", str(run), "--resume"], run
+
+
+def test_resume_refuses_a_model_with_fewer_outputs_than_classes(trained_run, capsys, tmp_path):
+    """5 outputs for 10 classes made the loss kernel read out of bounds (test loss -1.89)."""
+    argv, run = _resume(trained_run, tmp_path, lambda f: _shrink_outputs(f, 2))
+    err, _ = error_of(capsys, argv)
     assert "has 12 inputs and 2 outputs, but the data has 12 features and 3 classes" in err
-    err, _ = error_of(capsys, ["evaluate", str(tmp_path / "checkpoint.h5")])
+    err, _ = error_of(capsys, ["evaluate", str(run / "checkpoint.h5")])
     assert "2 outputs" in err and "at least 3 outputs" in err
+
+
+def test_resume_refuses_slopes_its_config_does_not_give(trained_run, capsys, tmp_path):
+    argv, _ = _resume(trained_run, tmp_path, lambda f: f.attrs.__setitem__("slopes", np.array([0.9])))
+    err, _ = error_of(capsys, argv)
+    assert "hidden slopes [0.9]" in err and "are not what its config gives (all_relu alpha 0.6: [-0.6]" in err
+
+
+def test_resume_of_an_intact_checkpoint_continues(trained_run, capsys, tmp_path):
+    argv, run = _resume(trained_run, tmp_path, lambda f: None)
+    assert main(argv) == 0
+    assert ckpt.load_checkpoint(run / "checkpoint.h5").epoch == 2
 
 
 def test_evaluate_plans_its_memory(good, capsys):
@@ -320,3 +343,25 @@ def test_idx_round_trip_plain_and_gzip(tmp_path):
     zipped.write_bytes(gzip.compress(_idx(data.shape, data.tobytes()[:-1])))
     with pytest.raises(DataError, match="is truncated"):
         idx.read_idx(zipped)
+
+
+def _synth_file(tmp_path, classes=2, link_x_train=False):
+    path, rng = tmp_path / "synth.h5", np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for part, n in (("train", 40), ("test", 20)):
+            f[f"x_{part}"] = rng.standard_normal((n, 6)).astype(np.float32)
+            f[f"y_{part}"] = rng.integers(0, 2, n)
+        f.attrs["classes"] = classes
+        if link_x_train:
+            other = _other_file(tmp_path, "x", f["x_train"][()])
+            del f["x_train"]
+            f["x_train"] = h5py.ExternalLink(str(other), "/x")
+    return ["train", "configs/fashion_mnist.yaml", "--set", "data.name=synthetic_hdf5", "--set", f"data.path={path}",
+            "--set", "model.hidden=[8]", "--set", "train.epochs=1", "--out", str(tmp_path / "run")]
+
+
+def test_synthetic_hdf5_files_are_read_as_untrusted_too(capsys, tmp_path):
+    err, _ = error_of(capsys, _synth_file(tmp_path, link_x_train=True))
+    assert "'/x_train' is an external link" in err
+    err, _ = error_of(capsys, _synth_file(tmp_path, classes=10**12))
+    assert "holds 1000000000000 classes" in err and "data.classes is 2" in err
