@@ -13,12 +13,17 @@ from .activations import OUTPUTS
 from .errors import CheckpointError
 
 FORMAT_NAME = "sparsenet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optimizer state as named arrays per layer (1: velocity and bias_velocity, still read)
+# Layer datasets: name -> (dtype, length: "nnz" or "n_out"); optimizer state arrays are float32, "bias_*" of n_out.
+LAYER_ARRAYS = {"rows": (np.int32, "nnz"), "cols": (np.int32, "nnz"), "values": (np.float32, "nnz"),
+                "bias": (np.float32, "n_out")}
+V1_STATE = ("velocity", "bias_velocity")  # version 1 stored momentum SGD's state beside the layer arrays
 
 
 @dataclass
 class LayerArrays:
-    """One layer as stored: output-major rows/cols/values, bias and optimizer state."""
+    """One layer as stored: output-major rows/cols/values, bias and the optimizer's named state arrays
+    (a name starting with "bias_" holds one value per output neuron, any other one per connection)."""
 
     n_in: int
     n_out: int
@@ -26,8 +31,7 @@ class LayerArrays:
     cols: np.ndarray
     values: np.ndarray
     bias: np.ndarray
-    velocity: np.ndarray
-    bias_velocity: np.ndarray
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,6 +50,9 @@ class CheckpointData:
     version: int = 0  # parallel runs: topology version of the server's model
     replicas: list[list[LayerArrays]] = field(default_factory=list)  # phase 2: each worker's model
     replica_rng_states: list[dict] = field(default_factory=list)
+    replica_optimizer_scalars: list[dict] = field(default_factory=list)
+    optimizer: str = "momentum"  # optim.OPTIMIZERS key of the state in the layers
+    optimizer_scalars: dict = field(default_factory=dict)  # its JSON state besides arrays (Adam's step)
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -68,7 +75,10 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             f.attrs["config"] = data.config_yaml
             f.attrs["phase"] = int(data.phase)
             f.attrs["version"] = int(data.version)
+            f.attrs["optimizer"] = data.optimizer
+            f.attrs["optimizer_scalars"] = json.dumps(data.optimizer_scalars)
             f.create_dataset("replica_rng_states", data=json.dumps(data.replica_rng_states))
+            f.create_dataset("replica_optimizer_scalars", data=json.dumps(data.replica_optimizer_scalars))
             f.create_dataset("history", data=json.dumps(data.history))
             _write_layers(f, "layers", data.layers)
             for k, replica in enumerate(data.replicas):
@@ -80,9 +90,9 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
 def _file_size_bound(data: CheckpointData) -> int:
     """More bytes than the HDF5 file of `data` takes: its arrays and texts plus metadata per object."""
     arrays = [a for model in [data.layers, *data.replicas] for layer in model
-              for a in (layer.rows, layer.cols, layer.values, layer.bias, layer.velocity, layer.bias_velocity)]
+              for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
-        + len(json.dumps(data.replica_rng_states))
+        + len(json.dumps(data.replica_rng_states)) + len(json.dumps(data.replica_optimizer_scalars))
     return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
@@ -91,15 +101,12 @@ def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:
         g = f.create_group(f"{prefix}/{l}")
         g.attrs["n_in"] = int(layer.n_in)
         g.attrs["n_out"] = int(layer.n_out)
-        for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
+        for name in LAYER_ARRAYS:
             g.create_dataset(name, data=getattr(layer, name))
+        for name, array in layer.state.items():
+            g.create_dataset(f"optimizer/{name}", data=array)
 
 
-# Every dataset a layer group holds: name -> (dtype, length). A checkpoint holding anything else in
-# these places, or these with another dtype, shape or length, is refused before it is read.
-LAYER_DATASETS = {"rows": (np.int32, "nnz"), "cols": (np.int32, "nnz"), "values": (np.float32, "nnz"),
-                  "velocity": (np.float32, "nnz"), "bias": (np.float32, "n_out"),
-                  "bias_velocity": (np.float32, "n_out")}
 MAX_NEURONS = 2**31 - 1  # SparseLayer indices are int32
 # Metrics every history row carries (train.run_epoch, parallel server); summaries and plots read them.
 HISTORY_NUMBERS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy",
@@ -174,8 +181,10 @@ class _Reader:
         if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
             raise CheckpointError(f"{path} is not a sparsenet checkpoint (format attribute {_short(f.attrs.get('format'))})")
         version = self.integer("format_version")
-        if version != FORMAT_VERSION:
-            self.fail(f"has format version {version}; this sparsenet reads version {FORMAT_VERSION} only")
+        if version not in (1, FORMAT_VERSION):
+            self.fail(f"has format version {version}; this sparsenet reads versions 1 and {FORMAT_VERSION}")
+        optimizer = str(self.attr("optimizer")) if version > 1 else "momentum"
+        state = _state_datasets(optimizer, version, self.path)
         n_layers = self.integer("n_layers")
         slopes_raw = np.atleast_1d(self.attr("slopes"))
         if slopes_raw.ndim != 1 or slopes_raw.dtype.kind not in "fiu":
@@ -189,8 +198,8 @@ class _Reader:
         if n_replicas < 0:
             self.fail(f"n_replicas is {n_replicas}")
         # Survey: every group, attribute and dataset shape, checked before any array is read.
-        model = self.survey("layers", n_layers)
-        replicas = [self.survey(f"replicas/{k}/layers", n_layers) for k in range(n_replicas)]
+        model = self.survey("layers", n_layers, state)
+        replicas = [self.survey(f"replicas/{k}/layers", n_layers, state) for k in range(n_replicas)]
         shapes = [(la["n_in"], la["n_out"]) for la in model]
         for k, replica in enumerate(replicas):
             if [(la["n_in"], la["n_out"]) for la in replica] != shapes:
@@ -202,17 +211,21 @@ class _Reader:
         history = json.loads(h5safe.read_string(f, "history", where, CheckpointError, self.size))
         replica_rng_states = (json.loads(h5safe.read_string(f, "replica_rng_states", where, CheckpointError, self.size))
                               if "replica_rng_states" in f else [])
+        replica_scalars = (json.loads(h5safe.read_string(f, "replica_optimizer_scalars", where, CheckpointError,
+                                                         self.size)) if version > 1 else [{} for _ in replicas])
         data = CheckpointData(
             layers=layers, slopes=slopes, dropout=float(self.attr("dropout")), output=str(self.attr("output")),
             epoch=self.integer("epoch"), rng_state=json.loads(self.attr("rng_state")),
             history=history, config_yaml=str(self.attr("config")),
             phase=self.integer("phase", default=1), version=self.integer("version", default=0),
-            replicas=replica_layers, replica_rng_states=replica_rng_states)
+            replicas=replica_layers, replica_rng_states=replica_rng_states, replica_optimizer_scalars=replica_scalars,
+            optimizer=optimizer, optimizer_scalars=json.loads(self.attr("optimizer_scalars")) if version > 1 else {})
         _check_run_state(data, path)
         return data
 
-    def survey(self, prefix: str, n_layers: int) -> list[dict]:
-        """Per layer: n_in, n_out, nnz and its checked datasets (nothing read yet)."""
+    def survey(self, prefix: str, n_layers: int, state: dict[str, str]) -> list[dict]:
+        """Per layer: n_in, n_out, nnz and its checked datasets (nothing read yet); `state`: the optimizer's
+        state name -> dataset path in the layer group (see _state_datasets)."""
         from . import h5safe
         import h5py
 
@@ -230,8 +243,13 @@ class _Reader:
                 self.fail(f"layer {l} has shape {n_in} x {n_out}; each side must be 1..{MAX_NEURONS}")
             if l and n_in != layers[-1]["n_out"]:
                 self.fail(f"layer {l} has {n_in} inputs but layer {l - 1} has {layers[-1]['n_out']} outputs")
+            if any(link.startswith("optimizer/") for link in state.values()):
+                found = h5safe.hard_object(g, "optimizer", where, CheckpointError)
+                names = sorted(found) if isinstance(found, h5py.Group) else []
+                if names != sorted(state):
+                    self.fail(f"layer {l} holds optimizer state {_short(names, 100)}; its optimizer keeps {sorted(state)}")
             datasets, nnz = {}, None
-            for key, (dtype, length) in LAYER_DATASETS.items():
+            for key, (dtype, length) in _layer_table(state).items():
                 ds = h5safe.dataset(g, key, where, CheckpointError, self.size)
                 if ds is None:
                     self.fail(f"layer {l} lacks {key!r}")
@@ -248,7 +266,7 @@ class _Reader:
                 datasets[key] = ds
             if nnz > n_in * n_out:
                 self.fail(f"layer {l} has {nnz} connections, more than its {n_in} x {n_out} positions")
-            layers.append({"l": l, "n_in": n_in, "n_out": n_out, "nnz": nnz, "datasets": datasets})
+            layers.append({"l": l, "n_in": n_in, "n_out": n_out, "nnz": nnz, "datasets": datasets, "state": state})
         return layers
 
     def check_memory(self, model: list[dict], replicas: list[list[dict]], limit_gb: float | None,
@@ -280,10 +298,30 @@ class _Reader:
         keys = cols.astype(np.int64) * n_in + rows
         if nnz > 1 and not np.all(keys[1:] > keys[:-1]):
             self.fail(f"layer {l} connections are duplicated or not in output-major order")
-        for key, (dtype, _) in LAYER_DATASETS.items():
-            if np.dtype(dtype).kind == "f" and not np.all(np.isfinite(arrays[key])):
+        for key, array in arrays.items():
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
                 self.fail(f"layer {l} {key} contains NaN or infinity")
-        return LayerArrays(n_in, n_out, **arrays)
+        state = {name: arrays.pop(link) for name, link in survey["state"].items()}
+        return LayerArrays(n_in, n_out, **arrays, state=state)
+
+
+def _state_datasets(optimizer: str, version: int, path: Path) -> dict[str, str]:
+    """The optimizer's state name -> dataset path in a layer group (version 1: momentum beside the arrays)."""
+    from .optim import OPTIMIZERS
+
+    if optimizer not in OPTIMIZERS:
+        raise CheckpointError(f"checkpoint {path}: optimizer {_short(optimizer)} is not one of {', '.join(OPTIMIZERS)}")
+    if version == 1:
+        return {name: name for name in V1_STATE}
+    return {name: f"optimizer/{name}" for name in OPTIMIZERS[optimizer].state_names()}
+
+
+def _layer_table(state: dict[str, str]) -> dict[str, tuple]:
+    """Every dataset a layer group holds: path -> (dtype, length "nnz" or "n_out"). Anything else in these
+    places, or these with another dtype, shape or length, is refused before it is read."""
+    table = dict(LAYER_ARRAYS)
+    table.update({link: (np.float32, "n_out" if name.startswith("bias_") else "nnz") for name, link in state.items()})
+    return table
 
 
 def _short(value, limit: int = 60) -> str:
@@ -340,6 +378,10 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
         except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
             raise CheckpointError(f"checkpoint {path}: random generator state is unusable "
                                   f"({' '.join(str(exc).split())[:200]})") from None
+    scalars = [data.optimizer_scalars, *data.replica_optimizer_scalars]
+    if not all(isinstance(s, dict) for s in scalars) or len(scalars) != len(data.replicas) + 1:
+        raise CheckpointError(f"checkpoint {path}: optimizer scalars must be one dict for the model and one per "
+                              f"replica ({len(data.replicas)}), got {_short(scalars, 200)}")
     if len(data.replica_rng_states) != len(data.replicas):
         raise CheckpointError(f"checkpoint {path}: {len(data.replicas)} replicas but "
                               f"{len(data.replica_rng_states)} replica generator states")

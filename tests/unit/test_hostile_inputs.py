@@ -138,7 +138,7 @@ def test_dataset_declared_huge_but_never_written_is_refused(good, capsys, tmp_pa
     def inflate(f):
         for name in ("rows", "cols"):
             _replace(f, f"layers/0/{name}", shape=(10**9,), dtype=np.int32)
-        for name in ("values", "velocity"):
+        for name in ("values", "optimizer/velocity"):
             _replace(f, f"layers/0/{name}", shape=(10**9,), dtype=np.float32)
 
     bad = edited(good, tmp_path / "huge.h5", inflate)
@@ -195,8 +195,8 @@ def _shrink_outputs(f, keep: int):
     g = f["layers/1"]
     cols = g["cols"][()]
     mask = cols < keep
-    arrays = {k: g[k][()] for k in ("rows", "cols", "values", "velocity")}
-    biases = {k: g[k][()][:keep] for k in ("bias", "bias_velocity")}
+    arrays = {k: g[k][()] for k in ("rows", "cols", "values", "optimizer/velocity")}
+    biases = {k: g[k][()][:keep] for k in ("bias", "optimizer/bias_velocity")}
     for k, v in arrays.items():
         _replace(f, f"layers/1/{k}", data=v[mask])
     for k, v in biases.items():
