@@ -92,7 +92,7 @@ def _file_size_bound(data: CheckpointData) -> int:
     arrays = [a for model in [data.layers, *data.replicas] for layer in model
               for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
-        + len(json.dumps(data.replica_rng_states)) + len(json.dumps(data.replica_optimizer_scalars))
+        + len(json.dumps(data.replica_rng_states)) + len(json.dumps([data.optimizer_scalars, *data.replica_optimizer_scalars]))
     return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
@@ -273,13 +273,14 @@ class _Reader:
                      extra_bytes) -> None:
         """Arrays read + the model built from them (indices, pointers, gradients) must fit."""
         from . import h5safe
-        from .memory import GRADIENT_DTYPE, available_memory, model_bytes, state_bytes
+        from .memory import available_memory, model_bytes
+        from .model import gradient_bytes
 
         sizes = [model[0]["n_in"]] + [la["n_out"] for la in model]
         nnz = [la["nnz"] for la in model]
         arrays = sum(h5safe.declared_bytes(ds) for layers in [model, *replicas]
                      for la in layers for ds in la["datasets"].values())
-        need = arrays + model_bytes(sizes, nnz) + state_bytes(sizes, nnz, GRADIENT_DTYPE)
+        need = arrays + model_bytes(sizes, nnz) + gradient_bytes(sizes, nnz)
         need += int(extra_bytes(sizes, nnz)) if extra_bytes else 0
         available, source = available_memory(limit_gb)
         if need > available:

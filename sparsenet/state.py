@@ -1,0 +1,118 @@
+"""What a run carries from epoch to epoch, fresh or from a checkpoint, and back into one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .activations import hidden_slopes
+from .config import Config, config_from_yaml, config_to_dict, config_to_yaml
+from .cpus import ThreadGovernor
+from .errors import CheckpointError, ConfigError, DataError
+from .model import SparseMLP
+from .optim import Optimizer, make_optimizer
+from .sparse.layer import SparseLayer
+
+# Sections that define the model and its data: a resumed run must not change them.
+FROZEN_ON_RESUME = ("seed", "data", "model")
+
+
+@dataclass
+class TrainingState:
+    """What a run carries from epoch to epoch; `epoch` counts completed epochs."""
+
+    model: SparseMLP
+    optimizer: Optimizer
+    rng: np.random.Generator
+    epoch: int
+    history: list[dict]
+    stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
+
+
+def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
+    """A freshly initialised model and optimizer; every random draw comes from one seeded generator."""
+    rng = np.random.default_rng(cfg.seed)
+    m = cfg.model
+    model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
+                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
+    return TrainingState(model, make_optimizer(cfg, model), rng, 0, [])
+
+
+def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
+    model, opt = state.model, state.optimizer
+    return ckpt.CheckpointData(layers_to_checkpoint(model, opt), model.slopes, model.dropout, model.output, state.epoch,
+                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
+                               optimizer=opt.name, optimizer_scalars=opt.scalars())
+
+
+def layers_to_checkpoint(model: SparseMLP, opt: Optimizer) -> list[ckpt.LayerArrays]:
+    """Every layer's arrays with the optimizer's named state, as the checkpoint stores them."""
+    return [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
+                             opt.layer_state(l)) for l, layer in enumerate(model.layers)]
+
+
+def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
+    layers = [SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias) for a in data.layers]
+    return SparseMLP(layers, data.slopes, data.dropout, data.output)
+
+
+def optimizer_from_checkpoint(cfg: Config, model: SparseMLP, layers: list[ckpt.LayerArrays], name: str,
+                              scalars: dict) -> Optimizer:
+    """cfg's optimizer for `model`, holding the state stored with `layers` (which must be of the same optimizer)."""
+    optimizer = make_optimizer(cfg, model)
+    if name != optimizer.name:
+        raise ConfigError(f"cannot resume: the checkpoint holds {name} optimizer state but train.optimizer is "
+                          f"{optimizer.name}; resume with --set train.optimizer={name}")
+    try:
+        optimizer.load_state([a.state for a in layers], scalars)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume: the checkpoint's optimizer state does not fit: {exc}") from None
+    return optimizer
+
+
+def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingState:
+    model = model_from_checkpoint(data)
+    optimizer = optimizer_from_checkpoint(cfg, model, data.layers, data.optimizer, data.optimizer_scalars)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = data.rng_state
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history))
+
+
+def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, what: str,
+                          exact: bool = True) -> None:
+    """A model meets data: its inputs must be the data's features and its outputs cover every class.
+
+    Training (exact) needs one output per class; evaluation needs at least as many outputs as classes,
+    so that no label indexes past the logits.
+    """
+    outputs_ok = sizes[-1] == n_classes if exact else sizes[-1] >= n_classes
+    if sizes[0] != n_features or not outputs_ok:
+        need = "" if exact else "at least "
+        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but the data has {n_features} "
+                        f"features and {n_classes} classes (the model needs {n_features} inputs and "
+                        f"{need}{n_classes} outputs)")
+
+
+def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_classes: int, path) -> None:
+    """Before resuming: the run's config may continue the saved one, the saved model fits the data, and
+    its activations and dropout are the ones the (frozen) model section gives."""
+    check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
+    check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], n_features, n_classes,
+                          f"the model in {path}")
+    m = cfg.model
+    slopes = hidden_slopes(m.activation, m.alpha, len(saved.layers) - 1)
+    if saved.slopes != slopes or saved.dropout != m.dropout or saved.output != m.output:
+        raise CheckpointError(f"checkpoint {path}: hidden slopes {saved.slopes}, dropout {saved.dropout}, output "
+                              f"{saved.output} are not what its config gives ({m.activation} alpha {m.alpha}: "
+                              f"{slopes}, dropout {m.dropout}, output {m.output})")
+
+
+def check_resume_compatible(saved: Config, cfg: Config) -> None:
+    old, new = config_to_dict(saved), config_to_dict(cfg)
+    changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
+    if changed:
+        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+                          f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")
