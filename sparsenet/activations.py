@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from .errors import DataError
+
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "all_relu")
 OUTPUTS = ("softmax", "sigmoid")
 
@@ -104,10 +106,9 @@ def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarra
         return float(_sigmoid_mse_targets(z, labels, delta, scale, float(start))), 0
     if labels.shape != (z.shape[1],):
         raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
-    if labels.shape[0] and (labels.min() < 0 or labels.max() >= z.shape[0]):
-        # the kernels index z[label]: a label outside the output layer would read out of bounds
-        raise ValueError(f"labels must be class indices in 0..{z.shape[0] - 1}, "
-                         f"got {labels.min()}..{labels.max()}")
+    if labels.shape[0] and (labels.min() < 0 or labels.max() >= z.shape[0]):  # the kernels index z[label]
+        raise DataError(f"label {int(labels.min()) if labels.min() < 0 else int(labels.max())} is outside the "
+                        f"model's {z.shape[0]} outputs (0..{z.shape[0] - 1})")
     if output == "softmax":
         loss, correct = _softmax_cross_entropy(z, labels, delta, scale, float(start))
     elif output == "sigmoid":

@@ -127,174 +127,316 @@ def _write_preprocessing(f, data: CheckpointData) -> None:
         g.attrs["classes"] = json.dumps(np.asarray(data.classes).tolist())
 
 
-def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
-    """Read and fully validate a checkpoint; any defect raises CheckpointError naming it."""
-    import h5py
+MAX_NEURONS = 2**31 - 1  # SparseLayer indices are int32
+# Metrics every history row carries (train.run_epoch, parallel server, the Python API); summaries and plots
+# read them. The optional ones are null or absent where a run has no test set (the API's fit) or no accuracy.
+HISTORY_NUMBERS = ("train_loss", "train_seconds", "evolution_seconds")
+HISTORY_OPTIONAL_NUMBERS = ("test_loss", "train_accuracy", "test_accuracy", "eval_seconds")
+HISTORY_INT_LISTS = ("nnz", "neurons")
+
+
+def load_checkpoint(path: str | os.PathLike, memory_limit_gb: float | None = None,
+                    extra_bytes=None) -> CheckpointData:
+    """Read and fully validate a checkpoint; any defect raises CheckpointError naming it.
+
+    Only what the file itself stores is read (see h5safe). Every layer's declared sizes are checked
+    against the file's real storage, and what loading and building the model allocates (plus
+    extra_bytes(sizes, nnz) the caller will need beside it) against the memory available
+    (memory_limit_gb if given), before any array is read.
+    """
+    from . import h5safe
 
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file, e.g. {path / 'checkpoint.h5'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path} is not a readable HDF5 file (truncated or corrupt?): {exc}") from None
+    f = h5safe.open_file(path, CheckpointError, f"checkpoint {path} is not a readable HDF5 file (truncated or corrupt?)")
     try:
         with f:
-            return _read(f, path)
+            return _Reader(f, path, h5safe.file_size(path)).read(memory_limit_gb, extra_bytes)
     except CheckpointError:
         raise
-    except (OSError, KeyError, ValueError, TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is damaged or incomplete: {type(exc).__name__}: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"checkpoint {path} is damaged: its JSON or links nest too deeply") from None
+    except MemoryError:
+        raise CheckpointError(f"checkpoint {path}: not enough memory to load it") from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, OverflowError, AttributeError) as exc:
+        message = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise CheckpointError(f"checkpoint {path} is damaged or incomplete: {message[:300]}") from None
 
 
-def _attr(f, name: str, path: Path):
-    if name not in f.attrs:
-        raise CheckpointError(f"checkpoint {path} lacks the attribute {name!r}; is it a sparsenet checkpoint?")
-    value = f.attrs[name]
-    return value.decode() if isinstance(value, bytes) else value
+class _Reader:
+    """One open checkpoint: metadata surveyed and checked first, arrays read after."""
+
+    def __init__(self, f, path: Path, size: int):
+        self.f, self.path, self.size = f, path, size
+
+    def fail(self, message: str):
+        raise CheckpointError(f"checkpoint {self.path}: {message}")
+
+    def attr(self, name: str, obj=None):
+        from . import h5safe
+
+        obj = self.f if obj is None else obj
+        try:
+            return h5safe.read_attribute(obj, name, f"checkpoint {self.path}", CheckpointError)
+        except KeyError:
+            where = "" if obj is self.f else f" on {obj.name}"
+            raise CheckpointError(f"checkpoint {self.path} lacks the attribute {name!r}{where}; "
+                                  f"is it a sparsenet checkpoint?") from None
+
+    def integer(self, name: str, obj=None, default=None) -> int:
+        obj = self.f if obj is None else obj
+        if default is not None and name not in obj.attrs:
+            return default
+        value = self.attr(name, obj)
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            self.fail(f"attribute {name!r} is {_short(value)}, expected a whole number")
+        return int(value)
+
+    def read(self, memory_limit_gb: float | None, extra_bytes: int) -> CheckpointData:
+        from . import h5safe
+
+        f, path = self.f, self.path
+        if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
+            raise CheckpointError(f"{path} is not a sparsenet checkpoint (format attribute {_short(f.attrs.get('format'))})")
+        version = self.integer("format_version")
+        if version not in (1, FORMAT_VERSION):
+            self.fail(f"has format version {version}; this sparsenet reads versions 1 and {FORMAT_VERSION}")
+        optimizer = str(self.attr("optimizer")) if version > 1 else "momentum"
+        state = _state_datasets(optimizer, version, self.path)
+        n_layers = self.integer("n_layers")
+        slopes_raw = np.atleast_1d(self.attr("slopes"))
+        if slopes_raw.ndim != 1 or slopes_raw.dtype.kind not in "fiu":
+            self.fail(f"slopes are {_short(slopes_raw.dtype)} of shape {slopes_raw.shape}, expected numbers")
+        slopes = [float(s) for s in slopes_raw] if n_layers > 1 else []
+        if n_layers < 1 or len(slopes) != n_layers - 1:
+            self.fail(f"has {n_layers} layers but {len(slopes)} hidden slopes")
+        if not all(np.isfinite(slopes)):
+            self.fail(f"hidden slopes {slopes} are not all finite numbers")
+        n_replicas = self.integer("n_replicas", default=0)
+        if n_replicas < 0:
+            self.fail(f"n_replicas is {n_replicas}")
+        # Survey: every group, attribute and dataset shape, checked before any array is read.
+        model = self.survey("layers", n_layers, state)
+        replicas = [self.survey(f"replicas/{k}/layers", n_layers, state) for k in range(n_replicas)]
+        shapes = [(la["n_in"], la["n_out"]) for la in model]
+        for k, replica in enumerate(replicas):
+            if [(la["n_in"], la["n_out"]) for la in replica] != shapes:
+                self.fail(f"replica {k} has other layer shapes than the model")
+        self.check_memory(model, replicas, memory_limit_gb, extra_bytes)
+        layers = [self.read_layer(la) for la in model]
+        replica_layers = [[self.read_layer(la) for la in replica] for replica in replicas]
+        where = f"checkpoint {path}"
+        history = json.loads(h5safe.read_string(f, "history", where, CheckpointError, self.size))
+        replica_rng_states = (json.loads(h5safe.read_string(f, "replica_rng_states", where, CheckpointError, self.size))
+                              if "replica_rng_states" in f else [])
+        replica_scalars = (json.loads(h5safe.read_string(f, "replica_optimizer_scalars", where, CheckpointError,
+                                                         self.size)) if version > 1 else [{} for _ in replicas])
+        data = CheckpointData(
+            layers=layers, slopes=slopes, dropout=float(self.attr("dropout")), output=str(self.attr("output")),
+            epoch=self.integer("epoch"), rng_state=json.loads(self.attr("rng_state")),
+            history=history, config_yaml=str(self.attr("config")),
+            phase=self.integer("phase", default=1), version=self.integer("version", default=0),
+            replicas=replica_layers, replica_rng_states=replica_rng_states, replica_optimizer_scalars=replica_scalars,
+            optimizer=optimizer, optimizer_scalars=json.loads(self.attr("optimizer_scalars")) if version > 1 else {})
+        _check_run_state(data, path)
+        if "preprocessing" in f:
+            self.read_preprocessing(data)
+        return data
+
+    def read_preprocessing(self, data: CheckpointData) -> None:
+        """mean/std: float32 [n_in of layer 0], finite, std > 0; classes: distinct ints or strings, one per output."""
+        from . import h5safe
+        import h5py
+
+        where = f"checkpoint {self.path}"
+        g = h5safe.hard_object(self.f, "preprocessing", where, CheckpointError)
+        if not isinstance(g, h5py.Group):
+            self.fail("'preprocessing' is not a group")
+        n_in, n_out = data.layers[0].n_in, data.layers[-1].n_out
+        found = {key: h5safe.dataset(g, key, where, CheckpointError, self.size) for key in ("mean", "std")}
+        if (found["mean"] is None) != (found["std"] is None):
+            self.fail("preprocessing holds only one of mean and std")
+        if found["mean"] is not None:
+            for key, ds in found.items():
+                if ds.dtype != np.float32 or ds.shape != (n_in,):
+                    self.fail(f"preprocessing/{key} is {ds.dtype} {ds.shape}, expected {n_in} float32 values (one per input)")
+                arr = h5safe.read_array(ds, where, CheckpointError)
+                if not np.all(np.isfinite(arr)):
+                    self.fail(f"preprocessing/{key} contains NaN or infinity")
+                setattr(data, key, arr)
+            if not np.all(data.std > 0):
+                self.fail("preprocessing/std holds a value <= 0")
+        if "classes" in g.attrs:
+            classes = json.loads(h5safe.read_attribute(g, "classes", where, CheckpointError))
+            kinds = {type(c) for c in classes} if isinstance(classes, list) else {None}
+            if (not classes or len(kinds) != 1 or kinds - {int, str} or len(classes) != n_out
+                    or len(set(classes)) != n_out or (kinds == {int} and not all(-2**63 <= c < 2**63 for c in classes))):
+                self.fail(f"preprocessing classes must be {n_out} distinct integers or strings (one per output)")
+            data.classes = np.array(classes, dtype=np.int64 if kinds == {int} else str)
+
+    def survey(self, prefix: str, n_layers: int, state: dict[str, str]) -> list[dict]:
+        """Per layer: n_in, n_out, nnz and its checked datasets (nothing read yet); `state`: the optimizer's
+        state name -> dataset path in the layer group (see _state_datasets)."""
+        from . import h5safe
+        import h5py
+
+        where = f"checkpoint {self.path}"
+        layers = []
+        for l in range(n_layers):
+            name = f"{prefix}/{l}"
+            g = h5safe.hard_object(self.f, name, where, CheckpointError)
+            if g is None:
+                raise CheckpointError(f"checkpoint {self.path} lacks group {name!r}")
+            if not isinstance(g, h5py.Group):
+                self.fail(f"{name!r} is a dataset, expected a group")
+            n_in, n_out = self.integer("n_in", g), self.integer("n_out", g)
+            if not (1 <= n_in <= MAX_NEURONS and 1 <= n_out <= MAX_NEURONS):
+                self.fail(f"layer {l} has shape {n_in} x {n_out}; each side must be 1..{MAX_NEURONS}")
+            if l and n_in != layers[-1]["n_out"]:
+                self.fail(f"layer {l} has {n_in} inputs but layer {l - 1} has {layers[-1]['n_out']} outputs")
+            if any(link.startswith("optimizer/") for link in state.values()):
+                found = h5safe.hard_object(g, "optimizer", where, CheckpointError)
+                names = sorted(found) if isinstance(found, h5py.Group) else []
+                if names != sorted(state):
+                    self.fail(f"layer {l} holds optimizer state {_short(names, 100)}; its optimizer keeps {sorted(state)}")
+            datasets, nnz = {}, None
+            for key, (dtype, length) in _layer_table(state).items():
+                ds = h5safe.dataset(g, key, where, CheckpointError, self.size)
+                if ds is None:
+                    self.fail(f"layer {l} lacks {key!r}")
+                if ds.ndim != 1 or ds.dtype != dtype:
+                    self.fail(f"layer {l} {key} is {ds.dtype} {ds.shape}, expected 1-D {np.dtype(dtype)}")
+                n = int(ds.shape[0])
+                if length == "nnz":
+                    if nnz is None:
+                        nnz = n
+                    elif n != nnz:
+                        self.fail(f"layer {l} has {nnz} values but {n} {key}")
+                elif n != n_out:
+                    self.fail(f"layer {l} has {n_out} outputs but {n} {key}")
+                datasets[key] = ds
+            if nnz > n_in * n_out:
+                self.fail(f"layer {l} has {nnz} connections, more than its {n_in} x {n_out} positions")
+            layers.append({"l": l, "n_in": n_in, "n_out": n_out, "nnz": nnz, "datasets": datasets, "state": state})
+        return layers
+
+    def check_memory(self, model: list[dict], replicas: list[list[dict]], limit_gb: float | None,
+                     extra_bytes) -> None:
+        """Arrays read + the model built from them (indices, pointers, gradients) must fit."""
+        from . import h5safe
+        from .memory import available_memory, model_bytes
+        from .model import gradient_bytes
+
+        sizes = [model[0]["n_in"]] + [la["n_out"] for la in model]
+        nnz = [la["nnz"] for la in model]
+        arrays = sum(h5safe.declared_bytes(ds) for layers in [model, *replicas]
+                     for la in layers for ds in la["datasets"].values())
+        need = arrays + model_bytes(sizes, nnz) + gradient_bytes(sizes, nnz)
+        need += int(extra_bytes(sizes, nnz)) if extra_bytes else 0
+        available, source = available_memory(limit_gb)
+        if need > available:
+            self.fail(f"a {'-'.join(map(str, sizes))} model with {sum(nnz):,} connections needs about "
+                      f"{need / 2**30:.2f} GiB to load, but only {available / 2**30:.2f} GiB is available ({source})")
+
+    def read_layer(self, survey: dict) -> LayerArrays:
+        from . import h5safe
+
+        l, n_in, n_out, nnz = survey["l"], survey["n_in"], survey["n_out"], survey["nnz"]
+        arrays = {key: h5safe.read_array(ds, f"checkpoint {self.path}", CheckpointError)
+                  for key, ds in survey["datasets"].items()}
+        rows, cols = arrays["rows"], arrays["cols"]
+        if nnz and (rows.min() < 0 or rows.max() >= n_in or cols.min() < 0 or cols.max() >= n_out):
+            self.fail(f"layer {l} holds indices outside its {n_in} x {n_out} shape")
+        keys = cols.astype(np.int64) * n_in + rows
+        if nnz > 1 and not np.all(keys[1:] > keys[:-1]):
+            self.fail(f"layer {l} connections are duplicated or not in output-major order")
+        for key, array in arrays.items():
+            if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+                self.fail(f"layer {l} {key} contains NaN or infinity")
+        state = {name: arrays.pop(link) for name, link in survey["state"].items()}
+        return LayerArrays(n_in, n_out, **arrays, state=state)
 
 
-def _read(f, path: Path) -> CheckpointData:
-    if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
-        raise CheckpointError(f"{path} is not a sparsenet checkpoint (format attribute {f.attrs.get('format')!r})")
-    version = int(_attr(f, "format_version", path))
-    if version not in (1, FORMAT_VERSION):
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this sparsenet reads versions 1 and {FORMAT_VERSION}")
-    n_layers = int(_attr(f, "n_layers", path))
-    slopes = [float(s) for s in np.atleast_1d(_attr(f, "slopes", path))]
-    if n_layers < 1 or len(slopes) != n_layers - 1:
-        raise CheckpointError(f"checkpoint {path} has {n_layers} layers but {len(slopes)} hidden slopes")
-    layers = _read_model(f, "layers", n_layers, path, version)
-    n_replicas = int(f.attrs.get("n_replicas", 0))
-    replicas = [_read_model(f, f"replicas/{k}/layers", n_layers, path, version) for k in range(n_replicas)]
-    history = _json_dataset(f, "history")
-    replica_rng_states = _json_dataset(f, "replica_rng_states") if "replica_rng_states" in f else []
-    replica_scalars = _json_dataset(f, "replica_optimizer_scalars") if version > 1 else [{} for _ in replicas]
-    data = CheckpointData(
-        layers=layers, slopes=slopes, dropout=float(_attr(f, "dropout", path)), output=str(_attr(f, "output", path)),
-        epoch=int(_attr(f, "epoch", path)), rng_state=json.loads(_attr(f, "rng_state", path)),
-        history=history, config_yaml=str(_attr(f, "config", path)),
-        phase=int(f.attrs.get("phase", 1)), version=int(f.attrs.get("version", 0)), replicas=replicas,
-        replica_rng_states=replica_rng_states, replica_optimizer_scalars=replica_scalars,
-        optimizer=str(_attr(f, "optimizer", path)) if version > 1 else "momentum",
-        optimizer_scalars=json.loads(_attr(f, "optimizer_scalars", path)) if version > 1 else {})
-    _check_run_state(data, path)
-    if "preprocessing" in f:
-        _read_preprocessing(f["preprocessing"], data, path)
-    return data
+def _state_datasets(optimizer: str, version: int, path: Path) -> dict[str, str]:
+    """The optimizer's state name -> dataset path in a layer group (version 1: momentum beside the arrays)."""
+    from .optim import OPTIMIZERS
+
+    if optimizer not in OPTIMIZERS:
+        raise CheckpointError(f"checkpoint {path}: optimizer {_short(optimizer)} is not one of {', '.join(OPTIMIZERS)}")
+    if version == 1:
+        return {name: name for name in V1_STATE}
+    return {name: f"optimizer/{name}" for name in OPTIMIZERS[optimizer].state_names()}
 
 
-def _read_preprocessing(g, data: CheckpointData, path: Path) -> None:
-    """mean/std: float32 [n_in of layer 0], finite, std > 0; classes: distinct ints or strings, one per output."""
-    n_in, n_out = data.layers[0].n_in, data.layers[-1].n_out
-    if ("mean" in g) != ("std" in g):
-        raise CheckpointError(f"checkpoint {path}: preprocessing holds only one of mean and std")
-    if "mean" in g:
-        for key in ("mean", "std"):
-            arr = g[key][()]
-            if arr.dtype != np.float32 or arr.shape != (n_in,) or not np.all(np.isfinite(arr)):
-                raise CheckpointError(f"checkpoint {path}: preprocessing/{key} is {arr.dtype} {arr.shape}, "
-                                      f"expected {n_in} finite float32 values (one per input)")
-            setattr(data, key, arr)
-        if not np.all(data.std > 0):
-            raise CheckpointError(f"checkpoint {path}: preprocessing/std holds a value <= 0")
-    if "classes" in g.attrs:
-        raw = g.attrs["classes"]
-        classes = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
-        kinds = {type(c) for c in classes} if isinstance(classes, list) else {None}
-        if (not classes or len(kinds) != 1 or kinds - {int, str} or len(classes) != n_out
-                or len(set(classes)) != n_out or (kinds == {int} and not all(-2**63 <= c < 2**63 for c in classes))):
-            raise CheckpointError(f"checkpoint {path}: preprocessing classes must be {n_out} distinct integers "
-                                  f"or strings (one per output)")
-        data.classes = np.array(classes, dtype=np.int64 if kinds == {int} else str)
+def _layer_table(state: dict[str, str]) -> dict[str, tuple]:
+    """Every dataset a layer group holds: path -> (dtype, length "nnz" or "n_out"). Anything else in these
+    places, or these with another dtype, shape or length, is refused before it is read."""
+    table = dict(LAYER_ARRAYS)
+    table.update({link: (np.float32, "n_out" if name.startswith("bias_") else "nnz") for name, link in state.items()})
+    return table
 
 
-def _json_dataset(f, name: str):
-    raw = f[name][()]
-    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+def _short(value, limit: int = 60) -> str:
+    """repr of a value read from a file, on one line and at most `limit` characters."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _check_history(history, epoch: int, path: Path) -> None:
+    """A list of one flat JSON object per completed epoch, with the metrics summaries read."""
+    if not isinstance(history, list) or len(history) != epoch:
+        size = len(history) if isinstance(history, list) else type(history).__name__
+        raise CheckpointError(f"checkpoint {path}: metrics history has {size} epochs, expected {epoch}")
+    for i, row in enumerate(history):
+        what = f"checkpoint {path}: metrics history row {i + 1}"
+        if not isinstance(row, dict):
+            raise CheckpointError(f"{what} is a {type(row).__name__}, expected an object")
+        if row.get("epoch") != i + 1 or isinstance(row.get("epoch"), bool):
+            raise CheckpointError(f"{what} has epoch {str(row.get('epoch'))[:40]}, expected {i + 1}")
+        for key in HISTORY_NUMBERS + HISTORY_OPTIONAL_NUMBERS:
+            if not _is_number(row.get(key)) and (key in HISTORY_NUMBERS or row.get(key) is not None):
+                raise CheckpointError(f"{what}: {key} is {str(row.get(key))[:40]}, expected a number")
+        for key in HISTORY_INT_LISTS:
+            value = row.get(key)
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                raise CheckpointError(f"{what}: {key} is {str(value)[:40]}, expected a list of whole numbers")
+        if not isinstance(row.get("parameters"), int):
+            raise CheckpointError(f"{what}: parameters is {str(row.get('parameters'))[:40]}, expected a whole number")
+        for key, value in row.items():
+            flat = value if isinstance(value, list) else [value]
+            if not all(v is None or isinstance(v, (int, float, str)) for v in flat):
+                raise CheckpointError(f"{what}: {str(key)[:40]} holds nested values; rows are flat")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_run_state(data: CheckpointData, path: Path) -> None:
     """Everything besides the layers that a resumed run or an evaluation would trust."""
     if data.output not in OUTPUTS:
-        raise CheckpointError(f"checkpoint {path}: output {data.output!r} is not one of {', '.join(OUTPUTS)}")
+        raise CheckpointError(f"checkpoint {path}: output {data.output[:40]!r} is not one of {', '.join(OUTPUTS)}")
     if not 0.0 <= data.dropout < 1.0:
         raise CheckpointError(f"checkpoint {path}: dropout {data.dropout} is outside [0, 1)")
     if data.epoch < 0 or data.phase not in (1, 2) or data.version < 0:
         raise CheckpointError(f"checkpoint {path}: epoch {data.epoch}, phase {data.phase}, version {data.version} "
                               f"are not a valid run position")
-    if not isinstance(data.history, list) or len(data.history) != data.epoch:
-        raise CheckpointError(f"checkpoint {path}: metrics history has {len(data.history)} epochs, expected {data.epoch}")
+    _check_history(data.history, data.epoch, path)
+    if not isinstance(data.replica_rng_states, list):
+        raise CheckpointError(f"checkpoint {path}: replica generator states are not a list")
     for state in [data.rng_state, *data.replica_rng_states]:
         try:
             np.random.default_rng().bit_generator.state = state
-        except (TypeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path}: random generator state is unusable ({exc})") from None
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+            raise CheckpointError(f"checkpoint {path}: random generator state is unusable "
+                                  f"({' '.join(str(exc).split())[:200]})") from None
     scalars = [data.optimizer_scalars, *data.replica_optimizer_scalars]
     if not all(isinstance(s, dict) for s in scalars) or len(scalars) != len(data.replicas) + 1:
         raise CheckpointError(f"checkpoint {path}: optimizer scalars must be one dict for the model and one per "
-                              f"replica ({len(data.replicas)}), got {scalars!r:.200}")
-    names = sorted(data.layers[0].state)
-    for k, model in enumerate([data.layers, *data.replicas]):
-        for l, layer in enumerate(model):
-            if sorted(layer.state) != names:
-                where = "model" if k == 0 else f"replica {k - 1}"
-                raise CheckpointError(f"checkpoint {path}: {where} layer {l} has optimizer state {sorted(layer.state)}, "
-                                      f"layer 0 has {names}")
+                              f"replica ({len(data.replicas)}), got {_short(scalars, 200)}")
     if len(data.replica_rng_states) != len(data.replicas):
         raise CheckpointError(f"checkpoint {path}: {len(data.replicas)} replicas but "
                               f"{len(data.replica_rng_states)} replica generator states")
-    shapes = [(la.n_in, la.n_out) for la in data.layers]
-    for k, replica in enumerate(data.replicas):
-        if [(la.n_in, la.n_out) for la in replica] != shapes:
-            raise CheckpointError(f"checkpoint {path}: replica {k} has other layer shapes than the model")
-
-
-def _read_model(f, prefix: str, n_layers: int, path: Path, version: int = FORMAT_VERSION) -> list[LayerArrays]:
-    layers = [_read_layer(f, f"{prefix}/{l}", l, path, version) for l in range(n_layers)]
-    for l in range(1, n_layers):
-        if layers[l].n_in != layers[l - 1].n_out:
-            raise CheckpointError(f"checkpoint {path}: layer {l} has {layers[l].n_in} inputs but layer {l - 1} has {layers[l - 1].n_out} outputs")
-    return layers
-
-
-def _read_layer(f, name: str, l: int, path: Path, version: int = FORMAT_VERSION) -> LayerArrays:
-    if name not in f:
-        raise CheckpointError(f"checkpoint {path} lacks group {name!r}")
-    g = f[name]
-    n_in, n_out = int(g.attrs["n_in"]), int(g.attrs["n_out"])
-    if n_in < 1 or n_out < 1:
-        raise CheckpointError(f"checkpoint {path}: layer {l} has shape {n_in} x {n_out}")
-    if version == 1:
-        state_names = [(key, key) for key in V1_STATE]
-    else:
-        group = g["optimizer"] if "optimizer" in g else {}
-        state_names = [(key, f"optimizer/{key}") for key in group]
-    expected = dict(LAYER_ARRAYS)
-    expected.update({dataset: (np.float32, "n_out" if key.startswith("bias_") else "nnz") for key, dataset in state_names})
-    arrays = {}
-    for key, (dtype, _) in expected.items():
-        if key not in g:
-            raise CheckpointError(f"checkpoint {path}: layer {l} lacks {key!r}")
-        arr = g[key][()]
-        if arr.ndim != 1 or arr.dtype != dtype:
-            raise CheckpointError(f"checkpoint {path}: layer {l} {key} is {arr.dtype} {arr.shape}, expected 1-D {np.dtype(dtype)}")
-        arrays[key] = arr
-    lengths = {"nnz": arrays["values"].shape[0], "n_out": n_out}
-    for key, (dtype, length) in expected.items():
-        if arrays[key].shape[0] != lengths[length]:
-            raise CheckpointError(f"checkpoint {path}: layer {l} has {lengths[length]} {'values' if length == 'nnz' else 'outputs'} "
-                                  f"but {arrays[key].shape[0]} {key}")
-        if dtype == np.float32 and not np.all(np.isfinite(arrays[key])):
-            raise CheckpointError(f"checkpoint {path}: layer {l} {key} contains NaN or infinity")
-    rows, cols = arrays["rows"], arrays["cols"]
-    nnz = lengths["nnz"]
-    if nnz and (rows.min() < 0 or rows.max() >= n_in or cols.min() < 0 or cols.max() >= n_out):
-        raise CheckpointError(f"checkpoint {path}: layer {l} holds indices outside its {n_in} x {n_out} shape")
-    keys = cols.astype(np.int64) * n_in + rows
-    if nnz > 1 and not np.all(keys[1:] > keys[:-1]):
-        raise CheckpointError(f"checkpoint {path}: layer {l} connections are duplicated or not in output-major order")
-    state = {key: arrays.pop(dataset) for key, dataset in state_names}
-    return LayerArrays(n_in, n_out, **arrays, state=state)

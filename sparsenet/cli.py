@@ -75,15 +75,17 @@ def _load_model_and_config(path: str, overrides: list[str]):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
+    from .memory import check_evaluation_memory
     from .model import training_workspace_bytes
+    from .state import check_model_fits_data
     from .train import set_threads
 
     data, model, cfg = _load_model_and_config(args.checkpoint, args.set)
     set_threads(cfg.threads)
+    check_evaluation_memory(cfg, model.sizes, model.nnz, say=lambda text: None)
     dataset = load_dataset(cfg.data, cfg.seed)
-    if dataset.n_features != model.sizes[0] or dataset.n_classes > model.sizes[-1]:
-        raise SparsenetError(f"data {dataset.name} has {dataset.n_features} features and {dataset.n_classes} classes, "
-                             f"but the model expects {model.sizes[0]} inputs and {model.sizes[-1]} outputs")
+    check_model_fits_data(model.sizes, dataset.n_features, dataset.n_classes,
+                          f"the model in {args.checkpoint}", exact=False)
     loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
                                     max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
     print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
@@ -183,12 +185,13 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import config_from_yaml
     from .fileio import prepare_file
+    from .memory import PRUNE_PEAK_BYTES_PER_CONNECTION
     from .pruning import select_by_importance, select_npset
     from .train import apply_neuron_removal, state_from_checkpoint, state_to_checkpoint
 
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise SparsenetError(f"--out {args.out} would overwrite the checkpoint being pruned; choose another file")
-    data = load_checkpoint(args.checkpoint)
+    data = load_checkpoint(args.checkpoint, extra_bytes=lambda sizes, nnz: max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION)
     cfg = config_from_yaml(data.config_yaml, f"the config stored in {args.checkpoint}")
     state = state_from_checkpoint(data, cfg)
     model = state.model

@@ -15,13 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import checkpoint as ckpt
-from .config import Config, config_from_yaml, dump_config
+from .config import Config, dump_config
 from .errors import DivergedError
 from .fileio import clean_stale_temporaries, make_folder
 from .metrics import append_metrics, log, peak_rss_mb, write_metrics
 from .model import training_workspace_bytes
 from .signals import StopRequest
-from .state import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+from .state import TrainingState, check_saved_run, new_state, state_from_checkpoint
 
 CHECKPOINT = "checkpoint.h5"
 METRICS = "metrics.jsonl"
@@ -40,8 +40,8 @@ def start_run(cfg: Config, out: Path, n_features: int, n_classes: int, resume: b
     path = out / CHECKPOINT
     saved = None
     if resume and path.exists():
-        saved = ckpt.load_checkpoint(path)
-        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
+        saved = ckpt.load_checkpoint(path, cfg.memory_limit_gb)
+        check_saved_run(saved, cfg, n_features, n_classes, path)
         state = state_from_checkpoint(saved, cfg)
         if check is not None:
             check(saved, state)

@@ -46,6 +46,10 @@ SET_PEAK_BYTES_PER_CONNECTION = 30
 SET_PEAK_BYTES_PER_NEURON = 16
 INIT_PEAK_BYTES_PER_CONNECTION = 22
 PRUNE_PEAK_BYTES_PER_CONNECTION = 104
+# Loading a data file (data/files.py): the file's x arrays as stored, then (test_fraction) the two
+# parts of x copied out of it, then float32 copies of what is kept; standardize scans in float64
+# blocks of prepare._BLOCK_ELEMENTS (a few of them at once).
+LOAD_SCRATCH_BYTES = 4 * 8 * (1 << 20)
 INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
 
 
@@ -58,6 +62,25 @@ class DataShape:
     n_features: int
     n_classes: int
     source: str            # where the numbers come from
+    file_bytes: int = 0    # data files: bytes of the x arrays as the file stores them (read whole)
+    file_rows: int = 0     # data files: samples in the file (before max_train / max_test)
+    split: bool = False    # data files: one x that test_fraction splits into two copies
+
+    @property
+    def load_peak(self) -> int:
+        """Bytes the loader holds at its peak (0: no more than the data it returns).
+
+        data/files.py reads the file's arrays whole; a split copies both parts out of x and then
+        drops x; what is kept is converted to float32 (a copy unless it is float32 already and whole).
+        """
+        if not self.file_bytes:
+            return 0
+        raw, kept = self.file_bytes, self.n_train + self.n_test
+        converted = 4 * kept * self.n_features
+        if raw == converted and kept == self.file_rows:
+            converted = 0
+        labels = 8 * self.file_rows * (2 if self.split else 1)
+        return raw + max(raw if self.split else 0, converted) + labels
 
 
 def data_shape(cfg: Config) -> DataShape:
@@ -88,7 +111,8 @@ def data_shape(cfg: Config) -> DataShape:
         shape = _FILE_SHAPES[d.name](Path(d.path).expanduser(), d.test_fraction)
     n_train = min(shape.n_train, d.max_train) if d.max_train else shape.n_train
     n_test = min(shape.n_test, d.max_test) if d.max_test else shape.n_test
-    return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source)
+    return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source, shape.file_bytes,
+                     shape.file_rows, shape.split)
 
 
 def _split(n: int, test_fraction: float) -> tuple[int, int]:
@@ -96,18 +120,40 @@ def _split(n: int, test_fraction: float) -> tuple[int, int]:
     return n - n_test, n_test
 
 
-def _hdf5_shape(path: Path, test_fraction: float) -> DataShape:
-    import h5py
+def _file_shape(shapes: dict, itemsizes: dict, test_fraction: float, note: str, where: str) -> DataShape:
+    """DataShape of a file's x_train/x_test or x arrays (shapes and element sizes as stored)."""
+    for key in ("x_train", "x_test", "x"):
+        if key in shapes and len(shapes[key]) != 2:
+            raise SparsenetError(f"{where}: {key} has shape {shapes[key]}, expected (samples, features)")
+    if "x_train" in shapes and "x_test" in shapes:
+        (n_train, f), (n_test, _) = shapes["x_train"], shapes["x_test"]
+        raw = (n_train + n_test) * f * max(itemsizes["x_train"], itemsizes["x_test"])
+        return DataShape(n_train, n_test, f, 2, note, raw, n_train + n_test, False)
+    if "x" not in shapes:
+        raise SparsenetError(f"{where} has no x_train/x_test or x array")
+    (n, f) = shapes["x"]
+    n_train, n_test = _split(n, test_fraction)
+    return DataShape(n_train, n_test, f, 2, note, n * f * itemsizes["x"], n, True)
 
+
+def _hdf5_shape(path: Path, test_fraction: float) -> DataShape:
+    from . import h5safe
+
+    where = f"cannot plan memory: '{path}'"
+    fh = h5safe.open_file(path, SparsenetError, f"cannot plan memory: cannot read the shapes in '{path}'")
+    found = {}
     try:
-        with h5py.File(path, "r") as fh:
-            if "x_train" in fh and "x_test" in fh:
-                return DataShape(fh["x_train"].shape[0], fh["x_test"].shape[0], fh["x_train"].shape[1], 2,
-                                 f"file {path} (classes not counted: 2 assumed)")
-            n_train, n_test = _split(fh["x"].shape[0], test_fraction)
-            return DataShape(n_train, n_test, fh["x"].shape[1], 2, f"file {path} (classes not counted: 2 assumed)")
-    except (OSError, KeyError, IndexError, TypeError) as e:
-        raise SparsenetError(f"cannot plan memory: cannot read the shapes in '{path}': {e}") from e
+        with fh:
+            for key in ("x_train", "x_test", "x"):
+                ds = h5safe.dataset(fh, key, where, SparsenetError, h5safe.file_size(path))
+                if ds is not None:
+                    if ds.ndim != 2:
+                        raise SparsenetError(f"{where}: {key} has shape {ds.shape}, expected (samples, features)")
+                    found[key] = (tuple(int(n) for n in ds.shape), int(ds.dtype.itemsize))
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
+        raise SparsenetError(f"{where}: {' '.join(str(e).split())}") from None
+    return _file_shape({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}, test_fraction,
+                       f"file {path} (classes not counted: 2 assumed)", where)
 
 
 def _npz_shape(path: Path, test_fraction: float) -> DataShape:
@@ -115,21 +161,17 @@ def _npz_shape(path: Path, test_fraction: float) -> DataShape:
 
     try:
         with zipfile.ZipFile(path) as z:
-            shapes = {}
+            shapes, itemsizes = {}, {}
             for name in z.namelist():
                 with z.open(name) as fh:
                     major, _ = np.lib.format.read_magic(fh)
                     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shapes[name.removesuffix(".npy")] = read(fh)[0]
+                    shape, _, dtype = read(fh)
+                    shapes[name.removesuffix(".npy")], itemsizes[name.removesuffix(".npy")] = shape, dtype.itemsize
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SparsenetError(f"cannot plan memory: cannot read the shapes in '{path}': {e}") from e
-    note = f"file {path} (classes not counted: 2 assumed)"
-    if "x_train" in shapes and "x_test" in shapes:
-        return DataShape(shapes["x_train"][0], shapes["x_test"][0], shapes["x_train"][1], 2, note)
-    if "x" not in shapes:
-        raise SparsenetError(f"cannot plan memory: '{path}' has no x_train/x_test or x array")
-    n_train, n_test = _split(shapes["x"][0], test_fraction)
-    return DataShape(n_train, n_test, shapes["x"][1], 2, note)
+    return _file_shape(shapes, itemsizes, test_fraction, f"file {path} (classes not counted: 2 assumed)",
+                       f"cannot plan memory: '{path}'")
 
 
 def _csv_shape(path: Path, test_fraction: float) -> DataShape:
@@ -223,7 +265,7 @@ def _activations(sizes: list[int], train_batch: int, eval_batch: int | None, n_t
                 "eval: 2 buffers of the widest layers, within a training batch's bytes")
 
 
-def _transient(cfg: Config, sizes: list[int], nnz: list[int]) -> Item:
+def _transient(cfg: Config, sizes: list[int], nnz: list[int], data: DataShape, data_bytes: int) -> Item:
     last = len(nnz) - 1
     evolving = [k for l, k in enumerate(nnz) if (l < last or cfg.evolution.evolve_output)
                 and k < sizes[l] * sizes[l + 1]]
@@ -236,6 +278,9 @@ def _transient(cfg: Config, sizes: list[int], nnz: list[int]) -> Item:
         candidates.append((gradient_bytes(sizes, nnz), "gradients reallocated after SET"))
     if cfg.pruning.method != "none":
         candidates.append((max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION, "neuron pruning of the largest layer"))
+    if data.load_peak > data_bytes:  # before the model exists, but counted on top of it: an upper bound
+        candidates.append((data.load_peak - data_bytes + LOAD_SCRATCH_BYTES,
+                           "loading the data: the file's arrays and their test_fraction split"))
     size, why = max(candidates)
     return Item("transient peak", size, why)
 
@@ -259,7 +304,7 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     opt_state = Item("optimizer state", (sum(nnz) + sum(sizes[1:])) * per_parameter,
                     f"{cfg.train.optimizer}: x {per_parameter} B")
     grads = Item("gradients", gradient_bytes(sizes, nnz), "one float32 per parameter")
-    transient = _transient(cfg, sizes, nnz)
+    transient = _transient(cfg, sizes, nnz, data, x_bytes)
     overhead = Item("interpreter + numba", INTERPRETER_BYTES)
     t = cfg.train
     train_batch = min(t.batch_size, data.n_train)
@@ -447,6 +492,29 @@ def check_memory(cfg: Config, ranks: int = 1, say=print) -> Plan | None:
     say(format_plan(p))
     if not p.fits:
         raise InsufficientMemoryError(refusal(p))
+    return p
+
+
+def check_evaluation_memory(cfg: Config, sizes: list[int], nnz: list[int], say=print) -> Plan | None:
+    """`evaluate`: the data (at its loading peak), the loaded model with its stored optimizer state and the
+    evaluation buffers must fit; raises InsufficientMemoryError before the data is loaded if not."""
+    try:
+        data = data_shape(cfg)
+    except SparsenetError as e:
+        say(f"memory plan skipped: {e}")
+        return None
+    data_bytes = (data.n_train + data.n_test) * (data.n_features * 4 + 8)
+    items = [Item("data", max(data_bytes, data.load_peak), f"{data.n_train:,}+{data.n_test:,} samples x "
+                  f"{data.n_features:,} features (at the loading peak)"),
+             Item("model weights + indices", model_bytes(sizes, nnz)),
+             Item("stored optimizer state",
+                  (sum(nnz) + sum(sizes[1:])) * OPTIMIZERS[cfg.train.optimizer].bytes_per_parameter()),
+             _activations(sizes, cfg.train.batch_size, cfg.train.eval_batch_size, data.n_test),
+             Item("interpreter + numba", INTERPRETER_BYTES)]
+    available, source = available_memory(cfg.memory_limit_gb)
+    p = Plan(list(sizes), list(nnz), data, [RankPlan("evaluate", 1, items)], available, source)
+    if not p.fits:
+        raise InsufficientMemoryError(refusal(p).replace("training", "evaluating", 1))
     return p
 
 

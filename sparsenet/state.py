@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import Config, config_to_dict, config_to_yaml
+from .activations import hidden_slopes
+from .config import Config, config_from_yaml, config_to_dict, config_to_yaml
 from .cpus import ThreadGovernor
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError
 from .model import SparseMLP
 from .optim import Optimizer, make_optimizer
 from .sparse.layer import SparseLayer
@@ -82,6 +83,35 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
     return TrainingState(model, optimizer, rng, data.epoch, list(data.history), preprocessing=data)
+
+
+def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, what: str,
+                          exact: bool = True) -> None:
+    """A model meets data: its inputs must be the data's features and its outputs cover every class.
+
+    Training (exact) needs one output per class; evaluation needs at least as many outputs as classes,
+    so that no label indexes past the logits.
+    """
+    outputs_ok = sizes[-1] == n_classes if exact else sizes[-1] >= n_classes
+    if sizes[0] != n_features or not outputs_ok:
+        need = "" if exact else "at least "
+        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but the data has {n_features} "
+                        f"features and {n_classes} classes (the model needs {n_features} inputs and "
+                        f"{need}{n_classes} outputs)")
+
+
+def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_classes: int, path) -> None:
+    """Before resuming: the run's config may continue the saved one, the saved model fits the data, and
+    its activations and dropout are the ones the (frozen) model section gives."""
+    check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
+    check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], n_features, n_classes,
+                          f"the model in {path}")
+    m = cfg.model
+    slopes = hidden_slopes(m.activation, m.alpha, len(saved.layers) - 1)
+    if saved.slopes != slopes or saved.dropout != m.dropout or saved.output != m.output:
+        raise CheckpointError(f"checkpoint {path}: hidden slopes {saved.slopes}, dropout {saved.dropout}, output "
+                              f"{saved.output} are not what its config gives ({m.activation} alpha {m.alpha}: "
+                              f"{slopes}, dropout {m.dropout}, output {m.output})")
 
 
 def check_resume_compatible(saved: Config, cfg: Config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import zipfile
 from pathlib import Path
 
@@ -46,13 +47,14 @@ def _pick_keys(found, path: Path) -> tuple[str, ...]:
 
 
 def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str, row=None) -> Dataset:
-    """Validate x/y arrays, encode labels (a whole file before its split), split if needed, then finish()."""
+    """Validate x/y arrays, encode labels (a whole file before its split), split if needed, then finish(); takes the arrays out of `arrays`."""
     if "x" in arrays:
-        x = check_features(arrays["x"], "x", where)
-        y = label_array(arrays["y"], "y", where, row)
+        x = check_features(arrays.pop("x"), "x", where)
+        y = label_array(arrays.pop("y"), "y", where, row)
         check_lengths(x, y, "x", "y", where)
         codes, classes = encode_whole(y, where)
         x_train, y_train, x_test, y_test = split(x, codes, cfg.test_fraction, seed, where)
+        del x, y, codes  # the split copied both parts: x goes before they are converted (memory.DataShape.load_peak)
         return finish(cfg, name, x_train, y_train, x_test, y_test, len(classes), check_finite=True,
                       classes=classes)
     x_train = check_features(arrays["x_train"], "x_train", where)
@@ -80,6 +82,7 @@ def load_npz(cfg, seed: int) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = _pick_keys(archive.files, path)
+            _check_npz_sizes(archive.zip, keys, path)
             arrays = {}
             for k in keys:
                 try:
@@ -99,22 +102,71 @@ def load_npz(cfg, seed: int) -> Dataset:
     return _from_arrays(cfg, "npz", arrays, seed, where)
 
 
+def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
+    """Each array's header (shape, dtype) against its member's size, and their sum against the memory
+    available, before numpy allocates what the headers declare."""
+    from sparsenet.memory import available_memory
+
+    total = 0
+    for k in keys:
+        info = archive.getinfo(f"{k}.npy")
+        try:
+            with archive.open(info) as fh:
+                major, _ = np.lib.format.read_magic(fh)
+                read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(fh)
+                header = fh.tell()
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numpy's header parser raises tokenizer errors too
+            detail = " ".join(str(e).split())[:120]
+            raise DataError(f"'{path}': array '{k}' is truncated or damaged ({type(e).__name__}: {detail}); "
+                            f"write the file again") from None
+        if dtype.hasobject:
+            continue  # refused when read (would need pickle)
+        declared, stored = math.prod(shape) * dtype.itemsize, info.file_size - header
+        if declared != stored:
+            raise DataError(f"'{path}': array '{k}' is truncated or damaged (its header declares shape {shape} of "
+                            f"{dtype}, {declared} bytes, its archive member holds {stored}); write the file again")
+        total += declared
+    available, source = available_memory()
+    if total > available:
+        raise DataError(f"'{path}': its arrays {', '.join(keys)} declare {total / 2**30:.2f} GiB, more than the "
+                        f"{available / 2**30:.2f} GiB available ({source})")
+
+
 def load_hdf5(cfg, seed: int) -> Dataset:
+    """x_train/y_train/x_test/y_test or x/y datasets, read only if stored in the file itself (h5safe)."""
     path = _existing_file(cfg.path, "hdf5")
     where = f"'{path}'"
     try:
         import h5py
     except ImportError as e:
         raise DataError("reading HDF5 files needs h5py: pip install h5py") from e
+    from sparsenet import h5safe
+    from sparsenet.memory import available_memory
+
+    fh = h5safe.open_file(path, DataError, f"cannot read HDF5 file '{path}'")
     try:
-        with h5py.File(path, "r") as fh:
-            found = [k for k in fh.keys() if isinstance(fh[k], h5py.Dataset)]
+        with fh:
+            size = h5safe.file_size(path)
+            found = [k for k in (*SPLIT_KEYS, *WHOLE_KEYS) if h5safe.hard_object(fh, k, where, DataError) is not None]
             keys = _pick_keys(found, path)
+            datasets = {k: h5safe.dataset(fh, k, where, DataError, size) for k in keys}
+            need = sum(h5safe.declared_bytes(ds) for ds in datasets.values())
+            available, source = available_memory()
+            if need > available:
+                raise DataError(f"{where}: its arrays {', '.join(keys)} declare {need / 2**30:.2f} GiB, more than the "
+                                f"{available / 2**30:.2f} GiB available ({source})")
             arrays = {}
-            for k in keys:
-                ds = fh[k]
-                arrays[k] = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-    except OSError as e:
+            for k, ds in datasets.items():
+                if h5py.check_string_dtype(ds.dtype):
+                    arrays[k] = h5safe.read_array(ds.asstr(), where, DataError)
+                elif ds.dtype.kind not in "biuf":
+                    raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
+                else:
+                    arrays[k] = h5safe.read_array(ds, where, DataError)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from e
     return _from_arrays(cfg, "hdf5", arrays, seed, where)
 
@@ -156,7 +208,9 @@ def load_csv(cfg, seed: int) -> Dataset:
         y = np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
-    return _from_arrays(cfg, "csv", {"x": x, "y": y}, seed, where, lambda i: _csv_line(path, int(header), i))
+    arrays = {"x": x, "y": y}
+    del x, y  # _from_arrays drops them once split
+    return _from_arrays(cfg, "csv", arrays, seed, where, lambda i: _csv_line(path, int(header), i))
 
 
 def _csv_line(path: Path, skip: int, index: int) -> str:

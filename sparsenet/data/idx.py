@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -65,41 +67,93 @@ SYSTEM_DIRS = {
 }
 
 
-def _read_bytes(path: Path) -> bytes:
+_READ_BLOCK = 1 << 22  # bytes per read from a (gzip) stream
+
+
+def _open(path: Path):
+    """The file as a binary stream, decompressed on the fly if it is gzip (whatever its name)."""
+    fh = open(path, "rb")
+    if fh.read(2) == b"\x1f\x8b":
+        fh.seek(0)
+        return gzip.GzipFile(fileobj=fh, mode="rb"), True
+    fh.seek(0)
+    return fh, False
+
+
+def _read_exactly(stream, n: int) -> bytearray:
+    """Up to n bytes, fewer only at the end of the stream; never more than n are read or decompressed.
+
+    The buffer grows with what really arrives, so a header declaring more than a gzip stream holds
+    costs only what the stream holds."""
+    buf = bytearray()
+    while len(buf) < n:
+        part = stream.read(min(_READ_BLOCK, n - len(buf)))
+        if not part:
+            break
+        buf += part
+    return buf
+
+
+def read_idx(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into an array of the shape its header gives.
+
+    The header is read and checked first; then exactly the bytes it declares (at most max_bytes, by
+    default the memory available) are read or decompressed, one more byte tells trailing data apart.
+    """
+    path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-        if data[:2] == b"\x1f\x8b":       # gzip magic, whatever the file is called
-            data = gzip.decompress(data)
+        raw, gzipped = _open(path)
+    except OSError as e:
+        raise DataError(f"cannot read '{path}': {e.strerror or e}") from e
+    try:
+        with raw:
+            head = _read_exactly(raw, 4)
+            if len(head) < 4:
+                raise DataError(f"'{path}' is not an IDX file: only {len(head)} bytes")
+            zero, type_code, ndim = struct.unpack(">HBB", head)
+            if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
+                raise DataError(f"'{path}' is not an IDX file: bad magic number 0x{head.hex()} "
+                                f"(expected 0x000008NN with NN the number of dimensions)")
+            dim_bytes = _read_exactly(raw, 4 * ndim)
+            if len(dim_bytes) < 4 * ndim:
+                raise DataError(f"'{path}' is truncated: header needs {4 + 4 * ndim} bytes, file has "
+                                f"{4 + len(dim_bytes)}")
+            dims = struct.unpack(f">{ndim}I", dim_bytes)
+            dtype = _IDX_DTYPES[type_code]
+            count = math.prod(dims)  # Python ints: no overflow
+            expected = count * dtype.itemsize
+            if dims[0] == 0 or count == 0:
+                raise DataError(f"'{path}' holds no data: header says shape {dims}")
+            if count > np.iinfo(np.int64).max // dtype.itemsize:
+                raise DataError(f"'{path}' header says shape {dims}, more elements than an array can hold")
+            limit = _memory_limit() if max_bytes is None else max_bytes
+            if expected > limit:
+                raise DataError(f"'{path}' header says shape {dims} ({expected / 2**30:.2f} GiB of data), "
+                                f"more than the {limit / 2**30:.2f} GiB available")
+            if not gzipped:
+                have = os.fstat(raw.fileno()).st_size - 4 - 4 * ndim
+                if have != expected:
+                    what = "is truncated" if have < expected else "has trailing bytes"
+                    raise DataError(f"'{path}' {what}: header says shape {dims} ({expected} data bytes), "
+                                    f"file has {have} data bytes")
+            data = _read_exactly(raw, expected)
+            extra = raw.read(1)
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(f"'{path}' is not a valid gzip file: {e}") from e
     except OSError as e:
         raise DataError(f"cannot read '{path}': {e.strerror or e}") from e
-    return data
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) into an array of the shape its header gives."""
-    path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise DataError(f"'{path}' is not an IDX file: only {len(data)} bytes")
-    zero, type_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
-        raise DataError(f"'{path}' is not an IDX file: bad magic number 0x{data[:4].hex()} "
-                        f"(expected 0x000008NN with NN the number of dimensions)")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DataError(f"'{path}' is truncated: header needs {header} bytes, file has {len(data)}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = _IDX_DTYPES[type_code]
-    count = int(np.prod(dims, dtype=np.int64))
-    expected, have = count * dtype.itemsize, len(data) - header
-    if have != expected:
-        what = "is truncated" if have < expected else "has trailing bytes"
+    if len(data) != expected or extra:
+        what = "is truncated" if len(data) < expected else "has trailing bytes"
+        have = f"{len(data)}" if len(data) < expected else f"more than {expected}"
         raise DataError(f"'{path}' {what}: header says shape {dims} ({expected} data bytes), "
                         f"file has {have} data bytes")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(dims)
+
+
+def _memory_limit() -> int:
+    from sparsenet.memory import available_memory
+
+    return available_memory()[0]
 
 
 def _read_images(path: Path) -> np.ndarray:

@@ -225,6 +225,10 @@ def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
     xte = _to_float32(x_test, cfg.max_test, pixels)
     ytr = np.ascontiguousarray(y_train[: len(xtr)], dtype=np.int64)
     yte = np.ascontiguousarray(y_test[: len(xte)], dtype=np.int64)
+    for y, what in ((ytr, "y_train"), (yte, "y_test")):  # the data boundary: every label a valid class
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            bad = int(y.min()) if y.min() < 0 else int(y.max())
+            raise DataError(f"{where}: {what} holds label {bad}; labels must be in 0..{int(n_classes) - 1}")
     if check_finite:
         _check_finite(xtr, "x_train", where)
         _check_finite(xte, "x_test", where)

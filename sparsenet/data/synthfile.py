@@ -151,14 +151,19 @@ def file_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Shapes of x_train, y_train, x_test, y_test in a synthetic (or any split) HDF5 file."""
     import h5py
 
+    from sparsenet import h5safe
+
+    fh = h5safe.open_file(Path(path), DataError, f"cannot read HDF5 file '{path}'")
     try:
-        with h5py.File(path, "r") as fh:
-            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in fh]
+        with fh:
+            found = {k: h5safe.dataset(fh, k, f"'{path}'", DataError, h5safe.file_size(path))
+                     for k in ("x_train", "y_train", "x_test", "y_test")}
+            missing = [k for k, ds in found.items() if ds is None]
             if missing:
                 raise DataError(f"'{path}' lacks the arrays {', '.join(missing)}; expected x_train, y_train, "
                                 f"x_test, y_test (write it with sparsenet data synth)")
-            return {k: tuple(fh[k].shape) for k in ("x_train", "y_train", "x_test", "y_test")}
-    except OSError as e:
+            return {k: tuple(int(n) for n in ds.shape) for k, ds in found.items()}
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from e
 
 
@@ -195,10 +200,13 @@ def load_synthetic_hdf5(cfg, seed: int) -> Dataset:
             y_train = np.asarray(fh["y_train"][:x_train.shape[0]], dtype=np.int64)
             y_test = np.asarray(fh["y_test"][:x_test.shape[0]], dtype=np.int64)
             n_classes = int(fh.attrs.get("classes", 0))
-    except OSError as e:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from e
     labels_max = max(int(y_train.max(initial=0)), int(y_test.max(initial=0)))
     n_classes = max(n_classes, labels_max + 1)
+    if n_classes != cfg.classes:  # the memory plan and the model's output layer follow data.classes
+        raise DataError(f"{where} holds {n_classes} classes (attribute 'classes' and its labels) but data.classes "
+                        f"is {cfg.classes}; set data.classes={n_classes} if the file is right")
     if min(int(y_train.min(initial=0)), int(y_test.min(initial=0))) < 0:
         raise DataError(f"{where}: labels must be in 0..{n_classes - 1}, found a negative one")
     # float32, owned, C-contiguous and already truncated: finish() standardises in place, no copy.

@@ -12,7 +12,7 @@ from ..activations import hidden_slopes
 from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
-from ..state import TrainingState, layers_to_checkpoint, optimizer_from_checkpoint
+from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, optimizer_from_checkpoint
 from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
 from .channel import Channel, load_kernels as channel_kernels
@@ -117,6 +117,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         if msg.tag != TAG_MODEL:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
+            check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
             model = new_model(cfg, msg.meta["sizes"], msg.arrays)
             own = (model.grads, model.bias_grads)
             if channel is None and msg.meta.get("channel"):
@@ -179,6 +180,8 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
     sizes = msg.meta["sizes"]
     n_masks = int(msg.meta["prune"])
     layers = bundles.replica_layers(msg.arrays[:len(msg.arrays) - n_masks], sizes, msg.meta["state"])
+    check_model_fits_data(sizes, x.shape[1], int(y.max(initial=0)) + 1, f"the replica worker {transport.rank} received",
+                          exact=False)
     model = new_model(cfg, sizes, [a for la in layers for a in (la.rows, la.cols, la.values, la.bias)])
     optimizer = optimizer_from_checkpoint(cfg, model, layers, cfg.train.optimizer, msg.meta["optimizer_scalars"])
     rng = np.random.default_rng([cfg.seed, transport.rank, 2, int(msg.meta["start_epoch"])])

@@ -201,13 +201,13 @@ def test_boundary_errors_are_clear(blobs):
 
 
 def test_kernel_refuses_labels_outside_the_output_layer():
-    """Labels 1..3 for 3 outputs used to be read out of bounds (train loss -4.3e31); now a ValueError."""
+    """Labels 1..3 for 3 outputs used to be read out of bounds (train loss -4.3e31); now a DataError."""
     from sparsenet.model import SparseMLP
 
     net = SparseMLP.initialize([4, 5, 3], epsilon=2, init="he_uniform", activation="relu", alpha=0.0,
                                dropout=0.0, output="softmax", rng=np.random.default_rng(0))
     x = np.ones((6, 4), dtype=np.float32)
-    with pytest.raises(ValueError, match=r"labels must be class indices in 0..2, got 1..3"):
+    with pytest.raises(DataError, match=r"label 3 is outside the model's 3 outputs \(0..2\)"):
         net.evaluate(x, np.array([1, 2, 3, 1, 2, 3]), 8)
     loss, _ = net.evaluate(x, np.array([0, 1, 2, 0, 1, 2]), 8)
     assert 0 < loss < 10

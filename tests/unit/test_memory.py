@@ -202,3 +202,42 @@ def test_train_refuses_before_writing_anything(tmp_path, capsys):
     assert "DOES NOT FIT" in captured.out
     assert "sparsenet: error: not enough memory" in captured.err and "memory_limit_gb" in captured.err
     assert not out.exists()
+
+
+_LOAD_PEAK = """
+import sys
+from sparsenet.config import load_config
+from sparsenet.data import load_dataset
+from sparsenet.memory import plan_memory
+cfg = load_config(None, ["data.name=hdf5", "data.path=" + sys.argv[1], "data.test_fraction=0.3", "model.hidden=[10]",
+                         "memory_limit_gb=64", *sys.argv[2:]])
+items = {i.name: i.bytes for i in plan_memory(cfg).ranks[0].items}
+with open("/proc/self/statm") as f:
+    base = int(f.read().split()[1]) * 4096
+load_dataset(cfg.data, cfg.seed)
+with open("/proc/self/status") as f:  # VmHWM: this process's peak (ru_maxrss would include the parent's at fork)
+    peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+print(peak - base, items["data"], items["transient peak"])
+"""
+
+
+@pytest.mark.parametrize("dtype,extra", [("float32", []), ("float64", []), ("float64", ["data.max_train=20000"])])
+def test_plan_covers_the_peak_of_loading_and_splitting_a_data_file(tmp_path, dtype, extra):
+    """Issue 15.6: x split by test_fraction peaks at x + both parts (+ float32 copies); the plan counted x once."""
+    import subprocess
+    import sys
+
+    import h5py
+
+    path = tmp_path / "x.h5"
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:  # written here: the measuring process's high-water mark starts clean
+        f["x"] = rng.standard_normal((60000, 500)).astype(dtype)
+        f["y"] = rng.integers(0, 3, 60000)
+    out = subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(path), *extra], capture_output=True, text=True,
+                         timeout=300, check=True).stdout.split()
+    growth, data_item, transient = map(int, out)
+    raw = 60000 * 500 * np.dtype(dtype).itemsize
+    assert growth > raw + data_item * 0.9  # the split really copies (more than x once)
+    assert growth <= data_item + transient  # what the plan holds for it, beside the model
+    assert data_item + transient <= 1.3 * growth
