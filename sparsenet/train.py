@@ -51,7 +51,8 @@ def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
     rng = np.random.default_rng(cfg.seed)
     m = cfg.model
     model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
-                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
+                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng,
+                                 input_init=m.input_init)
     optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay, cfg.train.weight_decay_mode)
     return TrainingState(model, optimizer, rng, 0, [])
 
@@ -123,7 +124,8 @@ def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
     for l, layer in enumerate(model.layers):
         if (l == last and not cfg.evolution.evolve_output) or layer.nnz >= layer.n_positions:
             continue
-        model.layers[l], changes[l] = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng)
+        model.layers[l], changes[l] = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng,
+                                                       regrow=cfg.evolution.regrow)
         state.optimizer.follow_topology(l, changes[l])
     model.topology_changed()
     return changes
