@@ -194,9 +194,13 @@ class ModelConfig:
     epsilon: float = _field(20.0, _Float(lo=0, lo_open=True))
     activation: str = _field("all_relu", _Choice("relu", "leaky_relu", "all_relu"))
     alpha: float = _field(0.6, _Float(lo=0))
-    init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform"))
+    # he_uniform / xavier: limits from the dense layer's fan-in (SET); he_uniform_sparse: from each
+    # neuron's actual number of connections (Evci et al. 2022), so activations keep their variance
+    init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform", "he_uniform_sparse"))
     dropout: float = _field(0.3, _Float(0, 1, hi_open=True))
     output: str = _field("softmax", _Choice("softmax", "sigmoid"))
+    # zero: the first layer starts at 0 and grows from its gradients (implicit feature selection)
+    input_init: str = _field("init", _Choice("init", "zero"))
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,7 @@ class EvolutionConfig:
 
     zeta: float = _field(0.3, _Float(0, 1, hi_open=True))
     evolve_output: bool = _field(False, _Bool())
+    regrow: str = _field("init", _Choice("init", "zero"))   # new weights: from model.init, or 0 (RigL)
 
 
 @dataclass(frozen=True)

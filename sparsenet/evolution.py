@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from .sparse.init import sample_keys_avoiding, sample_weights
+from .sparse.init import SPARSE_FAN_IN_INITS, sample_keys_avoiding, sample_weights, scale_to_fan_in
 from .sparse.layer import INDEX_DTYPE, SparseLayer
 
 
@@ -113,12 +113,18 @@ def _merge_kept_and_new(rows, cols, values, remove, new_keys, new_values, n_in,
         w += 1
 
 
+REGROW_VALUES = ("init", "zero")
+
+
 def prune_and_regrow(layer: SparseLayer, zeta: float, init: str,
-                     rng: np.random.Generator) -> tuple[SparseLayer, np.ndarray]:
+                     rng: np.random.Generator, regrow: str = "init") -> tuple[SparseLayer, np.ndarray]:
     """One SET step on a layer: remove weights nearest zero, regrow as many at random empty positions.
 
     Returns the new layer (same nnz, output-major) and `source` (int64, new nnz): the old index of
-    each connection, or -1 for a regrown one. New weights come from the layer's init distribution.
+    each connection, or -1 for a regrown one. regrow "init": new weights come from the layer's init
+    distribution (he_uniform_sparse: sized by the neuron's fan-in after regrowth); "zero": they
+    start at 0, as in RigL, so the step leaves the network's function unchanged and a new
+    connection keeps its place only if training grows it. The random stream is the same either way.
     Regrown positions avoid the kept connections (a just-removed position may be drawn again).
 
     Memory beyond the result (new layer 20 B + source 8 B per connection): a removal mask (1 B),
@@ -135,6 +141,8 @@ def prune_and_regrow(layer: SparseLayer, zeta: float, init: str,
     def kept_keys() -> np.ndarray:  # only for a nearly dense layer
         return layer.keys()[~remove]
 
+    if regrow not in REGROW_VALUES:
+        raise ValueError(f"unknown regrow {regrow!r}; allowed: {', '.join(REGROW_VALUES)}")
     new_keys = sample_keys_avoiding(layer.n_positions, n_removed, layer.nnz - n_removed, drop, kept_keys, rng)
     new_values = sample_weights(new_keys.shape[0], layer.n_in, layer.n_out, init, rng)
 
@@ -146,4 +154,8 @@ def prune_and_regrow(layer: SparseLayer, zeta: float, init: str,
     _merge_kept_and_new(layer.rows, layer.cols, layer.values, remove, new_keys, new_values, n_in,
                         rows, cols, values, source)
     del remove, new_keys, new_values
+    if regrow == "zero":
+        values[source < 0] = 0.0
+    elif init in SPARSE_FAN_IN_INITS:
+        scale_to_fan_in(values, cols, layer.n_out, new=source < 0)
     return SparseLayer(layer.n_in, layer.n_out, rows, cols, values, layer.bias), source

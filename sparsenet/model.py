@@ -65,9 +65,18 @@ class SparseMLP:
 
     @classmethod
     def initialize(cls, sizes: list[int], *, epsilon: float, init: str, activation: str, alpha: float,
-                   dropout: float, output: str, rng: np.random.Generator) -> "SparseMLP":
-        """Erdős–Rényi layers for neuron counts `sizes` (input first, output last)."""
+                   dropout: float, output: str, rng: np.random.Generator, input_init: str = "init") -> "SparseMLP":
+        """Erdős–Rényi layers for neuron counts `sizes` (input first, output last).
+
+        input_init "zero": the first layer's weights start at 0 (drawn, then zeroed: the random stream
+        is the same), so each input connection grows only from its own gradient x_i * delta_j and the
+        ones from inputs that predict the label become the large ones, which SET then keeps.
+        """
         layers = [erdos_renyi_layer(n_in, n_out, epsilon, init, rng) for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+        if input_init == "zero":
+            layers[0].values[:] = 0.0
+        elif input_init != "init":
+            raise ValueError(f"unknown input_init {input_init!r}; allowed: init, zero")
         return cls(layers, hidden_slopes(activation, alpha, len(sizes) - 2), dropout, output)
 
     @property

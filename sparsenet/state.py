@@ -39,7 +39,8 @@ def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
     rng = np.random.default_rng(cfg.seed)
     m = cfg.model
     model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
-                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
+                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng,
+                                 input_init=m.input_init)
     return TrainingState(model, make_optimizer(cfg, model), rng, 0, [])
 
 

@@ -79,7 +79,8 @@ def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
     for l, layer in enumerate(model.layers):
         if (l == last and not cfg.evolution.evolve_output) or layer.nnz >= layer.n_positions:
             continue
-        model.layers[l], changes[l] = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng)
+        model.layers[l], changes[l] = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng,
+                                                       regrow=cfg.evolution.regrow)
         state.optimizer.follow_topology(l, changes[l])
     model.topology_changed()
     return changes

@@ -8,7 +8,10 @@ from numba import njit
 
 from .layer import KEY_DTYPE, SparseLayer, split_keys
 
-WEIGHT_INITS = ("normal", "xavier", "he_uniform")
+WEIGHT_INITS = ("normal", "xavier", "he_uniform", "he_uniform_sparse")
+# Inits whose scale comes from each output neuron's actual number of connections (its sparse
+# fan-in), not from the dense layer's n_in (Evci et al. 2022).
+SPARSE_FAN_IN_INITS = ("he_uniform_sparse",)
 
 
 def erdos_renyi_density(n_in: int, n_out: int, epsilon: float) -> float:
@@ -19,13 +22,16 @@ def erdos_renyi_density(n_in: int, n_out: int, epsilon: float) -> float:
 def sample_weights(n: int, n_in: int, n_out: int, init: str, rng: np.random.Generator) -> np.ndarray:
     """n float32 weights from the named init (fan-in / fan-out of the dense layer, as in SET).
 
+    he_uniform_sparse draws U(-1, 1) here; `scale_to_fan_in` then sizes each weight for its neuron.
     Scaled in place: 4 bytes per weight, no temporaries.
     """
     if init == "normal":
         w = rng.standard_normal(n, dtype=np.float32)
         w /= np.float32(10.0)
         return w
-    if init == "he_uniform":
+    if init == "he_uniform_sparse":
+        limit = 1.0
+    elif init == "he_uniform":
         limit = np.sqrt(6.0 / n_in)
     elif init == "xavier":
         limit = np.sqrt(6.0 / (n_in + n_out))
@@ -35,6 +41,29 @@ def sample_weights(n: int, n_in: int, n_out: int, init: str, rng: np.random.Gene
     w *= np.float32(2 * limit)
     w -= np.float32(limit)
     return w
+
+
+def fan_in_limits(cols: np.ndarray, n_out: int) -> np.ndarray:
+    """he_uniform's limit sqrt(6 / fan_in) per output neuron from its actual connections
+    (float32, n_out; 0 for a neuron without any). cols: the layer's int32 output indices."""
+    fan_in = np.bincount(cols, minlength=n_out).astype(np.float32)
+    limits = np.zeros(n_out, dtype=np.float32)
+    np.divide(np.float32(6.0), fan_in, out=limits, where=fan_in > 0)
+    return np.sqrt(limits, out=limits)
+
+
+@njit(cache=True)
+def _scale_by_column(values, cols, limits, only_new, new):
+    for k in range(values.shape[0]):
+        if not only_new or new[k]:
+            values[k] *= limits[cols[k]]
+
+
+def scale_to_fan_in(values: np.ndarray, cols: np.ndarray, n_out: int, new: np.ndarray | None = None) -> None:
+    """Multiply U(-1, 1) draws in place by their neuron's limit sqrt(6 / actual fan-in);
+    only where `new` (bool per connection) is set, if given. O(nnz) time, O(n_out) memory."""
+    limits = fan_in_limits(cols, n_out)
+    _scale_by_column(values, cols, limits, new is not None, np.zeros(1, dtype=np.bool_) if new is None else new)
 
 
 def sample_empty_keys(n_positions: int, count: int, occupied: np.ndarray,
@@ -167,4 +196,6 @@ def erdos_renyi_layer(n_in: int, n_out: int, epsilon: float, init: str,
     values = sample_weights(nnz, n_in, n_out, init, rng)
     rows, cols = split_keys(keys, n_in)
     del keys
+    if init in SPARSE_FAN_IN_INITS:
+        scale_to_fan_in(values, cols, n_out)
     return SparseLayer(n_in, n_out, rows, cols, values, np.zeros(n_out, dtype=np.float32))

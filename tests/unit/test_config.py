@@ -137,7 +137,7 @@ def test_enums():
     assert error_of(["model.activation=tanh"]) == (
         "config key 'model.activation' must be one of relu, leaky_relu, all_relu, got 'tanh'")
     assert error_of(["model.init=zeros"]) == (
-        "config key 'model.init' must be one of normal, xavier, he_uniform, got 'zeros'")
+        "config key 'model.init' must be one of normal, xavier, he_uniform, he_uniform_sparse, got 'zeros'")
     assert error_of(["model.output=linear"]) == (
         "config key 'model.output' must be one of softmax, sigmoid, got 'linear'")
     message = error_of(["data.name=imagenet"])
