@@ -139,6 +139,33 @@ def write_json(path: Path, data: dict) -> None:
             os.unlink(tmp)
 
 
+class results_lock:
+    """Exclusive lock on RESULTS.lock around a read-modify-write: runners may share one results file."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(path.name + ".lock")
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()   # releases the lock
+
+
+def add_result(path: Path, key: str, entry: dict) -> dict:
+    """Record one run (under the lock) and return the whole results file as written."""
+    with results_lock(path):
+        results = load_results(path)
+        results["runs"][key] = entry
+        write_json(path, results)
+    return results
+
+
 def load_results(path: Path) -> dict:
     if not path.exists():
         return {"runs": {}}
@@ -248,9 +275,7 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
             print(f"reproduce: {key} ended (exit {code}) without all its epochs; rerun to continue it "
                   f"(log: {metrics.parent / 'train.log'})", flush=True)
             return
-        results = load_results(plan.results)
-        results["runs"][key] = entry
-        write_json(plan.results, results)
+        results = add_result(plan.results, key, entry)
         print(f"reproduce: {key} done: best {entry['best_test_accuracy']:.2f} % (epoch {entry['best_epoch']}), "
               f"last {entry['last_test_accuracy']:.2f} %, weights {entry['weights_end']}", flush=True)
         report(rows_in_results(results), plan, quiet=True)
@@ -267,6 +292,9 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
                         proc.send_signal(signal.SIGTERM)
                 pending.clear()
                 stop.clear()
+            for item in [p for p in pending if p[0].prefix_of and plan.epochs is None]:
+                if prefix_record(*item, plan, results_path=plan.results):
+                    pending.remove(item)
             used = sum(r.ranks for _, r, *_ in running.values())
             deferred = []
             while pending and (not running or used + min(pending[0][0].ranks, jobs) <= jobs):
@@ -290,7 +318,7 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
                 log.close()
                 running[key] = (proc, row, seed, time.perf_counter(), cmd)
                 used += row.ranks
-            pending.extend(deferred)
+            pending[:0] = deferred
             for key in list(running):
                 code = running[key][0].poll()
                 if code is not None:
@@ -312,9 +340,7 @@ def prefix_record(row: Row, seed: int, plan: Plan, results_path: Path) -> bool:
     if entry is None:
         return False
     entry["note"] = f"the first {entry['epochs']} epochs of {other_row}/{other_seed} (same config up to train.epochs)"
-    results = load_results(results_path)
-    results["runs"][f"{row.name}/{seed}"] = entry
-    write_json(results_path, results)
+    add_result(results_path, f"{row.name}/{seed}", entry)
     print(f"reproduce: {row.name}/{seed} taken from {other_row}/{other_seed}", flush=True)
     return True
 
