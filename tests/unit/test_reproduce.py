@@ -1,0 +1,115 @@
+"""scripts/reproduce.py --quick on tiny Madelon rows: runs, records, skips what is recorded, reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path("scripts/reproduce.py")
+# Madelon shrunk so a 10-epoch run takes about a second; pruning moved into those 10 epochs
+TINY = ["--set", "data.samples=120", "--set", "data.features=24", "--set", "model.hidden=[12,6]",
+        "--set", "pruning.start_epoch=3", "--set", "pruning.every=2"]
+
+
+def _reproduce(tmp_path, *args):
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--runs-dir", str(tmp_path / "runs"),
+           "--results", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png"), *TINY, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _metrics(tmp_path, row):
+    path = tmp_path / "runs" / row / "0" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_quick_runs_records_skips_and_reports(tmp_path):
+    out = _reproduce(tmp_path, "--rows", "madelon-allrelu,madelon-ip", "--jobs", "2")
+    results = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert sorted(results) == ["madelon-allrelu/0", "madelon-ip/0"]     # --quick: 1 seed of each row
+    for key, entry in results.items():
+        metrics = _metrics(tmp_path, entry["row"])
+        assert len(metrics) == entry["epochs"] == 10
+        best = max(metrics, key=lambda r: r["test_accuracy"])
+        assert entry["best_test_accuracy"] == round(100 * best["test_accuracy"], 4)
+        assert entry["best_epoch"] == best["epoch"]
+        assert entry["last_test_accuracy"] == round(100 * metrics[-1]["test_accuracy"], 4)
+        assert (entry["weights_start"], entry["weights_end"]) == (sum(metrics[0]["nnz"]), sum(metrics[-1]["nnz"]))
+        assert "--resume" in entry["command"] and "measured under load" in entry["timings"]
+    # the pruned row lost hidden neurons (and their weights); the other kept its 12-6
+    assert results["madelon-ip/0"]["neurons_end"][1:3] != [12, 6]
+    assert results["madelon-ip/0"]["weights_end"] < 0.8 * results["madelon-ip/0"]["weights_start"]
+    assert results["madelon-allrelu/0"]["neurons_end"] == [24, 12, 6, 2]
+    # the table: ours beside the paper's figure, rows not run are listed as such
+    ip = results["madelon-ip/0"]["best_test_accuracy"]
+    line = next(l for l in out.splitlines() if l.startswith("| Madelon, All-ReLU + Importance Pruning (from 200"))
+    assert f"**{ip:.2f} ± 0.00 %**" in line and "77.00 %" in line and f"FAIL: best {ip:.2f} vs >= 77" in line
+    assert "| Madelon, ReLU | not run yet | 0/3 |" in out
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second sitting skips what is recorded and changes nothing
+    before = (tmp_path / "results.json").read_text()
+    again = _reproduce(tmp_path, "--rows", "madelon-allrelu,madelon-ip")
+    assert "madelon-allrelu/0 recorded, skipped" in again and "madelon-ip/0 recorded, skipped" in again
+    assert "starting" not in again
+    assert (tmp_path / "results.json").read_text() == before
+
+    # a run whose record is lost continues from its checkpoint (--resume) instead of training again
+    data = json.loads(before)
+    del data["runs"]["madelon-allrelu/0"]
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    third = _reproduce(tmp_path, "--rows", "madelon-allrelu")
+    assert "madelon-allrelu/0 starting" in third
+    log = (tmp_path / "runs" / "madelon-allrelu" / "0" / "train.log").read_text()
+    assert "resuming from" in log and "after epoch 10" in log
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["madelon-allrelu/0"]["best_test_accuracy"] == \
+        json.loads(before)["runs"]["madelon-allrelu/0"]["best_test_accuracy"]
+
+
+def test_unknown_row_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--rows", "madelon-allrelu,nope",
+                           "--results", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unknown row(s) nope; rows are: madelon-allrelu," in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def _reproduce_module():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import reproduce
+    finally:
+        sys.path.pop(0)
+    return reproduce
+
+
+def _runs(accuracies, **fields):
+    return [{"seed": i, "best_test_accuracy": a, **fields} for i, a in enumerate(accuracies)]
+
+
+@pytest.mark.parametrize("row, by_row, expected", [
+    ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.6, 91.0, 91.0])},
+     "PASS: best 91.60 vs >= 91.5 (+0.10), mean 91.20 vs >= 91.1 (+0.10)"),
+    ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.4, 91.3, 91.2])},
+     "FAIL: best 91.40 vs >= 91.5 (-0.10), mean 91.30 vs >= 91.1 (+0.20)"),
+    ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.6])},
+     "FAIL: best 91.60 vs >= 91.5 (+0.10), mean 91.60 vs >= 91.1 (+0.50) (1/3 seeds)".replace("FAIL", "PASS")),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_at_20pct_weights=90.4,
+                                      weights_start=1000, weights_end=190)},
+     "FAIL: 90.40 % at <= 20 % of the weights vs >= 90.5 (-0.10)"),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_at_20pct_weights=None,
+                                      weights_start=1000, weights_end=250)},
+     "FAIL: ends with 25.0 % of the weights (target <= 20 %)"),
+    ("fmnist-wasap", {"fmnist-wasap": _runs([91.0]), "fmnist-allrelu": _runs([91.2, 91.5])},
+     "PASS: 0.20 points from sequential vs <= 0.3"),
+    ("fmnist-wasap", {"fmnist-wasap": _runs([90.8]), "fmnist-allrelu": _runs([91.2])},
+     "FAIL: 0.40 points from sequential vs <= 0.3"),
+    ("madelon-ip", {"madelon-ip": _runs([76.5, 77.5, 70.0])}, "PASS: best 77.50 vs >= 77 (+0.50)"),
+    ("madelon-relu", {"madelon-relu": _runs([70.0])}, ""),    # no target
+])
+def test_targets(row, by_row, expected):
+    reproduce = _reproduce_module()
+    assert reproduce.check_target(reproduce.ROWS[row], by_row) == expected
