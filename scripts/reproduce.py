@@ -478,6 +478,26 @@ def figure(rows: list[Row], by_row: dict[str, list[dict]], path: Path) -> Path |
     return path
 
 
+DOCS_START, DOCS_END = "<!-- reproduction table: start -->", "<!-- reproduction table: end -->"
+
+
+def update_docs(path: Path, text: str) -> None:
+    """Replace what stands between the two marker lines of `path` by `text` (temporary + rename)."""
+    doc = path.read_text()
+    if DOCS_START not in doc or DOCS_END not in doc:
+        raise SystemExit(f"reproduce: {path} has no lines '{DOCS_START}' and '{DOCS_END}' to put the table between")
+    head, rest = doc.split(DOCS_START, 1)
+    tail = rest.split(DOCS_END, 1)[1]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def report(by_row: dict[str, list[dict]], plan: Plan, quiet: bool = False) -> str:
     rows = [r for r in ROWS.values()]
     text = table(rows, by_row)
@@ -505,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--results", help="default scripts/results/reproduction.json (--quick: reproduction_quick.json)")
     ap.add_argument("--figure", help="default scripts/results/reproduction_curves.png (--quick: ..._quick.png)")
     ap.add_argument("--commit", action="store_true", help="git-commit the results file and figure after each run")
+    ap.add_argument("--docs", help="also write the table into this Markdown file, between the lines "
+                                   f"'{DOCS_START}' and '{DOCS_END}'")
     args = ap.parse_args(argv)
     if args.jobs < 1 or args.threads < 0:
         ap.error("--jobs must be >= 1 and --threads >= 0")
@@ -525,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
                 commit=args.commit, code=code)
     if not args.report:
         run_all([ROWS[n] for n in names], plan, args.jobs)
-    report(rows_in_results(load_results(plan.results)), plan)
+    text = report(rows_in_results(load_results(plan.results)), plan)
+    if args.docs:
+        update_docs(Path(args.docs), text)
     return 0
 
 

@@ -69,6 +69,28 @@ def test_quick_runs_records_skips_and_reports(tmp_path):
         json.loads(before)["runs"]["madelon-allrelu/0"]["best_test_accuracy"]
 
 
+def test_report_writes_the_table_between_the_markers(tmp_path):
+    _reproduce(tmp_path, "--rows", "madelon-relu")
+    doc = tmp_path / "bench.md"
+    doc.write_text("# before\n<!-- reproduction table: start -->\nold table\n<!-- reproduction table: end -->\nafter\n")
+    out = _reproduce(tmp_path, "--report", "--docs", str(doc))
+    assert "starting" not in out
+    table = "\n".join(l for l in out.splitlines() if l.startswith("|"))
+    expected = f"# before\n<!-- reproduction table: start -->\n{table}\n<!-- reproduction table: end -->\nafter\n"
+    assert doc.read_text() == expected
+    _reproduce(tmp_path, "--report", "--docs", str(doc))
+    assert doc.read_text() == expected       # a second report leaves it as it is
+    relu = json.loads((tmp_path / "results.json").read_text())["runs"]["madelon-relu/0"]["best_test_accuracy"]
+    assert f"| Madelon, ReLU | **{relu:.2f} ± 0.00 %** ({relu:.2f} %) | 1/3 |" in table
+    bad = tmp_path / "plain.md"
+    bad.write_text("no markers\n")
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--report", "--results", str(tmp_path / "results.json"),
+           "--figure", str(tmp_path / "c.png"), "--docs", str(bad)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1 and "has no lines '<!-- reproduction table: start -->'" in done.stderr
+    assert bad.read_text() == "no markers\n"
+
+
 def test_unknown_row_is_a_one_line_error(tmp_path):
     done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--rows", "madelon-allrelu,nope",
                            "--results", str(tmp_path / "r.json")], capture_output=True, text=True)
