@@ -395,16 +395,16 @@ def check_target(row: Row, by_row: dict[str, list[dict]]) -> str:
 
 
 def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
-    lines = ["| row | ours: best test accuracy, mean ± std (best) | seeds | weights at the end | "
+    lines = ["| row | ours: best test accuracy, mean ± std (best) | seeds | last epoch, mean | weights at the end | "
              "train min/run, s/epoch (under load) | paper | target |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = by_row.get(row.name, [])
         paper = f"{row.paper:.2f} %" if row.paper is not None else "—"
         if row.paper_note:
             paper += f" ({row.paper_note})"
         if not runs:
-            lines.append(f"| {row.what} | not run yet | 0/{len(row.seeds)} | | | {paper} | |")
+            lines.append(f"| {row.what} | not run yet | 0/{len(row.seeds)} | | | | {paper} | |")
             continue
         mean, std = _mean_std([e["best_test_accuracy"] for e in runs])
         top = max(e["best_test_accuracy"] for e in runs)
@@ -413,8 +413,9 @@ def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
         minutes = statistics.fmean(e["train_minutes"] for e in runs)
         per_epoch = statistics.fmean(e["train_seconds_per_epoch"] for e in runs)
         epochs = runs[0]["epochs"]
+        last = statistics.fmean(e["last_test_accuracy"] for e in runs)
         lines.append(f"| {row.what} | **{mean:.2f} ± {std:.2f} %** ({top:.2f} %) | {len(runs)}/{len(row.seeds)} "
-                     f"| {weights:,.0f} ({100 * share:.0f} %) | {minutes:.1f}, {per_epoch:.2f} ({epochs} ep.) "
+                     f"| {last:.2f} % | {weights:,.0f} ({100 * share:.0f} %) | {minutes:.1f}, {per_epoch:.2f} ({epochs} ep.) "
                      f"| {paper} | {check_target(row, by_row)} |")
     return "\n".join(lines)
 

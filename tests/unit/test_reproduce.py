@@ -47,7 +47,8 @@ def test_quick_runs_records_skips_and_reports(tmp_path):
     ip = results["madelon-ip/0"]["best_test_accuracy"]
     line = next(l for l in out.splitlines() if l.startswith("| Madelon, All-ReLU + Importance Pruning (from 200"))
     assert f"**{ip:.2f} ± 0.00 %**" in line and "77.00 %" in line and f"FAIL: best {ip:.2f} vs >= 77" in line
-    assert "| Madelon, ReLU | not run yet | 0/3 |" in out
+    assert f"| 1/3 | {results['madelon-ip/0']['last_test_accuracy']:.2f} % | " in line
+    assert "| Madelon, ReLU | not run yet | 0/3 | | | | 68.50 % | |" in out
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # a second sitting skips what is recorded and changes nothing
