@@ -48,7 +48,13 @@ class Row:
     paper_note: str = ""
     ranks: int = 1
     prefix_of: tuple[str, int] | None = None   # the first epochs of this (row, seed) are this row's run
-    target: str = ""                    # key into TARGETS
+    target: str = ""                    # key into check_target
+
+    @property
+    def pruned(self) -> bool:
+        """Importance Pruning rows: their accuracy is the final, pruned model's (best epoch since the
+        last pruning); before the first pruning they are the same run as the unpruned row."""
+        return "-ip" in self.name
 
 
 def _rows() -> list[Row]:
@@ -59,7 +65,7 @@ def _rows() -> list[Row]:
         Row("madelon-ip", "Madelon, All-ReLU + Importance Pruning (from 200, every 25, 10th pct.)",
             "configs/madelon.yaml", tuple(CONFIG_IP), paper=77.00, paper_note="2,737 of 19,000 weights",
             target="madelon-ip"),
-        Row("madelon-ip-authors", "Madelon, All-ReLU + Importance Pruning (authors' code: from 200, every 10, 20th pct.)",
+        Row("madelon-ip-authors", "Madelon, All-ReLU + Importance Pruning (authors' schedule: from 200, every 10, 20th pct.)",
             "configs/madelon.yaml", (*CONFIG_IP[:1], *AUTHORS_IP), paper=77.00,
             paper_note="2,737 of 19,000 weights", target="madelon-ip"),
     ]
@@ -74,7 +80,7 @@ def _rows() -> list[Row]:
         Row("fmnist-relu", "FashionMNIST, ReLU", fm, ("model.activation=relu",), paper=90.48),
         Row("fmnist-ip", "FashionMNIST, All-ReLU + Importance Pruning (config: from 200, every 25, 10th pct.)",
             ip, paper=90.12, paper_note="25,759 of 126,302 weights", target="fmnist-ip"),
-        Row("fmnist-ip-authors", "FashionMNIST, All-ReLU + Importance Pruning (authors' code: from 200, every 10, 20th pct.)",
+        Row("fmnist-ip-authors", "FashionMNIST, All-ReLU + Importance Pruning (authors' schedule: from 200, every 10, 20th pct.)",
             ip, tuple(AUTHORS_IP), paper=90.12, paper_note="25,759 of 126,302 weights", target="fmnist-ip"),
         Row("fmnist-wasap", "FashionMNIST, WASAP-SGD, 1 server + 2 workers", "configs/fashion_mnist_wasap.yaml",
             seeds=(0,), ranks=3, paper=91.23, paper_note="5 workers", target="parallel"),
@@ -97,6 +103,9 @@ def summarize_metrics(rows: list[dict]) -> dict:
     best = max(rows, key=lambda r: r["test_accuracy"])
     start, end = sum(rows[0]["nnz"]), sum(rows[-1]["nnz"])
     small = [r for r in rows if sum(r["nnz"]) <= 0.2 * start]
+    last_change = max((i for i in range(1, len(rows)) if rows[i].get("neurons") != rows[i - 1].get("neurons")),
+                      default=0)
+    final = rows[last_change:]
     seconds = sum(r["train_seconds"] + r.get("evolution_seconds", 0.0) for r in rows)
     return {
         "epochs": rows[-1]["epoch"],
@@ -108,6 +117,9 @@ def summarize_metrics(rows: list[dict]) -> dict:
         "neurons_end": rows[-1].get("neurons"),
         # the best accuracy of the model while it had at most 20 % of its starting weights
         "best_test_accuracy_at_20pct_weights": round(100 * max(r["test_accuracy"] for r in small), 4) if small else None,
+        # the model as it ends: the best epoch since the last neuron pruning (no pruning: every epoch)
+        "best_test_accuracy_final_model": round(100 * max(r["test_accuracy"] for r in final), 4),
+        "final_model_from_epoch": final[0]["epoch"],
         "train_minutes": round(sum(r["train_seconds"] + r.get("evolution_seconds", 0.0) + r.get("eval_seconds", 0.0)
                                    for r in rows) / 60, 2),
         "train_seconds_per_epoch": round(seconds / len(rows), 3),
@@ -372,18 +384,16 @@ def check_target(row: Row, by_row: dict[str, list[dict]]) -> str:
         ok = top >= 91.5 and mean >= 91.1
         return (f"{'PASS' if ok else 'FAIL'}: best {top:.2f} vs >= 91.5 ({top - 91.5:+.2f}), "
                 f"mean {mean:.2f} vs >= 91.1 ({mean - 91.1:+.2f}){n}")
+    final = [e.get("best_test_accuracy_final_model") for e in runs]
     if row.target == "fmnist-ip":
-        small = [e["best_test_accuracy_at_20pct_weights"] for e in runs]
         share = max(e["weights_end"] / e["weights_start"] for e in runs)
-        if any(s is None for s in small):
-            return f"FAIL: ends with {100 * share:.1f} % of the weights (target <= 20 %){n}"
-        mean = statistics.fmean(small)
-        ok = mean >= 90.5
-        return (f"{'PASS' if ok else 'FAIL'}: {mean:.2f} % at <= 20 % of the weights vs >= 90.5 "
-                f"({mean - 90.5:+.2f}){n}")
+        mean = statistics.fmean(final)
+        ok = mean >= 90.5 and share <= 0.2
+        return (f"{'PASS' if ok else 'FAIL'}: final model {mean:.2f} % vs >= 90.5 ({mean - 90.5:+.2f}) "
+                f"with up to {100 * share:.1f} % of the weights vs <= 20 %{n}")
     if row.target == "madelon-ip":
-        top = max(best)
-        return f"{'PASS' if top >= 77 else 'FAIL'}: best {top:.2f} vs >= 77 ({top - 77:+.2f}){n}"
+        top = max(final)
+        return f"{'PASS' if top >= 77 else 'FAIL'}: final model, best {top:.2f} vs >= 77 ({top - 77:+.2f}){n}"
     if row.target == "parallel":
         seq = {e["seed"]: e["best_test_accuracy"] for e in by_row.get("fmnist-allrelu", [])}
         pairs = [(e["best_test_accuracy"], seq[e["seed"]]) for e in runs if e["seed"] in seq]
@@ -395,7 +405,7 @@ def check_target(row: Row, by_row: dict[str, list[dict]]) -> str:
 
 
 def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
-    lines = ["| row | ours: best test accuracy, mean ± std (best) | seeds | last epoch, mean | weights at the end | "
+    lines = ["| row | ours: best test accuracy (pruning rows: of the final model), mean ± std (best) | seeds | last epoch, mean | weights at the end | "
              "train min/run, s/epoch (under load) | paper | target |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -406,8 +416,10 @@ def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
         if not runs:
             lines.append(f"| {row.what} | not run yet | 0/{len(row.seeds)} | | | | {paper} | |")
             continue
-        mean, std = _mean_std([e["best_test_accuracy"] for e in runs])
-        top = max(e["best_test_accuracy"] for e in runs)
+        key = "best_test_accuracy_final_model" if row.pruned else "best_test_accuracy"
+        accuracies = [e[key] for e in runs]
+        mean, std = _mean_std(accuracies)
+        top = max(accuracies)
         weights = statistics.fmean(e["weights_end"] for e in runs)
         share = weights / statistics.fmean(e["weights_start"] for e in runs)
         minutes = statistics.fmean(e["train_minutes"] for e in runs)
@@ -499,6 +511,24 @@ def update_docs(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def backfill(path: Path) -> None:
+    """Records made by an older version of this script lack newer summary fields: recompute them
+    from the run's metrics.jsonl where it is still on disk."""
+    with results_lock(path):
+        results = load_results(path)
+        changed = False
+        for entry in results["runs"].values():
+            metrics = Path(entry.get("metrics", ""))
+            if "best_test_accuracy_final_model" in entry or not metrics.is_file():
+                continue
+            rows = read_metrics(metrics)
+            if len(rows) >= entry["epochs"]:
+                entry.update(summarize_metrics(rows[:entry["epochs"]]))
+                changed = True
+        if changed:
+            write_json(path, results)
+
+
 def report(by_row: dict[str, list[dict]], plan: Plan, quiet: bool = False) -> str:
     rows = [r for r in ROWS.values()]
     text = table(rows, by_row)
@@ -548,6 +578,8 @@ def main(argv: list[str] | None = None) -> int:
                 commit=args.commit, code=code)
     if not args.report:
         run_all([ROWS[n] for n in names], plan, args.jobs)
+    if plan.results.exists():
+        backfill(plan.results)
     text = report(rows_in_results(load_results(plan.results)), plan)
     if args.docs:
         update_docs(Path(args.docs), text)

@@ -44,9 +44,18 @@ def test_quick_runs_records_skips_and_reports(tmp_path):
     assert results["madelon-ip/0"]["weights_end"] < 0.8 * results["madelon-ip/0"]["weights_start"]
     assert results["madelon-allrelu/0"]["neurons_end"] == [24, 12, 6, 2]
     # the table: ours beside the paper's figure, rows not run are listed as such
-    ip = results["madelon-ip/0"]["best_test_accuracy"]
+    # a pruning row's accuracy is its final model's: the best epoch since the last pruning
+    metrics = _metrics(tmp_path, "madelon-ip")
+    final = [r for r in metrics if r["neurons"] == metrics[-1]["neurons"]]
+    assert metrics[0]["neurons"] == [24, 12, 6, 2] and final[0]["epoch"] == 10   # pruned after epochs 3, 5, 7, 9
+    assert results["madelon-ip/0"]["final_model_from_epoch"] == 10
+    ip = results["madelon-ip/0"]["best_test_accuracy_final_model"]
+    assert ip == round(100 * final[0]["test_accuracy"], 4)
+    allrelu = results["madelon-allrelu/0"]
+    assert (allrelu["final_model_from_epoch"], allrelu["best_test_accuracy_final_model"]) == \
+        (1, allrelu["best_test_accuracy"])
     line = next(l for l in out.splitlines() if l.startswith("| Madelon, All-ReLU + Importance Pruning (from 200"))
-    assert f"**{ip:.2f} ± 0.00 %**" in line and "77.00 %" in line and f"FAIL: best {ip:.2f} vs >= 77" in line
+    assert f"**{ip:.2f} ± 0.00 %**" in line and "77.00 %" in line and f"FAIL: final model, best {ip:.2f} vs >= 77" in line
     assert f"| 1/3 | {results['madelon-ip/0']['last_test_accuracy']:.2f} % | " in line
     assert "| Madelon, ReLU | not run yet | 0/3 | | | | 68.50 % | |" in out
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -120,17 +129,24 @@ def _runs(accuracies, **fields):
      "FAIL: best 91.40 vs >= 91.5 (-0.10), mean 91.30 vs >= 91.1 (+0.20)"),
     ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.6])},
      "FAIL: best 91.60 vs >= 91.5 (+0.10), mean 91.60 vs >= 91.1 (+0.50) (1/3 seeds)".replace("FAIL", "PASS")),
-    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_at_20pct_weights=90.4,
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_final_model=90.4,
                                       weights_start=1000, weights_end=190)},
-     "FAIL: 90.40 % at <= 20 % of the weights vs >= 90.5 (-0.10)"),
-    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_at_20pct_weights=None,
+     "FAIL: final model 90.40 % vs >= 90.5 (-0.10) with up to 19.0 % of the weights vs <= 20 %"),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_final_model=90.6,
                                       weights_start=1000, weights_end=250)},
-     "FAIL: ends with 25.0 % of the weights (target <= 20 %)"),
+     "FAIL: final model 90.60 % vs >= 90.5 (+0.10) with up to 25.0 % of the weights vs <= 20 %"),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_final_model=90.6,
+                                      weights_start=1000, weights_end=200)},
+     "PASS: final model 90.60 % vs >= 90.5 (+0.10) with up to 20.0 % of the weights vs <= 20 %"),
     ("fmnist-wasap", {"fmnist-wasap": _runs([91.0]), "fmnist-allrelu": _runs([91.2, 91.5])},
      "PASS: 0.20 points from sequential vs <= 0.3"),
     ("fmnist-wasap", {"fmnist-wasap": _runs([90.8]), "fmnist-allrelu": _runs([91.2])},
      "FAIL: 0.40 points from sequential vs <= 0.3"),
-    ("madelon-ip", {"madelon-ip": _runs([76.5, 77.5, 70.0])}, "PASS: best 77.50 vs >= 77 (+0.50)"),
+    ("madelon-ip", {"madelon-ip": [{"seed": i, "best_test_accuracy": 81.0, "best_test_accuracy_final_model": a}
+                                   for i, a in enumerate([76.5, 77.5, 70.0])]},
+     "PASS: final model, best 77.50 vs >= 77 (+0.50)"),
+    ("madelon-ip", {"madelon-ip": [{"seed": 0, "best_test_accuracy": 81.0, "best_test_accuracy_final_model": 76.0}]},
+     "FAIL: final model, best 76.00 vs >= 77 (-1.00) (1/3 seeds)"),
     ("madelon-relu", {"madelon-relu": _runs([70.0])}, ""),    # no target
 ])
 def test_targets(row, by_row, expected):
