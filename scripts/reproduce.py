@@ -307,6 +307,8 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
             for item in [p for p in pending if p[0].prefix_of and plan.epochs is None]:
                 if prefix_record(*item, plan, results_path=plan.results):
                     pending.remove(item)
+                    if plan.commit:
+                        commit_results(plan, f"reproduce: {item[0].name}/{item[1]} (from {item[0].prefix_of[0]})")
             used = sum(r.ranks for _, r, *_ in running.values())
             deferred = []
             while pending and (not running or used + min(pending[0][0].ranks, jobs) <= jobs):
