@@ -434,9 +434,26 @@ def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def figure(rows: list[Row], by_row: dict[str, list[dict]], path: Path) -> Path | None:
-    """Test accuracy per epoch of every recorded run (one colour per row), FashionMNIST and Madelon
-    side by side, plus the weights of the pruned runs."""
+def _curves(row: Row, by_row: dict[str, list[dict]], runs_dir: Path | None):
+    """(seed, metrics rows, finished) of a row: recorded runs, then unrecorded ones still on disk."""
+    recorded = {e["seed"]: e for e in by_row.get(row.name, [])}
+    for entry in recorded.values():
+        metrics = Path(entry["metrics"])
+        if metrics.exists():
+            yield entry["seed"], read_metrics(metrics)[:entry["epochs"]], True
+    if runs_dir is None or row.prefix_of:
+        return
+    for seed in row.seeds:
+        metrics = runs_dir / row.name / str(seed) / "metrics.jsonl"
+        if seed not in recorded and metrics.exists():
+            data = read_metrics(metrics)
+            if data:
+                yield seed, data, False
+
+
+def figure(rows: list[Row], by_row: dict[str, list[dict]], path: Path, runs_dir: Path | None = None) -> Path | None:
+    """Test accuracy per epoch of every recorded run (one colour per row; runs not finished yet
+    dashed), FashionMNIST, Madelon and table 5 side by side, plus the weights of the pruned runs."""
     try:
         import matplotlib
 
@@ -445,20 +462,19 @@ def figure(rows: list[Row], by_row: dict[str, list[dict]], path: Path) -> Path |
     except ImportError:
         print("reproduce: no matplotlib, no figure", file=sys.stderr)
         return None
-    panels = {"FashionMNIST": [r for r in rows if r.name.startswith("fmnist")],
-              "Madelon": [r for r in rows if r.name.startswith("madelon")],
-              "FashionMNIST, All-ReLU alpha (table 5)": [r for r in rows if r.name.startswith("alpha")]}
+    panels = {"FashionMNIST, 500 epochs": [r for r in rows if r.name.startswith("fmnist")],
+              "Madelon, 500 epochs": [r for r in rows if r.name.startswith("madelon")],
+              "FashionMNIST, All-ReLU alpha (table 5), 100 epochs": [r for r in rows if r.name.startswith("alpha")]}
+    colour = {row.name: f"C{i % 10}" for members in panels.values() for i, row in enumerate(members)}
     fig, axes = plt.subplots(1, 4, figsize=(22, 5))
     for ax, (title, members) in zip(axes, panels.items()):
-        for i, row in enumerate(members):
-            colour = f"C{i % 10}"
-            for j, entry in enumerate(by_row.get(row.name, [])):
-                metrics = Path(entry["metrics"])
-                if not metrics.exists():
-                    continue
-                data = read_metrics(metrics)[:entry["epochs"]]
-                ax.plot([r["epoch"] for r in data], [100 * r["test_accuracy"] for r in data], color=colour,
-                        lw=0.8, alpha=0.8, label=row.name if j == 0 else None)
+        for row in members:
+            labelled = False
+            for seed, data, done in _curves(row, by_row, runs_dir):
+                label = None if labelled else (row.name if done else f"{row.name} (not finished)")
+                ax.plot([r["epoch"] for r in data], [100 * r["test_accuracy"] for r in data], color=colour[row.name],
+                        lw=0.8, alpha=0.8, ls="-" if done else "--", label=label)
+                labelled = True
         ax.set(title=title, xlabel="epoch", ylabel="test accuracy [%]")
         if title.startswith("Fashion"):
             ax.set_ylim(85, 92.5)
@@ -466,14 +482,13 @@ def figure(rows: list[Row], by_row: dict[str, list[dict]], path: Path) -> Path |
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")
     ax = axes[3]
-    for i, row in enumerate(r for r in rows if "ip" in r.name):
-        for j, entry in enumerate(by_row.get(row.name, [])):
-            metrics = Path(entry["metrics"])
-            if metrics.exists():
-                data = read_metrics(metrics)[:entry["epochs"]]
-                start = sum(data[0]["nnz"])
-                ax.plot([r["epoch"] for r in data], [100 * sum(r["nnz"]) / start for r in data],
-                        color=f"C{i % 10}", lw=0.8, label=row.name if j == 0 else None)
+    for row in (r for r in rows if r.pruned):
+        labelled = False
+        for seed, data, done in _curves(row, by_row, runs_dir):
+            start = sum(data[0]["nnz"])
+            ax.plot([r["epoch"] for r in data], [100 * sum(r["nnz"]) / start for r in data], color=colour[row.name],
+                    lw=0.8, ls="-" if done else "--", label=None if labelled else row.name)
+            labelled = True
     ax.set(title="Importance Pruning: weights left", xlabel="epoch", ylabel="% of the starting weights")
     ax.axhline(20, color="grey", ls=":", lw=0.8)
     ax.grid(alpha=0.3)
@@ -534,7 +549,7 @@ def backfill(path: Path) -> None:
 def report(by_row: dict[str, list[dict]], plan: Plan, quiet: bool = False) -> str:
     rows = [r for r in ROWS.values()]
     text = table(rows, by_row)
-    figure(rows, by_row, plan.figure)
+    figure(rows, by_row, plan.figure, plan.runs_dir)
     if not quiet:
         print(text)
         print(f"\nfigure: {plan.figure}")
