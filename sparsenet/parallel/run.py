@@ -12,12 +12,13 @@ import numba
 
 from .. import checkpoint as ckpt
 from ..config import Config, config_from_yaml, dump_config
+from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import ignore_stop_signals
 from .protocol import TAG_MEMORY_PLAN
-from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+from ..train import TrainingState, check_resume_compatible, new_state, prepare_run_folder, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -35,9 +36,11 @@ def launched_world_size() -> int:
 
 
 def rank_threads(cfg: Config, world_size: int) -> int:
-    """Kernel threads per rank: `threads` if set, else this machine's cores shared among the ranks."""
-    cores = os.cpu_count() or 1
-    wanted = cfg.threads if cfg.threads > 0 else max(1, cores // max(world_size - 1, 1))
+    """Kernel threads per rank: `threads` if set; else Slurm's CPUs per task, or the CPUs this process
+    may use (affinity, cgroup quota) shared among the workers."""
+    cpus, why = usable_cpus()
+    per_rank = cpus if why == "SLURM_CPUS_PER_TASK" else cpus // max(world_size - 1, 1)
+    wanted = cfg.threads if cfg.threads > 0 else max(1, per_rank)
     count = min(wanted, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(count)
     return count
@@ -122,7 +125,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
     from .server import ParameterServer, _Replica, phase1_epochs
 
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_folder(out)
     checkpoint_path = out / "checkpoint.h5"
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
@@ -140,7 +143,8 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
             if len(saved.replicas) != transport.size - 1:
                 raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "
                                      f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
-            replicas = [_Replica(r, s) for r, s in zip(saved.replicas, saved.replica_rng_states)]
+            replicas = [_Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
+                                                  saved.replica_optimizer_scalars)]
         log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
     else:
         state = new_state(cfg, data.n_features, data.n_classes)
