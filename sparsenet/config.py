@@ -164,7 +164,9 @@ def _field(default: Any, rule: Callable[[str, Any], Any]) -> Any:
 
 # ---------------------------------------------------------------- sections
 
-CLUSTERS_PER_CLASS = 2  # make_classification's default: classes * 2 clusters need 2**informative hypercube vertices
+# The make_classification (Madelon generator) keys of data.name 'synthetic' and their defaults, which
+# are scikit-learn's: a synthetic_hdf5 file is written with these and cannot take others.
+GENERATOR_DEFAULTS = {"clusters_per_class": 2, "flip_y": 0.01, "class_sep": 1.0, "hypercube": True}
 
 
 @dataclass(frozen=True)
@@ -181,7 +183,11 @@ class DataConfig:
     informative: int = _field(5, _Int(lo=1))
     redundant: int = _field(15, _Int(lo=0))
     classes: int = _field(2, _Int(lo=2))
-    seed: int | None = _field(None, _Int(lo=0, null=True))   # synthetic_hdf5: generation seed (null: the run's)
+    clusters_per_class: int = _field(2, _Int(lo=1))       # synthetic: Gaussian clusters per class ...
+    hypercube: bool = _field(True, _Bool())               # ... on the vertices of an informative-dim hypercube
+    class_sep: float = _field(1.0, _Float(lo=0, lo_open=True))  # half the hypercube's side
+    flip_y: float = _field(0.01, _Float(0, 1, hi_open=True))    # share of labels assigned at random
+    seed: int | None = _field(None, _Int(lo=0, null=True))   # synthetic*: generation seed (null: the run's)
     max_train: int | None = _field(None, _Int(lo=1, null=True))
     max_test: int | None = _field(None, _Int(lo=1, null=True))
 
@@ -298,12 +304,19 @@ def _check_data(c: DataConfig) -> None:
     if c.informative + c.redundant > c.features:
         raise ConfigError(f"config key 'data.redundant' must be <= data.features - "
                           f"data.informative ({c.features - c.informative}), got {c.redundant}")
-    if DATASETS[c.name].synthetic and c.classes * CLUSTERS_PER_CLASS > 2 ** min(c.informative, 62):
-        need = max(1, math.ceil(math.log2(c.classes * CLUSTERS_PER_CLASS)))
-        raise ConfigError(f"config key 'data.informative' must be >= {need} for data.classes {c.classes} "
-                          f"(the generator places {CLUSTERS_PER_CLASS} clusters per class on the vertices of an "
-                          f"informative-dimensional hypercube: classes * {CLUSTERS_PER_CLASS} <= 2**informative), "
-                          f"got {c.informative}")
+    clusters = c.classes * c.clusters_per_class
+    if DATASETS[c.name].synthetic and clusters > 2 ** min(c.informative, 62):
+        need = max(1, math.ceil(math.log2(clusters)))
+        raise ConfigError(f"config key 'data.informative' must be >= {need} for data.classes {c.classes} and "
+                          f"data.clusters_per_class {c.clusters_per_class} (the generator places each cluster on "
+                          f"its own vertex of an informative-dimensional hypercube: classes * clusters_per_class "
+                          f"<= 2**informative), got {c.informative}")
+    if c.name == "synthetic_hdf5":
+        for key, default in GENERATOR_DEFAULTS.items():
+            if getattr(c, key) != default:
+                raise ConfigError(f"config key 'data.{key}' must be {default!r} (the generator's default) for "
+                                  f"data.name 'synthetic_hdf5', whose files are written with it; other values "
+                                  f"need data.name 'synthetic', got {getattr(c, key)!r}")
 
 
 # Checks that involve several fields of one section (Config: across sections), run after the

@@ -7,7 +7,9 @@ from sparsenet.errors import DataError
 
 
 def load_synthetic(cfg, seed: int) -> Dataset:
-    """cfg.samples samples of cfg.features features, split with cfg.test_fraction; seeded."""
+    """cfg.samples samples of cfg.features features, split with cfg.test_fraction; drawn and split with
+    data.seed if set (the same data for every run seed), else with the run's seed."""
+    seed = seed if cfg.seed is None else int(cfg.seed)
     try:
         from sklearn.datasets import make_classification
     except ImportError as e:
@@ -15,12 +17,14 @@ def load_synthetic(cfg, seed: int) -> Dataset:
     try:
         x, y = make_classification(
             n_samples=cfg.samples, n_features=cfg.features, n_informative=cfg.informative,
-            n_redundant=cfg.redundant, n_classes=cfg.classes, random_state=seed)
+            n_redundant=cfg.redundant, n_classes=cfg.classes, n_clusters_per_class=cfg.clusters_per_class,
+            flip_y=cfg.flip_y, class_sep=cfg.class_sep, hypercube=cfg.hypercube, random_state=seed)
     except ValueError as e:
         # e.g. n_classes * n_clusters_per_class > 2 ** n_informative
         raise DataError(f"cannot make synthetic data with samples={cfg.samples}, "
                         f"features={cfg.features}, informative={cfg.informative}, "
-                        f"redundant={cfg.redundant}, classes={cfg.classes}: "
+                        f"redundant={cfg.redundant}, classes={cfg.classes}, "
+                        f"clusters_per_class={cfg.clusters_per_class}: "
                         f"{' '.join(str(e).split())}") from e
     x_train, y_train, x_test, y_test = split(x, y, cfg.test_fraction, seed, "dataset 'synthetic'")
     return finish(cfg, "synthetic", x_train, y_train, x_test, y_test, cfg.classes)

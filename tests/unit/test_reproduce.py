@@ -1,0 +1,154 @@
+"""scripts/reproduce.py --quick on tiny Madelon rows: runs, records, skips what is recorded, reports."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path("scripts/reproduce.py")
+# Madelon shrunk so a 10-epoch run takes about a second; pruning moved into those 10 epochs
+TINY = ["--set", "data.samples=120", "--set", "data.features=24", "--set", "model.hidden=[12,6]",
+        "--set", "pruning.start_epoch=3", "--set", "pruning.every=2"]
+
+
+def _reproduce(tmp_path, *args):
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--runs-dir", str(tmp_path / "runs"),
+           "--results", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png"), *TINY, *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def _metrics(tmp_path, row):
+    path = tmp_path / "runs" / row / "0" / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_quick_runs_records_skips_and_reports(tmp_path):
+    out = _reproduce(tmp_path, "--rows", "madelon-allrelu,madelon-ip", "--jobs", "2")
+    results = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert sorted(results) == ["madelon-allrelu/0", "madelon-ip/0"]     # --quick: 1 seed of each row
+    for key, entry in results.items():
+        metrics = _metrics(tmp_path, entry["row"])
+        assert len(metrics) == entry["epochs"] == 10
+        best = max(metrics, key=lambda r: r["test_accuracy"])
+        assert entry["best_test_accuracy"] == round(100 * best["test_accuracy"], 4)
+        assert entry["best_epoch"] == best["epoch"]
+        assert entry["last_test_accuracy"] == round(100 * metrics[-1]["test_accuracy"], 4)
+        assert (entry["weights_start"], entry["weights_end"]) == (sum(metrics[0]["nnz"]), sum(metrics[-1]["nnz"]))
+        assert "--resume" in entry["command"] and "measured under load" in entry["timings"]
+    # the pruned row lost hidden neurons (and their weights); the other kept its 12-6
+    assert results["madelon-ip/0"]["neurons_end"][1:3] != [12, 6]
+    assert results["madelon-ip/0"]["weights_end"] < 0.8 * results["madelon-ip/0"]["weights_start"]
+    assert results["madelon-allrelu/0"]["neurons_end"] == [24, 12, 6, 2]
+    # the table: ours beside the paper's figure, rows not run are listed as such
+    # a pruning row's accuracy is its final model's: the best epoch since the last pruning
+    metrics = _metrics(tmp_path, "madelon-ip")
+    final = [r for r in metrics if r["neurons"] == metrics[-1]["neurons"]]
+    assert metrics[0]["neurons"] == [24, 12, 6, 2] and final[0]["epoch"] == 10   # pruned after epochs 3, 5, 7, 9
+    assert results["madelon-ip/0"]["final_model_from_epoch"] == 10
+    ip = results["madelon-ip/0"]["best_test_accuracy_final_model"]
+    assert ip == round(100 * final[0]["test_accuracy"], 4)
+    allrelu = results["madelon-allrelu/0"]
+    assert (allrelu["final_model_from_epoch"], allrelu["best_test_accuracy_final_model"]) == \
+        (1, allrelu["best_test_accuracy"])
+    line = next(l for l in out.splitlines() if l.startswith("| Madelon, All-ReLU + Importance Pruning (from 200"))
+    assert f"**{ip:.2f} ± 0.00 %**" in line and "77.00 %" in line and f"FAIL: final model, best {ip:.2f} vs >= 77" in line
+    assert f"| 1/3 | {results['madelon-ip/0']['last_test_accuracy']:.2f} % | " in line
+    assert "| Madelon, ReLU | not run yet | 0/3 | | | | 68.50 % | |" in out
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # a second sitting skips what is recorded and changes nothing
+    before = (tmp_path / "results.json").read_text()
+    again = _reproduce(tmp_path, "--rows", "madelon-allrelu,madelon-ip")
+    assert "madelon-allrelu/0 recorded, skipped" in again and "madelon-ip/0 recorded, skipped" in again
+    assert "starting" not in again
+    assert (tmp_path / "results.json").read_text() == before
+
+    # a run whose record is lost continues from its checkpoint (--resume) instead of training again
+    data = json.loads(before)
+    del data["runs"]["madelon-allrelu/0"]
+    (tmp_path / "results.json").write_text(json.dumps(data))
+    third = _reproduce(tmp_path, "--rows", "madelon-allrelu")
+    assert "madelon-allrelu/0 starting" in third
+    log = (tmp_path / "runs" / "madelon-allrelu" / "0" / "train.log").read_text()
+    assert "resuming from" in log and "after epoch 10" in log
+    assert json.loads((tmp_path / "results.json").read_text())["runs"]["madelon-allrelu/0"]["best_test_accuracy"] == \
+        json.loads(before)["runs"]["madelon-allrelu/0"]["best_test_accuracy"]
+
+
+def test_report_writes_the_table_between_the_markers(tmp_path):
+    _reproduce(tmp_path, "--rows", "madelon-relu")
+    doc = tmp_path / "bench.md"
+    doc.write_text("# before\n<!-- reproduction table: start -->\nold table\n<!-- reproduction table: end -->\nafter\n")
+    out = _reproduce(tmp_path, "--report", "--docs", str(doc))
+    assert "starting" not in out
+    table = "\n".join(l for l in out.splitlines() if l.startswith("|"))
+    expected = f"# before\n<!-- reproduction table: start -->\n{table}\n<!-- reproduction table: end -->\nafter\n"
+    assert doc.read_text() == expected
+    _reproduce(tmp_path, "--report", "--docs", str(doc))
+    assert doc.read_text() == expected       # a second report leaves it as it is
+    relu = json.loads((tmp_path / "results.json").read_text())["runs"]["madelon-relu/0"]["best_test_accuracy"]
+    assert f"| Madelon, ReLU | **{relu:.2f} ± 0.00 %** ({relu:.2f} %) | 1/3 |" in table
+    bad = tmp_path / "plain.md"
+    bad.write_text("no markers\n")
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--report", "--results", str(tmp_path / "results.json"),
+           "--figure", str(tmp_path / "c.png"), "--docs", str(bad)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 1 and "has no lines '<!-- reproduction table: start -->'" in done.stderr
+    assert bad.read_text() == "no markers\n"
+
+
+def test_unknown_row_is_a_one_line_error(tmp_path):
+    done = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--rows", "madelon-allrelu,nope",
+                           "--results", str(tmp_path / "r.json")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unknown row(s) nope; rows are: madelon-allrelu," in done.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def _reproduce_module():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import reproduce
+    finally:
+        sys.path.pop(0)
+    return reproduce
+
+
+def _runs(accuracies, **fields):
+    return [{"seed": i, "best_test_accuracy": a, **fields} for i, a in enumerate(accuracies)]
+
+
+@pytest.mark.parametrize("row, by_row, expected", [
+    ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.6, 91.0, 91.0])},
+     "PASS: best 91.60 vs >= 91.5 (+0.10), mean 91.20 vs >= 91.1 (+0.10)"),
+    ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.4, 91.3, 91.2])},
+     "FAIL: best 91.40 vs >= 91.5 (-0.10), mean 91.30 vs >= 91.1 (+0.20)"),
+    ("fmnist-allrelu", {"fmnist-allrelu": _runs([91.6])},
+     "FAIL: best 91.60 vs >= 91.5 (+0.10), mean 91.60 vs >= 91.1 (+0.50) (1/3 seeds)".replace("FAIL", "PASS")),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_final_model=90.4,
+                                      weights_start=1000, weights_end=190)},
+     "FAIL: final model 90.40 % vs >= 90.5 (-0.10) with up to 19.0 % of the weights vs <= 20 %"),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_final_model=90.6,
+                                      weights_start=1000, weights_end=250)},
+     "FAIL: final model 90.60 % vs >= 90.5 (+0.10) with up to 25.0 % of the weights vs <= 20 %"),
+    ("fmnist-ip", {"fmnist-ip": _runs([90.9, 90.7, 90.8], best_test_accuracy_final_model=90.6,
+                                      weights_start=1000, weights_end=200)},
+     "PASS: final model 90.60 % vs >= 90.5 (+0.10) with up to 20.0 % of the weights vs <= 20 %"),
+    ("fmnist-wasap", {"fmnist-wasap": _runs([91.0]), "fmnist-allrelu": _runs([91.2, 91.5])},
+     "PASS: 0.20 points from sequential vs <= 0.3"),
+    ("fmnist-wasap", {"fmnist-wasap": _runs([90.8]), "fmnist-allrelu": _runs([91.2])},
+     "FAIL: 0.40 points from sequential vs <= 0.3"),
+    ("madelon-ip", {"madelon-ip": [{"seed": i, "best_test_accuracy": 81.0, "best_test_accuracy_final_model": a}
+                                   for i, a in enumerate([76.5, 77.5, 70.0])]},
+     "PASS: final model, best 77.50 vs >= 77 (+0.50)"),
+    ("madelon-ip", {"madelon-ip": [{"seed": 0, "best_test_accuracy": 81.0, "best_test_accuracy_final_model": 76.0}]},
+     "FAIL: final model, best 76.00 vs >= 77 (-1.00) (1/3 seeds)"),
+    ("madelon-relu", {"madelon-relu": _runs([70.0])}, ""),    # no target
+])
+def test_targets(row, by_row, expected):
+    reproduce = _reproduce_module()
+    assert reproduce.check_target(reproduce.ROWS[row], by_row) == expected
