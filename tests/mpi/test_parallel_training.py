@@ -192,3 +192,20 @@ def test_wasap_with_pruning_carries_stale_gradients_onto_smaller_layers(tmp_path
     # first epoch's loss at some point) and ends above chance (1/3).
     assert all(np.isfinite(r["train_loss"]) for r in history)
     assert min(r["train_loss"] for r in history[1:]) < history[0]["train_loss"] and history[-1]["test_accuracy"] > 0.4
+
+
+@pytest.mark.parametrize("algorithm", ["wasap", "wassp"])
+def test_adam_trains_in_both_phases_and_its_step_count_travels_with_the_state(tmp_path, algorithm):
+    proc = train(3, tmp_path, f"parallel.algorithm={algorithm}", "train.optimizer=adam", "train.lr=0.003",
+                 "train.epochs=3", "parallel.phase1_epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    data = load_checkpoint(tmp_path / "checkpoint.h5")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert data.optimizer == "adam" and data.phase == 2 and sorted(data.replicas[0][0].state) == ["bias_m", "bias_v", "m", "v"]
+    # each replica starts from the server's state after phase 1 (one step per update: per gradient in
+    # wasap, per round of 2 gradients in wassp) and takes one step per batch of its 315-sample shard
+    # (630 training samples, 2 workers, batches of 16)
+    phase1_steps = sum(r["updates"] for r in rows if r["phase"] == 1) // (2 if algorithm == "wassp" else 1)
+    assert phase1_steps > 0
+    assert [s["step"] for s in data.replica_optimizer_scalars] == [phase1_steps + 20] * 2
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"]

@@ -93,7 +93,7 @@ def test_empty_file_and_empty_section(tmp_path):
 def test_unknown_keys():
     message = error_of(["train.epoch=10"])
     assert message == ("unknown config key 'train.epoch'; valid keys in 'train': batch_size, "
-                       "epochs, eval_batch_size, lr, momentum, progress, weight_decay, weight_decay_mode")
+                       "epochs, eval_batch_size, lr, momentum, optimizer, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
     assert "checkpoint, data, debug, evolution, memory_limit_gb, model, parallel, pruning, seed, threads, train" in message
@@ -269,3 +269,14 @@ def test_empty_override_and_whole_section_overrides():
                                         "override its keys one by one, e.g. train.epochs=...")
     cfg = load_config(None, ["train.lr=0.5", "train={epochs: 3}"])  # a mapping updates only the keys it names
     assert (cfg.train.lr, cfg.train.epochs) == (0.5, 3)
+
+
+def test_stored_configs_never_hold_anchors():
+    import yaml
+
+    from sparsenet import config as config_module
+
+    shared = [1, 2]
+    text = yaml.dump({"a": shared, "b": shared}, Dumper=config_module._Dumper)
+    assert "&" not in text and "*" not in text
+    assert config_from_yaml(config_to_yaml(Config())) == Config()

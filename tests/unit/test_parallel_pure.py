@@ -1,14 +1,13 @@
 """MPI-free parts of parallel training: retain-valid-updates, phase-2 averaging, which gradient the server takes next."""
 
-from types import SimpleNamespace
-
 import numpy as np
 
 from sparsenet.evolution import prune_and_regrow
 from sparsenet.model import SparseMLP
 from sparsenet.optim import MomentumSGD
 from sparsenet.parallel.averaging import average_replicas, prune_to_nnz, union_average
-from sparsenet.parallel.server import ParameterServer
+from sparsenet.config import load_config
+from sparsenet.parallel.mpi_workers import MPIWorkers
 from sparsenet.parallel.transport import Bundle
 from sparsenet.parallel.updates import compose, lineage, retain_valid
 from sparsenet.sparse.init import erdos_renyi_layer
@@ -27,7 +26,8 @@ def test_stale_gradient_updates_exactly_the_surviving_connections():
     opt.follow_topology(0, source)
     before = new.values.copy()
     index, values = retain_valid(lineage(source, old.nnz), stale_grad)
-    opt.step_at(model, 0, index, values)
+    none, empty = np.zeros(0, np.float32), np.zeros(0, np.int64)  # layer 1 and the biases: no entries
+    opt.step_partial(model, [values, none], [none, none], [index, empty], [empty, empty])
     changed = np.flatnonzero(new.values != before)
     survivors = np.flatnonzero(source >= 0)
     np.testing.assert_array_equal(np.sort(changed), survivors)  # every survivor moved, nothing else
@@ -83,7 +83,6 @@ def test_lineage_composes_over_two_topology_changes():
 def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and_set():
     from sparsenet.parallel.updates import neuron_lineage, topology_lineage
     from sparsenet.train import TrainingState, apply_neuron_removal, evolve
-    from sparsenet.config import load_config
     from sparsenet.pruning import select_by_importance
 
     rng = np.random.default_rng(7)
@@ -115,7 +114,12 @@ def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and
             assert l == 2 and new.n_out == old.n_out
             continue
         before = new.bias.copy()
-        opt.step_bias_at(model, l, *retain_valid(biases[l], stale_bias))
+        index, values = retain_valid(biases[l], stale_bias)
+        empty = np.zeros(0, np.int64)
+        where = [empty] * len(model.layers)
+        bias_where = [index if j == l else empty for j in range(len(model.layers))]
+        opt.step_partial(model, [np.zeros(0, np.float32)] * len(model.layers),
+                         [values if j == l else np.zeros(0, np.float32) for j in range(len(model.layers))], where, bias_where)
         np.testing.assert_allclose(before - new.bias, 0.1 * stale_bias[masks[l + 1]], rtol=1e-6)
 
 
@@ -160,6 +164,8 @@ class _BusyChannel:
 class _BusyTransport:
     """Rank 3 (no channel, another node) always has a gradient bundle waiting."""
 
+    size = 4
+
     def poll(self, source=None, tag=None):
         return 3, tag
 
@@ -174,11 +180,9 @@ class _BusyTransport:
 def test_a_busy_server_serves_every_worker_in_turn():
     """Workers 1 and 2 post through channels, worker 3 sends bundles, and all three always have a
     gradient waiting: the server takes them round-robin over the channels, a bundle every other time."""
-    server = SimpleNamespace(channels={1: _BusyChannel(), 2: _BusyChannel()}, workers=[1, 2, 3], _last_channel=0,
-                             counters={"updates": 0}, transport=_BusyTransport(), channel_bytes=[0, 0])
-    order = []
-    for _ in range(8):
-        order.append(ParameterServer.receive_gradient(server).source)
-        server.counters["updates"] += 1
+    workers = MPIWorkers(load_config(None, []), _BusyTransport())
+    workers.channels = {1: _BusyChannel(), 2: _BusyChannel()}
+    order = [workers.take_gradient().source for _ in range(8)]
     assert order == [1, 3, 2, 3, 1, 3, 2, 3]
-    assert ParameterServer.receive_gradient(server, 2).source == 2  # a named source is what is taken
+    assert workers.take_gradient(2).source == 2  # a named source is what is taken
+    assert workers.channel_bytes[1] == 5 * 8  # the channels' 5 gradients of 2 float32 each
