@@ -8,13 +8,14 @@ RANKS ?= 3
 MPIEXEC ?= $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,mpiexec)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo demo-sequential test bench clean
+.PHONY: setup data demo demo-sequential test test-slurm bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# No system MPI? Take MPICH from PyPI (mpi4py's wheels use it).
-	@if command -v mpiexec >/dev/null 2>&1; then echo "system MPI: $$(command -v mpiexec)"; \
+	@# MPICH from PyPI (mpi4py's wheels use it), even when the system has an MPI (make test-slurm installs
+	@# Debian's): the tests always run the same MPI. SYSTEM_MPI=1 uses the system's mpiexec and libmpi instead.
+	@if [ -n "$(SYSTEM_MPI)" ] && command -v mpiexec >/dev/null 2>&1; then echo "system MPI: $$(command -v mpiexec)"; \
 	  else $(PY) -m pip install -q mpich; fi
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -40,6 +41,11 @@ demo-sequential: setup data
 
 test: setup data
 	$(PY) -m pytest -q tests
+
+# slurm/train.sbatch on a local single-node Slurm (installs slurm-wlm, munge, Debian's MPICH as root with apt;
+# else skips): Slurm's timed signal stops it, it requeues and resumes; with pip's MPICH and Debian's.
+test-slurm: setup
+	$(PY) slurm/test_local.py
 
 bench: setup data
 	$(PY) scripts/bench_fashion_mnist.py

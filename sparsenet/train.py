@@ -226,8 +226,13 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     dump_config(cfg, out / "config.yaml")
     write_metrics(metrics_path, state.history)
 
+    start_epoch = state.epoch
     with StopRequest() as stop:
         while state.epoch < cfg.train.epochs:
+            if stop:  # a stop that came during start-up: the checkpoint on disk (if any) is current
+                state.stopped_by = stop.signal_name
+                log(stop_message(stop.signal_name, state.epoch, start_epoch))
+                break
             row = run_epoch(state, cfg, data)
             check_finite(row)
             state.history.append(row)
@@ -240,12 +245,19 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
                 ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
             if stop and state.epoch < cfg.train.epochs:
                 state.stopped_by = stop.signal_name
-                log(f"{stop.signal_name} received: stopped after epoch {state.epoch} with a checkpoint; "
-                    f"continue with --resume")
+                log(stop_message(stop.signal_name, state.epoch, start_epoch))
                 break
     if state.history:
         log(summarize(state.history))
     return state
+
+
+def stop_message(signal_name: str, epoch: int, start_epoch: int) -> str:
+    """What a run stopped by `signal_name` after `epoch` (having started at `start_epoch`) saved."""
+    if epoch > start_epoch:
+        return f"{signal_name} received: stopped after epoch {epoch} with a checkpoint; continue with --resume"
+    saved = f"the checkpoint of epoch {epoch} is current" if epoch else "nothing to save yet"
+    return f"{signal_name} received during start-up: stopped before epoch {epoch + 1} ({saved}); continue with --resume"
 
 
 def _pruned_note(row: dict) -> str:

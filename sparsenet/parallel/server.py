@@ -21,12 +21,16 @@ from ..data import Dataset
 from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
 from ..optim import MomentumSGD
 from ..signals import StopRequest
-from ..train import TrainingState, between_epochs, check_finite, prune_neurons, state_to_checkpoint, summarize
+from ..train import (TrainingState, between_epochs, check_finite, prune_neurons, state_to_checkpoint, stop_message,
+                     summarize)
 from . import bundles
 from .averaging import average_replicas
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
 from .updates import compose, retain_valid, topology_lineage
 from .worker import new_model
+
+
+_RUN_COUNTERS = ("bytes_sent", "bytes_received", "channel_gradients", "channel_replies")  # per run, not per epoch
 
 
 def phase1_epochs(cfg: Config) -> int:
@@ -57,6 +61,10 @@ class ParameterServer:
         self._unnamed: dict[int, object] | None = None  # channels opened, not yet named in a topology reply
         self._last_channel = 0  # the worker whose channel was taken from last: the next scan starts after it
         self.channel_bytes = [0, 0]  # bytes sent / received through channels
+        # Run-long counters continue where the checkpoint's last epoch left them (a resumed run).
+        last = state.history[-1] if state.history else {}
+        self.carried = {key: last.get(key, 0) for key in _RUN_COUNTERS}
+        self.start_epoch = state.epoch  # where this process started: a stop before any epoch saves nothing new
         self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
 
@@ -229,6 +237,8 @@ class ParameterServer:
         waiting = list(self.workers)  # every worker needs a first model
         wassp = self.cfg.parallel.algorithm == "wassp"
         while self.state.epoch < end_epoch:
+            if self.stop:  # a stop that came during start-up: the checkpoint on disk (if any) is current
+                break
             epoch = self.state.epoch + 1
             t0 = time.perf_counter()
             if epoch > 1:
@@ -319,7 +329,9 @@ class ParameterServer:
             self.transport.send_bundle(k, TAG_PHASE2, meta, arrays)
         while self.state.epoch < cfg.train.epochs:
             epoch = self.state.epoch + 1
-            msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.workers]
+            last = self.state.history[-1] if self.state.history else {}
+            with self.transport.patience(2 * last.get("train_seconds", 0.0)):  # workers train an epoch alone
+                msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.workers]
             sizes = model.sizes
             targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
             replicas = [new_model(cfg, sizes, bundles.split_state(m.arrays, len(sizes) - 1)[0]) for m in msgs]
@@ -370,12 +382,14 @@ class ParameterServer:
                "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                "neurons_removed": self.removed, "peak_rss_mb": round(peak_rss_mb(), 1), "algorithm": self.cfg.parallel.algorithm,
                "workers": len(self.workers), "updates": c["updates"], "stale_updates": c["stale"],
-               "version": self.version, "bytes_sent": self.transport.bytes_sent + self.channel_bytes[0],
-               "bytes_received": self.transport.bytes_received + self.channel_bytes[1], "server_wait_seconds": wait,
-               # cumulative over the run, like the byte counts
-               "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
-               "channel_replies": sum(c.replies_posted for c in self.channels.values()),
+               "version": self.version, "server_wait_seconds": wait,
                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
+        # cumulative over the run, resumes included
+        counts = {"bytes_sent": self.transport.bytes_sent + self.channel_bytes[0],
+                  "bytes_received": self.transport.bytes_received + self.channel_bytes[1],
+                  "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
+                  "channel_replies": sum(c.replies_posted for c in self.channels.values())}
+        row.update({key: self.carried[key] + counts[key] for key in _RUN_COUNTERS})
         self.removed = [0] * len(self.removed)
         check_finite(row)
         state.history.append(row)
@@ -408,13 +422,13 @@ class ParameterServer:
                 for k in self.workers:
                     if k not in waiting:  # drain the last phase-1 gradient in flight
                         self.receive_gradient(k)
-            for k in self.workers:
+            if self.stop and self.state.epoch < self.cfg.train.epochs:
+                self.state.stopped_by = self.stop.signal_name
+            for k in self.workers:  # stopped_by: the workers exit with the server's code (75 after a stop request)
                 self.finish_reply(k)
-                self.transport.send_bundle(k, TAG_STOP, {})
-        if self.stop and self.state.epoch < self.cfg.train.epochs:
-            self.state.stopped_by = self.stop.signal_name
-            log(f"{self.stop.signal_name} received: stopped after epoch {self.state.epoch} with a checkpoint; "
-                f"continue with --resume", rank=0)
+                self.transport.send_bundle(k, TAG_STOP, {"stopped_by": self.state.stopped_by})
+        if self.state.stopped_by:
+            log(stop_message(self.stop.signal_name, self.state.epoch, self.start_epoch), rank=0)
         if self.state.history:
             log(summarize(self.state.history), rank=0)
         return self.state
