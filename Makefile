@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 EPOCHS ?= 10
 RANKS ?= 3
-# MPICH from PyPI when setup installed it (no system MPI), else the system's mpiexec.
+MPI ?= pypi
+# The venv's mpiexec (MPICH from PyPI) when setup installed it, else the system's.
 MPIEXEC ?= $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,mpiexec)
 STAMP := $(VENV)/.installed
 
@@ -13,9 +14,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# MPICH from PyPI (mpi4py's wheels use it), even when the system has an MPI (make test-slurm installs
-	@# Debian's): the tests always run the same MPI. SYSTEM_MPI=1 uses the system's mpiexec and libmpi instead.
-	@if [ -n "$(SYSTEM_MPI)" ] && command -v mpiexec >/dev/null 2>&1; then echo "system MPI: $$(command -v mpiexec)"; \
+	@# MPICH from PyPI in the venv (mpi4py's wheels load it), whatever MPI the system has: a system
+	@# MPICH (Debian's libmpich12) does not provide the libmpi.so.12 those wheels look for.
+	@# `make setup MPI=system` builds mpi4py against the system's MPI instead (clusters, srun).
+	@if [ "$(MPI)" = system ]; then $(PY) -m pip install -q --no-binary mpi4py --no-cache-dir mpi4py; \
 	  else $(PY) -m pip install -q mpich; fi
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
