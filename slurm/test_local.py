@@ -1,11 +1,12 @@
 """`make test-slurm`: slurm/train.sbatch on a real single-node Slurm, stopped by Slurm's timed signal.
 
 Starts the local cluster (slurm/local-cluster.sh), then for each MPI flavour submits train.sbatch
-with a small WASSP run and a 2-minute time limit (Slurm signals 90 s before it), and checks that
-Slurm's SIGUSR1 made every rank exit with 75, the job requeued itself and resumed, and the run
-completed with every epoch logged once. The run is longer than a first segment on any machine;
-once it has been requeued, the test raises the job's time limit (scontrol update) so that the
-resumed segment can finish however loaded the machine is. Flavours:
+with a small WASSP run (--signal=USR1@90), and checks that Slurm's SIGUSR1 made every rank exit
+with 75, the job requeued itself and resumed, and the run completed with every epoch logged once.
+So that the signal lands mid-run whatever the machine's speed, the test lowers the job's time
+limit (scontrol update) once the first epoch is logged, to 90-150 s from then: Slurm's own timer
+then sends the signal; once the job has been requeued, the limit goes back up so that the resumed
+segment finishes. Flavours:
   pip-mpich     the project's venv (mpi4py's wheel, MPICH from `pip install mpich`)
   debian-mpich  a venv whose mpi4py is built against Debian's MPICH, as the README tells users:
                 `pip install --no-binary mpi4py --no-cache-dir mpi4py` (built once, kept in the cluster folder)
@@ -64,7 +65,7 @@ def debian_mpich_venv() -> Path:
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run(pip + ["--no-binary", "mpi4py", "--no-cache-dir", "mpi4py"], check=True,
                        env={**os.environ, "MPICC": shutil.which("mpicc.mpich") or "mpicc"})
-        subprocess.run(pip + ["-e", str(ROOT)], check=True)
+        subprocess.run(pip + ["-e", f"{ROOT}[synthetic]"], check=True)
         (venv / ".built").touch()
     where = run([str(python), "-c", "import sparsenet; print(sparsenet.__file__)"]).stdout.strip()
     if not where.startswith(str(ROOT)):
@@ -100,6 +101,18 @@ def submit(name: str, venv: Path, epochs: int, minutes: int, signal_at: int) -> 
     return job, out
 
 
+def seconds(text: str) -> int:
+    """Slurm's [D-]HH:MM:SS as seconds."""
+    days, _, rest = text.rpartition("-")
+    h, m, s = (int(x) for x in rest.split(":"))
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + s
+
+
+def epochs_logged(out: Path) -> int:
+    path = out / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
 def check_job(name: str, job: str, out: Path, epochs: int) -> list[str]:
     """Problems with a finished job (empty: it passed); prints what happened."""
     info = job_info(job)
@@ -115,6 +128,8 @@ def check_job(name: str, job: str, out: Path, epochs: int) -> list[str]:
         problems.append(f"job ended {info.get('JobState')} with {info.get('ExitCode')}")
     if int(info.get("Restarts", 0)) < 1 or not stops:
         problems.append("Slurm's signal never stopped the run (no requeue)")
+    if not any("stopped after epoch" in stop for stop in stops):
+        problems.append("no stop landed after an epoch (only during start-up)")
     if logged != list(range(1, epochs + 1)):
         problems.append(f"epochs logged {logged}, expected 1..{epochs} once each")
     if len(stops) != int(info.get("Restarts", -1)):
@@ -155,10 +170,9 @@ def srun_checks(venv: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1200)
-    parser.add_argument("--minutes", type=int, default=2, help="job time limit")
+    parser.add_argument("--epochs", type=int, default=1500)
+    parser.add_argument("--minutes", type=int, default=30, help="job time limit (lowered once the run trains)")
     parser.add_argument("--signal-at", type=int, default=90, help="seconds before the limit Slurm signals")
-    parser.add_argument("--then-minutes", type=int, default=20, help="time limit once requeued")
     parser.add_argument("--timeout", type=int, default=1800, help="give up after this many seconds")
     parser.add_argument("--flavours", default="pip-mpich,debian-mpich")
     parser.add_argument("--keep-running", action="store_true", help="leave the cluster up afterwards")
@@ -180,16 +194,24 @@ def main() -> int:
         jobs = {name: submit(name, venvs[name], args.epochs, args.minutes, args.signal_at) for name in flavours}
         deadline = time.monotonic() + args.timeout
         pending = dict(jobs)
+        shortened = set()
         while pending and time.monotonic() < deadline:
-            time.sleep(5)
-            for name, (job, _) in list(pending.items()):
+            time.sleep(3)
+            for name, (job, out) in list(pending.items()):
                 info = job_info(job)
+                restarts = int(info.get("Restarts", 0))
                 if info.get("JobState") in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
                                             "OUT_OF_MEMORY"):
                     del pending[name]
-                elif int(info.get("Restarts", 0)) >= 1 and info.get("TimeLimit") != f"00:{args.then_minutes:02d}:00":
-                    run(["scontrol", "update", f"JobId={job}", f"TimeLimit={args.then_minutes}"])
-                    say(f"{name}: requeued; time limit raised to {args.then_minutes} min")
+                elif (restarts == 0 and name not in shortened and info.get("JobState") == "RUNNING"
+                      and epochs_logged(out) >= 1):
+                    limit = -(-(seconds(info["RunTime"]) + args.signal_at) // 60)  # signal due within 0-60 s
+                    run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit}"])
+                    shortened.add(name)
+                    say(f"{name}: {epochs_logged(out)} epochs after {info['RunTime']}; time limit lowered to {limit} min")
+                elif restarts >= 1 and seconds(info.get("TimeLimit", "0:0:0")) != 60 * args.minutes:
+                    run(["scontrol", "update", f"JobId={job}", f"TimeLimit={args.minutes}"])
+                    say(f"{name}: requeued; time limit back to {args.minutes} min")
         for name in pending:
             problems.append(f"{name}: job {jobs[name][0]} not finished after {args.timeout} s")
             run(["scancel", jobs[name][0]])

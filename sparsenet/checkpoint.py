@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,9 @@ class CheckpointData:
     version: int = 0  # parallel runs: topology version of the server's model
     replicas: list[list[LayerArrays]] = field(default_factory=list)  # phase 2: each worker's model
     replica_rng_states: list[dict] = field(default_factory=list)
+    # Sequential runs stopped part-way through epoch `epoch + 1`: batches done ("step" of "n_steps"),
+    # the generator state its sample order was drawn from, loss/correct sums and seconds so far.
+    partial_epoch: dict | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -73,6 +77,8 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             for k, replica in enumerate(data.replicas):
                 _write_layers(f, f"replicas/{k}/layers", replica)
             f.attrs["n_replicas"] = len(data.replicas)
+            if data.partial_epoch is not None:
+                f.attrs["partial_epoch"] = json.dumps(data.partial_epoch)
             f.flush()
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -143,7 +149,8 @@ def _read(f, path: Path) -> CheckpointData:
         epoch=int(_attr(f, "epoch", path)), rng_state=json.loads(_attr(f, "rng_state", path)),
         history=history, config_yaml=str(_attr(f, "config", path)),
         phase=int(f.attrs.get("phase", 1)), version=int(f.attrs.get("version", 0)), replicas=replicas,
-        replica_rng_states=replica_rng_states)
+        replica_rng_states=replica_rng_states,
+        partial_epoch=json.loads(_attr(f, "partial_epoch", path)) if "partial_epoch" in f.attrs else None)
     _check_run_state(data, path)
     return data
 
@@ -164,6 +171,7 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
                               f"are not a valid run position")
     if not isinstance(data.history, list) or len(data.history) != data.epoch:
         raise CheckpointError(f"checkpoint {path}: metrics history has {len(data.history)} epochs, expected {data.epoch}")
+    _check_partial_epoch(data.partial_epoch, path)
     for state in [data.rng_state, *data.replica_rng_states]:
         try:
             np.random.default_rng().bit_generator.state = state
@@ -176,6 +184,26 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
     for k, replica in enumerate(data.replicas):
         if [(la.n_in, la.n_out) for la in replica] != shapes:
             raise CheckpointError(f"checkpoint {path}: replica {k} has other layer shapes than the model")
+
+
+def _check_partial_epoch(partial, path: Path) -> None:
+    """The position of an epoch stopped part-way, as train_epoch resumes it."""
+    if partial is None:
+        return
+    ints = ("step", "n_steps", "correct")
+    floats = ("loss", "train_seconds", "evolution_seconds")
+    ok = (isinstance(partial, dict) and all(isinstance(partial.get(k), int) and not isinstance(partial.get(k), bool)
+                                            for k in ints)
+          and all(isinstance(partial.get(k), (int, float)) and math.isfinite(partial[k]) for k in floats)
+          and 0 < partial["step"] < partial["n_steps"] and partial["correct"] >= 0
+          and isinstance(partial.get("neurons_removed"), list)
+          and all(isinstance(v, int) and v >= 0 for v in partial["neurons_removed"]))
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: the position of its stopped epoch (partial_epoch) is malformed")
+    try:
+        np.random.default_rng().bit_generator.state = partial.get("order_rng_state")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path}: partial_epoch's random generator state is unusable ({exc})") from None
 
 
 def _read_model(f, prefix: str, n_layers: int, path: Path) -> list[LayerArrays]:

@@ -37,6 +37,8 @@ class TrainingState:
     epoch: int
     history: list[dict]
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    # An epoch stopped after some batches (see train_epoch); None between epochs.
+    partial: dict | None = None
 
 
 def set_threads(threads: int) -> int:
@@ -61,7 +63,8 @@ def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointDat
     layers = [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
                                opt.velocities[l], opt.bias_velocities[l]) for l, layer in enumerate(model.layers)]
     return ckpt.CheckpointData(layers, model.slopes, model.dropout, model.output, state.epoch,
-                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg))
+                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
+                               partial_epoch=state.partial)
 
 
 def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
@@ -76,7 +79,7 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     optimizer.bias_velocities = [a.bias_velocity for a in data.layers]
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
-    return TrainingState(model, optimizer, rng, data.epoch, list(data.history))
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), partial=data.partial_epoch)
 
 
 def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[float, int]:
@@ -95,19 +98,36 @@ def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray,
 
 
 def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: int,
-                progress: ProgressBar | None = None) -> tuple[float, float]:
-    """One pass over shuffled samples (the last batch may be smaller); mean loss and accuracy."""
-    order = state.rng.permutation(x.shape[0])
-    total_loss, total_correct = 0.0, 0
-    n_batches = -(-x.shape[0] // batch_size)
-    for step in range(n_batches):
+                progress: ProgressBar | None = None, stop=None) -> tuple[float, float] | None:
+    """One pass over shuffled samples (the last batch may be smaller); mean loss and accuracy.
+
+    If `stop` turns true before the last batch, the epoch's position goes into state.partial
+    (batches done, the generator state its sample order was drawn from, sums so far) and None is
+    returned; called again with state.partial set, it continues from there exactly.
+    """
+    n = x.shape[0]
+    part = state.partial or {"step": 0, "loss": 0.0, "correct": 0, "order_rng_state": state.rng.bit_generator.state}
+    if state.partial:
+        order_rng = np.random.Generator(type(state.rng.bit_generator)())
+        order_rng.bit_generator.state = part["order_rng_state"]
+        order = order_rng.permutation(n)
+    else:
+        order = state.rng.permutation(n)
+    total_loss, total_correct = float(part["loss"]), int(part["correct"])
+    n_batches = -(-n // batch_size)
+    for step in range(int(part["step"]), n_batches):
         index = order[step * batch_size:(step + 1) * batch_size]
         loss, correct = train_step(state, x, y, index)
         total_loss += loss
         total_correct += correct
         if progress is not None:
-            progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, x.shape[0]):.4f}")
-    return total_loss / x.shape[0], total_correct / x.shape[0]
+            progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, n):.4f}")
+        if stop and step + 1 < n_batches:
+            state.partial = {**part, "step": step + 1, "n_steps": n_batches, "loss": total_loss,
+                             "correct": total_correct}
+            return None
+    state.partial = None
+    return total_loss / n, total_correct / n
 
 
 def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
@@ -176,19 +196,33 @@ def check_finite(row: dict) -> None:
                             f"or set parallel.pipeline=false) and --resume from the last checkpoint")
 
 
-def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
-    """Evolve (between epochs), train one epoch, evaluate; returns the epoch's metrics row."""
+def run_epoch(state: TrainingState, cfg: Config, data: Dataset, stop=None) -> dict | None:
+    """Evolve (between epochs), train one epoch, evaluate; returns the epoch's metrics row, or None
+    if `stop` ended the epoch early (state.partial says where; calling again continues it)."""
     epoch = state.epoch + 1
     t0 = time.perf_counter()
     removal = None
-    if epoch > 1:  # pruning and evolution run between epochs, so a resumed run matches an uninterrupted one
+    resumed = state.partial  # an epoch stopped part-way: its evolution already ran
+    if epoch > 1 and not resumed:  # pruning and evolution run between epochs, so a resumed run matches an uninterrupted one
         removal, _ = between_epochs(state, cfg)
     t1 = time.perf_counter()
     bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
                       enabled=cfg.train.progress)
-    train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)
+    done = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar, stop)
     bar.close()
     t2 = time.perf_counter()
+    before = resumed or {}
+    removed = removal.removed if removal else [0] * (len(state.model.sizes) - 2)
+    if done is None:
+        state.partial.update(train_seconds=before.get("train_seconds", 0.0) + t2 - t1,
+                             evolution_seconds=before.get("evolution_seconds", t1 - t0),
+                             neurons_removed=before.get("neurons_removed", removed))
+        return None
+    train_loss, train_acc = done
+    if resumed:  # the row covers the whole epoch, both processes' parts
+        t1 -= resumed["train_seconds"]
+        t0 = t1 - resumed["evolution_seconds"]
+        removed = resumed["neurons_removed"]
     test_loss, test_acc = state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)
     t3 = time.perf_counter()
     state.epoch = epoch
@@ -196,7 +230,7 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset) -> dict:
             "test_loss": test_loss, "test_accuracy": test_acc,
             "train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "eval_seconds": t3 - t2,
             "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
-            "neurons_removed": removal.removed if removal else [0] * (len(state.model.sizes) - 2),
+            "neurons_removed": removed,
             "peak_rss_mb": round(peak_rss_mb(), 1), "lr": state.optimizer.lr}
 
 
@@ -215,7 +249,13 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
         saved = ckpt.load_checkpoint(checkpoint_path)
         check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
         state = state_from_checkpoint(saved, cfg)
-        log(f"resuming from {checkpoint_path} after epoch {state.epoch}")
+        n_steps = -(-data.x_train.shape[0] // cfg.train.batch_size)
+        if state.partial and state.partial["n_steps"] != n_steps:
+            raise ConfigError(f"cannot resume: {checkpoint_path} stopped part-way through epoch {state.epoch + 1} "
+                              f"at {state.partial['n_steps']} batches per epoch; train.batch_size "
+                              f"{cfg.train.batch_size} gives {n_steps} (keep the batch size of the stopped run)")
+        where = f" and {state.partial['step']} batches of epoch {state.epoch + 1}" if state.partial else ""
+        log(f"resuming from {checkpoint_path} after epoch {state.epoch}{where}")
     else:
         if resume:
             log(f"no checkpoint at {checkpoint_path}; starting a new run")
@@ -233,7 +273,13 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
                 state.stopped_by = stop.signal_name
                 log(stop_message(stop.signal_name, state.epoch, start_epoch))
                 break
-            row = run_epoch(state, cfg, data)
+            row = run_epoch(state, cfg, data, stop)
+            if row is None:  # stopped part-way through an epoch: save where it is
+                ckpt.save_checkpoint(checkpoint_path, state_to_checkpoint(state, cfg))
+                state.stopped_by = stop.signal_name
+                log(f"{stop.signal_name} received: stopped in epoch {state.epoch + 1} after batch "
+                    f"{state.partial['step']} of {state.partial['n_steps']} with a checkpoint; continue with --resume")
+                break
             check_finite(row)
             state.history.append(row)
             append_metrics(metrics_path, row)

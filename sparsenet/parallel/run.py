@@ -139,6 +139,9 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
         saved = ckpt.load_checkpoint(checkpoint_path)
         check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
         state = state_from_checkpoint(saved, cfg)
+        if state.partial:
+            raise SparsenetError(f"checkpoint {checkpoint_path} was stopped part-way through epoch {state.epoch + 1} "
+                                 "by a sequential run; resume it with one process")
         version = saved.version
         if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
             raise SparsenetError(f"checkpoint {checkpoint_path} is in phase 2 at epoch {state.epoch}; resume it "
