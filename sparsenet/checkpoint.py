@@ -53,12 +53,13 @@ class CheckpointData:
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
-    """Write `data` to a temporary file beside `path`, fsync it, then rename it over `path`."""
+    """Write `data` to a private temporary beside `path`, fsync it, then rename it over `path`
+    (fileio.replacing: a full disk or a kill leaves the previous checkpoint as it was)."""
     import h5py
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    from .fileio import replacing
+
+    with replacing(path, "checkpoint", reserve=_file_size_bound(data)) as (tmp, _):
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -80,17 +81,15 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             if data.partial_epoch is not None:
                 f.attrs["partial_epoch"] = json.dumps(data.partial_epoch)
             f.flush()
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+
+
+def _file_size_bound(data: CheckpointData) -> int:
+    """More bytes than the HDF5 file of `data` takes: its arrays and texts plus metadata per object."""
+    arrays = [a for model in [data.layers, *data.replicas] for layer in model
+              for a in (layer.rows, layer.cols, layer.values, layer.bias, layer.velocity, layer.bias_velocity)]
+    texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
+        + len(json.dumps(data.replica_rng_states))
+    return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
 def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:
@@ -107,6 +106,8 @@ def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the checkpoint file, e.g. {path / 'checkpoint.h5'}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

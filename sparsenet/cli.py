@@ -73,6 +73,7 @@ def _load_model_and_config(path: str, overrides: list[str]):
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
+    from .model import training_workspace_bytes
     from .train import set_threads
 
     data, model, cfg = _load_model_and_config(args.checkpoint, args.set)
@@ -81,10 +82,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if dataset.n_features != model.sizes[0] or dataset.n_classes > model.sizes[-1]:
         raise SparsenetError(f"data {dataset.name} has {dataset.n_features} features and {dataset.n_classes} classes, "
                              f"but the model expects {model.sizes[0]} inputs and {model.sizes[-1]} outputs")
-    loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
+    loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
+                                    max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
+    print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
                       "test_loss": loss, "test_samples": int(dataset.x_test.shape[0])}))
     return 0
+
+
+def _json_line(obj: dict) -> str:
+    """obj as strict JSON: a NaN or infinite top-level number becomes null and a warning on stderr says so."""
+    import math
+
+    bad = [k for k, v in obj.items() if isinstance(v, float) and not math.isfinite(v)]
+    for key in bad:
+        print(f"sparsenet: warning: {key} is {obj[key]}, which JSON cannot hold; printed as null", file=sys.stderr)
+        obj[key] = None
+    return json.dumps(obj, allow_nan=False)
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -113,6 +126,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from .checkpoint import load_checkpoint, save_checkpoint
     from .config import config_from_yaml
+    from .fileio import prepare_file
     from .pruning import select_by_importance, select_npset
     from .train import apply_neuron_removal, state_from_checkpoint, state_to_checkpoint
 
@@ -130,7 +144,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     removal = apply_neuron_removal(state, keep)
     pruned = state_to_checkpoint(state, cfg)
     pruned.version = data.version  # phase-2 replicas keep the old shapes: a pruned parallel run restarts phase 2
-    save_checkpoint(args.out, pruned)
+    save_checkpoint(prepare_file(args.out, "checkpoint"), pruned)
     print(json.dumps({"checkpoint": str(args.out), "epoch": data.epoch, "removed": removal.removed,
                       "neurons_before": before["neurons"], "neurons": model.sizes,
                       "weights_before": before["weights"], "weights": sum(model.nnz),
@@ -152,10 +166,10 @@ def _cmd_features(args: argparse.Namespace) -> int:
     order = np.lexsort((np.arange(first.n_in), -strength))  # strongest first, ties by index
     top = order[:args.top] if args.top else order
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("rank,feature,strength,connections\n")
-            for rank, i in enumerate(order, start=1):
-                f.write(f"{rank},{i},{strength[i]:.9g},{degree[i]}\n")
+        from .fileio import prepare_file, write_text
+
+        rows = "".join(f"{rank},{i},{strength[i]:.9g},{degree[i]}\n" for rank, i in enumerate(order, start=1))
+        write_text(prepare_file(args.out, "feature file"), "rank,feature,strength,connections\n" + rows, "feature file")
     if args.image:
         from .plot import plot_feature_strength
 
@@ -331,6 +345,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SparsenetError as exc:
         print(f"sparsenet: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except MemoryError as exc:
+        detail = f" ({' '.join(str(exc).split())[:120]})" if str(exc) else ""
+        print(f"sparsenet: error: out of memory{detail}; `sparsenet plan` shows what a config needs; "
+              f"use smaller data (data.max_train), a smaller model or a machine with more memory", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("sparsenet: interrupted", file=sys.stderr)

@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -28,8 +29,25 @@ __all__ = [
 
 # ---------------------------------------------------------------- validation rules
 
+SHOWN_CHARS = 80  # an error message shows at most this much of a value
+MAX_CONFIG_BYTES = 1 << 20  # a config (file, override or the text in a checkpoint) is far smaller
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = SHOWN_CHARS
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple = 3, 8, 12, 12
+
+
+def _show(value: Any) -> str:
+    """repr(value) cut to SHOWN_CHARS characters (+ '...'), never built whole for huge values."""
+    try:
+        text = _REPR.repr(value)
+    except ValueError:  # an integer too long to print
+        text = f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
 def _got(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_show(value)} ({type(value).__name__})"
 
 
 def _num(x: float) -> str:
@@ -86,7 +104,7 @@ def _check_range(key: str, value: float, lo, hi, lo_open: bool, hi_open: bool,
     else:
         allowed = f"{'<' if hi_open else '<='} {_num(hi)}"
     shown = value if shown is None else shown
-    raise ConfigError(f"config key '{key}' must be {allowed}, got {shown}")
+    raise ConfigError(f"config key '{key}' must be {allowed}, got {_show(shown)}")
 
 
 class _Bool:
@@ -103,7 +121,7 @@ class _Choice:
     def __call__(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or value not in self.options:
             raise ConfigError(
-                f"config key '{key}' must be one of {', '.join(self.options)}, got {value!r}")
+                f"config key '{key}' must be one of {', '.join(self.options)}, got {_show(value)}")
         return value
 
 
@@ -134,7 +152,7 @@ class _PositiveInts:
             shown = list(value) if isinstance(value, tuple) else value
             raise ConfigError(
                 f"config key '{key}' must be a non-empty list of positive integers below 2**31, "
-                f"got {shown!r}")
+                f"got {_show(shown)}")
         return tuple(int(v) for v in value)
 
 
@@ -319,7 +337,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             valid = ", ".join(sorted([*scalars, *sections]))
             where = f"in '{prefix}'" if prefix else "at the top level"
             full = f"{prefix}.{key}" if prefix else str(key)
-            raise ConfigError(f"unknown config key '{full}'; valid keys {where}: {valid}")
+            raise ConfigError(f"unknown config key '{_cut(full)}'; valid keys {where}: {valid}")
     values = {}
     for name, f in scalars.items():
         if name in raw:
@@ -364,18 +382,29 @@ def config_to_yaml(cfg: Config) -> str:
 
 
 def dump_config(cfg: Config, path: str | os.PathLike) -> None:
-    """Write cfg as YAML to path."""
+    """Write cfg as YAML to path (through a temporary and a rename, see fileio)."""
+    from sparsenet.errors import OutputError
+    from sparsenet.fileio import write_text
+
     try:
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write(config_to_yaml(cfg))
-    except OSError as e:
-        raise ConfigError(f"cannot write config file '{os.fspath(path)}': {e.strerror or e}") from e
+        write_text(path, config_to_yaml(cfg), "config file")
+    except OutputError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ---------------------------------------------------------------- YAML reading
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (PyYAML wants 1.0e-3) and rejects duplicate keys."""
+    """SafeLoader that reads 1e-3 as a float (PyYAML wants 1.0e-3) and rejects duplicate keys and
+    anchors/aliases (nested aliases expand exponentially: a 390-byte file can stand for gigabytes)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed in a sparsenet config; "
+                "write each value out", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -384,7 +413,7 @@ class _Loader(yaml.SafeLoader):
             if isinstance(key, (str, int, float, bool)) or key is None:
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark)
+                        None, None, f"duplicate key {_show(key)}", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -403,25 +432,59 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     mark = getattr(e, "problem_mark", None)
     problem = getattr(e, "problem", None) or str(e)
     where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return " ".join(f"{where}{problem}".split())
+    return _cut(" ".join(f"{where}{problem}".split()), 2 * SHOWN_CHARS)
+
+
+def _cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _parse_yaml(text: str, source: str, fail: Callable[[str], str] | None = None) -> Any:
+    """YAML text -> plain Python values; every failure is a one-line ConfigError, fail(problem) if given."""
+    fail = fail or (lambda problem: f"cannot parse {source}: {problem}")
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(fail(f"{len(text)} characters or more; a config is at most {MAX_CONFIG_BYTES}"))
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise ConfigError(fail(_yaml_problem(e))) from None
+    except (ValueError, RecursionError) as e:  # an integer of > 4300 digits; nesting deeper than Python's stack
+        raise ConfigError(fail(_cut(" ".join(str(e).split()) or type(e).__name__))) from None
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     parts = key.strip().split(".")
+    shown = repr(_cut(text))
     if not sep or not all(p.strip() for p in parts):
-        raise ConfigError(f"invalid override {text!r}: expected the form KEY=VALUE, "
+        raise ConfigError(f"invalid override {shown}: expected the form KEY=VALUE, "
                           f"e.g. train.lr=0.1 or model.hidden=[200,200]")
-    try:
-        parsed = yaml.load(value, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"invalid override {text!r}: value is not valid YAML "
-                          f"({_yaml_problem(e)})") from e
+    if not value.strip():
+        raise ConfigError(f"invalid override {shown}: no value after '='; write {_cut(key.strip())}=null "
+                          f"to mean null")
+    parsed = _parse_yaml(value, "", lambda problem: f"invalid override {shown}: value is not valid YAML ({problem})")
     return [p.strip() for p in parts], parsed
+
+
+def _section_at(parts: list[str]) -> type | None:
+    """The section dataclass that the key path `parts` names (e.g. ['train']), or None."""
+    cls = Config
+    for part in parts:
+        sections = _section_fields(cls)[1]
+        if part not in sections:
+            return None
+        cls = sections[part]
+    return cls
 
 
 def _apply_override(raw: dict, text: str) -> None:
     parts, value = _parse_override(text)
+    section = _section_at(parts)
+    if section is not None and not isinstance(value, dict):
+        key = ".".join(parts)
+        example = next(iter(_section_fields(section)[0]), "key")
+        raise ConfigError(f"invalid override {repr(_cut(text))}: '{key}' is a config section, not a value; "
+                          f"override its keys one by one, e.g. {key}.{example}=...")
     node = raw
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
@@ -429,9 +492,12 @@ def _apply_override(raw: dict, text: str) -> None:
             child = node[part] = {}
         elif not isinstance(child, dict):
             where = ".".join(parts[: i + 1])
-            raise ConfigError(f"invalid override {text!r}: '{where}' is a value, not a section")
+            raise ConfigError(f"invalid override {repr(_cut(text))}: '{where}' is a value, not a section")
         node = child
-    node[parts[-1]] = value
+    if section is not None and isinstance(node.get(parts[-1]), dict):
+        node[parts[-1]] = {**node[parts[-1]], **value}  # a mapping updates the section's keys it names
+    else:
+        node[parts[-1]] = value
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
@@ -441,14 +507,13 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         name = os.fspath(path)
         try:
             with open(name, encoding="utf-8") as fh:
-                raw = yaml.load(fh, Loader=_Loader)
+                text = fh.read(MAX_CONFIG_BYTES + 1)
         except FileNotFoundError as e:
             raise ConfigError(f"config file '{name}' not found") from e
         except (OSError, UnicodeDecodeError) as e:
             reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ConfigError(f"cannot read config file '{name}': {reason}") from e
-        except yaml.YAMLError as e:
-            raise ConfigError(f"cannot parse config file '{name}': {_yaml_problem(e)}") from e
+            raise ConfigError(f"cannot read config file '{name}': {_cut(reason)}") from e
+        raw = _parse_yaml(text, f"config file '{name}'")
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -471,8 +536,4 @@ def override_config(cfg: Config, overrides: Sequence[str]) -> Config:
 
 def config_from_yaml(text: str, source: str = "config text") -> Config:
     """Validate a config held as YAML text (e.g. the one stored in a checkpoint)."""
-    try:
-        raw = yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse {source}: {_yaml_problem(e)}") from e
-    return config_from_dict(raw or {})
+    return config_from_dict(_parse_yaml(text, source) or {})

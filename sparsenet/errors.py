@@ -19,3 +19,7 @@ class CheckpointError(SparsenetError):
 
 class DivergedError(SparsenetError):
     """Training produced a non-finite loss; the last checkpoint is kept as it was."""
+
+
+class OutputError(SparsenetError):
+    """An output file or folder cannot be written safely (unsafe folder, full disk, a file in the way)."""

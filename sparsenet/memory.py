@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import Config, override_config
 from .errors import SparsenetError
-from .model import eval_chunk, inference_bytes_per_sample
+from .model import eval_chunk, inference_bytes_per_sample, training_workspace_bytes
 from .parallel.channel import BUFFERS as CHANNEL_BUFFERS
 from .parallel.shm import SLOTS
 from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
@@ -47,8 +47,9 @@ BYTES_PER_CONNECTION = (LAYER_BYTES_PER_CONNECTION + np.dtype(VELOCITY_DTYPE).it
 # f'(z) * dropout (every layer but the output) and deltas (every layer). One allocation for the
 # largest batch; smaller batches (an epoch's last) are views into it.
 TRAIN_WORKSPACE_BUFFERS = 3
-# Evaluation (model.evaluate): forward only, two ping-pong buffers (widest even / odd layer) per
-# sample of a chunk, the chunk bounded by model.EVAL_BUFFER_BYTES; allocated per call.
+# Evaluation (model.evaluate): forward only, through the training workspace where there is one; on
+# the server (no workspace) two ping-pong buffers (widest even / odd layer) per sample of a chunk,
+# within the bytes of a training batch's workspace; allocated per call.
 
 # Transient peaks, measured with scripts/bench_memory.py (tracemalloc and RSS) on a 2M x 2M eps-10
 # layer (40M connections) and a 5M x 5M eps-1 layer (10M connections): the SET step
@@ -235,28 +236,26 @@ def state_bytes(sizes: list[int], nnz: list[int], dtype) -> int:
     return (sum(nnz) + sum(sizes[1:])) * np.dtype(dtype).itemsize
 
 
-def workspace_bytes(sizes: list[int], batch: int, buffers: int = TRAIN_WORKSPACE_BUFFERS) -> int:
-    """One SparseMLP workspace: activations and deltas of every layer, grad factors of all but the output."""
-    per_sample = (buffers * sum(sizes) - (sizes[-1] if buffers >= 2 else 0)) * np.dtype(ACTIVATION_DTYPE).itemsize
-    return per_sample * batch
+def workspace_bytes(sizes: list[int], batch: int) -> int:
+    """One SparseMLP training workspace (the model says how large)."""
+    return training_workspace_bytes(sizes, batch)
 
 
-def eval_bytes(sizes: list[int], eval_batch: int, n_test: int) -> int:
-    """model.evaluate's two ping-pong buffers (widest even / odd layer) and output delta for its chunk."""
-    chunk = min(eval_chunk(sizes, eval_batch), max(n_test, 1))
+def eval_bytes(sizes: list[int], eval_batch: int, n_test: int, train_batch: int) -> int:
+    """model.evaluate's own buffers on a rank without a training workspace (the server, `evaluate`):
+    two ping-pong buffers (widest even / odd layer) and the output delta, within what a training batch needs."""
+    chunk = min(eval_chunk(sizes, eval_batch, training_workspace_bytes(sizes, train_batch)), max(n_test, 1))
     return chunk * (inference_bytes_per_sample(sizes) + 4 * sizes[-1])
 
 
-def _activations(sizes: list[int], train_batch: int | None, eval_batch: int | None, n_test: int,
+def _activations(sizes: list[int], train_batch: int, eval_batch: int | None, n_test: int,
                  name: str = "activations") -> Item:
-    total, parts = 0, []
-    if train_batch:
-        total += workspace_bytes(sizes, train_batch)
-        parts.append(f"train {TRAIN_WORKSPACE_BUFFERS}x4 B x {sum(sizes):,} neurons x batch {train_batch}")
-    if eval_batch:
-        total += eval_bytes(sizes, eval_batch, n_test)
-        parts.append("eval: 2 buffers of the widest layers")
-    return Item(name, total, "; ".join(parts))
+    """The training workspace (evaluation runs through it), or, with eval_batch, evaluation's own buffers."""
+    if eval_batch is None:
+        return Item(name, workspace_bytes(sizes, train_batch),
+                    f"train {TRAIN_WORKSPACE_BUFFERS}x4 B x {sum(sizes):,} neurons x batch {train_batch}, reused by eval")
+    return Item(name, eval_bytes(sizes, eval_batch, n_test, train_batch),
+                "eval: 2 buffers of the widest layers, within a training batch's bytes")
 
 
 def _transient(cfg: Config, sizes: list[int], nnz: list[int]) -> Item:
@@ -297,12 +296,12 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     t = cfg.train
     train_batch = min(t.batch_size, data.n_train)
     if ranks == 1:
-        acts = _activations(sizes, train_batch, t.eval_batch_size, data.n_test)
+        acts = _activations(sizes, train_batch, None, data.n_test)
         plans = [RankPlan("sequential", 1, [data_item, model, velocity, grads, acts, transient, overhead])]
     else:
         workers = ranks - 1
         shard = -(-data.n_train // workers)
-        acts_s = _activations(sizes, None, t.eval_batch_size, data.n_test, "activations (eval)")
+        acts_s = _activations(sizes, train_batch, t.eval_batch_size, data.n_test, "activations (eval)")
         replicas = Item("phase-2 replicas received", workers * sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION,
                         f"{workers} x {REPLICA_MESSAGE_BYTES_PER_CONNECTION} B/connection")
         server_items = [data_item, model, velocity, grads, acts_s, replicas, transient, overhead]

@@ -7,7 +7,8 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
+
+from .fileio import append_text, write_text
 
 
 def process_rank() -> int:
@@ -34,17 +35,12 @@ def peak_rss_mb() -> float:
 
 def write_metrics(path: str | os.PathLike, history: list[dict]) -> None:
     """Rewrite the JSONL metrics file atomically from the full history."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as fh:
-        for row in history:
-            fh.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(row) + "\n" for row in history), "metrics file")
 
 
 def append_metrics(path: str | os.PathLike, row: dict) -> None:
-    with open(path, "a") as fh:
-        fh.write(json.dumps(row) + "\n")
+    """Add one row: the file is rewritten through a temporary (never opened for appending in place)."""
+    append_text(path, json.dumps(row) + "\n", "metrics file")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

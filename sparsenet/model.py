@@ -12,7 +12,13 @@ from .sparse.init import erdos_renyi_layer
 from .sparse.layer import SparseLayer
 
 
-EVAL_BUFFER_BYTES = 1 << 30  # default bound on evaluate()'s activation buffers
+EVAL_BUFFER_BYTES = 1 << 28  # default bound on evaluate()'s own activation buffers (no training workspace)
+
+
+def training_workspace_bytes(sizes: list[int], batch: int) -> int:
+    """Bytes of the training workspace for `batch` samples: activations and deltas of every layer,
+    f'(z) * dropout scale of every layer but the output (float32)."""
+    return 4 * batch * (3 * sum(sizes) - sizes[-1])
 
 
 def inference_bytes_per_sample(sizes: list[int]) -> int:
@@ -139,20 +145,25 @@ class SparseMLP:
         return self._forward(self._workspace(batch), None)
 
     def eval_chunk(self, batch_size: int, max_bytes: int = EVAL_BUFFER_BYTES) -> int:
-        """Samples per forward pass in `evaluate`: at most batch_size, and activations within max_bytes."""
+        """Samples per forward pass of evaluate's own buffers: at most batch_size, activations within max_bytes."""
         return eval_chunk(self.sizes, batch_size, max_bytes)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
-                 max_bytes: int = EVAL_BUFFER_BYTES) -> tuple[float, float]:
+                 max_bytes: int | None = None) -> tuple[float, float]:
         """Mean loss and accuracy over samples x (n, n_features) with labels y (n,).
 
-        Forward only, without dropout, through two ping-pong activation buffers (no f'(z) or delta
-        storage, no cached workspace), in chunks of `eval_chunk(batch_size, max_bytes)` samples so
-        that activation memory stays within max_bytes whatever the width. Every sample's logits are
-        computed independently of the others and the loss is one running sum over the samples in
-        order, so the result does not depend on batch_size or max_bytes.
+        Forward only, without dropout, in chunks of at most batch_size samples. After training the
+        model holds a workspace for its training batch: evaluation runs through it and allocates
+        nothing (chunks of min(batch_size, training batch)). Otherwise it uses two ping-pong
+        activation buffers (no f'(z) or delta storage) within max_bytes (default EVAL_BUFFER_BYTES;
+        trainers pass what a training batch needs). Every sample's logits are computed independently
+        and the loss is one running sum over the samples in order, so the result does not depend on
+        the chunking.
         """
-        chunk = min(self.eval_chunk(batch_size, max_bytes), max(x.shape[0], 1))
+        if self._capacity and max_bytes is None:
+            return self._evaluate_in_workspace(x, y, min(int(batch_size), self._capacity))
+        bound = EVAL_BUFFER_BYTES if max_bytes is None else max_bytes
+        chunk = min(self.eval_chunk(batch_size, bound), max(x.shape[0], 1))
         sizes = self.sizes
         bufs = (np.empty(max(sizes[0::2]) * chunk, dtype=np.float32),
                 np.empty(max(sizes[1::2]) * chunk, dtype=np.float32))
@@ -170,6 +181,20 @@ class SparseMLP:
                 a = out
             total_loss, correct = output_loss(self.output, a, y[start:start + m],
                                               delta[:sizes[-1] * m].reshape(sizes[-1], m), start=total_loss)
+            total_correct += correct
+        n = max(x.shape[0], 1)
+        return total_loss / n, total_correct / n
+
+    def _evaluate_in_workspace(self, x: np.ndarray, y: np.ndarray, chunk: int) -> tuple[float, float]:
+        """evaluate() through the training workspace's activation and delta buffers."""
+        total_loss, total_correct = 0.0, 0
+        for start in range(0, x.shape[0], chunk):
+            xb = x[start:start + chunk]
+            ws = self._workspace(xb.shape[0])
+            np.copyto(ws.acts[0], xb.T)
+            logits = self._forward(ws, None)
+            total_loss, correct = output_loss(self.output, logits, y[start:start + xb.shape[0]], ws.deltas[-1],
+                                              start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)
         return total_loss / n, total_correct / n

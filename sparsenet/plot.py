@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .errors import SparsenetError
@@ -40,10 +41,7 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    out_path = Path(out)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out)
 
 
 def plot_feature_strength(strength, shape: tuple[int, ...], out: str) -> Path:
@@ -63,7 +61,24 @@ def plot_feature_strength(strength, shape: tuple[int, ...], out: str) -> Path:
     fig.colorbar(shown, ax=ax, label="sum of |outgoing weights|")
     ax.set(title="Input-feature strength", xticks=[], yticks=[])
     fig.tight_layout()
-    out_path = Path(out)
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return _save(fig, out)
+
+
+def _save(fig, out: str) -> Path:
+    """fig as an image file at `out` (format from its suffix, PNG without one), written atomically."""
+    import matplotlib.pyplot as plt
+
+    from .fileio import prepare_file, replacing
+
+    try:
+        path = prepare_file(out, "plot")
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        if fmt not in fig.canvas.get_supported_filetypes():
+            raise SparsenetError(f"cannot write plot '{out}': matplotlib writes {', '.join(sorted(fig.canvas.get_supported_filetypes()))}, "
+                                 f"not {fmt!r}")
+        with replacing(path, "plot") as (_, fd):
+            with os.fdopen(os.dup(fd), "wb") as fh:
+                fig.savefig(fh, format=fmt, dpi=110)
+    finally:
+        plt.close(fig)
+    return path

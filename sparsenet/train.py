@@ -12,9 +12,11 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
+from .cpus import usable_cpus
 from .data import Dataset, load_dataset
 from .errors import ConfigError, DivergedError
 from .evolution import prune_and_regrow
+from .fileio import clean_stale_temporaries, make_folder
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
 from .model import SparseMLP
 from .optim import MomentumSGD
@@ -42,8 +44,10 @@ class TrainingState:
 
 
 def set_threads(threads: int) -> int:
-    """Use `threads` kernel threads (0 = all the cores numba sees); returns the count in use."""
-    count = numba.config.NUMBA_NUM_THREADS if threads == 0 else min(threads, numba.config.NUMBA_NUM_THREADS)
+    """Use `threads` kernel threads (0 = the CPUs this process may use: affinity, cgroup quota, Slurm);
+    returns the count in use."""
+    wanted = usable_cpus()[0] if threads == 0 else threads
+    count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(count)
     return count
 
@@ -236,8 +240,7 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset, stop=None) -> di
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
     """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_folder(out_dir)
     threads = set_threads(cfg.threads)
     checkpoint_path = out / "checkpoint.h5"
     metrics_path = out / "metrics.jsonl"
@@ -304,6 +307,15 @@ def stop_message(signal_name: str, epoch: int, start_epoch: int) -> str:
         return f"{signal_name} received: stopped after epoch {epoch} with a checkpoint; continue with --resume"
     saved = f"the checkpoint of epoch {epoch} is current" if epoch else "nothing to save yet"
     return f"{signal_name} received during start-up: stopped before epoch {epoch + 1} ({saved}); continue with --resume"
+
+
+def prepare_run_folder(out_dir: str | Path) -> Path:
+    """The run's output folder, created if missing and checked safe (fileio); stale temporaries removed."""
+    out = make_folder(out_dir)
+    removed = clean_stale_temporaries(out)
+    if removed:
+        log(f"removed {len(removed)} temporaries of interrupted writes from {out}: {', '.join(removed)}")
+    return out
 
 
 def _pruned_note(row: dict) -> str:

@@ -14,6 +14,7 @@ from sparsenet.data.prepare import (
     check_features,
     check_lengths,
     encode_labels,
+    encode_whole,
     finish,
     label_array,
     split,
@@ -44,19 +45,20 @@ def _pick_keys(found, path: Path) -> tuple[str, ...]:
                     f"{', '.join(SPLIT_KEYS)} or {', '.join(WHOLE_KEYS)}")
 
 
-def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str) -> Dataset:
-    """Validate x/y arrays, split if needed, encode labels, then finish()."""
+def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str, row=None) -> Dataset:
+    """Validate x/y arrays, encode labels (a whole file before its split), split if needed, then finish()."""
     if "x" in arrays:
         x = check_features(arrays["x"], "x", where)
-        y = label_array(arrays["y"], "y", where)
+        y = label_array(arrays["y"], "y", where, row)
         check_lengths(x, y, "x", "y", where)
-        x_train, y_train, x_test, y_test = split(x, y, cfg.test_fraction, seed, where)
-    else:
-        x_train = check_features(arrays["x_train"], "x_train", where)
-        x_test = check_features(arrays["x_test"], "x_test", where)
-        y_train, y_test = arrays["y_train"], arrays["y_test"]
-        check_lengths(x_train, y_train, "x_train", "y_train", where)
-        check_lengths(x_test, y_test, "x_test", "y_test", where)
+        codes, n_classes = encode_whole(y, where)
+        x_train, y_train, x_test, y_test = split(x, codes, cfg.test_fraction, seed, where)
+        return finish(cfg, name, x_train, y_train, x_test, y_test, n_classes, check_finite=True)
+    x_train = check_features(arrays["x_train"], "x_train", where)
+    x_test = check_features(arrays["x_test"], "x_test", where)
+    y_train, y_test = arrays["y_train"], arrays["y_test"]
+    check_lengths(x_train, y_train, "x_train", "y_train", where)
+    check_lengths(x_test, y_test, "x_test", "y_test", where)
     y_train, y_test, n_classes = encode_labels(y_train, y_test, where)
     if x_train.shape[1] != x_test.shape[1]:
         raise DataError(f"{where}: x_test has {x_test.shape[1]} features but x_train has "
@@ -68,6 +70,11 @@ def load_npz(cfg, seed: int) -> Dataset:
     path = _existing_file(cfg.path, "npz")
     where = f"'{path}'"
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            zip_start = fh.read(4) == b"PK\x03\x04"
+        if zip_start:
+            raise DataError(f"'{path}' is a truncated or damaged .npz archive (it starts as a zip file but "
+                            f"its directory is missing); write it again")
         raise DataError(f"'{path}' is not an .npz archive (not a zip file); save it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -76,10 +83,16 @@ def load_npz(cfg, seed: int) -> Dataset:
             for k in keys:
                 try:
                     arrays[k] = archive[k]
-                except ValueError as e:
-                    raise DataError(f"'{path}': array '{k}' holds Python objects, which would "
-                                    f"need pickle; store labels as numbers or fixed-width "
-                                    f"strings") from e
+                except MemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - numpy's header parser raises tokenizer errors too
+                    if isinstance(e, ValueError) and "pickle" in str(e):
+                        raise DataError(f"'{path}': array '{k}' holds Python objects, which would "
+                                        f"need pickle; store labels as numbers or fixed-width "
+                                        f"strings") from None
+                    detail = " ".join(str(e).split())[:120]
+                    raise DataError(f"'{path}': array '{k}' is truncated or damaged "
+                                    f"({type(e).__name__}: {detail}); write the file again") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read npz file '{path}': {' '.join(str(e).split())}") from e
     return _from_arrays(cfg, "npz", arrays, seed, where)
@@ -142,4 +155,17 @@ def load_csv(cfg, seed: int) -> Dataset:
         y = np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
-    return _from_arrays(cfg, "csv", {"x": x, "y": y}, seed, where)
+    return _from_arrays(cfg, "csv", {"x": x, "y": y}, seed, where, lambda i: _csv_line(path, int(header), i))
+
+
+def _csv_line(path: Path, skip: int, index: int) -> str:
+    """Where data row `index` is in the csv file (loadtxt skips the header and blank lines)."""
+    seen = -1
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        for number, line in enumerate(fh, start=1):
+            if number <= skip or not line.strip():
+                continue
+            seen += 1
+            if seen == index:
+                return f"line {number}"
+    return f"data row {index + 1}"

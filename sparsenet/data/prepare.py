@@ -44,8 +44,43 @@ def split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, where: 
     return x[train], y[train], x[test], y[test]
 
 
-def label_array(y, what: str, where: str) -> np.ndarray:
-    """Labels as a 1-D array of int64 or str (numeric strings become integers)."""
+def _numeric_labels(y: np.ndarray, what: str, where: str, row) -> np.ndarray | None:
+    """int64 labels if every text label is a whole number ('1' and '1.0' alike), else None (names).
+
+    Empty labels and labels that read as NaN or infinity are an error naming their row."""
+    empty = np.flatnonzero(y == "")
+    if empty.size:
+        raise DataError(f"{where}: {what} has an empty label at {row(int(empty[0]))}; every sample needs a class")
+    try:
+        return y.astype(np.int64)
+    except (ValueError, OverflowError):
+        pass
+    numbers = np.empty(len(y), dtype=np.float64)
+    names = False
+    for i, text in enumerate(y.tolist()):
+        try:
+            numbers[i] = float(text)
+        except ValueError:
+            names = True
+            continue
+        if not np.isfinite(numbers[i]):
+            raise DataError(f"{where}: {what} has the label {text[:40]!r} at {row(i)}, which is not a class; "
+                            f"labels must be whole numbers or names")
+    if names:
+        return None
+    bad = (numbers != np.round(numbers)) | (np.abs(numbers) >= 2.0**63)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(f"{where}: {what} has the label {y[i][:40]!r} at {row(i)}; numeric labels must be "
+                        f"whole numbers (1 and 1.0 are the same class)")
+    return numbers.astype(np.int64)
+
+
+def label_array(y, what: str, where: str, row=None) -> np.ndarray:
+    """Labels as a 1-D array of int64 or str (numeric strings become integers: '1' and '1.0' alike).
+
+    row(i) names sample i's place in the file for error messages (default 'index i')."""
+    row = row or (lambda i: f"index {i}")
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
@@ -62,19 +97,26 @@ def label_array(y, what: str, where: str) -> np.ndarray:
         kind = "U"
     if kind == "U":
         y = np.char.strip(y)
-        try:
-            return y.astype(np.int64)
-        except (ValueError, OverflowError):
-            return y
+        numeric = _numeric_labels(y, what, where, row)
+        return y if numeric is None else numeric
     if kind in "biu":
         return y.astype(np.int64)
     if kind == "f":
         bad = ~np.isfinite(y) | (y != np.round(y))
         if bad.any():
             raise DataError(f"{where}: {what} must hold integers or strings, got "
-                            f"{y[np.argmax(bad)].item()!r} at index {int(np.argmax(bad))}")
+                            f"{y[np.argmax(bad)].item()!r} at {row(int(np.argmax(bad)))}")
         return y.astype(np.int64)
     raise DataError(f"{where}: {what} must hold integers or strings, got dtype {y.dtype}")
+
+
+def encode_whole(y: np.ndarray, where: str) -> tuple[np.ndarray, int]:
+    """Labels of a whole file (label_array output) -> codes 0..n_classes-1 by sorted unique value."""
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise DataError(f"{where}: labels must have at least 2 distinct values, "
+                        f"got {len(classes)} ({', '.join(str(c)[:40] for c in classes[:2])})")
+    return np.searchsorted(classes, y).astype(np.int64), len(classes)
 
 
 def encode_labels(y_train, y_test, where: str):

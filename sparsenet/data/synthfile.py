@@ -16,7 +16,6 @@ parameters as attributes.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,8 @@ import numpy as np
 
 from sparsenet.data.prepare import Dataset, finish
 from sparsenet.data.sources import cache_dir
-from sparsenet.errors import DataError
+from sparsenet.errors import DataError, OutputError
+from sparsenet.fileio import prepare_file, replacing
 
 FORMAT = "sparsenet-synthetic-1"
 _GENERATION_CHUNK_BYTES = 64 << 20   # float32 rows generated and written at a time
@@ -122,39 +122,28 @@ def write_synthetic(cfg, seed: int, path: str | os.PathLike | None = None,
     parts = (("x_test", "y_test", order[:n_test]), ("x_train", "y_train", order[n_test:]))
     noise = np.random.default_rng([seed, 0xA015E])  # one stream, drawn in row order: chunking cannot change it
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-        os.close(fd)
-    except OSError as e:
-        raise DataError(f"cannot write to '{out.parent}': {e.strerror or e}") from e
-    try:
-        with h5py.File(tmp, "w") as fh:
-            fh.attrs["format"] = FORMAT
-            fh.attrs["generator"] = "sklearn.datasets.make_classification (Madelon), noise columns N(0, 1)"
-            for name in PARAMETERS:
-                fh.attrs[name] = getattr(cfg, name)
-            fh.attrs["seed"] = seed
-            fh.create_dataset("useful_columns", data=columns)
-            for x_name, y_name, rows in parts:
-                storage_rows = int(min(len(rows), max(1, _HDF5_CHUNK_BYTES // row_bytes)))
-                xs = fh.create_dataset(x_name, shape=(len(rows), features), dtype=np.float32,
-                                       chunks=(storage_rows, features))
-                fh.create_dataset(y_name, data=labels[rows])
-                for start in range(0, len(rows), chunk_rows):
-                    take = rows[start:start + chunk_rows]
-                    block = noise.standard_normal((len(take), features), dtype=np.float32)
-                    block[:, columns] = useful[take]
-                    xs[start:start + len(take)] = block
-                    del block
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it private; a data file is as readable as any other
-        os.replace(tmp, out)
-    except OSError as e:
-        raise DataError(f"cannot write synthetic data file '{out}': {' '.join(str(e).split())}") from e
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        prepare_file(out, "synthetic data file")
+        with replacing(out, "synthetic data file") as (tmp, _):
+            with h5py.File(tmp, "w") as fh:
+                fh.attrs["format"] = FORMAT
+                fh.attrs["generator"] = "sklearn.datasets.make_classification (Madelon), noise columns N(0, 1)"
+                for name in PARAMETERS:
+                    fh.attrs[name] = getattr(cfg, name)
+                fh.attrs["seed"] = seed
+                fh.create_dataset("useful_columns", data=columns)
+                for x_name, y_name, rows in parts:
+                    storage_rows = int(min(len(rows), max(1, _HDF5_CHUNK_BYTES // row_bytes)))
+                    xs = fh.create_dataset(x_name, shape=(len(rows), features), dtype=np.float32,
+                                           chunks=(storage_rows, features))
+                    fh.create_dataset(y_name, data=labels[rows])
+                    for start in range(0, len(rows), chunk_rows):
+                        take = rows[start:start + chunk_rows]
+                        block = noise.standard_normal((len(take), features), dtype=np.float32)
+                        block[:, columns] = useful[take]
+                        xs[start:start + len(take)] = block
+                        del block
+    except OutputError as e:
+        raise DataError(str(e)) from None
     return SynthInfo(out, n_train, n_test, features, time.perf_counter() - t0)
 
 

@@ -22,6 +22,7 @@ post is seen by the side that sees the post, on any CPU, not only on x86.
 from __future__ import annotations
 
 import os
+import secrets
 from typing import Sequence
 
 import numpy as np
@@ -225,4 +226,5 @@ class Channel:
 
 
 def channel_path(prefix: str, worker: int, directory: str = DIRECTORY) -> str:
-    return os.path.join(directory, f"{prefix}-chan{worker}")
+    """A new, unguessable channel file name (64 random bits: nobody can create it first)."""
+    return os.path.join(directory, f"{prefix}-chan{worker}-{secrets.token_hex(8)}")

@@ -12,22 +12,25 @@ import numba
 
 from .. import checkpoint as ckpt
 from ..config import Config, config_from_yaml, dump_config
+from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
 from ..metrics import log, write_metrics
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from .launcher import launcher_rank, world_size_mismatch
 from .protocol import TAG_MEMORY_PLAN
-from ..train import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+from ..train import TrainingState, check_resume_compatible, new_state, prepare_run_folder, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
 
 
 def rank_threads(cfg: Config, world_size: int) -> int:
-    """Kernel threads per rank: `threads` if set, else this machine's cores shared among the ranks."""
-    cores = os.cpu_count() or 1
-    wanted = cfg.threads if cfg.threads > 0 else max(1, cores // max(world_size - 1, 1))
+    """Kernel threads per rank: `threads` if set; else Slurm's CPUs per task, or the CPUs this process
+    may use (affinity, cgroup quota) shared among the workers."""
+    cpus, why = usable_cpus()
+    per_rank = cpus if why == "SLURM_CPUS_PER_TASK" else cpus // max(world_size - 1, 1)
+    wanted = cfg.threads if cfg.threads > 0 else max(1, per_rank)
     count = min(wanted, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(count)
     return count
@@ -129,7 +132,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
     from .server import ParameterServer, _Replica, phase1_epochs
 
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_run_folder(out)
     checkpoint_path = out / "checkpoint.h5"
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "

@@ -19,6 +19,7 @@ from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import Dataset
 from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
+from ..model import training_workspace_bytes
 from ..optim import MomentumSGD
 from ..signals import StopRequest
 from ..train import (TrainingState, between_epochs, check_finite, prune_neurons, state_to_checkpoint, stop_message,
@@ -369,7 +370,9 @@ class ParameterServer:
     def end_epoch(self, epoch: int, train_seconds: float, evolution_seconds: float, phase: int) -> None:
         state, c = self.state, self.counters
         t0 = time.perf_counter()
-        test_loss, test_acc = state.model.evaluate(self.data.x_test, self.data.y_test, self.cfg.train.eval_batch_size)
+        test_loss, test_acc = state.model.evaluate(
+            self.data.x_test, self.data.y_test, self.cfg.train.eval_batch_size,
+            max_bytes=training_workspace_bytes(state.model.sizes, self.cfg.train.batch_size))
         eval_seconds = time.perf_counter() - t0
         state.epoch = epoch
         n = max(c["samples"], 1)

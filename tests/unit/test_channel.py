@@ -115,3 +115,86 @@ def test_attach_refuses_a_file_that_is_not_a_channel(tmp_path):
     fake.write_bytes(b"\0" * 8192)
     with pytest.raises(ValueError, match="not a sparsenet channel"):
         Channel.attach(str(fake))
+
+
+# ---------------------------------------------------------------- other users of /dev/shm (issue 15 item 11)
+
+class _NoAcks:
+    def Iprobe(self, source, tag):
+        return False
+
+
+def test_names_are_unguessable_so_planted_files_do_not_force_the_slow_path(tmp_path):
+    from sparsenet.parallel.channel import channel_path
+    from sparsenet.parallel.shm import MIN_BYTES, Mailboxes
+
+    boxes = Mailboxes(0, {0, 1}, control_comm=_NoAcks(), max_bytes=1 << 20, directory=str(tmp_path))
+    # what a run's visible prefix let another user predict: its next segment and channel names
+    (tmp_path / f"{boxes.prefix}-to1-s0-g0").write_bytes(b"")
+    (tmp_path / f"{boxes.prefix}-chan1").write_bytes(b"")
+    slot = boxes.reserve(1, MIN_BYTES)
+    assert slot is not None and not boxes.disabled and boxes.fallbacks == 0
+    assert slot[1].name.startswith(f"{boxes.prefix}-to1-s0-g0-") and len(slot[1].name.rsplit("-", 1)[1]) == 16
+    path = channel_path(boxes.prefix, 1, str(tmp_path))
+    assert path != channel_path(boxes.prefix, 1, str(tmp_path)) and len(path.rsplit("-", 1)[1]) == 16
+    assert Channel.attach(Channel.create(path, SIZES).path).capacity > 0
+    boxes.close(grace=0)
+
+
+def _someone_elses(path, monkeypatch):
+    import os
+
+    if os.geteuid() == 0:
+        os.chown(path, 65534, -1, follow_symlinks=False)
+    else:
+        real = os.geteuid()
+        monkeypatch.setattr(os, "geteuid", lambda: real + 1)
+
+
+def test_receivers_refuse_symlinks_fifos_and_files_of_other_users(tmp_path, monkeypatch):
+    import os
+
+    from sparsenet.parallel.shm import map_segment
+
+    segment = tmp_path / "sparsenet-x-r1-to0-s0-g0-0123456789abcdef"
+    segment.write_bytes(b"\0" * 8192)
+    link = tmp_path / "sparsenet-x-r1-to0-s0-g1-0123456789abcdef"
+    link.symlink_to(segment)
+    with pytest.raises(OSError):  # ELOOP: O_NOFOLLOW
+        map_segment(str(link))
+    fifo = tmp_path / "sparsenet-x-r1-to0-s0-g2-0123456789abcdef"
+    os.mkfifo(fifo, 0o600)
+    with pytest.raises(PermissionError, match="is not a regular file"):  # and no hang opening it
+        map_segment(str(fifo))
+    chan = tmp_path / "sparsenet-x-r0-chan1-0123456789abcdef"
+    Channel.create(str(chan), SIZES)
+    _someone_elses(segment, monkeypatch)
+    _someone_elses(chan, monkeypatch)
+    with pytest.raises(PermissionError, match="owner uid"):
+        map_segment(str(segment))
+    with pytest.raises(PermissionError, match="owner uid"):
+        Channel.attach(str(chan))
+    assert segment.exists() and chan.exists() and link.is_symlink(), "refused files are left alone"
+
+
+def test_doorbells_open_only_our_own_fifos(tmp_path, monkeypatch):
+    import os
+
+    from sparsenet.parallel.shm import Doorbells
+
+    bell = Doorbells("sparsenet-x-r0", directory=str(tmp_path))
+    assert len(bell.name.rsplit("-", 1)[1]) == 16
+    (tmp_path / "sparsenet-x-r1-bell").symlink_to(bell.path)
+    (tmp_path / "sparsenet-x-r2-bell").write_bytes(b"")
+    for name in ("sparsenet-x-r1-bell", "sparsenet-x-r2-bell"):
+        with pytest.raises(OSError):
+            bell.connect({1: name}, directory=str(tmp_path))
+    os.mkfifo(tmp_path / "sparsenet-x-r3-bell", 0o600)
+    reader = os.open(tmp_path / "sparsenet-x-r3-bell", os.O_RDONLY | os.O_NONBLOCK)  # rank 3 listening
+    bell.connect({3: "sparsenet-x-r3-bell"}, directory=str(tmp_path))
+    _someone_elses(tmp_path / "sparsenet-x-r3-bell", monkeypatch)
+    with pytest.raises(PermissionError, match="owner uid"):
+        bell.connect({4: "sparsenet-x-r3-bell"}, directory=str(tmp_path))
+    assert list(bell.peers) == [3]
+    bell.close()
+    os.close(reader)

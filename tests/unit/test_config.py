@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from sparsenet.config import (
+    config_from_yaml,
     CheckpointConfig,
     Config,
     DataConfig,
@@ -165,7 +166,8 @@ def test_cross_field_rules():
 
 def test_section_not_a_mapping(tmp_path):
     assert error_of(["train=5"]) == (
-        "config section 'train' must be a mapping of keys to values, got 5 (int)")
+        "invalid override 'train=5': 'train' is a config section, not a value; "
+        "override its keys one by one, e.g. train.epochs=...")
     message = error_of(path=write(tmp_path, "model: [1, 2]\n"))
     assert message.startswith("config section 'model' must be a mapping")
 
@@ -227,3 +229,43 @@ def test_config_from_dict_validates():
 def test_dump_config_bad_path(tmp_path):
     with pytest.raises(ConfigError, match="cannot write config file"):
         dump_config(Config(), tmp_path / "missing" / "x.yaml")
+
+
+# ---------------------------------------------------------------- hostile configs (issue 15 items 5, 12)
+
+BOMB = 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n' + "".join(
+    f"{key}: &{key} [{', '.join([f'*{prev}'] * 9)}]\n" for prev, key in zip("abcdef", "bcdefg"))
+
+
+def test_alias_bombs_are_refused_everywhere(tmp_path):
+    assert len(BOMB) < 400 and BOMB.count("*") == 54  # 9**7 'lol's once expanded
+    refusal = "anchors and aliases (&name, *name) are not allowed in a sparsenet config; write each value out"
+    message = error_of(path=write(tmp_path, BOMB))
+    assert message.startswith(f"cannot parse config file '{tmp_path / 'cfg.yaml'}': line 1, column 4: ") and refusal in message
+    assert refusal in error_of(["model.hidden=[&a 10, *a]"])
+    with pytest.raises(ConfigError, match=r"^cannot parse the config stored in c\.h5: line 1, column 4: anchors"):
+        config_from_yaml(BOMB, "the config stored in c.h5")
+    assert refusal in error_of(["train=<<: *x"])
+
+
+def test_error_messages_never_show_a_value_whole(tmp_path):
+    long = "x" * 100_000
+    for overrides, path in [([f"model.activation={long}"], None), ([f"train.lr={long}"], None),
+                            ([f"{long}=1"], None), ([f"train.{long}=1"], None), (["model.hidden=[" + "0," * 50_000 + "]"], None),
+                            ([f"seed={'9' * 5000}"], None), ([f"model.hidden=[{long}"], None),
+                            ([], write(tmp_path, f"train:\n  epochs: {long}\n"))]:
+        message = error_of(overrides, path)
+        assert len(message) < 450, message[:500]
+        assert "..." in message, message
+    config_file = write(tmp_path, "seed: 1\n" + "# padding\n" * 200_000)
+    assert error_of(path=config_file).startswith(f"cannot parse config file '{config_file}': 1048577 characters or more")
+
+
+def test_empty_override_and_whole_section_overrides():
+    assert error_of(["data.path="]) == "invalid override 'data.path=': no value after '='; write data.path=null to mean null"
+    assert error_of(["data.path= "]).startswith("invalid override 'data.path= ': no value after '='")
+    assert load_config(None, ["data.path=null"]).data.path is None
+    assert error_of(["train=null"]) == ("invalid override 'train=null': 'train' is a config section, not a value; "
+                                        "override its keys one by one, e.g. train.epochs=...")
+    cfg = load_config(None, ["train.lr=0.5", "train={epochs: 3}"])  # a mapping updates only the keys it names
+    assert (cfg.train.lr, cfg.train.epochs) == (0.5, 3)

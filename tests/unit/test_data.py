@@ -471,6 +471,83 @@ def test_csv_errors(tmp_path):
     assert data_error(file_cfg("csv", path)) == f"csv file '{path}' is empty"
 
 
+def _csv_with_labels(path, labels):
+    rows = [f"{i},{2 * i},{label}" for i, label in enumerate(labels)]
+    path.write_text("a,b,label\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("nan", "y has the label 'nan' at line 8, which is not a class; labels must be whole numbers or names"),
+    ("NaN", "y has the label 'NaN' at line 8, which is not a class; labels must be whole numbers or names"),
+    ("inf", "y has the label 'inf' at line 8, which is not a class; labels must be whole numbers or names"),
+    ("", "y has an empty label at line 8; every sample needs a class"),
+    (" ", "y has an empty label at line 8; every sample needs a class"),
+    ("1.5", "y has the label '1.5' at line 8; numeric labels must be whole numbers (1 and 1.0 are the same class)"),
+])
+def test_csv_bad_label_is_an_error_whatever_the_split(tmp_path, bad, message):
+    """Labels are checked on the whole file before the split: every seed gives the same error."""
+    path = tmp_path / "d.csv"
+    labels = [str(i % 2) for i in range(30)]
+    labels[6] = bad  # line 8: header + 6 rows before it
+    _csv_with_labels(path, labels)
+    for seed in range(6):
+        assert data_error(file_cfg("csv", path, test_fraction=0.2), seed) == f"'{path}': {message}"
+
+
+def test_csv_bad_label_among_names_is_an_error(tmp_path):
+    path = tmp_path / "d.csv"
+    labels = ["cat", "dog"] * 10
+    labels[13] = "nan"
+    _csv_with_labels(path, labels)
+    assert data_error(file_cfg("csv", path)) == (
+        f"'{path}': y has the label 'nan' at line 15, which is not a class; labels must be whole numbers or names")
+
+
+def test_csv_one_and_one_point_zero_are_one_class(tmp_path):
+    path = tmp_path / "d.csv"
+    labels = ["1", "1.0", "0", "0.0", "2", "2.00", "1e0", "0"] * 3
+    _csv_with_labels(path, labels)
+    for seed in range(4):
+        ds = load_dataset(file_cfg("csv", path, test_fraction=0.25), seed)
+        assert ds.n_classes == 3
+        rows = np.concatenate([ds.x_train, ds.x_test])[:, 0].astype(int)
+        codes = np.concatenate([ds.y_train, ds.y_test])
+        assert dict(zip(rows.tolist(), codes.tolist())) == {i: int(float(labels[i])) for i in range(len(labels))}
+
+
+def test_npz_string_labels_that_only_a_split_would_make_numeric(tmp_path):
+    """Names and numbers mixed: the classes come from the whole file, not from each part of a split."""
+    path = tmp_path / "d.npz"
+    y = np.array(["cat"] + ["1", "2"] * 10)
+    np.savez(path, x=np.arange(42, dtype=np.float32).reshape(21, 2), y=y)
+    for seed in range(6):
+        ds = load_dataset(file_cfg("npz", path, test_fraction=0.3), seed)
+        assert ds.n_classes == 3
+
+
+def test_truncated_npz_says_so(tmp_path):
+    import io
+    import zipfile
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x=X_TRAIN, y=np.array([0, 1, 0, 1]))
+    whole = path.read_bytes()
+    path.write_bytes(whole[:len(whole) // 2])
+    assert data_error(file_cfg("npz", path)) == (
+        f"'{path}' is a truncated or damaged .npz archive (it starts as a zip file but its directory is missing); "
+        f"write it again")
+    x = io.BytesIO()
+    np.save(x, np.random.default_rng(0).random((200, 10)))
+    y = io.BytesIO()
+    np.save(y, np.arange(200) % 2)
+    for damaged in (x.getvalue()[:1000], x.getvalue()[:20] + b"garbage" * 20):
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("x.npy", damaged)
+            z.writestr("y.npy", y.getvalue())
+        message = data_error(file_cfg("npz", path))
+        assert message.startswith(f"'{path}': array 'x' is truncated or damaged (") and "pickle" not in message
+
+
 # ---------------------------------------------------------------- synthetic
 
 def test_synthetic_shapes_and_determinism():

@@ -40,15 +40,20 @@ def test_byte_counts_match_what_a_trained_model_allocates():
     data = load_dataset(cfg.data, cfg.seed)
     state = new_state(cfg, data.n_features, data.n_classes)
     train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size)
+    trained_flat = [a for group in state.model._flat for a in group]
     state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)
     model, opt = state.model, state.optimizer
+    # evaluation ran through the training workspace: same allocation, nothing new
+    now_flat = [a for group in model._flat for a in group]
+    assert len(now_flat) == len(trained_flat) and all(a is b for a, b in zip(now_flat, trained_flat))
     sizes, nnz = model.sizes, model.nnz
 
     assert sum(a.nbytes for layer in model.layers for a in _arrays(layer)) == model_bytes(sizes, nnz)
     assert sum(a.nbytes for a in opt.velocities + opt.bias_velocities) == state_bytes(sizes, nnz, np.float32)
     assert sum(a.nbytes for a in model.grads + model.bias_grads) == state_bytes(sizes, nnz, np.float32)
-    # 175 train samples in batches of 16 and a last one of 15: views into one allocation for 16
-    assert sorted(model._workspaces) == [15, 16]
+    # 175 train samples in batches of 16 and a last one of 15, 75 test samples in chunks of 16 and
+    # a last one of 11: views into one allocation for 16
+    assert sorted(model._workspaces) == [11, 15, 16]
     real_ws = sum(a.nbytes for group in model._flat for a in group)
     assert real_ws == workspace_bytes(sizes, 16)
     last, full = model._workspaces[15], model._workspaces[16]
@@ -57,9 +62,12 @@ def test_byte_counts_match_what_a_trained_model_allocates():
     plan = plan_memory(cfg)
     items = {i.name: i.bytes for i in plan.ranks[0].items}
     assert plan.sizes == sizes
-    # 75 test samples evaluated in one chunk of 32: two ping-pong buffers and the output delta
-    assert items["activations"] == real_ws + eval_bytes(sizes, 32, 75)
-    assert eval_bytes(sizes, 32, 75) == 32 * 4 * (max(sizes[0::2]) + max(sizes[1::2]) + sizes[-1])
+    assert items["activations"] == real_ws
+    # without a workspace (the server): two ping-pong buffers and the output delta, as many samples
+    # as fit in a training batch's workspace (here 75 test samples < that)
+    assert eval_bytes(sizes, 32, 75, 16) == 32 * 4 * (max(sizes[0::2]) + max(sizes[1::2]) + sizes[-1])
+    wide = [784, 50_000, 50_000, 10]
+    assert eval_bytes(wide, 2048, 10_000, 128) <= workspace_bytes(wide, 128) + 4 * 10 * 2048
     for planned, real in zip(plan.nnz, nnz):  # expected Erdős–Rényi nnz vs one draw
         assert abs(planned - real) <= 4 * np.sqrt(planned) + 1
     real_total = (sum(a.nbytes for layer in model.layers for a in _arrays(layer))

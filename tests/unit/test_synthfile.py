@@ -36,10 +36,10 @@ def test_file_shapes_dtypes_and_parameters(tmp_path):
         columns = fh["useful_columns"][()]
         assert len(set(columns.tolist())) == 20 and columns.min() >= 0 and columns.max() < 300
         assert set(np.unique(fh["y_train"][()])) == {0, 1}
-    assert not list(tmp_path.glob(".*part"))  # no temporary left behind
+    assert not list(tmp_path.glob(".*tmp-*"))  # no temporary left behind
     umask = os.umask(0)
     os.umask(umask)
-    assert info.path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert info.path.stat().st_mode & 0o777 == 0o644 & ~umask  # fileio.FILE_MODE
 
 
 def test_same_seed_same_file_whatever_the_chunking(tmp_path):

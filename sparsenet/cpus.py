@@ -1,0 +1,81 @@
+"""How many CPUs this process may really use: its affinity, a cgroup CPU quota, Slurm's allocation.
+
+`os.cpu_count()` (and numba's default pool size) counts every core of the machine; a process pinned
+by taskset or a cpuset, throttled by a cgroup quota (containers) or given `--cpus-per-task` by Slurm
+that starts that many kernel threads oversubscribes what it has, and its threads then wait for each
+other at every parallel region.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+
+def _affinity() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup",
+                     self_cgroup: str | os.PathLike = "/proc/self/cgroup") -> float | None:
+    """CPUs' worth of time per period a cgroup grants this process (v2 cpu.max, v1 cfs quota), None if unlimited."""
+    root = Path(root)
+    v2_path, v1_path = None, None
+    text = _read(Path(self_cgroup)) or ""
+    for line in text.splitlines():
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, cg = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            v2_path = cg
+        elif "cpu" in controllers.split(","):
+            v1_path = cg
+    limits = []
+    if v2_path is not None:
+        for base in (root / v2_path.lstrip("/"), root):
+            fields = (_read(base / "cpu.max") or "").split()
+            if len(fields) == 2 and fields[0] != "max":
+                try:
+                    limits.append(int(fields[0]) / int(fields[1]))
+                except (ValueError, ZeroDivisionError):
+                    pass
+                break
+    if v1_path is not None:
+        for base in (root / "cpu" / v1_path.lstrip("/"), root / "cpu", root / "cpu,cpuacct" / v1_path.lstrip("/")):
+            quota, period = _read(base / "cpu.cfs_quota_us"), _read(base / "cpu.cfs_period_us")
+            try:
+                q, p = int(quota or ""), int(period or "")
+            except ValueError:
+                continue
+            if q > 0 and p > 0:
+                limits.append(q / p)
+                break
+    return min(limits) if limits else None
+
+
+def usable_cpus(environ: Mapping[str, str] | None = None, affinity: int | None = -1,
+                quota: float | None = -1.0) -> tuple[int, str]:
+    """(CPUs, why): the smallest of the affinity mask, the cgroup quota (rounded up) and SLURM_CPUS_PER_TASK."""
+    environ = os.environ if environ is None else environ
+    affinity = _affinity() if affinity == -1 else affinity
+    quota = cgroup_cpu_quota() if quota == -1.0 else quota
+    options = [(os.cpu_count() or 1, "cores")]
+    if affinity:
+        options.append((affinity, "CPU affinity"))
+    if quota is not None:
+        options.append((max(1, math.ceil(quota - 1e-9)), f"cgroup CPU quota {quota:g}"))
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        options.append((int(slurm), "SLURM_CPUS_PER_TASK"))
+    return min(options, key=lambda o: o[0])
