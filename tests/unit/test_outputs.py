@@ -223,7 +223,7 @@ def test_evaluate_prints_strict_json(tmp_path, monkeypatch, capsys):
     cfg = config_from_dict(TINY)
     data = tiny_checkpoint()
     ckpt.save_checkpoint(tmp_path / "c.h5", data)
-    monkeypatch.setattr("sparsenet.model.SparseMLP.evaluate", lambda self, x, y, batch: (float("nan"), 0.5))
+    monkeypatch.setattr("sparsenet.model.SparseMLP.evaluate", lambda self, x, y, batch, max_bytes=None: (float("nan"), 0.5))
     assert main(["evaluate", str(tmp_path / "c.h5")]) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
