@@ -256,3 +256,44 @@ def test_a_frozen_worker_is_named_and_ends_the_job(tmp_path, algorithm):
     assert lines, err
     assert lines[0].startswith("sparsenet: error: rank 0 on ")
     assert "heard nothing from rank 2 on " in lines[0] and "for 4 s" in lines[0] and "parallel.timeout_s" in lines[0]
+
+
+def test_sigusr1_during_startup_stops_every_rank_with_75_and_resume_starts_fresh(tmp_path):
+    """As srun's --signal does: SIGUSR1 to every rank as soon as its CLI runs (before MPI and the data
+    are up). Before, the signal killed the ranks (138) or MPICH's handler swallowed it."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+    from tests.unit.test_signals import _wait_for_handler
+
+    extra = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=1"]
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path / "stopped")]
+    for item in SMALL + extra:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline, ranks = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and len(ranks) < 3:
+            ranks = _rank_pids(str(tmp_path / "stopped"))
+            time.sleep(0.01)
+        assert len(ranks) == 3, ranks
+        for pid in ranks.values():
+            _wait_for_handler(pid, signal.SIGUSR1)
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGUSR1)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 75, err
+    assert "SIGUSR1 received during start-up: stopped before epoch 1 (nothing to save yet)" in out
+    assert not (tmp_path / "stopped" / "checkpoint.h5").exists()
+    resumed = train(3, tmp_path / "stopped", *extra, resume=True)
+    straight = train(3, tmp_path / "straight", *extra)
+    assert resumed.returncode == straight.returncode == 0, resumed.stderr + straight.stderr
+    for x, y in zip(checkpoint_arrays(tmp_path / "straight" / "checkpoint.h5"),
+                    checkpoint_arrays(tmp_path / "stopped" / "checkpoint.h5")):
+        np.testing.assert_array_equal(x, y)
