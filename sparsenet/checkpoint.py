@@ -14,12 +14,17 @@ from .activations import OUTPUTS
 from .errors import CheckpointError
 
 FORMAT_NAME = "sparsenet-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optimizer state as named arrays per layer (1: velocity and bias_velocity, still read)
+# Layer datasets: name -> (dtype, length: "nnz" or "n_out"); optimizer state arrays are float32, "bias_*" of n_out.
+LAYER_ARRAYS = {"rows": (np.int32, "nnz"), "cols": (np.int32, "nnz"), "values": (np.float32, "nnz"),
+                "bias": (np.float32, "n_out")}
+V1_STATE = ("velocity", "bias_velocity")  # version 1 stored momentum SGD's state beside the layer arrays
 
 
 @dataclass
 class LayerArrays:
-    """One layer as stored: output-major rows/cols/values, bias and optimizer state."""
+    """One layer as stored: output-major rows/cols/values, bias and the optimizer's named state arrays
+    (a name starting with "bias_" holds one value per output neuron, any other one per connection)."""
 
     n_in: int
     n_out: int
@@ -27,8 +32,7 @@ class LayerArrays:
     cols: np.ndarray
     values: np.ndarray
     bias: np.ndarray
-    velocity: np.ndarray
-    bias_velocity: np.ndarray
+    state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,6 +51,9 @@ class CheckpointData:
     version: int = 0  # parallel runs: topology version of the server's model
     replicas: list[list[LayerArrays]] = field(default_factory=list)  # phase 2: each worker's model
     replica_rng_states: list[dict] = field(default_factory=list)
+    replica_optimizer_scalars: list[dict] = field(default_factory=list)
+    optimizer: str = "momentum"  # optim.OPTIMIZERS key of the state in the layers
+    optimizer_scalars: dict = field(default_factory=dict)  # its JSON state besides arrays (Adam's step)
     # Sequential runs stopped part-way through epoch `epoch + 1`: batches done ("step" of "n_steps"),
     # the generator state its sample order was drawn from, loss/correct sums and seconds so far.
     partial_epoch: dict | None = None
@@ -72,7 +79,10 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             f.attrs["config"] = data.config_yaml
             f.attrs["phase"] = int(data.phase)
             f.attrs["version"] = int(data.version)
+            f.attrs["optimizer"] = data.optimizer
+            f.attrs["optimizer_scalars"] = json.dumps(data.optimizer_scalars)
             f.create_dataset("replica_rng_states", data=json.dumps(data.replica_rng_states))
+            f.create_dataset("replica_optimizer_scalars", data=json.dumps(data.replica_optimizer_scalars))
             f.create_dataset("history", data=json.dumps(data.history))
             _write_layers(f, "layers", data.layers)
             for k, replica in enumerate(data.replicas):
@@ -86,9 +96,9 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
 def _file_size_bound(data: CheckpointData) -> int:
     """More bytes than the HDF5 file of `data` takes: its arrays and texts plus metadata per object."""
     arrays = [a for model in [data.layers, *data.replicas] for layer in model
-              for a in (layer.rows, layer.cols, layer.values, layer.bias, layer.velocity, layer.bias_velocity)]
+              for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
-        + len(json.dumps(data.replica_rng_states))
+        + len(json.dumps(data.replica_rng_states)) + len(json.dumps(data.replica_optimizer_scalars))
     return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
@@ -97,8 +107,10 @@ def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:
         g = f.create_group(f"{prefix}/{l}")
         g.attrs["n_in"] = int(layer.n_in)
         g.attrs["n_out"] = int(layer.n_out)
-        for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
+        for name in LAYER_ARRAYS:
             g.create_dataset(name, data=getattr(layer, name))
+        for name, array in layer.state.items():
+            g.create_dataset(f"optimizer/{name}", data=array)
 
 
 def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
@@ -134,23 +146,26 @@ def _read(f, path: Path) -> CheckpointData:
     if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
         raise CheckpointError(f"{path} is not a sparsenet checkpoint (format attribute {f.attrs.get('format')!r})")
     version = int(_attr(f, "format_version", path))
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {version}; this sparsenet reads version {FORMAT_VERSION} only")
+    if version not in (1, FORMAT_VERSION):
+        raise CheckpointError(f"checkpoint {path} has format version {version}; this sparsenet reads versions 1 and {FORMAT_VERSION}")
     n_layers = int(_attr(f, "n_layers", path))
     slopes = [float(s) for s in np.atleast_1d(_attr(f, "slopes", path))]
     if n_layers < 1 or len(slopes) != n_layers - 1:
         raise CheckpointError(f"checkpoint {path} has {n_layers} layers but {len(slopes)} hidden slopes")
-    layers = _read_model(f, "layers", n_layers, path)
+    layers = _read_model(f, "layers", n_layers, path, version)
     n_replicas = int(f.attrs.get("n_replicas", 0))
-    replicas = [_read_model(f, f"replicas/{k}/layers", n_layers, path) for k in range(n_replicas)]
+    replicas = [_read_model(f, f"replicas/{k}/layers", n_layers, path, version) for k in range(n_replicas)]
     history = _json_dataset(f, "history")
     replica_rng_states = _json_dataset(f, "replica_rng_states") if "replica_rng_states" in f else []
+    replica_scalars = _json_dataset(f, "replica_optimizer_scalars") if version > 1 else [{} for _ in replicas]
     data = CheckpointData(
         layers=layers, slopes=slopes, dropout=float(_attr(f, "dropout", path)), output=str(_attr(f, "output", path)),
         epoch=int(_attr(f, "epoch", path)), rng_state=json.loads(_attr(f, "rng_state", path)),
         history=history, config_yaml=str(_attr(f, "config", path)),
         phase=int(f.attrs.get("phase", 1)), version=int(f.attrs.get("version", 0)), replicas=replicas,
-        replica_rng_states=replica_rng_states,
+        replica_rng_states=replica_rng_states, replica_optimizer_scalars=replica_scalars,
+        optimizer=str(_attr(f, "optimizer", path)) if version > 1 else "momentum",
+        optimizer_scalars=json.loads(_attr(f, "optimizer_scalars", path)) if version > 1 else {},
         partial_epoch=json.loads(_attr(f, "partial_epoch", path)) if "partial_epoch" in f.attrs else None)
     _check_run_state(data, path)
     return data
@@ -178,6 +193,17 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
             np.random.default_rng().bit_generator.state = state
         except (TypeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"checkpoint {path}: random generator state is unusable ({exc})") from None
+    scalars = [data.optimizer_scalars, *data.replica_optimizer_scalars]
+    if not all(isinstance(s, dict) for s in scalars) or len(scalars) != len(data.replicas) + 1:
+        raise CheckpointError(f"checkpoint {path}: optimizer scalars must be one dict for the model and one per "
+                              f"replica ({len(data.replicas)}), got {scalars!r:.200}")
+    names = sorted(data.layers[0].state)
+    for k, model in enumerate([data.layers, *data.replicas]):
+        for l, layer in enumerate(model):
+            if sorted(layer.state) != names:
+                where = "model" if k == 0 else f"replica {k - 1}"
+                raise CheckpointError(f"checkpoint {path}: {where} layer {l} has optimizer state {sorted(layer.state)}, "
+                                      f"layer 0 has {names}")
     if len(data.replica_rng_states) != len(data.replicas):
         raise CheckpointError(f"checkpoint {path}: {len(data.replicas)} replicas but "
                               f"{len(data.replica_rng_states)} replica generator states")
@@ -207,45 +233,49 @@ def _check_partial_epoch(partial, path: Path) -> None:
         raise CheckpointError(f"checkpoint {path}: partial_epoch's random generator state is unusable ({exc})") from None
 
 
-def _read_model(f, prefix: str, n_layers: int, path: Path) -> list[LayerArrays]:
-    layers = [_read_layer(f, f"{prefix}/{l}", l, path) for l in range(n_layers)]
+def _read_model(f, prefix: str, n_layers: int, path: Path, version: int = FORMAT_VERSION) -> list[LayerArrays]:
+    layers = [_read_layer(f, f"{prefix}/{l}", l, path, version) for l in range(n_layers)]
     for l in range(1, n_layers):
         if layers[l].n_in != layers[l - 1].n_out:
             raise CheckpointError(f"checkpoint {path}: layer {l} has {layers[l].n_in} inputs but layer {l - 1} has {layers[l - 1].n_out} outputs")
     return layers
 
 
-def _read_layer(f, name: str, l: int, path: Path) -> LayerArrays:
+def _read_layer(f, name: str, l: int, path: Path, version: int = FORMAT_VERSION) -> LayerArrays:
     if name not in f:
         raise CheckpointError(f"checkpoint {path} lacks group {name!r}")
     g = f[name]
     n_in, n_out = int(g.attrs["n_in"]), int(g.attrs["n_out"])
     if n_in < 1 or n_out < 1:
         raise CheckpointError(f"checkpoint {path}: layer {l} has shape {n_in} x {n_out}")
+    if version == 1:
+        state_names = [(key, key) for key in V1_STATE]
+    else:
+        group = g["optimizer"] if "optimizer" in g else {}
+        state_names = [(key, f"optimizer/{key}") for key in group]
+    expected = dict(LAYER_ARRAYS)
+    expected.update({dataset: (np.float32, "n_out" if key.startswith("bias_") else "nnz") for key, dataset in state_names})
     arrays = {}
-    expected = {"rows": np.int32, "cols": np.int32, "values": np.float32, "velocity": np.float32,
-                "bias": np.float32, "bias_velocity": np.float32}
-    for key, dtype in expected.items():
+    for key, (dtype, _) in expected.items():
         if key not in g:
             raise CheckpointError(f"checkpoint {path}: layer {l} lacks {key!r}")
         arr = g[key][()]
         if arr.ndim != 1 or arr.dtype != dtype:
             raise CheckpointError(f"checkpoint {path}: layer {l} {key} is {arr.dtype} {arr.shape}, expected 1-D {np.dtype(dtype)}")
         arrays[key] = arr
-    nnz = arrays["values"].shape[0]
-    for key in ("rows", "cols", "velocity"):
-        if arrays[key].shape[0] != nnz:
-            raise CheckpointError(f"checkpoint {path}: layer {l} has {nnz} values but {arrays[key].shape[0]} {key}")
-    for key in ("bias", "bias_velocity"):
-        if arrays[key].shape[0] != n_out:
-            raise CheckpointError(f"checkpoint {path}: layer {l} has {n_out} outputs but {arrays[key].shape[0]} {key}")
+    lengths = {"nnz": arrays["values"].shape[0], "n_out": n_out}
+    for key, (dtype, length) in expected.items():
+        if arrays[key].shape[0] != lengths[length]:
+            raise CheckpointError(f"checkpoint {path}: layer {l} has {lengths[length]} {'values' if length == 'nnz' else 'outputs'} "
+                                  f"but {arrays[key].shape[0]} {key}")
+        if dtype == np.float32 and not np.all(np.isfinite(arrays[key])):
+            raise CheckpointError(f"checkpoint {path}: layer {l} {key} contains NaN or infinity")
     rows, cols = arrays["rows"], arrays["cols"]
+    nnz = lengths["nnz"]
     if nnz and (rows.min() < 0 or rows.max() >= n_in or cols.min() < 0 or cols.max() >= n_out):
         raise CheckpointError(f"checkpoint {path}: layer {l} holds indices outside its {n_in} x {n_out} shape")
     keys = cols.astype(np.int64) * n_in + rows
     if nnz > 1 and not np.all(keys[1:] > keys[:-1]):
         raise CheckpointError(f"checkpoint {path}: layer {l} connections are duplicated or not in output-major order")
-    for key in ("values", "bias", "velocity", "bias_velocity"):
-        if not np.all(np.isfinite(arrays[key])):
-            raise CheckpointError(f"checkpoint {path}: layer {l} {key} contains NaN or infinity")
-    return LayerArrays(n_in, n_out, **arrays)
+    state = {key: arrays.pop(dataset) for key, dataset in state_names}
+    return LayerArrays(n_in, n_out, **arrays, state=state)

@@ -202,7 +202,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """SGD with momentum and weight decay."""
+    """The optimizer (momentum SGD or Adam, whose beta1 is `momentum`) and weight decay."""
 
     epochs: int = _field(500, _Int(lo=1))
     batch_size: int = _field(128, _Int(lo=1))
@@ -210,6 +210,7 @@ class TrainConfig:
     momentum: float = _field(0.9, _Float(0, 1, hi_open=True))
     weight_decay: float = _field(0.0002, _Float(lo=0))
     weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"))  # see optim.MomentumSGD
+    optimizer: str = _field("momentum", _Choice("momentum", "adam"))  # optim.OPTIMIZERS
     eval_batch_size: int = _field(2048, _Int(lo=1))
     progress: bool = _field(True, _Bool())
 

@@ -17,6 +17,7 @@ import numpy as np
 from .config import Config, override_config
 from .errors import SparsenetError
 from .model import eval_chunk, inference_bytes_per_sample, training_workspace_bytes
+from .optim import OPTIMIZERS, MomentumSGD
 from .parallel.channel import BUFFERS as CHANNEL_BUFFERS
 from .parallel.shm import SLOTS
 from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
@@ -35,13 +36,12 @@ LARGE_PERM_EXTRA_BYTES = np.dtype(perm_dtype(2**31)).itemsize - np.dtype(perm_dt
 # Per output neuron: bias; per (neuron + 1): the out_ptr / in_ptr run pointers.
 LAYER_NEURON_ARRAYS = {"bias": np.float32}
 LAYER_POINTER_DTYPE = np.int64
-VELOCITY_DTYPE = np.float32      # optim.MomentumSGD: one per connection and per bias
 GRADIENT_DTYPE = np.float32      # SparseMLP.grads / bias_grads
 ACTIVATION_DTYPE = np.float32
 
 LAYER_BYTES_PER_CONNECTION = sum(np.dtype(d).itemsize for d in LAYER_CONNECTION_ARRAYS.values())
-BYTES_PER_CONNECTION = (LAYER_BYTES_PER_CONNECTION + np.dtype(VELOCITY_DTYPE).itemsize
-                        + np.dtype(GRADIENT_DTYPE).itemsize)  # 28
+BYTES_PER_CONNECTION = (LAYER_BYTES_PER_CONNECTION + MomentumSGD.bytes_per_parameter()
+                        + np.dtype(GRADIENT_DTYPE).itemsize)  # 28 with momentum SGD
 
 # SparseMLP training workspace, per neuron and sample: activations (every layer), grad factor
 # f'(z) * dropout (every layer but the output) and deltas (every layer). One allocation for the
@@ -288,8 +288,9 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     per_neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values()) + 2 * np.dtype(LAYER_POINTER_DTYPE).itemsize
     model = Item("model weights + indices", model_bytes(sizes, nnz),
                  f"{sum(nnz):,} connections x {LAYER_BYTES_PER_CONNECTION} B + ~{per_neuron} B per neuron")
-    velocity = Item("optimizer velocity", state_bytes(sizes, nnz, VELOCITY_DTYPE),
-                    f"x {np.dtype(VELOCITY_DTYPE).itemsize} B")
+    per_parameter = OPTIMIZERS[cfg.train.optimizer].bytes_per_parameter()
+    velocity = Item("optimizer state", (sum(nnz) + sum(sizes[1:])) * per_parameter,
+                    f"{cfg.train.optimizer}: x {per_parameter} B")
     grads = Item("gradients", state_bytes(sizes, nnz, GRADIENT_DTYPE), f"x {np.dtype(GRADIENT_DTYPE).itemsize} B")
     transient = _transient(cfg, sizes, nnz)
     overhead = Item("interpreter + numba", INTERPRETER_BYTES)

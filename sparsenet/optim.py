@@ -1,6 +1,15 @@
-"""Momentum SGD with weight decay on the non-zeros only; its state follows topology changes."""
+"""Optimizers on the non-zeros only (momentum SGD, Adam); each owns its named state, which follows topology changes.
+
+State: per layer, one float32 array per name in STATE with one value per connection, and one named
+"bias_<name>" with one value per output neuron; plus JSON scalars (Adam's step count). Everything
+else (checkpoints, the parallel trainer's bundles, the memory planner) asks for these by name:
+`layer_state`, `load_state`, `scalars`, `bytes_per_parameter`. Adding an optimizer is a class here
+and one entry in OPTIMIZERS (plus its name in config's train.optimizer choice).
+"""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit, prange
@@ -9,24 +18,22 @@ from .model import SparseMLP
 
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+STATE_DTYPE = np.float32
 
 
-@njit(parallel=True, fastmath=True, cache=True)
-def _momentum_coupled_at(values, velocity, index, grad, lr, momentum, weight_decay):
-    for n in prange(index.shape[0]):
-        k = index[n]
-        v = momentum * velocity[k] - lr * (grad[n] + weight_decay * values[k])
-        velocity[k] = v
-        values[k] += v
-
+# ---------------------------------------------------------------- momentum kernels
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _momentum_decoupled_at(values, velocity, index, grad, lr, momentum, weight_decay):
+def _momentum_at(values, velocity, index, grad, lr, momentum, weight_decay, decoupled):
     for n in prange(index.shape[0]):
         k = index[n]
-        v = momentum * velocity[k] - lr * grad[n]
+        if decoupled:
+            v = momentum * velocity[k] - lr * grad[n]
+            values[k] += v - weight_decay * values[k]
+        else:
+            v = momentum * velocity[k] - lr * (grad[n] + weight_decay * values[k])
+            values[k] += v
         velocity[k] = v
-        values[k] += v - weight_decay * values[k]
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -51,6 +58,45 @@ def _momentum_all(values, velocity, grad, out, lr, momentum, weight_decay, decou
         _momentum_into(values[j], velocity[j], grad[j], out[j], lr, momentum, weight_decay, decoupled)
 
 
+# ---------------------------------------------------------------- Adam kernels
+
+@njit(inline="always")
+def _adam_one(w, g, m, v, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
+    """(new w, new m, new v) of one parameter; c1, c2 = 1 - b1**t, 1 - b2**t."""
+    if not decoupled:
+        g = g + weight_decay * w
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    new = w - lr * (m / c1) / (math.sqrt(v / c2) + eps)
+    if decoupled:
+        new -= weight_decay * w
+    return new, m, v
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _adam_at(values, m, v, index, grad, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
+    for n in prange(index.shape[0]):
+        k = index[n]
+        values[k], m[k], v[k] = _adam_one(values[k], grad[n], m[k], v[k], lr, b1, b2, eps, c1, c2,
+                                          weight_decay, decoupled)
+
+
+@njit(parallel=True, fastmath=True, cache=True)
+def _adam_into(values, m, v, grad, out, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
+    for k in prange(values.shape[0]):
+        new, m[k], v[k] = _adam_one(values[k], grad[k], m[k], v[k], lr, b1, b2, eps, c1, c2, weight_decay, decoupled)
+        values[k] = new
+        out[k] = new
+
+
+@njit(cache=True)
+def _adam_all(values, m, v, grad, out, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
+    for j in range(len(values)):
+        _adam_into(values[j], m[j], v[j], grad[j], out[j], lr, b1, b2, eps, c1, c2, weight_decay, decoupled)
+
+
+# ---------------------------------------------------------------- the optimizers
+
 def _kernel_ready(a: np.ndarray) -> bool:
     """True if `a` is the one array type the fused kernel is compiled for (float32, C order, aligned, writable)."""
     return a.dtype == np.float32 and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
@@ -65,30 +111,80 @@ def _updatable(arrays, what: str) -> tuple[np.ndarray, ...]:
     return tuple(arrays)
 
 
-class MomentumSGD:
-    """coupled: v <- momentum * v - lr * (g + weight_decay * w);  w <- w + v  (the usual L2 form).
+class Optimizer:
+    """Base: named per-layer state arrays (see the module docstring) and the update entry points.
 
-    decoupled: v <- momentum * v - lr * g;  w <- w + v - weight_decay * w, the papers' code, whose
-    decay is 1/lr times stronger. Biases are updated the same way as weights.
+    Subclasses set `name`, STATE and implement _fused (every weight and bias array at once) and
+    _indexed (the entries `index` of one array).
     """
 
-    def __init__(self, model: SparseMLP, lr: float, momentum: float, weight_decay: float,
-                 weight_decay_mode: str = "coupled"):
+    name = ""
+    STATE: tuple[str, ...] = ()
+
+    def __init__(self, model: SparseMLP, lr: float, weight_decay: float, weight_decay_mode: str = "coupled"):
         if weight_decay_mode not in WEIGHT_DECAY_MODES:
             raise ValueError(f"weight_decay_mode must be one of {', '.join(WEIGHT_DECAY_MODES)}, got {weight_decay_mode!r}")
         self.lr = float(lr)
-        self.momentum = float(momentum)
         self.weight_decay = float(weight_decay)
         self.weight_decay_mode = weight_decay_mode
-        self.velocities = [np.zeros(layer.nnz, dtype=np.float32) for layer in model.layers]
-        self.bias_velocities = [np.zeros(layer.n_out, dtype=np.float32) for layer in model.layers]
+        self.state: dict[str, list[np.ndarray]] = {}
+        for name in self.STATE:
+            self.state[name] = [np.zeros(layer.nnz, dtype=STATE_DTYPE) for layer in model.layers]
+            self.state["bias_" + name] = [np.zeros(layer.n_out, dtype=STATE_DTYPE) for layer in model.layers]
+
+    # -- what others ask for
+
+    @classmethod
+    def state_names(cls) -> list[str]:
+        """Names of a layer's state arrays: per connection first, then the "bias_" ones (per output neuron)."""
+        return [*cls.STATE, *("bias_" + n for n in cls.STATE)]
+
+    @classmethod
+    def bytes_per_parameter(cls) -> int:
+        """State bytes per connection (and per bias)."""
+        return len(cls.STATE) * np.dtype(STATE_DTYPE).itemsize
+
+    def layer_state(self, l: int) -> dict[str, np.ndarray]:
+        return {name: self.state[name][l] for name in self.state_names()}
+
+    def scalars(self) -> dict:
+        """JSON-able state beyond the arrays (e.g. a step count)."""
+        return {}
+
+    def load_state(self, layers: list[dict[str, np.ndarray]], scalars: dict | None = None) -> None:
+        """Adopt per-layer named state arrays (as layer_state returns them) and scalars; checks names and lengths."""
+        if len(layers) != len(self.state[self.STATE[0]]):
+            raise ValueError(f"optimizer state for {len(layers)} layers, the model has {len(self.state[self.STATE[0]])}")
+        for l, arrays in enumerate(layers):
+            if sorted(arrays) != sorted(self.state_names()):
+                raise ValueError(f"{self.name} state needs arrays {', '.join(self.state_names())}, got {', '.join(arrays)}")
+            for name, a in arrays.items():
+                like = self.state[name][l]
+                if a.shape != like.shape:
+                    raise ValueError(f"layer {l} {self.name} state {name} has shape {a.shape}, expected {like.shape}")
+                self.state[name][l] = np.array(a, dtype=STATE_DTYPE, order="C")
+
+    # -- topology changes
+
+    def follow_topology(self, layer_index: int, source: np.ndarray) -> None:
+        """Realign a layer's state: new connection k takes old state[source[k]], or 0 where source is -1."""
+        for name in self.STATE:
+            self.state[name][layer_index] = realign(self.state[name][layer_index], source)
+
+    def follow_neurons(self, layer_index: int, keep: np.ndarray) -> None:
+        """Drop the bias state of the output neurons of a layer that `keep` (bool, old n_out) removes."""
+        for name in self.STATE:
+            arrays = self.state["bias_" + name]
+            arrays[layer_index] = np.ascontiguousarray(arrays[layer_index][keep])
+
+    # -- updates
 
     def step(self, model: SparseMLP, grads: list[np.ndarray], bias_grads: list[np.ndarray],
              lr: float | None = None, out: list[np.ndarray] | None = None) -> None:
         """Apply one update of every layer from its weight and bias gradients, in one kernel call.
 
         out: optional arrays [weights of every layer..., biases of every layer...] that also receive
-        the new values (the parameter server writes its reply into a worker's channel this way).
+        the new values (the parameter server writes a worker's reply this way).
         """
         lr = np.float32(self.lr if lr is None else lr)
         for l, layer in enumerate(model.layers):
@@ -101,52 +197,127 @@ class MomentumSGD:
         elif len(out) != len(values) or any(o.shape != v.shape for o, v in zip(out, values)):
             raise ValueError(f"out must hold {len(values)} arrays shaped like the weights then the biases")
         gradients = tuple(g if _kernel_ready(g) else np.array(g, dtype=np.float32) for g in [*grads, *bias_grads])
-        velocities = _updatable(self.velocities + self.bias_velocities, "optimizer velocities")
-        _momentum_all(values, velocities, gradients,
-                      _updatable(out, "out"), lr, np.float32(self.momentum), np.float32(self.weight_decay),
-                      self.weight_decay_mode == "decoupled")
+        states = tuple(_updatable(self.state[n] + self.state["bias_" + n], f"{self.name} state") for n in self.STATE)
+        self._begin_step()
+        self._fused(values, states, gradients, _updatable(out, "out"), lr)
 
-    def step_at(self, model: SparseMLP, layer_index: int, index: np.ndarray, grad: np.ndarray,
-                lr: float | None = None) -> None:
-        """Update only the connections `index` (int64) of one layer with gradients `grad` (same length)."""
-        if index.shape != grad.shape:
-            raise ValueError(f"{index.shape[0]} indices for {grad.shape[0]} gradient values")
-        nnz = model.layers[layer_index].nnz
-        if index.shape[0] and (index.min() < 0 or index.max() >= nnz):
-            raise ValueError(f"connection indices outside layer {layer_index} of {nnz} connections")
+    def step_partial(self, model: SparseMLP, grads: list[np.ndarray], bias_grads: list[np.ndarray],
+                     where: list[np.ndarray | None], bias_where: list[np.ndarray | None], lr: float | None = None) -> None:
+        """One update in which layer l's weight gradient grads[l] applies to its connections where[l]
+        (int64, same length; None = all) and its bias gradient to the neurons bias_where[l]."""
         lr = np.float32(self.lr if lr is None else lr)
-        kernel = _momentum_coupled_at if self.weight_decay_mode == "coupled" else _momentum_decoupled_at
-        kernel(model.layers[layer_index].values, self.velocities[layer_index], index,
-               np.ascontiguousarray(grad, dtype=np.float32), lr, np.float32(self.momentum), np.float32(self.weight_decay))
+        targets = []
+        for l, layer in enumerate(model.layers):
+            for array, index, grad, n, what in ((layer.values, where[l], grads[l], layer.nnz, "connection"),
+                                               (layer.bias, bias_where[l], bias_grads[l], layer.n_out, "neuron")):
+                if index is None:
+                    index = np.arange(n, dtype=np.int64)
+                if index.shape != grad.shape:
+                    raise ValueError(f"{index.shape[0]} {what} indices for {grad.shape[0]} gradient values")
+                if index.shape[0] and (index.min() < 0 or index.max() >= n):
+                    raise ValueError(f"{what} indices outside layer {l} of {n}")
+                prefix = "" if what == "connection" else "bias_"
+                states = tuple(self.state[prefix + name][l] for name in self.STATE)
+                targets.append((array, states, index, np.ascontiguousarray(grad, dtype=np.float32)))
+        self._begin_step()
+        for array, states, index, grad in targets:
+            self._indexed(array, states, index, grad, lr)
 
-    def step_bias(self, model: SparseMLP, layer_index: int, bias_grad: np.ndarray, lr: float | None = None) -> None:
-        """Update one layer's biases."""
-        _check_gradient(bias_grad, model.layers[layer_index].n_out, f"layer {layer_index} bias")
-        lr = np.float32(self.lr if lr is None else lr)
-        bias = model.layers[layer_index].bias
-        _momentum_into(bias, self.bias_velocities[layer_index], bias_grad, bias, lr, np.float32(self.momentum),
-                       np.float32(self.weight_decay), self.weight_decay_mode == "decoupled")
+    def _begin_step(self) -> None:
+        pass
 
-    def step_bias_at(self, model: SparseMLP, layer_index: int, index: np.ndarray, bias_grad: np.ndarray,
-                     lr: float | None = None) -> None:
-        """Update only the biases `index` (int64) of one layer with gradients `bias_grad` (same length)."""
-        layer = model.layers[layer_index]
-        if index.shape != bias_grad.shape:
-            raise ValueError(f"{index.shape[0]} indices for {bias_grad.shape[0]} bias gradient values")
-        if index.shape[0] and (index.min() < 0 or index.max() >= layer.n_out):
-            raise ValueError(f"neuron indices outside layer {layer_index} of {layer.n_out} outputs")
-        lr = np.float32(self.lr if lr is None else lr)
-        kernel = _momentum_coupled_at if self.weight_decay_mode == "coupled" else _momentum_decoupled_at
-        kernel(layer.bias, self.bias_velocities[layer_index], index, np.ascontiguousarray(bias_grad, dtype=np.float32),
-               lr, np.float32(self.momentum), np.float32(self.weight_decay))
+    def _fused(self, values, states, grads, out, lr) -> None:
+        raise NotImplementedError
 
-    def follow_topology(self, layer_index: int, source: np.ndarray) -> None:
-        """Realign a layer's state: new connection k takes old state[source[k]], or 0 where source is -1."""
-        self.velocities[layer_index] = realign(self.velocities[layer_index], source)
+    def _indexed(self, values, states, index, grad, lr) -> None:
+        raise NotImplementedError
 
-    def follow_neurons(self, layer_index: int, keep: np.ndarray) -> None:
-        """Drop the bias state of the output neurons of a layer that `keep` (bool, old n_out) removes."""
-        self.bias_velocities[layer_index] = np.ascontiguousarray(self.bias_velocities[layer_index][keep])
+
+class MomentumSGD(Optimizer):
+    """coupled: v <- momentum * v - lr * (g + weight_decay * w);  w <- w + v  (the usual L2 form).
+
+    decoupled: v <- momentum * v - lr * g;  w <- w + v - weight_decay * w, the papers' code, whose
+    decay is 1/lr times stronger. Biases are updated the same way as weights.
+    """
+
+    name = "momentum"
+    STATE = ("velocity",)
+
+    def __init__(self, model: SparseMLP, lr: float, momentum: float, weight_decay: float,
+                 weight_decay_mode: str = "coupled"):
+        super().__init__(model, lr, weight_decay, weight_decay_mode)
+        self.momentum = float(momentum)
+
+    @property
+    def velocities(self) -> list[np.ndarray]:
+        return self.state["velocity"]
+
+    @property
+    def bias_velocities(self) -> list[np.ndarray]:
+        return self.state["bias_velocity"]
+
+    def _hyper(self):
+        return np.float32(self.momentum), np.float32(self.weight_decay), self.weight_decay_mode == "decoupled"
+
+    def _fused(self, values, states, grads, out, lr) -> None:
+        _momentum_all(values, states[0], grads, out, lr, *self._hyper())
+
+    def _indexed(self, values, states, index, grad, lr) -> None:
+        _momentum_at(values, states[0], index, grad, lr, *self._hyper())
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba) on the non-zeros, with bias correction by the global step count t:
+
+    g' = g + weight_decay * w (coupled) or g (decoupled); m <- b1 m + (1 - b1) g'; v <- b2 v + (1 - b2) g'^2;
+    w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps), then - weight_decay * w if decoupled.
+    b1 is train.momentum; b2 = BETA2, eps = EPS. A connection that SET or pruning creates starts with
+    m = v = 0, as if it had always had a zero gradient.
+    """
+
+    name = "adam"
+    STATE = ("m", "v")
+    BETA2 = 0.999
+    EPS = 1e-8
+
+    def __init__(self, model: SparseMLP, lr: float, momentum: float, weight_decay: float,
+                 weight_decay_mode: str = "coupled"):
+        super().__init__(model, lr, weight_decay, weight_decay_mode)
+        self.beta1 = float(momentum)
+        self.t = 0
+
+    def scalars(self) -> dict:
+        return {"step": self.t}
+
+    def load_state(self, layers, scalars=None) -> None:
+        super().load_state(layers, scalars)
+        step = (scalars or {}).get("step", 0)
+        if not isinstance(step, int) or step < 0:
+            raise ValueError(f"adam step count must be an integer >= 0, got {step!r}")
+        self.t = step
+
+    def _begin_step(self) -> None:
+        self.t += 1
+
+    def _hyper(self):
+        b1, b2 = self.beta1, self.BETA2
+        return (np.float32(b1), np.float32(b2), np.float32(self.EPS), np.float32(1 - b1 ** self.t),
+                np.float32(1 - b2 ** self.t), np.float32(self.weight_decay), self.weight_decay_mode == "decoupled")
+
+    def _fused(self, values, states, grads, out, lr) -> None:
+        _adam_all(values, states[0], states[1], grads, out, lr, *self._hyper())
+
+    def _indexed(self, values, states, index, grad, lr) -> None:
+        _adam_at(values, states[0], states[1], index, grad, lr, *self._hyper())
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"momentum": MomentumSGD, "adam": Adam}
+
+
+def make_optimizer(cfg, model: SparseMLP) -> Optimizer:
+    """The optimizer cfg.train.optimizer names (cfg: a config.Config), with fresh zero state for `model`."""
+    t = cfg.train
+    return OPTIMIZERS[t.optimizer](model, t.lr, t.momentum, t.weight_decay, t.weight_decay_mode)
 
 
 def realign(state: np.ndarray, source: np.ndarray) -> np.ndarray:

@@ -14,12 +14,12 @@ from . import checkpoint as ckpt
 from .config import Config, config_from_yaml, config_to_dict, config_to_yaml, dump_config
 from .cpus import usable_cpus
 from .data import Dataset, load_dataset
-from .errors import ConfigError, DivergedError
+from .errors import CheckpointError, ConfigError, DivergedError
 from .evolution import prune_and_regrow
 from .fileio import clean_stale_temporaries, make_folder
 from .metrics import ProgressBar, append_metrics, log, peak_rss_mb, write_metrics
 from .model import SparseMLP
-from .optim import MomentumSGD
+from .optim import Optimizer, make_optimizer
 from .pruning import NeuronRemoval, pruning_due, remove_neurons, select_by_importance, select_npset
 from .signals import StopRequest
 from .sparse import kernels
@@ -34,7 +34,7 @@ class TrainingState:
     """What a run carries from epoch to epoch; `epoch` counts completed epochs."""
 
     model: SparseMLP
-    optimizer: MomentumSGD
+    optimizer: Optimizer
     rng: np.random.Generator
     epoch: int
     history: list[dict]
@@ -58,17 +58,34 @@ def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
     m = cfg.model
     model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
                                  activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
-    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay, cfg.train.weight_decay_mode)
-    return TrainingState(model, optimizer, rng, 0, [])
+    return TrainingState(model, make_optimizer(cfg, model), rng, 0, [])
 
 
 def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
     model, opt = state.model, state.optimizer
-    layers = [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
-                               opt.velocities[l], opt.bias_velocities[l]) for l, layer in enumerate(model.layers)]
-    return ckpt.CheckpointData(layers, model.slopes, model.dropout, model.output, state.epoch,
+    return ckpt.CheckpointData(layers_to_checkpoint(model, opt), model.slopes, model.dropout, model.output, state.epoch,
                                state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
-                               partial_epoch=state.partial)
+                               optimizer=opt.name, optimizer_scalars=opt.scalars(), partial_epoch=state.partial)
+
+
+def layers_to_checkpoint(model: SparseMLP, opt: Optimizer) -> list[ckpt.LayerArrays]:
+    """Every layer's arrays with the optimizer's named state, as the checkpoint stores them."""
+    return [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
+                             opt.layer_state(l)) for l, layer in enumerate(model.layers)]
+
+
+def optimizer_from_checkpoint(cfg: Config, model: SparseMLP, layers: list[ckpt.LayerArrays], name: str,
+                              scalars: dict) -> Optimizer:
+    """cfg's optimizer for `model`, holding the state stored with `layers` (which must be of the same optimizer)."""
+    optimizer = make_optimizer(cfg, model)
+    if name != optimizer.name:
+        raise ConfigError(f"cannot resume: the checkpoint holds {name} optimizer state but train.optimizer is "
+                          f"{optimizer.name}; resume with --set train.optimizer={name}")
+    try:
+        optimizer.load_state([a.state for a in layers], scalars)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume: the checkpoint's optimizer state does not fit: {exc}") from None
+    return optimizer
 
 
 def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
@@ -78,9 +95,7 @@ def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
 
 def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingState:
     model = model_from_checkpoint(data)
-    optimizer = MomentumSGD(model, cfg.train.lr, cfg.train.momentum, cfg.train.weight_decay, cfg.train.weight_decay_mode)
-    optimizer.velocities = [a.velocity for a in data.layers]
-    optimizer.bias_velocities = [a.bias_velocity for a in data.layers]
+    optimizer = optimizer_from_checkpoint(cfg, model, data.layers, data.optimizer, data.optimizer_scalars)
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
     return TrainingState(model, optimizer, rng, data.epoch, list(data.history), partial=data.partial_epoch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..checkpoint import LayerArrays
 from ..model import SparseMLP
 from ..sparse.layer import SparseLayer
 
@@ -51,12 +52,21 @@ def layers_from_topology(arrays: list[np.ndarray], sizes: list[int]) -> list[Spa
     return [SparseLayer(sizes[l], sizes[l + 1], *arrays[4 * l:4 * l + 4]) for l in range(len(sizes) - 1)]
 
 
-def state_arrays(model: SparseMLP, velocities: list[np.ndarray], bias_velocities: list[np.ndarray]) -> list[np.ndarray]:
-    """A model with its optimizer state: topology arrays, then velocities, then bias velocities."""
-    return topology_arrays(model) + list(velocities) + list(bias_velocities)
+def replica_arrays(layers: list[LayerArrays]) -> list[np.ndarray]:
+    """A model with its optimizer state (as the checkpoint holds it): per layer rows, cols, values, bias,
+    then its state arrays in sorted name order (state_names)."""
+    names = state_names(layers)
+    return [a for la in layers for a in (la.rows, la.cols, la.values, la.bias, *(la.state[n] for n in names))]
 
 
-def split_state(arrays: list[np.ndarray], n_layers: int) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    topo = arrays[:4 * n_layers]
-    velocities, bias_velocities = split_pairs(arrays[4 * n_layers:], n_layers)
-    return topo, velocities, bias_velocities
+def state_names(layers: list[LayerArrays]) -> list[str]:
+    return sorted(layers[0].state)
+
+
+def replica_layers(arrays: list[np.ndarray], sizes: list[int], names: list[str]) -> list[LayerArrays]:
+    """The layers replica_arrays sent, for layer widths `sizes` and state `names`."""
+    per, n_layers = 4 + len(names), len(sizes) - 1
+    if len(arrays) != per * n_layers:
+        raise ValueError(f"expected {per * n_layers} replica arrays, got {len(arrays)}")
+    return [LayerArrays(sizes[l], sizes[l + 1], *arrays[per * l:per * l + 4], dict(zip(names, arrays[per * l + 4:per * (l + 1)])))
+            for l in range(n_layers)]

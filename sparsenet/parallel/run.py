@@ -153,7 +153,8 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
             if len(saved.replicas) != transport.size - 1:
                 raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "
                                      f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
-            replicas = [_Replica(r, s) for r, s in zip(saved.replicas, saved.replica_rng_states)]
+            replicas = [_Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
+                                                  saved.replica_optimizer_scalars)]
         log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
     else:
         state = new_state(cfg, data.n_features, data.n_classes)

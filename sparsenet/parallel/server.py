@@ -20,10 +20,11 @@ from ..config import Config
 from ..data import Dataset
 from ..metrics import ProgressBar, append_metrics, log, peak_rss_mb
 from ..model import training_workspace_bytes
-from ..optim import MomentumSGD
+from ..optim import make_optimizer
+from ..sparse.layer import SparseLayer
 from ..signals import StopRequest
-from ..train import (TrainingState, between_epochs, check_finite, prune_neurons, state_to_checkpoint, stop_message,
-                     summarize)
+from ..train import (TrainingState, between_epochs, check_finite, layers_to_checkpoint, prune_neurons,
+                     state_to_checkpoint, stop_message, summarize)
 from . import bundles
 from .averaging import average_replicas
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
@@ -156,7 +157,7 @@ class ParameterServer:
         return connections, biases
 
     def apply(self, gradients: list[np.ndarray], version: int, lr: float, out: list[np.ndarray] | None = None) -> None:
-        """One momentum-SGD update from weight and bias gradients computed on topology `version`.
+        """One optimizer update from weight and bias gradients computed on topology `version`.
 
         out: arrays [weights..., biases...] that also receive the new values (a reply's channel buffer).
         """
@@ -167,15 +168,13 @@ class ParameterServer:
             return
         self.counters["stale"] += 1
         connections, biases = self._carry_over(version)
-        for l in range(len(model.layers)):
-            if connections[l] is None:
-                opt.step_at(model, l, np.arange(model.layers[l].nnz, dtype=np.int64), grads[l], lr)
-            else:
-                opt.step_at(model, l, *retain_valid(connections[l], grads[l]), lr)
-            if biases[l] is None:
-                opt.step_bias(model, l, bias_grads[l], lr)
-            else:
-                opt.step_bias_at(model, l, *retain_valid(biases[l], bias_grads[l]), lr)
+        where, bias_where = [None] * len(grads), [None] * len(grads)
+        for l, (carry, bias_carry) in enumerate(zip(connections, biases)):
+            if carry is not None:
+                where[l], grads[l] = retain_valid(carry, grads[l])
+            if bias_carry is not None:
+                bias_where[l], bias_grads[l] = retain_valid(bias_carry, bias_grads[l])
+        opt.step_partial(model, grads, bias_grads, where, bias_where, lr)
         for target, values in zip(out or [], bundles.values_arrays(model)):
             np.copyto(target, values)
 
@@ -313,19 +312,17 @@ class ParameterServer:
         start = self.state.epoch
         # Neurons pruned at this boundary: the server's model now; the replicas of a resumed run by the workers.
         keep = self._prune_phase2()
+        opt = self.state.optimizer
         for i, k in enumerate(self.workers):
-            meta = {"start_epoch": start, "rng_state": None}
-            if self.saved_replicas:  # resumed in phase 2: every worker gets its own replica back
-                saved = self.saved_replicas[i]
-                arrays = [a for la in saved.layers for a in (la.rows, la.cols, la.values, la.bias)]
-                arrays += [la.velocity for la in saved.layers] + [la.bias_velocity for la in saved.layers]
-                meta.update(rng_state=saved.rng_state, sizes=[saved.layers[0].n_in] + [la.n_out for la in saved.layers],
-                            prune=len(keep))
-                arrays += keep
-            else:
-                opt = self.state.optimizer
-                arrays = bundles.state_arrays(model, opt.velocities, opt.bias_velocities)
-                meta.update(sizes=model.sizes, prune=0)
+            # resumed in phase 2: every worker gets its own replica back; else the server's model
+            replica = self.saved_replicas[i] if self.saved_replicas else _Replica(layers_to_checkpoint(model, opt), None,
+                                                                                   opt.scalars())
+            layers = replica.layers
+            masks = keep if self.saved_replicas else []
+            meta = {"start_epoch": start, "rng_state": replica.rng_state, "prune": len(masks),
+                    "sizes": [layers[0].n_in] + [la.n_out for la in layers], "state": bundles.state_names(layers),
+                    "optimizer_scalars": replica.scalars}
+            arrays = bundles.replica_arrays(layers) + list(masks)
             self.finish_reply(k)
             self.transport.send_bundle(k, TAG_PHASE2, meta, arrays)
         while self.state.epoch < cfg.train.epochs:
@@ -333,18 +330,17 @@ class ParameterServer:
             last = self.state.history[-1] if self.state.history else {}
             with self.transport.patience(2 * last.get("train_seconds", 0.0)):  # workers train an epoch alone
                 msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.workers]
-            sizes = model.sizes
             targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
-            replicas = [new_model(cfg, sizes, bundles.split_state(m.arrays, len(sizes) - 1)[0]) for m in msgs]
-            self.state.model.layers = average_replicas([r.layers for r in replicas], targets)
+            self.saved_replicas = [_replica_checkpoint(m, model.sizes) for m in msgs]
+            self.state.model.layers = average_replicas(
+                [[SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias) for a in r.layers]
+                 for r in self.saved_replicas], targets)
             self.state.model.topology_changed()
-            self.state.optimizer = MomentumSGD(self.state.model, cfg.train.lr, cfg.train.momentum,
-                                               cfg.train.weight_decay, cfg.train.weight_decay_mode)
+            self.state.optimizer = make_optimizer(cfg, self.state.model)
             self.version += 1
             self.counters.update(samples=self.data.x_train.shape[0], stale=0, updates=0,
                                  loss=sum(m.meta["train_loss"] * _shard_size(self, m.source) for m in msgs),
                                  correct=round(sum(m.meta["train_accuracy"] * _shard_size(self, m.source) for m in msgs)))
-            self.saved_replicas = [_replica_checkpoint(m, sizes) for m in msgs]
             self.end_epoch(epoch, train_seconds=max(m.meta["train_seconds"] for m in msgs),
                            evolution_seconds=max(m.meta["evolution_seconds"] for m in msgs), phase=2)
             if self.stop or self.state.epoch >= cfg.train.epochs:
@@ -410,6 +406,7 @@ class ParameterServer:
         if self.phase == 2 and self.saved_replicas:
             data.replicas = [r.layers for r in self.saved_replicas]
             data.replica_rng_states = [r.rng_state for r in self.saved_replicas]
+            data.replica_optimizer_scalars = [r.scalars for r in self.saved_replicas]
         ckpt.save_checkpoint(self.out / "checkpoint.h5", data)
 
     def run(self) -> TrainingState:
@@ -466,15 +463,15 @@ class _Incoming:
         return cls(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]), msg.arrays)
 
 
+@dataclass
 class _Replica:
-    """A worker's phase-2 model as the checkpoint stores it."""
+    """A worker's phase-2 model as the checkpoint stores it (rng_state None: the worker seeds its own)."""
 
-    def __init__(self, layers: list[ckpt.LayerArrays], rng_state: dict):
-        self.layers, self.rng_state = layers, rng_state
+    layers: list[ckpt.LayerArrays]
+    rng_state: dict | None
+    scalars: dict
 
 
 def _replica_checkpoint(msg, sizes: list[int]) -> _Replica:
-    topology, velocities, bias_velocities = bundles.split_state(msg.arrays, len(sizes) - 1)
-    layers = [ckpt.LayerArrays(sizes[l], sizes[l + 1], *topology[4 * l:4 * l + 4], velocities[l], bias_velocities[l])
-              for l in range(len(sizes) - 1)]
-    return _Replica(layers, msg.meta["rng_state"])
+    m = msg.meta
+    return _Replica(bundles.replica_layers(msg.arrays, sizes, m["state"]), m["rng_state"], m["optimizer_scalars"])

@@ -12,8 +12,8 @@ from ..activations import hidden_slopes
 from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
-from ..optim import MomentumSGD
-from ..train import TrainingState, apply_neuron_removal, compute_gradients, evolve, train_epoch
+from ..train import (TrainingState, apply_neuron_removal, compute_gradients, evolve, layers_to_checkpoint,
+                     optimizer_from_checkpoint, train_epoch)
 from . import bundles
 from .channel import Channel, load_kernels as channel_kernels
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
@@ -178,12 +178,9 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     """
     sizes = msg.meta["sizes"]
     n_masks = int(msg.meta["prune"])
-    state_arrays = msg.arrays[:len(msg.arrays) - n_masks]
-    topology, velocities, bias_velocities = bundles.split_state(state_arrays, len(sizes) - 1)
-    model = new_model(cfg, sizes, topology)
-    t = cfg.train
-    optimizer = MomentumSGD(model, t.lr, t.momentum, t.weight_decay, t.weight_decay_mode)
-    optimizer.velocities, optimizer.bias_velocities = list(velocities), list(bias_velocities)
+    layers = bundles.replica_layers(msg.arrays[:len(msg.arrays) - n_masks], sizes, msg.meta["state"])
+    model = new_model(cfg, sizes, [a for la in layers for a in (la.rows, la.cols, la.values, la.bias)])
+    optimizer = optimizer_from_checkpoint(cfg, model, layers, cfg.train.optimizer, msg.meta["optimizer_scalars"])
     rng = np.random.default_rng([cfg.seed, transport.rank, 2, int(msg.meta["start_epoch"])])
     if msg.meta.get("rng_state"):
         rng.bit_generator.state = msg.meta["rng_state"]
@@ -196,12 +193,14 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
         if epoch > 1:
             evolve(state, cfg)
         t1 = time.perf_counter()
-        loss, accuracy = train_epoch(state, x, y, t.batch_size)
+        loss, accuracy = train_epoch(state, x, y, cfg.train.batch_size)
         t2 = time.perf_counter()
         state.epoch = epoch
+        layers = layers_to_checkpoint(state.model, state.optimizer)
         meta = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
-                "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state}
-        transport.send_bundle(0, TAG_REPLICA, meta, bundles.state_arrays(model, optimizer.velocities, optimizer.bias_velocities))
+                "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state,
+                "state": bundles.state_names(layers), "optimizer_scalars": state.optimizer.scalars()}
+        transport.send_bundle(0, TAG_REPLICA, meta, bundles.replica_arrays(layers))
         with transport.patience(2 * (t2 - t0)):  # the slowest worker may still be training its epoch
             reply = transport.recv_bundle(source=0)
         if reply.tag == TAG_STOP:

@@ -297,3 +297,20 @@ def test_sigusr1_during_startup_stops_every_rank_with_75_and_resume_starts_fresh
     for x, y in zip(checkpoint_arrays(tmp_path / "straight" / "checkpoint.h5"),
                     checkpoint_arrays(tmp_path / "stopped" / "checkpoint.h5")):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("algorithm", ["wasap", "wassp"])
+def test_adam_trains_in_both_phases_and_its_step_count_travels_with_the_state(tmp_path, algorithm):
+    proc = train(3, tmp_path, f"parallel.algorithm={algorithm}", "train.optimizer=adam", "train.lr=0.003",
+                 "train.epochs=3", "parallel.phase1_epochs=2")
+    assert proc.returncode == 0, proc.stderr
+    data = load_checkpoint(tmp_path / "checkpoint.h5")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert data.optimizer == "adam" and data.phase == 2 and sorted(data.replicas[0][0].state) == ["bias_m", "bias_v", "m", "v"]
+    # each replica starts from the server's state after phase 1 (one step per update: per gradient in
+    # wasap, per round of 2 gradients in wassp) and takes one step per batch of its 315-sample shard
+    # (630 training samples, 2 workers, batches of 16)
+    phase1_steps = sum(r["updates"] for r in rows if r["phase"] == 1) // (2 if algorithm == "wassp" else 1)
+    assert phase1_steps > 0
+    assert [s["step"] for s in data.replica_optimizer_scalars] == [phase1_steps + 20] * 2
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"]

@@ -93,7 +93,7 @@ def test_empty_file_and_empty_section(tmp_path):
 def test_unknown_keys():
     message = error_of(["train.epoch=10"])
     assert message == ("unknown config key 'train.epoch'; valid keys in 'train': batch_size, "
-                       "epochs, eval_batch_size, lr, momentum, progress, weight_decay, weight_decay_mode")
+                       "epochs, eval_batch_size, lr, momentum, optimizer, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
     assert "checkpoint, data, debug, evolution, memory_limit_gb, model, parallel, pruning, seed, threads, train" in message

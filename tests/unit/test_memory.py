@@ -49,7 +49,8 @@ def test_byte_counts_match_what_a_trained_model_allocates():
     sizes, nnz = model.sizes, model.nnz
 
     assert sum(a.nbytes for layer in model.layers for a in _arrays(layer)) == model_bytes(sizes, nnz)
-    assert sum(a.nbytes for a in opt.velocities + opt.bias_velocities) == state_bytes(sizes, nnz, np.float32)
+    state_arrays = [a for arrays in opt.state.values() for a in arrays]
+    assert sum(a.nbytes for a in state_arrays) == state_bytes(sizes, nnz, np.float32)
     assert sum(a.nbytes for a in model.grads + model.bias_grads) == state_bytes(sizes, nnz, np.float32)
     # 175 train samples in batches of 16 and a last one of 15, 75 test samples in chunks of 16 and
     # a last one of 11: views into one allocation for 16
@@ -71,8 +72,8 @@ def test_byte_counts_match_what_a_trained_model_allocates():
     for planned, real in zip(plan.nnz, nnz):  # expected Erdős–Rényi nnz vs one draw
         assert abs(planned - real) <= 4 * np.sqrt(planned) + 1
     real_total = (sum(a.nbytes for layer in model.layers for a in _arrays(layer))
-                  + sum(a.nbytes for a in opt.velocities + opt.bias_velocities + model.grads + model.bias_grads))
-    planned_total = items["model weights + indices"] + items["optimizer velocity"] + items["gradients"]
+                  + sum(a.nbytes for a in state_arrays + model.grads + model.bias_grads))
+    planned_total = items["model weights + indices"] + items["optimizer state"] + items["gradients"]
     assert abs(planned_total - real_total) <= 0.05 * real_total
     assert items["data"] == data.x_train.nbytes + data.x_test.nbytes + data.y_train.nbytes + data.y_test.nbytes
 

@@ -27,7 +27,8 @@ def test_stale_gradient_updates_exactly_the_surviving_connections():
     opt.follow_topology(0, source)
     before = new.values.copy()
     index, values = retain_valid(lineage(source, old.nnz), stale_grad)
-    opt.step_at(model, 0, index, values)
+    none, empty = np.zeros(0, np.float32), np.zeros(0, np.int64)  # layer 1 and the biases: no entries
+    opt.step_partial(model, [values, none], [none, none], [index, empty], [empty, empty])
     changed = np.flatnonzero(new.values != before)
     survivors = np.flatnonzero(source >= 0)
     np.testing.assert_array_equal(np.sort(changed), survivors)  # every survivor moved, nothing else
@@ -115,7 +116,12 @@ def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and
             assert l == 2 and new.n_out == old.n_out
             continue
         before = new.bias.copy()
-        opt.step_bias_at(model, l, *retain_valid(biases[l], stale_bias))
+        index, values = retain_valid(biases[l], stale_bias)
+        empty = np.zeros(0, np.int64)
+        where = [empty] * len(model.layers)
+        bias_where = [index if j == l else empty for j in range(len(model.layers))]
+        opt.step_partial(model, [np.zeros(0, np.float32)] * len(model.layers),
+                         [values if j == l else np.zeros(0, np.float32) for j in range(len(model.layers))], where, bias_where)
         np.testing.assert_allclose(before - new.bias, 0.1 * stale_bias[masks[l + 1]], rtol=1e-6)
 
 

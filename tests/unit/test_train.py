@@ -24,8 +24,12 @@ def assert_same_checkpoint(a_path, b_path):
     assert a.epoch == b.epoch
     assert a.rng_state == b.rng_state
     for la, lb in zip(a.layers, b.layers):
-        for name in ("rows", "cols", "values", "bias", "velocity", "bias_velocity"):
+        for name in ("rows", "cols", "values", "bias"):
             np.testing.assert_array_equal(getattr(la, name), getattr(lb, name), err_msg=name)
+        assert sorted(la.state) == sorted(lb.state) and la.state
+        for name in la.state:
+            np.testing.assert_array_equal(la.state[name], lb.state[name], err_msg=name)
+    assert a.optimizer == b.optimizer and a.optimizer_scalars == b.optimizer_scalars
 
 
 def strip_timings(history):
