@@ -98,7 +98,7 @@ def _file_size_bound(data: CheckpointData) -> int:
     arrays = [a for model in [data.layers, *data.replicas] for layer in model
               for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
-        + len(json.dumps(data.replica_rng_states)) + len(json.dumps(data.replica_optimizer_scalars))
+        + len(json.dumps(data.replica_rng_states)) + len(json.dumps([data.optimizer_scalars, *data.replica_optimizer_scalars]))
     return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,11 +24,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .fileio import check_folder
     from .parallel.launcher import launched_world_size
     from .train import run
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    if os.path.lexists(out):  # an unusable output folder is refused before data and memory are looked at
+        check_folder(out)
     if launched_world_size() > 1:
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
@@ -196,12 +200,12 @@ def _image_shape(text: str, n_features: int) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if len(shape) not in (2, 3) or any(d < 1 for d in shape):
-        raise SparsenetError(f"--image must look like HEIGHTxWIDTH or CHANNELSxHEIGHTxWIDTH, got {text!r}")
+        raise SparsenetError(f"--image must look like HEIGHTxWIDTH or CHANNELSxHEIGHTxWIDTH, got {_shown(text)!r}")
     size = 1
     for d in shape:
         size *= d
     if size != n_features:
-        raise SparsenetError(f"--image {text} holds {size} pixels but the model has {n_features} input features")
+        raise SparsenetError(f"--image {_shown(text)} holds {size} pixels but the model has {n_features} input features")
     return shape
 
 
@@ -239,17 +243,22 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shown(text: str, limit: int = 80) -> str:
+    """A command-line value for an error message, cut to `limit` characters."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _percentile(text: str) -> float:
     value = _number(text, "percentile")
     if not 0 < value < 100:
-        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {text}")
+        raise argparse.ArgumentTypeError(f"percentile must be in (0, 100), got {_shown(text)}")
     return value
 
 
 def _fraction(text: str) -> float:
     value = _number(text, "fraction")
     if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"fraction must be in (0, 1), got {text}")
+        raise argparse.ArgumentTypeError(f"fraction must be in (0, 1), got {_shown(text)}")
     return value
 
 
@@ -259,9 +268,9 @@ def _whole_number(minimum: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {_shown(text)!r}") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text}")
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {_shown(text)}")
         return value
     return parse
 
@@ -270,9 +279,9 @@ def _number(text: str, what: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {_shown(text)!r}") from None
     if value != value:
-        raise argparse.ArgumentTypeError(f"{what} must be a number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be a number, got {_shown(text)!r}")
     return value
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import yaml
 
+from sparsenet.data.registry import DATASETS
 from sparsenet.errors import ConfigError
 
 __all__ = [
@@ -116,7 +117,8 @@ class _Bool:
 
 class _Choice:
     def __init__(self, *options: str):
-        self.options = options
+        # one mapping: its keys, read at each check (a registry that may grow)
+        self.options = options[0] if len(options) == 1 and isinstance(options[0], Mapping) else options
 
     def __call__(self, key: str, value: Any) -> str:
         if not isinstance(value, str) or value not in self.options:
@@ -162,17 +164,14 @@ def _field(default: Any, rule: Callable[[str, Any], Any]) -> Any:
 
 # ---------------------------------------------------------------- sections
 
-DATA_SOURCES = ("fashion_mnist", "mnist", "cifar10", "synthetic", "synthetic_hdf5", "npz", "csv", "hdf5")
-SYNTHETIC_SOURCES = ("synthetic", "synthetic_hdf5")
 CLUSTERS_PER_CLASS = 2  # make_classification's default: classes * 2 clusters need 2**informative hypercube vertices
-FILE_SOURCES = ("npz", "csv", "hdf5")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where the samples come from and how they are preprocessed."""
 
-    name: str = _field("fashion_mnist", _Choice(*DATA_SOURCES))
+    name: str = _field("fashion_mnist", _Choice(DATASETS))
     path: str | None = _field(None, _Str(null=True))       # required for npz/csv/hdf5; synthetic_hdf5: the file
     test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True))
     standardize: bool = _field(True, _Bool())
@@ -274,7 +273,8 @@ class Config:
     """The whole run configuration; top-level scalars first, then one field per section."""
 
     seed: int = _field(0, _Int(lo=0))
-    threads: int = _field(0, _Int(lo=0))                   # 0 = all cores
+    threads: int = _field(0, _Int(lo=0))                   # 0 = the CPUs this process may use
+    adapt_threads: bool = _field(False, _Bool())           # threads 0: fewer while other processes take CPUs
     memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True))  # GiB; null: detect
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -287,7 +287,7 @@ class Config:
 
 
 def _check_data(c: DataConfig) -> None:
-    if c.name in FILE_SOURCES and c.path is None:
+    if DATASETS[c.name].reads_file and c.path is None:
         raise ConfigError(f"config key 'data.path' is required when data.name is '{c.name}', "
                           f"got null; set it to the {c.name} file")
     if c.informative > c.features:
@@ -296,7 +296,7 @@ def _check_data(c: DataConfig) -> None:
     if c.informative + c.redundant > c.features:
         raise ConfigError(f"config key 'data.redundant' must be <= data.features - "
                           f"data.informative ({c.features - c.informative}), got {c.redundant}")
-    if c.name in SYNTHETIC_SOURCES and c.classes * CLUSTERS_PER_CLASS > 2 ** min(c.informative, 62):
+    if DATASETS[c.name].synthetic and c.classes * CLUSTERS_PER_CLASS > 2 ** min(c.informative, 62):
         need = max(1, math.ceil(math.log2(c.classes * CLUSTERS_PER_CLASS)))
         raise ConfigError(f"config key 'data.informative' must be >= {need} for data.classes {c.classes} "
                           f"(the generator places {CLUSTERS_PER_CLASS} clusters per class on the vertices of an "
@@ -371,7 +371,10 @@ def config_to_dict(cfg: Config) -> dict:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`."""
+    """Block-style sections, flow-style lists: `hidden: [1000, 1000]`; never an anchor (the loader refuses them)."""
+
+    def ignore_aliases(self, data):
+        return True
 
 
 _Dumper.add_representer(

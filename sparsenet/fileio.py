@@ -92,7 +92,11 @@ def make_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
         except OSError as exc:
             raise OutputError(f"cannot create {what} '{folder}': {_reason(exc)}") from None
         else:
-            os.chmod(path, FOLDER_MODE & ~_umask(), follow_symlinks=False)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fchmod(fd, FOLDER_MODE & ~_umask())  # mkdir's mode went through the umask
+            finally:
+                os.close(fd)
     return check_folder(folder, what)
 
 
@@ -158,9 +162,7 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
         os.close(fd)
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        except OSError:
+        except OSError:  # renamed already (success), or gone
             pass
 
 

@@ -15,38 +15,24 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config, override_config
+from .data.registry import DATASETS
 from .errors import SparsenetError
-from .model import eval_chunk, inference_bytes_per_sample, training_workspace_bytes
+from .model import eval_chunk, gradient_bytes, inference_bytes_per_sample, training_workspace_bytes
 from .optim import OPTIMIZERS, MomentumSGD
-from .parallel.channel import BUFFERS as CHANNEL_BUFFERS
-from .parallel.shm import SLOTS
-from .parallel.transport import DEFAULT_SHARED_MAX_BYTES
+from .parallel import mpi_workers
 from .sparse.init import erdos_renyi_density
-from .sparse.layer import INDEX_DTYPE, perm_dtype
+from .sparse.layer import SparseLayer
 
 GIB = 1 << 30
 
 # ---------------------------------------------------------------- what the code allocates
 
-# Per connection of a SparseLayer (sparse/layer.py): name -> dtype; in_perm is int64 from 2**31
-# connections on (LARGE_PERM_EXTRA_BYTES more). test_memory checks this table against a real layer.
-LAYER_CONNECTION_ARRAYS = {"rows": INDEX_DTYPE, "cols": INDEX_DTYPE, "values": np.float32,
-                           "cols_in": INDEX_DTYPE, "in_perm": perm_dtype(1)}
-LARGE_PERM_EXTRA_BYTES = np.dtype(perm_dtype(2**31)).itemsize - np.dtype(perm_dtype(1)).itemsize
-# Per output neuron: bias; per (neuron + 1): the out_ptr / in_ptr run pointers.
-LAYER_NEURON_ARRAYS = {"bias": np.float32}
-LAYER_POINTER_DTYPE = np.int64
-GRADIENT_DTYPE = np.float32      # SparseMLP.grads / bias_grads
-ACTIVATION_DTYPE = np.float32
-
-LAYER_BYTES_PER_CONNECTION = sum(np.dtype(d).itemsize for d in LAYER_CONNECTION_ARRAYS.values())
-BYTES_PER_CONNECTION = (LAYER_BYTES_PER_CONNECTION + MomentumSGD.bytes_per_parameter()
-                        + np.dtype(GRADIENT_DTYPE).itemsize)  # 28 with momentum SGD
-
-# SparseMLP training workspace, per neuron and sample: activations (every layer), grad factor
-# f'(z) * dropout (every layer but the output) and deltas (every layer). One allocation for the
-# largest batch; smaller batches (an epoch's last) are views into it.
-TRAIN_WORKSPACE_BUFFERS = 3
+# Each component says what it allocates: SparseLayer.planned_bytes (connections, biases, run
+# pointers), model.training_workspace_bytes / gradient_bytes / eval_chunk, the optimizer's
+# bytes_per_parameter, mpi_workers.planned_bytes (messages, shared-memory slots and channels) and
+# data.registry (the data's size). What is left here are measured transient peaks.
+BYTES_PER_CONNECTION = (SparseLayer.planned_bytes(1, 1, 1) - SparseLayer.planned_bytes(1, 1, 0)
+                        + MomentumSGD.bytes_per_parameter() + gradient_bytes([1, 1], [1]) - gradient_bytes([1, 1], [0]))
 # Evaluation (model.evaluate): forward only, through the training workspace where there is one; on
 # the server (no workspace) two ping-pong buffers (widest even / odd layer) per sample of a chunk,
 # within the bytes of a training batch's workspace; allocated per call.
@@ -60,15 +46,6 @@ SET_PEAK_BYTES_PER_CONNECTION = 30
 SET_PEAK_BYTES_PER_NEURON = 16
 INIT_PEAK_BYTES_PER_CONNECTION = 22
 PRUNE_PEAK_BYTES_PER_CONNECTION = 104
-# MPI messages: a topology bundle (rows, cols, values) and the phase-2 state (+ velocity) of a
-# model; the server receives every worker's phase-2 replica before averaging them.
-TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION = 12
-REPLICA_MESSAGE_BYTES_PER_CONNECTION = 16
-# parallel.shared_memory: every sender keeps up to shm.SLOTS /dev/shm slots (tmpfs, counted as
-# memory) per same-node destination, each as large as the largest bundle, at most DEFAULT_SHARED_MAX_BYTES,
-# and the server opens a channel per same-node worker: channel.BUFFERS buffers of float32 weights or
-# gradients (one float per parameter), mapped by both ranks and counted once, at the server.
-
 INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
 
 
@@ -83,17 +60,16 @@ class DataShape:
     source: str            # where the numbers come from
 
 
-_BUILTIN = {"fashion_mnist": (60000, 10000, 784, 10), "mnist": (60000, 10000, 784, 10),
-            "cifar10": (50000, 10000, 3072, 10)}
-
-
 def data_shape(cfg: Config) -> DataShape:
-    """Samples and features the config's data will have, without loading it."""
+    """Samples and features the config's data will have, without loading it (data.registry says how)."""
     d = cfg.data
-    if d.name in _BUILTIN:
-        n_train, n_test, f, c = _BUILTIN[d.name]
+    kind = DATASETS.get(d.name)
+    if kind is None:
+        raise SparsenetError(f"cannot plan memory: unknown dataset '{d.name}'")
+    if kind.sizes is not None:
+        n_train, n_test, f, c = kind.sizes
         shape = DataShape(n_train, n_test, f, c, f"{d.name} (fixed size)")
-    elif d.name in ("synthetic", "synthetic_hdf5"):
+    elif kind.synthetic:
         from .data.synthfile import file_shapes, split_sizes, synth_path
 
         path = synth_path(d, cfg.seed) if d.name == "synthetic_hdf5" else None
@@ -104,14 +80,12 @@ def data_shape(cfg: Config) -> DataShape:
             n_train, n_test = split_sizes(d.samples, d.test_fraction)
             what = f"config (file {path} not written yet)" if path is not None else "config"
             shape = DataShape(n_train, n_test, d.features, d.classes, what)
+    elif d.name not in _FILE_SHAPES or not d.path:
+        raise SparsenetError(f"cannot plan memory: dataset '{d.name}' has no fixed size and no data file to read it from")
     elif not Path(d.path).expanduser().is_file():
         raise SparsenetError(f"cannot plan memory: data file '{d.path}' not found")
-    elif d.name == "hdf5":
-        shape = _hdf5_shape(Path(d.path).expanduser(), d.test_fraction)
-    elif d.name == "npz":
-        shape = _npz_shape(Path(d.path).expanduser(), d.test_fraction)
-    else:  # csv: columns of the first line, rows counted
-        shape = _csv_shape(Path(d.path).expanduser(), d.test_fraction)
+    else:
+        shape = _FILE_SHAPES[d.name](Path(d.path).expanduser(), d.test_fraction)
     n_train = min(shape.n_train, d.max_train) if d.max_train else shape.n_train
     n_test = min(shape.n_test, d.max_test) if d.max_test else shape.n_test
     return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source)
@@ -224,16 +198,7 @@ def expected_nnz(n_in: int, n_out: int, epsilon: float) -> int:
 
 def model_bytes(sizes: list[int], nnz: list[int]) -> int:
     """Layer arrays of a SparseMLP: connections, biases and run pointers."""
-    neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values())
-    ptr = np.dtype(LAYER_POINTER_DTYPE).itemsize
-    return sum(k * (LAYER_BYTES_PER_CONNECTION + (LARGE_PERM_EXTRA_BYTES if k >= 2**31 else 0))
-               + n_out * neuron + (n_in + 1 + n_out + 1) * ptr
-               for n_in, n_out, k in zip(sizes[:-1], sizes[1:], nnz))
-
-
-def state_bytes(sizes: list[int], nnz: list[int], dtype) -> int:
-    """One value per connection and per bias (optimizer velocity or gradient)."""
-    return (sum(nnz) + sum(sizes[1:])) * np.dtype(dtype).itemsize
+    return sum(SparseLayer.planned_bytes(n_in, n_out, k) for n_in, n_out, k in zip(sizes[:-1], sizes[1:], nnz))
 
 
 def workspace_bytes(sizes: list[int], batch: int) -> int:
@@ -253,7 +218,7 @@ def _activations(sizes: list[int], train_batch: int, eval_batch: int | None, n_t
     """The training workspace (evaluation runs through it), or, with eval_batch, evaluation's own buffers."""
     if eval_batch is None:
         return Item(name, workspace_bytes(sizes, train_batch),
-                    f"train {TRAIN_WORKSPACE_BUFFERS}x4 B x {sum(sizes):,} neurons x batch {train_batch}, reused by eval")
+                    f"train: 3 buffers of {sum(sizes):,} neurons x batch {train_batch}, reused by eval")
     return Item(name, eval_bytes(sizes, eval_batch, n_test, train_batch),
                 "eval: 2 buffers of the widest layers, within a training batch's bytes")
 
@@ -268,11 +233,15 @@ def _transient(cfg: Config, sizes: list[int], nnz: list[int]) -> Item:
         neurons = max(sizes[l] + sizes[l + 1] for l, k in enumerate(nnz) if k == max(evolving))
         candidates.append((max(evolving) * SET_PEAK_BYTES_PER_CONNECTION + neurons * SET_PEAK_BYTES_PER_NEURON,
                            "SET step of the largest layer"))
-        candidates.append((state_bytes(sizes, nnz, GRADIENT_DTYPE), "gradients reallocated after SET"))
+        candidates.append((gradient_bytes(sizes, nnz), "gradients reallocated after SET"))
     if cfg.pruning.method != "none":
         candidates.append((max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION, "neuron pruning of the largest layer"))
     size, why = max(candidates)
     return Item("transient peak", size, why)
+
+
+# data.name -> the shape of its file (data.path), read without loading it; csv: columns of the first line, rows counted
+_FILE_SHAPES = {"hdf5": _hdf5_shape, "npz": _npz_shape, "csv": _csv_shape}
 
 
 def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, available: int | None = None,
@@ -285,43 +254,30 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     nnz = [expected_nnz(a, b, cfg.model.epsilon) for a, b in zip(sizes[:-1], sizes[1:])]
     x_bytes = (data.n_train + data.n_test) * (data.n_features * 4 + 8)
     data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features x 4 B")
-    per_neuron = sum(np.dtype(d).itemsize for d in LAYER_NEURON_ARRAYS.values()) + 2 * np.dtype(LAYER_POINTER_DTYPE).itemsize
-    model = Item("model weights + indices", model_bytes(sizes, nnz),
-                 f"{sum(nnz):,} connections x {LAYER_BYTES_PER_CONNECTION} B + ~{per_neuron} B per neuron")
+    model = Item("model weights + indices", model_bytes(sizes, nnz), f"{sum(nnz):,} connections, {sum(sizes):,} neurons")
     per_parameter = OPTIMIZERS[cfg.train.optimizer].bytes_per_parameter()
-    velocity = Item("optimizer state", (sum(nnz) + sum(sizes[1:])) * per_parameter,
+    opt_state = Item("optimizer state", (sum(nnz) + sum(sizes[1:])) * per_parameter,
                     f"{cfg.train.optimizer}: x {per_parameter} B")
-    grads = Item("gradients", state_bytes(sizes, nnz, GRADIENT_DTYPE), f"x {np.dtype(GRADIENT_DTYPE).itemsize} B")
+    grads = Item("gradients", gradient_bytes(sizes, nnz), "one float32 per parameter")
     transient = _transient(cfg, sizes, nnz)
     overhead = Item("interpreter + numba", INTERPRETER_BYTES)
     t = cfg.train
     train_batch = min(t.batch_size, data.n_train)
     if ranks == 1:
         acts = _activations(sizes, train_batch, None, data.n_test)
-        plans = [RankPlan("sequential", 1, [data_item, model, velocity, grads, acts, transient, overhead])]
+        plans = [RankPlan("sequential", 1, [data_item, model, opt_state, grads, acts, transient, overhead])]
     else:
         workers = ranks - 1
         shard = -(-data.n_train // workers)
         acts_s = _activations(sizes, train_batch, t.eval_batch_size, data.n_test, "activations (eval)")
-        replicas = Item("phase-2 replicas received", workers * sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION,
-                        f"{workers} x {REPLICA_MESSAGE_BYTES_PER_CONNECTION} B/connection")
-        server_items = [data_item, model, velocity, grads, acts_s, replicas, transient, overhead]
-        worker_slots = []
-        if cfg.parallel.shared_memory:
-            slot = min(sum(nnz) * REPLICA_MESSAGE_BYTES_PER_CONNECTION, DEFAULT_SHARED_MAX_BYTES)
-            server_items.insert(-2, Item("shared-memory slots", SLOTS * workers * slot,
-                                         f"{SLOTS} x {workers} x the largest bundle"))
-            if grads.bytes <= DEFAULT_SHARED_MAX_BYTES:  # larger models get no channel
-                server_items.insert(-2, Item("shared-memory channels", CHANNEL_BUFFERS * workers * grads.bytes,
-                                             f"{CHANNEL_BUFFERS} x {workers} x the weights, mapped by workers too"))
-            worker_slots = [Item("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle")]
+        transport = mpi_workers.planned_bytes(cfg, sizes, nnz, per_parameter, workers)
+        server_items = [data_item, model, opt_state, grads, acts_s, *[Item(*i) for i in transport["server"]],
+                        transient, overhead]
         server = RankPlan("server", 1, server_items)
         acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
         shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")
-        message = Item("messages", sum(nnz) * TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION,
-                       f"topology bundle, {TOPOLOGY_MESSAGE_BYTES_PER_CONNECTION} B/connection")
-        worker = RankPlan("worker", workers, [data_item, shard_item, model, velocity, grads,
-                                              acts_w, message, *worker_slots, transient, overhead])
+        worker = RankPlan("worker", workers, [data_item, shard_item, model, opt_state, grads, acts_w,
+                                              *[Item(*i) for i in transport["worker"]], transient, overhead])
         plans = [server, worker]
     if available is None:
         available, available_source = available_memory(cfg.memory_limit_gb)

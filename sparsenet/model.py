@@ -31,6 +31,11 @@ def eval_chunk(sizes: list[int], batch_size: int, max_bytes: int = EVAL_BUFFER_B
     return max(1, min(int(batch_size), int(max_bytes) // inference_bytes_per_sample(sizes)))
 
 
+def gradient_bytes(sizes: list[int], nnz: list[int]) -> int:
+    """Bytes of SparseMLP.grads and bias_grads: one float32 per connection and per bias."""
+    return 4 * (sum(nnz) + sum(sizes[1:]))
+
+
 @dataclass
 class _Workspace:
     """Feature-major buffers for one batch size: activations, f'(z) * dropout scale, deltas."""

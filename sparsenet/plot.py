@@ -73,9 +73,9 @@ def _save(fig, out: str) -> Path:
     try:
         path = prepare_file(out, "plot")
         fmt = path.suffix.lstrip(".").lower() or "png"
-        if fmt not in fig.canvas.get_supported_filetypes():
-            raise SparsenetError(f"cannot write plot '{out}': matplotlib writes {', '.join(sorted(fig.canvas.get_supported_filetypes()))}, "
-                                 f"not {fmt!r}")
+        formats = sorted(fig.canvas.get_supported_filetypes())
+        if fmt not in formats:
+            raise SparsenetError(f"cannot write plot '{out}': matplotlib writes {', '.join(formats)}, not {fmt[:20]!r}")
         with replacing(path, "plot") as (_, fd):
             with os.fdopen(os.dup(fd), "wb") as fh:
                 fig.savefig(fh, format=fmt, dpi=110)

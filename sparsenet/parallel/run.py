@@ -11,15 +11,16 @@ from pathlib import Path
 import numba
 
 from .. import checkpoint as ckpt
-from ..config import Config, config_from_yaml, dump_config
+from ..config import Config
 from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
-from ..metrics import log, write_metrics
+from ..loop import CHECKPOINT, prepare_run_folder, start_run
+from ..metrics import log
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
+from ..state import TrainingState
 from .launcher import launcher_rank, world_size_mismatch
 from .protocol import TAG_MEMORY_PLAN
-from ..train import TrainingState, check_resume_compatible, new_state, prepare_run_folder, state_from_checkpoint
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -89,7 +90,8 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         transport.barrier()
         return EXIT_RESUMABLE if stopped_by else 0
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them
-        if not isinstance(exc, SparsenetError):
+        expected = isinstance(exc, (SparsenetError, MemoryError))  # bad input or out of memory: one line, exit 2
+        if not expected:
             traceback.print_exc(file=sys.stderr)
         print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
@@ -98,7 +100,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             transport.close(grace=0)  # our shared-memory files: the abort kills us before atexit would run
         except BaseException:  # noqa: BLE001 - nothing may stand between an error and the abort
             pass
-        transport.abort(2 if isinstance(exc, SparsenetError) else 1)
+        transport.abort(2 if expected else 1)
         raise
 
 
@@ -130,34 +132,32 @@ def _memory_gate(cfg: Config, transport) -> bool:
 
 
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
-    from .server import ParameterServer, _Replica, phase1_epochs
+    from .mpi_workers import MPIWorkers
+    from .seam import Replica
+    from .server import ParameterServer, phase1_epochs
 
-    out = prepare_run_folder(out)
-    checkpoint_path = out / "checkpoint.h5"
+    out = prepare_run_folder(out, rank=0)
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
         f"{data.x_test.shape[0]} test samples", rank=0)
-    version, replicas = 0, None
-    if resume and checkpoint_path.exists():
-        saved = ckpt.load_checkpoint(checkpoint_path)
-        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {checkpoint_path}"), cfg)
-        state = state_from_checkpoint(saved, cfg)
-        if state.partial:
-            raise SparsenetError(f"checkpoint {checkpoint_path} was stopped part-way through epoch {state.epoch + 1} "
+
+    def check(saved: ckpt.CheckpointData, state: TrainingState) -> None:
+        path = out / CHECKPOINT
+        if saved.partial_epoch:
+            raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} "
                                  "by a sequential run; resume it with one process")
-        version = saved.version
         if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
-            raise SparsenetError(f"checkpoint {checkpoint_path} is in phase 2 at epoch {state.epoch}; resume it "
+            raise SparsenetError(f"checkpoint {path} is in phase 2 at epoch {state.epoch}; resume it "
                                  f"with parallel.phase1_epochs <= {state.epoch}, not {phase1_epochs(cfg)}")
+        if saved.phase == 2 and saved.replicas and len(saved.replicas) != transport.size - 1:
+            raise SparsenetError(f"checkpoint {path} holds {len(saved.replicas)} phase-2 replicas; "
+                                 f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
+
+    state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check)
+    version, replicas = 0, None
+    if saved is not None:
+        version = saved.version
         if saved.phase == 2 and saved.replicas:
-            if len(saved.replicas) != transport.size - 1:
-                raise SparsenetError(f"checkpoint {checkpoint_path} holds {len(saved.replicas)} phase-2 replicas; "
-                                     f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
-            replicas = [_Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
-                                                  saved.replica_optimizer_scalars)]
-        log(f"resuming from {checkpoint_path} after epoch {state.epoch} (phase {saved.phase})", rank=0)
-    else:
-        state = new_state(cfg, data.n_features, data.n_classes)
-    dump_config(cfg, out / "config.yaml")
-    write_metrics(out / "metrics.jsonl", state.history)
-    return ParameterServer(cfg, data, transport, state, out, version, replicas).run()
+            replicas = [Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
+                                                 saved.replica_optimizer_scalars)]
+    return ParameterServer(cfg, data, MPIWorkers(cfg, transport), state, out, version, replicas).run()

@@ -12,8 +12,8 @@ from ..activations import hidden_slopes
 from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
-from ..train import (TrainingState, apply_neuron_removal, compute_gradients, evolve, layers_to_checkpoint,
-                     optimizer_from_checkpoint, train_epoch)
+from ..state import TrainingState, layers_to_checkpoint, optimizer_from_checkpoint
+from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
 from .channel import Channel, load_kernels as channel_kernels
 from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
@@ -197,8 +197,9 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
         t2 = time.perf_counter()
         state.epoch = epoch
         layers = layers_to_checkpoint(state.model, state.optimizer)
-        meta = {"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
-                "evolution_seconds": t1 - t0, "rng_state": state.rng.bit_generator.state,
+        report = {"samples": x.shape[0], "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
+                  "evolution_seconds": t1 - t0}
+        meta = {"epoch": epoch, "report": report, "rng_state": state.rng.bit_generator.state,
                 "state": bundles.state_names(layers), "optimizer_scalars": state.optimizer.scalars()}
         transport.send_bundle(0, TAG_REPLICA, meta, bundles.replica_arrays(layers))
         with transport.patience(2 * (t2 - t0)):  # the slowest worker may still be training its epoch

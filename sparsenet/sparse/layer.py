@@ -46,6 +46,14 @@ class SparseLayer:
     def nnz(self) -> int:
         return int(self.values.shape[0])
 
+    @staticmethod
+    def planned_bytes(n_in: int, n_out: int, nnz: int) -> int:
+        """Bytes of a layer's arrays (as __post_init__ allocates them), without building one."""
+        per_connection = 4 * np.dtype(INDEX_DTYPE).itemsize + np.dtype(np.float32).itemsize
+        per_connection += np.dtype(perm_dtype(nnz)).itemsize - np.dtype(INDEX_DTYPE).itemsize  # in_perm
+        pointers = (n_in + 1 + n_out + 1) * np.dtype(np.int64).itemsize
+        return nnz * per_connection + n_out * np.dtype(np.float32).itemsize + pointers
+
     @property
     def n_positions(self) -> int:
         return int(self.n_in) * int(self.n_out)

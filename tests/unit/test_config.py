@@ -269,3 +269,14 @@ def test_empty_override_and_whole_section_overrides():
                                         "override its keys one by one, e.g. train.epochs=...")
     cfg = load_config(None, ["train.lr=0.5", "train={epochs: 3}"])  # a mapping updates only the keys it names
     assert (cfg.train.lr, cfg.train.epochs) == (0.5, 3)
+
+
+def test_stored_configs_never_hold_anchors():
+    import yaml
+
+    from sparsenet import config as config_module
+
+    shared = [1, 2]
+    text = yaml.dump({"a": shared, "b": shared}, Dumper=config_module._Dumper)
+    assert "&" not in text and "*" not in text
+    assert config_from_yaml(config_to_yaml(Config())) == Config()

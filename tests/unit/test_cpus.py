@@ -4,7 +4,7 @@ import os
 
 import numba
 
-from sparsenet.cpus import cgroup_cpu_quota, usable_cpus
+from sparsenet.cpus import ThreadGovernor, cgroup_cpu_quota, machine_busy_seconds, usable_cpus
 from sparsenet.train import set_threads
 
 
@@ -49,3 +49,54 @@ def test_set_threads_follows_the_affinity_mask():
         os.sched_setaffinity(0, before)
         set_threads(0)
     assert numba.get_num_threads() == min(len(before), numba.config.NUMBA_NUM_THREADS)
+
+
+class _Clock:
+    def __init__(self):
+        self.now, self.busy, self.mine = 0.0, 0.0, 0.0
+
+
+def _governor(clock, cpus=2):
+    chosen = []
+    g = ThreadGovernor(cpus, chosen.append, period=1.0, busy=lambda: clock.busy, mine=lambda: clock.mine,
+                       clock=lambda: clock.now)
+    return g, chosen
+
+
+def _second(clock, ours: float, others: float):
+    clock.now += 1.0
+    clock.mine += ours
+    clock.busy += ours + others
+
+
+def test_governor_gives_up_the_cpu_another_process_takes_and_takes_it_back():
+    clock = _Clock()
+    g, chosen = _governor(clock)
+    _second(clock, ours=2.0, others=0.0)          # alone: keeps 2 threads
+    assert g.tick() == 2 and chosen == []
+    _second(clock, ours=1.33, others=0.67)        # a hog starts: 3 busy threads share 2 CPUs
+    assert g.tick() == 1 and chosen == [1]
+    _second(clock, ours=1.0, others=1.0)          # the hog keeps its CPU: stay at 1
+    assert g.tick() == 1 and chosen == [1]
+    _second(clock, ours=1.0, others=0.05)         # the hog is gone: back to 2
+    assert g.tick() == 2 and chosen == [1, 2]
+
+
+def test_governor_waits_a_period_and_ignores_missing_counters():
+    clock = _Clock()
+    g, chosen = _governor(clock)
+    clock.now += 0.5
+    clock.busy += 1.0
+    assert g.tick() == 2 and chosen == []        # half a period: not judged yet
+    g.busy = lambda: None
+    _second(clock, ours=0.0, others=2.0)
+    assert g.tick() == 2 and chosen == []        # no /proc/stat: never changes anything
+
+
+def test_machine_busy_seconds_reads_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    ticks = os.sysconf("SC_CLK_TCK")
+    stat.write_text(f"cpu  {3 * ticks} {ticks} {ticks} {50 * ticks} {9 * ticks} 0 0 {ticks} 0 0\ncpu0 ...\n")
+    assert machine_busy_seconds(str(stat)) == 6.0   # user 3 + nice 1 + system 1 + steal 1; idle, iowait not
+    stat.write_text("garbage\n")
+    assert machine_busy_seconds(str(stat)) is None

@@ -8,11 +8,14 @@ import pytest
 from sparsenet.cli import main
 from sparsenet.config import load_config
 from sparsenet.data import load_dataset
+from sparsenet.errors import SparsenetError
 from sparsenet.memory import (
-    BYTES_PER_CONNECTION, GIB, LAYER_CONNECTION_ARRAYS, DataShape, InsufficientMemoryError, available_memory,
-    cgroup_headroom, expected_nnz, meminfo_available, model_bytes, plan_memory, state_bytes,
-    eval_bytes, refusal, workspace_bytes,
+    BYTES_PER_CONNECTION, check_memory, GIB, DataShape, InsufficientMemoryError, available_memory, cgroup_headroom,
+    data_shape, expected_nnz, meminfo_available, model_bytes, plan_memory, eval_bytes, refusal,
 )
+from sparsenet.memory import workspace_bytes
+from sparsenet.model import gradient_bytes
+from sparsenet.sparse.layer import SparseLayer
 from sparsenet.sparse.init import erdos_renyi_layer
 from sparsenet.train import new_state, train_epoch
 
@@ -27,12 +30,26 @@ def _arrays(obj):
     return [v for v in vars(obj).values() if isinstance(v, np.ndarray)]
 
 
-def test_connection_table_matches_a_real_layer():
+def test_a_layer_says_what_it_allocates():
     layer = erdos_renyi_layer(300, 200, 3.0, "normal", np.random.default_rng(0))
-    per_connection = {name: value.dtype for name, value in vars(layer).items()
-                      if isinstance(value, np.ndarray) and value.shape == (layer.nnz,)}
-    assert per_connection == {k: np.dtype(v) for k, v in LAYER_CONNECTION_ARRAYS.items()}
+    assert sum(a.nbytes for a in _arrays(layer)) == SparseLayer.planned_bytes(300, 200, layer.nnz)
+    # 20 B of layer arrays, 4 of momentum velocity, 4 of gradient; in_perm is int64 from 2**31 connections
     assert BYTES_PER_CONNECTION == 28
+    big = 2**31
+    empty = SparseLayer.planned_bytes(1, 1, 0)
+    assert SparseLayer.planned_bytes(1, 1, big - 1) - empty == 20 * (big - 1)
+    assert SparseLayer.planned_bytes(1, 1, big) - empty == 24 * big
+
+
+def test_a_dataset_without_a_known_size_or_data_file_is_not_planned(monkeypatch):
+    from sparsenet.data.registry import DATASETS, DatasetKind
+
+    monkeypatch.setitem(DATASETS, "new_set", DatasetKind("sparsenet.data.idx:load_mnist_like"))
+    cfg = load_config(None, ["data.name=new_set"])
+    with pytest.raises(SparsenetError, match="dataset 'new_set' has no fixed size and no data file"):
+        data_shape(cfg)
+    said = []
+    assert check_memory(cfg, 1, say=said.append) is None and "memory plan skipped" in said[0]
 
 
 def test_byte_counts_match_what_a_trained_model_allocates():
@@ -50,8 +67,8 @@ def test_byte_counts_match_what_a_trained_model_allocates():
 
     assert sum(a.nbytes for layer in model.layers for a in _arrays(layer)) == model_bytes(sizes, nnz)
     state_arrays = [a for arrays in opt.state.values() for a in arrays]
-    assert sum(a.nbytes for a in state_arrays) == state_bytes(sizes, nnz, np.float32)
-    assert sum(a.nbytes for a in model.grads + model.bias_grads) == state_bytes(sizes, nnz, np.float32)
+    assert sum(a.nbytes for a in state_arrays) == opt.bytes_per_parameter() * (sum(nnz) + sum(sizes[1:]))
+    assert sum(a.nbytes for a in model.grads + model.bias_grads) == gradient_bytes(sizes, nnz)
     # 175 train samples in batches of 16 and a last one of 15, 75 test samples in chunks of 16 and
     # a last one of 11: views into one allocation for 16
     assert sorted(model._workspaces) == [11, 15, 16]

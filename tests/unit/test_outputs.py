@@ -260,3 +260,56 @@ def test_a_directory_given_as_checkpoint_says_so(tmp_path, capsys):
     err = error_of(capsys, ["info", str(tmp_path)])
     assert err == (f"sparsenet: error: checkpoint {tmp_path} is a directory; give the checkpoint file, "
                    f"e.g. {tmp_path / 'checkpoint.h5'}")
+
+
+def test_plot_replaces_a_symlink_and_creates_its_folder(tmp_path, victim, capsys):
+    pytest.importorskip("matplotlib")
+    metrics = tmp_path / "m.jsonl"
+    write_metrics(metrics, [{"epoch": e, "test_accuracy": 0.5, "test_loss": 1.0, "train_loss": 1.1} for e in (1, 2)])
+    os.symlink(victim, tmp_path / "curve.png")
+    assert main(["plot", str(metrics), "--out", str(tmp_path / "curve.png")]) == 0
+    assert victim.read_bytes() == VICTIM and (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
+    assert main(["plot", str(metrics), "--out", str(tmp_path / "new" / "c.pdf")]) == 0
+    assert (tmp_path / "new" / "c.pdf").read_bytes().startswith(b"%PDF")
+    capsys.readouterr()
+    assert "matplotlib writes" in error_of(capsys, ["plot", str(metrics), "--out", str(tmp_path / "c.xyz")])
+
+
+def test_command_line_values_are_cut_in_messages(tmp_path, capsys):
+    ckpt.save_checkpoint(tmp_path / "c.h5", tiny_checkpoint())
+    long = "9" * 10_000
+    for argv in (["prune", str(tmp_path / "c.h5"), "--percentile", long, "--out", str(tmp_path / "p.h5")],
+                 ["features", str(tmp_path / "c.h5"), "--top", "x" * 10_000],
+                 ["features", str(tmp_path / "c.h5"), "--image", "x" * 10_000]):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own usage error
+            code = exc.code
+        err = capsys.readouterr().err
+        assert code == 2 and len(err) < 1000 and "..." in err, err[:300]
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_the_old_one_and_the_next_run_removes_the_temporary(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt.save_checkpoint(out / "checkpoint.h5", tiny_checkpoint())
+    before = (out / "checkpoint.h5").read_bytes()
+    killed = subprocess.run([sys.executable, "-c", f"""
+import os, signal, sys
+sys.path.insert(0, {os.path.dirname(__file__)!r})
+from test_outputs import tiny_checkpoint
+from sparsenet import checkpoint as ckpt
+def die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+ckpt._write_layers = die  # killed half-way: attributes written, layers not
+ckpt.save_checkpoint({str(out / 'checkpoint.h5')!r}, tiny_checkpoint(epoch=1))
+"""])
+    assert killed.returncode == -signal.SIGKILL
+    left = [p.name for p in out.iterdir() if p.name != "checkpoint.h5"]
+    assert len(left) == 1 and left[0].startswith(".checkpoint.h5.tmp-")
+    assert (out / "checkpoint.h5").read_bytes() == before
+    from sparsenet.train import prepare_run_folder
+
+    prepare_run_folder(out)
+    assert [p.name for p in out.iterdir()] == ["checkpoint.h5"]
+    assert ckpt.load_checkpoint(out / "checkpoint.h5").epoch == 0

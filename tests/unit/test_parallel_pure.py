@@ -1,14 +1,13 @@
 """MPI-free parts of parallel training: retain-valid-updates, phase-2 averaging, which gradient the server takes next."""
 
-from types import SimpleNamespace
-
 import numpy as np
 
 from sparsenet.evolution import prune_and_regrow
 from sparsenet.model import SparseMLP
 from sparsenet.optim import MomentumSGD
 from sparsenet.parallel.averaging import average_replicas, prune_to_nnz, union_average
-from sparsenet.parallel.server import ParameterServer
+from sparsenet.config import load_config
+from sparsenet.parallel.mpi_workers import MPIWorkers
 from sparsenet.parallel.transport import Bundle
 from sparsenet.parallel.updates import compose, lineage, retain_valid
 from sparsenet.sparse.init import erdos_renyi_layer
@@ -84,7 +83,6 @@ def test_lineage_composes_over_two_topology_changes():
 def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and_set():
     from sparsenet.parallel.updates import neuron_lineage, topology_lineage
     from sparsenet.train import TrainingState, apply_neuron_removal, evolve
-    from sparsenet.config import load_config
     from sparsenet.pruning import select_by_importance
 
     rng = np.random.default_rng(7)
@@ -166,6 +164,8 @@ class _BusyChannel:
 class _BusyTransport:
     """Rank 3 (no channel, another node) always has a gradient bundle waiting."""
 
+    size = 4
+
     def poll(self, source=None, tag=None):
         return 3, tag
 
@@ -180,11 +180,9 @@ class _BusyTransport:
 def test_a_busy_server_serves_every_worker_in_turn():
     """Workers 1 and 2 post through channels, worker 3 sends bundles, and all three always have a
     gradient waiting: the server takes them round-robin over the channels, a bundle every other time."""
-    server = SimpleNamespace(channels={1: _BusyChannel(), 2: _BusyChannel()}, workers=[1, 2, 3], _last_channel=0,
-                             counters={"updates": 0}, transport=_BusyTransport(), channel_bytes=[0, 0])
-    order = []
-    for _ in range(8):
-        order.append(ParameterServer.receive_gradient(server).source)
-        server.counters["updates"] += 1
+    workers = MPIWorkers(load_config(None, []), _BusyTransport())
+    workers.channels = {1: _BusyChannel(), 2: _BusyChannel()}
+    order = [workers.take_gradient().source for _ in range(8)]
     assert order == [1, 3, 2, 3, 1, 3, 2, 3]
-    assert ParameterServer.receive_gradient(server, 2).source == 2  # a named source is what is taken
+    assert workers.take_gradient(2).source == 2  # a named source is what is taken
+    assert workers.channel_bytes[1] == 5 * 8  # the channels' 5 gradients of 2 float32 each

@@ -1,0 +1,149 @@
+"""FashionMNIST epochs alone, beside a CPU hog, and two trainings at once; wide layers' step time and memory.
+
+    .venv/bin/python scripts/bench_contention.py [--check] [--skip-wide] [--json PATH]
+
+Every condition runs `sparsenet train configs/fashion_mnist.yaml` (default settings, 4 epochs) in its
+own process and takes the median of epochs 2-4 of train + evolution seconds from its metrics.jsonl:
+1. alone: <= ALONE_TARGET seconds;
+2. beside `python3 -c "while 1: pass"`: <= HOG_FACTOR x alone;
+3. two trainings started together: each <= PAIR_FACTOR x alone, combined throughput >= PAIR_THROUGHPUT
+   of one run alone;
+4. wide layers, 784-50000-50000-10 (epsilon 20, batch 128): seconds per training step (epoch 2) and
+   the run's peak RSS.
+WASAP against the sequential trainer is scripts/bench_parallel.py --check. Run on a quiet machine:
+any other load distorts every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sparsenet.fileio import prepare_file, write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = "configs/fashion_mnist.yaml"
+ALONE_TARGET = 0.9        # seconds per epoch (train + evolution)
+HOG_FACTOR = 2.2
+PAIR_FACTOR = 2.5
+PAIR_THROUGHPUT = 0.8
+WIDE = ["model.hidden=[50000,50000]", "model.epsilon=20", "train.batch_size=128"]
+WIDE_STEP_TARGET = 0.15   # seconds per step
+WIDE_RSS_TARGET_MB = 600.0
+FASHION_MNIST_TRAIN = 60_000  # training samples: steps per epoch at batch 128 = 469
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=4, help="epochs per run; the median is over epochs 2..N")
+    p.add_argument("--skip-wide", action="store_true", help="skip the 784-50000-50000-10 run (~3 minutes)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every FashionMNIST run (repeatable)")
+    p.add_argument("--json", type=Path, default=ROOT / "scripts" / "results" / "bench_contention.json")
+    p.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
+    return p.parse_args(argv)
+
+
+def start_training(out: Path, epochs: int, overrides: list[str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "sparsenet", "train", CONFIG, "--out", str(out),
+           "--set", f"train.epochs={epochs}", "--set", "train.progress=false", "--set", "checkpoint.every=1000"]
+    for o in overrides:
+        cmd += ["--set", o]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, out: Path) -> list[dict]:
+    _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench_contention: training in {out} failed (exit {proc.returncode}): {err.strip()[-500:]}")
+    with open(out / "metrics.jsonl") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def epoch_seconds(rows: list[dict]) -> float:
+    """Median over epochs 2.. of train + evolution seconds (epoch 1 loads the kernels)."""
+    return statistics.median(r["train_seconds"] + r["evolution_seconds"] for r in rows[1:])
+
+
+def run_alone(tmp: Path, tag: str, epochs: int, overrides: list[str]) -> list[dict]:
+    out = tmp / tag
+    return finish(start_training(out, epochs, overrides), out)
+
+
+def run_beside_hog(tmp: Path, epochs: int, overrides: list[str]) -> list[dict]:
+    hog = subprocess.Popen([sys.executable, "-c", "while 1: pass"])
+    try:
+        time.sleep(0.5)
+        return run_alone(tmp, "hog", epochs, overrides)
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+def run_pair(tmp: Path, epochs: int, overrides: list[str]) -> tuple[list[dict], list[dict]]:
+    procs = [(start_training(tmp / f"pair{k}", epochs, overrides), tmp / f"pair{k}") for k in (1, 2)]
+    return tuple(finish(p, out) for p, out in procs)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "FAIL"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.epochs < 2:
+        raise SystemExit("bench_contention: --epochs must be >= 2 (epoch 1 is not counted)")
+    results, lines, ok = {}, [], True
+    with tempfile.TemporaryDirectory(prefix="bench-contention-") as name:
+        tmp = Path(name)
+        run_alone(tmp, "warmup", 2, args.overrides + ["data.max_train=2048"])  # numba cache warm
+        alone = epoch_seconds(run_alone(tmp, "alone", args.epochs, args.overrides))
+        hog = epoch_seconds(run_beside_hog(tmp, args.epochs, args.overrides))
+        pair = [epoch_seconds(rows) for rows in run_pair(tmp, args.epochs, args.overrides)]
+        throughput = sum(alone / s for s in pair)
+        checks = [
+            ("alone, s/epoch", alone, alone <= ALONE_TARGET, f"<= {ALONE_TARGET}"),
+            ("beside a CPU hog, x alone", hog / alone, hog / alone <= HOG_FACTOR, f"<= {HOG_FACTOR}"),
+            ("two at once, slower one, x alone", max(pair) / alone, max(pair) / alone <= PAIR_FACTOR, f"<= {PAIR_FACTOR}"),
+            ("two at once, combined throughput / one alone", throughput, throughput >= PAIR_THROUGHPUT,
+             f">= {PAIR_THROUGHPUT}"),
+        ]
+        results.update(alone_seconds=alone, hog_seconds=hog, pair_seconds=pair, pair_throughput=throughput)
+        if not args.skip_wide:
+            rows = run_alone(tmp, "wide", 2, args.overrides + WIDE)
+            step = rows[1]["train_seconds"] / -(-FASHION_MNIST_TRAIN // 128)
+            rss = max(r["peak_rss_mb"] for r in rows)
+            checks += [("wide 784-50000-50000-10, s/step", step, step <= WIDE_STEP_TARGET, f"<= {WIDE_STEP_TARGET}"),
+                       ("wide, peak RSS MB", rss, rss <= WIDE_RSS_TARGET_MB, f"<= {WIDE_RSS_TARGET_MB:g}")]
+            results.update(wide_step_seconds=step, wide_peak_rss_mb=rss)
+    for what, value, passed, target in checks:
+        ok &= passed
+        lines.append(f"{what:<48}{value:>9.3f}  target {target:<8} {verdict(passed)}")
+    command = f"cd {ROOT} && {os.path.relpath(sys.executable, ROOT)} scripts/bench_contention.py {shlex.join(sys.argv[1:])}".rstrip()
+    print("\n".join(lines))
+    print(f"reproduce: {command}")
+    results.update(checks=[{"what": w, "value": v, "target": t, "pass": p} for w, v, p, t in checks],
+                   command=command, load_average_1min=round(os.getloadavg()[0], 2),
+                   cpu=_cpu_model(), cores=os.cpu_count())
+    write_text(prepare_file(args.json), json.dumps(results, indent=1) + "\n")
+    return 0 if ok or not args.check else 1
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((l.split(":", 1)[1].strip() for l in fh if l.startswith("model name")), "unknown CPU")
+    except OSError:
+        return "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""The epoch loop every trainer shares: start or resume a run, one metrics row per epoch, checkpoint
+cadence, stop signals and the divergence stop.
+
+The sequential trainer (train.run) and the parameter server (parallel/server.py) supply only what
+one epoch is: a function of the epoch number that trains it and returns the training part of its
+metrics row. A stop signal ends the run at the next epoch boundary; `stop_requested()` is where a
+check inside an epoch would ask.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import checkpoint as ckpt
+from .config import Config, config_from_yaml, dump_config
+from .errors import DivergedError
+from .fileio import clean_stale_temporaries, make_folder
+from .metrics import append_metrics, log, peak_rss_mb, write_metrics
+from .model import training_workspace_bytes
+from .signals import StopRequest
+from .state import TrainingState, check_resume_compatible, new_state, state_from_checkpoint
+
+CHECKPOINT = "checkpoint.h5"
+METRICS = "metrics.jsonl"
+# The training part of a row, in this order; the loop adds the evaluation and the model's size.
+TRAINED = ("train_loss", "train_accuracy")
+SECONDS = ("train_seconds", "evolution_seconds")
+
+
+def start_run(cfg: Config, out: Path, n_features: int, n_classes: int, resume: bool, rank: int | None = None,
+              check: Callable[[ckpt.CheckpointData, TrainingState], None] | None = None
+              ) -> tuple[TrainingState, ckpt.CheckpointData | None]:
+    """The state to train from (out/checkpoint.h5 if resuming and present, else a new one) and the
+    checkpoint it came from; `check(saved, state)` may refuse a checkpoint before anything is written.
+    Writes out/config.yaml and rewrites out/metrics.jsonl from the state's history (out: a folder
+    prepare_run_folder made)."""
+    path = out / CHECKPOINT
+    saved = None
+    if resume and path.exists():
+        saved = ckpt.load_checkpoint(path)
+        check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
+        state = state_from_checkpoint(saved, cfg)
+        if check is not None:
+            check(saved, state)
+        log(f"resuming from {path} after epoch {state.epoch}" + (" (phase 2)" if saved.phase == 2 else ""), rank)
+    else:
+        if resume:
+            log(f"no checkpoint at {path}; starting a new run", rank)
+        t0 = time.perf_counter()
+        state = new_state(cfg, n_features, n_classes)
+        log(f"model {'-'.join(map(str, state.model.sizes))}, nnz per layer {state.model.nnz}, "
+            f"{state.model.n_parameters} parameters, init {time.perf_counter() - t0:.2f}s", rank)
+    dump_config(cfg, out / "config.yaml")
+    write_metrics(out / METRICS, state.history)
+    return state, saved
+
+
+def prepare_run_folder(out_dir: str | Path, rank: int | None = None) -> Path:
+    """The run's output folder, created if missing and checked safe (fileio); stale temporaries removed."""
+    out = make_folder(out_dir)
+    removed = clean_stale_temporaries(out)
+    if removed:
+        log(f"removed {len(removed)} temporaries of interrupted writes from {out}: {', '.join(removed)}", rank)
+    return out
+
+
+class EpochLoop:
+    """Runs epochs of `state` and ends each one: evaluation on (x_test, y_test), the metrics row, the
+    divergence stop, a checkpoint (`save()`) every cfg.checkpoint.every epochs, at the end and on a stop."""
+
+    def __init__(self, cfg: Config, out: Path, state: TrainingState, x_test, y_test, save: Callable[[], None],
+                 rank: int | None = None, trains: bool = True):
+        """trains: this process trains the model (evaluation reuses its training workspace); False on
+        the parameter server, whose evaluation buffers stay within what a training batch needs."""
+        self.cfg, self.out, self.state, self.x_test, self.y_test = cfg, out, state, x_test, y_test
+        self.save, self.rank, self.trains = save, rank, trains
+        self.stop = StopRequest()
+        self.stopped_in_epoch = False
+        self.start_epoch = state.epoch  # a stop before any epoch of this process saves nothing new
+
+    def __enter__(self) -> "EpochLoop":
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.__exit__(*exc)
+
+    def stop_requested(self) -> bool:
+        """True once a stop signal has arrived."""
+        return bool(self.stop)
+
+    def run(self, epoch: Callable[[int], dict | None], until: int) -> None:
+        """Train epochs state.epoch + 1 .. `until` with `epoch(e)`, which returns the training part of
+        epoch e's row (TRAINED and SECONDS keys, optionally "phase", "neurons_removed" and more keys);
+        returns early after the epoch in which a stop was requested. An epoch function that checks
+        stop_requested() itself may return None instead: it stopped part-way and kept its position in
+        the state, which is saved at once."""
+        while self.state.epoch < until and not self.stop:
+            trained = epoch(self.state.epoch + 1)
+            if trained is None:
+                self.save()
+                self.stopped_in_epoch = True
+                return
+            self.end_epoch(self.state.epoch + 1, trained)
+
+    def end_epoch(self, epoch: int, trained: dict) -> dict:
+        """Evaluate, record epoch `epoch` as completed and write its row; raises DivergedError on a NaN loss."""
+        state, cfg = self.state, self.cfg
+        trained = dict(trained)
+        t0 = time.perf_counter()
+        bound = None if self.trains else training_workspace_bytes(state.model.sizes, cfg.train.batch_size)
+        test_loss, test_acc = state.model.evaluate(self.x_test, self.y_test, cfg.train.eval_batch_size, max_bytes=bound)
+        row = {"epoch": epoch, **({"phase": trained.pop("phase")} if "phase" in trained else {}),
+               **{k: trained.pop(k) for k in TRAINED}, "test_loss": test_loss, "test_accuracy": test_acc,
+               **{k: trained.pop(k) for k in SECONDS}, "eval_seconds": time.perf_counter() - t0,
+               "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
+               "neurons_removed": trained.pop("neurons_removed", None) or [0] * (len(state.model.sizes) - 2),
+               "peak_rss_mb": round(peak_rss_mb(), 1), "lr": state.optimizer.lr, **trained}
+        state.epoch = epoch
+        check_finite(row)
+        state.history.append(row)
+        append_metrics(self.out / METRICS, row)
+        log(epoch_line(row, cfg.train.epochs), self.rank)
+        if epoch % cfg.checkpoint.every == 0 or epoch == cfg.train.epochs or self.stop:
+            self.save()
+        return row
+
+    def finish(self) -> TrainingState:
+        """Say why the run ended early, if it did, and summarize it."""
+        state = self.state
+        if self.stop and state.epoch < self.cfg.train.epochs:
+            state.stopped_by = self.stop.signal_name
+            if self.stopped_in_epoch or state.epoch > self.start_epoch:
+                where = f"in epoch {state.epoch + 1}" if self.stopped_in_epoch else f"after epoch {state.epoch}"
+                log(f"{self.stop.signal_name} received: stopped {where} with a checkpoint; continue with --resume",
+                    self.rank)
+            else:
+                saved = f"the checkpoint of epoch {state.epoch} is current" if state.epoch else "nothing to save yet"
+                log(f"{self.stop.signal_name} received during start-up: stopped before epoch {state.epoch + 1} "
+                    f"({saved}); continue with --resume", self.rank)
+        if state.history:
+            log(summarize(state.history), self.rank)
+        return state
+
+
+def check_finite(row: dict) -> None:
+    """Stop a run whose loss went NaN or infinite, before its checkpoint is overwritten."""
+    if not (math.isfinite(row["train_loss"]) and math.isfinite(row["test_loss"])):
+        raise DivergedError(f"training diverged at epoch {row['epoch']}: train loss {row['train_loss']}, "
+                            f"test loss {row['test_loss']}; lower train.lr (or, for wasap, parallel.async_lr_factor "
+                            f"or set parallel.pipeline=false) and --resume from the last checkpoint")
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """The log line of one epoch's row."""
+    phase = f" phase {row['phase']}" if "phase" in row else ""
+    updates = f" | updates {row['updates']} stale {row['stale_updates']}" if "updates" in row else ""
+    removed = row.get("neurons_removed") or []
+    pruned = f" | pruned {sum(removed)} neurons, now {'-'.join(map(str, row['neurons']))}" if any(removed) else ""
+    return (f"epoch {row['epoch']}/{epochs}{phase} train_loss {row['train_loss']:.4f} "
+            f"test_loss {row['test_loss']:.4f} test_accuracy {100 * row['test_accuracy']:.2f}% | "
+            f"train {row['train_seconds']:.2f}s evolution {row['evolution_seconds']:.2f}s "
+            f"eval {row['eval_seconds']:.2f}s{updates} | nnz {sum(row['nnz'])}{pruned}")
+
+
+def summarize(history: list[dict]) -> str:
+    """One line on a run: best and last test accuracy, parameters and time spent per phase."""
+    best = max(history, key=lambda r: r["test_accuracy"])
+    last = history[-1]
+    seconds = {k: sum(r[f"{k}_seconds"] for r in history) for k in ("train", "evolution", "eval")}
+    return (f"done: {last['epoch']} epochs; test accuracy last {100 * last['test_accuracy']:.2f}%, "
+            f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']}); "
+            f"weights start {sum(history[0]['nnz'])} end {sum(last['nnz'])}, "
+            f"parameters start {history[0]['parameters']} end {last['parameters']}; "
+            f"seconds train {seconds['train']:.1f} evolution {seconds['evolution']:.1f} eval {seconds['eval']:.1f}")

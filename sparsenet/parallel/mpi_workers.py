@@ -1,0 +1,197 @@
+"""Workers over MPI (seam.Workers): bundles through the transport and, with same-node workers,
+phase 1's gradients and weights through shared-memory channels (channel.py).
+
+A worker learns of its channel from the first model bundle sent to it after the channel opened;
+from then on a reply to a worker that holds the current topology goes through its channel, written
+there by the update itself when the server asks reply_target first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..config import Config
+from ..model import SparseMLP
+from . import bundles
+from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from .seam import Gradient, Replica, Workers
+
+
+class MPIWorkers(Workers):
+    """Ranks 1..size-1 of `transport` (transport.Transport)."""
+
+    def __init__(self, cfg: Config, transport):
+        self.transport = transport
+        self.ids = list(range(1, transport.size))
+        self.shared_memory = cfg.parallel.shared_memory
+        self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
+        self.channels: dict[int, object] = {}  # worker -> channel.Channel it was told of
+        self._unnamed: dict[int, object] | None = None  # channels opened, not yet named in a reply
+        self._last_channel = 0  # the worker whose channel was taken from last: the next scan starts after it
+        self._taken = 0  # gradients taken: every other one, a waiting bundle goes before the channels
+        self.channel_bytes = [0, 0]  # bytes sent / received through channels
+        self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
+        self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch_stats
+
+    # ------------------------------------------------------------------ phase 1
+
+    def _value_sizes(self, model: SparseMLP, version: int) -> list[int]:
+        if self._sizes[0] != version:
+            self._sizes = (version, [la.nnz for la in model.layers] + [la.n_out for la in model.layers])
+        return self._sizes[1]
+
+    def _open_channels(self, model: SparseMLP, version: int) -> None:
+        """Once per run: a channel to every same-node worker, sized for `model`."""
+        if self._unnamed is not None:
+            return
+        self._unnamed = {}
+        if not self.shared_memory:
+            return
+        for k in self.ids:
+            channel = self.transport.open_channel(k, self._value_sizes(model, version))
+            if channel is not None:
+                self._unnamed[k] = channel
+
+    def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
+        channel = self.channels.get(worker)
+        if channel is None or not channel.fits(self._value_sizes(model, version)):
+            return None
+        return channel.reply_arrays(self._value_sizes(model, version))
+
+    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int, written: bool = False) -> None:
+        self._finish_reply(worker)
+        target = None if written else self.reply_target(worker, model, version)
+        if written or target is not None:  # the worker reads the weights where they are written
+            if target is not None:
+                for out, values in zip(target, bundles.values_arrays(model)):
+                    np.copyto(out, values)
+            self.channels[worker].post_reply(version, epoch)
+            self.transport.ring(worker)
+            self.channel_bytes[0] += 4 * sum(self._value_sizes(model, version))
+            return
+        self._send_model(worker, "values", bundles.values_arrays(model), model, version, epoch)
+
+    def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
+        self._open_channels(model, version)
+        self._finish_reply(worker)
+        self._send_model(worker, "topology", bundles.topology_arrays(model), model, version, epoch)
+
+    def _send_model(self, worker: int, kind: str, arrays: list[np.ndarray], model: SparseMLP, version: int,
+                    epoch: int) -> None:
+        meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes}
+        if self._unnamed and worker in self._unnamed:
+            self.channels[worker] = self._unnamed.pop(worker)
+            meta["channel"] = self.channels[worker].path
+        # non-blocking: a pipelining worker takes this reply only after computing its next gradient
+        self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
+
+    def _finish_reply(self, worker: int) -> None:
+        """Complete the model reply still in flight to `worker`, if any."""
+        pending = self.replies.pop(worker, None)
+        if pending is not None:
+            pending.wait()
+
+    def take_gradient(self, source: int | None = None) -> Gradient:
+        """Channels are scanned from the one after the channel taken from last, and when some workers
+        have no channel (other nodes) a waiting bundle goes first every other time, so a busy
+        server starves nobody."""
+        self._taken += 1
+        if source is not None:
+            channels = [(source, self.channels[source])] if source in self.channels else []
+        else:
+            channels = sorted(self.channels.items(), key=lambda kc: (kc[0] <= self._last_channel, kc[0]))
+            if len(channels) < len(self.ids) and self._taken % 2 == 0:
+                if self.transport.poll(tag=TAG_GRADIENT) is not None:
+                    channels = []
+        if not channels:
+            return _gradient_of(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
+        found = []
+
+        def ready() -> bool:
+            for k, channel in channels:
+                if channel.gradient_ready():
+                    found.append(k)
+                    return True
+            return False
+
+        msg = self.transport.recv_unless(ready, source=source, tag=TAG_GRADIENT)
+        if msg is not None:
+            return _gradient_of(msg)
+        k = self._last_channel = found[-1]
+        version, samples, loss, correct, arrays = self.channels[k].take_gradient()
+        self.channel_bytes[1] += sum(a.nbytes for a in arrays)
+        return Gradient(k, version, samples, loss, correct, arrays)
+
+    # ------------------------------------------------------------------ phase 2
+
+    def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray]) -> None:
+        for k, replica in zip(self.ids, replicas):
+            layers = replica.layers
+            meta = {"start_epoch": start_epoch, "rng_state": replica.rng_state, "prune": len(masks),
+                    "sizes": [layers[0].n_in] + [la.n_out for la in layers], "state": bundles.state_names(layers),
+                    "optimizer_scalars": replica.scalars}
+            self._finish_reply(k)
+            self.transport.send_bundle(k, TAG_PHASE2, meta, bundles.replica_arrays(layers) + list(masks))
+
+    def gather_replicas(self, sizes: list[int], patience: float = 0.0) -> list[Replica]:
+        with self.transport.patience(patience):
+            msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.ids]
+        return [Replica(bundles.replica_layers(m.arrays, sizes, m.meta["state"]), m.meta["rng_state"],
+                        m.meta["optimizer_scalars"], m.meta["report"]) for m in msgs]
+
+    def continue_replicas(self, masks: list[np.ndarray]) -> None:
+        for k in self.ids:
+            self.transport.send_bundle(k, TAG_CONTINUE, {"prune": len(masks)}, masks)
+
+    def stop(self, stopped_by: str | None = None) -> None:
+        for k in self.ids:  # stopped_by: the workers exit with the server's code (75 after a stop request)
+            self._finish_reply(k)
+            self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by})
+
+    def epoch_stats(self) -> dict:
+        t = self.transport
+        wait, wait_cpu = t.wait_seconds - self._waited[0], t.wait_cpu_seconds - self._waited[1]
+        self._waited = (t.wait_seconds, t.wait_cpu_seconds)
+        # byte and channel counts are cumulative over the run
+        return {"bytes_sent": t.bytes_sent + self.channel_bytes[0], "bytes_received": t.bytes_received + self.channel_bytes[1],
+                "server_wait_seconds": wait,
+                "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
+                "channel_replies": sum(c.replies_posted for c in self.channels.values()),
+                "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
+
+
+def _gradient_of(msg) -> Gradient:
+    m = msg.meta
+    return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]), msg.arrays)
+
+
+def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0) -> int:
+    """Array bytes of a model as _send_model sends a topology (rows, cols, values, bias of every layer)
+    or, with the optimizer's state bytes per parameter, of a phase-2 replica (bundles.replica_arrays)."""
+    connections, biases = sum(nnz), sum(sizes[1:])
+    return 12 * connections + 4 * biases + state_per_parameter * (connections + biases)
+
+
+def planned_bytes(cfg: Config, sizes: list[int], nnz: list[int], state_per_parameter: int, workers: int
+                  ) -> dict[str, list[tuple[str, int, str]]]:
+    """(item, bytes, note) the messaging holds at its peak, per role ("server", "worker"): the server
+    receives every replica before averaging; with parallel.shared_memory every sender keeps up to
+    shm.SLOTS /dev/shm slots (tmpfs, counted as memory) per same-node peer, each as large as the
+    largest bundle up to the transport's limit, and the server maps a channel per worker
+    (channel.BUFFERS buffers of one float32 per parameter), counted once, at the server."""
+    from .channel import BUFFERS
+    from .shm import SLOTS
+    from .transport import DEFAULT_SHARED_MAX_BYTES
+
+    replica = message_bytes(sizes, nnz, state_per_parameter)
+    server = [("phase-2 replicas received", workers * replica, f"{workers} x {replica:,} B")]
+    worker = [("messages", message_bytes(sizes, nnz), "topology bundle")]
+    if cfg.parallel.shared_memory:
+        slot = min(replica, DEFAULT_SHARED_MAX_BYTES)
+        server.append(("shared-memory slots", SLOTS * workers * slot, f"{SLOTS} x {workers} x the largest bundle"))
+        values = 4 * (sum(nnz) + sum(sizes[1:]))
+        if values <= DEFAULT_SHARED_MAX_BYTES:  # larger models get no channel
+            server.append(("shared-memory channels", BUFFERS * workers * values,
+                           f"{BUFFERS} x {workers} x the weights, mapped by workers too"))
+        worker.append(("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle"))
+    return {"server": server, "worker": worker}

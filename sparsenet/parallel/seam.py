@@ -1,0 +1,93 @@
+"""The seam between the parameter server's algorithm and the wire: all the server asks of its workers.
+
+ParameterServer (server.py) talks to workers only through a `Workers`: MPIWorkers (mpi_workers.py)
+implements it over MPI and same-node shared memory, tests/unit/fake_workers.py in one process.
+The server decides what each worker must get (weights or a new topology, by its own record of the
+topology version each worker holds); a Workers decides how it travels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..checkpoint import LayerArrays
+from ..model import SparseMLP
+
+
+@dataclass
+class Gradient:
+    """A worker's gradient: weight then bias arrays, computed on topology `version`, over `samples`
+    samples whose summed loss and correct count the worker reports."""
+
+    source: int
+    version: int
+    samples: int
+    loss: float
+    correct: int
+    arrays: list[np.ndarray]
+
+
+@dataclass
+class Replica:
+    """A worker's phase-2 model with its optimizer state, as the checkpoint stores it.
+
+    rng_state None: the worker seeds its own generator. report: after a phase-2 epoch, the worker's
+    train_loss, train_accuracy (means over its `samples`), train_seconds and evolution_seconds.
+    """
+
+    layers: list[LayerArrays]
+    rng_state: dict | None
+    scalars: dict
+    report: dict = field(default_factory=dict)
+
+
+class Workers(ABC):
+    """Workers `ids` of a parameter server. Phase 1: gradients in, weights or topologies out.
+    Phase 2: replicas out, trained replicas back after every epoch, then continue or stop."""
+
+    ids: list[int]
+
+    @abstractmethod
+    def take_gradient(self, source: int | None = None) -> Gradient:
+        """The next gradient from `source` (None: whichever worker is first, fairly); blocks until one is there.
+        Its arrays stay valid until the next reply to that worker."""
+
+    def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
+        """Arrays [weights..., biases...] shaped like `model`'s into which the next update may write
+        `worker`'s next weights directly (send_weights(written=True) then sends them), or None.
+        Only asked for a worker that holds topology `version`."""
+        return None
+
+    @abstractmethod
+    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int, written: bool = False) -> None:
+        """Send `model`'s weights and biases to `worker`, which holds its topology `version`; `written`:
+        they are already in reply_target's arrays. Returns before the worker has them."""
+
+    @abstractmethod
+    def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
+        """Send `model` whole (layer widths, connections, weights, biases) as topology `version`."""
+
+    @abstractmethod
+    def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray]) -> None:
+        """Phase 2: worker ids[i] trains replicas[i] from epoch start_epoch + 1, after removing the
+        hidden neurons outside the keep `masks` (one bool array per hidden layer; [] = none)."""
+
+    @abstractmethod
+    def gather_replicas(self, sizes: list[int], patience: float = 0.0) -> list[Replica]:
+        """Every worker's replica (layer widths `sizes`) after its next phase-2 epoch, in ids order;
+        `patience`: seconds a silent worker is given beyond parallel.timeout_s (it trains an epoch alone)."""
+
+    @abstractmethod
+    def continue_replicas(self, masks: list[np.ndarray]) -> None:
+        """Every worker trains one more phase-2 epoch, after applying the keep `masks` ([] = none)."""
+
+    @abstractmethod
+    def stop(self, stopped_by: str | None = None) -> None:
+        """The run is over: every worker returns (stopped_by: the stop signal that ended it early)."""
+
+    def epoch_stats(self) -> dict:
+        """Metrics of the traffic since the last call, merged into the epoch's row."""
+        return {}

@@ -1,0 +1,89 @@
+"""What a run carries from epoch to epoch, fresh or from a checkpoint, and back into one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import Config, config_to_dict, config_to_yaml
+from .cpus import ThreadGovernor
+from .errors import CheckpointError, ConfigError
+from .model import SparseMLP
+from .optim import Optimizer, make_optimizer
+from .sparse.layer import SparseLayer
+
+# Sections that define the model and its data: a resumed run must not change them.
+FROZEN_ON_RESUME = ("seed", "data", "model")
+
+
+@dataclass
+class TrainingState:
+    """What a run carries from epoch to epoch; `epoch` counts completed epochs."""
+
+    model: SparseMLP
+    optimizer: Optimizer
+    rng: np.random.Generator
+    epoch: int
+    history: list[dict]
+    stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
+    partial: dict | None = None  # an epoch stopped after some batches (train.train_epoch); None between epochs
+
+
+def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
+    """A freshly initialised model and optimizer; every random draw comes from one seeded generator."""
+    rng = np.random.default_rng(cfg.seed)
+    m = cfg.model
+    model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
+                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng)
+    return TrainingState(model, make_optimizer(cfg, model), rng, 0, [])
+
+
+def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
+    model, opt = state.model, state.optimizer
+    return ckpt.CheckpointData(layers_to_checkpoint(model, opt), model.slopes, model.dropout, model.output, state.epoch,
+                               state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
+                               optimizer=opt.name, optimizer_scalars=opt.scalars(), partial_epoch=state.partial)
+
+
+def layers_to_checkpoint(model: SparseMLP, opt: Optimizer) -> list[ckpt.LayerArrays]:
+    """Every layer's arrays with the optimizer's named state, as the checkpoint stores them."""
+    return [ckpt.LayerArrays(layer.n_in, layer.n_out, layer.rows, layer.cols, layer.values, layer.bias,
+                             opt.layer_state(l)) for l, layer in enumerate(model.layers)]
+
+
+def model_from_checkpoint(data: ckpt.CheckpointData) -> SparseMLP:
+    layers = [SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias) for a in data.layers]
+    return SparseMLP(layers, data.slopes, data.dropout, data.output)
+
+
+def optimizer_from_checkpoint(cfg: Config, model: SparseMLP, layers: list[ckpt.LayerArrays], name: str,
+                              scalars: dict) -> Optimizer:
+    """cfg's optimizer for `model`, holding the state stored with `layers` (which must be of the same optimizer)."""
+    optimizer = make_optimizer(cfg, model)
+    if name != optimizer.name:
+        raise ConfigError(f"cannot resume: the checkpoint holds {name} optimizer state but train.optimizer is "
+                          f"{optimizer.name}; resume with --set train.optimizer={name}")
+    try:
+        optimizer.load_state([a.state for a in layers], scalars)
+    except ValueError as exc:
+        raise CheckpointError(f"cannot resume: the checkpoint's optimizer state does not fit: {exc}") from None
+    return optimizer
+
+
+def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingState:
+    model = model_from_checkpoint(data)
+    optimizer = optimizer_from_checkpoint(cfg, model, data.layers, data.optimizer, data.optimizer_scalars)
+    rng = np.random.default_rng()
+    rng.bit_generator.state = data.rng_state
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), partial=data.partial_epoch)
+
+
+def check_resume_compatible(saved: Config, cfg: Config) -> None:
+    old, new = config_to_dict(saved), config_to_dict(cfg)
+    changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
+    if changed:
+        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+                          f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")

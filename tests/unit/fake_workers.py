@@ -1,0 +1,83 @@
+"""seam.Workers in one process, for the parameter server's unit tests.
+
+Each fake worker holds the model last sent to it and computes real gradients on its shard when the
+server takes one (as a worker whose gradient was already on its way), so a worker that the server
+has not answered since a topology change hands in a stale gradient, as over MPI. Phase 2 replicas
+are "trained" by a known change: worker k scales every weight by 1 + k / 10.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsenet.checkpoint import LayerArrays
+from sparsenet.parallel.seam import Gradient, Replica, Workers
+from sparsenet.parallel.worker import batches, new_model, shard
+from sparsenet.train import compute_gradients
+
+
+class FakeWorkers(Workers):
+    def __init__(self, cfg, data, k: int, on_take=None):
+        self.cfg, self.ids = cfg, list(range(1, k + 1))
+        mine = {w: shard(data.x_train.shape[0], w, k, cfg.seed) for w in self.ids}
+        self.data = {w: (np.ascontiguousarray(data.x_train[m]), data.y_train[m]) for w, m in mine.items()}
+        self.models, self.versions, self.streams = {}, {}, {}
+        self.sent: list[tuple[str, int, int]] = []  # (kind, worker, version) of every model sent
+        self.taken: list[Gradient] = []
+        self.replicas: list[list[Replica]] = []  # what gather_replicas returned, per phase-2 epoch
+        self.masks: list[list[np.ndarray]] = []  # what start_replicas / continue_replicas carried
+        self.stopped = False
+        self.on_take = on_take  # called with the number of gradients taken so far
+        self._next = 0
+
+    def take_gradient(self, source=None) -> Gradient:
+        if source is None:  # round robin, as a fair transport would
+            source = self.ids[self._next % len(self.ids)]
+            self._next += 1
+        model = self.models[source]
+        x, y = self.data[source]
+        rng, stream = self.streams[source]
+        loss, correct = compute_gradients(model, rng, x, y, next(stream))
+        arrays = [g.copy() for g in list(model.grads) + list(model.bias_grads)]
+        g = Gradient(source, self.versions[source], int(min(self.cfg.train.batch_size, x.shape[0])), loss, correct, arrays)
+        self.taken.append(g)
+        if self.on_take is not None:
+            self.on_take(len(self.taken))
+        return g
+
+    def send_weights(self, worker, model, version, epoch, written=False) -> None:
+        assert self.versions[worker] == version and not written
+        for mine, theirs in zip(self.models[worker].layers, model.layers):
+            mine.values[:], mine.bias[:] = theirs.values, theirs.bias
+        self.sent.append(("values", worker, version))
+
+    def send_topology(self, worker, model, version, epoch) -> None:
+        arrays = [a.copy() for la in model.layers for a in (la.rows, la.cols, la.values, la.bias)]
+        self.models[worker] = new_model(self.cfg, model.sizes, arrays)
+        self.versions[worker] = version
+        if worker not in self.streams:
+            rng = np.random.default_rng([self.cfg.seed, worker])
+            self.streams[worker] = (rng, batches(self.data[worker][0].shape[0], self.cfg.train.batch_size, rng))
+        self.sent.append(("topology", worker, version))
+
+    def start_replicas(self, replicas, start_epoch, masks) -> None:
+        self.held = [r.layers for r in replicas]
+        self.masks.append(list(masks))
+
+    def gather_replicas(self, sizes, patience: float = 0.0) -> list[Replica]:
+        out = []
+        for w, layers in zip(self.ids, self.held):
+            scaled = [LayerArrays(a.n_in, a.n_out, a.rows, a.cols, a.values * np.float32(1 + w / 10), a.bias,
+                                  dict(a.state)) for a in layers]
+            report = {"samples": self.data[w][0].shape[0], "train_loss": 0.5 * w, "train_accuracy": 0.25 * w,
+                      "train_seconds": 1.0 * w, "evolution_seconds": 0.1}
+            out.append(Replica(scaled, np.random.default_rng(w).bit_generator.state, {"step": w}, report))
+        self.held = [r.layers for r in out]
+        self.replicas.append(out)
+        return out
+
+    def continue_replicas(self, masks) -> None:
+        self.masks.append(list(masks))
+
+    def stop(self, stopped_by=None) -> None:
+        self.stopped = True
