@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@# `make setup MPI=system` builds mpi4py against the system's MPI instead (clusters, srun).
 	@if [ "$(MPI)" = system ]; then $(PY) -m pip install -q --no-binary mpi4py --no-cache-dir mpi4py; \
 	  else $(PY) -m pip install -q mpich; fi
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,mpi]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -72,16 +72,42 @@ def _sigmoid_mse(z, labels, delta, scale, start):
     return loss, correct
 
 
+@njit(fastmath=False, cache=True)
+def _sigmoid_mse_targets(z, targets, delta, scale, start):
+    n_out, batch = z.shape
+    loss = start
+    for b in range(batch):
+        for c in range(n_out):
+            a = 1.0 / (1.0 + np.exp(-np.float64(z[c, b])))
+            t = np.float64(targets[b, c])
+            loss += 0.5 * (a - t) ** 2
+            delta[c, b] = (a - t) * a * (1.0 - a) * scale
+    return loss
+
+
 def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarray,
                 start: float = 0.0) -> tuple[float, int]:
     """Summed loss and correct count of logits z (n_classes, batch); delta gets dLoss/dz / batch.
 
+    labels: int (batch,) class indices in 0..n_classes-1, or, for the sigmoid output only, float
+    targets (batch, n_out) in [0, 1] (regression; the correct count is then 0).
     The per-sample losses are added, in order, to `start` (float64): a running sum over several
     calls equals one call on all the samples, bit for bit.
     """
-    if z.shape != delta.shape or labels.shape != (z.shape[1],):
-        raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
+    if z.shape != delta.shape:
+        raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}")
     scale = 1.0 / z.shape[1]
+    if labels.ndim == 2 and labels.dtype.kind == "f":
+        if output != "sigmoid" or labels.shape != (z.shape[1], z.shape[0]):
+            raise ValueError(f"float targets need the sigmoid output and shape {(z.shape[1], z.shape[0])}, "
+                             f"got output {output!r}, targets {labels.shape}")
+        return float(_sigmoid_mse_targets(z, labels, delta, scale, float(start))), 0
+    if labels.shape != (z.shape[1],):
+        raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
+    if labels.shape[0] and (labels.min() < 0 or labels.max() >= z.shape[0]):
+        # the kernels index z[label]: a label outside the output layer would read out of bounds
+        raise ValueError(f"labels must be class indices in 0..{z.shape[0] - 1}, "
+                         f"got {labels.min()}..{labels.max()}")
     if output == "softmax":
         loss, correct = _softmax_cross_entropy(z, labels, delta, scale, float(start))
     elif output == "sigmoid":

@@ -54,6 +54,11 @@ class CheckpointData:
     replica_optimizer_scalars: list[dict] = field(default_factory=list)
     optimizer: str = "momentum"  # optim.OPTIMIZERS key of the state in the layers
     optimizer_scalars: dict = field(default_factory=dict)  # its JSON state besides arrays (Adam's step)
+    # preprocessing/ group: float32 (n_features,) standardisation applied to raw samples, and the label
+    # of each output (int64 or str array); None when the run did not standardise / used labels 0..n-1
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    classes: np.ndarray | None = None
     # Sequential runs stopped part-way through epoch `epoch + 1`: batches done ("step" of "n_steps"),
     # the generator state its sample order was drawn from, loss/correct sums and seconds so far.
     partial_epoch: dict | None = None
@@ -90,6 +95,7 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             f.attrs["n_replicas"] = len(data.replicas)
             if data.partial_epoch is not None:
                 f.attrs["partial_epoch"] = json.dumps(data.partial_epoch)
+            _write_preprocessing(f, data)
             f.flush()
 
 
@@ -99,6 +105,9 @@ def _file_size_bound(data: CheckpointData) -> int:
               for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
         + len(json.dumps(data.replica_rng_states)) + len(json.dumps([data.optimizer_scalars, *data.replica_optimizer_scalars]))
+    arrays += [a for a in (data.mean, data.std) if a is not None]
+    if data.classes is not None:
+        texts += len(json.dumps(np.asarray(data.classes).tolist()))
     return sum(a.nbytes for a in arrays) + 4 * texts + 8192 * (len(arrays) + 8) + (1 << 20)
 
 
@@ -111,6 +120,17 @@ def _write_layers(f, prefix: str, layers: list[LayerArrays]) -> None:
             g.create_dataset(name, data=getattr(layer, name))
         for name, array in layer.state.items():
             g.create_dataset(f"optimizer/{name}", data=array)
+
+
+def _write_preprocessing(f, data: CheckpointData) -> None:
+    if data.mean is None and data.classes is None:
+        return
+    g = f.create_group("preprocessing")
+    if data.mean is not None:
+        g.create_dataset("mean", data=np.asarray(data.mean, dtype=np.float32))
+        g.create_dataset("std", data=np.asarray(data.std, dtype=np.float32))
+    if data.classes is not None:
+        g.attrs["classes"] = json.dumps(np.asarray(data.classes).tolist())
 
 
 def load_checkpoint(path: str | os.PathLike) -> CheckpointData:
@@ -168,7 +188,34 @@ def _read(f, path: Path) -> CheckpointData:
         optimizer_scalars=json.loads(_attr(f, "optimizer_scalars", path)) if version > 1 else {},
         partial_epoch=json.loads(_attr(f, "partial_epoch", path)) if "partial_epoch" in f.attrs else None)
     _check_run_state(data, path)
+    if "preprocessing" in f:
+        _read_preprocessing(f["preprocessing"], data, path)
     return data
+
+
+def _read_preprocessing(g, data: CheckpointData, path: Path) -> None:
+    """mean/std: float32 [n_in of layer 0], finite, std > 0; classes: distinct ints or strings, one per output."""
+    n_in, n_out = data.layers[0].n_in, data.layers[-1].n_out
+    if ("mean" in g) != ("std" in g):
+        raise CheckpointError(f"checkpoint {path}: preprocessing holds only one of mean and std")
+    if "mean" in g:
+        for key in ("mean", "std"):
+            arr = g[key][()]
+            if arr.dtype != np.float32 or arr.shape != (n_in,) or not np.all(np.isfinite(arr)):
+                raise CheckpointError(f"checkpoint {path}: preprocessing/{key} is {arr.dtype} {arr.shape}, "
+                                      f"expected {n_in} finite float32 values (one per input)")
+            setattr(data, key, arr)
+        if not np.all(data.std > 0):
+            raise CheckpointError(f"checkpoint {path}: preprocessing/std holds a value <= 0")
+    if "classes" in g.attrs:
+        raw = g.attrs["classes"]
+        classes = json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        kinds = {type(c) for c in classes} if isinstance(classes, list) else {None}
+        if (not classes or len(kinds) != 1 or kinds - {int, str} or len(classes) != n_out
+                or len(set(classes)) != n_out or (kinds == {int} and not all(-2**63 <= c < 2**63 for c in classes))):
+            raise CheckpointError(f"checkpoint {path}: preprocessing classes must be {n_out} distinct integers "
+                                  f"or strings (one per output)")
+        data.classes = np.array(classes, dtype=np.int64 if kinds == {int} else str)
 
 
 def _json_dataset(f, name: str):

@@ -1,4 +1,4 @@
-"""Command line: sparsenet train | plan | evaluate | info | prune | features | data synth | plot. Bad input exits 2 with a one-line error."""
+"""Command line: sparsenet train | plan | evaluate | predict | export | info | prune | features | data synth | plot. Bad input exits 2 with a one-line error."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def _train(args: argparse.Namespace) -> int:
     if os.path.lexists(out):  # an unusable output folder is refused before data and memory are looked at
         check_folder(out)
     if launched_world_size() > 1:
+        try:
+            import mpi4py  # noqa: F401
+        except ImportError:
+            raise SparsenetError(f"launched on {launched_world_size()} MPI ranks, but mpi4py is not installed: "
+                                 f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)") from None
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
         state = run_parallel(cfg, out, resume=args.resume)
@@ -90,6 +95,58 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                                     max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
     print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
                       "test_loss": loss, "test_samples": int(dataset.x_test.shape[0])}))
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    import csv
+    import io
+
+    import numpy as np
+
+    from .api import load, probabilities
+    from .data.features import read_features
+    from .data.prepare import label_array
+    from .fileio import prepare_file, write_text
+    from .inputs import label_indices
+    from .train import set_threads
+
+    model = load(args.checkpoint)
+    set_threads(model.config.threads)
+    x, labels = read_features(args.data, model.n_features_in_, model.config.data.label_column)
+    z = model.logits(x)  # checked against the model and standardised as at training time
+    classes = model.classes_
+    pred = classes[np.argmax(z, axis=1)]
+    proba = probabilities(model.output, z) if args.proba else None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")  # quotes labels holding commas or quotes
+    writer.writerow(["prediction", *([f"p_{c}" for c in classes] if args.proba else [])])
+    for i in range(z.shape[0]):
+        writer.writerow([pred[i], *([f"{p:.9g}" for p in proba[i]] if args.proba else [])])
+    text = buffer.getvalue()
+    summary = {"checkpoint": str(args.checkpoint), "data": str(args.data), "rows": int(z.shape[0])}
+    if labels is not None:
+        truth = label_indices(label_array(labels, "labels", f"'{args.data}'"), classes, where=f"labels in {args.data}")
+        if truth.shape[0] != z.shape[0]:
+            raise SparsenetError(f"'{args.data}' has {truth.shape[0]} labels for {z.shape[0]} samples")
+        summary["accuracy"] = float(np.mean(np.argmax(z, axis=1) == truth))
+    if args.out is None:
+        sys.stdout.write(text)
+        return 0
+    write_text(prepare_file(args.out, "predictions file"), text, "predictions file")
+    print(json.dumps({**summary, "out": str(args.out)}))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .api import load
+    from .export import export_npz, export_torch
+
+    model = load(args.checkpoint)
+    out = args.out or str(Path(args.checkpoint).with_suffix(".npz" if args.format == "npz" else ".pt"))
+    (export_npz if args.format == "npz" else export_torch)(model, out)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "format": args.format, "out": out,
+                      "layers": len(model.network.layers), "nnz": model.network.nnz}))
     return 0
 
 
@@ -286,7 +343,10 @@ def _number(text: str, what: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="sparsenet", description="Truly sparse MLPs trained with SET on CPUs.")
+    parser.add_argument("--version", action="version", version=f"sparsenet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model from a YAML config")
     train.add_argument("config", help="YAML config file")
@@ -308,6 +368,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override the checkpoint's config, e.g. data.path=...")
     evaluate.set_defaults(func=_cmd_evaluate)
+    predict = sub.add_parser("predict", help="score every row of a data file with a checkpoint, preprocessed as "
+                                             "at training time (CSV: prediction[, p_<class>...])")
+    predict.add_argument("checkpoint")
+    predict.add_argument("--data", required=True, help=".npz / .h5 (array x or x_test; labels y or y_test "
+                         "optional), scipy save_npz matrix, or .csv (feature columns, optionally the label column)")
+    predict.add_argument("--proba", action="store_true", help="add one probability column per class")
+    predict.add_argument("--out", help="CSV file to write (default: standard output); prints a JSON summary, "
+                         "with the accuracy when the file has labels")
+    predict.set_defaults(func=_cmd_predict)
+    export = sub.add_parser("export", help="write a checkpoint's model as per-layer CSR arrays (npz, scipy) "
+                                           "or a torch state_dict of sparse CSR tensors")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", choices=("npz", "torch"), required=True)
+    export.add_argument("--out", help="file to write (default: the checkpoint's name with .npz / .pt)")
+    export.set_defaults(func=_cmd_export)
     info = sub.add_parser("info", help="layers, neurons, nnz and epoch of a checkpoint")
     info.add_argument("checkpoint")
     info.add_argument("--json", action="store_true", help="print one JSON line")

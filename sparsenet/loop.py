@@ -118,7 +118,7 @@ class EpochLoop:
                **{k: trained.pop(k) for k in SECONDS}, "eval_seconds": time.perf_counter() - t0,
                "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                "neurons_removed": trained.pop("neurons_removed", None) or [0] * (len(state.model.sizes) - 2),
-               "peak_rss_mb": round(peak_rss_mb(), 1), "lr": state.optimizer.lr, **trained}
+               "peak_rss_mb": round(peak_rss_mb(), 1), **trained}
         state.epoch = epoch
         check_finite(row)
         state.history.append(row)

@@ -30,6 +30,8 @@ class TrainingState:
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
     governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
     partial: dict | None = None  # an epoch stopped after some batches (train.train_epoch); None between epochs
+    # anything with mean, std and classes (a Dataset, CheckpointData): saved in the checkpoint for inference
+    preprocessing: object | None = None
 
 
 def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
@@ -42,10 +44,12 @@ def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
 
 
 def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
-    model, opt = state.model, state.optimizer
+    model, opt, pre = state.model, state.optimizer, state.preprocessing
     return ckpt.CheckpointData(layers_to_checkpoint(model, opt), model.slopes, model.dropout, model.output, state.epoch,
                                state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
-                               optimizer=opt.name, optimizer_scalars=opt.scalars(), partial_epoch=state.partial)
+                               optimizer=opt.name, optimizer_scalars=opt.scalars(),
+                               mean=getattr(pre, "mean", None), std=getattr(pre, "std", None),
+                               classes=getattr(pre, "classes", None), partial_epoch=state.partial)
 
 
 def layers_to_checkpoint(model: SparseMLP, opt: Optimizer) -> list[ckpt.LayerArrays]:
@@ -78,7 +82,8 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     optimizer = optimizer_from_checkpoint(cfg, model, data.layers, data.optimizer, data.optimizer_scalars)
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
-    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), partial=data.partial_epoch)
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), preprocessing=data,
+                         partial=data.partial_epoch)
 
 
 def check_resume_compatible(saved: Config, cfg: Config) -> None:

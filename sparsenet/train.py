@@ -158,7 +158,7 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int, stop
         return None
     train_loss, train_acc = done
     return {"train_loss": train_loss, "train_accuracy": train_acc, "train_seconds": train_seconds,
-            "evolution_seconds": evolution_seconds, "neurons_removed": removed}
+            "evolution_seconds": evolution_seconds, "neurons_removed": removed, "lr": state.optimizer.lr}
 
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
@@ -176,6 +176,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
                           f"{cfg.train.batch_size} gives {n_steps} (keep the batch size of the stopped run)")
     if state.partial:
         log(f"continuing epoch {state.epoch + 1} after batch {state.partial['step']} of {n_steps}")
+    state.preprocessing = data  # mean/std/classes into the checkpoint
     if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
         state.governor = ThreadGovernor(threads, numba.set_num_threads)
 

@@ -51,19 +51,20 @@ def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str, row=None) 
         x = check_features(arrays["x"], "x", where)
         y = label_array(arrays["y"], "y", where, row)
         check_lengths(x, y, "x", "y", where)
-        codes, n_classes = encode_whole(y, where)
+        codes, classes = encode_whole(y, where)
         x_train, y_train, x_test, y_test = split(x, codes, cfg.test_fraction, seed, where)
-        return finish(cfg, name, x_train, y_train, x_test, y_test, n_classes, check_finite=True)
+        return finish(cfg, name, x_train, y_train, x_test, y_test, len(classes), check_finite=True,
+                      classes=classes)
     x_train = check_features(arrays["x_train"], "x_train", where)
     x_test = check_features(arrays["x_test"], "x_test", where)
     y_train, y_test = arrays["y_train"], arrays["y_test"]
     check_lengths(x_train, y_train, "x_train", "y_train", where)
     check_lengths(x_test, y_test, "x_test", "y_test", where)
-    y_train, y_test, n_classes = encode_labels(y_train, y_test, where)
+    y_train, y_test, classes = encode_labels(y_train, y_test, where)
     if x_train.shape[1] != x_test.shape[1]:
         raise DataError(f"{where}: x_test has {x_test.shape[1]} features but x_train has "
                         f"{x_train.shape[1]}")
-    return finish(cfg, name, x_train, y_train, x_test, y_test, n_classes, check_finite=True)
+    return finish(cfg, name, x_train, y_train, x_test, y_test, len(classes), check_finite=True, classes=classes)
 
 
 def load_npz(cfg, seed: int) -> Dataset:

@@ -22,6 +22,9 @@ class Dataset:
     y_test: np.ndarray
     n_classes: int
     name: str
+    mean: np.ndarray | None = None     # float32 (n_features,): standardisation applied, or None
+    std: np.ndarray | None = None
+    classes: np.ndarray | None = None  # label of each class index as in the file (None: 0..n_classes-1)
 
     @property
     def n_features(self) -> int:
@@ -110,17 +113,20 @@ def label_array(y, what: str, where: str, row=None) -> np.ndarray:
     raise DataError(f"{where}: {what} must hold integers or strings, got dtype {y.dtype}")
 
 
-def encode_whole(y: np.ndarray, where: str) -> tuple[np.ndarray, int]:
-    """Labels of a whole file (label_array output) -> codes 0..n_classes-1 by sorted unique value."""
+def encode_whole(y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Labels of a whole file (label_array output) -> (codes 0..n_classes-1 by sorted unique value, classes)."""
     classes = np.unique(y)
     if len(classes) < 2:
         raise DataError(f"{where}: labels must have at least 2 distinct values, "
                         f"got {len(classes)} ({', '.join(str(c)[:40] for c in classes[:2])})")
-    return np.searchsorted(classes, y).astype(np.int64), len(classes)
+    return np.searchsorted(classes, y).astype(np.int64), classes
 
 
 def encode_labels(y_train, y_test, where: str):
-    """Map labels (integers or strings) to 0..n_classes-1 by sorted unique value over both sets."""
+    """Map labels (integers or strings) to 0..n_classes-1 by sorted unique value over both sets.
+
+    Returns (y_train indices, y_test indices, classes): classes[i] is the label of index i.
+    """
     ytr = label_array(y_train, "y_train", where)
     yte = label_array(y_test, "y_test", where)
     if (ytr.dtype.kind == "U") != (yte.dtype.kind == "U") and len(ytr) and len(yte):
@@ -131,7 +137,7 @@ def encode_labels(y_train, y_test, where: str):
         raise DataError(f"{where}: labels must have at least 2 distinct values, "
                         f"got {len(classes)} ({', '.join(map(str, classes[:2]))})")
     return (np.searchsorted(classes, ytr).astype(np.int64),
-            np.searchsorted(classes, yte).astype(np.int64), len(classes))
+            np.searchsorted(classes, yte).astype(np.int64), classes)
 
 
 def check_features(x, what: str, where: str) -> np.ndarray:
@@ -192,18 +198,22 @@ def _column_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(squares / n)
 
 
-def standardize(x_train: np.ndarray, *others: np.ndarray) -> None:
-    """In place: subtract the training mean and divide by the training std (0 std -> 1)."""
+def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In place: subtract the training mean and divide by the training std (0 std -> 1).
+
+    Returns the float32 (mean, std) applied, for the checkpoint's preprocessing group.
+    """
     mean, std = _column_stats(x_train)
     std[std == 0] = 1.0
     mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
     for x in (x_train, *others):
         x -= mean32
         x /= std32
+    return mean32, std32
 
 
 def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
-           pixels: bool = False, check_finite: bool = False) -> Dataset:
+           pixels: bool = False, check_finite: bool = False, classes: np.ndarray | None = None) -> Dataset:
     """Truncate to max_train/max_test, cast to float32 (pixels: /255), standardise if asked."""
     where = f"dataset '{name}'"
     check_lengths(x_train, y_train, "x_train", "y_train", where)
@@ -218,6 +228,7 @@ def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
     if check_finite:
         _check_finite(xtr, "x_train", where)
         _check_finite(xte, "x_test", where)
+    mean = std = None
     if cfg.standardize:
-        standardize(xtr, xte)
-    return Dataset(xtr, ytr, xte, yte, int(n_classes), name)
+        mean, std = standardize(xtr, xte)
+    return Dataset(xtr, ytr, xte, yte, int(n_classes), name, mean, std, classes)

@@ -11,7 +11,7 @@ def load_synthetic(cfg, seed: int) -> Dataset:
     try:
         from sklearn.datasets import make_classification
     except ImportError as e:
-        raise DataError("data.name 'synthetic' needs scikit-learn: pip install scikit-learn") from e
+        raise DataError("data.name 'synthetic' needs scikit-learn: pip install scikit-learn, or pip install sparsenet[sklearn]") from e
     try:
         x, y = make_classification(
             n_samples=cfg.samples, n_features=cfg.features, n_informative=cfg.informative,

@@ -85,7 +85,7 @@ def _useful_block(cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import make_classification
     except ImportError as e:
         raise DataError("sparsenet data synth needs scikit-learn (the Madelon generator): "
-                        "pip install scikit-learn, or pip install sparsenet[synth]") from e
+                        "pip install scikit-learn, or pip install sparsenet[sklearn]") from e
     n_useful = cfg.informative + cfg.redundant
     try:
         x, y = make_classification(n_samples=cfg.samples, n_features=n_useful, n_informative=cfg.informative,

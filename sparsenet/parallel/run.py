@@ -154,6 +154,7 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
                                  f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
 
     state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check)
+    state.preprocessing = data  # mean/std/classes into the checkpoint
     version, replicas = 0, None
     if saved is not None:
         version = saved.version

@@ -1,0 +1,116 @@
+"""New samples to score (sparsenet predict): raw features and, when the file has them, labels.
+
+.npz: array `x` (else `x_test`), labels `y` (else `y_test`) if present; or a scipy.sparse.save_npz
+matrix. .h5/.hdf5: datasets named the same. .csv: numeric columns; with one column more than the
+model has inputs, the config's data.label_column holds labels. Nothing is standardised here: the
+model applies the preprocessing stored in its checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from sparsenet.data.prepare import label_array
+from sparsenet.errors import DataError
+
+
+def read_features(path: str, n_features: int, label_column: int = -1):
+    """(x: array (n, n_features) or scipy CSR, labels: 1-D array or None) from a data file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(f"data file '{p}' not found" if not p.exists() else f"data file '{p}' is not a regular file")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(p)
+    if suffix in (".h5", ".hdf5"):
+        return _read_hdf5(p)
+    if suffix == ".csv":
+        return _read_csv(p, n_features, label_column)
+    raise DataError(f"data file '{p}': unknown kind '{suffix}'; use .npz, .h5/.hdf5 or .csv")
+
+
+def _pick(found, path: Path) -> tuple[str, str]:
+    for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
+        if x_key in found:
+            return x_key, y_key
+    raise DataError(f"'{path}' has arrays [{', '.join(sorted(found))}]; expected x (and optionally y) or x_test")
+
+
+def _read_npz(path: Path):
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"'{path}' is not an .npz archive (not a zip file); save it with np.savez")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if {"data", "indices", "indptr", "shape", "format"} <= set(archive.files):
+                import scipy.sparse as sp
+
+                return sp.load_npz(path).tocsr(), None
+            x_key, y_key = _pick(archive.files, path)
+            x = archive[x_key]
+            y = archive[y_key] if y_key in archive.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise DataError(f"cannot read npz file '{path}': {' '.join(str(e).split())}") from None
+    return x, y
+
+
+def _read_hdf5(path: Path):
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            found = [k for k in fh.keys()  # datasets of this file only: no external or soft links
+                     if isinstance(fh.get(k, getlink=True), h5py.HardLink) and isinstance(fh[k], h5py.Dataset)]
+            x_key, y_key = _pick(found, path)
+            x = fh[x_key][()]
+            y = None
+            if y_key in found:
+                ds = fh[y_key]
+                y = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
+    except OSError as e:
+        raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from None
+    return x, y
+
+
+def _read_csv(path: Path, n_features: int, label_column: int):
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            first_line = next((line for line in fh if line.strip()), "")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
+    if not first_line:
+        raise DataError(f"csv file '{path}' is empty")
+    delimiter = max(",;\t", key=first_line.count) if any(c in first_line for c in ",;\t") else ","
+    first = next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+    n_cols = len(first)
+    if n_cols not in (n_features, n_features + 1):
+        raise DataError(f"csv file '{path}' has {n_cols} columns; the model takes {n_features} features "
+                        f"(give {n_features} feature columns, or {n_features + 1} with a label column)")
+    label = None
+    if n_cols == n_features + 1:
+        label = label_column + n_cols if label_column < 0 else label_column
+        if not 0 <= label < n_cols:
+            raise DataError(f"data.label_column {label_column} is out of range for csv file '{path}' "
+                            f"with {n_cols} columns")
+    features = [i for i in range(n_cols) if i != label]
+
+    def number(text: str) -> bool:
+        try:
+            float(text)
+            return True
+        except ValueError:
+            return False
+
+    header = any(not number(first[i]) for i in features)
+    options = dict(delimiter=delimiter, skiprows=int(header), comments=None, quotechar='"', encoding="utf-8-sig")
+    try:
+        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
+        y = None if label is None else label_array(np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options),
+                                                   "labels", f"'{path}'")
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
+    return x, y

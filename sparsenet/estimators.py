@@ -1,0 +1,250 @@
+"""scikit-learn estimators: SETClassifier (softmax + cross-entropy) and SETRegressor (sigmoid + MSE).
+
+Parameters are the YAML config keys (train.lr -> lr, model.hidden -> hidden, pruning.method ->
+pruning, pruning.every -> pruning_every, ...; PARAMETERS lists them all) with the same defaults;
+fit builds a Config from them, so config.py validates them with its rules and messages. Nothing
+is written or printed unless verbose. scipy.sparse input stays sparse and is densified one batch
+at a time (inputs.CSRRows).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .api import Model, _standardized, fit_epochs, forward_logits, probabilities
+from .config import Config, config_from_dict, config_to_dict
+from .errors import ConfigError, ParameterError
+from .inputs import Preprocessing, as_samples
+
+__all__ = ["SETClassifier", "SETRegressor", "PARAMETERS"]
+
+# estimator parameter -> config key (SETClassifier also has output -> model.output)
+PARAMETERS = {
+    "hidden": "model.hidden", "epsilon": "model.epsilon", "activation": "model.activation", "alpha": "model.alpha",
+    "init": "model.init", "dropout": "model.dropout",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "momentum": "train.momentum",
+    "weight_decay": "train.weight_decay", "weight_decay_mode": "train.weight_decay_mode",
+    "eval_batch_size": "train.eval_batch_size",
+    "zeta": "evolution.zeta", "evolve_output": "evolution.evolve_output",
+    "pruning": "pruning.method", "pruning_start_epoch": "pruning.start_epoch", "pruning_every": "pruning.every",
+    "pruning_percentile": "pruning.percentile", "pruning_fraction": "pruning.fraction",
+    "pruning_duration": "pruning.duration",
+    "standardize": "data.standardize", "seed": "seed", "threads": "threads",
+}
+
+_DEFAULTS = config_to_dict(Config())
+
+
+def _default(key: str):
+    node = _DEFAULTS
+    for part in key.split("."):
+        node = node[part]
+    return tuple(node) if isinstance(node, list) else node
+
+
+class _SETBase(BaseEstimator):
+    _output = "softmax"
+
+    def _params_config(self) -> Config:
+        """A Config from the parameters, validated by config.py (its message, naming the parameter)."""
+        raw: dict = {}
+        mapping = dict(PARAMETERS, **({"output": "model.output"} if "output" in self.get_params() else {}))
+        for param, key in mapping.items():
+            *path, leaf = key.split(".")
+            node = raw
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = getattr(self, param)
+        raw["model"].setdefault("output", self._output)
+        raw["train"]["progress"] = bool(self.verbose)
+        try:
+            return config_from_dict(raw)
+        except ConfigError as e:
+            message = str(e)
+            for param, key in mapping.items():
+                message = message.replace(f"config key '{key}'", f"parameter '{param}' (config key '{key}')")
+            raise ParameterError(f"{type(self).__name__}: {message}") from None
+
+    def _validate(self, X, y="no_validation", *, reset: bool, **y_options):
+        return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=np.float32, **y_options)
+
+    def _train(self, X, targets: np.ndarray, cfg: Config, first: bool, epochs: int, n_out: int) -> None:
+        from .train import new_state, set_threads
+
+        set_threads(cfg.threads)
+        if first:
+            x = as_samples(X, where="X")
+            self._pre = Preprocessing.fit(x, cfg.data.standardize)
+            x = _standardized(x, self._pre)
+            self._state = new_state(cfg, x.shape[1], n_out)
+        else:
+            x = as_samples(X, self.n_features_in_, self._pre)
+        fit_epochs(self._state, cfg, x, targets, epochs, verbose=bool(self.verbose))
+        self.history_ = self._state.history
+        self.n_iter_ = self._state.epoch
+        self._eval_batch = cfg.train.eval_batch_size
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = self._validate(X, reset=False)
+        return forward_logits(self._state.model, as_samples(X, self.n_features_in_, self._pre), self._eval_batch)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+class SETClassifier(ClassifierMixin, _SETBase):
+    """Truly sparse MLP classifier trained with SET (softmax + cross-entropy by default).
+
+    Labels may be any hashable values numpy can sort (strings, arbitrary integers, ...):
+    classes_ holds them sorted, output i stands for classes_[i]. `warm_start=True` makes fit
+    continue the same network and optimizer for `epochs` more epochs; `partial_fit` trains one
+    epoch per call (the first call needs `classes`). With standardize=True the statistics come from
+    the first fit (or partial_fit) call. model_ is the trained sparsenet.Model (layers as scipy CSR).
+    """
+
+    def __init__(self, hidden=_default("model.hidden"), epsilon=_default("model.epsilon"),
+                 activation=_default("model.activation"), alpha=_default("model.alpha"),
+                 init=_default("model.init"), dropout=_default("model.dropout"), output=_default("model.output"),
+                 epochs=_default("train.epochs"), batch_size=_default("train.batch_size"), lr=_default("train.lr"),
+                 momentum=_default("train.momentum"), weight_decay=_default("train.weight_decay"),
+                 weight_decay_mode=_default("train.weight_decay_mode"),
+                 eval_batch_size=_default("train.eval_batch_size"),
+                 zeta=_default("evolution.zeta"), evolve_output=_default("evolution.evolve_output"),
+                 pruning=_default("pruning.method"), pruning_start_epoch=_default("pruning.start_epoch"),
+                 pruning_every=_default("pruning.every"), pruning_percentile=_default("pruning.percentile"),
+                 pruning_fraction=_default("pruning.fraction"), pruning_duration=_default("pruning.duration"),
+                 standardize=_default("data.standardize"), seed=_default("seed"), threads=_default("threads"),
+                 warm_start=False, verbose=False):
+        self.hidden, self.epsilon, self.activation, self.alpha = hidden, epsilon, activation, alpha
+        self.init, self.dropout, self.output = init, dropout, output
+        self.epochs, self.batch_size, self.lr, self.momentum = epochs, batch_size, lr, momentum
+        self.weight_decay, self.weight_decay_mode, self.eval_batch_size = weight_decay, weight_decay_mode, eval_batch_size
+        self.zeta, self.evolve_output = zeta, evolve_output
+        self.pruning, self.pruning_start_epoch, self.pruning_every = pruning, pruning_start_epoch, pruning_every
+        self.pruning_percentile, self.pruning_fraction, self.pruning_duration = (pruning_percentile, pruning_fraction,
+                                                                                 pruning_duration)
+        self.standardize, self.seed, self.threads = standardize, seed, threads
+        self.warm_start, self.verbose = warm_start, verbose
+
+    def fit(self, X, y):
+        """Train `epochs` epochs on X (n_samples, n_features) and labels y (n_samples,)."""
+        return self._fit(X, y, partial=False, classes=None)
+
+    def partial_fit(self, X, y, classes=None):
+        """One epoch on X, y; the first call needs `classes` (every label the model will see)."""
+        return self._fit(X, y, partial=True, classes=classes)
+
+    def _fit(self, X, y, *, partial: bool, classes):
+        cfg = self._params_config()
+        first = not hasattr(self, "_state") or not (partial or self.warm_start)
+        X, y = self._validate(X, y, reset=first)
+        check_classification_targets(y)
+        if first:
+            if partial and classes is None:
+                raise ValueError("SETClassifier.partial_fit: the first call needs classes=[every label]")
+            known = np.unique(y if classes is None else np.asarray(classes))
+            if known.shape[0] < 2:
+                raise ValueError(f"SETClassifier needs at least 2 classes in y, got 1 class ({known[0].item()!r})")
+        else:
+            known = self.classes_
+        index = np.searchsorted(known, y)
+        unknown = (index >= known.shape[0]) | (known[np.minimum(index, known.shape[0] - 1)] != y)
+        if unknown.any():
+            raise ValueError(f"y holds a label outside classes_: {y[np.argmax(unknown)].item()!r}; "
+                             f"classes_ are {known[:20].tolist()}")
+        self.classes_ = known
+        self._train(X, np.ascontiguousarray(index, dtype=np.int64), cfg, first, 1 if partial else cfg.train.epochs,
+                    known.shape[0])
+        names = known if known.dtype.kind in "iuU" else None  # checkpoint-storable labels only
+        self.model_ = Model(self._state.model, Preprocessing(self._pre.mean, self._pre.std, names), cfg,
+                            self._state.history)
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        """(n_samples, n_classes) float64, columns in the order of classes_."""
+        z = self._logits(X)
+        return probabilities(self._state.model.output, z)
+
+    def predict(self, X) -> np.ndarray:
+        z = self._logits(X)
+        return self.classes_[np.argmax(z, axis=1)]
+
+
+class SETRegressor(RegressorMixin, _SETBase):
+    """Truly sparse MLP regressor trained with SET: sigmoid outputs and mean squared error.
+
+    Each target column is mapped linearly from its training range [min, max] onto [0.1, 0.9] of
+    the sigmoid (scale kept from the first fit); predictions map back, so they lie within the
+    training range widened by 1/8 of it on either side. y may be 1-D or (n_samples, n_targets).
+    """
+
+    _output = "sigmoid"
+    MARGIN = 0.1
+
+    def __init__(self, hidden=_default("model.hidden"), epsilon=_default("model.epsilon"),
+                 activation=_default("model.activation"), alpha=_default("model.alpha"),
+                 init=_default("model.init"), dropout=_default("model.dropout"),
+                 epochs=_default("train.epochs"), batch_size=_default("train.batch_size"), lr=_default("train.lr"),
+                 momentum=_default("train.momentum"), weight_decay=_default("train.weight_decay"),
+                 weight_decay_mode=_default("train.weight_decay_mode"),
+                 eval_batch_size=_default("train.eval_batch_size"),
+                 zeta=_default("evolution.zeta"), evolve_output=_default("evolution.evolve_output"),
+                 pruning=_default("pruning.method"), pruning_start_epoch=_default("pruning.start_epoch"),
+                 pruning_every=_default("pruning.every"), pruning_percentile=_default("pruning.percentile"),
+                 pruning_fraction=_default("pruning.fraction"), pruning_duration=_default("pruning.duration"),
+                 standardize=_default("data.standardize"), seed=_default("seed"), threads=_default("threads"),
+                 warm_start=False, verbose=False):
+        self.hidden, self.epsilon, self.activation, self.alpha = hidden, epsilon, activation, alpha
+        self.init, self.dropout = init, dropout
+        self.epochs, self.batch_size, self.lr, self.momentum = epochs, batch_size, lr, momentum
+        self.weight_decay, self.weight_decay_mode, self.eval_batch_size = weight_decay, weight_decay_mode, eval_batch_size
+        self.zeta, self.evolve_output = zeta, evolve_output
+        self.pruning, self.pruning_start_epoch, self.pruning_every = pruning, pruning_start_epoch, pruning_every
+        self.pruning_percentile, self.pruning_fraction, self.pruning_duration = (pruning_percentile, pruning_fraction,
+                                                                                 pruning_duration)
+        self.standardize, self.seed, self.threads = standardize, seed, threads
+        self.warm_start, self.verbose = warm_start, verbose
+
+    def fit(self, X, y):
+        """Train `epochs` epochs on X (n_samples, n_features) and targets y (n_samples[, n_targets])."""
+        return self._fit(X, y, partial=False)
+
+    def partial_fit(self, X, y):
+        """One epoch on X, y (the first call fixes the target scaling)."""
+        return self._fit(X, y, partial=True)
+
+    def _fit(self, X, y, *, partial: bool):
+        cfg = self._params_config()
+        first = not hasattr(self, "_state") or not (partial or self.warm_start)
+        X, y = self._validate(X, y, reset=first, multi_output=True, y_numeric=True)
+        y2 = np.asarray(y, dtype=np.float64).reshape(y.shape[0], -1)
+        if first:
+            self._y_shape = y.shape[1:]
+            self._y_min = y2.min(axis=0)
+            span = y2.max(axis=0) - self._y_min
+            self._y_span = np.where(span > 0, span, 1.0)
+        elif y2.shape[1] != self._y_min.shape[0]:
+            raise ValueError(f"y has {y2.shape[1]} target columns but the model was fitted on {self._y_min.shape[0]}")
+        targets = self.MARGIN + (1 - 2 * self.MARGIN) * (y2 - self._y_min) / self._y_span
+        self._train(X, np.ascontiguousarray(targets, dtype=np.float32), cfg, first,
+                    1 if partial else cfg.train.epochs, y2.shape[1])
+        self.model_ = Model(self._state.model, Preprocessing(self._pre.mean, self._pre.std, None), cfg,
+                            self._state.history)
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        z = self._logits(X).astype(np.float64)
+        unit = (1.0 / (1.0 + np.exp(-z)) - self.MARGIN) / (1 - 2 * self.MARGIN)
+        out = unit * self._y_span + self._y_min
+        return out.reshape((out.shape[0], *self._y_shape))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags

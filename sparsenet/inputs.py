@@ -1,0 +1,186 @@
+"""The library's input boundary: raw samples -> float32 model input, labels <-> output indices.
+
+Everything a caller hands to sparsenet.load(...).predict, sparsenet.train or the estimators is
+checked here (shape, dtype, finiteness, feature count, labels against the model's classes), so no
+kernel ever sees an index it could read out of bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .data.prepare import _check_finite, _column_stats
+from .errors import DataError, InputError
+from .sparse import kernels
+
+
+@dataclass
+class Preprocessing:
+    """What turns a raw sample into the model's input, and an output index into a label.
+
+    mean, std: float32 (n_features,) training-set statistics (std has no zeros), or None when the
+    features are used as given. classes: the label of each output neuron (int64 or str array), or
+    None for 0..n_out-1.
+    """
+
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    classes: np.ndarray | None = None
+
+    @classmethod
+    def fit(cls, x: "np.ndarray | CSRRows", standardize: bool, classes=None) -> "Preprocessing":
+        """Statistics of float32 samples x (dense or CSRRows) when `standardize`, else none."""
+        mean = std = None
+        if standardize:
+            mean, std = x.column_stats() if isinstance(x, CSRRows) else _column_stats(x)
+            std[std == 0] = 1.0
+            mean, std = mean.astype(np.float32), std.astype(np.float32)
+        return cls(mean, std, None if classes is None else np.asarray(classes))
+
+    def check(self, n_features: int, n_out: int, where: str) -> None:
+        """Sizes and values against a model with n_features inputs and n_out outputs."""
+        if (self.mean is None) != (self.std is None):
+            raise InputError(f"{where}: standardisation needs both mean and std, got only one")
+        if self.mean is not None:
+            for name, a in (("mean", self.mean), ("std", self.std)):
+                if a.shape != (n_features,) or not np.all(np.isfinite(a)):
+                    raise InputError(f"{where}: {name} must be {n_features} finite numbers (one per input), "
+                                    f"got shape {a.shape}")
+            if not np.all(self.std > 0):
+                raise InputError(f"{where}: std must be > 0 for every feature")
+        if self.classes is not None:
+            c = self.classes
+            if c.ndim != 1 or c.shape[0] != n_out or c.dtype.kind not in "iuU":
+                raise InputError(f"{where}: classes must be {n_out} integers or strings (one per output), "
+                                f"got {c.dtype} {c.shape}")
+            if np.unique(c).shape[0] != n_out:
+                raise InputError(f"{where}: classes must be distinct, got {list(c)}")
+
+    def classes_or_range(self, n_out: int) -> np.ndarray:
+        return np.arange(n_out, dtype=np.int64) if self.classes is None else self.classes
+
+
+class CSRRows:
+    """Samples held as a CSR matrix and densified one batch at a time (memory: nnz + one batch).
+
+    `gather(index, out)` fills out (n_features, batch) with rows `index`, standardised with
+    mean/std when given; kernels.gather_batch and so train_epoch accept it in place of an array.
+    """
+
+    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int],
+                 mean: np.ndarray | None = None, std: np.ndarray | None = None):
+        self.data, self.indices, self.indptr = data, indices, indptr
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.mean, self.std = mean, std
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def standardized(self, mean: np.ndarray | None, std: np.ndarray | None) -> "CSRRows":
+        return CSRRows(self.data, self.indices, self.indptr, self.shape, mean, std)
+
+    def gather(self, index: np.ndarray, out: np.ndarray) -> np.ndarray:
+        kernels.gather_csr_rows(self.data, self.indices, self.indptr, index, out)
+        if self.mean is not None:  # the same float32 operations as data.prepare.standardize
+            out -= self.mean[:, None]
+            out /= self.std[:, None]
+        return out
+
+    def column_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature mean and population std in float64, O(nnz)."""
+        n, d = self.shape
+        rows_of = self.indices.astype(np.int64)
+        total = np.bincount(rows_of, weights=self.data.astype(np.float64), minlength=d)
+        squares = np.bincount(rows_of, weights=np.square(self.data.astype(np.float64)), minlength=d)
+        mean = total / n
+        return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+
+
+def as_samples(x, n_features: int | None = None, pre: Preprocessing | None = None,
+               where: str = "X") -> "np.ndarray | CSRRows":
+    """Raw samples (n, n_features) -> a standardised float32 C-contiguous copy, or CSRRows for scipy.sparse.
+
+    Accepts numpy arrays of any real dtype, anything np.asarray takes (pandas DataFrames, lists)
+    and scipy.sparse matrices/arrays (kept sparse, densified per batch). Refuses non-2-D, empty,
+    non-numeric or non-finite input (float64 beyond float32's range counts as infinite), and a
+    feature count other than n_features.
+    """
+    import scipy.sparse as sp
+
+    if sp.issparse(x):
+        rows = _csr_rows(sp.csr_array(x), where)
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{where} must be a 2-D array of real numbers: {e}") from None
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"{where} must hold real numbers (any int, float or bool dtype), got dtype {arr.dtype}")
+        if arr.ndim != 2 or arr.shape[0] == 0 or arr.shape[1] == 0:
+            raise InputError(f"{where} must be a non-empty 2-D array (samples, features), got shape {arr.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            rows = np.array(arr, dtype=np.float32, order="C", copy=True)
+        try:
+            _check_finite(rows, where, "input")
+        except DataError as e:
+            raise InputError(str(e)) from None
+    if n_features is not None and rows.shape[1] != n_features:
+        raise InputError(f"{where} has {rows.shape[1]} features per sample, but the model takes {n_features}")
+    if pre is not None and pre.mean is not None:
+        if isinstance(rows, CSRRows):
+            return rows.standardized(pre.mean, pre.std)
+        rows -= pre.mean  # the same float32 operations as data.prepare.standardize
+        rows /= pre.std
+    return rows
+
+
+def _csr_rows(csr, where: str) -> CSRRows:
+    if csr.dtype.kind not in "biuf":
+        raise InputError(f"{where} must hold real numbers, got sparse dtype {csr.dtype}")
+    if csr.ndim != 2 or csr.shape[0] == 0 or csr.shape[1] == 0:
+        raise InputError(f"{where} must be a non-empty 2-D matrix (samples, features), got shape {csr.shape}")
+    try:
+        csr.check_format(full_check=True)  # every column index inside the shape, indptr monotone
+    except ValueError as e:
+        raise InputError(f"{where} is not a valid CSR matrix: {e}") from None
+    if not csr.has_canonical_format:  # duplicates summed, so column statistics see the real values
+        csr = csr.copy()
+        csr.sum_duplicates()
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.ascontiguousarray(csr.data, dtype=np.float32)
+    bad = ~np.isfinite(data)
+    if bad.any():
+        k = int(np.argmax(bad))
+        row = int(np.searchsorted(csr.indptr, k, side="right") - 1)
+        raise InputError(f"input: {where} has a non-finite value ({data[k]}) at row {row}, column "
+                        f"{int(csr.indices[k])}; features must be finite float32 numbers")
+    return CSRRows(data, np.ascontiguousarray(csr.indices), np.ascontiguousarray(csr.indptr, dtype=np.int64),
+                   csr.shape)
+
+
+def label_indices(y, classes: np.ndarray, where: str = "y") -> np.ndarray:
+    """Labels -> int64 output indices; a label that is not one of `classes` is a DataError."""
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise InputError(f"{where} must be 1-D (one label per sample), got shape {y.shape}")
+    order = np.argsort(classes, kind="stable")
+    known = classes[order]
+    try:
+        pos = np.clip(np.searchsorted(known, y), 0, len(known) - 1)
+        found = known[pos] == y
+    except (TypeError, ValueError):  # labels of another kind (strings vs numbers): none is known
+        pos, found = np.zeros(len(y), dtype=np.int64), np.zeros(len(y), dtype=bool)
+    found = np.asarray(found, dtype=bool)
+    if found.shape != y.shape:
+        found = np.zeros(len(y), dtype=bool)
+    if not found.all():
+        i = int(np.argmin(found))
+        shown = ", ".join(map(str, classes[:20])) + (", ..." if len(classes) > 20 else "")
+        raise InputError(f"{where} holds a label outside the model's classes: {y[i].item()!r} at sample {i}; "
+                        f"the model knows {shown}")
+    return np.ascontiguousarray(order[pos], dtype=np.int64)
