@@ -65,7 +65,7 @@ def debian_mpich_venv() -> Path:
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run(pip + ["--no-binary", "mpi4py", "--no-cache-dir", "mpi4py"], check=True,
                        env={**os.environ, "MPICC": shutil.which("mpicc.mpich") or "mpicc"})
-        subprocess.run(pip + ["-e", f"{ROOT}[synthetic]"], check=True)
+        subprocess.run(pip + ["-e", f"{ROOT}[sklearn]"], check=True)
         (venv / ".built").touch()
     where = run([str(python), "-c", "import sparsenet; print(sparsenet.__file__)"]).stdout.strip()
     if not where.startswith(str(ROOT)):
