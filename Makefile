@@ -9,7 +9,7 @@ MPI ?= pypi
 MPIEXEC ?= $(if $(wildcard $(VENV)/bin/mpiexec),$(VENV)/bin/mpiexec,mpiexec)
 STAMP := $(VENV)/.installed
 
-.PHONY: setup data demo demo-sequential test bench clean
+.PHONY: setup data demo demo-sequential test test-slurm bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,11 @@ demo-sequential: setup data
 
 test: setup data
 	$(PY) -m pytest -q tests
+
+# slurm/train.sbatch on a local single-node Slurm (installs slurm-wlm, munge, Debian's MPICH as root with apt;
+# else skips): Slurm's timed signal stops it, it requeues and resumes; with pip's MPICH and Debian's.
+test-slurm: setup
+	$(PY) slurm/test_local.py
 
 bench: setup data
 	$(PY) scripts/bench_fashion_mnist.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ class CheckpointData:
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
     classes: np.ndarray | None = None
+    # Sequential runs stopped part-way through epoch `epoch + 1`: batches done ("step" of "n_steps"),
+    # the generator state its sample order was drawn from, loss/correct sums and seconds so far.
+    partial_epoch: dict | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -89,6 +93,8 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             for k, replica in enumerate(data.replicas):
                 _write_layers(f, f"replicas/{k}/layers", replica)
             f.attrs["n_replicas"] = len(data.replicas)
+            if data.partial_epoch is not None:
+                f.attrs["partial_epoch"] = json.dumps(data.partial_epoch)
             _write_preprocessing(f, data)
             f.flush()
 
@@ -240,7 +246,8 @@ class _Reader:
             history=history, config_yaml=str(self.attr("config")),
             phase=self.integer("phase", default=1), version=self.integer("version", default=0),
             replicas=replica_layers, replica_rng_states=replica_rng_states, replica_optimizer_scalars=replica_scalars,
-            optimizer=optimizer, optimizer_scalars=json.loads(self.attr("optimizer_scalars")) if version > 1 else {})
+            optimizer=optimizer, optimizer_scalars=json.loads(self.attr("optimizer_scalars")) if version > 1 else {},
+            partial_epoch=json.loads(self.attr("partial_epoch")) if "partial_epoch" in f.attrs else None)
         _check_run_state(data, path)
         if "preprocessing" in f:
             self.read_preprocessing(data)
@@ -425,6 +432,7 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
         raise CheckpointError(f"checkpoint {path}: epoch {data.epoch}, phase {data.phase}, version {data.version} "
                               f"are not a valid run position")
     _check_history(data.history, data.epoch, path)
+    _check_partial_epoch(data.partial_epoch, path)
     if not isinstance(data.replica_rng_states, list):
         raise CheckpointError(f"checkpoint {path}: replica generator states are not a list")
     for state in [data.rng_state, *data.replica_rng_states]:
@@ -440,3 +448,23 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
     if len(data.replica_rng_states) != len(data.replicas):
         raise CheckpointError(f"checkpoint {path}: {len(data.replicas)} replicas but "
                               f"{len(data.replica_rng_states)} replica generator states")
+
+
+def _check_partial_epoch(partial, path: Path) -> None:
+    """The position of an epoch stopped part-way, as train_epoch resumes it."""
+    if partial is None:
+        return
+    ints = ("step", "n_steps", "correct")
+    floats = ("loss", "train_seconds", "evolution_seconds")
+    ok = (isinstance(partial, dict) and all(isinstance(partial.get(k), int) and not isinstance(partial.get(k), bool)
+                                            for k in ints)
+          and all(isinstance(partial.get(k), (int, float)) and math.isfinite(partial[k]) for k in floats)
+          and 0 < partial["step"] < partial["n_steps"] and partial["correct"] >= 0
+          and isinstance(partial.get("neurons_removed"), list)
+          and all(isinstance(v, int) and v >= 0 for v in partial["neurons_removed"]))
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: the position of its stopped epoch (partial_epoch) is malformed")
+    try:
+        np.random.default_rng().bit_generator.state = partial.get("order_rng_state")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path}: partial_epoch's random generator state is unusable ({exc})") from None

@@ -9,17 +9,24 @@ import sys
 from pathlib import Path
 
 from .errors import SparsenetError
-from .signals import EXIT_RESUMABLE
+from .signals import EXIT_RESUMABLE, install_stop_handlers, restore_handlers
 
 EXIT_BAD_INPUT = 2
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    previous = install_stop_handlers()  # first: a stop during start-up (imports, MPI, data) is acted on, not lost
+    try:
+        return _train(args)
+    finally:
+        restore_handlers(previous)
+
+
+def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .fileio import check_folder
+    from .parallel.launcher import launched_world_size
     from .train import run
-
-    from .parallel.run import launched_world_size
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
@@ -34,8 +41,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
         state = run_parallel(cfg, out, resume=args.resume)
-        if state is None:  # a worker: rank 0 reports
-            return 0
+        if isinstance(state, int):  # a worker's exit code: rank 0 reports
+            return state
     else:
         from .memory import check_memory
         from .metrics import log

@@ -79,6 +79,7 @@ class EpochLoop:
         self.save, self.rank, self.trains = save, rank, trains
         self.stop = StopRequest()
         self.stopped_in_epoch = False
+        self.start_epoch = state.epoch  # a stop before any epoch of this process saves nothing new
 
     def __enter__(self) -> "EpochLoop":
         self.stop.__enter__()
@@ -132,8 +133,14 @@ class EpochLoop:
         state = self.state
         if self.stop and state.epoch < self.cfg.train.epochs:
             state.stopped_by = self.stop.signal_name
-            where = f"in epoch {state.epoch + 1}" if self.stopped_in_epoch else f"after epoch {state.epoch}"
-            log(f"{self.stop.signal_name} received: stopped {where} with a checkpoint; continue with --resume", self.rank)
+            if self.stopped_in_epoch or state.epoch > self.start_epoch:
+                where = f"in epoch {state.epoch + 1}" if self.stopped_in_epoch else f"after epoch {state.epoch}"
+                log(f"{self.stop.signal_name} received: stopped {where} with a checkpoint; continue with --resume",
+                    self.rank)
+            else:
+                saved = f"the checkpoint of epoch {state.epoch} is current" if state.epoch else "nothing to save yet"
+                log(f"{self.stop.signal_name} received during start-up: stopped before epoch {state.epoch + 1} "
+                    f"({saved}); continue with --resume", self.rank)
         if state.history:
             log(summarize(state.history), self.rank)
         return state

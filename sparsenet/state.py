@@ -30,6 +30,7 @@ class TrainingState:
     history: list[dict]
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
     governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
+    partial: dict | None = None  # an epoch stopped after some batches (train.train_epoch); None between epochs
     # anything with mean, std and classes (a Dataset, CheckpointData): saved in the checkpoint for inference
     preprocessing: object | None = None
 
@@ -50,7 +51,7 @@ def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointDat
                                state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
                                optimizer=opt.name, optimizer_scalars=opt.scalars(),
                                mean=getattr(pre, "mean", None), std=getattr(pre, "std", None),
-                               classes=getattr(pre, "classes", None))
+                               classes=getattr(pre, "classes", None), partial_epoch=state.partial)
 
 
 def layers_to_checkpoint(model: SparseMLP, opt: Optimizer) -> list[ckpt.LayerArrays]:
@@ -83,7 +84,8 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
     optimizer = optimizer_from_checkpoint(cfg, model, data.layers, data.optimizer, data.optimizer_scalars)
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
-    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), preprocessing=data)
+    return TrainingState(model, optimizer, rng, data.epoch, list(data.history), preprocessing=data,
+                         partial=data.partial_epoch)
 
 
 def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, what: str,

@@ -12,6 +12,7 @@ from . import checkpoint as ckpt
 from .config import Config
 from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
+from .errors import ConfigError
 from .evolution import prune_and_regrow
 from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
     CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, start_run, summarize)
@@ -51,19 +52,36 @@ def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray,
 
 
 def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: int,
-                progress: ProgressBar | None = None) -> tuple[float, float]:
-    """One pass over shuffled samples (the last batch may be smaller); mean loss and accuracy."""
-    order = state.rng.permutation(x.shape[0])
-    total_loss, total_correct = 0.0, 0
-    n_batches = -(-x.shape[0] // batch_size)
-    for step in range(n_batches):
+                progress: ProgressBar | None = None, stop=None) -> tuple[float, float] | None:
+    """One pass over shuffled samples (the last batch may be smaller); mean loss and accuracy.
+
+    If `stop()` turns true before the last batch, the epoch's position goes into state.partial
+    (batches done, the generator state its sample order was drawn from, sums so far) and None is
+    returned; called again with state.partial set, it continues from there exactly.
+    """
+    n = x.shape[0]
+    part = state.partial or {"step": 0, "loss": 0.0, "correct": 0, "order_rng_state": state.rng.bit_generator.state}
+    if state.partial:
+        order_rng = np.random.Generator(type(state.rng.bit_generator)())
+        order_rng.bit_generator.state = part["order_rng_state"]
+        order = order_rng.permutation(n)
+    else:
+        order = state.rng.permutation(n)
+    total_loss, total_correct = float(part["loss"]), int(part["correct"])
+    n_batches = -(-n // batch_size)
+    for step in range(int(part["step"]), n_batches):
         index = order[step * batch_size:(step + 1) * batch_size]
         loss, correct = train_step(state, x, y, index)
         total_loss += loss
         total_correct += correct
         if progress is not None:
-            progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, x.shape[0]):.4f}")
-    return total_loss / x.shape[0], total_correct / x.shape[0]
+            progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, n):.4f}")
+        if stop is not None and stop() and step + 1 < n_batches:
+            state.partial = {**part, "step": step + 1, "n_steps": n_batches, "loss": total_loss,
+                             "correct": total_correct}
+            return None
+    state.partial = None
+    return total_loss / n, total_correct / n
 
 
 def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
@@ -117,20 +135,31 @@ def between_epochs(state: TrainingState, cfg: Config) -> tuple[NeuronRemoval | N
     return removal, evolve(state, cfg)
 
 
-def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int) -> dict:
-    """Prune and evolve (between epochs), then train epoch `epoch`: the training part of its metrics row."""
+def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int, stop=None) -> dict | None:
+    """Prune and evolve (between epochs), then train epoch `epoch`: the training part of its metrics
+    row, or None if `stop()` ended the epoch early (state.partial says where; calling again continues it)."""
     t0 = time.perf_counter()
     removal = None
-    if epoch > 1:  # pruning and evolution run between epochs, so a resumed run matches an uninterrupted one
+    resumed = state.partial  # an epoch stopped part-way: its pruning and evolution already ran
+    if epoch > 1 and not resumed:  # pruning and evolution run between epochs, so a resumed run matches an uninterrupted one
         removal, _ = between_epochs(state, cfg)
     t1 = time.perf_counter()
     bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
                       enabled=cfg.train.progress)
-    train_loss, train_acc = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar)
+    done = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar, stop)
     bar.close()
-    return {"train_loss": train_loss, "train_accuracy": train_acc, "train_seconds": time.perf_counter() - t1,
-            "evolution_seconds": t1 - t0, "neurons_removed": removal.removed if removal else None,
-            "lr": state.optimizer.lr}
+    before = resumed or {}
+    removed = removal.removed if removal else None
+    train_seconds = before.get("train_seconds", 0.0) + time.perf_counter() - t1
+    evolution_seconds = before.get("evolution_seconds", t1 - t0)
+    removed = before.get("neurons_removed", removed)
+    if done is None:
+        state.partial.update(train_seconds=train_seconds, evolution_seconds=evolution_seconds,
+                             neurons_removed=removed or [0] * (len(state.model.sizes) - 2))
+        return None
+    train_loss, train_acc = done
+    return {"train_loss": train_loss, "train_accuracy": train_acc, "train_seconds": train_seconds,
+            "evolution_seconds": evolution_seconds, "neurons_removed": removed, "lr": state.optimizer.lr}
 
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
@@ -141,6 +170,13 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     log(f"data {data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test samples, "
         f"{data.n_features} features, {data.n_classes} classes; {threads} kernel threads")
     state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume)
+    n_steps = -(-data.x_train.shape[0] // cfg.train.batch_size)
+    if state.partial and state.partial["n_steps"] != n_steps:
+        raise ConfigError(f"cannot resume: {out / CHECKPOINT} stopped part-way through epoch {state.epoch + 1} "
+                          f"at {state.partial['n_steps']} batches per epoch; train.batch_size "
+                          f"{cfg.train.batch_size} gives {n_steps} (keep the batch size of the stopped run)")
+    if state.partial:
+        log(f"continuing epoch {state.epoch + 1} after batch {state.partial['step']} of {n_steps}")
     state.preprocessing = data  # mean/std/classes into the checkpoint
     if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
         state.governor = ThreadGovernor(threads, numba.set_num_threads)
@@ -149,5 +185,5 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
         ckpt.save_checkpoint(out / CHECKPOINT, state_to_checkpoint(state, cfg))
 
     with EpochLoop(cfg, out, state, data.x_test, data.y_test, save) as loop:
-        loop.run(lambda epoch: run_epoch(state, cfg, data, epoch), cfg.train.epochs)
+        loop.run(lambda epoch: run_epoch(state, cfg, data, epoch, loop.stop_requested), cfg.train.epochs)
     return loop.finish()

@@ -133,8 +133,9 @@ class MPIWorkers(Workers):
             self._finish_reply(k)
             self.transport.send_bundle(k, TAG_PHASE2, meta, bundles.replica_arrays(layers) + list(masks))
 
-    def gather_replicas(self, sizes: list[int]) -> list[Replica]:
-        msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.ids]
+    def gather_replicas(self, sizes: list[int], patience: float = 0.0) -> list[Replica]:
+        with self.transport.patience(patience):
+            msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.ids]
         return [Replica(bundles.replica_layers(m.arrays, sizes, m.meta["state"]), m.meta["rng_state"],
                         m.meta["optimizer_scalars"], m.meta["report"]) for m in msgs]
 
@@ -142,10 +143,10 @@ class MPIWorkers(Workers):
         for k in self.ids:
             self.transport.send_bundle(k, TAG_CONTINUE, {"prune": len(masks)}, masks)
 
-    def stop(self) -> None:
-        for k in self.ids:
+    def stop(self, stopped_by: str | None = None) -> None:
+        for k in self.ids:  # stopped_by: the workers exit with the server's code (75 after a stop request)
             self._finish_reply(k)
-            self.transport.send_bundle(k, TAG_STOP, {})
+            self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by})
 
     def epoch_stats(self) -> dict:
         t = self.transport

@@ -17,23 +17,13 @@ from ..data import load_dataset
 from ..errors import SparsenetError
 from ..loop import CHECKPOINT, prepare_run_folder, start_run
 from ..metrics import log
-from ..signals import ignore_stop_signals
+from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from ..state import TrainingState
+from .launcher import launcher_rank, world_size_mismatch
 from .protocol import TAG_MEMORY_PLAN
 
 
 ABORT_GRACE_SECONDS = 1.0
-
-
-def launched_world_size() -> int:
-    """World size announced by the MPI launcher (1 if none); starts no MPI unless mpi4py already did."""
-    if "mpi4py.MPI" in sys.modules:  # python -m mpi4py: MPI is up, ask it
-        return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size()
-    for var in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"):
-        value = os.environ.get(var)
-        if value and value.isdigit():
-            return int(value)
-    return 1
 
 
 def rank_threads(cfg: Config, world_size: int) -> int:
@@ -47,8 +37,10 @@ def rank_threads(cfg: Config, world_size: int) -> int:
     return count
 
 
-def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingState | None:
-    """Train with WASAP/WASSP over MPI; rank 0 returns the final state, workers None.
+def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingState | int:
+    """Train with WASAP/WASSP over MPI; rank 0 returns the final state, workers their exit code
+    (EXIT_RESUMABLE when the server stopped on request, else 0). Every rank returns after the
+    others are done, so none is killed by the launcher for leaving first with a non-zero code.
 
     Any exception on any rank is reported with its rank and host and aborts the whole job.
     """
@@ -56,8 +48,14 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
 
     transport = Transport(chunk_bytes=cfg.parallel.chunk_bytes)
     rank, host = transport.rank, transport.host
+    mismatch = world_size_mismatch(transport.size)
+    if mismatch is not None:  # every task is alone in its own MPI world: the first one says why
+        if launcher_rank() != 0:
+            raise SystemExit(2)
+        raise SparsenetError(mismatch)
+    transport.learn_hosts()
     if not _memory_gate(cfg, transport):
-        return None  # a worker that rank 0 told not to start: rank 0 reports why
+        return 0  # a worker that rank 0 told not to start: rank 0 reports why
     try:
         if transport.size < 2:
             raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
@@ -74,14 +72,23 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             raise SparsenetError(f"{data.x_train.shape[0]} training samples cannot feed {transport.size - 1} workers")
         if rank == 0:
             transport.barrier()  # the workers have their kernels loaded: phase 1 starts for all at once
-            return _serve(cfg, data, transport, Path(out_dir), resume, threads)
+            # From here on no healthy rank is silent for long (start-up, loading data, may be).
+            transport.silence_timeout = cfg.parallel.timeout_s
+            state = _serve(cfg, data, transport, Path(out_dir), resume, threads)
+            transport.barrier()
+            return state
         from .worker import load_kernels, run_worker
 
         ignore_stop_signals()
         load_kernels(cfg, data)
         transport.barrier()
-        run_worker(cfg, data, transport)
-        return None
+        # Twice the server's: a worker waiting for the server may be waiting out the server's own wait
+        # for a silent worker, and the server, which waits on that worker directly, must be first to name it.
+        timeout = cfg.parallel.timeout_s
+        transport.silence_timeout = None if timeout is None else 2 * timeout
+        stopped_by = run_worker(cfg, data, transport)
+        transport.barrier()
+        return EXIT_RESUMABLE if stopped_by else 0
     except BaseException as exc:  # noqa: BLE001 - any failure must end every rank, not hang them
         expected = isinstance(exc, (SparsenetError, MemoryError))  # bad input or out of memory: one line, exit 2
         if not expected:
@@ -136,6 +143,9 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
 
     def check(saved: ckpt.CheckpointData, state: TrainingState) -> None:
         path = out / CHECKPOINT
+        if saved.partial_epoch:
+            raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} "
+                                 "by a sequential run; resume it with one process")
         if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
             raise SparsenetError(f"checkpoint {path} is in phase 2 at epoch {state.epoch}; resume it "
                                  f"with parallel.phase1_epochs <= {state.epoch}, not {phase1_epochs(cfg)}")

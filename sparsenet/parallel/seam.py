@@ -76,16 +76,17 @@ class Workers(ABC):
         hidden neurons outside the keep `masks` (one bool array per hidden layer; [] = none)."""
 
     @abstractmethod
-    def gather_replicas(self, sizes: list[int]) -> list[Replica]:
-        """Every worker's replica (layer widths `sizes`) after its next phase-2 epoch, in ids order."""
+    def gather_replicas(self, sizes: list[int], patience: float = 0.0) -> list[Replica]:
+        """Every worker's replica (layer widths `sizes`) after its next phase-2 epoch, in ids order;
+        `patience`: seconds a silent worker is given beyond parallel.timeout_s (it trains an epoch alone)."""
 
     @abstractmethod
     def continue_replicas(self, masks: list[np.ndarray]) -> None:
         """Every worker trains one more phase-2 epoch, after applying the keep `masks` ([] = none)."""
 
     @abstractmethod
-    def stop(self) -> None:
-        """The run is over: every worker returns."""
+    def stop(self, stopped_by: str | None = None) -> None:
+        """The run is over: every worker returns (stopped_by: the stop signal that ended it early)."""
 
     def epoch_stats(self) -> dict:
         """Metrics of the traffic since the last call, merged into the epoch's row."""

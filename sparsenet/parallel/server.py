@@ -30,6 +30,9 @@ from .seam import Gradient, Replica, Workers
 from .updates import compose, retain_valid, topology_lineage
 
 
+_RUN_COUNTERS = ("bytes_sent", "bytes_received", "channel_gradients", "channel_replies")  # per run, not per epoch
+
+
 def phase1_epochs(cfg: Config) -> int:
     p = cfg.parallel
     n = p.phase1_epochs if p.phase1_epochs is not None else round(p.phase1_fraction * cfg.train.epochs)
@@ -51,6 +54,9 @@ class ParameterServer:
         self.phase = 2 if self.saved_replicas else 1
         self.counters = dict(updates=0, stale=0, samples=0, loss=0.0, correct=0)
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
+        # Run-long counters continue where the checkpoint's last epoch left them (a resumed run).
+        last = state.history[-1] if state.history else {}
+        self.carried = {key: last.get(key, 0) for key in _RUN_COUNTERS}
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self._replicas_out = False  # phase 2: replicas handed out, their epoch not gathered yet
         # the server computes no gradients: evaluation gets buffers of a training batch's size
@@ -222,7 +228,8 @@ class ParameterServer:
             self.workers.continue_replicas(self._prune_phase2())
         self._replicas_out = False
         targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
-        self.saved_replicas = self.workers.gather_replicas(model.sizes)
+        last = self.state.history[-1] if self.state.history else {}
+        self.saved_replicas = self.workers.gather_replicas(model.sizes, 2 * last.get("train_seconds", 0.0))
         model.layers = average_replicas([[SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias)
                                           for a in r.layers] for r in self.saved_replicas], targets)
         model.topology_changed()
@@ -257,7 +264,11 @@ class ParameterServer:
         return {"phase": phase, "train_loss": c["loss"] / n, "train_accuracy": c["correct"] / n,
                 "train_seconds": train_seconds, "evolution_seconds": evolution_seconds, "neurons_removed": removed,
                 "algorithm": self.cfg.parallel.algorithm, "workers": len(self.workers.ids), "updates": c["updates"],
-                "stale_updates": c["stale"], "version": self.version, **self.workers.epoch_stats()}
+                "stale_updates": c["stale"], "version": self.version, **self._run_totals(self.workers.epoch_stats())}
+
+    def _run_totals(self, stats: dict) -> dict:
+        """The workers' epoch stats with the run-long counters continued across resumes."""
+        return {k: v + self.carried[k] if k in _RUN_COUNTERS else v for k, v in stats.items()}
 
     def save(self) -> None:
         data = state_to_checkpoint(self.state, self.cfg)
@@ -280,7 +291,8 @@ class ParameterServer:
                 for k in self.workers.ids:
                     if k not in self.waiting:  # drain the last phase-1 gradient in flight
                         self.workers.take_gradient(k)
-            self.workers.stop()
+            early = loop.stop_requested() and self.state.epoch < epochs
+            self.workers.stop(loop.stop.signal_name if early else None)
         return loop.finish()
 
 

@@ -26,6 +26,7 @@ Not thread-safe: use one Transport per communicator from one thread.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SparsenetError
 from .shm import CLOSE_GRACE_SECONDS, unlink_once_mapped
 
 MAGIC = 0x53504E5442554E31  # "SPNTBUN1": header of a bundle sent in pieces
@@ -77,10 +79,14 @@ _MPI = None
 
 
 def _mpi():
-    """The mpi4py.MPI module, imported (and MPI initialised) on first call."""
+    """The mpi4py.MPI module, imported (and MPI initialised) on first call; stop signals arriving
+    meanwhile stay recorded (signals.mpi_init_guard)."""
     global _MPI
     if _MPI is None:
-        from mpi4py import MPI
+        from ..signals import mpi_init_guard
+
+        with mpi_init_guard():
+            from mpi4py import MPI
 
         _MPI = MPI
     return _MPI
@@ -95,6 +101,10 @@ def __getattr__(name: str) -> Any:
 
 class TransportError(RuntimeError):
     """A received message is not a well-formed bundle (wrong magic, version, dtype or size)."""
+
+
+class SilentRankError(SparsenetError, TimeoutError):
+    """A wait heard nothing from a rank for the transport's `silence_timeout` (parallel.timeout_s)."""
 
 
 @dataclass
@@ -143,10 +153,15 @@ class _Backoff:
         self.delay = min(2 * self.delay, cap)
 
 
-def _wait_all(requests: list, max_sleep: float, spin: float = 0.0) -> None:
-    """Complete MPI requests by polling Testall (Waitall would busy-poll the core)."""
+def _wait_all(requests: list, max_sleep: float, spin: float = 0.0, timeout: float | None = None,
+              silent: Callable[[], str] | None = None) -> None:
+    """Complete MPI requests by polling Testall (Waitall would busy-poll the core); after `timeout`
+    seconds, SilentRankError(silent())."""
     backoff = _Backoff(max_sleep, spin)
+    deadline = None if timeout is None else time.monotonic() + timeout
     while not _mpi().Request.Testall(requests):
+        if deadline is not None and time.monotonic() > deadline:
+            raise SilentRankError(silent() if silent else f"MPI requests not complete after {timeout} s")
         backoff.sleep()
 
 
@@ -330,12 +345,14 @@ def _decode_pointer(raw: np.ndarray, source: int) -> tuple[int, int, str, int]:
 class PendingSend:
     """A send under way; keeps its buffer alive until `wait` completes it."""
 
-    def __init__(self, request, buffer, max_sleep: float):
+    def __init__(self, request, buffer, max_sleep: float, timeout: float | None = None,
+                 silent: Callable[[], str] | None = None):
         self.request, self.buffer, self.max_sleep = request, buffer, max_sleep
+        self.timeout, self.silent = timeout, silent
 
     def wait(self) -> None:
         if self.request is not None:
-            _wait_all([self.request], self.max_sleep, TRANSFER_SPIN)
+            _wait_all([self.request], self.max_sleep, TRANSFER_SPIN, self.timeout, self.silent)
             self.request = self.buffer = None
 
 
@@ -367,6 +384,40 @@ class Transport:
         self.probe_spin = 0.0
         self.wait_seconds = 0.0  # wall time spent waiting for bundles to arrive
         self.wait_cpu_seconds = 0.0  # CPU time this process used meanwhile
+        # Seconds any wait (receive, transfer, barrier) may hear nothing from its peer before it
+        # raises SilentRankError naming that rank (None: wait forever). hosts: every rank's host
+        # name for that message, once learn_hosts() has run.
+        self.silence_timeout: float | None = None
+        self.hosts: list[str] | None = None
+
+    @contextlib.contextmanager
+    def patience(self, extra: float):
+        """Waits inside may stay silent `extra` seconds longer than silence_timeout (a peer that
+        computes a whole epoch without a message)."""
+        saved = self.silence_timeout
+        if saved is not None:
+            self.silence_timeout = saved + max(0.0, extra)
+        try:
+            yield
+        finally:
+            self.silence_timeout = saved
+
+    def learn_hosts(self) -> None:
+        """Every rank's host name, for messages about silent ranks. Collective."""
+        self.hosts = self._allgather_names(self.host[:NAME_BYTES].encode("ascii", "replace").decode("ascii"))
+
+    def describe(self, rank: int) -> str:
+        host = self.hosts[rank] if self.hosts and 0 <= rank < len(self.hosts) else None
+        return f"rank {rank} on {host}" if host else f"rank {rank}"
+
+    def _silence(self, peers: Sequence[int] | None, waited: float, what: str) -> Callable[[], str]:
+        """The message of a wait for `peers` (None: every other rank) that heard nothing for `waited` s."""
+        def message() -> str:
+            ranks = [r for r in range(self.size) if r != self.rank] if peers is None else list(peers)
+            who = ", ".join(self.describe(r) for r in ranks) if len(ranks) < 8 else f"{len(ranks)} ranks"
+            return (f"{self.describe(self.rank)} heard nothing from {who} for {waited:g} s while {what} "
+                    f"(parallel.timeout_s): stopped, hung in I/O or its node lost; ending the job")
+        return message
 
     def node_size(self) -> int:
         """Ranks sharing this rank's node (its memory). Collective: every rank must call it."""
@@ -479,7 +530,7 @@ class Transport:
             for array in prepared:
                 pieces += _chunks(_byte_view(array), self.chunk_bytes)
             nbytes = header.nbytes + meta_bytes.size + sum(a.nbytes for a in prepared)
-        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), ring=dest)
+        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), ring=dest, peer=dest)
         self.bytes_sent += nbytes
         return nbytes
 
@@ -503,7 +554,8 @@ class Transport:
             return PendingSend(None, None, self.max_sleep)
         request = self.comm.Isend([message, _mpi().BYTE], dest, tag)
         self._ring(dest)
-        return PendingSend(request, message, self.max_sleep)
+        return PendingSend(request, message, self.max_sleep, self.silence_timeout,
+                           self._silence([dest], self.silence_timeout or 0, f"sending to rank {dest}"))
 
     def open_channel(self, peer: int, sizes: Sequence[int]):
         """A new channel.Channel to same-node `peer` sized for float32 arrays of `sizes`, or None (no
@@ -577,7 +629,7 @@ class Transport:
         pieces = list(_chunks(meta_raw, chunk_bytes))
         for array in arrays:
             pieces += _chunks(_byte_view(array), chunk_bytes)
-        self._transfer(pieces, lambda p: self.comm.Irecv([p, mpi.BYTE], source, tag))
+        self._transfer(pieces, lambda p: self.comm.Irecv([p, mpi.BYTE], source, tag), peer=source)
         meta = self._decode_meta(meta_raw, source, tag)
         nbytes = raw.size + meta_nbytes + sum(a.nbytes for a in arrays)
         self.bytes_received += nbytes
@@ -617,9 +669,12 @@ class Transport:
                 return status.Get_source(), status.Get_tag()
         return None
 
-    def barrier(self) -> None:
-        """Wait for every rank of the communicator, sleeping between tests."""
-        _wait_all([self.comm.Ibarrier()], self.max_sleep)
+    def barrier(self, timeout: float | None = -1.0) -> None:
+        """Wait for every rank of the communicator, sleeping between tests; SilentRankError after
+        `timeout` s (default: silence_timeout; None: wait forever)."""
+        timeout = self.silence_timeout if timeout == -1.0 else timeout
+        _wait_all([self.comm.Ibarrier()], self.max_sleep, timeout=timeout,
+                  silent=self._silence(None, timeout or 0, "waiting for every rank (a barrier)"))
 
     def abort(self, code: int = 1) -> None:
         """Kill every process of the communicator with exit code `code` (MPI_Abort)."""
@@ -644,6 +699,11 @@ class Transport:
         message = self.comm.Improbe(source, tag, status)
         if message is not None:
             return message, status
+        silent = None  # the message if the transport's silence timeout, not the caller's, ends this wait
+        if timeout is None and self.silence_timeout is not None:
+            timeout = self.silence_timeout
+            silent = self._silence(None if source == mpi.ANY_SOURCE else [source], timeout,
+                                   f"waiting for a message (tag {tag})" if tag != mpi.ANY_TAG else "waiting for a message")
         deadline = None if timeout is None else time.monotonic() + timeout
         # Every possible sender rings our doorbell: sleep until it does (BELL_TIMEOUT is a safety net).
         rung = bells is not None and (len(bells.peers) == self.size - 1 if source == mpi.ANY_SOURCE
@@ -672,6 +732,8 @@ class Transport:
                 return message, status
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
+                if silent is not None:
+                    raise SilentRankError(silent())
                 raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} "
                                    f"within {timeout} s")
             if rung and time.perf_counter() - last_ring > RING_GRACE:
@@ -679,7 +741,7 @@ class Transport:
             else:  # no doorbell, or a ring whose message MPI has not shown yet: it is on its way
                 backoff.sleep(remaining)
 
-    def _transfer(self, pieces: list[np.ndarray], start, ring: int | None = None) -> None:
+    def _transfer(self, pieces: list[np.ndarray], start, ring: int | None = None, peer: int | None = None) -> None:
         """Run `start(piece)` (an Isend/Irecv) over pieces in order, WINDOW at a time, and complete them.
 
         Large messages move only while both sides poll, so a transfer under way yields rather
@@ -690,7 +752,9 @@ class Transport:
             requests = [start(p) for p in pieces[first:first + WINDOW]]
             if first == 0 and ring is not None:
                 self._ring(ring)
-            _wait_all(requests, self.max_sleep, TRANSFER_SPIN)
+            _wait_all(requests, self.max_sleep, TRANSFER_SPIN, self.silence_timeout,
+                      self._silence(None if peer is None else [peer], self.silence_timeout or 0,
+                                    "a transfer was under way"))
 
     def _ring(self, dest: int) -> None:
         if self.bells is not None:

@@ -82,8 +82,9 @@ def load_kernels(cfg: Config, data: Dataset) -> None:
     channel_kernels()
 
 
-def run_worker(cfg: Config, data: Dataset, transport) -> None:
-    """Serve the parameter server until it says stop.
+def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
+    """Serve the parameter server until it says stop; returns the stop signal that ended the run
+    early (the server's stopped_by), else None.
 
     WASAP workers pipeline: while their gradient travels and the server applies it, they compute
     the next one on the weights they have (one server update staler), so waiting hides behind
@@ -110,10 +111,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> None:
         else:
             msg = transport.recv_bundle(source=0)
         if msg.tag == TAG_STOP:
-            return
+            return msg.meta.get("stopped_by")
         if msg.tag == TAG_PHASE2:
-            _phase2(cfg, transport, msg, x, y)
-            return
+            return _phase2(cfg, transport, msg, x, y)
         if msg.tag != TAG_MODEL:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
@@ -171,7 +171,7 @@ def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes
     return _Gradient(meta, channel, bundles.gradient_arrays(model), sizes)
 
 
-def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
+def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | None:
     """Train the replica the server sent on the local shard, sending it back after every epoch.
 
     After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request); a
@@ -205,9 +205,10 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> None:
         meta = {"epoch": epoch, "report": report, "rng_state": state.rng.bit_generator.state,
                 "state": bundles.state_names(layers), "optimizer_scalars": state.optimizer.scalars()}
         transport.send_bundle(0, TAG_REPLICA, meta, bundles.replica_arrays(layers))
-        reply = transport.recv_bundle(source=0)
+        with transport.patience(2 * (t2 - t0)):  # the slowest worker may still be training its epoch
+            reply = transport.recv_bundle(source=0)
         if reply.tag == TAG_STOP:
-            return
+            return reply.meta.get("stopped_by")
         if reply.tag != TAG_CONTINUE:
             raise RuntimeError(f"worker {transport.rank} got unexpected message tag {reply.tag} in phase 2")
         if int(reply.meta["prune"]):

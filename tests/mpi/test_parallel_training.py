@@ -1,6 +1,8 @@
 """WASAP/WASSP under `mpiexec -n 3` (1 server + 2 workers): determinism, real phase 2, faults, resume."""
 
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -174,6 +176,9 @@ def test_neuron_pruning_in_both_phases_shrinks_every_rank_and_resumes_exactly(tm
     assert proc.returncode == 0, proc.stderr
     proc = train(3, tmp_path / "resumed", *common, "train.epochs=4", resume=True)
     assert proc.returncode == 0, proc.stderr
+    resumed = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    for key in ("bytes_sent", "bytes_received"):  # run totals continue across the resume
+        assert resumed[3][key] > resumed[2][key] > resumed[1][key] > 0, [r[key] for r in resumed]
     for x, y in zip(checkpoint_arrays(tmp_path / "full" / "checkpoint.h5"),
                     checkpoint_arrays(tmp_path / "resumed" / "checkpoint.h5")):
         np.testing.assert_array_equal(x, y)
@@ -192,6 +197,106 @@ def test_wasap_with_pruning_carries_stale_gradients_onto_smaller_layers(tmp_path
     # first epoch's loss at some point) and ends above chance (1/3).
     assert all(np.isfinite(r["train_loss"]) for r in history)
     assert min(r["train_loss"] for r in history[1:]) < history[0]["train_loss"] and history[-1]["test_accuracy"] > 0.4
+
+
+def _rank_pids(marker: str) -> dict[int, int]:
+    """MPI rank -> pid of the processes whose command line contains `marker` (from /proc)."""
+    ranks = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().decode(errors="replace")
+            environ = open(f"/proc/{entry}/environ", "rb").read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if marker in cmdline and "sparsenet" in cmdline:
+            for var in environ:
+                if var.startswith(("PMI_RANK=", "OMPI_COMM_WORLD_RANK=")):
+                    ranks[int(var.split("=", 1)[1])] = int(entry)
+    return ranks
+
+
+@pytest.mark.parametrize("algorithm", ["wassp", "wasap"])
+def test_a_frozen_worker_is_named_and_ends_the_job(tmp_path, algorithm):
+    """SIGSTOP on worker 2 (a hung read, a stuck node): rank 0 names it after parallel.timeout_s and aborts.
+
+    WASSP waits for every worker at once; WASAP goes on with worker 1 until phase 2 needs worker 2."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
+    for item in SMALL + ["train.epochs=400", "data.samples=3000", f"parallel.algorithm={algorithm}",
+                         "parallel.phase1_epochs=3", "parallel.timeout_s=4"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    frozen = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (tmp_path / "checkpoint.h5").exists():
+            time.sleep(0.2)
+        frozen = _rank_pids(str(tmp_path)).get(2)
+        assert frozen is not None, "worker 2's process not found"
+        os.kill(frozen, signal.SIGSTOP)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if frozen is not None:
+            try:
+                os.kill(frozen, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode not in (0, 75), err
+    lines = [line for line in err.splitlines() if "heard nothing from" in line]
+    assert lines, err
+    assert lines[0].startswith("sparsenet: error: rank 0 on ")
+    assert "heard nothing from rank 2 on " in lines[0] and "for 4 s" in lines[0] and "parallel.timeout_s" in lines[0]
+
+
+def test_sigusr1_during_startup_stops_every_rank_with_75_and_resume_starts_fresh(tmp_path):
+    """As srun's --signal does: SIGUSR1 to every rank as soon as its CLI runs (before MPI and the data
+    are up). Before, the signal killed the ranks (138) or MPICH's handler swallowed it."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+    from tests.unit.test_signals import _wait_for_handler
+
+    extra = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=1"]
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path / "stopped")]
+    for item in SMALL + extra:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline, ranks = time.monotonic() + 60, {}
+        while time.monotonic() < deadline and len(ranks) < 3:
+            ranks = _rank_pids(str(tmp_path / "stopped"))
+            time.sleep(0.01)
+        assert len(ranks) == 3, ranks
+        for pid in ranks.values():
+            _wait_for_handler(pid, signal.SIGUSR1)
+        for pid in ranks.values():
+            os.kill(pid, signal.SIGUSR1)
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 75, err
+    assert "SIGUSR1 received during start-up: stopped before epoch 1 (nothing to save yet)" in out
+    assert not (tmp_path / "stopped" / "checkpoint.h5").exists()
+    resumed = train(3, tmp_path / "stopped", *extra, resume=True)
+    straight = train(3, tmp_path / "straight", *extra)
+    assert resumed.returncode == straight.returncode == 0, resumed.stderr + straight.stderr
+    for x, y in zip(checkpoint_arrays(tmp_path / "straight" / "checkpoint.h5"),
+                    checkpoint_arrays(tmp_path / "stopped" / "checkpoint.h5")):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("algorithm", ["wasap", "wassp"])

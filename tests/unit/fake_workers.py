@@ -64,7 +64,7 @@ class FakeWorkers(Workers):
         self.held = [r.layers for r in replicas]
         self.masks.append(list(masks))
 
-    def gather_replicas(self, sizes) -> list[Replica]:
+    def gather_replicas(self, sizes, patience: float = 0.0) -> list[Replica]:
         out = []
         for w, layers in zip(self.ids, self.held):
             scaled = [LayerArrays(a.n_in, a.n_out, a.rows, a.cols, a.values * np.float32(1 + w / 10), a.bias,
@@ -79,5 +79,5 @@ class FakeWorkers(Workers):
     def continue_replicas(self, masks) -> None:
         self.masks.append(list(masks))
 
-    def stop(self) -> None:
+    def stop(self, stopped_by=None) -> None:
         self.stopped = True

@@ -143,6 +143,7 @@ def test_plot_writes_png(trained, capsys, tmp_path):
     ("dropout", 1.5, "dropout 1.5 is outside [0, 1)"),
     ("rng_state", '{"bit_generator": "nope"}', "random generator state is unusable"),
     ("epoch", 7, "metrics history has 2 epochs, expected 7"),
+    ("partial_epoch", '{"step": 40, "n_steps": 10}', "position of its stopped epoch (partial_epoch) is malformed"),
 ])
 def test_checkpoint_with_bad_run_state(trained, capsys, tmp_path, attr, value, expected):
     bad = edited_copy(trained, tmp_path / f"bad_{attr}.h5", lambda f: f.attrs.__setitem__(attr, value))

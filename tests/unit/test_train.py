@@ -7,6 +7,7 @@ import pytest
 
 from sparsenet.checkpoint import load_checkpoint
 from sparsenet.config import load_config
+from sparsenet.errors import ConfigError
 from sparsenet.train import run
 
 SMALL = ["data.name=synthetic", "data.samples=800", "data.features=40", "data.informative=8",
@@ -98,6 +99,7 @@ def test_output_layer_evolves_only_when_asked(tmp_path):
 PROCESS_RUN = """
 import hashlib, sys
 from sparsenet.config import load_config
+from sparsenet.errors import ConfigError
 from sparsenet.train import run
 state = run(load_config(None, sys.argv[2:]), sys.argv[1])
 digest = hashlib.sha256()
@@ -123,3 +125,41 @@ def test_bit_identical_across_processes_compiled_or_cached(tmp_path):
         digests.append(proc.stdout.split()[-1])
     assert any((tmp_path / "numba_cache").rglob("*.nbi"))
     assert digests[0] == digests[1]
+
+
+def test_a_stop_mid_epoch_checkpoints_at_the_next_batch_and_resumes_bit_identically(tmp_path, monkeypatch):
+    """SIGUSR1 during batch 12 of epoch 2: the checkpoint holds the model after that batch and where
+    the epoch stood; --resume finishes that epoch and the run as if it had never stopped."""
+    import os
+    import signal
+
+    import sparsenet.train as train
+
+    cfg = small_config("train.epochs=3", "evolution.zeta=0.3")
+    run(cfg, tmp_path / "straight")
+    calls, real_step = [], train.train_step
+    n_batches = -(-560 // 16)  # 800 samples, 560 of them for training
+
+    def step_then_signal(state, x, y, index):
+        result = real_step(state, x, y, index)
+        calls.append(state.epoch)
+        if len(calls) == n_batches + 12:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    stopped = run(cfg, tmp_path / "stopped")
+    assert stopped.stopped_by == "SIGUSR1" and stopped.epoch == 1
+    saved = load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
+    assert saved.epoch == 1 and saved.partial_epoch["step"] == 12 and saved.partial_epoch["n_steps"] == n_batches
+    monkeypatch.setattr(train, "train_step", real_step)
+    with pytest.raises(ConfigError, match="stopped part-way through epoch 2 at 35 batches per epoch"):
+        run(small_config("train.epochs=3", "evolution.zeta=0.3", "train.batch_size=32"), tmp_path / "stopped",
+            resume=True)
+    resumed = run(cfg, tmp_path / "stopped", resume=True)
+    assert resumed.epoch == 3 and resumed.stopped_by is None
+    assert_same_checkpoint(tmp_path / "straight" / "checkpoint.h5", tmp_path / "stopped" / "checkpoint.h5")
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").partial_epoch is None
+    rows = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+            for name in ("straight", "stopped")}
+    assert strip_timings(rows["stopped"]) == strip_timings(rows["straight"])
