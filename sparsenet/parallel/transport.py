@@ -415,7 +415,7 @@ class Transport:
         def message() -> str:
             ranks = [r for r in range(self.size) if r != self.rank] if peers is None else list(peers)
             who = ", ".join(self.describe(r) for r in ranks) if len(ranks) < 8 else f"{len(ranks)} ranks"
-            return (f"{self.describe(self.rank)} heard nothing from {who} for {waited:g} s while {what} "
+            return (f"{self.describe(self.rank)} heard nothing from {who} for {waited:.3g} s while {what} "
                     f"(parallel.timeout_s): stopped, hung in I/O or its node lost; ending the job")
         return message
 

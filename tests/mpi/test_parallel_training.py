@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import time
 
@@ -255,7 +256,8 @@ def test_a_frozen_worker_is_named_and_ends_the_job(tmp_path, algorithm):
     lines = [line for line in err.splitlines() if "heard nothing from" in line]
     assert lines, err
     assert lines[0].startswith("sparsenet: error: rank 0 on ")
-    assert "heard nothing from rank 2 on " in lines[0] and "for 4 s" in lines[0] and "parallel.timeout_s" in lines[0]
+    # 4 s, or a little more in phase 2, whose waits add twice the last epoch's time
+    assert re.search(r"heard nothing from rank 2 on \S+ for 4(\.\d+)? s .*\(parallel\.timeout_s\)", lines[0]), lines[0]
 
 
 def test_sigusr1_during_startup_stops_every_rank_with_75_and_resume_starts_fresh(tmp_path):
