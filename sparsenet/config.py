@@ -285,7 +285,7 @@ class Config:
 
     seed: int = _field(0, _Int(lo=0))
     threads: int = _field(0, _Int(lo=0))                   # 0 = the CPUs this process may use
-    adapt_threads: bool = _field(False, _Bool())           # threads 0: fewer while other processes take CPUs
+    adapt_threads: bool = _field(True, _Bool())            # threads 0: fewer while other processes take CPUs
     memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True))  # GiB; null: detect
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -114,7 +114,8 @@ class ThreadGovernor:
 
     The threads of a parallel region wait for each other at its end: when another process takes one
     of the CPUs, a thread preempted there stalls the rest, so fewer threads than CPUs go faster (a
-    CPU hog beside a 2-thread run made its epochs 6x slower). Results do not depend on the count.
+    CPU hog beside a 2-thread run made its epochs 13.6x slower, 1.6x with the governor:
+    scripts/bench_contention.py). Results do not depend on the count.
     """
 
     def __init__(self, cpus: int, set_threads, period: float = 1.0, busy=None, watched: int | None = None,
