@@ -33,11 +33,11 @@ def _train(args: argparse.Namespace) -> int:
     if os.path.lexists(out):  # an unusable output folder is refused before data and memory are looked at
         check_folder(out)
     if launched_world_size() > 1:
-        try:
-            import mpi4py  # noqa: F401
-        except ImportError:
+        import importlib.util
+
+        if importlib.util.find_spec("mpi4py") is None:  # look, do not import: transport.py owns mpi4py
             raise SparsenetError(f"launched on {launched_world_size()} MPI ranks, but mpi4py is not installed: "
-                                 f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)") from None
+                                 f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)")
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
         state = run_parallel(cfg, out, resume=args.resume)
