@@ -53,7 +53,8 @@ def test_info_reports_layers(trained, capsys):
 
 
 @pytest.mark.parametrize("override,expected", [
-    ("train.epoch=3", "unknown config key 'train.epoch'; valid keys in 'train': batch_size, epochs"),
+    ("train.epoch=3", "unknown config key 'train.epoch'; valid keys in 'train': batch_size, early_stopping_min_delta, "
+                      "early_stopping_patience, epochs"),
     ("evolution.zeta=1.3", "'evolution.zeta' must be in [0, 1), got 1.3"),
     ("train.epochs=-2", "'train.epochs' must be"),
     ("model.hidden=[]", "'model.hidden' must be a non-empty list of positive integers below 2**31, got []"),
