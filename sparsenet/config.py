@@ -175,9 +175,9 @@ class DataConfig:
     """Where the samples come from and how they are preprocessed."""
 
     name: str = _field("fashion_mnist", _Choice(DATASETS),
-                       "dataset: a built-in one, a file format (npz, csv, hdf5, synthetic_hdf5) or the synthetic generator")
+                       "a built-in dataset, the generator (synthetic, synthetic_hdf5) or a file format (npz, csv, hdf5); docs/data.md")
     path: str | None = _field(None, _Str(null=True),
-                              "the data file; required for npz/csv/hdf5, synthetic_hdf5: the generated file (null: the cache)")
+                              "folder (IDX/CIFAR) or file (npz/csv/hdf5); synthetic_hdf5: the generated file (null: the cache)")
     test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True),
                                   "share of the samples held out for testing when the data has no test split")
     validation_fraction: float = _field(0.0, _Float(0, 1, hi_open=True),
@@ -187,7 +187,7 @@ class DataConfig:
     label_column: int = _field(-1, _Int(),
                                "csv only: the column holding the label (-1: the last)")
     samples: int = _field(2600, _Int(lo=10),
-                          "synthetic only: samples in all")
+                          "synthetic, synthetic_hdf5 (scikit-learn's make_classification): samples in all")
     features: int = _field(500, _Int(lo=2),
                            "synthetic: features per sample")
     informative: int = _field(5, _Int(lo=1),
@@ -205,11 +205,11 @@ class DataConfig:
     flip_y: float = _field(0.01, _Float(0, 1, hi_open=True),
                            "synthetic: share of labels assigned at random")
     seed: int | None = _field(None, _Int(lo=0, null=True),
-                              "synthetic: generation seed (null: the run's seed)")
+                              "synthetic*: generation seed (null: seed; set it to keep one dataset for every run seed)")
     max_train: int | None = _field(None, _Int(lo=1, null=True),
-                                   "use at most this many training samples (null: all)")
+                                   "keep only the first N training samples (quick runs; null: all)")
     max_test: int | None = _field(None, _Int(lo=1, null=True),
-                                  "use at most this many test samples (null: all)")
+                                  "keep only the first N test samples (null: all)")
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = _field((1000, 1000, 1000), _PositiveInts(),
                                      "neurons of each hidden layer")
     epsilon: float = _field(20.0, _Float(lo=0, lo_open=True),
-                            "sparsity level: a layer holds about epsilon * (n_in + n_out) connections")
+                            "Erdős–Rényi sparsity: density epsilon*(n_in+n_out)/(n_in*n_out), capped at 1")
     activation: str = _field("all_relu", _Choice("relu", "leaky_relu", "all_relu"),
                              "hidden activation: relu, leaky_relu or all_relu (alternating slopes)")
     alpha: float = _field(0.6, _Float(lo=0),
@@ -227,14 +227,14 @@ class ModelConfig:
     # he_uniform / xavier: limits from the dense layer's fan-in (SET); he_uniform_sparse: from each
     # neuron's actual number of connections (Evci et al. 2022), so activations keep their variance
     init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform", "he_uniform_sparse"),
-                       "weight initialisation (he_uniform_sparse: from each neuron's actual connections)")
+                       "normal (N(0,1)/10), xavier, he_uniform (dense fan-in, as in SET), he_uniform_sparse (each neuron's actual fan-in)")
     dropout: float = _field(0.3, _Float(0, 1, hi_open=True),
-                            "dropout rate on hidden activations during training")
+                            "inverted dropout on hidden layers")
     output: str = _field("softmax", _Choice("softmax", "sigmoid"),
                          "output layer: softmax + cross-entropy, or sigmoid + MSE")
     # zero: the first layer starts at 0 and grows from its gradients (implicit feature selection)
     input_init: str = _field("init", _Choice("init", "zero"),
-                             "first layer starts from model.init, or at 0 (grows from its gradients)")
+                             "zero: the first layer starts at 0 and grows from its gradients (feature selection)")
 
 
 @dataclass(frozen=True)
@@ -248,7 +248,7 @@ class TrainConfig:
     lr: float = _field(0.01, _Float(lo=0, lo_open=True),
                        "learning rate")
     momentum: float = _field(0.9, _Float(0, 1, hi_open=True),
-                             "momentum of SGD (Adam: beta1)")
+                             "momentum of SGD (Adam: beta1; beta2 is 0.999)")
     weight_decay: float = _field(0.0002, _Float(lo=0),
                                  "L2 weight decay")
     weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"),
@@ -270,9 +270,9 @@ class EvolutionConfig:
     """Sparse Evolutionary Training: fraction zeta of weights removed and regrown each epoch."""
 
     zeta: float = _field(0.3, _Float(0, 1, hi_open=True),
-                         "share of each layer's weights removed and regrown after every epoch (SET)")
+                         "fraction of positive and of negative weights nearest zero replaced after each epoch (SET; 0: off)")
     evolve_output: bool = _field(False, _Bool(),
-                                 "evolve the output layer's connections too")
+                                 "also evolve the output layer (a layer at density 1 never evolves)")
     regrow: str = _field("init", _Choice("init", "zero"),
                          "new connections' weights: from model.init, or 0 (RigL)")
 
@@ -348,13 +348,13 @@ class Config:
     """The whole run configuration; top-level scalars first, then one field per section."""
 
     seed: int = _field(0, _Int(lo=0),
-                       "seed of every random draw (initialisation, batches, dropout, SET, splits)")
+                       "every random draw (initialisation, shuffling, dropout, SET, splits) comes from this seed")
     threads: int = _field(0, _Int(lo=0),
-                          "kernel threads (0: the CPUs this process may use)")
+                          "kernel threads; 0: the CPUs this process may use (affinity mask, cgroup CPU quota, SLURM_CPUS_PER_TASK)")
     adapt_threads: bool = _field(True, _Bool(),
-                                 "with threads 0: use fewer threads while other processes take CPUs")
+                                 "with threads 0: run fewer kernel threads while other processes take CPUs (docs/benchmarks.md)")
     memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True),
-                                           "GiB this run may use (null: detect from the machine, cgroup and Slurm)")
+                                           "memory (GiB) the planner may use; null: MemAvailable / the cgroup's limit")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
