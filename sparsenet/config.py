@@ -301,6 +301,8 @@ class PruningConfig:
 class CheckpointConfig:
     every: int = _field(10, _Int(lo=1),
                         "write checkpoint.h5 every this many epochs (and at the end and on a stop)")
+    best: bool = _field(True, _Bool(),
+                        "write checkpoint_best.h5 at each new best epoch (validation accuracy, else training loss)")
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ class EpochLoop:
         state.history.append(row)
         append_metrics(self.out / METRICS, row)
         log(epoch_line(row, cfg.train.epochs), self.rank)
-        if improved:
+        if improved and cfg.checkpoint.best:
             self.save(self.out / BEST)
         if epoch % cfg.checkpoint.every == 0 or epoch == cfg.train.epochs or self.stop or self.early_stopped:
             self.save()

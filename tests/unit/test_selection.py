@@ -98,6 +98,9 @@ def test_without_validation_best_is_on_training_loss_not_test(tmp_path):
     best = min(history, key=lambda r: (r["train_loss"], r["epoch"]))
     assert history[-1]["best_epoch"] == best["epoch"]
     assert load_checkpoint(tmp_path / "checkpoint_best.h5").epoch == best["epoch"]
+    # checkpoint.best=false: the rows still say which epoch is best, no file is written
+    state = run(load_config(None, SMALL + ["train.epochs=2", "checkpoint.best=false"]), tmp_path / "nobest")
+    assert not (tmp_path / "nobest" / "checkpoint_best.h5").exists() and state.history[-1]["best_epoch"] >= 1
 
 
 def test_early_stopping_stops_and_is_honoured_on_resume(tmp_path):
