@@ -67,6 +67,12 @@ def test_default_out_is_a_fresh_numbered_folder(tmp_path, monkeypatch, capsys):
         outs.append(last_json(capsys)["out"])
     assert outs == ["runs/fashion_mnist_pruning-2", "runs/fashion_mnist_pruning-3"]  # named after the last config
     assert all((tmp_path / o / "checkpoint.h5").exists() for o in outs)
+    from sparsenet.checkpoint import load_checkpoint
+    from sparsenet.config import config_from_yaml, load_config
+
+    stored = config_from_yaml(load_checkpoint(tmp_path / outs[0] / "checkpoint.h5").config_yaml)
+    assert stored == load_config(configs, SMALL[1::2])          # the checkpoint keeps the merged config
+    assert stored.pruning.method == "importance" and stored.data.name == "synthetic"
     assert sorted(os.listdir(tmp_path / "runs" / "fashion_mnist_pruning-1")) == []
     assert "--resume needs --out FOLDER" in error_of(capsys, ["train", configs[0], "--resume"])
 
