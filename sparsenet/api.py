@@ -249,11 +249,10 @@ def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, 
 
 
 def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool) -> list[dict]:
+    from .jitcache import compile_notice
     from .metrics import ProgressBar, log
     from .selection import Selection
     from .train import between_epochs, train_epoch
-
-    from .jitcache import compile_notice
 
     notice = compile_notice() if verbose else None
     if notice:
@@ -299,10 +298,10 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
     """Train a classifier per `config` (Config, mapping of YAML keys, YAML path or None) on samples X
     and labels y (any hashable labels; classes_ = their sorted unique values). Writes nothing.
 
-    Uses the config's seed, threads, data.standardize, data.validation_fraction (a stratified part of X
-    held out: validation_* in the history, early stopping on it), model, train (epochs, batch_size,
-    lr, early_stopping_*, ...), evolution and pruning sections; data.name/path are ignored. X_test/y_test, if given, are scored
-    after every epoch (labels must be among y's). Returns (model, history: one dict per epoch).
+    Uses the config's seed, threads, data.standardize, data.validation_fraction (a stratified part of
+    X held out: validation_* in the history, early stopping on it), model, train (epochs, batch_size,
+    lr, early_stopping_*, ...), evolution and pruning sections; data.name/path are ignored.
+    X_test/y_test, if given, are scored after every epoch (labels must be among y's). Returns (model, history: one dict per epoch).
     """
     from .train import new_state, set_threads
 
