@@ -15,18 +15,11 @@ import pytest
 from sparsenet import logs
 from sparsenet.cli import main
 from sparsenet.metrics import ProgressBar, log
+from tests.unit.cli_errors import error_of
 
 SMALL = ["--set", "data.name=synthetic", "--set", "data.samples=200", "--set", "data.features=24",
          "--set", "model.hidden=[16]", "--set", "model.epsilon=4", "--set", "train.epochs=1",
          "--set", "train.batch_size=32", "--set", "train.progress=false"]
-
-
-def error_of(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("sparsenet: error: ") and "\n" not in err, err
-    return err
 
 
 def last_json(capsys):
