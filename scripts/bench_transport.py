@@ -2,10 +2,11 @@
 
     make setup && .venv/bin/python scripts/bench_transport.py
 
-Starts `mpiexec -n 2` twice per round: plain MPI bundles, and a channel (what phase 1 uses with
+Starts `mpiexec -n 2` three times per round: plain MPI bundles; a channel (what phase 1 uses with
 `parallel.shared_memory`: the worker's gradient and the server's weights are written in place in
-an MPI shared window, posted without a message), alternating them for --rounds rounds so machine
-noise hits both alike. Rank 1 plays a worker (send
+an MPI shared window, posted without a message, the waiting side woken by its doorbell); and the
+channel without doorbells ("polled": waits poll with growing sleeps), alternating them for --rounds
+rounds so machine noise hits all alike. Rank 1 plays a worker (send
 its gradient, receive the weights and keep them as its model until the next reply arrives, as
 workers do), rank 0 the server (receive, touch every array, reply; with a channel it copies the
 weights into it, as its momentum step writes them there).
@@ -51,7 +52,7 @@ def rank_main(mode: str, trips: int) -> None:
     from sparsenet.parallel.transport import Transport
 
     t = Transport()
-    if mode in ("channel", "wait"):
+    if mode in ("channel", "polled", "wait"):
         t.enable_shared_memory()
     if mode == "wait":
         wait_main(t)
@@ -61,12 +62,14 @@ def rank_main(mode: str, trips: int) -> None:
     values = [g.copy() for g in grads]
     sizes = np.array(SIZES, dtype=np.int64)
     channel = None
-    if mode == "channel":  # in a shared window the server allocates, as in training
+    if mode in ("channel", "polled"):  # in a shared window the server allocates, as in training
         place = {**shape(SIZES), "offset": 0}
         channel = in_window(t.shared_window(place["nbytes"] if t.rank == 0 else 0), place, t.sync)
         if t.rank == 0:
             channel.clear()
         t.barrier()
+        if mode == "polled":
+            t.close()  # no doorbells: ring() does nothing, waits poll
     adopted: list = []  # the worker's model: the arrays of the last reply
     for measured in (False, True):
         t.barrier()
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
     if args.rank_main:
         rank_main(args.rank_main[0], int(args.rank_main[1]))
         return 0
-    results: dict[str, list] = {"mpi": [], "channel": []}
+    results: dict[str, list] = {"mpi": [], "channel": [], "polled": []}
     for r in range(args.rounds):
         for mode in results:
             results[mode].append(run(mode, args.trips))

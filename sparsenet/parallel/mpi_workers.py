@@ -22,6 +22,8 @@ from .seam import Gradient, Replica, Workers
 class MPIWorkers(Workers):
     """Ranks 1..size-1 of `transport` (transport.Transport)."""
 
+    run_counters = ("bytes_sent", "bytes_received", "channel_gradients", "channel_replies")
+
     def __init__(self, cfg: Config, transport):
         self.transport = transport
         self.ids = list(range(1, transport.size))
@@ -94,9 +96,8 @@ class MPIWorkers(Workers):
     def _send_model(self, worker: int, kind: str, arrays: list[np.ndarray], model: SparseMLP, version: int,
                     epoch: int) -> None:
         meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes}
-        if self._unnamed and worker in self._unnamed:
+        if self._unnamed and worker in self._unnamed:  # from this topology on, the worker uses its channel
             self.channels[worker] = self._unnamed.pop(worker)
-            meta["channel"] = True
         # non-blocking: a pipelining worker takes this reply only after computing its next gradient
         self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
 
