@@ -2,18 +2,17 @@
 
     make setup && .venv/bin/python scripts/bench_transport.py
 
-Starts `mpiexec -n 2` three times per round: plain MPI bundles; a channel (what phase 1 uses with
+Starts `mpiexec -n 2` twice per round: plain MPI bundles, and a channel (what phase 1 uses with
 `parallel.shared_memory`: the worker's gradient and the server's weights are written in place in
-an MPI shared window, posted without a message, the waiting side woken by its doorbell); and the
-channel without doorbells ("polled": waits poll with growing sleeps), alternating them for --rounds
-rounds so machine noise hits all alike. Rank 1 plays a worker (send
+an MPI shared window, posted without a message), alternating them for --rounds rounds so machine
+noise hits both alike. Rank 1 plays a worker (send
 its gradient, receive the weights and keep them as its model until the next reply arrives, as
 workers do), rank 0 the server (receive, touch every array, reply; with a channel it copies the
 weights into it, as its momentum step writes them there).
 Nobody computes, so the figures are the transport's own: round trips per second and CPU
 milliseconds per round trip on each side. Target: the channel at most 25 % of plain MPI's CPU per
 round trip (both sides together). Then the CPU a rank burns while it waits WAIT_SECONDS for a
-message: in MPI's own blocking MPI_Recv, on its doorbell (channel.Doorbells), polling without one.
+message: in MPI's own blocking MPI_Recv, and in the transport's polling wait.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def rank_main(mode: str, trips: int) -> None:
     from sparsenet.parallel.transport import Transport
 
     t = Transport()
-    if mode in ("channel", "polled", "wait"):
+    if mode in ("channel", "wait"):
         t.enable_shared_memory()
     if mode == "wait":
         wait_main(t)
@@ -62,14 +61,12 @@ def rank_main(mode: str, trips: int) -> None:
     values = [g.copy() for g in grads]
     sizes = np.array(SIZES, dtype=np.int64)
     channel = None
-    if mode in ("channel", "polled"):  # in a shared window the server allocates, as in training
+    if mode == "channel":  # in a shared window the server allocates, as in training
         place = {**shape(SIZES), "offset": 0}
         channel = in_window(t.shared_window(place["nbytes"] if t.rank == 0 else 0), place, t.sync)
         if t.rank == 0:
             channel.clear()
         t.barrier()
-        if mode == "polled":
-            t.close()  # no doorbells: ring() does nothing, waits poll
     adopted: list = []  # the worker's model: the arrays of the last reply
     for measured in (False, True):
         t.barrier()
@@ -79,7 +76,6 @@ def rank_main(mode: str, trips: int) -> None:
                 if channel is not None:  # the gradient kernel writes here; nothing to copy
                     channel.gradient_arrays(SIZES)[0][-1] = grads[0][-1]
                     channel.post_gradient(1, 128, 0.5, 3, sizes)
-                    t.ring(0)
                     if t.recv_unless(channel.reply_ready, source=0, tag=2) is not None:
                         raise SystemExit("rank 1: a bundle instead of a channel reply")
                     adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as bundles.adopt_values does
@@ -97,7 +93,6 @@ def rank_main(mode: str, trips: int) -> None:
                 for out, new in zip(channel.reply_arrays(SIZES), values):
                     np.copyto(out, new)
                 channel.post_reply(1, int(checksum > 0))
-                t.ring(1)
             else:
                 gradient = t.recv_bundle(source=1, tag=1)
                 checksum = sum(float(a[-1]) for a in gradient.arrays)
@@ -111,21 +106,19 @@ def rank_main(mode: str, trips: int) -> None:
 
 
 def wait_main(t) -> None:
-    """Rank 0 waits WAIT_SECONDS for rank 1's message three ways; prints its CPU share of each wait."""
+    """Rank 0 waits WAIT_SECONDS for rank 1's message two ways; prints its CPU share of each wait."""
     import numpy as np
 
     share = {}
-    for how in ("MPI_Recv", "doorbell", "polling"):
+    for how in ("MPI_Recv", "polling"):
         t.barrier()
         if t.rank == 1:
             time.sleep(WAIT_SECONDS)
             t.comm.Send(np.zeros(1, np.uint8), 0, 4) if how == "MPI_Recv" else t.send_bundle(0, 4, {})
             continue
-        bells, t.bells = t.bells, (t.bells if how == "doorbell" else None)
         wall, cpu = time.perf_counter(), time.process_time()
         t.comm.Recv(np.zeros(1, np.uint8), 1, 4) if how == "MPI_Recv" else t.recv_bundle(source=1, tag=4)
         share[how] = (time.process_time() - cpu) / (time.perf_counter() - wall)
-        t.bells = bells
     if t.rank == 0:
         print(json.dumps(share), flush=True)
 
@@ -147,7 +140,7 @@ def main(argv=None) -> int:
     if args.rank_main:
         rank_main(args.rank_main[0], int(args.rank_main[1]))
         return 0
-    results: dict[str, list] = {"mpi": [], "channel": [], "polled": []}
+    results: dict[str, list] = {"mpi": [], "channel": []}
     for r in range(args.rounds):
         for mode in results:
             results[mode].append(run(mode, args.trips))

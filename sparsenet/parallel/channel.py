@@ -1,12 +1,13 @@
 """Same-node phase 1 without messages: a worker's gradients and the server's replies in an MPI shared
-window, and doorbells that wake a rank waiting for them.
+window.
 
 Phase 1 exchanges one gradient and one set of weights per update; as MPI messages that costs about
 1 ms of interpreter work per update on a 2-core machine, 10 % of a FashionMNIST gradient. A channel
 is one worker's slice of a shared window the server allocates (Transport.shared_window): a control
 block, two gradient and two weight buffers. The worker's backward kernel writes its gradient into a
 gradient buffer and posts it by bumping a sequence number; the server's momentum step writes the new
-weights into a weight buffer and posts them the same way; each rings the other's doorbell.
+weights into a weight buffer and posts them the same way; a waiting side polls the sequence number
+between sleeps (Transport.recv_unless).
 
 Two buffers each way suffice because every side alternates: gradient n goes into buffer n % 2 and
 the worker overwrites it only after the server answered gradient n (with pipelining the worker
@@ -19,8 +20,6 @@ reader between seeing the number and reading the data.
 
 from __future__ import annotations
 
-import os
-import select
 from typing import Callable, Sequence
 
 import numpy as np
@@ -164,62 +163,3 @@ class Channel:
         self.replies_posted += 1
         self.sync()
         self.control[S_SEQ] = self.replies_posted
-
-
-class Doorbells:
-    """Wake-ups between ranks of one node: a pipe per rank that its peers write a byte into after each
-    post or send, so a waiting rank sleeps in select() instead of polling. Peers open the pipe through
-    /proc/<pid>/fd (no file name: it dies with the processes).
-
-    Why not MPI's own waiting: a rank blocked in MPI_Recv busy-polls (MPICH). Measured under load on
-    the 2-core machine, mpiexec -n 2: MPI_Recv waiting 2.0 s used 0.77 s CPU; a doorbell wait 0.00 s.
-    With 3 ranks on 2 cores that CPU is taken from the workers' gradients.
-    """
-
-    def __init__(self):
-        self.fd, self._write = os.pipe()  # our own write end stays open, so select() never sees end-of-file
-        os.set_blocking(self.fd, False)
-        self.address = (os.getpid(), self.fd)
-        self.peers: dict[int, int] = {}
-
-    def connect(self, addresses: dict[int, tuple[int, int]]) -> bool:
-        """Open the pipes of the given peer ranks ({rank: (pid, fd)}) for writing; False if one cannot be."""
-        try:
-            for rank, (pid, fd) in addresses.items():
-                self.peers[rank] = os.open(f"/proc/{pid}/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return False
-        return True
-
-    def ring(self, rank: int) -> None:
-        """Wake `rank` if it waits (a no-op for ranks without a doorbell)."""
-        fd = self.peers.get(rank)
-        if fd is not None:
-            try:
-                os.write(fd, b"\x01")
-            except BlockingIOError:  # its pipe is full of unread rings: it will wake anyway
-                pass
-            except OSError:  # it has exited: stop ringing it
-                os.close(self.peers.pop(rank))
-
-    def wait(self, timeout: float) -> None:
-        """Sleep until a peer rings or `timeout` seconds pass (the rings stay for drain())."""
-        select.select([self.fd], [], [], timeout)
-
-    def drain(self) -> bool:
-        """Consume the rings so far; True if there were any."""
-        rung = False
-        try:
-            while os.read(self.fd, 4096):
-                rung = True
-        except BlockingIOError:
-            pass
-        return rung
-
-    def close(self) -> None:
-        for fd in [self.fd, self._write, *self.peers.values()]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.peers.clear()

@@ -45,9 +45,8 @@ class MPIWorkers(Workers):
         return self._sizes[1]
 
     def channel_peers(self) -> list[int]:
-        """The workers that get a channel: those on the server's node (with doorbells)."""
-        bells = self.transport.bells
-        return [k for k in self.ids if bells is not None and k in bells.peers]
+        """The workers that get a channel: those on the server's node."""
+        return [k for k in self.ids if k in self.transport.node_ranks]
 
     def _open_channels(self, model: SparseMLP, version: int) -> None:
         """Once per run: a channel to every same-node worker, sized for `model`, in one shared window
@@ -83,7 +82,6 @@ class MPIWorkers(Workers):
                 for out, values in zip(target, bundles.values_arrays(model)):
                     np.copyto(out, values)
             self.channels[worker].post_reply(version, epoch)
-            self.transport.ring(worker)
             self.channel_bytes[0] += 4 * sum(self._value_sizes(model, version))
             return
         self._send_model(worker, "values", bundles.values_arrays(model), model, version, epoch)

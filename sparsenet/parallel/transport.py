@@ -6,12 +6,12 @@ importing it never starts MPI. Arrays travel as raw bytes (uppercase Isend/Irecv
 in chunks of at most `chunk_bytes` (MPI counts are C ints), so bundles and arrays over 2 GiB work;
 a bundle that fits one chunk travels as one packed message (MPI keeps one source's messages of one
 tag in order).
-Same node: enable_shared_memory() makes the node communicator (Comm.Split_type) and doorbells
-(channel.Doorbells); shared_window() allocates memory every rank of the node maps
-(Win.Allocate_shared, Win.Shared_query): MPI owns it, so nothing of ours outlives the job.
-Waiting never spins: MPICH's blocking calls busy-poll and ranks may share cores, so probes and
-tests alternate with sleeps backing off from 20 µs to `max_sleep`, or, when every sender rings
-this rank's doorbell, with select() on it. Not thread-safe: one Transport per communicator and thread.
+Same node: enable_shared_memory() makes the node communicator (Comm.Split_type); shared_window()
+allocates memory every rank of the node maps (Win.Allocate_shared, Win.Shared_query): MPI owns it,
+so nothing of ours outlives the job.
+Waiting never spins: MPICH's blocking calls busy-poll and ranks may share cores, so probes and tests
+alternate with sleeps backing off from 20 µs to `max_sleep` (see _Backoff for the figures).
+Not thread-safe: one Transport per communicator and thread.
 """
 
 from __future__ import annotations
@@ -33,9 +33,7 @@ MIN_SLEEP = 20e-6
 DEFAULT_MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
 IDLE_AFTER = 0.02  # a wait this long is idle: its sleeps may grow to IDLE_SLEEP
 IDLE_SLEEP = 5e-3
-BELL_TIMEOUT = 0.05  # longest doorbell sleep: bounds the cost of a sender that never rings
 PROBES_PER_WAKE = 3  # MPICH may need a second progress call to see a message that has arrived
-RING_GRACE = 2e-3  # after a ring, poll this long for its message before sleeping on the doorbell again
 TRANSFER_SPIN = 2e-3  # seconds a transfer under way yields instead of sleeping
 WINDOW = 64  # pieces in flight per bundle: bounds request count when chunks are tiny
 SHARED_MAX_BYTES = 256 << 20  # largest model (float32 weights and biases) phase 1 moves through a shared window
@@ -72,7 +70,14 @@ class SilentRankError(SparsenetError, TimeoutError):
 
 class _Backoff:
     """Polling pace: yield the core for `spin` seconds, then sleeps doubling from MIN_SLEEP to
-    max_sleep (IDLE_SLEEP once the wait is longer than IDLE_AFTER: idle, not a hand-off)."""
+    max_sleep (IDLE_SLEEP once the wait is longer than IDLE_AFTER: idle, not a hand-off).
+
+    Why not MPI's own waiting: a rank blocked in MPI_Recv busy-polls (MPICH), and 3 ranks share 2
+    cores. `scripts/bench_transport.py`, measured under load on the 2-core Xeon: waiting 2 s in
+    MPI_Recv used 24-39 % of a core, this polling 0.9-1.0 %. A hand-made wake-up (a pipe per rank
+    that peers wrote to after each post, select() on it) saved CPU in waits (0.3-0.4 %) but no
+    time: channel round trips 1,023/s with it, 1,113/s polled; so there is none.
+    """
 
     def __init__(self, max_sleep: float, spin: float = 0.0):
         self.max_sleep, self.delay = max_sleep, min(MIN_SLEEP, max_sleep)
@@ -132,7 +137,6 @@ class Transport:
         self.bytes_sent = self.bytes_received = 0
         self.node = None  # this node's communicator, after enable_shared_memory()
         self.node_ranks: list[int] = []  # rank in comm of every node rank, in node order
-        self.bells = None  # channel.Doorbells to and from the other node ranks
         self.windows: list = []  # MPI.Win of every shared_window(); synced by sync()
         self.shared_max_bytes = SHARED_MAX_BYTES
         # Seconds a wait for a bundle yields before it sleeps: 0 for a rank that waits long and
@@ -187,24 +191,12 @@ class Transport:
         return size
 
     def enable_shared_memory(self) -> int:
-        """Make this node's communicator and doorbells to its other ranks (all of them or, if one
-        fails, none). Collective. Returns the number of other ranks on this node."""
-        from .channel import Doorbells
-
+        """Make this node's communicator, for shared_window(). Collective. Returns the number of
+        other ranks on this node."""
         mpi = _mpi()
         self.node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.node_ranks = mpi.Group.Translate_ranks(self.node.Get_group(), list(range(self.node.Get_size())),
                                                     self.comm.Get_group())
-        bells = Doorbells()
-        every = np.empty((self.node.Get_size(), 2), dtype=np.int64)
-        self.node.Allgather(np.array(bells.address, dtype=np.int64), every)
-        ok = bells.connect({r: tuple(a) for r, a in zip(self.node_ranks, every.tolist()) if r != self.rank})
-        everyone = np.zeros(1, dtype=np.int64)
-        self.node.Allreduce(np.array([int(ok)], dtype=np.int64), everyone, op=mpi.MIN)
-        if everyone[0]:
-            self.bells = bells
-        else:  # a rank that cannot ring would leave its peers asleep
-            bells.close()
         return len(self.node_ranks) - 1
 
     def shared_window(self, nbytes: int, owner: int = 0) -> np.ndarray:
@@ -221,17 +213,6 @@ class Transport:
         """Memory barrier between this rank's stores and loads in shared windows and its peers' (Win.Sync)."""
         for win in self.windows:
             win.Sync()
-
-    def ring(self, dest: int) -> None:
-        """Wake `dest` if it sleeps on its doorbell (after posting into a window it reads)."""
-        if self.bells is not None:
-            self.bells.ring(dest)
-
-    def close(self) -> None:
-        """Close the doorbells (MPI frees the windows at finalize, the kernel at exit)."""
-        if self.bells is not None:
-            self.bells.close()
-            self.bells = None
 
     # ------------------------------------------------------------------ bundles
 
@@ -251,7 +232,7 @@ class Transport:
             for array in prepared:
                 pieces += chunks(byte_view(array), self.chunk_bytes)
             nbytes = header.nbytes + meta_bytes.size + sum(a.nbytes for a in prepared)
-        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), ring=dest, peer=dest)
+        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), peer=dest)
         self.bytes_sent += nbytes
         return nbytes
 
@@ -265,7 +246,6 @@ class Transport:
             return PendingSend(None, None, self.max_sleep)
         self.bytes_sent += packed.size
         request = self.comm.Isend([packed, _mpi().BYTE], dest, tag)
-        self.ring(dest)
         return PendingSend(request, packed, self.max_sleep, self.silence_timeout,
                            self._silence([dest], self.silence_timeout or 0, f"sending to rank {dest}"))
 
@@ -276,7 +256,7 @@ class Transport:
     def recv_unless(self, ready: Callable[[], bool], source: int | None = None, tag: int | None = None,
                     timeout: float | None = None) -> Bundle | None:
         """Receive one bundle as recv_bundle does, unless `ready()` turns true first (then None).
-        `ready` checks a shared window whose writer rings this rank's doorbell: one sleep waits for either."""
+        `ready` checks a shared window (a channel post): one wait polls both."""
         message, status = self._probe_message(source, tag, timeout, ready)
         return None if message is None else self._receive(message, status)
 
@@ -330,10 +310,8 @@ class Transport:
         mpi = _mpi()
         source = mpi.ANY_SOURCE if source is None else source
         tag = mpi.ANY_TAG if tag is None else tag
-        status, bells = mpi.Status(), self.bells
-        # Fast path for what is here already (a pipelined reply). Drain first, so its ring cannot make
-        # the next wait poll; a ring drained here whose message MPI does not show yet is polled for below.
-        rang = bells is not None and bells.drain()
+        status = mpi.Status()
+        # Fast path for what is here already (a pipelined reply): no wait to set up or account.
         if ready is not None and ready():
             return None, None
         message = self.comm.Improbe(source, tag, status)
@@ -345,16 +323,9 @@ class Transport:
             silent = self._silence(None if source == mpi.ANY_SOURCE else [source], timeout,
                                    f"waiting for a message (tag {tag})" if tag != mpi.ANY_TAG else "waiting for a message")
         deadline = None if timeout is None else time.monotonic() + timeout
-        # Every possible sender rings our doorbell: sleep until it does (BELL_TIMEOUT is a safety net).
-        rung = bells is not None and (len(bells.peers) == self.size - 1 if source == mpi.ANY_SOURCE
-                                      else source in bells.peers)
-        backoff = _Backoff(self.max_sleep, 0.0 if rung or rang else self.probe_spin)
+        backoff = _Backoff(self.max_sleep, self.probe_spin)
         wall, cpu = time.perf_counter(), time.process_time()
-        last_ring = wall if rang else -math.inf
         while True:
-            if bells is not None and bells.drain():  # before probing, so a later ring wakes the select
-                last_ring = time.perf_counter()
-                backoff = _Backoff(self.max_sleep)  # poll quickly for the message that rang
             found = ready is not None and ready()
             for _ in range(0 if found else PROBES_PER_WAKE):
                 message = self.comm.Improbe(source, tag, status)
@@ -369,19 +340,14 @@ class Transport:
                 if silent is not None:
                     raise SilentRankError(silent())
                 raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} within {timeout} s")
-            if rung and time.perf_counter() - last_ring > RING_GRACE:
-                bells.wait(BELL_TIMEOUT if remaining is None else min(BELL_TIMEOUT, remaining))
-            else:  # no doorbell, or a ring whose message MPI has not shown yet: it is on its way
-                backoff.sleep(remaining)
+            backoff.sleep(remaining)
 
-    def _transfer(self, pieces: list[np.ndarray], start, ring: int | None = None, peer: int | None = None) -> None:
+    def _transfer(self, pieces: list[np.ndarray], start, peer: int | None = None) -> None:
         """Run `start(piece)` (an Isend/Irecv) over pieces in order, WINDOW at a time, and complete them.
         Large messages move only while both sides poll, so a transfer yields rather than sleeps for
-        its first TRANSFER_SPIN seconds. `ring`: the rank to wake once the first pieces are posted."""
+        its first TRANSFER_SPIN seconds."""
         for first in range(0, len(pieces), WINDOW):
             requests = [start(p) for p in pieces[first:first + WINDOW]]
-            if first == 0 and ring is not None:
-                self.ring(ring)
             _wait_all(requests, self.max_sleep, TRANSFER_SPIN, self.silence_timeout,
                       self._silence(None if peer is None else [peer], self.silence_timeout or 0,
                                     "a transfer was under way"))

@@ -63,7 +63,6 @@ class _Gradient:
         if self.channel is not None:
             m = self.meta
             self.channel.post_gradient(m["version"], m["samples"], m["loss"], m["correct"], self.sizes)
-            transport.ring(0)
             return None
         return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
 
@@ -102,8 +101,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     via = None  # the channel while the model fits it, else None
     while True:
         if via is not None:
-            # Pipelining, the reply is usually here already: take it without the transport's wait (the
-            # server's ring for it stays in our doorbell until a wait drains it).
+            # Pipelining, the reply is usually here already: take it without the transport's wait.
             msg = None if via.reply_ready() else transport.recv_unless(via.reply_ready, source=0)
             if msg is None:
                 msg = _channel_reply(via, model, sizes)

@@ -159,8 +159,7 @@ def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
 
 def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
     """SIGKILL to every process of a run whose phase 1 goes through a shared window: the window is
-    MPI's and the doorbells are pipes, so no sparsenet file is left in /dev/shm (the old channels
-    and slots were files there)."""
+    MPI's, so no sparsenet file is left in /dev/shm (the old channels, slots and doorbells were files there)."""
     import subprocess
     import sys
 

@@ -95,7 +95,7 @@ def test_channels_in_a_shared_window_round_trip(ranks):
     assert_ok(run_mpi(ranks, [SCRIPT, "--shared"], timeout=120))
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["polling", "doorbell"])
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "shared_memory"])
 def test_waiting_recv_sleeps_instead_of_spinning(shared):
     result = run_mpi(3, [SCRIPT, "--idle"] + (["--shared"] if shared else []), timeout=120)
     assert_ok(result)

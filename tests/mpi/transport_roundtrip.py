@@ -4,7 +4,7 @@
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle    # CPU time while waiting 2 s in recv
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --big     # one bundle over 2 GiB, SHA-256 checked
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --shared  # plus a channel in an MPI shared window
-    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle --shared  # waiting on the doorbell
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle --shared  # waiting for a channel post
 Any failure prints a traceback and aborts every rank, so mpiexec exits non-zero instead of hanging.
 """
 
@@ -185,8 +185,7 @@ def run_basic(t: Transport) -> None:
 def enable_shared(t: Transport) -> None:
     local = t.enable_shared_memory()
     check(local == t.size - 1, f"{local} of {t.size - 1} other ranks reachable through shared memory")
-    check(t.bells is not None and sorted(t.bells.peers) == [r for r in range(t.size) if r != t.rank],
-          "no doorbells between the ranks of one node")
+    check(sorted(t.node_ranks) == list(range(t.size)), f"node ranks {t.node_ranks}")
 
 
 def channel_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray]:
@@ -226,7 +225,6 @@ def channel_round_trips(t: Transport) -> None:
             for out, want in zip(channel.reply_arrays(sizes), channel_values(step, sizes, True)):
                 out[:] = want
             channel.post_reply(step, 2 * step)
-            t.ring(1)
         check(channel.gradients_taken == len(CHANNEL_SIZES) and channel.replies_posted == len(CHANNEL_SIZES) - 1,
               f"{channel.gradients_taken} gradients taken, {channel.replies_posted} replies posted")
     elif t.rank == 1:
@@ -240,7 +238,6 @@ def channel_round_trips(t: Transport) -> None:
             for out, want in zip(channel.gradient_arrays(sizes), channel_values(step, sizes, False)):
                 out[:] = want
             channel.post_gradient(step, 100 + step, 0.5 * step, 7 * step, np.array(sizes, dtype=np.int64))
-            t.ring(0)
 
         post(0)
         for step, sizes in enumerate(CHANNEL_SIZES):
@@ -264,7 +261,7 @@ def channel_round_trips(t: Transport) -> None:
 
 
 def run_shared(t: Transport) -> None:
-    """The basic checks beside doorbells, then a channel in a shared window: arrays filled in place,
+    """The basic checks, then a channel in a shared window: arrays filled in place,
     answered in place. Nothing of ours appears in /dev/shm."""
     before = {name for name in os.listdir("/dev/shm") if name.startswith("sparsenet")}
     run_basic(t)
@@ -274,17 +271,31 @@ def run_shared(t: Transport) -> None:
     check(not ours, f"files of ours in /dev/shm: {sorted(ours)}")
 
 
-def run_idle(t: Transport) -> None:
-    """Rank 0 waits IDLE_SECONDS in recv; its CPU time must stay under 10% of the wall time."""
+def run_idle(t: Transport, shared: bool) -> None:
+    """Rank 0 waits IDLE_SECONDS in recv (shared: for a channel post, in recv_unless); its CPU time
+    must stay under 10% of the wall time."""
+    channel = None
+    if shared:
+        place = {**shape([5, 3]), "offset": 0}
+        channel = in_window(t.shared_window(place["nbytes"] if t.rank == 0 else 0), place, t.sync)
+        if t.rank == 0:
+            channel.clear()
     t.barrier()
     if t.rank == 1:
         time.sleep(IDLE_SECONDS)
-        t.send_bundle(0, TAG_IDLE, {"late": True})
+        if channel is not None:
+            channel.post_gradient(1, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
+        else:
+            t.send_bundle(0, TAG_IDLE, {"late": True})
     elif t.rank == 0:
         wall, cpu = time.perf_counter(), time.process_time()
-        got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)
+        if channel is not None:
+            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_IDLE, timeout=60)
+            check(got is None and channel.take_gradient()[0] == 1, "no channel post")
+        else:
+            got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)
+            check(got.meta == {"late": True}, "wrong idle message")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        check(got.meta == {"late": True}, "wrong idle message")
         print(f"IDLE wall={wall:.3f}s cpu={cpu:.4f}s fraction={cpu / wall:.4f}", flush=True)
         check(wall >= 0.9 * IDLE_SECONDS, f"recv returned after {wall:.3f} s, before the message was sent")
         check(cpu < IDLE_MAX_CPU_FRACTION * wall, f"recv burned {cpu:.3f} s CPU in {wall:.3f} s")
@@ -343,7 +354,7 @@ def main() -> None:
     mode.add_argument("--big", action="store_true", help="send one bundle larger than 2 GiB")
     mode.add_argument("--idle", action="store_true", help="measure CPU time while waiting in recv")
     parser.add_argument("--shared", action="store_true",
-                        help="doorbells and a channel in a shared window (with --idle: wait on the doorbell)")
+                        help="a channel in a shared window (with --idle: wait beside one)")
     args = parser.parse_args()
     t = Transport()
     if t.size < 2:
@@ -354,7 +365,7 @@ def main() -> None:
         if args.big:
             run_big(t)
         elif args.idle:
-            run_idle(t)
+            run_idle(t, args.shared)
         else:
             run_shared(t) if args.shared else run_basic(t)
         t.barrier()

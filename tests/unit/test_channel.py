@@ -1,13 +1,12 @@
 """sparsenet.parallel.channel in one process: two Channels over one buffer stand for the server and a
-worker of one node (they share a shared window's pages as two ranks would); doorbells between two
-pipes of this process."""
+worker of one node (they share a shared window's pages as two ranks would)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sparsenet.parallel.channel import ALIGN, Channel, Doorbells, in_window, layout, shape, views
+from sparsenet.parallel.channel import ALIGN, Channel, in_window, layout, shape, views
 
 SIZES = [1000, 300, 17, 0, 40, 40, 10, 5]  # weights of 4 layers, then their biases
 
@@ -115,25 +114,3 @@ def test_a_window_slice_too_small_for_the_channel_is_refused():
     geometry = shape(SIZES)
     with pytest.raises(ValueError, match="cannot hold"):
         in_window(np.zeros(geometry["nbytes"], np.uint8), {**geometry, "offset": 64}, lambda: None)
-
-
-def test_doorbells_wake_a_waiting_rank_through_its_pipe_and_need_no_file():
-    import os
-    import time
-
-    a, b = Doorbells(), Doorbells()
-    assert a.address == (os.getpid(), a.fd)
-    assert b.connect({0: a.address}) and not a.drain()
-    b.ring(0)
-    start = time.perf_counter()
-    a.wait(5.0)
-    assert time.perf_counter() - start < 1.0 and a.drain() and not a.drain()
-    start = time.perf_counter()
-    a.wait(0.05)  # nobody rang: the timeout ends the sleep
-    assert time.perf_counter() - start >= 0.04 and not a.drain()
-    assert not b.connect({1: (os.getpid(), 10 ** 6)}), "a peer whose pipe cannot be opened"
-    b.ring(7)  # a rank without a doorbell: nothing happens
-    a.close()
-    b.ring(0)  # the pipe's reader is gone: the ring is dropped and the peer forgotten
-    assert 0 not in b.peers
-    b.close()
