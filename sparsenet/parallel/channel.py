@@ -70,7 +70,8 @@ def _control_bytes(n_layers: int) -> int:
 
 def in_window(memory: np.ndarray, place: dict, sync: Callable[[], None]) -> "Channel":
     """The channel at `place` (shape(...) plus its byte "offset") in the shared window `memory`."""
-    return Channel(memory[place["offset"]:place["offset"] + place["nbytes"]], place["n_layers"], place["capacity"], sync)
+    start = place["offset"]
+    return Channel(memory[start:start + place["nbytes"]], place["n_layers"], place["capacity"], sync)
 
 
 class Channel:

@@ -199,5 +199,6 @@ def planned_bytes(cfg: Config, sizes: list[int], nnz: list[int], state_per_param
     worker = [("messages", message_bytes(sizes, nnz), "topology bundle")]
     geometry = ch.shape(list(nnz) + list(sizes[1:]))
     if cfg.parallel.shared_memory and geometry["capacity"] <= SHARED_MAX_BYTES:  # larger models get no channels
-        server.append(("shared window (channels)", workers * geometry["nbytes"], f"{ch.BUFFERS} x {workers} x the weights, mapped by workers too"))
+        server.append(("shared window (channels)", workers * geometry["nbytes"],
+                       f"{ch.BUFFERS} x {workers} x the weights, mapped by workers too"))
     return {"server": server, "worker": worker}

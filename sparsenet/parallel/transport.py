@@ -74,9 +74,9 @@ class _Backoff:
 
     Why not MPI's own waiting: a rank blocked in MPI_Recv busy-polls (MPICH), and 3 ranks share 2
     cores. `scripts/bench_transport.py`, measured under load on the 2-core Xeon: waiting 2 s in
-    MPI_Recv used 24-39 % of a core, this polling 0.9-1.0 %. A hand-made wake-up (a pipe per rank
-    that peers wrote to after each post, select() on it) saved CPU in waits (0.3-0.4 %) but no
-    time: channel round trips 1,023/s with it, 1,113/s polled; so there is none.
+    MPI_Recv used 15-39 % of a core (3 runs), this polling 0.9-1.0 %. A hand-made wake-up (a pipe
+    per rank that peers wrote to after each post, select() on it) saved CPU in waits (0.3-0.4 %) but
+    no time: channel round trips 1,023/s with it, 1,113/s polled; so there is none.
     """
 
     def __init__(self, max_sleep: float, spin: float = 0.0):
@@ -339,7 +339,8 @@ class Transport:
             if remaining is not None and remaining <= 0:
                 if silent is not None:
                     raise SilentRankError(silent())
-                raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} within {timeout} s")
+                raise TimeoutError(f"rank {self.rank}: no bundle from source {source} with tag {tag} "
+                                   f"within {timeout} s")
             backoff.sleep(remaining)
 
     def _transfer(self, pieces: list[np.ndarray], start, peer: int | None = None) -> None:
