@@ -17,7 +17,7 @@ import sys
 import time
 
 from sparsenet.cli import main
-from sparsenet.parallel import bundles, server, shm, transport, worker
+from sparsenet.parallel import bundles, mpi_workers, server, transport, worker
 
 WALL: dict[str, float] = collections.defaultdict(float)
 CPU: dict[str, float] = collections.defaultdict(float)
@@ -27,13 +27,12 @@ HOT = [(worker, "_gradient", "worker gradient"), (worker, "compute_gradients", "
        (bundles, "adopt_values", "worker adopt values"),
        (worker, "_channel_reply", "worker channel reply"), (worker._Gradient, "deliver", "worker deliver"),
        (transport.Transport, "recv_unless", "recv_unless"),
-       (server.ParameterServer, "receive_gradient", "server receive"),
+       (mpi_workers.MPIWorkers, "take_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),
-       (transport.Transport, "_probe_message", "  of which waiting"), (transport.Transport, "_unpack", "  of which unpack"),
-       (transport, "_pack", "pack (in sends)"), (transport.PendingSend, "wait", "send completion"),
-       (shm.Mailboxes, "release_unreferenced", "slot release check"),
+       (transport.Transport, "_probe_message", "  of which waiting"), (transport, "unpack", "  of which unpack"),
+       (transport, "pack", "pack (in sends)"), (transport.PendingSend, "wait", "send completion"),
        (server.ParameterServer, "apply", "server update"), (server.ParameterServer, "send_model", "server reply"),
-       (server.ParameterServer, "end_epoch", "server end of epoch")]
+       (server.ParameterServer, "phase1_epoch", "server epoch")]
 
 
 def timed(owner, name: str, label: str) -> None:

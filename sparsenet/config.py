@@ -328,7 +328,7 @@ class ParallelConfig:
     pipeline: bool = _field(True, _Bool(),
                             "wasap: compute the next gradient while one travels")
     shared_memory: bool = _field(True, _Bool(),
-                                 "bundles between ranks of one node through shared memory")
+                                 "phase-1 gradients and weights between ranks of one node through an MPI shared window")
     # seconds a rank may wait hearing nothing from a peer before it names the peer and ends the job
     # once training runs (workers wait twice as long; phase 2 adds twice the last epoch's time); null: forever
     timeout_s: float | None = _field(600.0, _Float(lo=0, lo_open=True, null=True),

@@ -30,7 +30,7 @@ GIB = 1 << 30
 
 # Each component says what it allocates: SparseLayer.planned_bytes (connections, biases, run
 # pointers), model.training_workspace_bytes / gradient_bytes / eval_chunk, the optimizer's
-# bytes_per_parameter, mpi_workers.planned_bytes (messages, shared-memory slots and channels) and
+# bytes_per_parameter, mpi_workers.planned_bytes (messages and the shared window of channels) and
 # data.registry (the data's size). What is left here are measured transient peaks.
 BYTES_PER_CONNECTION = (SparseLayer.planned_bytes(1, 1, 1) - SparseLayer.planned_bytes(1, 1, 0)
                         + MomentumSGD.bytes_per_parameter() + gradient_bytes([1, 1], [1]) - gradient_bytes([1, 1], [0]))

@@ -1,9 +1,10 @@
 """Workers over MPI (seam.Workers): bundles through the transport and, with same-node workers,
-phase 1's gradients and weights through shared-memory channels (channel.py).
+phase 1's gradients and weights through channels (channel.py) in one MPI shared window.
 
-A worker learns of its channel from the first model bundle sent to it after the channel opened;
-from then on a reply to a worker that holds the current topology goes through its channel, written
-there by the update itself when the server asks reply_target first.
+Before its first topology, the server tells every other rank of its node where its channel lies
+(TAG_WINDOW) and all of them allocate the window together; a worker uses its channel from the
+first model bundle sent after that. A reply to a worker that holds the current topology goes
+through its channel, written there by the update itself when the server asks reply_target first.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ import numpy as np
 from ..config import Config
 from ..model import SparseMLP
 from . import bundles
-from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
+from . import channel as ch
+from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP, TAG_WINDOW
 from .seam import Gradient, Replica, Workers
 
 
 class MPIWorkers(Workers):
     """Ranks 1..size-1 of `transport` (transport.Transport)."""
+
+    run_counters = ("bytes_sent", "bytes_received", "channel_gradients", "channel_replies")
 
     def __init__(self, cfg: Config, transport):
         self.transport = transport
@@ -40,17 +44,29 @@ class MPIWorkers(Workers):
             self._sizes = (version, [la.nnz for la in model.layers] + [la.n_out for la in model.layers])
         return self._sizes[1]
 
+    def channel_peers(self) -> list[int]:
+        """The workers that get a channel: those on the server's node."""
+        return [k for k in self.ids if k in self.transport.node_ranks]
+
     def _open_channels(self, model: SparseMLP, version: int) -> None:
-        """Once per run: a channel to every same-node worker, sized for `model`."""
+        """Once per run: a channel to every same-node worker, sized for `model`, in one shared window
+        allocated with every other rank of this node (none for a model over transport.SHARED_MAX_BYTES)."""
         if self._unnamed is not None:
             return
         self._unnamed = {}
-        if not self.shared_memory:
+        peers = self.channel_peers() if self.shared_memory else []
+        geometry = ch.shape(self._value_sizes(model, version))
+        if not peers or geometry["capacity"] > self.transport.shared_max_bytes:
             return
-        for k in self.ids:
-            channel = self.transport.open_channel(k, self._value_sizes(model, version))
-            if channel is not None:
-                self._unnamed[k] = channel
+        node = [r for r in self.transport.node_ranks if r != self.transport.rank]
+        for k in node:  # every rank of the node joins the allocation, a worker without a channel too
+            place = {**geometry, "offset": peers.index(k) * geometry["nbytes"]} if k in peers else None
+            self.transport.send_bundle(k, TAG_WINDOW, {"channel": place})
+        memory = self.transport.shared_window(len(peers) * geometry["nbytes"])
+        for i, k in enumerate(peers):
+            channel = self._unnamed[k] = ch.in_window(memory, {**geometry, "offset": i * geometry["nbytes"]},
+                                                      self.transport.sync)
+            channel.clear()
 
     def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
         channel = self.channels.get(worker)
@@ -66,7 +82,6 @@ class MPIWorkers(Workers):
                 for out, values in zip(target, bundles.values_arrays(model)):
                     np.copyto(out, values)
             self.channels[worker].post_reply(version, epoch)
-            self.transport.ring(worker)
             self.channel_bytes[0] += 4 * sum(self._value_sizes(model, version))
             return
         self._send_model(worker, "values", bundles.values_arrays(model), model, version, epoch)
@@ -79,9 +94,8 @@ class MPIWorkers(Workers):
     def _send_model(self, worker: int, kind: str, arrays: list[np.ndarray], model: SparseMLP, version: int,
                     epoch: int) -> None:
         meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes}
-        if self._unnamed and worker in self._unnamed:
+        if self._unnamed and worker in self._unnamed:  # from this topology on, the worker uses its channel
             self.channels[worker] = self._unnamed.pop(worker)
-            meta["channel"] = self.channels[worker].path
         # non-blocking: a pipelining worker takes this reply only after computing its next gradient
         self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
 
@@ -175,23 +189,16 @@ def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0
 def planned_bytes(cfg: Config, sizes: list[int], nnz: list[int], state_per_parameter: int, workers: int
                   ) -> dict[str, list[tuple[str, int, str]]]:
     """(item, bytes, note) the messaging holds at its peak, per role ("server", "worker"): the server
-    receives every replica before averaging; with parallel.shared_memory every sender keeps up to
-    shm.SLOTS /dev/shm slots (tmpfs, counted as memory) per same-node peer, each as large as the
-    largest bundle up to the transport's limit, and the server maps a channel per worker
-    (channel.BUFFERS buffers of one float32 per parameter), counted once, at the server."""
-    from .channel import BUFFERS
-    from .shm import SLOTS
-    from .transport import DEFAULT_SHARED_MAX_BYTES
+    receives every replica before averaging; with parallel.shared_memory it holds the shared window
+    of the workers' channels (channel.BUFFERS float32 buffers of every weight and bias per worker,
+    mapped by workers too), counted once, at the server."""
+    from .transport import SHARED_MAX_BYTES
 
     replica = message_bytes(sizes, nnz, state_per_parameter)
     server = [("phase-2 replicas received", workers * replica, f"{workers} x {replica:,} B")]
     worker = [("messages", message_bytes(sizes, nnz), "topology bundle")]
-    if cfg.parallel.shared_memory:
-        slot = min(replica, DEFAULT_SHARED_MAX_BYTES)
-        server.append(("shared-memory slots", SLOTS * workers * slot, f"{SLOTS} x {workers} x the largest bundle"))
-        values = 4 * (sum(nnz) + sum(sizes[1:]))
-        if values <= DEFAULT_SHARED_MAX_BYTES:  # larger models get no channel
-            server.append(("shared-memory channels", BUFFERS * workers * values,
-                           f"{BUFFERS} x {workers} x the weights, mapped by workers too"))
-        worker.append(("shared-memory slots", SLOTS * slot, f"{SLOTS} x the largest bundle"))
+    geometry = ch.shape(list(nnz) + list(sizes[1:]))
+    if cfg.parallel.shared_memory and geometry["capacity"] <= SHARED_MAX_BYTES:  # larger models get no channels
+        server.append(("shared window (channels)", workers * geometry["nbytes"],
+                       f"{ch.BUFFERS} x {workers} x the weights, mapped by workers too"))
     return {"server": server, "worker": worker}

@@ -102,10 +102,6 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward our last words before it kills everyone
-        try:
-            transport.close(grace=0)  # our shared-memory files: the abort kills us before atexit would run
-        except BaseException:  # noqa: BLE001 - nothing may stand between an error and the abort
-            pass
         transport.abort(2 if expected else 1)
         raise
 

@@ -49,6 +49,7 @@ class Workers(ABC):
     Phase 2: replicas out, trained replicas back after every epoch, then continue or stop."""
 
     ids: list[int]
+    run_counters: tuple[str, ...] = ()  # epoch_stats keys counted over the whole run (continued on resume)
 
     @abstractmethod
     def take_gradient(self, source: int | None = None) -> Gradient:

@@ -30,9 +30,6 @@ from .seam import Gradient, Replica, Workers
 from .updates import compose, retain_valid, topology_lineage
 
 
-_RUN_COUNTERS = ("bytes_sent", "bytes_received", "channel_gradients", "channel_replies")  # per run, not per epoch
-
-
 def phase1_epochs(cfg: Config) -> int:
     p = cfg.parallel
     n = p.phase1_epochs if p.phase1_epochs is not None else round(p.phase1_fraction * cfg.train.epochs)
@@ -56,7 +53,7 @@ class ParameterServer:
         self.removed = [0] * (len(state.model.sizes) - 2)  # hidden neurons pruned before the current epoch
         # Run-long counters continue where the checkpoint's last epoch left them (a resumed run).
         last = state.history[-1] if state.history else {}
-        self.carried = {key: last.get(key, 0) for key in _RUN_COUNTERS}
+        self.carried = {key: last.get(key, 0) for key in workers.run_counters}
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self._replicas_out = False  # phase 2: replicas handed out, their epoch not gathered yet
         # the server computes no gradients: evaluation gets buffers of a training batch's size
@@ -269,7 +266,7 @@ class ParameterServer:
 
     def _run_totals(self, stats: dict) -> dict:
         """The workers' epoch stats with the run-long counters continued across resumes."""
-        return {k: v + self.carried[k] if k in _RUN_COUNTERS else v for k, v in stats.items()}
+        return {k: v + self.carried[k] if k in self.carried else v for k, v in stats.items()}
 
     def save(self, path: Path | None = None) -> None:
         data = state_to_checkpoint(self.state, self.cfg)

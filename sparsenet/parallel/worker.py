@@ -15,9 +15,9 @@ from ..model import SparseMLP
 from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, optimizer_from_checkpoint
 from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
-from .channel import Channel, load_kernels as channel_kernels
-from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP
-from .transport import Bundle
+from .channel import Channel, in_window
+from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP, TAG_WINDOW
+from .wire import Bundle
 
 
 REPLY_SPIN = 1e-3  # a worker expects the server's reply within about a millisecond: yield, don't sleep
@@ -63,13 +63,12 @@ class _Gradient:
         if self.channel is not None:
             m = self.meta
             self.channel.post_gradient(m["version"], m["samples"], m["loss"], m["correct"], self.sizes)
-            transport.ring(0)
             return None
         return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
 
 
 def load_kernels(cfg: Config, data: Dataset) -> None:
-    """Load (or compile) the gradient and channel kernels on a tiny model of the same layer count and
+    """Load (or compile) the gradient kernels on a tiny model of the same layer count and
     types, so that no worker is still loading them while the others run the first epochs."""
     sizes = [data.n_features, *[2] * len(cfg.model.hidden), data.n_classes]
     topology = []
@@ -79,7 +78,6 @@ def load_kernels(cfg: Config, data: Dataset) -> None:
     model = new_model(cfg, sizes, topology)
     n = min(cfg.train.batch_size, data.x_train.shape[0])
     compute_gradients(model, np.random.default_rng(0), data.x_train, data.y_train, np.arange(n))
-    channel_kernels()
 
 
 def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
@@ -103,13 +101,16 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     via = None  # the channel while the model fits it, else None
     while True:
         if via is not None:
-            # Pipelining, the reply is usually here already: take it without the transport's wait (the
-            # server's ring for it stays in our doorbell until a wait drains it).
+            # Pipelining, the reply is usually here already: take it without the transport's wait.
             msg = None if via.reply_ready() else transport.recv_unless(via.reply_ready, source=0)
             if msg is None:
                 msg = _channel_reply(via, model, sizes)
         else:
             msg = transport.recv_bundle(source=0)
+        if msg.tag == TAG_WINDOW:  # the server's node allocates its shared window: our channel, if any, lies in it
+            memory = transport.shared_window(0)
+            channel = None if msg.meta["channel"] is None else in_window(memory, msg.meta["channel"], transport.sync)
+            continue
         if msg.tag == TAG_STOP:
             return msg.meta.get("stopped_by")
         if msg.tag == TAG_PHASE2:
@@ -120,8 +121,6 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
             model = new_model(cfg, msg.meta["sizes"], msg.arrays)
             own = (model.grads, model.bias_grads)
-            if channel is None and msg.meta.get("channel"):
-                channel = transport.attach_channel(msg.meta["channel"])
             sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
             via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
         elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already

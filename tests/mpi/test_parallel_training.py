@@ -20,10 +20,14 @@ SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.in
          "checkpoint.every=1", "seed=3"]
 
 
-def train(n, out, *extra, timeout=240, resume=False, no_channel=()):
-    args = ["-m", "sparsenet"] if not no_channel else ["tests/mpi/partial_channels.py"]
+def train(n, out, *extra, timeout=240, resume=False, no_channel=(), shared_max_bytes=None):
+    """`sparsenet train` on n ranks; no_channel / shared_max_bytes: through tests/mpi/partial_channels.py."""
+    wrapped = no_channel or shared_max_bytes is not None
+    args = ["tests/mpi/partial_channels.py"] if wrapped else ["-m", "sparsenet"]
     for rank in no_channel:
         args += ["--no-channel", str(rank)]
+    if shared_max_bytes is not None:
+        args += ["--shared-max-bytes", str(shared_max_bytes)]
     args += ["train", "configs/fashion_mnist.yaml", "--out", str(out)]
     for item in SMALL + list(extra):
         args += ["--set", item]
@@ -38,18 +42,19 @@ def checkpoint_arrays(path):
 
 
 def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_path):
-    """Runs a and b move gradients and weights through shared-memory channels; tiny_chunks through
-    MPI alone, in 4 KiB pieces; mixed through a channel for worker 1 and MPI for worker 2 (as if it
-    were on another node): all four end with bit-identical weights."""
+    """Runs a and b move gradients and weights through channels in an MPI shared window; tiny_chunks
+    through MPI alone, in 4 KiB pieces; mixed through a channel for worker 1 and MPI for worker 2 (as
+    if it were on another node); too_large through MPI because the model exceeds the window's limit:
+    all five end with bit-identical weights."""
     common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03"]
     runs = {}
-    for name, extra, no_channel in (("a", [], ()), ("b", [], ()),
-                                    ("tiny_chunks", ["parallel.chunk_bytes=4096", "parallel.shared_memory=false"], ()),
-                                    ("mixed", [], (2,))):
-        proc = train(3, tmp_path / name, *common, *extra, no_channel=no_channel)
+    for name, extra, wrap in (("a", [], {}), ("b", [], {}),
+                              ("tiny_chunks", ["parallel.chunk_bytes=4096", "parallel.shared_memory=false"], {}),
+                              ("mixed", [], {"no_channel": (2,)}), ("too_large", [], {"shared_max_bytes": 1024})):
+        proc = train(3, tmp_path / name, *common, *extra, **wrap)
         assert proc.returncode == 0, proc.stderr
         runs[name] = checkpoint_arrays(tmp_path / name / "checkpoint.h5")
-    for name in ("b", "tiny_chunks", "mixed"):
+    for name in ("b", "tiny_chunks", "mixed", "too_large"):
         for x, y in zip(runs["a"], runs[name]):
             np.testing.assert_array_equal(x, y)
     rows = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1]) for name in runs}
@@ -60,7 +65,8 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
         gradients = rows[name]["channel_gradients"]
         assert gradients == 2 * rows[name]["updates"] > 0, rows[name]
         assert gradients - 4 <= rows[name]["channel_replies"] < gradients, rows[name]
-    assert rows["tiny_chunks"]["channel_gradients"] == rows["tiny_chunks"]["channel_replies"] == 0
+    for name in ("tiny_chunks", "too_large"):
+        assert rows[name]["channel_gradients"] == rows[name]["channel_replies"] == 0, rows[name]
     assert rows["mixed"]["channel_gradients"] == rows["a"]["channel_gradients"] // 2  # worker 1's only
     history = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in history] == [1, 1, 2]
@@ -149,6 +155,42 @@ def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert 1 <= saved.epoch < 400
     assert saved.phase == (1 if saved.epoch < phase1 else 2)
+
+
+def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
+    """SIGKILL to every process of a run whose phase 1 goes through a shared window: the window is
+    MPI's, so no sparsenet file is left in /dev/shm (the old channels, slots and doorbells were files there)."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+
+    def ours() -> set[str]:
+        return {name for name in os.listdir("/dev/shm") if name.startswith("sparsenet")}
+
+    before = ours()
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
+    for item in SMALL + ["train.epochs=400", "data.samples=3000", "parallel.phase1_epochs=400"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        metrics = tmp_path / "metrics.jsonl"
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
+            time.sleep(0.2)
+        pids = _rank_pids(str(tmp_path))
+        assert sorted(pids) == [0, 1, 2], pids
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["channel_gradients"] > 0, "phase 1 did not go through the shared window"
+    for pid in pids.values():  # the ranks are gone, not only mpiexec
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not ours() - before, f"left in /dev/shm: {sorted(ours() - before)}"
 
 
 PRUNE = ["pruning.method=importance", "pruning.start_epoch=1", "pruning.every=1", "pruning.percentile=20"]

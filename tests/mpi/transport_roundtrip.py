@@ -3,8 +3,8 @@
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py           # round trips, chunking, ANY_SOURCE, errors
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle    # CPU time while waiting 2 s in recv
     mpiexec -n 2 python tests/mpi/transport_roundtrip.py --big     # one bundle over 2 GiB, SHA-256 checked
-    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --shared  # the round trips through /dev/shm slots
-    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle --shared  # waiting on the doorbell
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --shared  # plus a channel in an MPI shared window
+    mpiexec -n 2 python tests/mpi/transport_roundtrip.py --idle --shared  # waiting for a channel post
 Any failure prints a traceback and aborts every rank, so mpiexec exits non-zero instead of hanging.
 """
 
@@ -20,17 +20,11 @@ import traceback
 
 import numpy as np
 
-from sparsenet.parallel.transport import (
-    ANY_SOURCE,
-    ANY_TAG,
-    DTYPES,
-    POOL_BUFFERS,
-    Bundle,
-    Transport,
-    TransportError,
-)
+from sparsenet.parallel.channel import in_window, shape
+from sparsenet.parallel.transport import ANY_SOURCE, ANY_TAG, Transport
+from sparsenet.parallel.wire import DTYPES, Bundle, TransportError
 
-TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG, TAG_REUSE, TAG_GROW = 1, 2, 3, 4, 5, 6, 7, 8, 9
+TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG = 1, 2, 3, 4, 5, 6, 7
 TAG_CHANNEL = 10
 CHANNEL_SIZES = [[300_000, 1000, 0, 17], [300_000, 1000, 0, 17], [5, 3], [7], [300_000, 1000, 0, 17],
                  [300_000, 1000, 0, 17], [300_000, 2], [7, 7, 7, 7]]
@@ -119,31 +113,6 @@ def tiny_chunks(t: Transport) -> int:
     return 0
 
 
-def reused_buffers(t: Transport) -> None:
-    """Pooled message buffers: bundles kept while more arrive stay intact; dropped ones are reused.
-
-    Rank 1 isends 3 x POOL_BUFFERS bundles of distinct content (one in flight at a time); rank 0
-    keeps every other one, so the pool fills with live buffers and must fall back to fresh ones.
-    """
-    n = 3 * POOL_BUFFERS
-    def content(i: int) -> list[np.ndarray]:
-        return [np.full(20_000 + i, i, dtype=np.float32), np.arange(i + 1, dtype=np.int64)]
-    if t.rank == 1:
-        for i in range(n):
-            pending = t.isend_bundle(0, TAG_REUSE, {"i": i}, content(i))
-            pending.wait()
-    elif t.rank == 0:
-        kept = []
-        for i in range(n):
-            got = t.recv_bundle(source=1, tag=TAG_REUSE, timeout=30)
-            expect_bundle(got, content(i), {"i": i}, 1, TAG_REUSE)
-            if i % 2 == 0:
-                kept.append(got)
-        for got in kept:
-            expect_bundle(got, content(got.meta["i"]), {"i": got.meta["i"]}, 1, TAG_REUSE)
-        check(len(t.pool.buffers) == POOL_BUFFERS, f"pool holds {len(t.pool.buffers)} buffers")
-
-
 def fan_in(t: Transport) -> None:
     """Every rank >= 1 sends to rank 0 with its own tag; rank 0 takes them by ANY_SOURCE/ANY_TAG."""
     if t.rank > 0:
@@ -206,7 +175,6 @@ def run_basic(t: Transport) -> None:
     """All functional checks."""
     roundtrip_all_dtypes(t)
     tiny_sent = tiny_chunks(t)
-    reused_buffers(t)
     fan_in(t)
     errors(t)
     t.barrier()
@@ -214,27 +182,10 @@ def run_basic(t: Transport) -> None:
     print(f"rank {t.rank}/{t.size} on {t.host}: OK", flush=True)
 
 
-def growing_bundles(t: Transport) -> None:
-    """Bundles of growing size, each dropped once checked: slots are reused and grown in place."""
-    sizes = [40_000, 40_000, 90_000, 300_000, 300_000, 1_000_000, 50_000]
-    if t.rank == 1:
-        for i, n in enumerate(sizes):
-            t.send_bundle(0, TAG_GROW, {"i": i}, [np.full(n, i, dtype=np.float32)])
-            t.recv_bundle(source=0, tag=TAG_GROW, timeout=30)  # rank 0's go-ahead: its views are gone
-        grown = max(box.generation for box in t.mailboxes.out[0])
-        check(grown >= 2, f"slots to rank 0 grew to generation {grown} only")
-    elif t.rank == 0:
-        for i, n in enumerate(sizes):
-            got = t.recv_bundle(source=1, tag=TAG_GROW, timeout=30)
-            expect_bundle(got, [np.full(n, i, dtype=np.float32)], {"i": i}, 1, TAG_GROW)
-            del got
-            t.send_bundle(1, TAG_GROW, {})
-
-
 def enable_shared(t: Transport) -> None:
     local = t.enable_shared_memory()
     check(local == t.size - 1, f"{local} of {t.size - 1} other ranks reachable through shared memory")
-    check(t.bells is not None, "no doorbells on a machine with /dev/shm")
+    check(sorted(t.node_ranks) == list(range(t.size)), f"node ranks {t.node_ranks}")
 
 
 def channel_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray]:
@@ -243,14 +194,19 @@ def channel_values(step: int, sizes: list[int], answer: bool) -> list[np.ndarray
 
 
 def channel_round_trips(t: Transport) -> None:
-    """Rank 0 opens a channel to rank 1 and names it in a bundle. Rank 1 posts gradients that rank 0
+    """Every rank joins rank 0's shared window; rank 0 puts a channel to rank 1 in it and says where in
+    a bundle (a dirty window slice before it, to show the offsets hold). Rank 1 posts gradients that rank 0
     answers in place, with fewer arrays or smaller ones at some steps. Both sides keep reading what
     they took while the other writes the next one (as a pipelining worker and the server do) and
     check it was not overwritten; step 5 is answered with a bundle, which recv_unless returns instead."""
+    place = {**shape(CHANNEL_SIZES[0]), "offset": 4096}
+    memory = t.shared_window(place["offset"] + place["nbytes"] if t.rank == 0 else 0)
+    check(memory.size == place["offset"] + place["nbytes"], f"rank {t.rank} maps {memory.size} bytes of the window")
     if t.rank == 0:
-        channel = t.open_channel(1, CHANNEL_SIZES[0])
-        check(channel is not None, "no channel between two ranks of one node")
-        t.send_bundle(1, TAG_CHANNEL, {"path": channel.path})
+        memory[:] = 0xAB
+        channel = in_window(memory, place, t.sync)
+        channel.clear()
+        t.send_bundle(1, TAG_CHANNEL, {"place": place})
         for step, sizes in enumerate(CHANNEL_SIZES):
             got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_CHANNEL, timeout=60)
             check(got is None, f"step {step}: a bundle instead of a channel post")
@@ -269,12 +225,11 @@ def channel_round_trips(t: Transport) -> None:
             for out, want in zip(channel.reply_arrays(sizes), channel_values(step, sizes, True)):
                 out[:] = want
             channel.post_reply(step, 2 * step)
-            t.ring(1)
         check(channel.gradients_taken == len(CHANNEL_SIZES) and channel.replies_posted == len(CHANNEL_SIZES) - 1,
               f"{channel.gradients_taken} gradients taken, {channel.replies_posted} replies posted")
     elif t.rank == 1:
-        channel = t.attach_channel(t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60).meta["path"])
-        check(not os.path.exists(channel.path), "the channel's name stays in /dev/shm once mapped")
+        channel = in_window(memory, t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60).meta["place"], t.sync)
+        check(not channel.reply_ready() and np.all(memory[:4096] == 0xAB), "rank 0's writes are not seen")
         previous = None
 
         def post(step: int) -> None:
@@ -283,7 +238,6 @@ def channel_round_trips(t: Transport) -> None:
             for out, want in zip(channel.gradient_arrays(sizes), channel_values(step, sizes, False)):
                 out[:] = want
             channel.post_gradient(step, 100 + step, 0.5 * step, 7 * step, np.array(sizes, dtype=np.int64))
-            t.ring(0)
 
         post(0)
         for step, sizes in enumerate(CHANNEL_SIZES):
@@ -307,35 +261,41 @@ def channel_round_trips(t: Transport) -> None:
 
 
 def run_shared(t: Transport) -> None:
-    """The basic checks with shared-memory slots: packed bundles went through them, and when the
-    receiver holds on to bundles (reused_buffers) the sender falls back to MPI instead of blocking.
-    Then a channel: arrays filled in place, answered in place."""
+    """The basic checks, then a channel in a shared window: arrays filled in place,
+    answered in place. Nothing of ours appears in /dev/shm."""
+    before = {name for name in os.listdir("/dev/shm") if name.startswith("sparsenet")}
     run_basic(t)
-    growing_bundles(t)
     channel_round_trips(t)
-    box = t.mailboxes
-    if t.rank == 1:
-        check(box.sent >= box.slots, f"only {box.sent} bundles went through shared memory")
-        check(box.fallbacks > 0, "holding received bundles never made the sender fall back to MPI")
-    if t.rank == 0:
-        check(len(box.inbox) >= box.slots, f"rank 0 read {len(box.inbox)} slots of rank 1")
     t.barrier()
-    # every bundle has been received, so every receiver has mapped and unlinked its segments and channels
-    leftover = [name for name in os.listdir("/dev/shm") if name.startswith(t.mailboxes.prefix)]
-    check(not leftover, f"segments still named in /dev/shm after every bundle arrived: {leftover}")
+    ours = {name for name in os.listdir("/dev/shm") if name.startswith("sparsenet")} - before
+    check(not ours, f"files of ours in /dev/shm: {sorted(ours)}")
 
 
-def run_idle(t: Transport) -> None:
-    """Rank 0 waits IDLE_SECONDS in recv; its CPU time must stay under 10% of the wall time."""
+def run_idle(t: Transport, shared: bool) -> None:
+    """Rank 0 waits IDLE_SECONDS in recv (shared: for a channel post, in recv_unless); its CPU time
+    must stay under 10% of the wall time."""
+    channel = None
+    if shared:
+        place = {**shape([5, 3]), "offset": 0}
+        channel = in_window(t.shared_window(place["nbytes"] if t.rank == 0 else 0), place, t.sync)
+        if t.rank == 0:
+            channel.clear()
     t.barrier()
     if t.rank == 1:
         time.sleep(IDLE_SECONDS)
-        t.send_bundle(0, TAG_IDLE, {"late": True})
+        if channel is not None:
+            channel.post_gradient(1, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
+        else:
+            t.send_bundle(0, TAG_IDLE, {"late": True})
     elif t.rank == 0:
         wall, cpu = time.perf_counter(), time.process_time()
-        got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)
+        if channel is not None:
+            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_IDLE, timeout=60)
+            check(got is None and channel.take_gradient()[0] == 1, "no channel post")
+        else:
+            got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)
+            check(got.meta == {"late": True}, "wrong idle message")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        check(got.meta == {"late": True}, "wrong idle message")
         print(f"IDLE wall={wall:.3f}s cpu={cpu:.4f}s fraction={cpu / wall:.4f}", flush=True)
         check(wall >= 0.9 * IDLE_SECONDS, f"recv returned after {wall:.3f} s, before the message was sent")
         check(cpu < IDLE_MAX_CPU_FRACTION * wall, f"recv burned {cpu:.3f} s CPU in {wall:.3f} s")
@@ -394,7 +354,7 @@ def main() -> None:
     mode.add_argument("--big", action="store_true", help="send one bundle larger than 2 GiB")
     mode.add_argument("--idle", action="store_true", help="measure CPU time while waiting in recv")
     parser.add_argument("--shared", action="store_true",
-                        help="same-node shared-memory slots and doorbells (with --idle: wait on the doorbell)")
+                        help="a channel in a shared window (with --idle: wait beside one)")
     args = parser.parse_args()
     t = Transport()
     if t.size < 2:
@@ -405,7 +365,7 @@ def main() -> None:
         if args.big:
             run_big(t)
         elif args.idle:
-            run_idle(t)
+            run_idle(t, args.shared)
         else:
             run_shared(t) if args.shared else run_basic(t)
         t.barrier()

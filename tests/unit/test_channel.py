@@ -1,19 +1,25 @@
-"""sparsenet.parallel.channel in one process: the created and the attached Channel stand for the
-server and a worker of one node (they share the file's pages as two ranks would)."""
+"""sparsenet.parallel.channel in one process: two Channels over one buffer stand for the server and a
+worker of one node (they share a shared window's pages as two ranks would)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from sparsenet.parallel.channel import ALIGN, Channel, layout, views
+from sparsenet.parallel.channel import ALIGN, Channel, in_window, layout, shape, views
 
 SIZES = [1000, 300, 17, 0, 40, 40, 10, 5]  # weights of 4 layers, then their biases
 
 
 def pair(tmp_path, sizes=SIZES) -> tuple[Channel, Channel]:
-    server = Channel.create(str(tmp_path / "sparsenet-test-chan1"), sizes)
-    return server, Channel.attach(server.path)
+    """The server's and the worker's view of the second channel of a window, the first one's bytes dirty."""
+    place = {**shape(sizes), "offset": shape(sizes)["nbytes"]}
+    memory = np.full(2 * place["nbytes"], 0xAB, dtype=np.uint8)  # a new window's contents are undefined
+    syncs = []
+    server, worker = (in_window(memory, place, lambda: syncs.append(1)) for _ in range(2))
+    server.clear()
+    assert syncs and np.all(memory[:place["nbytes"]] == 0xAB), "clear() stays inside its channel"
+    return server, worker
 
 
 def test_layout_aligns_every_array_and_views_fit_the_buffer():
@@ -33,7 +39,6 @@ def test_layout_aligns_every_array_and_views_fit_the_buffer():
 
 def test_gradient_and_reply_travel_in_place_with_what_was_said(tmp_path):
     server, worker = pair(tmp_path)
-    assert not (tmp_path / "sparsenet-test-chan1").exists(), "the worker unlinks the file when it maps it"
     assert not server.gradient_ready() and not worker.reply_ready()
     grads = worker.gradient_arrays(SIZES)
     for i, g in enumerate(grads):
@@ -105,96 +110,7 @@ def test_smaller_and_fewer_arrays_fit_larger_ones_do_not(tmp_path):
         server.take_gradient()
 
 
-def test_attach_refuses_a_file_that_is_not_a_channel(tmp_path):
-    other = tmp_path / "results.txt"
-    other.write_bytes(b"\0" * 8192)
-    with pytest.raises(ValueError, match="not named like"):
-        Channel.attach(str(other))
-    assert other.exists(), "a file that is not a channel is left alone"
-    fake = tmp_path / "sparsenet-test-chan2"
-    fake.write_bytes(b"\0" * 8192)
-    with pytest.raises(ValueError, match="not a sparsenet channel"):
-        Channel.attach(str(fake))
-
-
-# ---------------------------------------------------------------- other users of /dev/shm (issue 15 item 11)
-
-class _NoAcks:
-    def Iprobe(self, source, tag):
-        return False
-
-
-def test_names_are_unguessable_so_planted_files_do_not_force_the_slow_path(tmp_path):
-    from sparsenet.parallel.channel import channel_path
-    from sparsenet.parallel.shm import MIN_BYTES, Mailboxes
-
-    boxes = Mailboxes(0, {0, 1}, control_comm=_NoAcks(), max_bytes=1 << 20, directory=str(tmp_path))
-    # what a run's visible prefix let another user predict: its next segment and channel names
-    (tmp_path / f"{boxes.prefix}-to1-s0-g0").write_bytes(b"")
-    (tmp_path / f"{boxes.prefix}-chan1").write_bytes(b"")
-    slot = boxes.reserve(1, MIN_BYTES)
-    assert slot is not None and not boxes.disabled and boxes.fallbacks == 0
-    assert slot[1].name.startswith(f"{boxes.prefix}-to1-s0-g0-") and len(slot[1].name.rsplit("-", 1)[1]) == 16
-    path = channel_path(boxes.prefix, 1, str(tmp_path))
-    assert path != channel_path(boxes.prefix, 1, str(tmp_path)) and len(path.rsplit("-", 1)[1]) == 16
-    assert Channel.attach(Channel.create(path, SIZES).path).capacity > 0
-    boxes.close(grace=0)
-
-
-def _someone_elses(path, monkeypatch):
-    import os
-
-    if os.geteuid() == 0:
-        os.chown(path, 65534, -1, follow_symlinks=False)
-    else:
-        real = os.geteuid()
-        monkeypatch.setattr(os, "geteuid", lambda: real + 1)
-
-
-def test_receivers_refuse_symlinks_fifos_and_files_of_other_users(tmp_path, monkeypatch):
-    import os
-
-    from sparsenet.parallel.shm import map_segment
-
-    segment = tmp_path / "sparsenet-x-r1-to0-s0-g0-0123456789abcdef"
-    segment.write_bytes(b"\0" * 8192)
-    link = tmp_path / "sparsenet-x-r1-to0-s0-g1-0123456789abcdef"
-    link.symlink_to(segment)
-    with pytest.raises(OSError):  # ELOOP: O_NOFOLLOW
-        map_segment(str(link))
-    fifo = tmp_path / "sparsenet-x-r1-to0-s0-g2-0123456789abcdef"
-    os.mkfifo(fifo, 0o600)
-    with pytest.raises(PermissionError, match="is not a regular file"):  # and no hang opening it
-        map_segment(str(fifo))
-    chan = tmp_path / "sparsenet-x-r0-chan1-0123456789abcdef"
-    Channel.create(str(chan), SIZES)
-    _someone_elses(segment, monkeypatch)
-    _someone_elses(chan, monkeypatch)
-    with pytest.raises(PermissionError, match="owner uid"):
-        map_segment(str(segment))
-    with pytest.raises(PermissionError, match="owner uid"):
-        Channel.attach(str(chan))
-    assert segment.exists() and chan.exists() and link.is_symlink(), "refused files are left alone"
-
-
-def test_doorbells_open_only_our_own_fifos(tmp_path, monkeypatch):
-    import os
-
-    from sparsenet.parallel.shm import Doorbells
-
-    bell = Doorbells("sparsenet-x-r0", directory=str(tmp_path))
-    assert len(bell.name.rsplit("-", 1)[1]) == 16
-    (tmp_path / "sparsenet-x-r1-bell").symlink_to(bell.path)
-    (tmp_path / "sparsenet-x-r2-bell").write_bytes(b"")
-    for name in ("sparsenet-x-r1-bell", "sparsenet-x-r2-bell"):
-        with pytest.raises(OSError):
-            bell.connect({1: name}, directory=str(tmp_path))
-    os.mkfifo(tmp_path / "sparsenet-x-r3-bell", 0o600)
-    reader = os.open(tmp_path / "sparsenet-x-r3-bell", os.O_RDONLY | os.O_NONBLOCK)  # rank 3 listening
-    bell.connect({3: "sparsenet-x-r3-bell"}, directory=str(tmp_path))
-    _someone_elses(tmp_path / "sparsenet-x-r3-bell", monkeypatch)
-    with pytest.raises(PermissionError, match="owner uid"):
-        bell.connect({4: "sparsenet-x-r3-bell"}, directory=str(tmp_path))
-    assert list(bell.peers) == [3]
-    bell.close()
-    os.close(reader)
+def test_a_window_slice_too_small_for_the_channel_is_refused():
+    geometry = shape(SIZES)
+    with pytest.raises(ValueError, match="cannot hold"):
+        in_window(np.zeros(geometry["nbytes"], np.uint8), {**geometry, "offset": 64}, lambda: None)

@@ -8,7 +8,7 @@ from sparsenet.optim import MomentumSGD
 from sparsenet.parallel.averaging import average_replicas, prune_to_nnz, union_average
 from sparsenet.config import load_config
 from sparsenet.parallel.mpi_workers import MPIWorkers
-from sparsenet.parallel.transport import Bundle
+from sparsenet.parallel.wire import Bundle
 from sparsenet.parallel.updates import compose, lineage, retain_valid
 from sparsenet.sparse.init import erdos_renyi_layer
 from tests import naive
