@@ -7,3 +7,4 @@ TAG_REPLICA = 4   # worker -> server: the replica after a phase-2 epoch
 TAG_STOP = 5      # server -> worker: the run is over
 TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch
 TAG_MEMORY_PLAN = 7  # server -> worker, before anything else: go / stop after the memory plan
+TAG_POSITION = 8  # worker -> server, after a STOP inside an epoch: where its data stream stands
