@@ -336,6 +336,8 @@ class ParameterServer:
             loop.run(self.phase1_epoch, phase1_epochs(self.cfg))
             if self.state.epoch < epochs and not loop.stop_requested():
                 self.start_phase2()
+                if loop.stop_requested():  # arrived while the replicas went out: their first exchange ends the run
+                    loop.end_epoch(self.state.epoch + 1, self.phase2_epoch(self.state.epoch + 1))
                 loop.run(self.phase2_epoch, epochs)
             elif self.phase == 1:
                 for k in self.workers.ids:

@@ -206,3 +206,21 @@ def test_a_batch_stream_restored_from_its_position_draws_the_same_batches():
     for x, y in zip(ahead, again):
         np.testing.assert_array_equal(x, y)
     assert [len(x) for x in ahead[:5]] == [4, 2, 4, 4, 2]
+
+
+def test_a_stop_while_phase2_starts_ends_the_run_at_the_first_replica_exchange(tmp_path, monkeypatch):
+    """Before, a stop arriving while the replicas went out ran no phase-2 epoch: the server told workers
+    busy training to stop and never took their replicas (over MPI a worker could hang sending one)."""
+    start = FakeWorkers.start_replicas
+
+    def start_then_signal(self, *args):
+        start(self, *args)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(FakeWorkers, "start_replicas", start_then_signal)
+    _, workers, state, _, _ = serve(tmp_path, 2, "train.epochs=3", "parallel.phase1_epochs=1",
+                                    "parallel.algorithm=wassp")
+    assert state.stopped_by == "SIGUSR1" and [r["phase"] for r in state.history] == [1, 2]
+    assert len(workers.replicas) == 1 and workers.stopped
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert saved.epoch == 2 and saved.phase == 2 and len(saved.replicas) == 2
