@@ -357,6 +357,18 @@ def test_a_stop_inside_a_wassp_epoch_lands_at_that_update_and_resumes_bit_identi
     assert rows["stopped"][1]["bytes_sent"] > part["run_totals"]["bytes_sent"]  # counted on from the stop
 
 
+def test_a_wasap_stop_lands_within_the_gradients_in_flight_not_at_the_epoch_end(tmp_path):
+    """Epochs of 4,200 gradients; the server signals itself at its 150th: it applies that one and the
+    one gradient each of the 2 workers still has on its way, and stops."""
+    proc = train(3, tmp_path, "parallel.algorithm=wasap", "data.samples=12000", "train.batch_size=2",
+                 "train.epochs=2", "debug.stop_at_update=150")
+    assert proc.returncode == 75, proc.stderr
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert saved.epoch == 0 and 150 <= saved.parallel_partial_epoch["updates"] <= 152
+    assert [w["start"] > 0 for w in saved.parallel_partial_epoch["workers"]] == [True, True]
+    assert "SIGUSR1 received: stopped in epoch 1 with a checkpoint" in proc.stdout
+
+
 def test_sigusr1_inside_a_long_wasap_epoch_stops_at_the_next_update_and_resume_finishes_the_epochs(tmp_path):
     """Epochs of 4,200 gradients (batch 2): SIGUSR1 from mpiexec part-way through epoch 2 stops the run
     there with exit 75, not at the epoch's end; --resume continues the epoch where it stopped."""
