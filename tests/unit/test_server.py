@@ -224,3 +224,31 @@ def test_a_stop_while_phase2_starts_ends_the_run_at_the_first_replica_exchange(t
     assert len(workers.replicas) == 1 and workers.stopped
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert saved.epoch == 2 and saved.phase == 2 and len(saved.replicas) == 2
+
+
+def test_a_stop_during_the_set_step_lands_at_the_first_update_after_it_and_resumes_bit_identically(tmp_path,
+                                                                                                    monkeypatch):
+    import sparsenet.parallel.server as server_module
+
+    common = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=2", "evolution.zeta=0.3"]
+    for name in ("straight", "stopped"):
+        (tmp_path / name).mkdir()
+    _, _, straight, _, _ = serve(tmp_path / "straight", 2, *common)
+    evolve = server_module.between_epochs
+
+    def evolve_then_signal(state, cfg):
+        result = evolve(state, cfg)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    monkeypatch.setattr(server_module, "between_epochs", evolve_then_signal)
+    _, workers, stopped, _, _ = serve(tmp_path / "stopped", 2, *common)
+    monkeypatch.setattr(server_module, "between_epochs", evolve)
+    assert stopped.epoch == 1 and len(workers.taken) == 14 + 2  # epoch 1, then epoch 2's first round
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").parallel_partial_epoch["updates"] == 2
+    _, _, resumed = resume(tmp_path / "stopped", 2, *common)
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
+    assert a.rng_state == b.rng_state and resumed.epoch == 2
+    for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(la.rows, lb.rows)
+        np.testing.assert_array_equal(la.values, lb.values)
