@@ -128,8 +128,8 @@ def check_job(name: str, job: str, out: Path, epochs: int) -> list[str]:
         problems.append(f"job ended {info.get('JobState')} with {info.get('ExitCode')}")
     if int(info.get("Restarts", 0)) < 1 or not stops:
         problems.append("Slurm's signal never stopped the run (no requeue)")
-    if not any("stopped after epoch" in stop for stop in stops):
-        problems.append("no stop landed after an epoch (only during start-up)")
+    if not any(re.search(r"stopped (after|in) epoch", stop) for stop in stops):  # in: part-way through one
+        problems.append("no stop landed in or after an epoch (only during start-up)")
     if logged != list(range(1, epochs + 1)):
         problems.append(f"epochs logged {logged}, expected 1..{epochs} once each")
     if len(stops) != int(info.get("Restarts", -1)):

@@ -62,6 +62,9 @@ class CheckpointData:
     # Sequential runs stopped part-way through epoch `epoch + 1`: batches done ("step" of "n_steps"),
     # the generator state its sample order was drawn from, loss/correct sums and seconds so far.
     partial_epoch: dict | None = None
+    # Parallel runs stopped part-way through phase-1 epoch `epoch + 1` (server.ParameterServer): the
+    # epoch's sums so far, each worker's data-stream position and the run-long counters.
+    parallel_partial_epoch: dict | None = None
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -95,6 +98,8 @@ def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
             f.attrs["n_replicas"] = len(data.replicas)
             if data.partial_epoch is not None:
                 f.attrs["partial_epoch"] = json.dumps(data.partial_epoch)
+            if data.parallel_partial_epoch is not None:
+                f.create_dataset("parallel_partial_epoch", data=json.dumps(data.parallel_partial_epoch))
             _write_preprocessing(f, data)
             f.flush()
 
@@ -104,7 +109,8 @@ def _file_size_bound(data: CheckpointData) -> int:
     arrays = [a for model in [data.layers, *data.replicas] for layer in model
               for a in (layer.rows, layer.cols, layer.values, layer.bias, *layer.state.values())]
     texts = len(data.config_yaml) + len(json.dumps(data.history)) + len(json.dumps(data.rng_state)) \
-        + len(json.dumps(data.replica_rng_states)) + len(json.dumps([data.optimizer_scalars, *data.replica_optimizer_scalars]))
+        + len(json.dumps(data.replica_rng_states)) + len(json.dumps([data.optimizer_scalars, *data.replica_optimizer_scalars])) \
+        + len(json.dumps(data.parallel_partial_epoch))
     arrays += [a for a in (data.mean, data.std) if a is not None]
     if data.classes is not None:
         texts += len(json.dumps(np.asarray(data.classes).tolist()))
@@ -247,7 +253,10 @@ class _Reader:
             phase=self.integer("phase", default=1), version=self.integer("version", default=0),
             replicas=replica_layers, replica_rng_states=replica_rng_states, replica_optimizer_scalars=replica_scalars,
             optimizer=optimizer, optimizer_scalars=json.loads(self.attr("optimizer_scalars")) if version > 1 else {},
-            partial_epoch=json.loads(self.attr("partial_epoch")) if "partial_epoch" in f.attrs else None)
+            partial_epoch=json.loads(self.attr("partial_epoch")) if "partial_epoch" in f.attrs else None,
+            parallel_partial_epoch=(json.loads(h5safe.read_string(f, "parallel_partial_epoch", where, CheckpointError,
+                                                                  self.size))
+                                    if "parallel_partial_epoch" in f else None))
         _check_run_state(data, path)
         if "preprocessing" in f:
             self.read_preprocessing(data)
@@ -433,6 +442,7 @@ def _check_run_state(data: CheckpointData, path: Path) -> None:
                               f"are not a valid run position")
     _check_history(data.history, data.epoch, path)
     _check_partial_epoch(data.partial_epoch, path)
+    _check_parallel_partial_epoch(data, path)
     if not isinstance(data.replica_rng_states, list):
         raise CheckpointError(f"checkpoint {path}: replica generator states are not a list")
     for state in [data.rng_state, *data.replica_rng_states]:
@@ -468,3 +478,36 @@ def _check_partial_epoch(partial, path: Path) -> None:
         np.random.default_rng().bit_generator.state = partial.get("order_rng_state")
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"checkpoint {path}: partial_epoch's random generator state is unusable ({exc})") from None
+
+
+def _check_parallel_partial_epoch(data: CheckpointData, path: Path) -> None:
+    """The position of a parallel run's phase-1 epoch stopped part-way, as the server resumes it."""
+    partial = data.parallel_partial_epoch
+    if partial is None:
+        return
+
+    def counts(d, keys):
+        return all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool) and d[k] >= 0 for k in keys)
+
+    def usable(state) -> bool:
+        try:
+            np.random.default_rng().bit_generator.state = state
+        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+            return False
+        return True
+
+    workers = partial.get("workers") if isinstance(partial, dict) else None
+    ok = (isinstance(partial, dict) and data.phase == 1 and data.partial_epoch is None
+          and counts(partial, ("samples", "updates", "stale", "correct"))
+          and all(_is_number(partial.get(k)) and math.isfinite(partial[k])
+                  for k in ("loss", "train_seconds", "evolution_seconds"))
+          and isinstance(partial.get("neurons_removed"), list) and counts(dict(enumerate(partial["neurons_removed"])),
+                                                                          range(len(partial["neurons_removed"])))
+          and isinstance(partial.get("run_totals"), dict) and all(_is_number(v) for v in partial["run_totals"].values())
+          and isinstance(workers, list) and len(workers) > 0
+          and all(w is None or (isinstance(w, dict) and counts(w, ("start",)) and usable(w.get("rng_state"))
+                                and (w.get("order_rng_state") is None or usable(w["order_rng_state"])))
+                  for w in workers))
+    if not ok:
+        raise CheckpointError(f"checkpoint {path}: the position of its stopped parallel epoch (parallel_partial_epoch) "
+                              "is malformed")

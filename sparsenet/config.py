@@ -337,12 +337,15 @@ class ParallelConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
-    """Fault injection for tests: worker `fail_rank` raises at its `fail_at_step`-th gradient."""
+    """Fault injection for tests: worker `fail_rank` raises at its `fail_at_step`-th gradient; the parameter
+    server sends itself SIGUSR1 once it has taken `stop_at_update` gradients since it started."""
 
     fail_rank: int | None = _field(None, _Int(lo=1, null=True),
                                    "tests: the worker rank that raises (null: none)")
     fail_at_step: int = _field(0, _Int(lo=0),
                                "tests: at this gradient step")
+    stop_at_update: int | None = _field(None, _Int(lo=1, null=True),
+                                        "tests: the server sends itself SIGUSR1 after taking this many gradients (null: never)")
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,13 @@ def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int, stop
             "evolution_seconds": evolution_seconds, "neurons_removed": removed, "lr": state.optimizer.lr}
 
 
+def _not_parallel_partial(saved: ckpt.CheckpointData, state: TrainingState) -> None:
+    if saved.parallel_partial_epoch is not None:
+        raise ConfigError(f"cannot resume: the checkpoint was stopped part-way through epoch {state.epoch + 1} by a "
+                          f"parallel run with {len(saved.parallel_partial_epoch['workers'])} workers; resume it under "
+                          f"MPI with {len(saved.parallel_partial_epoch['workers']) + 1} ranks")
+
+
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
     """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir."""
     out = prepare_run_folder(out_dir)
@@ -178,7 +185,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     notice = compile_notice()
     if notice:
         log(notice)
-    state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume)
+    state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume, check=_not_parallel_partial)
     n_steps = -(-data.x_train.shape[0] // cfg.train.batch_size)
     if state.partial and state.partial["n_steps"] != n_steps:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT} stopped part-way through epoch {state.epoch + 1} "

@@ -15,7 +15,8 @@ from ..config import Config
 from ..model import SparseMLP
 from . import bundles
 from . import channel as ch
-from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP, TAG_WINDOW
+from .protocol import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
+                       TAG_WINDOW)
 from .seam import Gradient, Replica, Workers
 
 
@@ -86,14 +87,17 @@ class MPIWorkers(Workers):
             return
         self._send_model(worker, "values", bundles.values_arrays(model), model, version, epoch)
 
-    def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
+    def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
+                      ) -> None:
         self._open_channels(model, version)
         self._finish_reply(worker)
-        self._send_model(worker, "topology", bundles.topology_arrays(model), model, version, epoch)
+        self._send_model(worker, "topology", bundles.topology_arrays(model), model, version, epoch, position)
 
     def _send_model(self, worker: int, kind: str, arrays: list[np.ndarray], model: SparseMLP, version: int,
-                    epoch: int) -> None:
+                    epoch: int, position: dict | None = None) -> None:
         meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes}
+        if position is not None:
+            meta["position"] = position
         if self._unnamed and worker in self._unnamed:  # from this topology on, the worker uses its channel
             self.channels[worker] = self._unnamed.pop(worker)
         # non-blocking: a pipelining worker takes this reply only after computing its next gradient
@@ -161,6 +165,12 @@ class MPIWorkers(Workers):
         for k in self.ids:  # stopped_by: the workers exit with the server's code (75 after a stop request)
             self._finish_reply(k)
             self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by})
+
+    def stop_in_epoch(self, stopped_by: str) -> list[dict | None]:
+        for k in self.ids:
+            self._finish_reply(k)
+            self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by, "where": True})
+        return [self.transport.recv_bundle(source=k, tag=TAG_POSITION).meta["position"] for k in self.ids]
 
     def epoch_stats(self) -> dict:
         t = self.transport

@@ -8,3 +8,4 @@ TAG_STOP = 5      # server -> worker: the run is over
 TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch
 TAG_MEMORY_PLAN = 7  # server -> worker, before anything else: go / stop after the memory plan
 TAG_WINDOW = 8  # server -> same-node workers: join the collective shared-window allocation (your channel's place)
+TAG_POSITION = 9  # worker -> server, after a STOP inside an epoch: where its data stream stands

@@ -151,17 +151,25 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
         if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
             raise SparsenetError(f"checkpoint {path} is in phase 2 at epoch {state.epoch}; resume it "
                                  f"with parallel.phase1_epochs <= {state.epoch}, not {phase1_epochs(cfg)}")
+        partial = saved.parallel_partial_epoch
+        if partial is not None and len(partial["workers"]) != transport.size - 1:
+            raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} with "
+                                 f"{len(partial['workers'])} workers; resume it with {len(partial['workers']) + 1} "
+                                 f"ranks, not {transport.size}")
+        if partial is not None and state.epoch >= phase1_epochs(cfg):
+            raise SparsenetError(f"checkpoint {path} was stopped part-way through phase-1 epoch {state.epoch + 1}; "
+                                 f"resume it with parallel.phase1_epochs > {state.epoch}, not {phase1_epochs(cfg)}")
         if saved.phase == 2 and saved.replicas and len(saved.replicas) != transport.size - 1:
             raise SparsenetError(f"checkpoint {path} holds {len(saved.replicas)} phase-2 replicas; "
                                  f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
 
     state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check)
     state.preprocessing = data  # mean/std/classes into the checkpoint
-    version, replicas = 0, None
+    version, replicas, partial = 0, None, None
     if saved is not None:
-        version = saved.version
+        version, partial = saved.version, saved.parallel_partial_epoch
         if saved.phase == 2 and saved.replicas:
             replicas = [Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
                                                  saved.replica_optimizer_scalars)]
-    return ParameterServer(cfg, data, MPIWorkers(cfg, transport), state, out, version, replicas,
+    return ParameterServer(cfg, data, MPIWorkers(cfg, transport), state, out, version, replicas, partial,
                            validation=validation).run()

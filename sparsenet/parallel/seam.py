@@ -68,8 +68,10 @@ class Workers(ABC):
         they are already in reply_target's arrays. Returns before the worker has them."""
 
     @abstractmethod
-    def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
-        """Send `model` whole (layer widths, connections, weights, biases) as topology `version`."""
+    def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
+                      ) -> None:
+        """Send `model` whole (layer widths, connections, weights, biases) as topology `version`;
+        `position`: where the worker's data stream resumes (what stop_in_epoch returned for it), or None."""
 
     @abstractmethod
     def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray]) -> None:
@@ -88,6 +90,12 @@ class Workers(ABC):
     @abstractmethod
     def stop(self, stopped_by: str | None = None) -> None:
         """The run is over: every worker returns (stopped_by: the stop signal that ended it early)."""
+
+    @abstractmethod
+    def stop_in_epoch(self, stopped_by: str) -> list[dict | None]:
+        """The run stops part-way through a phase-1 epoch, every worker waiting for a model (no
+        gradient in flight): each returns, after reporting its data stream's position (JSON-able,
+        None if it has none yet), in ids order."""
 
     def epoch_stats(self) -> dict:
         """Metrics of the traffic since the last call, merged into the epoch's row."""

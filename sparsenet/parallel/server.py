@@ -10,6 +10,8 @@ The server reaches its workers only through a seam.Workers; epochs end in loop.E
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -40,7 +42,9 @@ class ParameterServer:
     """Holds the global model and the only phase-1 optimizer state; drives `workers`."""
 
     def __init__(self, cfg: Config, data: Dataset, workers: Workers, state: TrainingState, out_dir: Path,
-                 version: int = 0, replicas: list[Replica] | None = None, validation=None):
+                 version: int = 0, replicas: list[Replica] | None = None, partial: dict | None = None,
+                 validation=None):
+        """partial: the checkpoint's parallel_partial_epoch, if the run stopped part-way through an epoch."""
         self.cfg, self.data, self.workers, self.state = cfg, data, workers, state
         self.out = Path(out_dir)
         self.version = version
@@ -54,6 +58,12 @@ class ParameterServer:
         # Run-long counters continue where the checkpoint's last epoch left them (a resumed run).
         last = state.history[-1] if state.history else {}
         self.carried = {key: last.get(key, 0) for key in workers.run_counters}
+        self.resumed = partial  # consumed by the epoch it stopped in
+        if partial is not None:
+            self.carried.update(partial["run_totals"])
+        self.partial = None  # where this process stopped inside an epoch, for the checkpoint
+        self.taken = 0  # gradients taken since this process started (debug.stop_at_update)
+        self.workers_stopped = False
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self._replicas_out = False  # phase 2: replicas handed out, their epoch not gathered yet
         # the server computes no gradients: evaluation gets buffers of a training batch's size
@@ -75,16 +85,16 @@ class ParameterServer:
         progress = (epoch - 1 + samples / self.data.x_train.shape[0]) / p.warmup_epochs
         return lr + (target - lr) * min(progress, 1.0)
 
-    def send_model(self, worker: int, written: bool = False) -> None:
+    def send_model(self, worker: int, written: bool = False, position: dict | None = None) -> None:
         """Weights while the worker's topology is current (`written`: already in its reply_target),
-        else the whole model."""
+        else the whole model (with the worker's data `position` when a stopped epoch resumes)."""
         model, epoch = self.state.model, self.state.epoch
         if self.worker_version[worker] == self.version:
             self.workers.send_weights(worker, model, self.version, epoch, written)
         else:
             if written:
                 raise RuntimeError(f"weights were written for worker {worker}, whose topology is not current")
-            self.workers.send_topology(worker, model, self.version, epoch)
+            self.workers.send_topology(worker, model, self.version, epoch, position)
             self.worker_version[worker] = self.version
 
     def _carry_over(self, from_version: int) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
@@ -119,6 +129,9 @@ class ParameterServer:
             np.copyto(target, values)
 
     def _account(self, g: Gradient) -> None:
+        self.taken += 1
+        if self.taken == self.cfg.debug.stop_at_update:
+            os.kill(os.getpid(), signal.SIGUSR1)
         c = self.counters
         c["updates"] += 1
         c["samples"] += g.samples
@@ -139,34 +152,70 @@ class ParameterServer:
         for v in [v for v in self.lineages if v < oldest]:
             del self.lineages[v]
 
-    def phase1_epoch(self, epoch: int) -> dict:
-        """Epoch `epoch` of phase 1: the training part of its metrics row (loop.EpochLoop.run)."""
+    def phase1_epoch(self, epoch: int) -> dict | None:
+        """Epoch `epoch` of phase 1: the training part of its metrics row (loop.EpochLoop.run), or None
+        when a stop request ended it part-way (self.partial says where; a resumed server continues it)."""
         n_train = self.data.x_train.shape[0]
         wassp = self.cfg.parallel.algorithm == "wassp"
+        resumed, self.resumed = self.resumed or {}, None
         t0 = time.perf_counter()
-        if epoch > 1:
+        if epoch > 1 and not resumed:  # a resumed epoch was evolved before it stopped
             self._evolve()
         t1 = time.perf_counter()
+        positions = dict(zip(self.workers.ids, resumed.get("workers", [])))
         for k in self.waiting:
-            self.send_model(k)
+            self.send_model(k, position=positions.get(k))
         self.waiting = []
         self.counters.update(samples=0, loss=0.0, correct=0, updates=0, stale=0)
+        self.counters.update({k: resumed[k] for k in self.counters if k in resumed})
+        if resumed:
+            self.removed = resumed["neurons_removed"]
+            t1 -= resumed["train_seconds"]  # the row counts the seconds before the stop too
+            t0 = t1 - resumed["evolution_seconds"]
+            log(f"continuing epoch {epoch} after {self.counters['samples']} of {n_train} samples "
+                f"({self.counters['updates']} gradients)", rank=0)
         bar = ProgressBar(n_train, f"epoch {epoch}/{self.cfg.train.epochs}", enabled=self.cfg.train.progress)
         while self.counters["samples"] < n_train:
             lr = self.learning_rate(epoch, self.counters["samples"])
             if wassp:
                 self._synchronous_round(lr)
                 done = self.counters["samples"] >= n_train
-                self.waiting = list(self.workers.ids) if done else []
-                if not done:
+                self.waiting = list(self.workers.ids) if done or self.loop.stop_requested() else []
+                if not self.waiting:
                     for k in self.workers.ids:
                         self.send_model(k)
             else:
                 left = self._asynchronous_update(lr, n_train)
                 self.waiting = [left] if left is not None else self.waiting
+                if left is None and self.loop.stop_requested():
+                    self._drain(self.learning_rate(epoch, self.counters["samples"]))
             bar.update(min(self.counters["samples"], n_train))
+            if self.counters["samples"] < n_train and self.loop.stop_requested():
+                bar.close()
+                self._stop_in_epoch(train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0)
+                return None
         bar.close()
         return self._trained(phase=1, train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0)
+
+    def _drain(self, lr: float) -> None:
+        """WASAP stopping: apply the gradient every worker still has on its way, so that all wait for a model."""
+        for k in self.workers.ids:
+            if k not in self.waiting:
+                g = self.workers.take_gradient(k)
+                self._account(g)
+                self.apply(g.arrays, g.version, lr)
+        self.waiting = list(self.workers.ids)
+
+    def _stop_in_epoch(self, train_seconds: float, evolution_seconds: float) -> None:
+        """Every worker waits for a model: stop them and keep where the epoch stands in self.partial."""
+        positions = self.workers.stop_in_epoch(self.loop.stop.signal_name)
+        self.workers_stopped = True
+        c = self.counters
+        self.partial = {"samples": c["samples"], "loss": c["loss"], "correct": c["correct"], "updates": c["updates"],
+                        "stale": c["stale"], "train_seconds": train_seconds, "evolution_seconds": evolution_seconds,
+                        "neurons_removed": list(self.removed), "workers": positions,
+                        "run_totals": {k: v for k, v in self._run_totals(self.workers.epoch_stats()).items()
+                                       if k in self.workers.run_counters}}
 
     def _asynchronous_update(self, lr: float, n_train: int) -> int | None:
         """WASAP: apply the next gradient from any worker and, while the epoch lasts, reply with the new
@@ -275,22 +324,27 @@ class ParameterServer:
             data.replicas = [r.layers for r in self.saved_replicas]
             data.replica_rng_states = [r.rng_state for r in self.saved_replicas]
             data.replica_optimizer_scalars = [r.scalars for r in self.saved_replicas]
+        data.parallel_partial_epoch = self.partial
         ckpt.save_checkpoint(path or self.out / "checkpoint.h5", data)
 
     def run(self) -> TrainingState:
-        """Phase 1, then phase 2 if epochs remain; a stop signal ends either at an epoch boundary."""
+        """Phase 1, then phase 2 if epochs remain. A stop signal ends phase 1 at the next update (mid-epoch),
+        phase 2 at its next replica exchange (the epoch's end)."""
         loop, epochs = self.loop, self.cfg.train.epochs
         with loop:
             loop.run(self.phase1_epoch, phase1_epochs(self.cfg))
             if self.state.epoch < epochs and not loop.stop_requested() and not loop.early_stopped:
                 self.start_phase2()
+                if loop.stop_requested():  # arrived while the replicas went out: their first exchange ends the run
+                    loop.end_epoch(self.state.epoch + 1, self.phase2_epoch(self.state.epoch + 1))
                 loop.run(self.phase2_epoch, epochs)
             elif self.phase == 1:
                 for k in self.workers.ids:
                     if k not in self.waiting:  # drain the last phase-1 gradient in flight
                         self.workers.take_gradient(k)
             early = loop.stop_requested() and self.state.epoch < epochs
-            self.workers.stop(loop.stop.signal_name if early else None)
+            if not self.workers_stopped:
+                self.workers.stop(loop.stop.signal_name if early else None)
         return loop.finish()
 
 

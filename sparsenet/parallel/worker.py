@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +15,8 @@ from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, 
 from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
 from . import bundles
 from .channel import Channel, in_window
-from .protocol import TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_REPLICA, TAG_STOP, TAG_WINDOW
+from .protocol import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
+                       TAG_WINDOW)
 from .wire import Bundle
 
 
@@ -33,14 +33,39 @@ def shard(n_samples: int, rank: int, workers: int, seed: int) -> np.ndarray:
     return np.sort(order[rank - 1::workers])
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless mini-batches of range(n), reshuffled every pass; the last batch of a pass may be smaller."""
-    if n < 1:
-        raise ValueError("a worker needs at least one training sample")
-    while True:
-        order = rng.permutation(n)
-        for start in range(0, n, batch_size):
-            yield order[start:start + batch_size]
+class BatchStream:
+    """Endless mini-batches of range(n) (int64 index arrays) drawn from `rng`, reshuffled every pass (the
+    last batch of a pass may be smaller). position() is where it stands, restore() returns there exactly."""
+
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
+        if n < 1:
+            raise ValueError("a worker needs at least one training sample")
+        self.n, self.batch_size, self.rng = n, batch_size, rng
+        self.order, self.start, self.order_state = None, n, None  # start == n: the next batch begins a pass
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.start >= self.n:
+            self.order_state = self.rng.bit_generator.state
+            self.order, self.start = self.rng.permutation(self.n), 0
+        index = self.order[self.start:self.start + self.batch_size]
+        self.start += self.batch_size
+        return index
+
+    def position(self) -> dict:
+        """JSON-able: the generator's state, the state this pass's order was drawn from, samples of it done."""
+        return {"rng_state": self.rng.bit_generator.state, "order_rng_state": self.order_state,
+                "start": min(self.start, self.n)}
+
+    def restore(self, position: dict) -> None:
+        """Continue exactly where position() was taken (from a stream of the same n)."""
+        if position["order_rng_state"] is not None:
+            self.rng.bit_generator.state = position["order_rng_state"]
+            self.order = self.rng.permutation(self.n)
+        self.order_state, self.start = position["order_rng_state"], int(position["start"])
+        self.rng.bit_generator.state = position["rng_state"]
 
 
 def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> SparseMLP:
@@ -94,6 +119,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
+    mark = None  # the stream's position before `ahead` was computed
     own = None  # the model's own gradient arrays, used without a channel
     ahead = None  # a _Gradient computed while the last one was in flight
     channel = None  # same node: the server's replies and our gradients go through this channel.Channel
@@ -112,6 +138,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             channel = None if msg.meta["channel"] is None else in_window(memory, msg.meta["channel"], transport.sync)
             continue
         if msg.tag == TAG_STOP:
+            if msg.meta.get("where"):  # stopped inside an epoch: the server saves where our data stream stands
+                where = mark if ahead is not None else (stream.position() if stream is not None else None)
+                transport.send_bundle(0, TAG_POSITION, {"position": where})
             return msg.meta.get("stopped_by")
         if msg.tag == TAG_PHASE2:
             return _phase2(cfg, transport, msg, x, y)
@@ -130,7 +159,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
             seeded_epoch = msg.meta["epoch"]
             rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
-            stream = batches(x.shape[0], cfg.train.batch_size, rng)
+            stream = BatchStream(x.shape[0], cfg.train.batch_size, rng)
+            if msg.meta.get("position"):  # a run resumed inside this epoch: continue where we stopped
+                stream.restore(msg.meta["position"])
         version = msg.meta["version"]
         if ahead is None:
             ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
@@ -138,6 +169,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
         in_flight = ahead.deliver(transport)
         ahead = None
         if pipeline:  # the sent gradient is in its buffer or copied: the next one goes elsewhere
+            mark = stream.position()  # a stop before `ahead` is delivered resumes with its batch
             ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
             step += 1
         if in_flight is not None:

@@ -358,3 +358,95 @@ def test_adam_trains_in_both_phases_and_its_step_count_travels_with_the_state(tm
     assert phase1_steps > 0
     assert [s["step"] for s in data.replica_optimizer_scalars] == [phase1_steps + 20] * 2
     assert rows[-1]["test_loss"] < rows[0]["test_loss"]
+
+
+# What differs between a resumed run and an uninterrupted one: timings, memory, and the traffic of
+# the topologies a resumed server sends again.
+NOT_REPRODUCED = {"train_seconds", "evolution_seconds", "eval_seconds", "peak_rss_mb", "server_wait_seconds",
+                  "server_wait_cpu_share", "bytes_sent", "bytes_received", "channel_gradients", "channel_replies"}
+
+
+def _rows(path):
+    return [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_stop_inside_a_wassp_epoch_lands_at_that_update_and_resumes_bit_identically(tmp_path):
+    """The server signals itself at its 52nd gradient (round 6 of epoch 2's 20 rounds): it stops there,
+    every rank exits 75, and --resume ends with the weights, optimizer state and rows of a run never stopped."""
+    common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03", *PRUNE]
+    straight = train(3, tmp_path / "straight", *common)
+    stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_update=52")
+    assert straight.returncode == 0 and stopped.returncode == 75, straight.stderr + stopped.stderr
+    assert "SIGUSR1 received: stopped in epoch 2 with a checkpoint" in stopped.stdout
+    saved = load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
+    part = saved.parallel_partial_epoch
+    assert (saved.epoch, part["updates"], len(part["workers"])) == (1, 12, 2)
+    assert 0 < part["workers"][0]["start"] < 315 and part["run_totals"]["bytes_sent"] > 0
+    resumed = train(3, tmp_path / "stopped", *common, "debug.stop_at_update=null", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing epoch 2 after 192 of 630 samples (12 gradients)" in resumed.stdout
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
+    assert a.rng_state == b.rng_state and a.replica_rng_states == b.replica_rng_states and b.parallel_partial_epoch is None
+    for x, y in zip(checkpoint_arrays(tmp_path / "straight" / "checkpoint.h5"),
+                    checkpoint_arrays(tmp_path / "stopped" / "checkpoint.h5")):
+        np.testing.assert_array_equal(x, y)
+    for la, lb in zip([*a.layers, *a.replicas[0]], [*b.layers, *b.replicas[0]]):
+        for name in la.state:
+            np.testing.assert_array_equal(la.state[name], lb.state[name])
+    rows = {name: _rows(tmp_path / name) for name in ("straight", "stopped")}
+    assert ([{k: v for k, v in r.items() if k not in NOT_REPRODUCED} for r in rows["stopped"]]
+            == [{k: v for k, v in r.items() if k not in NOT_REPRODUCED} for r in rows["straight"]])
+    assert rows["stopped"][1]["bytes_sent"] > part["run_totals"]["bytes_sent"]  # counted on from the stop
+
+
+def test_a_wasap_stop_lands_within_the_gradients_in_flight_not_at_the_epoch_end(tmp_path):
+    """Epochs of 4,200 gradients; the server signals itself at its 150th: it applies that one and the
+    one gradient each of the 2 workers still has on its way, and stops."""
+    proc = train(3, tmp_path, "parallel.algorithm=wasap", "data.samples=12000", "train.batch_size=2",
+                 "train.epochs=2", "debug.stop_at_update=150")
+    assert proc.returncode == 75, proc.stderr
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert saved.epoch == 0 and 150 <= saved.parallel_partial_epoch["updates"] <= 152
+    assert [w["start"] > 0 for w in saved.parallel_partial_epoch["workers"]] == [True, True]
+    assert "SIGUSR1 received: stopped in epoch 1 with a checkpoint" in proc.stdout
+
+
+def test_sigusr1_inside_a_long_wasap_epoch_stops_at_the_next_update_and_resume_finishes_the_epochs(tmp_path):
+    """Epochs of 4,200 gradients (batch 2): SIGUSR1 from mpiexec part-way through epoch 2 stops the run
+    there with exit 75, not at the epoch's end; --resume continues the epoch where it stopped."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+
+    common = ["parallel.algorithm=wasap", "data.samples=12000", "train.batch_size=2", "parallel.phase1_epochs=3"]
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
+    for item in SMALL + common + ["train.epochs=400"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not (tmp_path / "checkpoint.h5").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank; the workers ignore it
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 75, err
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    part = saved.parallel_partial_epoch
+    per_epoch = _rows(tmp_path)[0]["updates"]
+    assert saved.epoch == 1 and 4200 <= per_epoch <= 4202, (saved.epoch, per_epoch)
+    assert 0 < part["updates"] < per_epoch and part["samples"] == 2 * part["updates"]
+    assert f"SIGUSR1 received: stopped in epoch 2 with a checkpoint" in out
+    resumed = train(3, tmp_path, *common, "train.epochs=3", resume=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"continuing epoch 2 after {part['samples']} of 8400 samples ({part['updates']} gradients)" in resumed.stdout
+    rows = _rows(tmp_path)
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["phase"] for r in rows] == [1, 1, 1]
+    assert 8400 <= 2 * rows[1]["updates"] <= 8400 + 2 * 2  # the stopped epoch's gradients counted once
+    assert rows[1]["bytes_sent"] > part["run_totals"]["bytes_sent"] >= rows[0]["bytes_sent"]

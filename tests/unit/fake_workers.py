@@ -12,7 +12,7 @@ import numpy as np
 
 from sparsenet.checkpoint import LayerArrays
 from sparsenet.parallel.seam import Gradient, Replica, Workers
-from sparsenet.parallel.worker import batches, new_model, shard
+from sparsenet.parallel.worker import BatchStream, new_model, shard
 from sparsenet.train import compute_gradients
 
 
@@ -27,6 +27,7 @@ class FakeWorkers(Workers):
         self.replicas: list[list[Replica]] = []  # what gather_replicas returned, per phase-2 epoch
         self.masks: list[list[np.ndarray]] = []  # what start_replicas / continue_replicas carried
         self.stopped = False
+        self.positions_sent = {}  # worker -> the position a topology carried
         self.on_take = on_take  # called with the number of gradients taken so far
         self._next = 0
 
@@ -51,13 +52,17 @@ class FakeWorkers(Workers):
             mine.values[:], mine.bias[:] = theirs.values, theirs.bias
         self.sent.append(("values", worker, version))
 
-    def send_topology(self, worker, model, version, epoch) -> None:
+    def send_topology(self, worker, model, version, epoch, position=None) -> None:
         arrays = [a.copy() for la in model.layers for a in (la.rows, la.cols, la.values, la.bias)]
         self.models[worker] = new_model(self.cfg, model.sizes, arrays)
         self.versions[worker] = version
         if worker not in self.streams:
             rng = np.random.default_rng([self.cfg.seed, worker])
-            self.streams[worker] = (rng, batches(self.data[worker][0].shape[0], self.cfg.train.batch_size, rng))
+            self.streams[worker] = (rng, BatchStream(self.data[worker][0].shape[0], self.cfg.train.batch_size, rng))
+        if position is not None:
+            self.streams[worker][1].restore(position)
+        if position is not None:
+            self.positions_sent[worker] = position
         self.sent.append(("topology", worker, version))
 
     def start_replicas(self, replicas, start_epoch, masks) -> None:
@@ -81,3 +86,7 @@ class FakeWorkers(Workers):
 
     def stop(self, stopped_by=None) -> None:
         self.stopped = True
+
+    def stop_in_epoch(self, stopped_by):
+        self.stopped = True
+        return [self.streams[w][1].position() if w in self.streams else None for w in self.ids]

@@ -1,6 +1,7 @@
 """The parameter server's algorithm, driven through the seam by in-process fake workers (no MPI)."""
 
 import copy
+import json
 import os
 import signal
 
@@ -86,14 +87,168 @@ def test_phase2_averages_the_replicas_and_prunes_back_to_the_targets(tmp_path):
     np.testing.assert_array_equal(saved.replicas[1][0].values, last[1].layers[0].values)
 
 
-def test_a_stop_signal_ends_the_epoch_with_a_checkpoint_and_drains_the_workers(tmp_path):
-    def stop_at(taken):
-        if taken == 5:
-            os.kill(os.getpid(), signal.SIGUSR1)
+def resume(tmp_path, k, *extra):
+    """A new server (and fake workers) resumed from tmp_path's checkpoint."""
+    from sparsenet.loop import start_run
 
-    server, workers, state, _, _ = serve(tmp_path, 2, "parallel.algorithm=wasap", "train.epochs=3",
-                                         "parallel.phase1_epochs=3", on_take=stop_at)
-    assert state.stopped_by == "SIGUSR1" and state.epoch == 1 and workers.stopped
-    assert load_checkpoint(tmp_path / "checkpoint.h5").epoch == 1
-    # epoch 1's gradients, then the one gradient the other worker had in flight
-    assert len(workers.taken) == state.history[0]["updates"] + 1
+    cfg = load_config(None, SMALL + list(extra))
+    data = load_dataset(cfg.data, cfg.seed)
+    state, saved = start_run(cfg, tmp_path, data.n_features, data.n_classes, resume=True)
+    workers = FakeWorkers(cfg, data, k)
+    server = ParameterServer(cfg, data, workers, state, tmp_path, saved.version, partial=saved.parallel_partial_epoch)
+    return server, workers, server.run()
+
+
+def stop_at(n):
+    def on_take(taken):
+        if taken == n:
+            os.kill(os.getpid(), signal.SIGUSR1)
+    return on_take
+
+
+TIMINGS = {"train_seconds", "evolution_seconds", "eval_seconds", "peak_rss_mb"}
+
+
+def test_a_stop_signal_ends_a_wasap_epoch_at_the_next_update_and_resume_continues_it(tmp_path):
+    """SIGUSR1 during the 5th gradient of epoch 1 (of 14 per epoch): the server applies it and the one
+    gradient each worker still has on its way, stops the workers and saves where the epoch stands."""
+    common = ["parallel.algorithm=wasap", "train.epochs=3", "parallel.phase1_epochs=3"]
+    server, workers, state, _, _ = serve(tmp_path, 2, *common, on_take=stop_at(5))
+    assert state.stopped_by == "SIGUSR1" and state.epoch == 0 and workers.stopped and state.history == []
+    assert len(workers.taken) == 5 + 2
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    part = saved.parallel_partial_epoch
+    assert saved.epoch == 0 and saved.phase == 1
+    assert (part["updates"], part["samples"], part["stale"]) == (7, 7 * 16, 0)
+    assert part["loss"] == pytest.approx(sum(g.loss for g in workers.taken))
+    assert part["correct"] == sum(g.correct for g in workers.taken)
+    positions = [workers.streams[w][1].position() for w in workers.ids]
+    assert part["workers"] == positions and positions[0]["start"] == 4 * 16  # worker 1 drew batches 1, 3, 5, 7
+    for layer, mine in zip(saved.layers, state.model.layers):
+        np.testing.assert_array_equal(layer.values, mine.values)
+
+    server, resumed, state = resume(tmp_path, 2, *common)
+    assert state.stopped_by is None and [r["epoch"] for r in state.history] == [1, 2, 3]
+    assert resumed.positions_sent == {1: positions[0], 2: positions[1]}  # each worker continues its stream
+    assert [kind for kind, _, _ in resumed.sent[:2]] == ["topology", "topology"]
+    # epoch 1 counts the 7 gradients before the stop and the 7 after it (fake gradients are of 16 samples)
+    assert [r["updates"] for r in state.history] == [14, 14, 14] and len(resumed.taken) == 7 + 14 + 14 + 1
+    assert load_checkpoint(tmp_path / "checkpoint.h5").parallel_partial_epoch is None
+
+
+def test_a_wassp_run_stopped_mid_epoch_resumes_bit_identically(tmp_path):
+    common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=3", "evolution.zeta=0.3",
+              "parallel.warmup_epochs=2"]
+    for name in ("straight", "stopped"):
+        (tmp_path / name).mkdir()
+    _, _, straight, _, _ = serve(tmp_path / "straight", 2, *common)
+    _, workers, stopped, _, _ = serve(tmp_path / "stopped", 2, *common, on_take=stop_at(14 + 9))  # epoch 2, round 5
+    assert stopped.epoch == 1 and stopped.stopped_by == "SIGUSR1" and len(workers.taken) == 24
+    part = load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").parallel_partial_epoch
+    assert (part["updates"], part["samples"]) == (10, 160)
+    _, _, resumed = resume(tmp_path / "stopped", 2, *common)
+    assert resumed.epoch == 3
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
+    assert a.rng_state == b.rng_state and a.version == b.version == 2
+    for la, lb in zip(a.layers, b.layers):
+        for x, y in [(la.rows, lb.rows), (la.values, lb.values), (la.bias, lb.bias), *zip(la.state.values(), lb.state.values())]:
+            np.testing.assert_array_equal(x, y)
+    assert ([{k: v for k, v in r.items() if k not in TIMINGS} for r in straight.history]
+            == [{k: v for k, v in r.items() if k not in TIMINGS} for r in resumed.history])
+
+
+def test_a_stop_in_the_last_update_of_an_epoch_completes_the_epoch(tmp_path):
+    """WASSP, 210 samples in rounds of 2 x 16: the 14th gradient ends epoch 1, which is saved whole."""
+    _, workers, state, _, _ = serve(tmp_path, 2, "parallel.algorithm=wassp", "train.epochs=3",
+                                    "parallel.phase1_epochs=3", on_take=stop_at(14))
+    assert state.epoch == 1 and state.stopped_by == "SIGUSR1" and workers.stopped
+    assert load_checkpoint(tmp_path / "checkpoint.h5").parallel_partial_epoch is None
+
+
+def test_a_mid_epoch_parallel_checkpoint_is_validated_and_refused_by_the_sequential_trainer(tmp_path):
+    import json
+
+    import h5py
+
+    from sparsenet.errors import CheckpointError, ConfigError
+    from sparsenet.train import run
+
+    common = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=2"]
+    serve(tmp_path, 2, *common, on_take=stop_at(4))
+    path = tmp_path / "checkpoint.h5"
+    part = load_checkpoint(path).parallel_partial_epoch
+    assert part["updates"] == 4 and len(part["workers"]) == 2
+    with pytest.raises(ConfigError, match="stopped part-way through epoch 1 by a parallel run with 2 workers; "
+                                          "resume it under MPI with 3 ranks"):
+        run(load_config(None, SMALL + common), tmp_path, resume=True)
+    for bad in ({**part, "samples": -1}, {**part, "workers": [{"start": 3, "rng_state": {"bit_generator": "nope"}}]},
+                {**part, "loss": float("nan")}, [1, 2]):
+        with h5py.File(path, "a") as f:
+            del f["parallel_partial_epoch"]
+            f.create_dataset("parallel_partial_epoch", data=json.dumps(bad))
+        with pytest.raises(CheckpointError, match="parallel_partial_epoch"):
+            load_checkpoint(path)
+
+
+def test_a_batch_stream_restored_from_its_position_draws_the_same_batches():
+    from sparsenet.parallel.worker import BatchStream
+
+    a = BatchStream(10, 4, np.random.default_rng(5))
+    assert a.position()["order_rng_state"] is None and a.position()["start"] == 10
+    for _ in range(4):  # into the second pass: 4 + 4 + 2, then 4
+        next(a)
+    where = json.loads(json.dumps(a.position()))
+    assert where["start"] == 4
+    ahead = [next(a) for _ in range(5)] + [a.rng.integers(0, 100, size=3)]
+    b = BatchStream(10, 4, np.random.default_rng(99))
+    b.restore(where)
+    again = [next(b) for _ in range(5)] + [b.rng.integers(0, 100, size=3)]
+    for x, y in zip(ahead, again):
+        np.testing.assert_array_equal(x, y)
+    assert [len(x) for x in ahead[:5]] == [4, 2, 4, 4, 2]
+
+
+def test_a_stop_while_phase2_starts_ends_the_run_at_the_first_replica_exchange(tmp_path, monkeypatch):
+    """Before, a stop arriving while the replicas went out ran no phase-2 epoch: the server told workers
+    busy training to stop and never took their replicas (over MPI a worker could hang sending one)."""
+    start = FakeWorkers.start_replicas
+
+    def start_then_signal(self, *args):
+        start(self, *args)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    monkeypatch.setattr(FakeWorkers, "start_replicas", start_then_signal)
+    _, workers, state, _, _ = serve(tmp_path, 2, "train.epochs=3", "parallel.phase1_epochs=1",
+                                    "parallel.algorithm=wassp")
+    assert state.stopped_by == "SIGUSR1" and [r["phase"] for r in state.history] == [1, 2]
+    assert len(workers.replicas) == 1 and workers.stopped
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert saved.epoch == 2 and saved.phase == 2 and len(saved.replicas) == 2
+
+
+def test_a_stop_during_the_set_step_lands_at_the_first_update_after_it_and_resumes_bit_identically(tmp_path,
+                                                                                                    monkeypatch):
+    import sparsenet.parallel.server as server_module
+
+    common = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=2", "evolution.zeta=0.3"]
+    for name in ("straight", "stopped"):
+        (tmp_path / name).mkdir()
+    _, _, straight, _, _ = serve(tmp_path / "straight", 2, *common)
+    evolve = server_module.between_epochs
+
+    def evolve_then_signal(state, cfg):
+        result = evolve(state, cfg)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    monkeypatch.setattr(server_module, "between_epochs", evolve_then_signal)
+    _, workers, stopped, _, _ = serve(tmp_path / "stopped", 2, *common)
+    monkeypatch.setattr(server_module, "between_epochs", evolve)
+    assert stopped.epoch == 1 and len(workers.taken) == 14 + 2  # epoch 1, then epoch 2's first round
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").parallel_partial_epoch["updates"] == 2
+    _, _, resumed = resume(tmp_path / "stopped", 2, *common)
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
+    assert a.rng_state == b.rng_state and resumed.epoch == 2
+    for la, lb in zip(a.layers, b.layers):
+        np.testing.assert_array_equal(la.rows, lb.rows)
+        np.testing.assert_array_equal(la.values, lb.values)
