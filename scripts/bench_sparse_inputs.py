@@ -1,0 +1,172 @@
+"""Sparse (CSR) inputs end to end: a bag-of-words-like set trained without densifying, against the
+same model fed dense inputs of the same non-zeros per sample.
+
+    PYTHONPATH=. .venv/bin/python scripts/bench_sparse_inputs.py [--samples 50000] [--epochs 3]
+
+Generated set: --features (1,000,000) columns, --density (0.1 %) of them non-zero per sample at
+random (value 1, a word count), plus --words words drawn from the --indicative features (a few
+hundred) of the sample's class: the known signal. Trained through sparsenet.train on scipy CSR
+(first layer on CSR batches, sparse/csr.py); then the same config on a dense float32 matrix with
+as many columns as the sparse set has non-zeros per sample (about 1,000), same hidden layers.
+
+PASS/FAIL lines: (1) peak RSS of the sparse run well below what a dense samples x features matrix
+would need (and below --max-rss-gib); (2) sparse training seconds per epoch within 1 / 0.5 of the
+dense one (>= 50 % of its speed); (3) test accuracy on the sparse set well above chance. Timings
+under load are not evidence: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shlex
+import sys
+import time
+
+import numpy as np
+from numba import njit
+
+import sparsenet
+
+
+@njit(cache=True)
+def _bag_of_words(n, n_features, per_row, words, vocab, labels, seed, indptr, indices):
+    """Canonical CSR rows: per_row random columns plus `words` columns from vocab[labels[r]], sorted, unique."""
+    np.random.seed(seed)
+    row = np.empty(per_row + words, dtype=np.int64)
+    pos = 0
+    indptr[0] = 0
+    for r in range(n):
+        for k in range(per_row):
+            row[k] = np.random.randint(0, n_features)
+        own = vocab[labels[r]]
+        for k in range(words):
+            row[per_row + k] = own[np.random.randint(0, own.shape[0])]
+        row.sort()
+        last = -1
+        for k in range(row.shape[0]):
+            if row[k] != last:
+                indices[pos] = row[k]
+                pos += 1
+                last = row[k]
+        indptr[r + 1] = pos
+    return pos
+
+
+def bag_of_words(n: int, n_features: int, density: float, classes: int, indicative: int, words: int, seed: int):
+    """(scipy CSR float32 (n, n_features), labels (n,), the indicative feature ids (classes, indicative // classes))."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    vocab = rng.choice(n_features, size=indicative // classes * classes, replace=False).reshape(classes, -1)
+    labels = rng.integers(0, classes, size=n)
+    per_row = int(round(density * n_features))
+    indptr = np.empty(n + 1, dtype=np.int64)
+    indices = np.empty(n * (per_row + words), dtype=np.int32)
+    nnz = _bag_of_words(n, n_features, per_row, words, vocab.astype(np.int64), labels, seed, indptr, indices)
+    indices = indices[:nnz].copy()
+    x = sp.csr_array((np.ones(nnz, dtype=np.float32), indices, indptr), shape=(n, n_features))
+    return x, labels, vocab
+
+
+def dense_like(n: int, n_features: int, classes: int, seed: int):
+    """A dense float32 (n, n_features) set with a learnable signal in a few columns (its speed is what counts)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, size=n)
+    x = rng.standard_normal((n, n_features), dtype=np.float32)
+    x[np.arange(n), labels] += 3.0
+    return x, labels
+
+
+def peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
+
+
+def run(name: str, config: dict, x, y, x_test, y_test) -> dict:
+    t0 = time.perf_counter()
+    _, history = sparsenet.train(config, x, y, X_test=x_test, y_test=y_test)
+    wall = time.perf_counter() - t0
+    seconds = [row["train_seconds"] for row in history]
+    steady = seconds[1:] if len(seconds) > 1 else seconds  # the first epoch includes numba compiles
+    result = {"name": name, "train_seconds_per_epoch": float(np.median(steady)), "epoch_seconds": seconds,
+              "test_accuracy": [row["test_accuracy"] for row in history], "wall_seconds": wall,
+              "peak_rss_gib": peak_rss_gib()}
+    print(f"{name}: train {result['train_seconds_per_epoch']:.2f} s/epoch (median after the first; all "
+          f"{', '.join(f'{s:.2f}' for s in seconds)}), test accuracy "
+          f"{', '.join(f'{100 * a:.2f}%' for a in result['test_accuracy'])}, peak RSS so far "
+          f"{result['peak_rss_gib']:.2f} GiB, wall {wall:.1f} s", flush=True)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--features", type=int, default=1_000_000)
+    p.add_argument("--density", type=float, default=0.001)
+    p.add_argument("--samples", type=int, default=50_000, help="train + test")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--indicative", type=int, default=400, help="features that carry the label, split over the classes")
+    p.add_argument("--words", type=int, default=8, help="indicative words per sample (from its class)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000])
+    p.add_argument("--epsilon", type=float, default=2.0)
+    p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rss-gib", type=float, default=4.0)
+    p.add_argument("--min-speed", type=float, default=0.5, help="sparse speed / dense speed required")
+    p.add_argument("--json", help="write the measurements here")
+    args = p.parse_args(argv)
+    print("reproduce: PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
+    config = {"seed": args.seed, "threads": args.threads,
+              "model": {"hidden": args.hidden, "epsilon": args.epsilon, "dropout": 0.0},
+              "train": {"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr, "progress": False}}
+
+    t0 = time.perf_counter()
+    x, y, _ = bag_of_words(args.samples, args.features, args.density, args.classes, args.indicative, args.words,
+                           args.seed)
+    n_test = int(round(args.samples * args.test_fraction))
+    x_train, y_train, x_test, y_test = x[n_test:], y[n_test:], x[:n_test], y[:n_test]
+    del x
+    per_sample = x_train.nnz / x_train.shape[0]
+    print(f"sparse set: {args.samples:,} samples x {args.features:,} features, {x_train.nnz + x_test.nnz:,} non-zeros "
+          f"({per_sample:.0f} per sample, density {per_sample / args.features:.4%}), {args.classes} classes, "
+          f"{args.indicative} indicative features, {args.words} of them per sample; generated in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    sparse = run("sparse (CSR)", config, x_train, y_train, x_test, y_test)
+    del x_train, x_test
+
+    n_dense = int(round(per_sample))
+    xd, yd = dense_like(args.samples, n_dense, args.classes, args.seed)
+    dense = run(f"dense ({n_dense} features)", config, xd[n_test:], yd[n_test:], xd[:n_test], yd[:n_test])
+
+    dense_gib = args.samples * args.features * 4 / 2**30
+    speed = dense["train_seconds_per_epoch"] / sparse["train_seconds_per_epoch"]
+    chance = 1.0 / args.classes
+    accuracy = sparse["test_accuracy"][-1]
+    checks = [
+        (sparse["peak_rss_gib"] < min(args.max_rss_gib, dense_gib / 10),
+         f"peak RSS of the sparse run {sparse['peak_rss_gib']:.2f} GiB; a dense samples x features float32 matrix "
+         f"alone would need {dense_gib:,.1f} GiB (limit {args.max_rss_gib:g} GiB)"),
+        (speed >= args.min_speed,
+         f"sparse speed {speed:.2f} x the dense model's ({sparse['train_seconds_per_epoch']:.2f} vs "
+         f"{dense['train_seconds_per_epoch']:.2f} s per epoch; need >= {args.min_speed:g})"),
+        (accuracy >= chance + 0.5 * (1 - chance),
+         f"test accuracy {100 * accuracy:.2f}% on the sparse set (chance {100 * chance:.0f}%; need at least "
+         f"halfway from chance to 100%)"),
+    ]
+    for ok, text in checks:
+        print(("PASS " if ok else "FAIL ") + text)
+    if args.json:
+        from sparsenet.fileio import write_text
+
+        write_text(args.json, json.dumps({"args": vars(args), "sparse": sparse, "dense": dense, "speed_ratio": speed,
+                                          "dense_matrix_gib": dense_gib, "passed": all(ok for ok, _ in checks)},
+                                         indent=1) + "\n", "results file")
+    return 0 if all(ok for ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
