@@ -109,10 +109,12 @@ def main(argv=None) -> int:
     p.add_argument("--indicative", type=int, default=400, help="features that carry the label, split over the classes")
     p.add_argument("--words", type=int, default=8, help="indicative words per sample (from its class)")
     p.add_argument("--hidden", type=int, nargs="+", default=[1000, 1000])
-    p.add_argument("--epsilon", type=float, default=2.0)
-    p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--epsilon", type=float, default=10.0)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--standardize", action="store_true", help="scale features by their std (off: word counts as "
+                   "they are; scale-only standardisation blows rare words up ~30x)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-rss-gib", type=float, default=4.0)
@@ -120,7 +122,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args(argv)
     print("reproduce: PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv), flush=True)
-    config = {"seed": args.seed, "threads": args.threads,
+    config = {"seed": args.seed, "threads": args.threads, "data": {"standardize": args.standardize},
               "model": {"hidden": args.hidden, "epsilon": args.epsilon, "dropout": 0.0},
               "train": {"epochs": args.epochs, "batch_size": args.batch, "lr": args.lr, "progress": False}}
 

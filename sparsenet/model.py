@@ -140,8 +140,8 @@ class SparseMLP:
                 kw = {"slope": self.slopes[l], "dropout": self.dropout, "drop_key": int(drop_keys[l]),
                       "grad_factor": ws.factors[l + 1]}
             if l == 0 and rows is not None:
-                x, index = rows
-                csr.forward(layer, x.data, x.indices, x.indptr, x.shape, index, ws.acts[1], **kw)
+                x, index, order = rows
+                csr.forward(layer, x.data, x.indices, x.indptr, x.shape, index, ws.acts[1], order=order, **kw)
             else:
                 kernels.forward(layer, ws.acts[l], ws.acts[l + 1], **kw)
         return ws.acts[-1]
@@ -154,6 +154,9 @@ class SparseMLP:
         summed loss and the number of correct predictions.
         """
         ws = self._workspace(batch, rows is not None)
+        if rows is not None:
+            x, index = rows
+            rows = (x, index, csr.BatchOrder(x.indices, x.indptr, index, x.shape[1]))
         logits = self._forward(ws, drop_keys, rows)
         delta = ws.deltas[-1]
         loss, correct = output_loss(self.output, logits, labels, delta)
@@ -161,8 +164,8 @@ class SparseMLP:
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
             if l == 0 and rows is not None:
-                x, index = rows
-                csr.weight_grad(layer, x.data, x.indices, x.indptr, x.shape, index, delta, self.grads[0])
+                x, index, order = rows
+                csr.weight_grad(layer, x.data, x.indices, x.indptr, x.shape, index, delta, self.grads[0], order)
             elif l == 0:
                 kernels.backward(layer, ws.acts[0], delta, self.grads[0])
             else:
@@ -232,7 +235,7 @@ class SparseMLP:
         for start in range(0, x.shape[0], chunk):
             index = np.arange(start, min(start + chunk, x.shape[0]), dtype=np.int64)
             ws = self._workspace(index.shape[0], True)
-            logits = self._forward(ws, None, (x, index))
+            logits = self._forward(ws, None, (x, index, None))
             total_loss, correct = output_loss(self.output, logits, y[index], ws.deltas[-1], start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)

@@ -148,7 +148,7 @@ def test_model_gradients_on_csr_match_finite_differences():
     y = np.random.default_rng(11).integers(0, 4, size=10)
 
     def loss_now():
-        z = model._forward(model._workspace(10, True), None, (x, index))
+        z = model._forward(model._workspace(10, True), None, (x, index, None))
         return output_loss("softmax", z, y, np.empty_like(z))[0] / 10
 
     model.gradients(10, y, np.zeros(3, dtype=np.int64), rows=(x, index))
@@ -176,3 +176,34 @@ def test_evaluate_on_csr_equals_dense_evaluate():
         loss, acc = model.evaluate(x, y, chunk)
         ref_loss, ref_acc = SparseMLP.evaluate(model, dense, y, 64, max_bytes=1 << 20)
         assert loss == pytest.approx(ref_loss, rel=1e-5) and acc == ref_acc
+
+
+def test_many_feature_buckets_match_dense_and_any_thread_count():
+    """A wide input (many buckets of csr.BUCKET_FEATURES, several gradient chunks and sample blocks)."""
+    rng = np.random.default_rng(21)
+    lay = erdos_renyi_layer(5000, 40, 4.0, "he_uniform", rng)
+    x = random_rows(300, 5000, 0.01, 22)
+    index = rng.permutation(300)[:97]
+    delta = rng.standard_normal((40, 97)).astype(np.float32)
+    order = csr.BatchOrder(x.indices, x.indptr, index, 5000)
+    assert order.ptr.shape[0] - 1 == -(-5000 // csr.BUCKET_FEATURES)
+    results = []
+    for threads in (1, numba.config.NUMBA_NUM_THREADS):
+        numba.set_num_threads(threads)
+        try:
+            out = np.empty((40, 97), np.float32)
+            grad = np.empty(lay.nnz, np.float32)
+            csr.forward(lay, x.data, x.indices, x.indptr, x.shape, index, out, order=order)
+            csr.weight_grad(lay, x.data, x.indices, x.indptr, x.shape, index, delta, grad, order)
+            results.append((out, grad))
+        finally:
+            numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    dense = naive.csr_dense(x)[index]
+    np.testing.assert_allclose(results[0][0], naive.dense_weights(lay).T @ dense.T + lay.bias[:, None], rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(results[0][1], (dense.T @ delta.T.astype(np.float64))[lay.rows, lay.cols], rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="other rows"):
+        csr.forward(lay, x.data, x.indices, x.indptr, x.shape, index[:5], np.empty((40, 5), np.float32), order=order)
