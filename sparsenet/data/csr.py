@@ -1,6 +1,6 @@
 """Samples held as a CSR matrix end to end: validated once, sliced by rows, scaled, never densified.
 
-Memory is O(nnz): data float32, indices int32 (int64 from 2**31 features), indptr int64 (n + 1).
+Memory is O(nnz): data float32, indices int32 (features < 2**31, as a layer's inputs), indptr int64 (n + 1).
 The first layer reads batches of rows straight from these arrays (sparse/csr.py).
 """
 
@@ -109,6 +109,8 @@ def from_parts(data, indices, indptr, shape, where: str, error) -> CSRRows:
     if shape.shape != (2,) or shape.dtype.kind not in "iu" or shape.min() < 1:
         raise error(f"{where}: the CSR shape must be two positive integers (samples, features), got {shape.tolist()}")
     n_rows, n_features = int(shape[0]), int(shape[1])
+    if n_features > np.iinfo(np.int32).max:
+        raise error(f"{where}: {n_features} features; a layer takes at most {np.iinfo(np.int32).max} inputs")
     data, indices, indptr = np.asarray(data), np.asarray(indices), np.asarray(indptr)
     if data.ndim != 1 or indices.ndim != 1 or indptr.ndim != 1:
         raise error(f"{where}: CSR data, indices and indptr must be 1-D, got shapes {data.shape}, {indices.shape}, "
@@ -127,17 +129,17 @@ def from_parts(data, indices, indptr, shape, where: str, error) -> CSRRows:
     if indices.size and (int(indices.min()) < 0 or int(indices.max()) >= n_features):
         bad = int(indices.min()) if int(indices.min()) < 0 else int(indices.max())
         raise error(f"{where}: CSR column index {bad} is outside [0, {n_features})")
-    index_dtype = np.int32 if n_features <= np.iinfo(np.int32).max else np.int64
     with np.errstate(over="ignore", invalid="ignore"):
         data = np.ascontiguousarray(data, dtype=np.float32)
-    bad = ~np.isfinite(data)
+    rows = canonical(CSRRows(data, np.ascontiguousarray(indices, dtype=np.int32), np.ascontiguousarray(indptr),
+                             (n_rows, n_features)))
+    bad = ~np.isfinite(rows.data)  # after summing duplicates, which may overflow float32
     if bad.any():
         k = int(np.argmax(bad))
-        row = int(np.searchsorted(indptr, k, side="right") - 1)
-        raise error(f"{where}: has a non-finite value ({data[k]}) at row {row}, column {int(indices[k])}; "
+        row = int(np.searchsorted(rows.indptr, k, side="right") - 1)
+        raise error(f"{where}: has a non-finite value ({rows.data[k]}) at row {row}, column {int(rows.indices[k])}; "
                     f"features must be finite float32 numbers")
-    rows = CSRRows(data, np.ascontiguousarray(indices, dtype=index_dtype), np.ascontiguousarray(indptr), (n_rows, n_features))
-    return canonical(rows)
+    return rows
 
 
 def canonical(rows: CSRRows) -> CSRRows:

@@ -80,6 +80,8 @@ def test_split_and_whole_files_load_as_csr(tmp_path, suffix):
     ({"x_shape": np.array([3, 0])}, "shape must be two positive integers"),
     ({"x_data": np.array([1.0, np.inf, 1, 1, 1])}, "non-finite value \\(inf\\) at row 0, column 1"),
     ({"x_data": np.array([1.0, 2, 3, 4])}, "indices has 5 entries but data has 4"),
+    ({"x_data": np.array([1, 1, 1, 3e38, 3e38], np.float32), "x_indices": np.array([0, 1, 2, 1, 1])},
+     "non-finite value \\(inf\\) at row 2, column 1"),  # a repeated column whose sum overflows float32
     ({"x_indices": np.array([0.0, 1, 2, 3, 1])}, "indices and indptr must be integers"),
     ({"x_indptr": None}, "expected x_train, y_train, x_test, y_test or x, y"),
 ])
