@@ -15,9 +15,9 @@ import numpy as np
 
 from .config import Config, config_from_dict, load_config
 from .errors import ConfigError, DivergedError, InputError
-from .inputs import CSRRows, Preprocessing, as_samples, label_indices
-from .model import SparseMLP
-from .sparse import kernels
+from .inputs import CSRRows, Preprocessing, as_samples, label_indices, standardize_csr
+from .model import SparseMLP, eval_chunk
+from .sparse import csr, kernels
 from .sparse.layer import SparseLayer
 
 __all__ = ["Model", "load", "train", "as_config"]
@@ -176,21 +176,36 @@ def forward_logits(net: SparseMLP, x, batch_size: int) -> np.ndarray:
     """Logits (n, n_out) float32 of samples x (float32 array or CSRRows), in chunks within the eval budget."""
     sizes = net.sizes
     n = x.shape[0]
-    chunk = min(net.eval_chunk(batch_size), max(n, 1))
-    bufs = (np.empty(max(sizes[0::2]) * chunk, dtype=np.float32),
-            np.empty(max(sizes[1::2]) * chunk, dtype=np.float32))
+    sparse = not isinstance(x, np.ndarray)
+    widths = [0 if sparse else sizes[0], *sizes[1:]]
+    chunk = min(eval_chunk(widths, batch_size) if sparse else net.eval_chunk(batch_size), max(n, 1))
+    bufs = (np.empty(max(widths[0::2]) * chunk, dtype=np.float32),
+            np.empty(max(widths[1::2]) * chunk, dtype=np.float32))
     out = np.empty((n, sizes[-1]), dtype=np.float32)
     last = len(net.layers) - 1
+    bias0 = _centred_bias(net.layers[0], x.center) if sparse and x.center is not None else net.layers[0].bias
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
-        a = bufs[0][:sizes[0] * m].reshape(sizes[0], m)
-        kernels.gather_batch(x, np.arange(start, start + m, dtype=np.int64), a)
+        index = np.arange(start, start + m, dtype=np.int64)
+        if not sparse:
+            a = bufs[0][:sizes[0] * m].reshape(sizes[0], m)
+            kernels.gather_batch(x, index, a)
         for l, layer in enumerate(net.layers):
             o = bufs[(l + 1) % 2][:layer.n_out * m].reshape(layer.n_out, m)
-            kernels.forward(layer, a, o, slope=None if l == last else net.slopes[l])
+            slope = None if l == last else net.slopes[l]
+            if l == 0 and sparse:
+                csr.forward(layer, x.data, x.indices, x.indptr, x.shape, index, o, slope=slope, bias=bias0)
+            else:
+                kernels.forward(layer, a, o, slope=slope)
             a = o
         out[start:start + m] = a.T
     return out
+
+
+def _centred_bias(layer, center: np.ndarray) -> np.ndarray:
+    """bias - W center (float32, n_out): the first layer's bias when its input would be x - center."""
+    shift = np.bincount(layer.cols, weights=layer.values.astype(np.float64) * center[layer.rows], minlength=layer.n_out)
+    return (layer.bias - shift).astype(np.float32)
 
 
 def probabilities(output: str, z: np.ndarray) -> np.ndarray:
@@ -258,6 +273,9 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
     if notice:
         log(notice)
     regression = y.ndim == 2
+    if isinstance(x, CSRRows) and x.center is not None:
+        raise InputError("cannot train on sparse X: this model's standardisation centres its inputs (it was fitted "
+                         "on dense X), which would make every sample dense; fit on sparse X from the start")
     selection = Selection.for_run(validation is not None and not regression, cfg.train.early_stopping_patience,
                                   cfg.train.early_stopping_min_delta, state.history)
     for _ in range(epochs):
@@ -368,7 +386,7 @@ def _standardized(x, pre: Preprocessing):
     if pre.mean is None:
         return x
     if isinstance(x, CSRRows):
-        return x.standardized(pre.mean, pre.std)
+        return standardize_csr(x, pre.mean, pre.std)
     x -= pre.mean
     x /= pre.std
     return x

@@ -3,8 +3,8 @@
 Parameters are the YAML config keys (train.lr -> lr, model.hidden -> hidden, pruning.method ->
 pruning, pruning.every -> pruning_every, ...; PARAMETERS lists them all) with the same defaults;
 fit builds a Config from them, so config.py validates them with its rules and messages. Nothing
-is written or printed unless verbose. scipy.sparse input stays sparse and is densified one batch
-at a time (inputs.CSRRows).
+is written or printed unless verbose. scipy.sparse input stays sparse: the first layer
+reads CSR batches (sparse/csr.py), standardised by scale only (docs/data.md).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .data.prepare import _check_finite, _column_stats
+from .data.csr import CSRRows, from_parts
 from .errors import DataError, InputError
-from .sparse import kernels
 
 
 @dataclass
@@ -31,11 +31,14 @@ class Preprocessing:
 
     @classmethod
     def fit(cls, x: "np.ndarray | CSRRows", standardize: bool, classes=None) -> "Preprocessing":
-        """Statistics of float32 samples x (dense or CSRRows) when `standardize`, else none."""
+        """Statistics of float32 samples x when `standardize`, else none. CSR samples get mean 0 and
+        their features' std (scale only, like scikit-learn's StandardScaler(with_mean=False))."""
         mean = std = None
         if standardize:
             mean, std = x.column_stats() if isinstance(x, CSRRows) else _column_stats(x)
             std[std == 0] = 1.0
+            if isinstance(x, CSRRows):  # scale only: centring would make every sample dense
+                mean[:] = 0.0
             mean, std = mean.astype(np.float32), std.astype(np.float32)
         return cls(mean, std, None if classes is None else np.asarray(classes))
 
@@ -62,41 +65,15 @@ class Preprocessing:
         return np.arange(n_out, dtype=np.int64) if self.classes is None else self.classes
 
 
-class CSRRows:
-    """Samples held as a CSR matrix and densified one batch at a time (memory: nnz + one batch).
-
-    `gather(index, out)` fills out (n_features, batch) with rows `index`, standardised with
-    mean/std when given; kernels.gather_batch and so train_epoch accept it in place of an array.
-    """
-
-    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple[int, int],
-                 mean: np.ndarray | None = None, std: np.ndarray | None = None):
-        self.data, self.indices, self.indptr = data, indices, indptr
-        self.shape = (int(shape[0]), int(shape[1]))
-        self.mean, self.std = mean, std
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    def standardized(self, mean: np.ndarray | None, std: np.ndarray | None) -> "CSRRows":
-        return CSRRows(self.data, self.indices, self.indptr, self.shape, mean, std)
-
-    def gather(self, index: np.ndarray, out: np.ndarray) -> np.ndarray:
-        kernels.gather_csr_rows(self.data, self.indices, self.indptr, index, out, self.shape)
-        if self.mean is not None:  # the same float32 operations as data.prepare.standardize
-            out -= self.mean[:, None]
-            out /= self.std[:, None]
-        return out
-
-    def column_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-feature mean and population std in float64, O(nnz)."""
-        n, d = self.shape
-        rows_of = self.indices.astype(np.int64)
-        total = np.bincount(rows_of, weights=self.data.astype(np.float64), minlength=d)
-        squares = np.bincount(rows_of, weights=np.square(self.data.astype(np.float64)), minlength=d)
-        mean = total / n
-        return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+def standardize_csr(rows: CSRRows, mean: np.ndarray | None, std: np.ndarray | None) -> CSRRows:
+    """CSR samples scaled by std (a new data array) without densifying; a non-zero mean (a model
+    standardised on dense data) is kept as rows.center for inference to fold into the first layer."""
+    if mean is None:
+        return rows
+    scaled = rows.scaled(std)
+    if np.any(mean != 0):
+        scaled.center = (mean / std).astype(np.float32)
+    return scaled
 
 
 def as_samples(x, n_features: int | None = None, pre: Preprocessing | None = None,
@@ -104,14 +81,21 @@ def as_samples(x, n_features: int | None = None, pre: Preprocessing | None = Non
     """Raw samples (n, n_features) -> a standardised float32 C-contiguous copy, or CSRRows for scipy.sparse.
 
     Accepts numpy arrays of any real dtype, anything np.asarray takes (pandas DataFrames, lists)
-    and scipy.sparse matrices/arrays (kept sparse, densified per batch). Refuses non-2-D, empty,
+    and scipy.sparse matrices/arrays (kept sparse: the first layer reads CSR batches). Refuses non-2-D, empty,
     non-numeric or non-finite input (float64 beyond float32's range counts as infinite), and a
     feature count other than n_features.
     """
     import scipy.sparse as sp
 
-    if sp.issparse(x):
-        rows = _csr_rows(sp.csr_array(x), where)
+    if isinstance(x, CSRRows):  # validated when made (data files)
+        rows = x
+    elif sp.issparse(x):
+        csr = sp.csr_array(x)
+        if csr.dtype.kind not in "biuf":
+            raise InputError(f"{where} must hold real numbers, got sparse dtype {csr.dtype}")
+        if len(csr.shape) != 2 or csr.shape[0] == 0 or csr.shape[1] == 0:
+            raise InputError(f"{where} must be a non-empty 2-D matrix (samples, features), got shape {csr.shape}")
+        rows = from_parts(csr.data, csr.indices, csr.indptr, csr.shape, where, InputError)
     else:
         try:
             arr = np.asarray(x)
@@ -131,34 +115,10 @@ def as_samples(x, n_features: int | None = None, pre: Preprocessing | None = Non
         raise InputError(f"{where} has {rows.shape[1]} features per sample, but the model takes {n_features}")
     if pre is not None and pre.mean is not None:
         if isinstance(rows, CSRRows):
-            return rows.standardized(pre.mean, pre.std)
+            return standardize_csr(rows, pre.mean, pre.std)
         rows -= pre.mean  # the same float32 operations as data.prepare.standardize
         rows /= pre.std
     return rows
-
-
-def _csr_rows(csr, where: str) -> CSRRows:
-    if csr.dtype.kind not in "biuf":
-        raise InputError(f"{where} must hold real numbers, got sparse dtype {csr.dtype}")
-    if csr.ndim != 2 or csr.shape[0] == 0 or csr.shape[1] == 0:
-        raise InputError(f"{where} must be a non-empty 2-D matrix (samples, features), got shape {csr.shape}")
-    try:
-        csr.check_format(full_check=True)  # every column index inside the shape, indptr monotone
-    except ValueError as e:
-        raise InputError(f"{where} is not a valid CSR matrix: {e}") from None
-    if not csr.has_canonical_format:  # duplicates summed, so column statistics see the real values
-        csr = csr.copy()
-        csr.sum_duplicates()
-    with np.errstate(over="ignore", invalid="ignore"):
-        data = np.ascontiguousarray(csr.data, dtype=np.float32)
-    bad = ~np.isfinite(data)
-    if bad.any():
-        k = int(np.argmax(bad))
-        row = int(np.searchsorted(csr.indptr, k, side="right") - 1)
-        raise InputError(f"input: {where} has a non-finite value ({data[k]}) at row {row}, column "
-                        f"{int(csr.indices[k])}; features must be finite float32 numbers")
-    return CSRRows(data, np.ascontiguousarray(csr.indices), np.ascontiguousarray(csr.indptr, dtype=np.int64),
-                   csr.shape)
 
 
 def label_indices(y, classes: np.ndarray, where: str = "y") -> np.ndarray:

@@ -66,6 +66,16 @@ class DataShape:
     file_bytes: int = 0    # data files: bytes of the x arrays as the file stores them (read whole)
     file_rows: int = 0     # data files: samples in the file (before max_train / max_test)
     split: bool = False    # data files: one x that test_fraction splits into two copies
+    nnz: int = 0           # CSR data: stored non-zeros of train + test (0: dense, samples x features)
+
+    @property
+    def x_bytes(self) -> int:
+        """Bytes of x_train + x_test (+ labels) as training holds them: dense float32, or CSR
+        (float32 value + int32 column per non-zero, int64 row pointers): O(nnz)."""
+        rows = self.n_train + self.n_test
+        if self.nnz:
+            return self.nnz * 8 + (rows + 2) * 8 + rows * 8
+        return rows * (self.n_features * 4 + 8)
 
     @property
     def load_peak(self) -> int:
@@ -76,6 +86,8 @@ class DataShape:
         """
         if not self.file_bytes:
             return 0
+        if self.nnz:  # the parts as stored, the split's copies, the float32/int32 conversion and the scaled values
+            return 2 * self.file_bytes + (self.file_bytes if self.split else 0) + 4 * self.nnz + 8 * self.file_rows
         raw, kept = self.file_bytes, self.n_train + self.n_test
         converted = 4 * kept * self.n_features
         if raw == converted and kept == self.file_rows:
@@ -112,8 +124,11 @@ def data_shape(cfg: Config) -> DataShape:
         shape = _FILE_SHAPES[d.name](Path(d.path).expanduser(), d.test_fraction)
     n_train = min(shape.n_train, d.max_train) if d.max_train else shape.n_train
     n_test = min(shape.n_test, d.max_test) if d.max_test else shape.n_test
+    nnz = shape.nnz
+    if nnz and (n_train, n_test) != (shape.n_train, shape.n_test):  # max_train/max_test: scale by the rows kept
+        nnz = -(-nnz * (n_train + n_test) // max(1, shape.n_train + shape.n_test))
     return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source, shape.file_bytes,
-                     shape.file_rows, shape.split)
+                     shape.file_rows, shape.split, nnz)
 
 
 def _split(n: int, test_fraction: float) -> tuple[int, int]:
@@ -121,8 +136,44 @@ def _split(n: int, test_fraction: float) -> tuple[int, int]:
     return n - n_test, n_test
 
 
-def _file_shape(shapes: dict, itemsizes: dict, test_fraction: float, note: str, where: str) -> DataShape:
-    """DataShape of a file's x_train/x_test or x arrays (shapes and element sizes as stored)."""
+def _csr_shapes(shapes: dict, itemsizes: dict, read_shape, where: str) -> int:
+    """In place: each x stored as CSR parts (data/csr.py layout) gets shapes[x] = its declared
+    (samples, features) from read_shape(name) and itemsizes[x] = 0; returns the stored bytes of the
+    parts (0 if no x is CSR). nnz per x goes into shapes[x + "_nnz"]."""
+    from .data.files import csr_names
+
+    stored = 0
+    for x in ("x_train", "x_test", "x"):
+        names = csr_names(x)
+        if x in shapes or not all(n in shapes for n in names):
+            continue
+        if shapes[names[3]] != (2,):
+            raise SparsenetError(f"{where}: {names[3]} has shape {shapes[names[3]]}, expected (2,) (samples, features)")
+        declared = read_shape(names[3])
+        if len(declared) != 2 or min(declared) < 1:
+            raise SparsenetError(f"{where}: {names[3]} must be two positive integers, got {list(declared)}")
+        shapes[x], itemsizes[x] = tuple(int(n) for n in declared), 0
+        shapes[x + "_nnz"] = int(shapes[names[0]][0]) if len(shapes[names[0]]) == 1 else 0
+        stored += sum(int(np.prod(shapes[n])) * itemsizes[n] for n in names[:3])
+    return stored
+
+
+def _file_shape(shapes: dict, itemsizes: dict, test_fraction: float, note: str, where: str,
+                csr_bytes: int = 0) -> DataShape:
+    """DataShape of a file's x_train/x_test or x arrays (shapes and element sizes as stored; CSR x
+    after _csr_shapes, with csr_bytes the bytes of their parts)."""
+    if csr_bytes:
+        for key in ("x_train", "x_test", "x"):
+            if key in shapes and len(shapes[key]) != 2:
+                raise SparsenetError(f"{where}: {key} has shape {shapes[key]}, expected (samples, features)")
+        nnz = sum(shapes.get(k + "_nnz", 0) for k in ("x_train", "x_test", "x"))
+        if "x_train" in shapes and "x_test" in shapes:
+            (n_train, f), (n_test, _) = shapes["x_train"], shapes["x_test"]
+            return DataShape(n_train, n_test, f, 2, note, csr_bytes, n_train + n_test, False, nnz)
+        if "x" in shapes:
+            n, f = shapes["x"]
+            n_train, n_test = _split(n, test_fraction)
+            return DataShape(n_train, n_test, f, 2, note, csr_bytes, n, True, nnz)
     for key in ("x_train", "x_test", "x"):
         if key in shapes and len(shapes[key]) != 2:
             raise SparsenetError(f"{where}: {key} has shape {shapes[key]}, expected (samples, features)")
@@ -145,16 +196,21 @@ def _hdf5_shape(path: Path, test_fraction: float) -> DataShape:
     found = {}
     try:
         with fh:
-            for key in ("x_train", "x_test", "x"):
+            from .data.files import csr_names
+
+            for key in ("x_train", "x_test", "x", *(n for x in ("x_train", "x_test", "x") for n in csr_names(x))):
                 ds = h5safe.dataset(fh, key, where, SparsenetError, h5safe.file_size(path))
                 if ds is not None:
-                    if ds.ndim != 2:
+                    if ds.ndim != 2 and key in ("x_train", "x_test", "x"):
                         raise SparsenetError(f"{where}: {key} has shape {ds.shape}, expected (samples, features)")
                     found[key] = (tuple(int(n) for n in ds.shape), int(ds.dtype.itemsize))
+            shapes, itemsizes = {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
+            csr_bytes = _csr_shapes(shapes, itemsizes, lambda name: h5safe.read_array(fh[name], where, SparsenetError)
+                                    .tolist(), where)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise SparsenetError(f"{where}: {' '.join(str(e).split())}") from None
-    return _file_shape({k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}, test_fraction,
-                       f"file {path} (classes not counted: 2 assumed)", where)
+    return _file_shape(shapes, itemsizes, test_fraction, f"file {path} (classes not counted: 2 assumed)", where,
+                       csr_bytes)
 
 
 def _npz_shape(path: Path, test_fraction: float) -> DataShape:
@@ -169,10 +225,19 @@ def _npz_shape(path: Path, test_fraction: float) -> DataShape:
                     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                     shape, _, dtype = read(fh)
                     shapes[name.removesuffix(".npy")], itemsizes[name.removesuffix(".npy")] = shape, dtype.itemsize
+
+            def read_shape(key: str) -> list:
+                with z.open(f"{key}.npy") as fh:
+                    values = np.lib.format.read_array(fh, allow_pickle=False)
+                if values.dtype.kind not in "iu":
+                    raise SparsenetError(f"cannot plan memory: '{path}': {key} must hold integers, got {values.dtype}")
+                return values.tolist()
+
+            csr_bytes = _csr_shapes(shapes, itemsizes, read_shape, f"cannot plan memory: '{path}'")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SparsenetError(f"cannot plan memory: cannot read the shapes in '{path}': {e}") from e
     return _file_shape(shapes, itemsizes, test_fraction, f"file {path} (classes not counted: 2 assumed)",
-                       f"cannot plan memory: '{path}'")
+                       f"cannot plan memory: '{path}'", csr_bytes)
 
 
 def _csv_shape(path: Path, test_fraction: float) -> DataShape:
@@ -257,11 +322,13 @@ def eval_bytes(sizes: list[int], eval_batch: int, n_test: int, train_batch: int)
 
 
 def _activations(sizes: list[int], train_batch: int, eval_batch: int | None, n_test: int,
-                 name: str = "activations") -> Item:
-    """The training workspace (evaluation runs through it), or, with eval_batch, evaluation's own buffers."""
+                 name: str = "activations", sparse_input: bool = False) -> Item:
+    """The training workspace (evaluation runs through it), or, with eval_batch, evaluation's own buffers.
+    sparse_input: CSR data, no buffers for the input layer."""
     if eval_batch is None:
-        return Item(name, workspace_bytes(sizes, train_batch),
-                    f"train: 3 buffers of {sum(sizes):,} neurons x batch {train_batch}, reused by eval")
+        neurons = sum(sizes) - (sizes[0] if sparse_input else 0)
+        return Item(name, training_workspace_bytes(sizes, train_batch, sparse_input),
+                    f"train: 3 buffers of {neurons:,} neurons x batch {train_batch}, reused by eval")
     return Item(name, eval_bytes(sizes, eval_batch, n_test, train_batch),
                 "eval: 2 buffers of the widest layers, within a training batch's bytes")
 
@@ -298,8 +365,9 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     data = data or data_shape(cfg)
     sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
     nnz = [expected_nnz(a, b, cfg.model.epsilon) for a, b in zip(sizes[:-1], sizes[1:])]
-    x_bytes = (data.n_train + data.n_test) * (data.n_features * 4 + 8)
-    data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features x 4 B")
+    x_bytes = data.x_bytes
+    data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples, CSR: {data.nnz:,} non-zeros x 8 B"
+                     if data.nnz else f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features x 4 B")
     model = Item("model weights + indices", model_bytes(sizes, nnz), f"{sum(nnz):,} connections, {sum(sizes):,} neurons")
     per_parameter = OPTIMIZERS[cfg.train.optimizer].bytes_per_parameter()
     opt_state = Item("optimizer state", (sum(nnz) + sum(sizes[1:])) * per_parameter,
@@ -310,7 +378,7 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     t = cfg.train
     train_batch = min(t.batch_size, data.n_train)
     if ranks == 1:
-        acts = _activations(sizes, train_batch, None, data.n_test)
+        acts = _activations(sizes, train_batch, None, data.n_test, sparse_input=data.nnz > 0)
         plans = [RankPlan("sequential", 1, [data_item, model, opt_state, grads, acts, transient, overhead])]
     else:
         workers = ranks - 1
@@ -494,7 +562,7 @@ def check_evaluation_memory(cfg: Config, sizes: list[int], nnz: list[int], say=p
     except SparsenetError as e:
         say(f"memory plan skipped: {e}")
         return None
-    data_bytes = (data.n_train + data.n_test) * (data.n_features * 4 + 8)
+    data_bytes = data.x_bytes
     items = [Item("data", max(data_bytes, data.load_peak), f"{data.n_train:,}+{data.n_test:,} samples x "
                   f"{data.n_features:,} features (at the loading peak)"),
              Item("model weights + indices", model_bytes(sizes, nnz)),

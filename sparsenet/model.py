@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import hidden_slopes, output_loss
-from .sparse import kernels
+from .sparse import csr, kernels
 from .sparse.init import erdos_renyi_layer
 from .sparse.layer import SparseLayer
 
@@ -15,10 +15,11 @@ from .sparse.layer import SparseLayer
 EVAL_BUFFER_BYTES = 1 << 28  # default bound on evaluate()'s own activation buffers (no training workspace)
 
 
-def training_workspace_bytes(sizes: list[int], batch: int) -> int:
+def training_workspace_bytes(sizes: list[int], batch: int, sparse_input: bool = False) -> int:
     """Bytes of the training workspace for `batch` samples: activations and deltas of every layer,
-    f'(z) * dropout scale of every layer but the output (float32)."""
-    return 4 * batch * (3 * sum(sizes) - sizes[-1])
+    f'(z) * dropout scale of every layer but the output (float32); none for the input layer when the
+    input comes as CSR batches."""
+    return 4 * batch * (3 * sum(sizes) - sizes[-1] - (3 * sizes[0] if sparse_input else 0))
 
 
 def inference_bytes_per_sample(sizes: list[int]) -> int:
@@ -59,6 +60,7 @@ class SparseMLP:
         self.dropout = float(dropout)
         self.output = output
         self._workspaces: dict[int, _Workspace] = {}
+        self._sparse_input = False  # workspaces without the input layer's rows (CSR batches)
         self.grads: list[np.ndarray] = []
         self.bias_grads: list[np.ndarray] = []
         self.topology_changed()
@@ -105,48 +107,66 @@ class SparseMLP:
         """The (n_features, batch) float32 buffer that `gradients` and `logits` read their input from."""
         return self._workspace(batch).acts[0]
 
-    def _workspace(self, batch: int) -> _Workspace:
+    def _workspace(self, batch: int, sparse_input: bool = False) -> _Workspace:
         """Buffers for `batch` samples: views into one allocation sized for the largest batch seen,
-        so an epoch's smaller last batch costs no memory of its own."""
+        so an epoch's smaller last batch costs no memory of its own. sparse_input: the input layer's
+        buffers are empty (its activations come as CSR rows); switching drops the other kind."""
+        if sparse_input != self._sparse_input:
+            self._workspaces.clear()
+            self._flat, self._capacity = None, 0
+            self._sparse_input = sparse_input
         ws = self._workspaces.get(batch)
         if ws is None:
+            widths = [0 if sparse_input else self.sizes[0], *self.sizes[1:]]
             if batch > getattr(self, "_capacity", 0):
                 self._workspaces.clear()  # drop views of the smaller allocation before making a new one
-                self._flat = ([np.zeros(n * batch, dtype=np.float32) for n in self.sizes],
-                              [np.ones(n * batch, dtype=np.float32) for n in self.sizes[:-1]],
-                              [np.zeros(n * batch, dtype=np.float32) for n in self.sizes])
+                self._flat = ([np.zeros(n * batch, dtype=np.float32) for n in widths],
+                              [np.ones(n * batch, dtype=np.float32) for n in widths[:-1]],
+                              [np.zeros(n * batch, dtype=np.float32) for n in widths])
                 self._capacity = batch
-            acts, factors, deltas = ([flat[:n * batch].reshape(n, batch) for flat, n in zip(group, self.sizes)]
+            acts, factors, deltas = ([flat[:n * batch].reshape(n, batch) for flat, n in zip(group, widths)]
                                      for group in self._flat)
             ws = self._workspaces[batch] = _Workspace(acts, factors, deltas)
         return ws
 
-    def _forward(self, ws: _Workspace, drop_keys: np.ndarray | None) -> np.ndarray:
+    def _forward(self, ws: _Workspace, drop_keys: np.ndarray | None, rows=None) -> np.ndarray:
         last = len(self.layers) - 1
         for l, layer in enumerate(self.layers):
             if l == last:
-                kernels.forward(layer, ws.acts[l], ws.acts[l + 1])
+                kw = {}
             elif drop_keys is None:
-                kernels.forward(layer, ws.acts[l], ws.acts[l + 1], slope=self.slopes[l])
+                kw = {"slope": self.slopes[l]}
             else:
-                kernels.forward(layer, ws.acts[l], ws.acts[l + 1], slope=self.slopes[l],
-                                dropout=self.dropout, drop_key=int(drop_keys[l]), grad_factor=ws.factors[l + 1])
+                kw = {"slope": self.slopes[l], "dropout": self.dropout, "drop_key": int(drop_keys[l]),
+                      "grad_factor": ws.factors[l + 1]}
+            if l == 0 and rows is not None:
+                x, index, order = rows
+                csr.forward(layer, x.data, x.indices, x.indptr, x.shape, index, ws.acts[1], order=order, **kw)
+            else:
+                kernels.forward(layer, ws.acts[l], ws.acts[l + 1], **kw)
         return ws.acts[-1]
 
-    def gradients(self, batch: int, labels: np.ndarray, drop_keys: np.ndarray) -> tuple[float, int]:
-        """Forward with dropout and backward on the input already in `input_buffer(batch)`.
+    def gradients(self, batch: int, labels: np.ndarray, drop_keys: np.ndarray, rows=None) -> tuple[float, int]:
+        """Forward with dropout and backward on the input already in `input_buffer(batch)`, or with
+        rows = (x, index) on rows `index` of CSR samples x (data/indices/indptr/shape, data.csr.CSRRows).
 
         Fills self.grads / self.bias_grads with gradients of the batch-mean loss; returns the
         summed loss and the number of correct predictions.
         """
-        ws = self._workspace(batch)
-        logits = self._forward(ws, drop_keys)
+        ws = self._workspace(batch, rows is not None)
+        if rows is not None:
+            x, index = rows
+            rows = (x, index, csr.BatchOrder(x.indices, x.indptr, index, x.shape[1]))
+        logits = self._forward(ws, drop_keys, rows)
         delta = ws.deltas[-1]
         loss, correct = output_loss(self.output, logits, labels, delta)
         kernels.row_sums(delta, self.bias_grads[-1])
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
-            if l == 0:
+            if l == 0 and rows is not None:
+                x, index, order = rows
+                csr.weight_grad(layer, x.data, x.indices, x.indptr, x.shape, index, delta, self.grads[0], order)
+            elif l == 0:
                 kernels.backward(layer, ws.acts[0], delta, self.grads[0])
             else:
                 kernels.backward(layer, ws.acts[l], delta, self.grads[l], ws.deltas[l], ws.factors[l],
@@ -174,6 +194,8 @@ class SparseMLP:
         and the loss is one running sum over the samples in order, so the result does not depend on
         the chunking.
         """
+        if not isinstance(x, np.ndarray):
+            return self._evaluate_rows(x, y, batch_size, max_bytes)
         if self._capacity and max_bytes is None:
             return self._evaluate_in_workspace(x, y, min(int(batch_size), self._capacity))
         bound = EVAL_BUFFER_BYTES if max_bytes is None else max_bytes
@@ -195,6 +217,26 @@ class SparseMLP:
                 a = out
             total_loss, correct = output_loss(self.output, a, y[start:start + m],
                                               delta[:sizes[-1] * m].reshape(sizes[-1], m), start=total_loss)
+            total_correct += correct
+        n = max(x.shape[0], 1)
+        return total_loss / n, total_correct / n
+
+    def _evaluate_rows(self, x, y: np.ndarray, batch_size: int, max_bytes: int | None) -> tuple[float, float]:
+        """evaluate() on CSR samples x (data.csr.CSRRows) through a workspace without input rows: the
+        training one if it is for CSR input, else one of chunks within max_bytes."""
+        if x.center is not None:
+            raise ValueError("evaluate takes CSR samples without centring (fold it into the bias: api.forward_logits)")
+        if self._sparse_input and self._capacity and max_bytes is None:
+            chunk = min(int(batch_size), self._capacity)
+        else:
+            bound = EVAL_BUFFER_BYTES if max_bytes is None else max_bytes
+            chunk = max(1, min(int(batch_size), bound // max(1, training_workspace_bytes(self.sizes, 1, True))))
+        total_loss, total_correct = 0.0, 0
+        for start in range(0, x.shape[0], chunk):
+            index = np.arange(start, min(start + chunk, x.shape[0]), dtype=np.int64)
+            ws = self._workspace(index.shape[0], True)
+            logits = self._forward(ws, None, (x, index, None))
+            total_loss, correct = output_loss(self.output, logits, y[index], ws.deltas[-1], start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)
         return total_loss / n, total_correct / n

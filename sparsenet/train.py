@@ -48,10 +48,14 @@ def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.nda
 
 def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
                       index: np.ndarray) -> tuple[float, int]:
-    """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng)."""
-    kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
+    """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng); x is
+    a float32 array or CSR samples (data.csr.CSRRows), whose rows the first layer reads as they are."""
+    if isinstance(x, np.ndarray):
+        kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
+        drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
+        return model.gradients(index.shape[0], y[index], drop_keys)
     drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
-    return model.gradients(index.shape[0], y[index], drop_keys)
+    return model.gradients(index.shape[0], y[index], drop_keys, rows=(x, index))
 
 
 def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: int,

@@ -60,3 +60,11 @@ def network_gradients(ws, bs, slopes, x, labels, masks=None):
             if masks is not None:
                 d = d * masks[l - 1]
     return loss, dws, dbs
+
+
+def csr_dense(x) -> np.ndarray:
+    """CSR samples (data/indices/indptr/shape) as a dense float64 (n_rows, n_features) matrix (duplicates add)."""
+    dense = np.zeros(x.shape)
+    rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+    np.add.at(dense, (rows, x.indices), x.data)
+    return dense

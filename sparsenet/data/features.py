@@ -1,7 +1,7 @@
 """New samples to score (sparsenet predict): raw features and, when the file has them, labels.
 
-.npz: array `x` (else `x_test`), labels `y` (else `y_test`) if present; or a scipy.sparse.save_npz
-matrix. .h5/.hdf5: datasets named the same. .csv: numeric columns; with one column more than the
+.npz: array `x` (else `x_test`), labels `y` (else `y_test`) if present; an x may be CSR (x_data,
+x_indices, x_indptr, x_shape: docs/data.md); or a scipy.sparse.save_npz matrix. .h5/.hdf5: datasets named the same. .csv: numeric columns; with one column more than the
 model has inputs, the config's data.label_column holds labels. Nothing is standardised here: the
 model applies the preprocessing stored in its checkpoint.
 """
@@ -20,7 +20,7 @@ from sparsenet.errors import DataError
 
 
 def read_features(path: str, n_features: int, label_column: int = -1):
-    """(x: array (n, n_features) or scipy CSR, labels: 1-D array or None) from a data file."""
+    """(x: array (n, n_features), scipy CSR or CSRRows, labels: 1-D array or None) from a data file."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise DataError(f"data file '{p}' not found" if not p.exists() else f"data file '{p}' is not a regular file")
@@ -35,10 +35,23 @@ def read_features(path: str, n_features: int, label_column: int = -1):
 
 
 def _pick(found, path: Path) -> tuple[str, str]:
+    from sparsenet.data.files import csr_names
+
     for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
-        if x_key in found:
+        if x_key in found or all(n in found for n in csr_names(x_key)):
             return x_key, y_key
-    raise DataError(f"'{path}' has arrays [{', '.join(sorted(found))}]; expected x (and optionally y) or x_test")
+    raise DataError(f"'{path}' has arrays [{', '.join(sorted(found))}]; expected x (and optionally y) or x_test "
+                    f"(dense, or CSR as <x>_data, <x>_indices, <x>_indptr, <x>_shape)")
+
+
+def _x(read, found, x_key: str, path: Path):
+    """The dense array x_key, or its CSR parts as a validated CSRRows."""
+    from sparsenet.data.csr import from_parts
+    from sparsenet.data.files import csr_names
+
+    if x_key in found:
+        return read(x_key)
+    return from_parts(*(read(n) for n in csr_names(x_key)), f"'{path}': {x_key}", DataError)
 
 
 def _read_npz(path: Path):
@@ -51,7 +64,7 @@ def _read_npz(path: Path):
 
                 return sp.load_npz(path).tocsr(), None
             x_key, y_key = _pick(archive.files, path)
-            x = archive[x_key]
+            x = _x(lambda k: archive[k], archive.files, x_key, path)
             y = archive[y_key] if y_key in archive.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read npz file '{path}': {' '.join(str(e).split())}") from None
@@ -66,7 +79,7 @@ def _read_hdf5(path: Path):
             found = [k for k in fh.keys()  # datasets of this file only: no external or soft links
                      if isinstance(fh.get(k, getlink=True), h5py.HardLink) and isinstance(fh[k], h5py.Dataset)]
             x_key, y_key = _pick(found, path)
-            x = fh[x_key][()]
+            x = _x(lambda k: fh[k][()], found, x_key, path)
             y = None
             if y_key in found:
                 ds = fh[y_key]

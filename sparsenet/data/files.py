@@ -1,4 +1,5 @@
-"""User data files: .npz, .h5/.hdf5 (arrays x_train, y_train, x_test, y_test or x, y) and .csv."""
+"""User data files: .npz, .h5/.hdf5 (arrays x_train, y_train, x_test, y_test or x, y; each x dense or
+CSR as <x>_data, <x>_indices, <x>_indptr, <x>_shape, docs/data.md) and .csv."""
 
 from __future__ import annotations
 
@@ -24,6 +25,22 @@ from sparsenet.errors import DataError
 
 SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
 WHOLE_KEYS = ("x", "y")
+CSR_PARTS = ("data", "indices", "indptr", "shape")  # a CSR x is these four arrays, named <x>_<part>
+
+
+def csr_names(x: str) -> tuple[str, ...]:
+    return tuple(f"{x}_{part}" for part in CSR_PARTS)
+
+
+def _expand_csr(keys: tuple[str, ...], found) -> tuple[str, ...]:
+    """keys with every x that the file stores as CSR parts (and not dense) replaced by its parts."""
+    out = []
+    for k in keys:
+        if k.startswith("x") and k not in found and all(n in found for n in csr_names(k)):
+            out.extend(csr_names(k))
+        else:
+            out.append(k)
+    return tuple(out)
 
 
 def _existing_file(path: str | None, kind: str) -> Path:
@@ -38,16 +55,30 @@ def _existing_file(path: str | None, kind: str) -> Path:
 
 
 def _pick_keys(found, path: Path) -> tuple[str, ...]:
-    if all(k in found for k in SPLIT_KEYS):
-        return SPLIT_KEYS
-    if all(k in found for k in WHOLE_KEYS):
-        return WHOLE_KEYS
+    """The arrays to read: the split or whole layout, each x dense or as its CSR parts."""
+    for layout in (SPLIT_KEYS, WHOLE_KEYS):
+        keys = _expand_csr(layout, found)
+        if all(k in found for k in keys):
+            return keys
     raise DataError(f"'{path}' has arrays [{', '.join(sorted(found))}]; expected "
-                    f"{', '.join(SPLIT_KEYS)} or {', '.join(WHOLE_KEYS)}")
+                    f"{', '.join(SPLIT_KEYS)} or {', '.join(WHOLE_KEYS)} (an x may be CSR: "
+                    f"<x>_data, <x>_indices, <x>_indptr, <x>_shape)")
+
+
+def _assemble_csr(arrays: dict, where: str) -> None:
+    """In place: the CSR parts of each x replaced by one validated CSRRows under the x's name."""
+    from sparsenet.data.csr import from_parts
+
+    for x in ("x_train", "x_test", "x"):
+        names = csr_names(x)
+        if names[0] in arrays:
+            parts = [arrays.pop(n) for n in names]
+            arrays[x] = from_parts(*parts, f"{where}: {x}", DataError)
 
 
 def _from_arrays(cfg, name: str, arrays: dict, seed: int, where: str, row=None) -> Dataset:
     """Validate x/y arrays, encode labels (a whole file before its split), split if needed, then finish(); takes the arrays out of `arrays`."""
+    _assemble_csr(arrays, where)
     if "x" in arrays:
         x = check_features(arrays.pop("x"), "x", where)
         y = label_array(arrays.pop("y"), "y", where, row)
@@ -150,7 +181,8 @@ def load_hdf5(cfg, seed: int) -> Dataset:
     try:
         with fh:
             size = h5safe.file_size(path)
-            found = [k for k in (*SPLIT_KEYS, *WHOLE_KEYS) if h5safe.hard_object(fh, k, where, DataError) is not None]
+            candidates = (*SPLIT_KEYS, *WHOLE_KEYS, *(n for x in ("x_train", "x_test", "x") for n in csr_names(x)))
+            found = [k for k in candidates if h5safe.hard_object(fh, k, where, DataError) is not None]
             keys = _pick_keys(found, path)
             datasets = {k: h5safe.dataset(fh, k, where, DataError, size) for k in keys}
             need = sum(h5safe.declared_bytes(ds) for ds in datasets.values())

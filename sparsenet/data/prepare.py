@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsenet.data.csr import CSRRows
 from sparsenet.errors import DataError
 
 # Rows per block when scanning big arrays, sized so one float64 block stays around 8 MB.
@@ -141,7 +142,9 @@ def encode_labels(y_train, y_test, where: str):
 
 
 def check_features(x, what: str, where: str) -> np.ndarray:
-    """x must be a non-empty 2-D numeric array."""
+    """x must be a non-empty 2-D numeric array (or CSRRows, validated when made)."""
+    if isinstance(x, CSRRows):
+        return x
     x = np.asarray(x)
     if x.ndim != 2:
         raise DataError(f"{where}: {what} must be 2-D (samples, features), got shape {x.shape}")
@@ -159,7 +162,9 @@ def check_lengths(x, y, x_name: str, y_name: str, where: str) -> None:
 
 
 def _to_float32(x: np.ndarray, keep: int | None, scale255: bool) -> np.ndarray:
-    """First `keep` rows of x as a fresh-or-owned C-contiguous float32 array."""
+    """First `keep` rows of x as a fresh-or-owned C-contiguous float32 array (CSRRows: its first rows)."""
+    if isinstance(x, CSRRows):
+        return x.head(keep) if keep is not None else x
     if keep is not None and keep < len(x):
         x = x[:keep]
         owned = False               # a view keeps the full array alive: always copy
@@ -212,6 +217,15 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, n
     return mean32, std32
 
 
+def scale_csr(x_train: CSRRows, x_test: CSRRows):
+    """CSR standardisation without densifying: divide by the training std (0 std -> 1), no centring
+    (scikit-learn's StandardScaler(with_mean=False)). Returns (x_train, x_test, mean = 0, std) float32."""
+    _, std = x_train.column_stats()
+    std[std == 0] = 1.0
+    std32 = std.astype(np.float32)
+    return x_train.scaled(std32), x_test.scaled(std32), np.zeros_like(std32), std32
+
+
 def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
            pixels: bool = False, check_finite: bool = False, classes: np.ndarray | None = None) -> Dataset:
     """Truncate to max_train/max_test, cast to float32 (pixels: /255), standardise if asked."""
@@ -229,10 +243,14 @@ def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
         if len(y) and (y.min() < 0 or y.max() >= n_classes):
             bad = int(y.min()) if y.min() < 0 else int(y.max())
             raise DataError(f"{where}: {what} holds label {bad}; labels must be in 0..{int(n_classes) - 1}")
-    if check_finite:
+    if (isinstance(xtr, CSRRows)) != (isinstance(xte, CSRRows)):
+        raise DataError(f"{where}: x_train and x_test must both be dense or both CSR")
+    if check_finite and not isinstance(xtr, CSRRows):  # CSR values were checked when the matrix was made
         _check_finite(xtr, "x_train", where)
         _check_finite(xte, "x_test", where)
     mean = std = None
-    if cfg.standardize:
+    if cfg.standardize and isinstance(xtr, CSRRows):
+        xtr, xte, mean, std = scale_csr(xtr, xte)
+    elif cfg.standardize:
         mean, std = standardize(xtr, xte)
     return Dataset(xtr, ytr, xte, yte, int(n_classes), name, mean, std, classes)

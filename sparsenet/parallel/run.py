@@ -76,6 +76,9 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         data, validation = hold_out_validation(data, cfg.data.validation_fraction, cfg.seed)  # the same split on every rank
         if data.x_train.shape[0] < transport.size - 1:
             raise SparsenetError(f"{data.x_train.shape[0]} training samples cannot feed {transport.size - 1} workers")
+        if getattr(data.x_train, "format", None) == "csr":
+            raise SparsenetError("parallel training takes dense data only; train on CSR data sequentially "
+                                 "(without mpiexec, or mpiexec -n 1)")
         if rank == 0:
             transport.barrier()  # the workers have their kernels loaded: phase 1 starts for all at once
             # From here on no healthy rank is silent for long (start-up, loading data, may be).

@@ -238,43 +238,10 @@ def _gather_kernel(x, index, out):
 
 
 def gather_batch(x: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out (n_features, batch) = x[index].T for samples x (n, n_features) float32.
-
-    x may also be a row source with a `gather(index, out)` method (a CSR matrix densified one
-    batch at a time: sparsenet.inputs.CSRRows).
-    """
-    if not isinstance(x, np.ndarray) and hasattr(x, "gather"):
-        return x.gather(index, out)
+    """out (n_features, batch) = x[index].T for samples x (n, n_features) float32 (CSR samples go
+    to the first layer as they are: sparse/csr.py)."""
     if x.dtype != np.float32 or x.ndim != 2:
         raise ValueError(f"x must be a 2-D float32 array, got {x.dtype} {x.shape}")
     _check_activations("out", out, x.shape[1], index.shape[0])
     _gather_kernel(x, np.ascontiguousarray(index, dtype=np.int64), out)
-    return out
-
-
-@njit(cache=True)
-def _gather_csr_kernel(data, indices, indptr, index, out):
-    for b in range(index.shape[0]):
-        i = index[b]
-        for k in range(indptr[i], indptr[i + 1]):
-            out[indices[k], b] += data[k]
-
-
-def gather_csr_rows(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, index: np.ndarray,
-                    out: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """out (n_features, batch) = rows `index` of a CSR matrix of `shape` (n_rows, n_features), dense
-    and transposed (duplicates add up).
-
-    The caller has checked the CSR structure (indices within n_features, indptr monotone, of length
-    n_rows + 1); here out's shape and the rows asked for are checked against `shape`.
-    """
-    n_rows, n_features = shape
-    _check_activations("out", out, n_features, index.shape[0])
-    index = np.ascontiguousarray(index, dtype=np.int64)
-    if indptr.shape[0] != n_rows + 1:
-        raise ValueError(f"indptr must have {n_rows + 1} entries, got {indptr.shape[0]}")
-    if index.size and (index.min() < 0 or index.max() >= n_rows):
-        raise ValueError(f"row index out of range [0, {n_rows})")
-    out.fill(0)
-    _gather_csr_kernel(data, indices, indptr, index, out)
     return out

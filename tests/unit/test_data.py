@@ -392,7 +392,8 @@ def test_npz_errors(tmp_path):
     path = tmp_path / "d.npz"
     np.savez(path, x_train=X_TRAIN, labels=Y_TRAIN)
     assert data_error(file_cfg("npz", path)) == (
-        f"'{path}' has arrays [labels, x_train]; expected x_train, y_train, x_test, y_test or x, y")
+        f"'{path}' has arrays [labels, x_train]; expected x_train, y_train, x_test, y_test or x, y "
+        "(an x may be CSR: <x>_data, <x>_indices, <x>_indptr, <x>_shape)")
     np.savez(path, x=X_TRAIN, y=Y_TRAIN[:3])
     assert data_error(file_cfg("npz", path)) == (
         f"label count mismatch: '{path}' has 3 labels in y but 4 samples in x")
@@ -428,7 +429,8 @@ def test_hdf5_round_trip_and_errors(tmp_path):
     with h5py.File(path, "w") as fh:
         fh["x"] = X_TRAIN
     assert data_error(file_cfg("hdf5", path)) == (
-        f"'{path}' has arrays [x]; expected x_train, y_train, x_test, y_test or x, y")
+        f"'{path}' has arrays [x]; expected x_train, y_train, x_test, y_test or x, y "
+        "(an x may be CSR: <x>_data, <x>_indices, <x>_indptr, <x>_shape)")
     path.write_bytes(b"garbage")
     assert data_error(file_cfg("hdf5", path)).startswith(f"cannot read HDF5 file '{path}': ")
 

@@ -112,21 +112,3 @@ def test_wrappers_reject_bad_arrays(layer):
     with pytest.raises(ValueError, match="grad"):
         kernels.backward(layer, np.zeros((37, 4), np.float32), np.zeros((23, 4), np.float32),
                          np.zeros(layer.nnz + 1, np.float32))
-
-
-def test_gather_csr_rows_checks_out_and_rows_against_the_matrix_shape():
-    """Rows of a CSR matrix come out dense and transposed; a wrong out shape or row index is refused
-    before the kernel could write or read out of bounds."""
-    import scipy.sparse
-
-    from sparsenet.sparse.kernels import gather_csr_rows
-
-    m = scipy.sparse.random(6, 5, density=0.4, format="csr", dtype=np.float32, random_state=0)
-    index = np.array([4, 0, 4])
-    out = np.empty((5, 3), dtype=np.float32)
-    gather_csr_rows(m.data, m.indices, m.indptr, index, out, m.shape)
-    np.testing.assert_array_equal(out, m.toarray()[index].T)
-    with pytest.raises(ValueError, match="shape"):
-        gather_csr_rows(m.data, m.indices, m.indptr, index, np.empty((4, 3), np.float32), m.shape)
-    with pytest.raises(ValueError, match="row index"):
-        gather_csr_rows(m.data, m.indices, m.indptr, np.array([6]), np.empty((5, 1), np.float32), m.shape)

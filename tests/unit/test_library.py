@@ -68,16 +68,35 @@ def test_any_hashable_labels_map_through_classes(blobs):
 
 
 def test_csr_input_trains_and_predicts_like_dense(blobs):
+    """Sparse X runs through the CSR first-layer kernels: the same training as dense X up to float
+    rounding; standardisation is scale-only (mean 0, the dense std), as StandardScaler(with_mean=False)."""
     x, y = blobs
     dense = np.where(np.abs(x - 2) > 4, x, 0.0)  # mostly zeros
     csr = sp.csr_matrix(dense)
     csr64 = sp.csr_array(dense)
     csr64.indices = csr64.indices.astype(np.int64)
-    a = SETClassifier(**SMALL).fit(dense, y)
+    std = dense.std(axis=0)
+    a = SETClassifier(**SMALL, standardize=False).fit(dense / std, y)
     for sparse in (csr, csr64, sp.coo_matrix(dense), sp.csc_array(dense)):
         b = SETClassifier(**SMALL).fit(sparse, y)
-        np.testing.assert_array_equal(b.predict_proba(sparse), a.predict_proba(dense))
-    assert a.score(dense, y) > 0.5
+        np.testing.assert_array_equal(b.model_.preprocessing.mean, np.zeros(10, np.float32))
+        np.testing.assert_allclose(b.model_.preprocessing.std, std, rtol=1e-5)
+        np.testing.assert_allclose(b.predict_proba(sparse), a.predict_proba(dense / std), rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(b.predict_proba(dense), b.predict_proba(sparse), rtol=1e-5, atol=1e-6)
+    assert a.score(dense / std, y) > 0.5
+
+
+def test_csr_predict_on_a_centring_model_folds_the_mean_into_the_bias(blobs):
+    """A model standardised with centring (fitted on dense X) scores sparse X without densifying it:
+    W (x - m) / s = W (x / s) - W m / s. Training it further on sparse X is refused."""
+    x, y = blobs
+    dense = np.where(np.abs(x - 2) > 4, x, 0.0)
+    clf = SETClassifier(**SMALL).fit(dense, y)
+    assert np.all(clf.model_.preprocessing.mean != 0)
+    np.testing.assert_allclose(clf.predict_proba(sp.csr_array(dense)), clf.predict_proba(dense), rtol=1e-4,
+                               atol=1e-6)
+    with pytest.raises(ValueError, match="centres its inputs"):
+        SETClassifier(**SMALL, warm_start=True).fit(dense, y).fit(sp.csr_array(dense), y)
 
 
 def test_parameters_use_the_config_rules_and_messages(blobs):
@@ -302,9 +321,10 @@ def test_csr_duplicate_entries_count_as_their_sum():
     cfg = {"model": {"hidden": [8], "epsilon": 2, "dropout": 0.0}, "train": {"epochs": 2, "batch_size": 4}}
     a, _ = sparsenet.train(cfg, dense, y)
     b, _ = sparsenet.train(cfg, dup, y)
-    np.testing.assert_array_equal(a.preprocessing.mean, b.preprocessing.mean)
     np.testing.assert_allclose(a.preprocessing.std, b.preprocessing.std, rtol=1e-6)
-    np.testing.assert_allclose(b.predict_proba(dup), a.predict_proba(dense), rtol=1e-5)
+    np.testing.assert_allclose(b.predict_proba(dup), b.predict_proba(dense), rtol=1e-5)
+    c, _ = sparsenet.train(cfg, sp.csr_array(dense), y)
+    np.testing.assert_array_equal(b.predict_proba(dup), c.predict_proba(dense))
 
 
 def test_mpi_launch_without_mpi4py_says_which_extra(tmp_path):
