@@ -119,6 +119,8 @@ class EpochLoop:
                "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                "neurons_removed": trained.pop("neurons_removed", None) or [0] * (len(state.model.sizes) - 2),
                "peak_rss_mb": round(peak_rss_mb(), 1), **trained}
+        if cfg.model.task == "autoencoder":  # the losses are the reconstruction's; there is no accuracy
+            del row["train_accuracy"], row["test_accuracy"]
         state.epoch = epoch
         check_finite(row)
         state.history.append(row)
@@ -160,19 +162,26 @@ def epoch_line(row: dict, epochs: int) -> str:
     updates = f" | updates {row['updates']} stale {row['stale_updates']}" if "updates" in row else ""
     removed = row.get("neurons_removed") or []
     pruned = f" | pruned {sum(removed)} neurons, now {'-'.join(map(str, row['neurons']))}" if any(removed) else ""
+    accuracy = f" test_accuracy {100 * row['test_accuracy']:.2f}%" if "test_accuracy" in row else ""
     return (f"epoch {row['epoch']}/{epochs}{phase} train_loss {row['train_loss']:.4f} "
-            f"test_loss {row['test_loss']:.4f} test_accuracy {100 * row['test_accuracy']:.2f}% | "
+            f"test_loss {row['test_loss']:.4f}{accuracy} | "
             f"train {row['train_seconds']:.2f}s evolution {row['evolution_seconds']:.2f}s "
             f"eval {row['eval_seconds']:.2f}s{updates} | nnz {sum(row['nnz'])}{pruned}")
 
 
 def summarize(history: list[dict]) -> str:
-    """One line on a run: best and last test accuracy, parameters and time spent per phase."""
-    best = max(history, key=lambda r: r["test_accuracy"])
+    """One line on a run: best and last test accuracy (an autoencoder's: test loss), parameters and time
+    spent per phase."""
     last = history[-1]
+    if "test_accuracy" in last:
+        best = max(history, key=lambda r: r["test_accuracy"])
+        result = (f"test accuracy last {100 * last['test_accuracy']:.2f}%, "
+                  f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']})")
+    else:
+        best = min(history, key=lambda r: r["test_loss"])
+        result = f"test loss last {last['test_loss']:.5g}, best {best['test_loss']:.5g} (epoch {best['epoch']})"
     seconds = {k: sum(r[f"{k}_seconds"] for r in history) for k in ("train", "evolution", "eval")}
-    return (f"done: {last['epoch']} epochs; test accuracy last {100 * last['test_accuracy']:.2f}%, "
-            f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']}); "
+    return (f"done: {last['epoch']} epochs; {result}; "
             f"weights start {sum(history[0]['nnz'])} end {sum(last['nnz'])}, "
             f"parameters start {history[0]['parameters']} end {last['parameters']}; "
             f"seconds train {seconds['train']:.1f} evolution {seconds['evolution']:.1f} eval {seconds['eval']:.1f}")

@@ -30,9 +30,10 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
         if not rows:
             raise SparsenetError(f"metrics file {path} holds no epochs")
         epochs = [r["epoch"] for r in rows]
-        acc = [100 * r["test_accuracy"] for r in rows]
-        best = max(range(len(acc)), key=acc.__getitem__)
-        ax_acc.plot(epochs, acc, label=f"{label} (best {acc[best]:.2f}% at {epochs[best]}, last {acc[-1]:.2f}%)")
+        if "test_accuracy" in rows[0]:  # an autoencoder's rows have none: its losses are the reconstruction's
+            acc = [100 * r["test_accuracy"] for r in rows]
+            best = max(range(len(acc)), key=acc.__getitem__)
+            ax_acc.plot(epochs, acc, label=f"{label} (best {acc[best]:.2f}% at {epochs[best]}, last {acc[-1]:.2f}%)")
         line, = ax_loss.plot(epochs, [r["test_loss"] for r in rows], label=f"{label} test")
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=line.get_color(), label=f"{label} train")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy [%]", title="Test accuracy")

@@ -45,10 +45,18 @@ def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.nda
 
 def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
                       index: np.ndarray) -> tuple[float, int]:
-    """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng)."""
-    kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
+    """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng).
+
+    An autoencoder (model.task) is scored against the clean batch, y is not read; its input gets
+    Gaussian noise of std model.input_noise (drawn from rng after the dropout keys)."""
+    buffer = kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
     drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
-    return model.gradients(index.shape[0], y[index], drop_keys)
+    if model.task != "autoencoder":
+        return model.gradients(index.shape[0], y[index], drop_keys)
+    clean = buffer.copy()  # (n_features, batch): the targets, read through a (batch, n_features) view
+    if model.input_noise > 0:
+        buffer += np.float32(model.input_noise) * rng.standard_normal(buffer.shape, dtype=np.float32)
+    return model.gradients(index.shape[0], clean.T, drop_keys)
 
 
 def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: int,
