@@ -148,6 +148,13 @@ def test_training_reconstructs_resumes_bit_identically_and_reports_no_accuracy(t
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+def test_the_python_api_refuses_an_autoencoder():
+    import sparsenet
+
+    with pytest.raises(ConfigError, match="sparsenet.train trains classifiers; train model.task 'autoencoder'"):
+        sparsenet.train({"model": {"task": "autoencoder", "output": "linear"}}, np.zeros((4, 3)), [0, 1, 0, 1])
+
+
 def test_resume_refuses_to_turn_an_autoencoder_into_a_classifier(tmp_path):
     run(load_config(None, [*SMALL_AE, "train.epochs=1"]), tmp_path)
     classifier = [o for o in SMALL_AE if o not in AE and not o.startswith("model.input_noise")]
