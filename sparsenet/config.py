@@ -327,6 +327,10 @@ def _check_data(c: DataConfig) -> None:
 
 
 def _check_model(m: ModelConfig) -> None:
+    if m.input_init == "zero" and m.activation == "relu":
+        raise ConfigError("config key 'model.input_init' zero needs model.activation leaky_relu or all_relu, got relu: "
+                          "with the first layer at 0 (and biases at 0) every first hidden neuron sits at the ReLU's "
+                          "kink, where its slope is 0, so no gradient ever reaches the first layer")
     if m.task == "classifier" and m.output == "linear":
         raise ConfigError("config key 'model.output' must be softmax or sigmoid for model.task 'classifier', got "
                           "'linear' (a linear output reconstructs inputs: set model.task: autoencoder)")
