@@ -138,7 +138,8 @@ def large(args, work: Path) -> dict:
             "data.redundant=15", "data.seed=0", f"data.path={LARGE_FILE}"]
     with h5py.File(LARGE_FILE) as fh:
         useful = set(fh["useful_columns"][:].tolist())
-    overrides = [*AUTOENCODER, *SETTINGS["recipe"], "model.hidden=[1000]", f"train.epochs={args.large_epochs}"]
+    overrides = [*AUTOENCODER, *SETTINGS["recipe"], "model.hidden=[1000]", f"train.epochs={args.large_epochs}",
+                 f"train.lr={args.large_lr}"]  # lr 0.01 diverges in epoch 1 here (65536 outputs, measured)
     cfg = load_config(None, [*data, *overrides, "seed=0"])
     t0 = time.perf_counter()
     state = run(cfg, work / "large")
@@ -165,6 +166,7 @@ def main() -> int:
     parser.add_argument("--synthetic-epochs", type=int, default=30)
     parser.add_argument("--large", action="store_true", help="also the 65536-column file (2.6 GB)")
     parser.add_argument("--large-epochs", type=int, default=3)
+    parser.add_argument("--large-lr", type=float, default=0.001)
     parser.add_argument("--skip-fmnist", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
     args = parser.parse_args()

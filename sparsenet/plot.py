@@ -40,7 +40,8 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (train with dropout)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # an autoencoder's accuracy panel stays empty
+            ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
 
