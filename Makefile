@@ -36,10 +36,10 @@ data:
 
 # WASAP-SGD: 1 parameter server + 2 workers.
 demo: setup data
-	$(MPIEXEC) -n $(RANKS) $(VENV)/bin/sparsenet train configs/fashion_mnist_wasap.yaml --set train.epochs=$(EPOCHS) --out runs/demo
+	$(MPIEXEC) -n $(RANKS) $(VENV)/bin/sparsenet train configs/fashion_mnist.yaml configs/fashion_mnist_wasap.yaml --set train.epochs=$(EPOCHS) --out runs/demo --overwrite
 
 demo-sequential: setup data
-	$(VENV)/bin/sparsenet train configs/fashion_mnist.yaml --set train.epochs=$(EPOCHS) --out runs/demo-sequential
+	$(VENV)/bin/sparsenet train configs/fashion_mnist.yaml --set train.epochs=$(EPOCHS) --out runs/demo-sequential --overwrite
 
 test: setup data
 	$(PY) -m pytest -q tests

@@ -53,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def start_training(out: Path, epochs: int, overrides: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "sparsenet", "train", CONFIG, "--out", str(out),
+    cmd = [sys.executable, "-m", "sparsenet", "train", CONFIG, "--out", str(out), "--overwrite",
            "--set", f"train.epochs={epochs}", "--set", "train.progress=false", "--set", "checkpoint.every=1000"]
     for o in overrides:
         cmd += ["--set", o]

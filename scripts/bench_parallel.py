@@ -50,7 +50,7 @@ def mpiexec() -> str:
 
 def train(out: Path, config: str, epochs: int, threads: int, overrides: list[str], ranks: int = 1) -> list[dict]:
     """Run one training to `out` and return its metrics rows."""
-    cmd = [sys.executable, "-m", "sparsenet", "train", config, "--out", str(out)]
+    cmd = [sys.executable, "-m", "sparsenet", "train", config, "--out", str(out), "--overwrite"]
     for item in [f"train.epochs={epochs}", f"threads={threads}", "train.progress=false",
                  f"parallel.phase1_epochs={epochs}", "checkpoint.every=1000", *overrides]:
         cmd += ["--set", item]

@@ -27,7 +27,7 @@ TARGET_TRAIN_MINUTES_1M = 3.0  # issue 5: 65536-500000-500000-2 trains an epoch 
 
 def run_config(config: str, epochs: int, out: Path, extra: list[str]) -> dict:
     """Train `config` in a subprocess; per-epoch figures from its metrics and log."""
-    cmd = [sys.executable, "-m", "sparsenet", "train", config, "--out", str(out), "--set", f"train.epochs={epochs}",
+    cmd = [sys.executable, "-m", "sparsenet", "train", config, "--out", str(out), "--overwrite", "--set", f"train.epochs={epochs}",
            "--set", "train.progress=false", "--set", f"checkpoint.every={epochs}"]
     for item in extra:
         cmd += ["--set", item]

@@ -41,7 +41,7 @@ class Row:
 
     name: str
     what: str
-    config: str
+    config: str | tuple[str, ...]      # one file, or a base and its overlays (merged left to right)
     overrides: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2)
     paper: float | None = None          # the paper's accuracy [%] (best of 5 runs)
@@ -51,6 +51,10 @@ class Row:
     target: str = ""                    # key into check_target
 
     @property
+    def configs(self) -> list[str]:
+        return [self.config] if isinstance(self.config, str) else list(self.config)
+
+    @property
     def pruned(self) -> bool:
         """Importance Pruning rows: their accuracy is the final, pruned model's (best epoch since the
         last pruning); before the first pruning they are the same run as the unpruned row."""
@@ -58,7 +62,8 @@ class Row:
 
 
 def _rows() -> list[Row]:
-    fm, ip = "configs/fashion_mnist.yaml", "configs/fashion_mnist_pruning.yaml"
+    fm = "configs/fashion_mnist.yaml"
+    ip, wasap, wassp = ((fm, f"configs/fashion_mnist_{kind}.yaml") for kind in ("pruning", "wasap", "wassp"))
     rows = [
         Row("madelon-allrelu", "Madelon, All-ReLU (alpha 0.5)", "configs/madelon.yaml", paper=71.33),
         Row("madelon-relu", "Madelon, ReLU", "configs/madelon.yaml", ("model.activation=relu",), paper=68.50),
@@ -82,12 +87,12 @@ def _rows() -> list[Row]:
             ip, paper=90.12, paper_note="25,759 of 126,302 weights", target="fmnist-ip"),
         Row("fmnist-ip-authors", "FashionMNIST, All-ReLU + Importance Pruning (authors' schedule: from 200, every 10, 20th pct.)",
             ip, tuple(AUTHORS_IP), paper=90.12, paper_note="25,759 of 126,302 weights", target="fmnist-ip"),
-        Row("fmnist-wasap", "FashionMNIST, WASAP-SGD, 1 server + 2 workers", "configs/fashion_mnist_wasap.yaml",
+        Row("fmnist-wasap", "FashionMNIST, WASAP-SGD, 1 server + 2 workers", wasap,
             seeds=(0,), ranks=3, paper=91.23, paper_note="5 workers", target="parallel"),
-        Row("fmnist-wassp", "FashionMNIST, WASSP-SGD, 1 server + 2 workers", "configs/fashion_mnist_wassp.yaml",
+        Row("fmnist-wassp", "FashionMNIST, WASSP-SGD, 1 server + 2 workers", wassp,
             seeds=(0,), ranks=3, paper=90.52, paper_note="5 workers"),
         Row("fmnist-wasap-ip", "FashionMNIST, WASAP-SGD + Importance Pruning (from 200, every 25, 10th pct.)",
-            "configs/fashion_mnist_wasap.yaml", tuple(CONFIG_IP), seeds=(0,), ranks=3, paper=90.15,
+            wasap, tuple(CONFIG_IP), seeds=(0,), ranks=3, paper=90.15,
             paper_note="5 workers"),
     ]
     return rows
@@ -219,14 +224,14 @@ def expected_epochs(row: Row, plan: Plan) -> int:
     sets = [s for s in run_overrides(row, 0, plan) if s.startswith("train.epochs=")]
     if sets:
         return int(sets[-1].split("=", 1)[1])
-    import yaml
+    from sparsenet.config import load_config
 
-    return int((yaml.safe_load(Path(row.config).read_text()).get("train") or {}).get("epochs", 500))
+    return load_config(row.configs).train.epochs
 
 
 def command(row: Row, seed: int, plan: Plan) -> list[str]:
     out = plan.runs_dir / row.name / str(seed)
-    cmd = [sys.executable, "-m", "sparsenet", "train", row.config, "--out", str(out), "--resume"]
+    cmd = [sys.executable, "-m", "sparsenet", "train", *row.configs, "--out", str(out), "--resume"]
     for s in run_overrides(row, seed, plan):
         cmd += ["--set", s]
     if row.ranks > 1:

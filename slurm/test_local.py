@@ -151,7 +151,7 @@ def srun_checks(venv: Path) -> list[str]:
     base = ["srun", "-n", "3", "--overcommit", "--time=5"]
     train = [python, "-m", "sparsenet", "train", "configs/fashion_mnist.yaml"]
     sets = [a for item in SMALL[:8] + ["train.epochs=2", "train.progress=false"] for a in ("--set", item)]
-    proc = subprocess.run(base + ["--mpi=none"] + train + ["--out", "runs/test-slurm-mismatch"] + sets,
+    proc = subprocess.run(base + ["--mpi=none"] + train + ["--out", "runs/test-slurm-mismatch", "--overwrite"] + sets,
                           text=True, capture_output=True, cwd=ROOT, env=ENV, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("sparsenet: error")]
     say(f"--mpi=none: exit {proc.returncode}: {errors}")
@@ -159,7 +159,7 @@ def srun_checks(venv: Path) -> list[str]:
         problems.append(f"--mpi=none: expected exit 2 and one world-size line, got {proc.returncode}: {proc.stderr[-500:]}")
     fault = ["--set", "debug.fail_rank=2", "--set", "debug.fail_at_step=5"]
     start = time.monotonic()
-    proc = subprocess.run(base + ["--mpi=pmi2"] + train + ["--out", "runs/test-slurm-fault"] + sets + fault,
+    proc = subprocess.run(base + ["--mpi=pmi2"] + train + ["--out", "runs/test-slurm-fault", "--overwrite"] + sets + fault,
                           text=True, capture_output=True, cwd=ROOT, env=ENV, timeout=600)
     named = [line for line in proc.stderr.splitlines() if line.startswith("sparsenet: error: rank 2 on ")]
     say(f"fault on rank 2: exit {proc.returncode} after {time.monotonic() - start:.0f} s: {named}")

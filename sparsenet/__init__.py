@@ -10,6 +10,10 @@ __version__ = "0.1.0"
 
 __all__ = ["SETClassifier", "SETRegressor", "Model", "load", "train", "__version__"]
 
+from . import jitcache as _jitcache  # noqa: E402 - before any kernel is defined
+
+_jitcache.use_private_cache()
+
 import types as _types  # noqa: E402
 
 from . import train as _train_module  # noqa: E402

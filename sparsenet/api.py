@@ -235,16 +235,34 @@ def _check_model_keys(**model_keys) -> None:
     config_from_dict({"model": model_keys})
 
 
-def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, verbose: bool = False) -> list[dict]:
+def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, validation=None,
+               verbose: bool = False) -> list[dict]:
     """Train `epochs` more epochs of `state` on x (float32 array or CSRRows) and y (class indices,
-    or float targets (n, n_out) for the sigmoid output); test: optional (x, y) scored after each
-    epoch. SET (and scheduled neuron pruning) runs before every epoch but a run's first, as in
-    `sparsenet train`. Appends to and returns state.history."""
+    or float targets (n, n_out) for the sigmoid output); test / validation: optional (x, y) scored
+    after each epoch. SET (and scheduled neuron pruning) runs before every epoch but a run's first,
+    as in `sparsenet train`; the best epoch and early stopping as there (selection.py: validation
+    accuracy, else training loss). Appends to and returns state.history."""
+    from .logs import to_stdout
+
+    with to_stdout(verbose):
+        return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose)
+
+
+def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool) -> list[dict]:
+    from .jitcache import compile_notice
     from .metrics import ProgressBar, log
+    from .selection import Selection
     from .train import between_epochs, train_epoch
 
+    notice = compile_notice() if verbose else None
+    if notice:
+        log(notice)
     regression = y.ndim == 2
+    selection = Selection.for_run(validation is not None and not regression, cfg.train.early_stopping_patience,
+                                  cfg.train.early_stopping_min_delta, state.history)
     for _ in range(epochs):
+        if selection.should_stop:
+            break
         t0 = time.perf_counter()
         removal = between_epochs(state, cfg)[0] if state.epoch > 0 else None
         t1 = time.perf_counter()
@@ -255,19 +273,24 @@ def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, 
         t2 = time.perf_counter()
         state.epoch += 1
         row = {"epoch": state.epoch, "train_loss": loss, "train_accuracy": None if regression else accuracy}
-        if test is not None:
-            row["test_loss"], row["test_accuracy"] = evaluate_samples(state.model, test[0], test[1],
-                                                                      cfg.train.eval_batch_size)
+        for name, held in (("validation", validation), ("test", test)):
+            if held is not None:
+                row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate_samples(state.model, held[0], held[1],
+                                                                                cfg.train.eval_batch_size)
         row.update({"train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "nnz": state.model.nnz,
                     "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                     "neurons_removed": removal.removed if removal else [0] * (len(state.model.sizes) - 2)})
-        state.history.append(row)
-        if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss") if k in row):
+        if not all(math.isfinite(row[k]) for k in ("train_loss", "validation_loss", "test_loss") if k in row):
             raise DivergedError(f"training diverged at epoch {state.epoch}: train loss {row['train_loss']}; "
                                 f"lower lr")
+        selection.update(row[selection.metric], state.epoch)
+        row.update(selection.row())
+        state.history.append(row)
         if verbose:
             tail = f" test_accuracy {100 * row['test_accuracy']:.2f}%" if test is not None else ""
             log(f"epoch {state.epoch} train_loss {loss:.4f}{tail} | nnz {sum(row['nnz'])}")
+    if selection.should_stop:
+        log(f"early stopping after epoch {state.epoch}: best epoch {selection.best_epoch} on {selection.metric}")
     return state.history
 
 
@@ -275,9 +298,10 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
     """Train a classifier per `config` (Config, mapping of YAML keys, YAML path or None) on samples X
     and labels y (any hashable labels; classes_ = their sorted unique values). Writes nothing.
 
-    Uses the config's seed, threads, data.standardize, model, train (epochs, batch_size, lr, ...),
-    evolution and pruning sections; data.name/path are ignored. X_test/y_test, if given, are scored
-    after every epoch (labels must be among y's). Returns (model, history: one dict per epoch).
+    Uses the config's seed, threads, data.standardize, data.validation_fraction (a stratified part of
+    X held out: validation_* in the history, early stopping on it), model, train (epochs, batch_size,
+    lr, early_stopping_*, ...), evolution and pruning sections; data.name/path are ignored.
+    X_test/y_test, if given, are scored after every epoch (labels must be among y's). Returns (model, history: one dict per epoch).
     """
     from .train import new_state, set_threads
 
@@ -287,8 +311,16 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
                           f"`sparsenet train CONFIG` and rank its inputs with `sparsenet features`")
     x = as_samples(X, where="X")
     classes, idx = _encode(y, x.shape[0])
+    validation = None
+    if cfg.data.validation_fraction > 0:  # held out before the standardisation statistics are taken
+        from .selection import validation_split
+
+        fit, held = validation_split(idx, cfg.data.validation_fraction, cfg.seed)
+        validation, x, idx = (_rows(x, held), idx[held]), _rows(x, fit), idx[fit]
     pre = Preprocessing.fit(x, cfg.data.standardize, classes)
     x = _standardized(x, pre)
+    if validation is not None:
+        validation = (_standardized(validation[0], pre), validation[1])
     test = None
     if X_test is not None or y_test is not None:
         if X_test is None or y_test is None:
@@ -300,7 +332,7 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
         test = (xt, yt)
     set_threads(cfg.threads)
     state = new_state(cfg, x.shape[1], len(classes))
-    history = fit_epochs(state, cfg, x, idx, cfg.train.epochs, test=test, verbose=verbose)
+    history = fit_epochs(state, cfg, x, idx, cfg.train.epochs, test=test, validation=validation, verbose=verbose)
     return Model(state.model, pre, cfg, history), history
 
 
@@ -322,6 +354,16 @@ def _encode(y, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
     if len(classes) < 2:
         raise InputError(f"y must hold at least 2 classes, got 1 class ({classes[0]!r})")
     return classes, np.ascontiguousarray(idx.ravel(), dtype=np.int64)
+
+
+def _rows(x, index: np.ndarray):
+    """Samples `index` (sorted) of a float32 array or CSRRows, as the same kind."""
+    if not isinstance(x, CSRRows):
+        return x[index]
+    import scipy.sparse as sp
+
+    part = sp.csr_array((x.data, x.indices, x.indptr), shape=x.shape)[index]
+    return CSRRows(part.data, part.indices, part.indptr, part.shape, x.mean, x.std)
 
 
 def _standardized(x, pre: Preprocessing):

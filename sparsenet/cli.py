@@ -29,9 +29,7 @@ def _train(args: argparse.Namespace) -> int:
     from .train import run
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    if os.path.lexists(out):  # an unusable output folder is refused before data and memory are looked at
-        check_folder(out)
+    out = _output_folder(args, launched_world_size() > 1)
     if launched_world_size() > 1:
         import importlib.util
 
@@ -55,8 +53,49 @@ def _train(args: argparse.Namespace) -> int:
         state = run(cfg, out, resume=args.resume)
     last = state.history[-1] if state.history else {}
     print(json.dumps({"out": str(out), "epoch": state.epoch, "test_accuracy": last.get("test_accuracy"),
-                      "test_loss": last.get("test_loss"), "stopped_by": state.stopped_by}))
+                      "test_loss": last.get("test_loss"), "stopped_by": state.stopped_by,
+                      "best_epoch": last.get("best_epoch"), "selection_metric": last.get("selection_metric"),
+                      "early_stopped": state.early_stopped}))
     return EXIT_RESUMABLE if state.stopped_by else 0
+
+
+RUN_FILES = ("checkpoint.h5", "checkpoint_best.h5", "metrics.jsonl", "config.yaml")
+
+
+def _output_folder(args: argparse.Namespace, parallel: bool) -> Path:
+    """--out, checked before data and memory are looked at: an existing non-empty folder only with
+    --resume or --overwrite (which removes the old run's files); without --out a new runs/<config>-<n>."""
+    from .fileio import check_folder, fresh_folder
+    from .parallel.launcher import launcher_rank
+
+    if args.out is None:
+        if args.resume or args.overwrite:
+            raise SparsenetError(f"--{'resume' if args.resume else 'overwrite'} needs --out FOLDER, the run to "
+                                 f"{'continue' if args.resume else 'replace'}")
+        stem = Path(args.config[-1]).stem
+        if parallel:  # every rank would claim its own numbered folder
+            raise SparsenetError(f"a parallel run needs --out FOLDER (e.g. --out runs/{stem}); one name for every rank")
+        return fresh_folder("runs", stem)
+    out = Path(args.out)
+    if not os.path.lexists(out):
+        return out
+    check_folder(out)
+    if args.resume:
+        return out
+    held = sorted(os.listdir(out))
+    if held and not args.overwrite:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise SparsenetError(f"output folder '{out}' is not empty ({shown}); give --resume to continue its run, "
+                             f"--overwrite to replace it, or another --out")
+    if held and launcher_rank() == 0:  # --overwrite: a stale checkpoint must not be resumed later
+        for name in RUN_FILES:
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise SparsenetError(f"--overwrite cannot remove '{out / name}': {exc.strerror or exc}") from None
+    return out
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
@@ -306,6 +345,32 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from .config import config_to_dict, describe, load_config
+
+    cfg = load_config(args.config, args.set)
+    rows = describe(cfg)
+    if args.json:
+        print(json.dumps({"config": config_to_dict(cfg),
+                          "keys": [{"key": k, "value": v, "default": d, "meaning": m} for k, v, d, m in rows]}))
+        return 0
+    shown = [(k, _yaml_value(v), _yaml_value(d), m) for k, v, d, m in rows]
+    wk, wv = max(len(r[0]) for r in shown), min(max(len(r[1]) for r in shown), 24)
+    print(f"{'key':<{wk}}  {'value':<{wv}}  {'default':<{wv}}  meaning")
+    for key, value, default, meaning in shown:
+        mark = "*" if value != default else " "
+        print(f"{key:<{wk}} {mark}{value:<{wv}}  {default:<{wv}}  {meaning}")
+    print("* differs from the default")
+    return 0
+
+
+def _yaml_value(value) -> str:
+    """A config value as YAML writes it (null, true, [1000, 1000])."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...").strip()
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .plot import plot_learning_curves
 
@@ -361,16 +426,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="sparsenet", description="Truly sparse MLPs trained with SET on CPUs.")
     parser.add_argument("--version", action="version", version=f"sparsenet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    train = sub.add_parser("train", help="train a model from a YAML config")
-    train.add_argument("config", help="YAML config file")
+    talk = argparse.ArgumentParser(add_help=False)  # every command: how much it logs
+    talk.add_argument("-q", "--quiet", action="count", default=0,
+                      help="log less: -q warnings and errors only (no epoch lines, no progress bar), -qq errors")
+    talk.add_argument("-v", "--verbose", action="count", default=0, help="log more (debug lines)")
+    sub = _Subparsers(parser.add_subparsers(dest="command", required=True), talk)
+    train = sub.add_parser("train", help="train a model from YAML config files")
+    train.add_argument("config", nargs="+", help="YAML config file(s), merged left to right (base.yaml overlay.yaml)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key; VALUE is parsed as YAML (repeatable)")
-    train.add_argument("--out", help="output folder (default runs/<config name>)")
+    train.add_argument("--out", help="output folder (default: a new runs/<last config name>-<n>)")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.h5 if it exists")
+    train.add_argument("--overwrite", action="store_true", help="train into a non-empty OUT, replacing its run")
     train.set_defaults(func=_cmd_train)
     plan = sub.add_parser("plan", help="peak memory a config needs, against what is available (exit 1: does not fit)")
-    plan.add_argument("config", help="YAML config file")
+    plan.add_argument("config", nargs="+", help="YAML config file(s), merged left to right")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key, e.g. memory_limit_gb=16 (repeatable)")
     plan.add_argument("--ranks", type=_whole_number(1), default=1,
@@ -419,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     features.add_argument("--image-out", default="feature_strength.png", help="PNG for --image")
     features.set_defaults(func=_cmd_features)
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
-    synth = data.add_parser("synth", help="write the paper's big Madelon-like dataset to HDF5 (float32, row chunks)")
+    synth = _Subparsers(data, talk).add_parser("synth", help="write the paper's big Madelon-like dataset to HDF5 (float32, row chunks)")
     synth.add_argument("--samples", type=int, default=10000, help="samples in all (default 10000)")
     synth.add_argument("--features", type=int, default=65536, help="features per sample (default 65536)")
     synth.add_argument("--informative", type=int, default=5, help="informative features (default 5)")
@@ -429,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     synth.add_argument("--out", help="HDF5 file (default ~/.cache/sparsenet/synthetic/madelon_<params>.h5)")
     synth.set_defaults(func=_cmd_data_synth)
+    config = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    show = _Subparsers(config, talk).add_parser("show", help="every key of a config: its value, default and meaning")
+    show.add_argument("config", nargs="*", help="YAML config file(s), merged left to right (none: the defaults)")
+    show.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.set_defaults(func=_cmd_config_show)
     plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
     plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
     plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")
@@ -437,8 +513,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Subparsers:
+    """add_parser with the shared -q/-v options (parents) on every command."""
+
+    def __init__(self, action, parent: argparse.ArgumentParser):
+        self.action, self.parent = action, parent
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.action.add_parser(name, parents=[self.parent], **kwargs)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    from .logs import configure, restore
+
     args = build_parser().parse_args(argv)
+    level = logging.INFO + 10 * (getattr(args, "quiet", 0) - getattr(args, "verbose", 0))
+    previous = configure(min(max(level, logging.DEBUG), logging.ERROR))
+    try:
+        return _run(args)
+    finally:
+        restore(previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except SparsenetError as exc:

@@ -24,7 +24,7 @@ from sparsenet.errors import ConfigError
 
 __all__ = [
     "Config", "ParallelConfig", "DebugConfig", "DataConfig", "ModelConfig", "TrainConfig", "EvolutionConfig", "PruningConfig", "CheckpointConfig",
-    "load_config", "override_config", "config_from_yaml", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
+    "load_config", "override_config", "describe", "config_from_yaml", "config_from_dict", "config_to_dict", "config_to_yaml", "dump_config",
 ]
 
 
@@ -158,8 +158,9 @@ class _PositiveInts:
         return tuple(int(v) for v in value)
 
 
-def _field(default: Any, rule: Callable[[str, Any], Any]) -> Any:
-    return field(default=default, metadata={"rule": rule})
+def _field(default: Any, rule: Callable[[str, Any], Any], meaning: str = "") -> Any:
+    """A config key: its default, its validation rule and what it means (`sparsenet config show`)."""
+    return field(default=default, metadata={"rule": rule, "meaning": meaning})
 
 
 # ---------------------------------------------------------------- sections
@@ -173,68 +174,112 @@ GENERATOR_DEFAULTS = {"clusters_per_class": 2, "flip_y": 0.01, "class_sep": 1.0,
 class DataConfig:
     """Where the samples come from and how they are preprocessed."""
 
-    name: str = _field("fashion_mnist", _Choice(DATASETS))
-    path: str | None = _field(None, _Str(null=True))       # required for npz/csv/hdf5; synthetic_hdf5: the file
-    test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True))
-    standardize: bool = _field(True, _Bool())
-    label_column: int = _field(-1, _Int())                 # csv only
-    samples: int = _field(2600, _Int(lo=10))               # synthetic only, from here on
-    features: int = _field(500, _Int(lo=2))
-    informative: int = _field(5, _Int(lo=1))
-    redundant: int = _field(15, _Int(lo=0))
-    classes: int = _field(2, _Int(lo=2))
-    clusters_per_class: int = _field(2, _Int(lo=1))       # synthetic: Gaussian clusters per class ...
-    hypercube: bool = _field(True, _Bool())               # ... on the vertices of an informative-dim hypercube
-    class_sep: float = _field(1.0, _Float(lo=0, lo_open=True))  # half the hypercube's side
-    flip_y: float = _field(0.01, _Float(0, 1, hi_open=True))    # share of labels assigned at random
-    seed: int | None = _field(None, _Int(lo=0, null=True))   # synthetic*: generation seed (null: the run's)
-    max_train: int | None = _field(None, _Int(lo=1, null=True))
-    max_test: int | None = _field(None, _Int(lo=1, null=True))
+    name: str = _field("fashion_mnist", _Choice(DATASETS),
+                       "a built-in dataset, the generator (synthetic, synthetic_hdf5) or a file format (npz, csv, hdf5); docs/data.md")
+    path: str | None = _field(None, _Str(null=True),
+                              "folder (IDX/CIFAR) or file (npz/csv/hdf5); synthetic_hdf5: the generated file (null: the cache)")
+    test_fraction: float = _field(0.3, _Float(0, 1, lo_open=True, hi_open=True),
+                                  "share of the samples held out for testing when the data has no test split")
+    validation_fraction: float = _field(0.0, _Float(0, 1, hi_open=True),
+                                        "share of each training class held out for validation (best checkpoint, early stopping); 0: none")
+    standardize: bool = _field(True, _Bool(),
+                               "scale every feature to mean 0, std 1 with the training part's statistics")
+    label_column: int = _field(-1, _Int(),
+                               "csv only: the column holding the label (-1: the last)")
+    samples: int = _field(2600, _Int(lo=10),
+                          "synthetic, synthetic_hdf5 (scikit-learn's make_classification): samples in all")
+    features: int = _field(500, _Int(lo=2),
+                           "synthetic: features per sample")
+    informative: int = _field(5, _Int(lo=1),
+                              "synthetic: features that carry the class signal")
+    redundant: int = _field(15, _Int(lo=0),
+                            "synthetic: random linear combinations of the informative features")
+    classes: int = _field(2, _Int(lo=2),
+                          "synthetic: number of classes")
+    clusters_per_class: int = _field(2, _Int(lo=1),
+                                     "synthetic: Gaussian clusters per class")
+    hypercube: bool = _field(True, _Bool(),
+                             "synthetic: clusters on the vertices of an informative-dimensional hypercube")
+    class_sep: float = _field(1.0, _Float(lo=0, lo_open=True),
+                              "synthetic: half the hypercube's side (larger: easier)")
+    flip_y: float = _field(0.01, _Float(0, 1, hi_open=True),
+                           "synthetic: share of labels assigned at random")
+    seed: int | None = _field(None, _Int(lo=0, null=True),
+                              "synthetic*: generation seed (null: seed; set it to keep one dataset for every run seed)")
+    max_train: int | None = _field(None, _Int(lo=1, null=True),
+                                   "keep only the first N training samples (quick runs; null: all)")
+    max_test: int | None = _field(None, _Int(lo=1, null=True),
+                                  "keep only the first N test samples (null: all)")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of the sparse MLP (hidden widths, sparsity level, activations)."""
 
-    hidden: tuple[int, ...] = _field((1000, 1000, 1000), _PositiveInts())
-    epsilon: float = _field(20.0, _Float(lo=0, lo_open=True))
-    activation: str = _field("all_relu", _Choice("relu", "leaky_relu", "all_relu"))
-    alpha: float = _field(0.6, _Float(lo=0))
+    hidden: tuple[int, ...] = _field((1000, 1000, 1000), _PositiveInts(),
+                                     "neurons of each hidden layer")
+    epsilon: float = _field(20.0, _Float(lo=0, lo_open=True),
+                            "Erdős–Rényi sparsity: density epsilon*(n_in+n_out)/(n_in*n_out), capped at 1")
+    activation: str = _field("all_relu", _Choice("relu", "leaky_relu", "all_relu"),
+                             "hidden activation: relu, leaky_relu or all_relu (alternating slopes)")
+    alpha: float = _field(0.6, _Float(lo=0),
+                          "negative-side slope of leaky_relu / all_relu")
     # he_uniform / xavier: limits from the dense layer's fan-in (SET); he_uniform_sparse: from each
     # neuron's actual number of connections (Evci et al. 2022), so activations keep their variance
-    init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform", "he_uniform_sparse"))
-    dropout: float = _field(0.3, _Float(0, 1, hi_open=True))
-    output: str = _field("softmax", _Choice("softmax", "sigmoid", "linear"))  # linear: autoencoder only
+    init: str = _field("he_uniform", _Choice("normal", "xavier", "he_uniform", "he_uniform_sparse"),
+                       "normal (N(0,1)/10), xavier, he_uniform (dense fan-in, as in SET), he_uniform_sparse (each neuron's actual fan-in)")
+    dropout: float = _field(0.3, _Float(0, 1, hi_open=True),
+                            "inverted dropout on hidden layers")
+    output: str = _field("softmax", _Choice("softmax", "sigmoid", "linear"),
+                         "output layer: softmax + cross-entropy, or sigmoid + MSE; linear + MSE (autoencoder only)")
     # zero: the first layer starts at 0 and grows from its gradients (implicit feature selection)
-    input_init: str = _field("init", _Choice("init", "zero"))
-    # autoencoder: n_features outputs reconstruct the clean input (QuickSelection); labels are not used
-    task: str = _field("classifier", _Choice("classifier", "autoencoder"))
-    # autoencoder: std of the Gaussian noise added to each standardised input value while training (denoising)
-    input_noise: float = _field(0.0, _Float(lo=0))
+    input_init: str = _field("init", _Choice("init", "zero"),
+                             "zero: the first layer starts at 0 and grows from its gradients (feature selection)")
+    task: str = _field("classifier", _Choice("classifier", "autoencoder"),
+                       "autoencoder: n_features outputs reconstruct the clean input from a noisy one, labels unused "
+                       "(QuickSelection; rank the inputs with sparsenet features)")
+    input_noise: float = _field(0.0, _Float(lo=0),
+                                "autoencoder: std of the Gaussian noise added to each standardised input while training")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimizer (momentum SGD or Adam, whose beta1 is `momentum`) and weight decay."""
 
-    epochs: int = _field(500, _Int(lo=1))
-    batch_size: int = _field(128, _Int(lo=1))
-    lr: float = _field(0.01, _Float(lo=0, lo_open=True))
-    momentum: float = _field(0.9, _Float(0, 1, hi_open=True))
-    weight_decay: float = _field(0.0002, _Float(lo=0))
-    weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"))  # see optim.MomentumSGD
-    optimizer: str = _field("momentum", _Choice("momentum", "adam"))  # optim.OPTIMIZERS
-    eval_batch_size: int = _field(2048, _Int(lo=1))
-    progress: bool = _field(True, _Bool())
+    epochs: int = _field(500, _Int(lo=1),
+                         "epochs to train")
+    batch_size: int = _field(128, _Int(lo=1),
+                             "samples per gradient step")
+    lr: float = _field(0.01, _Float(lo=0, lo_open=True),
+                       "learning rate")
+    momentum: float = _field(0.9, _Float(0, 1, hi_open=True),
+                             "momentum of SGD (Adam: beta1; beta2 is 0.999)")
+    weight_decay: float = _field(0.0002, _Float(lo=0),
+                                 "L2 weight decay")
+    weight_decay_mode: str = _field("coupled", _Choice("coupled", "decoupled"),
+                                    "coupled: added to the gradient; decoupled: applied to the weights (AdamW)")
+    optimizer: str = _field("momentum", _Choice("momentum", "adam"),
+                            "momentum (SGD) or adam")
+    eval_batch_size: int = _field(2048, _Int(lo=1),
+                                  "samples per evaluation chunk")
+    progress: bool = _field(True, _Bool(),
+                            "draw a progress bar during epochs (only ever on a terminal)")
+    early_stopping_patience: int | None = _field(None, _Int(lo=1, null=True),
+                                                 "stop after this many epochs without improvement of the selection metric (null: never)")
+    early_stopping_min_delta: float = _field(0.0, _Float(lo=0),
+                                             "smallest change of the selection metric that counts as an improvement")
 
 
 @dataclass(frozen=True)
 class EvolutionConfig:
     """Sparse Evolutionary Training: fraction zeta of weights removed and regrown each epoch."""
 
-    zeta: float = _field(0.3, _Float(0, 1, hi_open=True))
-    evolve_output: bool = _field(False, _Bool())
-    regrow: str = _field("init", _Choice("init", "zero"))   # new weights: from model.init, or 0 (RigL)
+    zeta: float = _field(0.3, _Float(0, 1, hi_open=True),
+                         "fraction of positive and of negative weights nearest zero replaced after each epoch (SET; 0: off)")
+    evolve_output: bool = _field(False, _Bool(),
+                                 "also evolve the output layer (a layer at density 1 never evolves)")
+    regrow: str = _field("init", _Choice("init", "zero"),
+                         "new connections' weights: from model.init, or 0 (RigL)")
 
 
 @dataclass(frozen=True)
@@ -243,54 +288,80 @@ class PruningConfig:
     hidden neurons below the `percentile`-th importance percentile of their layer. npset: after each of
     `duration` epochs from start_epoch, remove the `fraction` of hidden neurons with fewest connections."""
 
-    method: str = _field("none", _Choice("none", "importance", "npset"))
-    start_epoch: int = _field(10, _Int(lo=1))          # importance: tau; npset: beta
-    every: int = _field(5, _Int(lo=1))                 # importance: pruning step p
-    percentile: float = _field(10.0, _Float(0, 100, lo_open=True, hi_open=True))   # importance: threshold t
-    fraction: float = _field(0.04, _Float(0, 1, lo_open=True, hi_open=True))       # npset: alpha
-    duration: int = _field(40, _Int(lo=1))             # npset: gamma
+    method: str = _field("none", _Choice("none", "importance", "npset"),
+                         "neuron pruning between epochs: none, importance or npset")
+    start_epoch: int = _field(10, _Int(lo=1),
+                              "first epoch after which neurons are pruned (importance: tau; npset: beta)")
+    every: int = _field(5, _Int(lo=1),
+                        "importance: prune every this many epochs (step p)")
+    percentile: float = _field(10.0, _Float(0, 100, lo_open=True, hi_open=True),
+                               "importance: remove neurons below this percentile of their layer's importance (t)")
+    fraction: float = _field(0.04, _Float(0, 1, lo_open=True, hi_open=True),
+                             "npset: share of hidden neurons with fewest connections removed per step (alpha)")
+    duration: int = _field(40, _Int(lo=1),
+                           "npset: epochs of pruning from start_epoch (gamma)")
 
 
 @dataclass(frozen=True)
 class CheckpointConfig:
-    every: int = _field(10, _Int(lo=1))
+    every: int = _field(10, _Int(lo=1),
+                        "write checkpoint.h5 every this many epochs (and at the end and on a stop)")
+    best: bool = _field(True, _Bool(),
+                        "write checkpoint_best.h5 at each new best epoch (validation accuracy, else training loss)")
 
 
 @dataclass(frozen=True)
 class ParallelConfig:
     """MPI training (world size > 1): rank 0 is the parameter server, ranks 1..K the workers."""
 
-    algorithm: str = _field("wasap", _Choice("wasap", "wassp"))
-    phase1_epochs: int | None = _field(None, _Int(lo=0, null=True))   # None: phase1_fraction of the epochs
-    phase1_fraction: float = _field(0.9, _Float(0, 1))
-    chunk_bytes: int = _field(1 << 30, _Int(lo=1024, hi=2**31 - 1))     # largest single MPI message
-    lr_scaling: bool = _field(True, _Bool())           # wassp: lr * K (Goyal et al.)
-    warmup_epochs: int = _field(5, _Int(lo=0))         # wassp: gradual warm-up from lr to lr * K
-    async_lr_factor: float = _field(1.0, _Float(lo=0, lo_open=True))   # wasap: lr * factor ...
-    async_lr_epochs: int = _field(0, _Int(lo=0))       # ... for the first epochs, then lr
-    pipeline: bool = _field(True, _Bool())             # wasap: compute the next gradient while one travels
-    shared_memory: bool = _field(True, _Bool())        # bundles between ranks of one node through /dev/shm
+    algorithm: str = _field("wasap", _Choice("wasap", "wassp"),
+                            "MPI training: wasap (asynchronous) or wassp (synchronous)")
+    phase1_epochs: int | None = _field(None, _Int(lo=0, null=True),
+                                       "epochs of phase 1 (null: phase1_fraction of the epochs)")
+    phase1_fraction: float = _field(0.9, _Float(0, 1),
+                                    "share of the epochs in phase 1; then local training of the replicas and their average")
+    chunk_bytes: int = _field(1 << 30, _Int(lo=1024, hi=2**31 - 1),
+                              "largest single MPI message in bytes")
+    lr_scaling: bool = _field(True, _Bool(),
+                              "wassp: learning rate times the number of workers (Goyal et al.)")
+    warmup_epochs: int = _field(5, _Int(lo=0),
+                                "wassp: gradual warm-up from lr to lr * workers over this many epochs")
+    async_lr_factor: float = _field(1.0, _Float(lo=0, lo_open=True),
+                                    "wasap: learning rate times this factor for the first async_lr_epochs")
+    async_lr_epochs: int = _field(0, _Int(lo=0),
+                                  "wasap: epochs with the scaled learning rate")
+    pipeline: bool = _field(True, _Bool(),
+                            "wasap: compute the next gradient while one travels")
+    shared_memory: bool = _field(True, _Bool(),
+                                 "bundles between ranks of one node through shared memory")
     # seconds a rank may wait hearing nothing from a peer before it names the peer and ends the job
     # once training runs (workers wait twice as long; phase 2 adds twice the last epoch's time); null: forever
-    timeout_s: float | None = _field(600.0, _Float(lo=0, lo_open=True, null=True))
+    timeout_s: float | None = _field(600.0, _Float(lo=0, lo_open=True, null=True),
+                                     "seconds a rank may hear nothing from a peer before it names it and ends the job (null: forever)")
 
 
 @dataclass(frozen=True)
 class DebugConfig:
     """Fault injection for tests: worker `fail_rank` raises at its `fail_at_step`-th gradient."""
 
-    fail_rank: int | None = _field(None, _Int(lo=1, null=True))
-    fail_at_step: int = _field(0, _Int(lo=0))
+    fail_rank: int | None = _field(None, _Int(lo=1, null=True),
+                                   "tests: the worker rank that raises (null: none)")
+    fail_at_step: int = _field(0, _Int(lo=0),
+                               "tests: at this gradient step")
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole run configuration; top-level scalars first, then one field per section."""
 
-    seed: int = _field(0, _Int(lo=0))
-    threads: int = _field(0, _Int(lo=0))                   # 0 = the CPUs this process may use
-    adapt_threads: bool = _field(True, _Bool())            # threads 0: fewer while other processes take CPUs
-    memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True))  # GiB; null: detect
+    seed: int = _field(0, _Int(lo=0),
+                       "every random draw (initialisation, shuffling, dropout, SET, splits) comes from this seed")
+    threads: int = _field(0, _Int(lo=0),
+                          "kernel threads; 0: the CPUs this process may use (affinity mask, cgroup CPU quota, SLURM_CPUS_PER_TASK)")
+    adapt_threads: bool = _field(True, _Bool(),
+                                 "with threads 0: run fewer kernel threads while other processes take CPUs (docs/benchmarks.md)")
+    memory_limit_gb: float | None = _field(None, _Float(lo=0, lo_open=True, null=True),
+                                           "memory (GiB) the planner may use; null: MemAvailable / the cgroup's limit")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -409,6 +480,21 @@ def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
     return value
+
+
+def describe(cfg: Config) -> list[tuple[str, Any, Any, str]]:
+    """(dotted key, value in cfg, default, meaning) of every key, in declaration order."""
+    rows = []
+
+    def walk(obj: Any, cls: type, prefix: str) -> None:
+        scalars, sections = _section_fields(cls)
+        for name, f in scalars.items():
+            rows.append((prefix + name, _plain(getattr(obj, name)), _plain(f.default), f.metadata.get("meaning", "")))
+        for name, sub in sections.items():
+            walk(getattr(obj, name), sub, f"{prefix}{name}.")
+
+    walk(cfg, Config, "")
+    return rows
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -550,25 +636,45 @@ def _apply_override(raw: dict, text: str) -> None:
         node[parts[-1]] = value
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
-    """Read a YAML config (None = all defaults), apply `a.b=value` overrides, validate."""
+def _read_config_file(path: str | os.PathLike) -> dict:
+    """One YAML config file -> its nested mapping (not yet validated)."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as fh:
+            text = fh.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file '{name}' not found") from e
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(f"cannot read config file '{name}': {_cut(reason)}") from e
+    raw = _parse_yaml(text, f"config file '{name}'")
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file '{name}' must hold a mapping of sections at the "
+                          f"top level, got {type(raw).__name__}")
+    return raw
+
+
+def _merge(base: dict, overlay: dict) -> dict:
+    """overlay on top of base: a section (mapping) in both merges key by key, anything else replaces."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | os.PathLike | Sequence[str | os.PathLike] | None,
+                overrides: Sequence[str] = ()) -> Config:
+    """Read YAML config file(s) (None = all defaults; several merge left to right, a later file's keys
+    winning), apply `a.b=value` overrides, validate."""
     raw: Any = {}
-    if path is not None:
-        name = os.fspath(path)
-        try:
-            with open(name, encoding="utf-8") as fh:
-                text = fh.read(MAX_CONFIG_BYTES + 1)
-        except FileNotFoundError as e:
-            raise ConfigError(f"config file '{name}' not found") from e
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-            raise ConfigError(f"cannot read config file '{name}': {_cut(reason)}") from e
-        raw = _parse_yaml(text, f"config file '{name}'")
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file '{name}' must hold a mapping of sections at the "
-                              f"top level, got {type(raw).__name__}")
+    paths = [] if path is None else [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    for one in paths:
+        raw = _merge(raw, _read_config_file(one))
     if isinstance(overrides, str):
         overrides = [overrides]
     for text in overrides:

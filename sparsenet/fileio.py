@@ -100,6 +100,23 @@ def make_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
     return check_folder(folder, what)
 
 
+def fresh_folder(parent: str | os.PathLike, stem: str, what: str = "output folder") -> Path:
+    """A new folder parent/<stem>-<n>, n the smallest free number from 1; mkdir claims it, so two
+    runs started at once never get the same one."""
+    parent = make_folder(parent, what)
+    n = 1
+    while True:
+        path = parent / f"{stem}-{n}"
+        try:
+            os.mkdir(path, FOLDER_MODE)
+        except FileExistsError:
+            n += 1
+            continue
+        except OSError as exc:
+            raise OutputError(f"cannot create {what} '{path}': {_reason(exc)}") from None
+        return check_folder(path, what)
+
+
 def prepare_file(path: str | os.PathLike, what: str = "output file") -> Path:
     """A target file path whose folder exists (created if missing) and is safe to write in."""
     path = Path(path)

@@ -1,31 +1,25 @@
-"""Run output: rank-tagged log lines, JSONL metrics, a progress bar and peak memory."""
+"""Run output: log lines (through logs.py), JSONL metrics, a progress bar and peak memory."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
 import time
 
 from .fileio import append_text, write_text
+from .logs import process_rank, shows  # noqa: F401 - process_rank: re-exported
 
 
-def process_rank() -> int:
-    """This process's MPI rank from the launcher's environment (0 without MPI); starts no MPI."""
-    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                pass
-    return 0
+_RUN = logging.getLogger("sparsenet.run")
 
 
-def log(message: str, rank: int | None = None) -> None:
-    """One line to stdout, tagged with time and the rank that speaks."""
-    rank = process_rank() if rank is None else rank
-    print(f"{time.strftime('%H:%M:%S')} [rank {rank}] {message}", flush=True)
+def log(message: str, rank: int | None = None, level: int = logging.INFO) -> None:
+    """One line to the `sparsenet.run` logger (logs.py: `HH:MM:SS [rank R] message` from the command
+    line, nothing from the library unless asked); rank: the rank that speaks (default: this process's)."""
+    _RUN.log(level, message, extra={"rank": rank})
 
 
 def peak_rss_mb() -> float:
@@ -49,18 +43,18 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 class ProgressBar:
-    """A one-line progress bar on stderr, redrawn at most 10 times a second; silent when disabled."""
+    """A one-line progress bar on stderr, redrawn at most 10 times a second; drawn only on a terminal
+    (a log file or Slurm output gets the epoch lines, no carriage-return fragments) and when INFO is shown."""
 
     def __init__(self, total: int, label: str, enabled: bool = True, width: int = 30):
         self.total = max(int(total), 1)
         self.label = label
-        self.enabled = enabled
+        self.enabled = enabled and _is_terminal(sys.stderr) and shows(logging.INFO)
         self.width = width
         self.start = time.perf_counter()
         self._last_draw = 0.0
         self._drawn = False
-        # A terminal gets a live bar; a log file gets a line every few seconds on long epochs.
-        self._interval = 0.1 if sys.stderr.isatty() else 5.0
+        self._interval = 0.1
 
     def update(self, done: int, info: str = "") -> None:
         if not self.enabled:
@@ -68,8 +62,6 @@ class ProgressBar:
         now = time.perf_counter()
         if now - self._last_draw < self._interval and done < self.total:
             return
-        if not self._drawn and done >= self.total and now - self.start < self._interval:
-            return  # a short epoch in a log file: the epoch line says it all
         self._last_draw = now
         frac = min(done / self.total, 1.0)
         filled = int(frac * self.width)
@@ -84,3 +76,10 @@ class ProgressBar:
         if self.enabled and self._drawn:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False

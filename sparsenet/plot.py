@@ -9,39 +9,87 @@ from .errors import SparsenetError
 from .metrics import read_metrics
 
 
+SHORT_RUN_EPOCHS = 30  # runs up to this long get a marker on every epoch
+LAYER_STYLES = ("-", "--", ":", "-.")
+
+
 def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] | None = None) -> Path:
-    """Test accuracy and train/test loss per epoch of one or more runs, side by side."""
+    """Per epoch of one or more runs: accuracy (test, validation, the selected epoch), loss, seconds,
+    nnz per layer and neurons per hidden layer, on integer epoch ticks."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise SparsenetError("plotting needs matplotlib: pip install 'sparsenet[plot]'") from None
     labels = labels or [Path(p).parent.name or str(p) for p in metrics_paths]
     if len(labels) != len(metrics_paths):
         raise SparsenetError(f"got {len(labels)} labels for {len(metrics_paths)} metrics files")
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
-    for path, label in zip(metrics_paths, labels):
+    runs = []
+    for path in metrics_paths:
         try:
             rows = read_metrics(path)
         except (OSError, ValueError) as exc:
             raise SparsenetError(f"cannot read metrics file {path}: {exc}") from None
         if not rows:
             raise SparsenetError(f"metrics file {path} holds no epochs")
+        runs.append(rows)
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    ax_acc, ax_loss, ax_sec, ax_nnz, ax_neurons, ax_note = axes.ravel()
+    notes = []
+    for rows, label in zip(runs, labels):
         epochs = [r["epoch"] for r in rows]
-        if "test_accuracy" in rows[0]:  # an autoencoder's rows have none: its losses are the reconstruction's
+        style = {"marker": "o", "markersize": 3} if len(rows) <= SHORT_RUN_EPOCHS else {}
+        classifier = "test_accuracy" in rows[0]  # an autoencoder's rows have none: its losses are the reconstruction's
+        if classifier:
             acc = [100 * r["test_accuracy"] for r in rows]
-            best = max(range(len(acc)), key=acc.__getitem__)
-            ax_acc.plot(epochs, acc, label=f"{label} (best {acc[best]:.2f}% at {epochs[best]}, last {acc[-1]:.2f}%)")
-        line, = ax_loss.plot(epochs, [r["test_loss"] for r in rows], label=f"{label} test")
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=line.get_color(), label=f"{label} train")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy [%]", title="Test accuracy")
+            line, = ax_acc.plot(epochs, acc, label=f"{label} test (last {acc[-1]:.2f}%)", **style)
+        else:
+            line, = ax_acc.plot([], [])  # keeps one colour per run across the panels
+        color = line.get_color()
+        if "validation_accuracy" in rows[-1]:
+            ax_acc.plot(epochs, [100 * r.get("validation_accuracy", float("nan")) for r in rows], "--",
+                        color=color, label=f"{label} validation", **style)
+        chosen = next((r for r in rows if r["epoch"] == rows[-1].get("best_epoch")), None)
+        if chosen is not None and classifier:  # the epoch checkpoint_best.h5 holds, chosen without the test set
+            ax_acc.plot([chosen["epoch"]], [100 * chosen["test_accuracy"]], "*", color=color, markersize=12,
+                        label=f"{label} selected: epoch {chosen['epoch']} on {rows[-1]['selection_metric']}, "
+                              f"test {100 * chosen['test_accuracy']:.2f}%")
+        ax_loss.plot(epochs, [r["test_loss"] for r in rows], color=color, label=f"{label} test", **style)
+        ax_loss.plot(epochs, [r["train_loss"] for r in rows], "--", color=color, label=f"{label} train", **style)
+        if "validation_loss" in rows[-1]:
+            ax_loss.plot(epochs, [r.get("validation_loss", float("nan")) for r in rows], ":", color=color,
+                         label=f"{label} validation", **style)
+        for key, dash in (("train_seconds", "-"), ("evolution_seconds", "--"), ("eval_seconds", ":")):
+            if key in rows[0]:
+                ax_sec.plot(epochs, [r.get(key, float("nan")) for r in rows], dash, color=color,
+                            label=f"{label} {key.split('_')[0]}", **style)
+        for l in range(len(rows[0].get("nnz", []))):
+            ax_nnz.plot(epochs, [r["nnz"][l] if len(r["nnz"]) > l else float("nan") for r in rows],
+                        LAYER_STYLES[l % len(LAYER_STYLES)], color=color, label=f"{label} layer {l}", **style)
+        for h in range(1, len(rows[0].get("neurons", [])) - 1):
+            ax_neurons.plot(epochs, [r["neurons"][h] for r in rows], LAYER_STYLES[(h - 1) % len(LAYER_STYLES)],
+                            color=color, label=f"{label} hidden {h}", **style)
+        if classifier:
+            best = max(rows, key=lambda r: r["test_accuracy"])
+            notes.append(f"{label}: {len(rows)} epochs; best test accuracy {100 * best['test_accuracy']:.2f}% "
+                         f"(epoch {best['epoch']}, for reference only)")
+        else:
+            notes.append(f"{label}: {len(rows)} epochs; autoencoder, last test loss {rows[-1]['test_loss']:.5g}")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy [%]", title="Accuracy")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (train with dropout)")
-    for ax in (ax_acc, ax_loss):
+    ax_sec.set(xlabel="epoch", ylabel="seconds", title="Seconds per epoch")
+    ax_nnz.set(xlabel="epoch", ylabel="connections", title="Connections (nnz) per layer")
+    ax_neurons.set(xlabel="epoch", ylabel="neurons", title="Neurons per hidden layer")
+    for ax in (ax_acc, ax_loss, ax_sec, ax_nnz, ax_neurons):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # an autoencoder's accuracy panel stays empty
-            ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # older metrics files lack some panels' keys
+            ax.legend(fontsize=7)
+    ax_note.axis("off")
+    ax_note.text(0, 1, "\n".join(notes), va="top", fontsize=8, wrap=True)
     fig.tight_layout()
     return _save(fig, out)
 

@@ -29,6 +29,7 @@ class TrainingState:
     epoch: int
     history: list[dict]
     stopped_by: str | None = None  # name of the signal that ended the run early, if one did
+    early_stopped: bool = False  # train.early_stopping_patience ended the run (not resumable work left)
     governor: ThreadGovernor | None = None  # adapt_threads: kernel threads follow the CPUs left free
     partial: dict | None = None  # an epoch stopped after some batches (train.train_epoch); None between epochs
     # anything with mean, std and classes (a Dataset, CheckpointData): saved in the checkpoint for inference

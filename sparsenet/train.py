@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -18,7 +19,9 @@ from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize:
     CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, start_run, summarize)
 from .metrics import ProgressBar, log
 from .model import SparseMLP
+from .jitcache import compile_notice
 from .pruning import NeuronRemoval, pruning_due, remove_neurons, select_by_importance, select_npset
+from .selection import hold_out_validation
 from .sparse import kernels
 from .state import (  # noqa: F401 - re-exported: the names callers know train by
     TrainingState, check_resume_compatible, layers_to_checkpoint, model_from_checkpoint, new_state,
@@ -175,8 +178,14 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     out = prepare_run_folder(out_dir)
     threads = set_threads(cfg.threads)
     data = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
-    log(f"data {data.name}: {data.x_train.shape[0]} train / {data.x_test.shape[0]} test samples, "
+    data, validation = hold_out_validation(data, cfg.data.validation_fraction, cfg.seed)
+    held = f" + {validation[0].shape[0]} validation (stratified, seed {cfg.seed})" if validation else ""
+    log(f"data {data.name}: {data.x_train.shape[0]} train{held} / {data.x_test.shape[0]} test samples, "
         f"{data.n_features} features, {data.n_classes} classes; {threads} kernel threads")
+    log(f"kernel cache: {numba.config.CACHE_DIR or 'numba default'}", level=logging.DEBUG)
+    notice = compile_notice()
+    if notice:
+        log(notice)
     state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume)
     n_steps = -(-data.x_train.shape[0] // cfg.train.batch_size)
     if state.partial and state.partial["n_steps"] != n_steps:
@@ -189,9 +198,9 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
         state.governor = ThreadGovernor(threads, numba.set_num_threads)
 
-    def save() -> None:
-        ckpt.save_checkpoint(out / CHECKPOINT, state_to_checkpoint(state, cfg))
+    def save(path: Path | None = None) -> None:
+        ckpt.save_checkpoint(path or out / CHECKPOINT, state_to_checkpoint(state, cfg))
 
-    with EpochLoop(cfg, out, state, data.x_test, data.y_test, save) as loop:
+    with EpochLoop(cfg, out, state, data.x_test, data.y_test, save, validation=validation) as loop:
         loop.run(lambda epoch: run_epoch(state, cfg, data, epoch, loop.stop_requested), cfg.train.epochs)
     return loop.finish()

@@ -17,6 +17,8 @@ from ..data import load_dataset
 from ..errors import SparsenetError
 from ..loop import CHECKPOINT, prepare_run_folder, start_run
 from ..metrics import log
+from ..jitcache import compile_notice
+from ..selection import hold_out_validation
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from ..state import TrainingState
 from .launcher import launcher_rank, world_size_mismatch
@@ -62,19 +64,23 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         if cfg.parallel.shared_memory:
             transport.enable_shared_memory()
         threads = rank_threads(cfg, transport.size)
+        notice = compile_notice() if rank == 0 else None
+        if notice:
+            log(notice, rank=0)
         # Rank 0 first: a dataset that must be downloaded or unpacked is fetched once, not K+1 times.
         if rank == 0:
             data = load_dataset(cfg.data, cfg.seed)
         transport.barrier()
         if rank != 0:
             data = load_dataset(cfg.data, cfg.seed)
+        data, validation = hold_out_validation(data, cfg.data.validation_fraction, cfg.seed)  # the same split on every rank
         if data.x_train.shape[0] < transport.size - 1:
             raise SparsenetError(f"{data.x_train.shape[0]} training samples cannot feed {transport.size - 1} workers")
         if rank == 0:
             transport.barrier()  # the workers have their kernels loaded: phase 1 starts for all at once
             # From here on no healthy rank is silent for long (start-up, loading data, may be).
             transport.silence_timeout = cfg.parallel.timeout_s
-            state = _serve(cfg, data, transport, Path(out_dir), resume, threads)
+            state = _serve(cfg, data, transport, Path(out_dir), resume, threads, validation)
             transport.barrier()
             return state
         from .worker import load_kernels, run_worker
@@ -131,7 +137,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
     return bool(transport.recv_bundle(source=0, tag=TAG_MEMORY_PLAN).meta["go"])
 
 
-def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) -> TrainingState:
+def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, validation=None) -> TrainingState:
     from .mpi_workers import MPIWorkers
     from .seam import Replica
     from .server import ParameterServer, phase1_epochs
@@ -161,4 +167,5 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int) 
         if saved.phase == 2 and saved.replicas:
             replicas = [Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
                                                  saved.replica_optimizer_scalars)]
-    return ParameterServer(cfg, data, MPIWorkers(cfg, transport), state, out, version, replicas).run()
+    return ParameterServer(cfg, data, MPIWorkers(cfg, transport), state, out, version, replicas,
+                           validation=validation).run()

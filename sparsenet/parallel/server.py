@@ -43,7 +43,7 @@ class ParameterServer:
     """Holds the global model and the only phase-1 optimizer state; drives `workers`."""
 
     def __init__(self, cfg: Config, data: Dataset, workers: Workers, state: TrainingState, out_dir: Path,
-                 version: int = 0, replicas: list[Replica] | None = None):
+                 version: int = 0, replicas: list[Replica] | None = None, validation=None):
         self.cfg, self.data, self.workers, self.state = cfg, data, workers, state
         self.out = Path(out_dir)
         self.version = version
@@ -60,7 +60,8 @@ class ParameterServer:
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self._replicas_out = False  # phase 2: replicas handed out, their epoch not gathered yet
         # the server computes no gradients: evaluation gets buffers of a training batch's size
-        self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0, trains=False)
+        self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0, trains=False,
+                              validation=validation)
 
     # ------------------------------------------------------------------ phase 1
 
@@ -270,21 +271,21 @@ class ParameterServer:
         """The workers' epoch stats with the run-long counters continued across resumes."""
         return {k: v + self.carried[k] if k in _RUN_COUNTERS else v for k, v in stats.items()}
 
-    def save(self) -> None:
+    def save(self, path: Path | None = None) -> None:
         data = state_to_checkpoint(self.state, self.cfg)
         data.phase, data.version = self.phase, self.version
         if self.phase == 2 and self.saved_replicas:
             data.replicas = [r.layers for r in self.saved_replicas]
             data.replica_rng_states = [r.rng_state for r in self.saved_replicas]
             data.replica_optimizer_scalars = [r.scalars for r in self.saved_replicas]
-        ckpt.save_checkpoint(self.out / "checkpoint.h5", data)
+        ckpt.save_checkpoint(path or self.out / "checkpoint.h5", data)
 
     def run(self) -> TrainingState:
         """Phase 1, then phase 2 if epochs remain; a stop signal ends either at an epoch boundary."""
         loop, epochs = self.loop, self.cfg.train.epochs
         with loop:
             loop.run(self.phase1_epoch, phase1_epochs(self.cfg))
-            if self.state.epoch < epochs and not loop.stop_requested():
+            if self.state.epoch < epochs and not loop.stop_requested() and not loop.early_stopped:
                 self.start_phase2()
                 loop.run(self.phase2_epoch, epochs)
             elif self.phase == 1:

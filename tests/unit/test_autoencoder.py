@@ -199,3 +199,13 @@ def test_memory_plan_counts_n_features_outputs():
     ae = plan_memory(load_config(None, [*AE, "model.hidden=[100]"]), data=shape, available=1 << 40)
     classifier = plan_memory(load_config(None, ["model.hidden=[100]"]), data=shape, available=1 << 40)
     assert ae.sizes == [5000, 100, 5000] and classifier.sizes == [5000, 100, 2]
+
+
+def test_a_validation_split_selects_the_autoencoder_on_validation_loss(tmp_path):
+    run(load_config(None, [*SMALL_AE, "train.epochs=3", "data.validation_fraction=0.2"]), tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert all("validation_accuracy" not in r and "test_accuracy" not in r for r in rows)
+    assert [r["selection_metric"] for r in rows] == ["validation_loss"] * 3
+    losses = [r["validation_loss"] for r in rows]
+    assert rows[-1]["best_epoch"] == 1 + losses.index(min(losses))
+    assert load_checkpoint(tmp_path / "checkpoint_best.h5").epoch == rows[-1]["best_epoch"]

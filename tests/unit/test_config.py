@@ -93,7 +93,7 @@ def test_empty_file_and_empty_section(tmp_path):
 def test_unknown_keys():
     message = error_of(["train.epoch=10"])
     assert message == ("unknown config key 'train.epoch'; valid keys in 'train': batch_size, "
-                       "epochs, eval_batch_size, lr, momentum, optimizer, progress, weight_decay, weight_decay_mode")
+                       "early_stopping_min_delta, early_stopping_patience, epochs, eval_batch_size, lr, momentum, optimizer, progress, weight_decay, weight_decay_mode")
     message = error_of(["trian.epochs=10"])
     assert message.startswith("unknown config key 'trian'; valid keys at the top level: ")
     assert "checkpoint, data, debug, evolution, memory_limit_gb, model, parallel, pruning, seed, threads, train" in message
@@ -280,3 +280,21 @@ def test_stored_configs_never_hold_anchors():
     text = yaml.dump({"a": shared, "b": shared}, Dumper=config_module._Dumper)
     assert "&" not in text and "*" not in text
     assert config_from_yaml(config_to_yaml(Config())) == Config()
+
+
+def test_config_files_merge_left_to_right(tmp_path):
+    base = write(tmp_path, "train:\n  lr: 0.1\n  epochs: 7\nmodel:\n  hidden: [20, 20]\n", "base.yaml")
+    over = write(tmp_path, "train:\n  lr: 0.5\nmodel:\n  hidden: [9]\n", "over.yaml")
+    cfg = load_config([base, over])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.model.hidden) == (0.5, 7, (9,))  # a list replaces, a section merges
+    cfg = load_config([over, base], ["train.epochs=3"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.model.hidden) == (0.1, 3, (20, 20))
+
+
+def test_config_merge_names_the_bad_file(tmp_path):
+    base = write(tmp_path, "train:\n  lr: 0.1\n", "base.yaml")
+    with pytest.raises(ConfigError, match="config file '.*missing.yaml' not found"):
+        load_config([base, tmp_path / "missing.yaml"])
+    bad = write(tmp_path, "- 1\n", "list.yaml")
+    with pytest.raises(ConfigError, match="list.yaml' must hold a mapping"):
+        load_config([base, bad])

@@ -582,3 +582,34 @@ def test_debian_fashion_mnist(monkeypatch):
     assert ds.y_test.min() >= 0 and ds.y_test.max() <= 9
     assert np.isfinite(ds.x_train).all() and abs(float(ds.x_train.mean())) < 1e-3
     assert os.path.isdir(DEBIAN_FASHION)
+
+
+def test_download_message_is_shown_on_the_command_line_log_and_silent_in_the_library(
+        tmp_path, monkeypatch, http_root, capsys):
+    import io
+    import logging
+
+    from sparsenet import logs
+
+    root, url = http_root
+    write_idx_set(root, gz=True)
+    sums = {role: sha((root / (stem + ".gz")).read_bytes()) for role, stem in idx.IDX_FILES.items()}
+    monkeypatch.setitem(idx._CATALOG, "mnist", {**idx._CATALOG["mnist"], "mirrors": (url,), "sha256": sums})
+    monkeypatch.delenv("SPARSENET_NO_DOWNLOAD")
+    load_dataset(mnist_cfg(), 0)   # library use: no output (stderr holds only the test server's request log)
+    out, err = capsys.readouterr()
+    assert out == "" and "downloading" not in err
+    for p in (tmp_path / "cache" / "mnist").iterdir():
+        p.unlink()
+    logger = logging.getLogger("sparsenet")
+    saved = logger.handlers[:], logger.level
+    stream = io.StringIO()
+    try:
+        logs.configure(logging.INFO, stream)   # what `sparsenet train` sets up
+        load_dataset(mnist_cfg(), 0)
+    finally:
+        logger.handlers[:], logger.level = saved
+    lines = stream.getvalue().splitlines()
+    shown = [line for line in lines if "downloading" in line]
+    assert len(shown) == len(idx.IDX_FILES)
+    assert f"[rank 0] downloading {url}train-images-idx3-ubyte.gz -> {tmp_path / 'cache' / 'mnist'}" in shown[0]

@@ -18,10 +18,16 @@ def _loop(tmp_path, *extra):
     tmp_path.mkdir(exist_ok=True)
     cfg = load_config(None, SMALL + list(extra))
     state = new_state(cfg, 40, 3)
-    saves = []
+    saves, loop_best = [], []
     rng = np.random.default_rng(0)
+
+    def save(path=None):  # checkpoint.h5 (path None) or checkpoint_best.h5
+        (saves if path is None else loop_best).append(state.epoch)
+        assert path is None or path == tmp_path / "checkpoint_best.h5"
+
     loop = EpochLoop(cfg, tmp_path, state, rng.standard_normal((20, 40)).astype(np.float32),
-                     rng.integers(0, 3, 20), lambda: saves.append(state.epoch))
+                     rng.integers(0, 3, 20), save)
+    loop.best_saves = loop_best
     return loop, state, saves
 
 
@@ -35,6 +41,7 @@ def test_rows_checkpoint_cadence_and_extra_keys(tmp_path):
         loop.run(lambda epoch: _trained(1.0 / epoch), 5)
     assert loop.finish() is state and state.stopped_by is None
     assert saves == [2, 4, 5] and state.epoch == 5
+    assert loop.best_saves == [1, 2, 3, 4, 5]   # the training loss (no validation set) fell every epoch
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and rows == state.history
     assert rows[3]["train_loss"] == 0.25 and rows[0]["extra"] == 7 and rows[0]["neurons_removed"] == [0, 0]
