@@ -1,4 +1,5 @@
-"""Hidden activations as per-layer negative slopes, and the output losses (softmax + CE, sigmoid + MSE).
+"""Hidden activations as per-layer negative slopes, and the output losses (softmax + CE, sigmoid + MSE,
+linear + MSE for the autoencoder's reconstruction).
 
 Every hidden activation here is f(z) = z for z > 0 and slope * z otherwise, so one kernel serves
 them all: relu (slope 0), leaky_relu (slope alpha) and All-ReLU (paper eq. 3).
@@ -12,7 +13,7 @@ from numba import njit
 from .errors import DataError
 
 HIDDEN_ACTIVATIONS = ("relu", "leaky_relu", "all_relu")
-OUTPUTS = ("softmax", "sigmoid")
+OUTPUTS = ("softmax", "sigmoid", "linear")
 
 
 def hidden_slopes(activation: str, alpha: float, n_hidden: int) -> list[float]:
@@ -87,12 +88,25 @@ def _sigmoid_mse_targets(z, targets, delta, scale, start):
     return loss
 
 
+@njit(fastmath=False, cache=True)
+def _linear_mse_targets(z, targets, delta, scale, start):
+    n_out, batch = z.shape
+    loss = start
+    for b in range(batch):
+        for c in range(n_out):
+            d = np.float64(z[c, b]) - np.float64(targets[b, c])
+            loss += 0.5 * d * d
+            delta[c, b] = d * scale
+    return loss
+
+
 def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarray,
                 start: float = 0.0) -> tuple[float, int]:
     """Summed loss and correct count of logits z (n_classes, batch); delta gets dLoss/dz / batch.
 
-    labels: int (batch,) class indices in 0..n_classes-1, or, for the sigmoid output only, float
-    targets (batch, n_out) in [0, 1] (regression; the correct count is then 0).
+    labels: int (batch,) class indices in 0..n_classes-1, or float targets (batch, n_out) for the
+    sigmoid output (in [0, 1]) and the linear one (the autoencoder's inputs); the correct count is then 0.
+    The loss on float targets is half the squared error summed over the outputs.
     The per-sample losses are added, in order, to `start` (float64): a running sum over several
     calls equals one call on all the samples, bit for bit.
     """
@@ -100,10 +114,13 @@ def output_loss(output: str, z: np.ndarray, labels: np.ndarray, delta: np.ndarra
         raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}")
     scale = 1.0 / z.shape[1]
     if labels.ndim == 2 and labels.dtype.kind == "f":
-        if output != "sigmoid" or labels.shape != (z.shape[1], z.shape[0]):
-            raise ValueError(f"float targets need the sigmoid output and shape {(z.shape[1], z.shape[0])}, "
+        if output not in ("sigmoid", "linear") or labels.shape != (z.shape[1], z.shape[0]):
+            raise ValueError(f"float targets need the sigmoid or linear output and shape {(z.shape[1], z.shape[0])}, "
                              f"got output {output!r}, targets {labels.shape}")
-        return float(_sigmoid_mse_targets(z, labels, delta, scale, float(start))), 0
+        kernel = _sigmoid_mse_targets if output == "sigmoid" else _linear_mse_targets
+        return float(kernel(z, labels, delta, scale, float(start))), 0
+    if output == "linear":
+        raise ValueError("the linear output reconstructs float targets (batch, n_out), not class labels")
     if labels.shape != (z.shape[1],):
         raise ValueError(f"shape mismatch: z {z.shape}, delta {delta.shape}, labels {labels.shape}")
     if labels.shape[0] and (labels.min() < 0 or labels.max() >= z.shape[0]):  # the kernels index z[label]

@@ -324,6 +324,9 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
     from .train import new_state, set_threads
 
     cfg = as_config(config)
+    if cfg.model.task != "classifier":
+        raise ConfigError(f"sparsenet.train trains classifiers; train model.task {cfg.model.task!r} with "
+                          f"`sparsenet train CONFIG` and rank its inputs with `sparsenet features`")
     x = as_samples(X, where="X")
     classes, idx = _encode(y, x.shape[0])
     validation = None

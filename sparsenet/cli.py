@@ -33,6 +33,10 @@ def _train(args: argparse.Namespace) -> int:
     if launched_world_size() > 1:
         import importlib.util
 
+        if cfg.model.task == "autoencoder":
+            raise SparsenetError("model.task autoencoder trains sequentially only; run sparsenet train without "
+                              "mpiexec/srun (WASAP/WASSP train classifiers)")
+
         if importlib.util.find_spec("mpi4py") is None:  # look, do not import: transport.py owns mpi4py
             raise SparsenetError(f"launched on {launched_world_size()} MPI ranks, but mpi4py is not installed: "
                                  f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)")
@@ -123,19 +127,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .memory import check_evaluation_memory
     from .model import training_workspace_bytes
-    from .state import check_model_fits_data
+    from .state import check_model_fits_data, n_outputs, set_task
     from .train import set_threads
 
     data, model, cfg = _load_model_and_config(args.checkpoint, args.set)
     set_threads(cfg.threads)
     check_evaluation_memory(cfg, model.sizes, model.nnz, say=lambda text: None)
     dataset = load_dataset(cfg.data, cfg.seed)
-    check_model_fits_data(model.sizes, dataset.n_features, dataset.n_classes,
+    check_model_fits_data(model.sizes, dataset.n_features, n_outputs(cfg, dataset.n_features, dataset.n_classes),
                           f"the model in {args.checkpoint}", exact=False)
+    set_task(model, cfg)
     loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
                                     max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
-    print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, "test_accuracy": accuracy,
-                      "test_loss": loss, "test_samples": int(dataset.x_test.shape[0])}))
+    scores = {"test_loss": loss} if model.task == "autoencoder" else {"test_accuracy": accuracy, "test_loss": loss}
+    print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, **scores,
+                      "test_samples": int(dataset.x_test.shape[0])}))
     return 0
 
 
@@ -153,6 +159,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from .train import set_threads
 
     model = load(args.checkpoint)
+    if model.config.model.task == "autoencoder":
+        raise SparsenetError(f"{args.checkpoint} holds an autoencoder (model.task autoencoder), which has no classes "
+                             f"to predict; rank its inputs with sparsenet features {args.checkpoint}")
     set_threads(model.config.threads)
     x, labels = read_features(args.data, model.n_features_in_, model.config.data.label_column)
     z = model.logits(x)  # checked against the model and standardised as at training time

@@ -230,11 +230,16 @@ class ModelConfig:
                        "normal (N(0,1)/10), xavier, he_uniform (dense fan-in, as in SET), he_uniform_sparse (each neuron's actual fan-in)")
     dropout: float = _field(0.3, _Float(0, 1, hi_open=True),
                             "inverted dropout on hidden layers")
-    output: str = _field("softmax", _Choice("softmax", "sigmoid"),
-                         "output layer: softmax + cross-entropy, or sigmoid + MSE")
+    output: str = _field("softmax", _Choice("softmax", "sigmoid", "linear"),
+                         "output layer: softmax + cross-entropy, or sigmoid + MSE; linear + MSE (autoencoder only)")
     # zero: the first layer starts at 0 and grows from its gradients (implicit feature selection)
     input_init: str = _field("init", _Choice("init", "zero"),
                              "zero: the first layer starts at 0 and grows from its gradients (feature selection)")
+    task: str = _field("classifier", _Choice("classifier", "autoencoder"),
+                       "autoencoder: n_features outputs reconstruct the clean input from a noisy one, labels unused "
+                       "(QuickSelection; rank the inputs with sparsenet features)")
+    input_noise: float = _field(0.0, _Float(lo=0),
+                                "autoencoder: std of the Gaussian noise added to each standardised input while training")
 
 
 @dataclass(frozen=True)
@@ -395,9 +400,33 @@ def _check_data(c: DataConfig) -> None:
                                   f"need data.name 'synthetic', got {getattr(c, key)!r}")
 
 
+def _check_model(m: ModelConfig) -> None:
+    if m.input_init == "zero" and m.activation == "relu":
+        raise ConfigError("config key 'model.input_init' zero needs model.activation leaky_relu or all_relu, got relu: "
+                          "with the first layer at 0 (and biases at 0) every first hidden neuron sits at the ReLU's "
+                          "kink, where its slope is 0, so no gradient ever reaches the first layer")
+    if m.task == "classifier" and m.output == "linear":
+        raise ConfigError("config key 'model.output' must be softmax or sigmoid for model.task 'classifier', got "
+                          "'linear' (a linear output reconstructs inputs: set model.task: autoencoder)")
+    if m.task == "classifier" and m.input_noise != 0:
+        raise ConfigError(f"config key 'model.input_noise' must be 0 for model.task 'classifier' (input noise is the "
+                          f"denoising autoencoder's), got {_num(m.input_noise)}")
+    if m.task == "autoencoder" and m.output == "softmax":
+        raise ConfigError("config key 'model.output' must be linear or sigmoid for model.task 'autoencoder' (its "
+                          "outputs reconstruct the inputs), got 'softmax'; use linear for standardised data")
+
+
+def _check_config(c: Config) -> None:
+    if c.model.task == "autoencoder" and c.model.output == "sigmoid" and c.data.standardize:
+        raise ConfigError("config key 'model.output' sigmoid reconstructs inputs in [0, 1], but data.standardize is "
+                          "true (inputs of mean 0, std 1); use model.output: linear, or data.standardize: false "
+                          "with inputs in [0, 1]")
+
+
 # Checks that involve several fields of one section (Config: across sections), run after the
 # per-field rules.
-_CROSS_CHECKS: dict[type, Callable[[Any], None]] = {DataConfig: _check_data}
+_CROSS_CHECKS: dict[type, Callable[[Any], None]] = {DataConfig: _check_data, ModelConfig: _check_model,
+                                                    Config: _check_config}
 
 
 # ---------------------------------------------------------------- dict <-> Config

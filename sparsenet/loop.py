@@ -84,7 +84,8 @@ class EpochLoop:
         self.save, self.rank, self.trains, self.validation = save, rank, trains, validation
         t = cfg.train
         self.selection = Selection.for_run(validation is not None, t.early_stopping_patience,
-                                           t.early_stopping_min_delta, state.history)
+                                           t.early_stopping_min_delta, state.history,
+                                           accuracy=cfg.model.task != "autoencoder")
         self.stop = StopRequest()
         self.stopped_in_epoch = False
         self.start_epoch = state.epoch  # a stop before any epoch of this process saves nothing new
@@ -140,6 +141,9 @@ class EpochLoop:
                "nnz": state.model.nnz, "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                "neurons_removed": trained.pop("neurons_removed", None) or [0] * (len(state.model.sizes) - 2),
                "peak_rss_mb": round(peak_rss_mb(), 1), **trained}
+        if cfg.model.task == "autoencoder":  # the losses are the reconstruction's; there is no accuracy
+            for key in ("train_accuracy", "validation_accuracy", "test_accuracy"):
+                row.pop(key, None)
         state.epoch = epoch
         check_finite(row)
         improved = self.selection.update(row[self.selection.metric], epoch)
@@ -191,25 +195,33 @@ def epoch_line(row: dict, epochs: int) -> str:
     updates = f" | updates {row['updates']} stale {row['stale_updates']}" if "updates" in row else ""
     removed = row.get("neurons_removed") or []
     pruned = f" | pruned {sum(removed)} neurons, now {'-'.join(map(str, row['neurons']))}" if any(removed) else ""
-    held = (f"validation_loss {row['validation_loss']:.4f} validation_accuracy "
-            f"{100 * row['validation_accuracy']:.2f}% " if "validation_loss" in row else "")
+    held = (f"validation_loss {row['validation_loss']:.4f} " if "validation_loss" in row else "") + (
+        f"validation_accuracy {100 * row['validation_accuracy']:.2f}% " if "validation_accuracy" in row else "")
+    accuracy = f" test_accuracy {100 * row['test_accuracy']:.2f}%" if "test_accuracy" in row else ""  # autoencoder: none
     return (f"epoch {row['epoch']}/{epochs}{phase} train_loss {row['train_loss']:.4f} {held}"
-            f"test_loss {row['test_loss']:.4f} test_accuracy {100 * row['test_accuracy']:.2f}% | "
+            f"test_loss {row['test_loss']:.4f}{accuracy} | "
             f"train {row['train_seconds']:.2f}s evolution {row['evolution_seconds']:.2f}s "
             f"eval {row['eval_seconds']:.2f}s{updates} | nnz {sum(row['nnz'])}{pruned}")
 
 
 def summarize(history: list[dict]) -> str:
-    """One line on a run: last and best test accuracy, the epoch selected without the test set (its
-    checkpoint is checkpoint_best.h5), parameters and time spent per phase."""
-    best = max(history, key=lambda r: r["test_accuracy"])
+    """One line on a run: last and best test accuracy (an autoencoder's: test loss), the epoch selected
+    without the test set (its checkpoint is checkpoint_best.h5), parameters and time spent per phase."""
     last = history[-1]
     chosen = next((r for r in history if r.get("epoch") == last.get("best_epoch")), None)
-    selected = (f"; selected epoch {chosen['epoch']} on {last['selection_metric']}: test accuracy "
-                f"{100 * chosen['test_accuracy']:.2f}%" if chosen is not None else "")
+    if "test_accuracy" in last:
+        best = max(history, key=lambda r: r["test_accuracy"])
+        result = (f"test accuracy last {100 * last['test_accuracy']:.2f}%, "
+                  f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']})")
+        selected = (f"; selected epoch {chosen['epoch']} on {last['selection_metric']}: test accuracy "
+                    f"{100 * chosen['test_accuracy']:.2f}%" if chosen is not None else "")
+    else:
+        best = min(history, key=lambda r: r["test_loss"])
+        result = f"test loss last {last['test_loss']:.5g}, best {best['test_loss']:.5g} (epoch {best['epoch']})"
+        selected = (f"; selected epoch {chosen['epoch']} on {last['selection_metric']}: test loss "
+                    f"{chosen['test_loss']:.5g}" if chosen is not None else "")
     seconds = {k: sum(r[f"{k}_seconds"] for r in history) for k in ("train", "evolution", "eval")}
-    return (f"done: {last['epoch']} epochs; test accuracy last {100 * last['test_accuracy']:.2f}%, "
-            f"best {100 * best['test_accuracy']:.2f}% (epoch {best['epoch']}){selected}; "
+    return (f"done: {last['epoch']} epochs; {result}{selected}; "
             f"weights start {sum(history[0]['nnz'])} end {sum(last['nnz'])}, "
             f"parameters start {history[0]['parameters']} end {last['parameters']}; "
             f"seconds train {seconds['train']:.1f} evolution {seconds['evolution']:.1f} eval {seconds['eval']:.1f}")

@@ -363,7 +363,8 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     if ranks < 1:
         raise SparsenetError(f"ranks must be >= 1, got {ranks}")
     data = data or data_shape(cfg)
-    sizes = [data.n_features, *cfg.model.hidden, data.n_classes]
+    n_out = data.n_features if cfg.model.task == "autoencoder" else data.n_classes
+    sizes = [data.n_features, *cfg.model.hidden, n_out]
     nnz = [expected_nnz(a, b, cfg.model.epsilon) for a, b in zip(sizes[:-1], sizes[1:])]
     x_bytes = data.x_bytes
     data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples, CSR: {data.nnz:,} non-zeros x 8 B"

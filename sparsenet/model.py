@@ -59,6 +59,8 @@ class SparseMLP:
         self.slopes = [float(s) for s in slopes]
         self.dropout = float(dropout)
         self.output = output
+        self.task = "classifier"  # "autoencoder": the targets are the (clean) inputs, labels are not used
+        self.input_noise = 0.0  # autoencoder: std of the Gaussian noise added to training inputs
         self._workspaces: dict[int, _Workspace] = {}
         self._sparse_input = False  # workspaces without the input layer's rows (CSR batches)
         self.grads: list[np.ndarray] = []
@@ -151,7 +153,8 @@ class SparseMLP:
         rows = (x, index) on rows `index` of CSR samples x (data/indices/indptr/shape, data.csr.CSRRows).
 
         Fills self.grads / self.bias_grads with gradients of the batch-mean loss; returns the
-        summed loss and the number of correct predictions.
+        summed loss and the number of correct predictions. labels: see activations.output_loss
+        (an autoencoder's are its clean inputs, (batch, n_features)).
         """
         ws = self._workspace(batch, rows is not None)
         if rows is not None:
@@ -184,7 +187,8 @@ class SparseMLP:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
                  max_bytes: int | None = None) -> tuple[float, float]:
-        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,).
+        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,); an autoencoder
+        scores its reconstruction of x (y is not read; accuracy 0).
 
         Forward only, without dropout, in chunks of at most batch_size samples. After training the
         model holds a workspace for its training batch: evaluation runs through it and allocates
@@ -215,7 +219,7 @@ class SparseMLP:
                 out = bufs[(l + 1) % 2][:layer.n_out * m].reshape(layer.n_out, m)
                 kernels.forward(layer, a, out, slope=None if l == last else self.slopes[l])
                 a = out
-            total_loss, correct = output_loss(self.output, a, y[start:start + m],
+            total_loss, correct = output_loss(self.output, a, self._targets(xb, y, start),
                                               delta[:sizes[-1] * m].reshape(sizes[-1], m), start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)
@@ -241,6 +245,10 @@ class SparseMLP:
         n = max(x.shape[0], 1)
         return total_loss / n, total_correct / n
 
+    def _targets(self, xb: np.ndarray, y: np.ndarray, start: int) -> np.ndarray:
+        """What the outputs of the chunk xb = x[start:start + m] are scored against: labels, or xb itself."""
+        return xb if self.task == "autoencoder" else y[start:start + xb.shape[0]]
+
     def _evaluate_in_workspace(self, x: np.ndarray, y: np.ndarray, chunk: int) -> tuple[float, float]:
         """evaluate() through the training workspace's activation and delta buffers."""
         total_loss, total_correct = 0.0, 0
@@ -249,7 +257,7 @@ class SparseMLP:
             ws = self._workspace(xb.shape[0])
             np.copyto(ws.acts[0], xb.T)
             logits = self._forward(ws, None)
-            total_loss, correct = output_loss(self.output, logits, y[start:start + xb.shape[0]], ws.deltas[-1],
+            total_loss, correct = output_loss(self.output, logits, self._targets(xb, y, start), ws.deltas[-1],
                                               start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)

@@ -42,14 +42,18 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
     for rows, label in zip(runs, labels):
         epochs = [r["epoch"] for r in rows]
         style = {"marker": "o", "markersize": 3} if len(rows) <= SHORT_RUN_EPOCHS else {}
-        acc = [100 * r["test_accuracy"] for r in rows]
-        line, = ax_acc.plot(epochs, acc, label=f"{label} test (last {acc[-1]:.2f}%)", **style)
+        classifier = "test_accuracy" in rows[0]  # an autoencoder's rows have none: its losses are the reconstruction's
+        if classifier:
+            acc = [100 * r["test_accuracy"] for r in rows]
+            line, = ax_acc.plot(epochs, acc, label=f"{label} test (last {acc[-1]:.2f}%)", **style)
+        else:
+            line, = ax_acc.plot([], [])  # keeps one colour per run across the panels
         color = line.get_color()
         if "validation_accuracy" in rows[-1]:
             ax_acc.plot(epochs, [100 * r.get("validation_accuracy", float("nan")) for r in rows], "--",
                         color=color, label=f"{label} validation", **style)
         chosen = next((r for r in rows if r["epoch"] == rows[-1].get("best_epoch")), None)
-        if chosen is not None:  # the epoch checkpoint_best.h5 holds, chosen without the test set
+        if chosen is not None and classifier:  # the epoch checkpoint_best.h5 holds, chosen without the test set
             ax_acc.plot([chosen["epoch"]], [100 * chosen["test_accuracy"]], "*", color=color, markersize=12,
                         label=f"{label} selected: epoch {chosen['epoch']} on {rows[-1]['selection_metric']}, "
                               f"test {100 * chosen['test_accuracy']:.2f}%")
@@ -68,9 +72,12 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
         for h in range(1, len(rows[0].get("neurons", [])) - 1):
             ax_neurons.plot(epochs, [r["neurons"][h] for r in rows], LAYER_STYLES[(h - 1) % len(LAYER_STYLES)],
                             color=color, label=f"{label} hidden {h}", **style)
-        best = max(rows, key=lambda r: r["test_accuracy"])
-        notes.append(f"{label}: {len(rows)} epochs; best test accuracy {100 * best['test_accuracy']:.2f}% "
-                     f"(epoch {best['epoch']}, for reference only)")
+        if classifier:
+            best = max(rows, key=lambda r: r["test_accuracy"])
+            notes.append(f"{label}: {len(rows)} epochs; best test accuracy {100 * best['test_accuracy']:.2f}% "
+                         f"(epoch {best['epoch']}, for reference only)")
+        else:
+            notes.append(f"{label}: {len(rows)} epochs; autoencoder, last test loss {rows[-1]['test_loss']:.5g}")
     ax_acc.set(xlabel="epoch", ylabel="accuracy [%]", title="Accuracy")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss (train with dropout)")
     ax_sec.set(xlabel="epoch", ylabel="seconds", title="Seconds per epoch")

@@ -50,9 +50,11 @@ class Selection:
 
     @classmethod
     def for_run(cls, has_validation: bool, patience: int | None, min_delta: float,
-                history: list[dict] = ()) -> "Selection":
-        """The run's selection, with the epochs already in `history` replayed (a resumed run)."""
-        selection = cls("validation_accuracy" if has_validation else "train_loss", patience, min_delta)
+                history: list[dict] = (), accuracy: bool = True) -> "Selection":
+        """The run's selection, with the epochs already in `history` replayed (a resumed run); accuracy
+        False (an autoencoder): validation loss instead of validation accuracy."""
+        held = "validation_accuracy" if accuracy else "validation_loss"
+        selection = cls(held if has_validation else "train_loss", patience, min_delta)
         for row in history:
             if selection.metric in row:
                 selection.update(row[selection.metric], row["epoch"])

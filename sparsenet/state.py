@@ -36,14 +36,25 @@ class TrainingState:
     preprocessing: object | None = None
 
 
+def n_outputs(cfg: Config, n_features: int, n_classes: int) -> int:
+    """Output neurons: one per class, or one per input feature for model.task autoencoder."""
+    return n_features if cfg.model.task == "autoencoder" else n_classes
+
+
+def set_task(model: SparseMLP, cfg: Config) -> SparseMLP:
+    """The model trains and scores as cfg.model.task says (autoencoder: reconstruction of noisy inputs)."""
+    model.task, model.input_noise = cfg.model.task, cfg.model.input_noise
+    return model
+
+
 def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
     """A freshly initialised model and optimizer; every random draw comes from one seeded generator."""
     rng = np.random.default_rng(cfg.seed)
     m = cfg.model
-    model = SparseMLP.initialize([n_features, *m.hidden, n_classes], epsilon=m.epsilon, init=m.init,
-                                 activation=m.activation, alpha=m.alpha, dropout=m.dropout, output=m.output, rng=rng,
-                                 input_init=m.input_init)
-    return TrainingState(model, make_optimizer(cfg, model), rng, 0, [])
+    model = SparseMLP.initialize([n_features, *m.hidden, n_outputs(cfg, n_features, n_classes)], epsilon=m.epsilon,
+                                 init=m.init, activation=m.activation, alpha=m.alpha, dropout=m.dropout,
+                                 output=m.output, rng=rng, input_init=m.input_init)
+    return TrainingState(set_task(model, cfg), make_optimizer(cfg, model), rng, 0, [])
 
 
 def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
@@ -81,7 +92,7 @@ def optimizer_from_checkpoint(cfg: Config, model: SparseMLP, layers: list[ckpt.L
 
 
 def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingState:
-    model = model_from_checkpoint(data)
+    model = set_task(model_from_checkpoint(data), cfg)
     optimizer = optimizer_from_checkpoint(cfg, model, data.layers, data.optimizer, data.optimizer_scalars)
     rng = np.random.default_rng()
     rng.bit_generator.state = data.rng_state
@@ -108,8 +119,8 @@ def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_
     """Before resuming: the run's config may continue the saved one, the saved model fits the data, and
     its activations and dropout are the ones the (frozen) model section gives."""
     check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
-    check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], n_features, n_classes,
-                          f"the model in {path}")
+    check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], n_features,
+                          n_outputs(cfg, n_features, n_classes), f"the model in {path}")
     m = cfg.model
     slopes = hidden_slopes(m.activation, m.alpha, len(saved.layers) - 1)
     if saved.slopes != slopes or saved.dropout != m.dropout or saved.output != m.output:

@@ -13,7 +13,7 @@ from . import checkpoint as ckpt
 from .config import Config
 from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .evolution import prune_and_regrow
 from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
     CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, start_run, summarize)
@@ -49,13 +49,23 @@ def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.nda
 def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
                       index: np.ndarray) -> tuple[float, int]:
     """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng); x is
-    a float32 array or CSR samples (data.csr.CSRRows), whose rows the first layer reads as they are."""
-    if isinstance(x, np.ndarray):
-        kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
+    a float32 array or CSR samples (data.csr.CSRRows), whose rows the first layer reads as they are.
+
+    An autoencoder (model.task) is scored against the clean batch, y is not read; its input gets
+    Gaussian noise of std model.input_noise (drawn from rng after the dropout keys)."""
+    if not isinstance(x, np.ndarray):
+        if model.task == "autoencoder":
+            raise InputError("model.task autoencoder needs dense inputs: its targets are the samples themselves")
         drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
-        return model.gradients(index.shape[0], y[index], drop_keys)
+        return model.gradients(index.shape[0], y[index], drop_keys, rows=(x, index))
+    buffer = kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
     drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
-    return model.gradients(index.shape[0], y[index], drop_keys, rows=(x, index))
+    if model.task != "autoencoder":
+        return model.gradients(index.shape[0], y[index], drop_keys)
+    clean = buffer.copy()  # (n_features, batch): the targets, read through a (batch, n_features) view
+    if model.input_noise > 0:
+        buffer += np.float32(model.input_noise) * rng.standard_normal(buffer.shape, dtype=np.float32)
+    return model.gradients(index.shape[0], clean.T, drop_keys)
 
 
 def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: int,

@@ -138,8 +138,8 @@ def test_enums():
         "config key 'model.activation' must be one of relu, leaky_relu, all_relu, got 'tanh'")
     assert error_of(["model.init=zeros"]) == (
         "config key 'model.init' must be one of normal, xavier, he_uniform, he_uniform_sparse, got 'zeros'")
-    assert error_of(["model.output=linear"]) == (
-        "config key 'model.output' must be one of softmax, sigmoid, got 'linear'")
+    assert error_of(["model.output=tanh"]) == (
+        "config key 'model.output' must be one of softmax, sigmoid, linear, got 'tanh'")
     message = error_of(["data.name=imagenet"])
     assert message == ("config key 'data.name' must be one of fashion_mnist, mnist, cifar10, "
                        "synthetic, synthetic_hdf5, npz, csv, hdf5, got 'imagenet'")
