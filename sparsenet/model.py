@@ -164,7 +164,8 @@ class SparseMLP:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
                  max_bytes: int | None = None) -> tuple[float, float]:
-        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,).
+        """Mean loss and accuracy over samples x (n, n_features; float32 or a row source, see
+        kernels.gather_batch) with labels y (n,).
 
         Forward only, without dropout, in chunks of at most batch_size samples. After training the
         model holds a workspace for its training batch: evaluation runs through it and allocates
@@ -185,10 +186,9 @@ class SparseMLP:
         last = len(self.layers) - 1
         total_loss, total_correct = 0.0, 0
         for start in range(0, x.shape[0], chunk):
-            xb = x[start:start + chunk]
-            m = xb.shape[0]
+            m = min(chunk, x.shape[0] - start)
             a = bufs[0][:sizes[0] * m].reshape(sizes[0], m)
-            np.copyto(a, xb.T)
+            kernels.gather_batch(x, np.arange(start, start + m), a)
             for l, layer in enumerate(self.layers):
                 out = bufs[(l + 1) % 2][:layer.n_out * m].reshape(layer.n_out, m)
                 kernels.forward(layer, a, out, slope=None if l == last else self.slopes[l])
@@ -203,11 +203,11 @@ class SparseMLP:
         """evaluate() through the training workspace's activation and delta buffers."""
         total_loss, total_correct = 0.0, 0
         for start in range(0, x.shape[0], chunk):
-            xb = x[start:start + chunk]
-            ws = self._workspace(xb.shape[0])
-            np.copyto(ws.acts[0], xb.T)
+            m = min(chunk, x.shape[0] - start)
+            ws = self._workspace(m)
+            kernels.gather_batch(x, np.arange(start, start + m), ws.acts[0])
             logits = self._forward(ws, None)
-            total_loss, correct = output_loss(self.output, logits, y[start:start + xb.shape[0]], ws.deltas[-1],
+            total_loss, correct = output_loss(self.output, logits, y[start:start + m], ws.deltas[-1],
                                               start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)
