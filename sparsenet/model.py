@@ -94,12 +94,19 @@ class SparseMLP:
 
     def topology_changed(self) -> None:
         """Reallocate what depends on the connections or the widths (call after SET or pruning)."""
+        self.grads = self.bias_grads = []  # the old ones go before the new ones are allocated
         self.grads = [np.zeros(layer.nnz, dtype=np.float32) for layer in self.layers]
         self.bias_grads = [np.zeros(layer.n_out, dtype=np.float32) for layer in self.layers]
         if getattr(self, "_workspace_sizes", None) != self.sizes:
             self._workspaces.clear()
             self._flat, self._capacity = None, 0
             self._workspace_sizes = self.sizes
+
+    def release_workspace(self) -> None:
+        """Free the training workspace; the next batch allocates it again (zeroed: results do not depend on
+        it). Between epochs its memory then serves the SET step and neuron pruning instead of adding to them."""
+        self._workspaces.clear()
+        self._flat, self._capacity = None, 0
 
     def input_buffer(self, batch: int) -> np.ndarray:
         """The (n_features, batch) float32 buffer that `gradients` and `logits` read their input from."""

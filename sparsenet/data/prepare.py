@@ -272,7 +272,8 @@ def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
     if cfg.standardize:
         if isinstance(xtr, ByteRows):  # applied batch by batch in ByteRows.gather, the same float32 operations
             mean, std = fit_standardization(xtr)
-            xtr, xte = xtr.standardized(mean, std), xte.standardized(mean, std)
+            xtr = xtr.standardized(mean, std)
+            xte = ByteRows(xte.raw, xte.divisor, mean, std, xtr.table)  # one lookup table for both
         else:
             mean, std = standardize(xtr, xte)
     return Dataset(xtr, ytr, xte, yte, int(n_classes), name, mean, std, classes)
