@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from .cgroups import own_cgroup_paths
+
 
 def _affinity() -> int | None:
     try:
@@ -32,15 +34,7 @@ def cgroup_cpu_quota(root: str | os.PathLike = "/sys/fs/cgroup",
                      self_cgroup: str | os.PathLike = "/proc/self/cgroup") -> float | None:
     """CPUs' worth of time per period a cgroup grants this process (v2 cpu.max, v1 cfs quota), None if unlimited."""
     root = Path(root)
-    v2_path, v1_path = None, None
-    text = _read(Path(self_cgroup)) or ""
-    for line in text.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, cg = rest.partition(":")
-        if hierarchy == "0" and controllers == "":
-            v2_path = cg
-        elif "cpu" in controllers.split(","):
-            v1_path = cg
+    v2_path, v1_path = own_cgroup_paths("cpu", self_cgroup)
     limits = []
     if v2_path is not None:
         for base in (root / v2_path.lstrip("/"), root):

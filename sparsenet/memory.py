@@ -16,6 +16,7 @@ import numpy as np
 
 from .config import Config, override_config
 from .data.registry import DATASETS
+from .cgroups import own_cgroup_paths
 from .errors import SparsenetError
 from .model import eval_chunk, gradient_bytes, inference_bytes_per_sample, training_workspace_bytes
 from .optim import OPTIMIZERS, MomentumSGD
@@ -417,17 +418,7 @@ def cgroup_headroom(root: str | os.PathLike = "/sys/fs/cgroup",
                     self_cgroup: str | os.PathLike = "/proc/self/cgroup") -> tuple[int | None, str]:
     """Bytes this process's cgroup may still allocate (limit - usage), v2 or v1; None if unlimited."""
     root = Path(root)
-    v2_path, v1_path = None, None
-    try:
-        for line in Path(self_cgroup).read_text().splitlines():
-            hierarchy, _, rest = line.partition(":")
-            controllers, _, cg = rest.partition(":")
-            if hierarchy == "0" and controllers == "":
-                v2_path = cg
-            elif "memory" in controllers.split(","):
-                v1_path = cg
-    except OSError:
-        pass
+    v2_path, v1_path = own_cgroup_paths("memory", self_cgroup)
     candidates = []  # the process's own cgroup first, then the root; the first one with a limit counts
     if v1_path is not None:
         for base in (root / "memory" / v1_path.lstrip("/"), root / "memory"):

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.unit.cli_errors import error_of
 from sparsenet.cli import main
 
 SMALL = ["--set", "data.name=synthetic", "--set", "data.samples=300", "--set", "data.features=20",
@@ -21,15 +22,6 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)]) == 0
     return out
-
-
-def error_of(capsys, argv):
-    """Run the CLI in-process; return its one-line error after checking exit code 2."""
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("sparsenet: error: ") and "\n" not in err, err
-    return err
 
 
 def test_train_writes_outputs_and_evaluate_agrees(trained, capsys):

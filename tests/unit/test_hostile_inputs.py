@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests.unit.cli_errors import error_of
 from sparsenet import checkpoint as ckpt
 from sparsenet.activations import output_loss
 from sparsenet.cli import main
@@ -48,15 +49,6 @@ def edited(good, path, edit):
     return path
 
 
-def error_of(capsys, argv):
-    code = main(argv)
-    captured = capsys.readouterr()
-    err = captured.err.strip()
-    assert code == 2, (code, err)
-    assert err.startswith("sparsenet: error: ") and "\n" not in err, err
-    return err, captured.out
-
-
 def test_the_good_checkpoint_loads(good, capsys):
     assert main(["info", "--json", str(good)]) == 0
     assert json.loads(capsys.readouterr().out)["neurons"] == [12, 10, 3]
@@ -74,7 +66,7 @@ def test_external_raw_storage_is_refused(good, capsys, tmp_path):
     secret.write_bytes(np.full(n, 7.0, dtype=np.float32).tobytes())
     bad = edited(good, tmp_path / "ext.h5", lambda f: _replace(f, "layers/0/values", shape=(n,), dtype=np.float32,
                                                                  external=[(str(secret), 0, 4 * n)]))
-    err, out = error_of(capsys, ["features", "--json", str(bad)])
+    err, out = error_of(capsys, ["features", "--json", str(bad)], with_stdout=True)
     assert "external files" in err and "layers/0/values" in err and out == ""
 
 
@@ -93,7 +85,7 @@ def test_external_link_is_refused(good, capsys, tmp_path):
         del f["layers/0/values"]
         f["layers/0/values"] = h5py.ExternalLink(str(other), "/v")
 
-    err, _ = error_of(capsys, ["info", str(edited(good, tmp_path / "elink.h5", link))])
+    err = error_of(capsys, ["info", str(edited(good, tmp_path / "elink.h5", link))])
     assert "'/layers/0/values' is an external link" in err
 
 
@@ -102,7 +94,7 @@ def test_soft_link_is_refused(good, capsys, tmp_path):
         del f["layers/0/bias"]
         f["layers/0/bias"] = h5py.SoftLink("/layers/0/bias_velocity")
 
-    err, _ = error_of(capsys, ["info", str(edited(good, tmp_path / "soft.h5", link))])
+    err = error_of(capsys, ["info", str(edited(good, tmp_path / "soft.h5", link))])
     assert "'/layers/0/bias' is a soft link" in err
 
 
@@ -116,14 +108,14 @@ def test_virtual_dataset_is_refused(good, capsys, tmp_path):
         layout[:] = h5py.VirtualSource(str(other), "v", shape=values.shape)
         f.create_virtual_dataset("layers/0/values", layout)
 
-    err, _ = error_of(capsys, ["info", str(edited(good, tmp_path / "vds.h5", virtual))])
+    err = error_of(capsys, ["info", str(edited(good, tmp_path / "vds.h5", virtual))])
     assert "virtual dataset" in err
 
 
 def test_huge_declared_width_is_refused_before_allocation(good, capsys, tmp_path):
     """n_in of 10**12 asked for 7.28 TiB of pointers (a traceback); now a one-line error."""
     bad = edited(good, tmp_path / "wide.h5", lambda f: f["layers/0"].attrs.__setitem__("n_in", 10**12))
-    err, _ = error_of(capsys, ["info", str(bad)])
+    err = error_of(capsys, ["info", str(bad)])
     assert "layer 0 has shape 1000000000000 x 10" in err and "1..2147483647" in err
 
 
@@ -143,7 +135,7 @@ def test_dataset_declared_huge_but_never_written_is_refused(good, capsys, tmp_pa
 
     bad = edited(good, tmp_path / "huge.h5", inflate)
     assert bad.stat().st_size < 100_000
-    err, _ = error_of(capsys, ["info", str(bad)])
+    err = error_of(capsys, ["info", str(bad)])
     assert "'/layers/0/rows' declares shape (1000000000,) (4000000000 bytes) but the file stores 0 bytes" in err
 
 
@@ -153,7 +145,7 @@ def test_chunked_dataset_with_missing_chunks_is_refused(good, capsys, tmp_path):
         ds = _replace(f, "layers/0/bias", shape=(n,), dtype=np.float32, chunks=(2,))
         ds[:2] = 1.0
 
-    err, _ = error_of(capsys, ["info", str(edited(good, tmp_path / "chunks.h5", partial))])
+    err = error_of(capsys, ["info", str(edited(good, tmp_path / "chunks.h5", partial))])
     assert "stores 1 of its 5 chunks" in err
 
 
@@ -172,19 +164,19 @@ def _set_history(f, history_text: str, epoch: int = 1):
 def test_history_that_is_not_rows_of_metrics_is_refused(good, capsys, tmp_path, history, expected):
     """Rows that are not objects used to pass and crash the summary after a successful run."""
     bad = edited(good, tmp_path / "hist.h5", lambda f: _set_history(f, history))
-    err, _ = error_of(capsys, ["info", str(bad)])
+    err = error_of(capsys, ["info", str(bad)])
     assert expected in err
 
 
 @pytest.mark.parametrize("slopes", [[float("nan")], [float("inf")]])
 def test_non_finite_slopes_are_refused(good, capsys, tmp_path, slopes):
     bad = edited(good, tmp_path / "slope.h5", lambda f: f.attrs.__setitem__("slopes", np.array(slopes)))
-    err, _ = error_of(capsys, ["info", str(bad)])
+    err = error_of(capsys, ["info", str(bad)])
     assert "hidden slopes" in err and "finite" in err
 
 
 def test_a_directory_is_not_a_checkpoint(capsys, tmp_path):
-    err, _ = error_of(capsys, ["info", str(tmp_path)])
+    err = error_of(capsys, ["info", str(tmp_path)])
     assert "is a directory" in err
 
 
@@ -226,15 +218,15 @@ def _resume(trained_run, tmp_path, edit):
 def test_resume_refuses_a_model_with_fewer_outputs_than_classes(trained_run, capsys, tmp_path):
     """5 outputs for 10 classes made the loss kernel read out of bounds (test loss -1.89)."""
     argv, run = _resume(trained_run, tmp_path, lambda f: _shrink_outputs(f, 2))
-    err, _ = error_of(capsys, argv)
+    err = error_of(capsys, argv)
     assert "has 12 inputs and 2 outputs, but the data has 12 features and 3 classes" in err
-    err, _ = error_of(capsys, ["evaluate", str(run / "checkpoint.h5")])
+    err = error_of(capsys, ["evaluate", str(run / "checkpoint.h5")])
     assert "2 outputs" in err and "at least 3 outputs" in err
 
 
 def test_resume_refuses_slopes_its_config_does_not_give(trained_run, capsys, tmp_path):
     argv, _ = _resume(trained_run, tmp_path, lambda f: f.attrs.__setitem__("slopes", np.array([0.9])))
-    err, _ = error_of(capsys, argv)
+    err = error_of(capsys, argv)
     assert "hidden slopes [0.9]" in err and "are not what its config gives (all_relu alpha 0.6: [-0.6]" in err
 
 
@@ -245,7 +237,7 @@ def test_resume_of_an_intact_checkpoint_continues(trained_run, capsys, tmp_path)
 
 
 def test_evaluate_plans_its_memory(good, capsys):
-    err, _ = error_of(capsys, ["evaluate", str(good), "--set", "memory_limit_gb=0.01"])
+    err = error_of(capsys, ["evaluate", str(good), "--set", "memory_limit_gb=0.01"])
     assert err.startswith("sparsenet: error: not enough memory: evaluating 12-10-3")
 
 
@@ -288,7 +280,7 @@ def _train_on(tmp_path, path):
     (lambda f, rng: f.create_dataset("x", data=rng.random((50, 3)).astype("c8")), "expected numbers"),
 ])
 def test_hdf5_data_links_groups_and_unwritten_arrays_are_refused(capsys, tmp_path, edit, expected):
-    err, _ = error_of(capsys, _train_on(tmp_path, _data_file(tmp_path, edit)))
+    err = error_of(capsys, _train_on(tmp_path, _data_file(tmp_path, edit)))
     assert expected in err
 
 
@@ -361,7 +353,7 @@ def _synth_file(tmp_path, classes=2, link_x_train=False):
 
 
 def test_synthetic_hdf5_files_are_read_as_untrusted_too(capsys, tmp_path):
-    err, _ = error_of(capsys, _synth_file(tmp_path, link_x_train=True))
+    err = error_of(capsys, _synth_file(tmp_path, link_x_train=True))
     assert "'/x_train' is an external link" in err
-    err, _ = error_of(capsys, _synth_file(tmp_path, classes=10**12))
+    err = error_of(capsys, _synth_file(tmp_path, classes=10**12))
     assert "holds 1000000000000 classes" in err and "data.classes is 2" in err

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+from tests.unit.cli_errors import error_of
 from sparsenet import checkpoint as ckpt
 from sparsenet import fileio
 from sparsenet.cli import main
@@ -40,14 +41,6 @@ def victim(tmp_path):
     path.parent.mkdir()
     path.write_bytes(VICTIM)
     return path
-
-
-def error_of(capsys, argv):
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("sparsenet: error: ") and "\n" not in err, err
-    return err
 
 
 # ---------------------------------------------------------------- symlinks
