@@ -281,7 +281,8 @@ def test_the_planned_data_bytes_are_what_fashion_mnist_holds():
 def test_the_plan_of_the_wide_config_is_within_15_percent_of_its_peak_rss(tmp_path):
     """784-50000-50000-10 (eps 20, batch 128) on all 70k FashionMNIST samples, two epochs of 10 batches (the
     rest of the training set stays loaded): the process's peak RSS (with the SET step, evaluation on all
-    10k test samples, checkpoints) against memory.plan_memory's estimate."""
+    10k test samples, checkpoints) against memory.plan_memory's estimate. A first run on a tiny model loads
+    (or compiles) the kernels, as the planner assumes: a process that compiles them peaks ~300 MB higher."""
     import subprocess
     import sys
 
@@ -295,12 +296,16 @@ def test_the_plan_of_the_wide_config_is_within_15_percent_of_its_peak_rss(tmp_pa
         f"cfg = load_config(None, ['data.name=fashion_mnist', 'data.path={DEBIAN_FASHION}', 'model.hidden=[50000,50000]',"
         " 'model.epsilon=20', 'train.batch_size=128', 'train.epochs=2', 'train.progress=false', 'memory_limit_gb=64'])\n"
         "full = load_dataset(cfg.data, cfg.seed)\n"
+        "if sys.argv[2] == 'warm':\n"
+        "    cfg = load_config(None, ['data.name=fashion_mnist', 'model.hidden=[20,20]', 'train.batch_size=128',"
+        " 'train.epochs=2', 'train.progress=false', 'memory_limit_gb=64'])\n"
         "run(cfg, sys.argv[1], dataset=dataclasses.replace(full, x_train=full.x_train[:1280], y_train=full.y_train[:1280]))\n"
         "print(json.dumps([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, plan_memory(cfg).total,"
         " full.x_train.shape[0]]))\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for what in ("warm", "measure"):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / what), what], capture_output=True,
+                              text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-2000:]
     peak, planned, held = json.loads(proc.stdout.strip().splitlines()[-1])
     assert held == 60_000
     assert abs(planned - peak) <= 0.15 * peak, f"planned {planned / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
