@@ -107,7 +107,6 @@ def wide_child(out: Path, steps: int, overrides: list[str]) -> None:
     """The wide run (in its own process): as `sparsenet train` does it, with the training set cut to
     `steps` batches per epoch while the whole dataset stays in memory; prints its peak RSS in MB."""
     import dataclasses
-    import resource
 
     from sparsenet import cli  # noqa: F401 - the modules `sparsenet train` has loaded
     from sparsenet.config import load_config
@@ -121,7 +120,9 @@ def wide_child(out: Path, steps: int, overrides: list[str]) -> None:
     full = load_dataset(cfg.data, cfg.seed)  # held until the end: all 60k/10k samples stay in memory
     n = min(steps * cfg.train.batch_size, full.x_train.shape[0])
     run(cfg, out, dataset=dataclasses.replace(full, x_train=full.x_train[:n], y_train=full.y_train[:n]))
-    print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    with open("/proc/self/status") as fh:  # VmHWM: ru_maxrss would include the forking parent's size
+        hwm_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
+    print(json.dumps({"peak_rss_mb": hwm_kb / 1024,
                       "planned_mb": plan_memory(cfg, 1).total / 2**20, "steps": -(-n // cfg.train.batch_size),
                       "train_samples_held": full.x_train.shape[0]}))
 
