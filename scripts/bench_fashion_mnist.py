@@ -119,8 +119,8 @@ def torch_baseline(cfg, data, epochs: int, threads: int) -> dict:
     m, t = cfg.model, cfg.train
     sizes = [data.n_features, *m.hidden, data.n_classes]
     slopes = hidden_slopes(m.activation, m.alpha, len(m.hidden))  # All-ReLU: -a, +a, -a
-    x_tr, y_tr = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    x_te, y_te = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    x_tr, y_tr = torch.from_numpy(np.asarray(data.x_train)), torch.from_numpy(data.y_train)
+    x_te, y_te = torch.from_numpy(np.asarray(data.x_test)), torch.from_numpy(data.y_test)
 
     def build():
         weights, biases, masks = [], [], []

@@ -176,7 +176,7 @@ def forward_logits(net: SparseMLP, x, batch_size: int) -> np.ndarray:
     """Logits (n, n_out) float32 of samples x (float32 array or CSRRows), in chunks within the eval budget."""
     sizes = net.sizes
     n = x.shape[0]
-    sparse = not isinstance(x, np.ndarray)
+    sparse = isinstance(x, CSRRows)
     widths = [0 if sparse else sizes[0], *sizes[1:]]
     chunk = min(eval_chunk(widths, batch_size) if sparse else net.eval_chunk(batch_size), max(n, 1))
     bufs = (np.empty(max(widths[0::2]) * chunk, dtype=np.float32),
@@ -219,7 +219,7 @@ def probabilities(output: str, z: np.ndarray) -> np.ndarray:
 
 def evaluate_samples(net: SparseMLP, x, y: np.ndarray, batch_size: int) -> tuple[float, float]:
     """Mean loss and accuracy; dense input through SparseMLP.evaluate, CSR input chunk by chunk."""
-    if isinstance(x, np.ndarray):
+    if not isinstance(x, CSRRows):
         return net.evaluate(x, y, batch_size)
     from .activations import output_loss
 

@@ -51,7 +51,9 @@ PRUNE_PEAK_BYTES_PER_CONNECTION = 104
 # parts of x copied out of it, then float32 copies of what is kept; standardize scans in float64
 # blocks of prepare._BLOCK_ELEMENTS (a few of them at once).
 LOAD_SCRATCH_BYTES = 4 * 8 * (1 << 20)
-INTERPRETER_BYTES = 300 * (1 << 20)  # Python, numpy, numba, compiled kernels, h5py
+# Python, numpy, scipy, numba and the kernels it loads (~60 MB), h5py: `sparsenet train` of FashionMNIST
+# 784-10-10 on 1000 samples peaks at 190 MB RSS (measured on the 2-core Xeon, numba 0.68, glibc).
+INTERPRETER_BYTES = 200 * (1 << 20)
 
 
 # ---------------------------------------------------------------- data shape
@@ -67,15 +69,18 @@ class DataShape:
     file_rows: int = 0     # data files: samples in the file (before max_train / max_test)
     split: bool = False    # data files: one x that test_fraction splits into two copies
     nnz: int = 0           # CSR data: stored non-zeros of train + test (0: dense, samples x features)
+    feature_bytes: int = 4  # dense features in memory: 4 (float32) or 1 (whole numbers 0..255 kept as uint8)
+    standardize: bool = True  # uint8 features: a lookup table of 256 float32 per feature (data/rows.py)
 
     @property
     def x_bytes(self) -> int:
-        """Bytes of x_train + x_test (+ labels) as training holds them: dense float32, or CSR
-        (float32 value + int32 column per non-zero, int64 row pointers): O(nnz)."""
+        """Bytes of x_train + x_test (+ labels) as training holds them: CSR (float32 value + int32 column
+        per non-zero, int64 row pointers): O(nnz); dense float32, or uint8 with its lookup table."""
         rows = self.n_train + self.n_test
         if self.nnz:
             return self.nnz * 8 + (rows + 2) * 8 + rows * 8
-        return rows * (self.n_features * 4 + 8)
+        table = 0 if self.feature_bytes == 4 else 1024 * (self.n_features if self.standardize else 1)
+        return rows * (self.n_features * self.feature_bytes + 8) + table
 
     @property
     def load_peak(self) -> int:
@@ -104,7 +109,7 @@ def data_shape(cfg: Config) -> DataShape:
         raise SparsenetError(f"cannot plan memory: unknown dataset '{d.name}'")
     if kind.sizes is not None:
         n_train, n_test, f, c = kind.sizes
-        shape = DataShape(n_train, n_test, f, c, f"{d.name} (fixed size)")
+        shape = DataShape(n_train, n_test, f, c, f"{d.name} (fixed size)", feature_bytes=kind.feature_bytes)
     elif kind.synthetic:
         from .data.synthfile import file_shapes, split_sizes, synth_path
 
@@ -128,7 +133,7 @@ def data_shape(cfg: Config) -> DataShape:
     if nnz and (n_train, n_test) != (shape.n_train, shape.n_test):  # max_train/max_test: scale by the rows kept
         nnz = -(-nnz * (n_train + n_test) // max(1, shape.n_train + shape.n_test))
     return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source, shape.file_bytes,
-                     shape.file_rows, shape.split, nnz)
+                     shape.file_rows, shape.split, nnz, shape.feature_bytes, d.standardize)
 
 
 def _split(n: int, test_fraction: float) -> tuple[int, int]:
@@ -333,24 +338,30 @@ def _activations(sizes: list[int], train_batch: int, eval_batch: int | None, n_t
                 "eval: 2 buffers of the widest layers, within a training batch's bytes")
 
 
-def _transient(cfg: Config, sizes: list[int], nnz: list[int], data: DataShape, data_bytes: int) -> Item:
+def _transient(cfg: Config, sizes: list[int], nnz: list[int], data: DataShape, data_bytes: int,
+               workspace: int = 0) -> Item:
+    """The largest short-lived allocation on top of what stays; `workspace`: bytes of a training workspace
+    that is free at the time (init runs before the first batch; between epochs train.between_epochs
+    releases it before pruning and the SET step), so a transient counts only beyond it."""
     last = len(nnz) - 1
     evolving = [k for l, k in enumerate(nnz) if (l < last or cfg.evolution.evolve_output)
                 and k < sizes[l] * sizes[l + 1]]
-    candidates = [(max(nnz) * INIT_PEAK_BYTES_PER_CONNECTION + max(sizes) * 4 * (os.cpu_count() or 1),
+    candidates = [(max(nnz) * INIT_PEAK_BYTES_PER_CONNECTION + max(sizes) * 4 * (os.cpu_count() or 1) - workspace,
                    "init of the largest layer")]
     if cfg.evolution.zeta > 0 and evolving and cfg.train.epochs > 1:
         neurons = max(sizes[l] + sizes[l + 1] for l, k in enumerate(nnz) if k == max(evolving))
-        candidates.append((max(evolving) * SET_PEAK_BYTES_PER_CONNECTION + neurons * SET_PEAK_BYTES_PER_NEURON,
-                           "SET step of the largest layer"))
-        candidates.append((gradient_bytes(sizes, nnz), "gradients reallocated after SET"))
+        candidates.append((max(evolving) * SET_PEAK_BYTES_PER_CONNECTION + neurons * SET_PEAK_BYTES_PER_NEURON
+                           - workspace, "SET step of the largest layer"))
+        candidates.append((gradient_bytes(sizes, nnz) - workspace, "gradients reallocated after SET"))
     if cfg.pruning.method != "none":
-        candidates.append((max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION, "neuron pruning of the largest layer"))
+        candidates.append((max(nnz) * PRUNE_PEAK_BYTES_PER_CONNECTION - workspace, "neuron pruning of the largest layer"))
     if data.load_peak > data_bytes:  # before the model exists, but counted on top of it: an upper bound
         candidates.append((data.load_peak - data_bytes + LOAD_SCRATCH_BYTES,
                            "loading the data: the file's arrays and their test_fraction split"))
     size, why = max(candidates)
-    return Item("transient peak", size, why)
+    if size <= 0:
+        return Item("transient peak", 0, f"{why}: within the released training workspace")
+    return Item("transient peak", size, why + (" beyond the released training workspace" if workspace else ""))
 
 
 # data.name -> the shape of its file (data.path), read without loading it; csv: columns of the first line, rows counted
@@ -368,7 +379,8 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     nnz = [expected_nnz(a, b, cfg.model.epsilon) for a, b in zip(sizes[:-1], sizes[1:])]
     x_bytes = data.x_bytes
     data_item = Item("data", x_bytes, f"{data.n_train:,}+{data.n_test:,} samples, CSR: {data.nnz:,} non-zeros x 8 B"
-                     if data.nnz else f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features x 4 B")
+                     if data.nnz else f"{data.n_train:,}+{data.n_test:,} samples x {data.n_features:,} features "
+                     f"x {data.feature_bytes} B")
     model = Item("model weights + indices", model_bytes(sizes, nnz), f"{sum(nnz):,} connections, {sum(sizes):,} neurons")
     per_parameter = OPTIMIZERS[cfg.train.optimizer].bytes_per_parameter()
     opt_state = Item("optimizer state", (sum(nnz) + sum(sizes[1:])) * per_parameter,
@@ -380,6 +392,7 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     train_batch = min(t.batch_size, data.n_train)
     if ranks == 1:
         acts = _activations(sizes, train_batch, None, data.n_test, sparse_input=data.nnz > 0)
+        transient = _transient(cfg, sizes, nnz, data, x_bytes, acts.bytes)
         plans = [RankPlan("sequential", 1, [data_item, model, opt_state, grads, acts, transient, overhead])]
     else:
         workers = ranks - 1
@@ -390,7 +403,7 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
                         transient, overhead]
         server = RankPlan("server", 1, server_items)
         acts_w = _activations(sizes, min(t.batch_size, shard), None, 0)
-        shard_item = Item("data shard copy", shard * data.n_features * 4, f"{shard:,} samples")
+        shard_item = Item("data shard copy", shard * data.n_features * data.feature_bytes, f"{shard:,} samples")
         worker = RankPlan("worker", workers, [data_item, shard_item, model, opt_state, grads, acts_w,
                                               *[Item(*i) for i in transport["worker"]], transient, overhead])
         plans = [server, worker]

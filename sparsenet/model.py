@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import hidden_slopes, output_loss
+from .data.csr import CSRRows
 from .sparse import csr, kernels
 from .sparse.init import erdos_renyi_layer
 from .sparse.layer import SparseLayer
@@ -98,12 +99,19 @@ class SparseMLP:
 
     def topology_changed(self) -> None:
         """Reallocate what depends on the connections or the widths (call after SET or pruning)."""
+        self.grads = self.bias_grads = []  # the old ones go before the new ones are allocated
         self.grads = [np.zeros(layer.nnz, dtype=np.float32) for layer in self.layers]
         self.bias_grads = [np.zeros(layer.n_out, dtype=np.float32) for layer in self.layers]
         if getattr(self, "_workspace_sizes", None) != self.sizes:
             self._workspaces.clear()
             self._flat, self._capacity = None, 0
             self._workspace_sizes = self.sizes
+
+    def release_workspace(self) -> None:
+        """Free the training workspace; the next batch allocates it again (zeroed: results do not depend on
+        it). Between epochs its memory then serves the SET step and neuron pruning instead of adding to them."""
+        self._workspaces.clear()
+        self._flat, self._capacity = None, 0
 
     def input_buffer(self, batch: int) -> np.ndarray:
         """The (n_features, batch) float32 buffer that `gradients` and `logits` read their input from."""
@@ -187,8 +195,9 @@ class SparseMLP:
 
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int,
                  max_bytes: int | None = None) -> tuple[float, float]:
-        """Mean loss and accuracy over samples x (n, n_features) with labels y (n,); an autoencoder
-        scores its reconstruction of x (y is not read; accuracy 0).
+        """Mean loss and accuracy over samples x (n, n_features; float32, a row source (see
+        kernels.gather_batch) or CSR rows) with labels y (n,); an autoencoder scores its reconstruction
+        of x (y is not read; accuracy 0).
 
         Forward only, without dropout, in chunks of at most batch_size samples. After training the
         model holds a workspace for its training batch: evaluation runs through it and allocates
@@ -198,7 +207,7 @@ class SparseMLP:
         and the loss is one running sum over the samples in order, so the result does not depend on
         the chunking.
         """
-        if not isinstance(x, np.ndarray):
+        if isinstance(x, CSRRows):
             return self._evaluate_rows(x, y, batch_size, max_bytes)
         if self._capacity and max_bytes is None:
             return self._evaluate_in_workspace(x, y, min(int(batch_size), self._capacity))
@@ -211,15 +220,15 @@ class SparseMLP:
         last = len(self.layers) - 1
         total_loss, total_correct = 0.0, 0
         for start in range(0, x.shape[0], chunk):
-            xb = x[start:start + chunk]
-            m = xb.shape[0]
+            m = min(chunk, x.shape[0] - start)
             a = bufs[0][:sizes[0] * m].reshape(sizes[0], m)
-            np.copyto(a, xb.T)
+            kernels.gather_batch(x, np.arange(start, start + m), a)
+            targets = self._targets(x, y, start, m)  # before the buffers ping-pong over the input
             for l, layer in enumerate(self.layers):
                 out = bufs[(l + 1) % 2][:layer.n_out * m].reshape(layer.n_out, m)
                 kernels.forward(layer, a, out, slope=None if l == last else self.slopes[l])
                 a = out
-            total_loss, correct = output_loss(self.output, a, self._targets(xb, y, start),
+            total_loss, correct = output_loss(self.output, a, targets,
                                               delta[:sizes[-1] * m].reshape(sizes[-1], m), start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)
@@ -245,19 +254,24 @@ class SparseMLP:
         n = max(x.shape[0], 1)
         return total_loss / n, total_correct / n
 
-    def _targets(self, xb: np.ndarray, y: np.ndarray, start: int) -> np.ndarray:
-        """What the outputs of the chunk xb = x[start:start + m] are scored against: labels, or xb itself."""
-        return xb if self.task == "autoencoder" else y[start:start + xb.shape[0]]
+    def _targets(self, x, y: np.ndarray, start: int, m: int, gathered: np.ndarray | None = None) -> np.ndarray:
+        """What the outputs of samples start..start+m are scored against: labels, or (autoencoder) the
+        samples themselves, (m, n_features): `gathered` (n_features, m) if they are there, else gathered anew."""
+        if self.task != "autoencoder":
+            return y[start:start + m]
+        if gathered is None:
+            gathered = kernels.gather_batch(x, np.arange(start, start + m), np.empty((x.shape[1], m), np.float32))
+        return gathered.T
 
     def _evaluate_in_workspace(self, x: np.ndarray, y: np.ndarray, chunk: int) -> tuple[float, float]:
         """evaluate() through the training workspace's activation and delta buffers."""
         total_loss, total_correct = 0.0, 0
         for start in range(0, x.shape[0], chunk):
-            xb = x[start:start + chunk]
-            ws = self._workspace(xb.shape[0])
-            np.copyto(ws.acts[0], xb.T)
+            m = min(chunk, x.shape[0] - start)
+            ws = self._workspace(m)
+            kernels.gather_batch(x, np.arange(start, start + m), ws.acts[0])
             logits = self._forward(ws, None)
-            total_loss, correct = output_loss(self.output, logits, self._targets(xb, y, start), ws.deltas[-1],
+            total_loss, correct = output_loss(self.output, logits, self._targets(x, y, start, m, ws.acts[0]), ws.deltas[-1],
                                               start=total_loss)
             total_correct += correct
         n = max(x.shape[0], 1)

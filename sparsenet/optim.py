@@ -321,11 +321,21 @@ def make_optimizer(cfg, model: SparseMLP) -> Optimizer:
 
 
 def realign(state: np.ndarray, source: np.ndarray) -> np.ndarray:
-    """state gathered at `source` (int64, -1 = new connection, state 0)."""
-    out = np.zeros(source.shape[0], dtype=state.dtype)
-    have = source >= 0
-    out[have] = state[source[have]]
+    """state gathered at `source` (int64, -1 = new connection, state 0); no temporaries beyond the result."""
+    source = np.ascontiguousarray(source, dtype=np.int64)
+    if source.size and (source.min() < -1 or source.max() >= state.shape[0]):
+        raise ValueError(f"source must hold -1 or indices in [0, {state.shape[0]}), got "
+                         f"{int(source.min())}..{int(source.max())}")
+    out = np.empty(source.shape[0], dtype=state.dtype)
+    _realign_kernel(np.ascontiguousarray(state), source, out)
     return out
+
+
+@njit(cache=True)
+def _realign_kernel(state, source, out):
+    for k in range(source.shape[0]):
+        s = source[k]
+        out[k] = state[s] if s >= 0 else 0
 
 
 def _check_gradient(grad: np.ndarray, n: int, what: str) -> None:

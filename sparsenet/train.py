@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from . import checkpoint as ckpt
 from .config import Config
 from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
+from .data.csr import CSRRows
 from .errors import ConfigError, InputError
 from .evolution import prune_and_regrow
 from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
@@ -53,7 +55,7 @@ def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray,
 
     An autoencoder (model.task) is scored against the clean batch, y is not read; its input gets
     Gaussian noise of std model.input_noise (drawn from rng after the dropout keys)."""
-    if not isinstance(x, np.ndarray):
+    if isinstance(x, CSRRows):
         if model.task == "autoencoder":
             raise InputError("model.task autoencoder needs dense inputs: its targets are the samples themselves")
         drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
@@ -109,16 +111,36 @@ def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:
     if cfg.evolution.zeta <= 0:
         return {}
     model = state.model
+    model.release_workspace()  # its memory serves the SET step (memory.py counts one or the other)
     last = len(model.layers) - 1
     changes = {}
-    for l, layer in enumerate(model.layers):
+    for l in range(len(model.layers)):  # by index: the old layer goes as soon as the new one replaces it
+        layer = model.layers[l]
         if (l == last and not cfg.evolution.evolve_output) or layer.nnz >= layer.n_positions:
             continue
         model.layers[l], changes[l] = prune_and_regrow(layer, cfg.evolution.zeta, cfg.model.init, state.rng,
                                                        regrow=cfg.evolution.regrow)
+        del layer
         state.optimizer.follow_topology(l, changes[l])
     model.topology_changed()
+    return_freed_memory()
     return changes
+
+
+def return_freed_memory() -> None:
+    """Hand the heap pages that freed arrays left behind back to the OS (glibc's malloc_trim; elsewhere
+    nothing): the SET step's temporaries would otherwise stay resident beside the reallocated workspace."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (AttributeError, OSError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None  # libc's malloc_trim once looked up, False where there is none
 
 
 def prune_neurons(state: TrainingState, cfg: Config) -> NeuronRemoval | None:
@@ -148,6 +170,7 @@ def apply_neuron_removal(state: TrainingState, keep: list[np.ndarray]) -> Neuron
 
 def between_epochs(state: TrainingState, cfg: Config) -> tuple[NeuronRemoval | None, dict[int, np.ndarray]]:
     """Neuron pruning (if scheduled), then the SET step: what runs between two epochs."""
+    state.model.release_workspace()  # the next batch allocates it again: pruning and SET use its memory
     removal = prune_neurons(state, cfg)
     return removal, evolve(state, cfg)
 

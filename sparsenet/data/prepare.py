@@ -1,4 +1,5 @@
-"""Turn raw arrays into a `Dataset`: truncate, label-encode, split, cast to float32, standardise."""
+"""Turn raw arrays into a `Dataset`: truncate, label-encode, split, cast to float32 (or keep small
+integers as uint8: data/rows.py), standardise."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsenet.data.csr import CSRRows
+from sparsenet.data.rows import ByteRows, small_integers
 from sparsenet.errors import DataError
 
 # Rows per block when scanning big arrays, sized so one float64 block stays around 8 MB.
@@ -15,11 +17,12 @@ _BLOCK_ELEMENTS = 1 << 20
 
 @dataclass
 class Dataset:
-    """Train/test split ready for training: x float32 (n, n_features), y int64 in 0..n_classes-1."""
+    """Train/test split ready for training: x float32 (n, n_features) or, for small-integer features
+    (pixels), ByteRows (uint8, read as the same float32 values batch by batch); y int64 in 0..n_classes-1."""
 
-    x_train: np.ndarray
+    x_train: np.ndarray | ByteRows
     y_train: np.ndarray
-    x_test: np.ndarray
+    x_test: np.ndarray | ByteRows
     y_test: np.ndarray
     n_classes: int
     name: str
@@ -188,19 +191,35 @@ def _check_finite(x: np.ndarray, what: str, where: str) -> None:
                             f"{start + row}, column {col}; features must be finite float32 numbers")
 
 
-def _column_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _float_blocks(x: "np.ndarray | ByteRows"):
+    """(start, float32 block) over the rows of x in blocks of _block_rows (ByteRows: converted, not standardised)."""
+    if isinstance(x, ByteRows):
+        yield from x.float_blocks()
+        return
+    step = _block_rows(x.shape[1])
+    for start in range(0, x.shape[0], step):
+        yield start, x[start:start + step]
+
+
+def _column_stats(x: "np.ndarray | ByteRows") -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean and population std in float64, scanning x in row blocks (no full copy)."""
     n, d = x.shape
-    step = _block_rows(d)
     total = np.zeros(d)
-    for start in range(0, n, step):
-        total += x[start:start + step].sum(axis=0, dtype=np.float64)
+    for _, block in _float_blocks(x):
+        total += block.sum(axis=0, dtype=np.float64)
     mean = total / n
     squares = np.zeros(d)
-    for start in range(0, n, step):
-        diff = x[start:start + step].astype(np.float64) - mean
+    for _, block in _float_blocks(x):
+        diff = block.astype(np.float64) - mean
         squares += np.einsum("ij,ij->j", diff, diff)
     return mean, np.sqrt(squares / n)
+
+
+def fit_standardization(x_train: "np.ndarray | ByteRows") -> tuple[np.ndarray, np.ndarray]:
+    """float32 (mean, std) of the training features (0 std -> 1)."""
+    mean, std = _column_stats(x_train)
+    std[std == 0] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,9 +227,7 @@ def standardize(x_train: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, n
 
     Returns the float32 (mean, std) applied, for the checkpoint's preprocessing group.
     """
-    mean, std = _column_stats(x_train)
-    std[std == 0] = 1.0
-    mean32, std32 = mean.astype(np.float32), std.astype(np.float32)
+    mean32, std32 = fit_standardization(x_train)
     for x in (x_train, *others):
         x -= mean32
         x /= std32
@@ -226,17 +243,37 @@ def scale_csr(x_train: CSRRows, x_test: CSRRows):
     return x_train.scaled(std32), x_test.scaled(std32), np.zeros_like(std32), std32
 
 
+def _as_bytes(x: np.ndarray, keep: int | None, pixels: bool) -> ByteRows:
+    """First `keep` rows of small-integer x as ByteRows (read as float32(v) / 255 for pixels); x itself
+    when it is whole, uint8 and C-contiguous (the rows are never written to)."""
+    truncated = keep is not None and keep < len(x)
+    if truncated:
+        x = x[:keep]                # a view keeps the full array alive: always copy
+    if x.dtype != np.uint8 or not x.flags.c_contiguous or truncated:
+        raw = np.empty(x.shape, dtype=np.uint8)
+        step = _block_rows(x.shape[1])
+        for start in range(0, len(x), step):  # block by block: no full temporary of a wider dtype
+            raw[start:start + step] = x[start:start + step]
+        x = raw
+    return ByteRows(x, 255.0 if pixels else 1.0)
+
+
 def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
            pixels: bool = False, check_finite: bool = False, classes: np.ndarray | None = None) -> Dataset:
-    """Truncate to max_train/max_test, cast to float32 (pixels: /255), standardise if asked."""
+    """Truncate to max_train/max_test, cast to float32 (pixels: /255) or keep small integers as uint8
+    (ByteRows, the same floats), standardise if asked."""
     where = f"dataset '{name}'"
     check_lengths(x_train, y_train, "x_train", "y_train", where)
     check_lengths(x_test, y_test, "x_test", "y_test", where)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise DataError(f"{where}: x_test has {x_test.shape[1]} features but x_train has "
                         f"{x_train.shape[1]}")
-    xtr = _to_float32(x_train, cfg.max_train, pixels)
-    xte = _to_float32(x_test, cfg.max_test, pixels)
+    dense = not isinstance(x_train, CSRRows) and not isinstance(x_test, CSRRows)
+    if dense and small_integers(x_train) and small_integers(x_test):  # 1 byte per feature instead of 4, same floats
+        xtr, xte = _as_bytes(x_train, cfg.max_train, pixels), _as_bytes(x_test, cfg.max_test, pixels)
+    else:
+        xtr = _to_float32(x_train, cfg.max_train, pixels)
+        xte = _to_float32(x_test, cfg.max_test, pixels)
     ytr = np.ascontiguousarray(y_train[: len(xtr)], dtype=np.int64)
     yte = np.ascontiguousarray(y_test[: len(xte)], dtype=np.int64)
     for y, what in ((ytr, "y_train"), (yte, "y_test")):  # the data boundary: every label a valid class
@@ -245,12 +282,17 @@ def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
             raise DataError(f"{where}: {what} holds label {bad}; labels must be in 0..{int(n_classes) - 1}")
     if (isinstance(xtr, CSRRows)) != (isinstance(xte, CSRRows)):
         raise DataError(f"{where}: x_train and x_test must both be dense or both CSR")
-    if check_finite and not isinstance(xtr, CSRRows):  # CSR values were checked when the matrix was made
+    if check_finite and not isinstance(xtr, (CSRRows, ByteRows)):  # CSR values were checked when the matrix was made
         _check_finite(xtr, "x_train", where)
         _check_finite(xte, "x_test", where)
     mean = std = None
     if cfg.standardize and isinstance(xtr, CSRRows):
         xtr, xte, mean, std = scale_csr(xtr, xte)
     elif cfg.standardize:
-        mean, std = standardize(xtr, xte)
+        if isinstance(xtr, ByteRows):  # applied batch by batch in ByteRows.gather, the same float32 operations
+            mean, std = fit_standardization(xtr)
+            xtr = xtr.standardized(mean, std)
+            xte = ByteRows(xte.raw, xte.divisor, mean, std, xtr.table)  # one lookup table for both
+        else:
+            mean, std = standardize(xtr, xte)
     return Dataset(xtr, ytr, xte, yte, int(n_classes), name, mean, std, classes)

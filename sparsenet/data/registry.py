@@ -14,7 +14,8 @@ class DatasetKind:
     """loader "module:function", called function(cfg, seed, *args), or function(cfg, *args) if not seeded.
 
     sizes: fixed (train samples, test samples, features, classes), or None; reads_file: loaded from
-    data.path (required); synthetic: generated from the data section (its size is the config's).
+    data.path (required); synthetic: generated from the data section (its size is the config's);
+    feature_bytes: bytes per feature in memory (1: the files hold bytes, kept as uint8 by data/rows.py).
     """
 
     loader: str
@@ -23,6 +24,7 @@ class DatasetKind:
     sizes: tuple[int, int, int, int] | None = None
     reads_file: bool = False
     synthetic: bool = False
+    feature_bytes: int = 4
 
     def load(self, cfg, seed: int):
         module, name = self.loader.split(":")
@@ -31,9 +33,11 @@ class DatasetKind:
 
 
 DATASETS = {
-    "fashion_mnist": DatasetKind("sparsenet.data.idx:load_mnist_like", ("fashion_mnist",), False, (60000, 10000, 784, 10)),
-    "mnist": DatasetKind("sparsenet.data.idx:load_mnist_like", ("mnist",), False, (60000, 10000, 784, 10)),
-    "cifar10": DatasetKind("sparsenet.data.cifar:load_cifar10", (), False, (50000, 10000, 3072, 10)),
+    "fashion_mnist": DatasetKind("sparsenet.data.idx:load_mnist_like", ("fashion_mnist",), False, (60000, 10000, 784, 10),
+                                 feature_bytes=1),
+    "mnist": DatasetKind("sparsenet.data.idx:load_mnist_like", ("mnist",), False, (60000, 10000, 784, 10),
+                         feature_bytes=1),
+    "cifar10": DatasetKind("sparsenet.data.cifar:load_cifar10", (), False, (50000, 10000, 3072, 10), feature_bytes=1),
     "synthetic": DatasetKind("sparsenet.data.synthetic:load_synthetic", synthetic=True),
     "synthetic_hdf5": DatasetKind("sparsenet.data.synthfile:load_synthetic_hdf5", synthetic=True),
     "npz": DatasetKind("sparsenet.data.files:load_npz", reads_file=True),

@@ -116,7 +116,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     rank, workers = transport.rank, transport.size - 1
     transport.probe_spin = REPLY_SPIN
     mine = shard(data.x_train.shape[0], rank, workers, cfg.seed)
-    x, y = np.ascontiguousarray(data.x_train[mine]), data.y_train[mine]
+    x, y = data.x_train[mine], data.y_train[mine]  # a copy (fancy indexing), uint8 for ByteRows
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
     mark = None  # the stream's position before `ahead` was computed

@@ -237,9 +237,40 @@ def _gather_kernel(x, index, out):
             row[b] = x[index[b], f]
 
 
+@njit(parallel=True, cache=True)
+def _gather_bytes_kernel(raw, index, table, per_feature, out):
+    n_features = raw.shape[1]
+    for f in prange(n_features):
+        row = out[f]
+        values = table[f * per_feature]
+        for b in range(index.shape[0]):
+            row[b] = values[raw[index[b], f]]
+
+
+def gather_bytes(raw: np.ndarray, index: np.ndarray, table: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out (n_features, batch) = table[f, raw[index, f]].T for uint8 samples raw (n, n_features): table
+    (n_features, 256) float32 holds what each byte value of each feature reads as ((1, 256): the same
+    for every feature)."""
+    if raw.dtype != np.uint8 or raw.ndim != 2 or not raw.flags.c_contiguous:
+        raise ValueError(f"raw must be a C-contiguous 2-D uint8 array, got {raw.dtype} {raw.shape}")
+    if (table.dtype != np.float32 or table.ndim != 2 or table.shape[1] != 256 or not table.flags.c_contiguous
+            or table.shape[0] not in (1, raw.shape[1])):
+        raise ValueError(f"table must be C-contiguous float32 of shape ({raw.shape[1]}, 256) or (1, 256), "
+                         f"got {table.dtype} {table.shape}")
+    _check_activations("out", out, raw.shape[1], index.shape[0])
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    if index.size and (index.min() < 0 or index.max() >= raw.shape[0]):
+        raise ValueError(f"row index out of range [0, {raw.shape[0]})")
+    _gather_bytes_kernel(raw, index, table, int(table.shape[0] > 1), out)
+    return out
+
+
 def gather_batch(x: np.ndarray, index: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out (n_features, batch) = x[index].T for samples x (n, n_features) float32 (CSR samples go
-    to the first layer as they are: sparse/csr.py)."""
+    """out (n_features, batch) = x[index].T for samples x (n, n_features) float32, or a row source with
+    a `gather(index, out)` method (uint8 pixels: sparsenet.data.rows.ByteRows). CSR samples go to the
+    first layer as they are (sparse/csr.py)."""
+    if not isinstance(x, np.ndarray) and hasattr(x, "gather"):
+        return x.gather(index, out)
     if x.dtype != np.float32 or x.ndim != 2:
         raise ValueError(f"x must be a 2-D float32 array, got {x.dtype} {x.shape}")
     _check_activations("out", out, x.shape[1], index.shape[0])

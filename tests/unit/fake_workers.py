@@ -20,7 +20,7 @@ class FakeWorkers(Workers):
     def __init__(self, cfg, data, k: int, on_take=None):
         self.cfg, self.ids = cfg, list(range(1, k + 1))
         mine = {w: shard(data.x_train.shape[0], w, k, cfg.seed) for w in self.ids}
-        self.data = {w: (np.ascontiguousarray(data.x_train[m]), data.y_train[m]) for w, m in mine.items()}
+        self.data = {w: (data.x_train[m], data.y_train[m]) for w, m in mine.items()}
         self.models, self.versions, self.streams = {}, {}, {}
         self.sent: list[tuple[str, int, int]] = []  # (kind, worker, version) of every model sent
         self.taken: list[Gradient] = []

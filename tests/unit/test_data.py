@@ -17,6 +17,7 @@ import pytest
 
 from sparsenet.config import DataConfig
 from sparsenet.data import Dataset, cifar, idx, load_dataset
+from sparsenet.data.rows import ByteRows
 from sparsenet.errors import DataError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -81,15 +82,17 @@ def test_idx_standardised_values(tmp_path, gz):
     folder = write_idx_set(tmp_path / "d", gz)
     ds = load_dataset(mnist_cfg(path=str(folder)), 0)
     assert isinstance(ds, Dataset) and ds.name == "mnist"
-    assert ds.x_train.dtype == np.float32 and ds.x_train.flags.c_contiguous
+    # pixels are kept as bytes and read as float32 (1 byte per feature in memory)
+    assert isinstance(ds.x_train, ByteRows) and ds.x_train.dtype == np.float32
+    assert ds.x_train.raw.dtype == np.uint8 and ds.x_train.raw.flags.c_contiguous
     assert ds.x_train.shape == (4, 3) and ds.x_test.shape == (2, 3) and ds.n_features == 3
     assert ds.n_classes == 10
     assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == [3, 1, 4, 1]
     assert ds.y_test.tolist() == [9, 0]
     np.testing.assert_allclose(ds.x_train, EXPECTED_TRAIN, atol=1e-6)
     np.testing.assert_allclose(ds.x_test, EXPECTED_TEST, atol=1e-6)
-    np.testing.assert_allclose(ds.x_train.mean(axis=0), [0, 0, 0], atol=1e-6)
-    np.testing.assert_allclose(ds.x_train.std(axis=0), [1, 0, 1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ds.x_train).mean(axis=0), [0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ds.x_train).std(axis=0), [1, 0, 1], atol=1e-6)
 
 
 def test_idx_pixels_scaled_exactly_without_standardisation(tmp_path):
@@ -107,7 +110,7 @@ def test_idx_max_train_before_standardisation(tmp_path):
     assert ds.y_train.tolist() == [3, 1] and ds.y_test.tolist() == [9]
     # standardised with the statistics of the 2 kept samples only
     np.testing.assert_allclose(ds.x_train, [[-1, 0, -1], [1, 0, 1]], atol=1e-6)
-    assert ds.x_train.base is None   # a copy, not a view pinning the full array
+    assert ds.x_train.raw.base is None   # a copy, not a view pinning the full array
 
 
 def test_read_idx_shapes(tmp_path):
@@ -300,8 +303,8 @@ def test_cifar_binary(tmp_path):
     assert np.array_equal(ds.x_test, test_pixels.astype(np.float32) / np.float32(255))
     inner = str(tmp_path / "cifar-10-batches-bin")      # the folder itself works too
     ds = load_dataset(replace(cfg, standardize=True, path=inner), 0)
-    np.testing.assert_allclose(ds.x_train.mean(axis=0), 0, atol=1e-5)
-    np.testing.assert_allclose(ds.x_train.std(axis=0), 1, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(ds.x_train).mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(ds.x_train).std(axis=0), 1, atol=1e-4)
 
 
 def test_cifar_bad_size_and_label(tmp_path):
@@ -359,7 +362,8 @@ def file_cfg(name, path, **kw):
 
 
 def check_string_label_round_trip(ds):
-    assert ds.x_train.dtype == np.float32 and ds.x_train.flags.c_contiguous
+    # whole numbers in 0..255 (even as float64) are kept as bytes; they read as the same float32 values
+    assert isinstance(ds.x_train, ByteRows) and ds.x_train.dtype == np.float32 and ds.x_train.raw.dtype == np.uint8
     assert np.array_equal(ds.x_train, X_TRAIN.astype(np.float32))
     assert np.array_equal(ds.x_test, X_TEST.astype(np.float32))
     assert ds.n_classes == 4      # ant, cat, dog, emu
@@ -582,7 +586,8 @@ def test_debian_fashion_mnist(monkeypatch):
     assert ds.n_classes == 10 and ds.n_features == 784
     assert ds.y_train.min() >= 0 and ds.y_train.max() <= 9 and len(set(ds.y_train.tolist())) == 10
     assert ds.y_test.min() >= 0 and ds.y_test.max() <= 9
-    assert np.isfinite(ds.x_train).all() and abs(float(ds.x_train.mean())) < 1e-3
+    assert isinstance(ds.x_train, ByteRows) and ds.x_train.raw.shape == (1000, 784)
+    assert np.isfinite(np.asarray(ds.x_train)).all() and abs(float(np.asarray(ds.x_train).mean())) < 1e-3
     assert os.path.isdir(DEBIAN_FASHION)
 
 

@@ -1,6 +1,7 @@
 """The memory planner: byte counts against a real model, refusal, available memory, `sparsenet plan`."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,8 @@ from sparsenet.sparse.init import erdos_renyi_layer
 from sparsenet.train import new_state, train_epoch
 
 pytest.importorskip("sklearn")
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 SMALL = ["data.name=synthetic", "data.samples=250", "data.features=40", "data.test_fraction=0.3",
          "model.hidden=[60,50]", "model.epsilon=5", "train.batch_size=16", "train.eval_batch_size=32",
@@ -241,3 +244,69 @@ def test_plan_covers_the_peak_of_loading_and_splitting_a_data_file(tmp_path, dty
     assert growth > raw + data_item * 0.9  # the split really copies (more than x once)
     assert growth <= data_item + transient  # what the plan holds for it, beside the model
     assert data_item + transient <= 1.3 * growth
+
+
+def test_pixels_are_planned_at_one_byte_per_feature_and_the_set_step_within_the_released_workspace():
+    cfg = load_config(None, ["data.name=fashion_mnist", "model.hidden=[50000,50000]", "model.epsilon=20",
+                             "train.batch_size=128", "train.epochs=2", "memory_limit_gb=64"])
+    plan = plan_memory(cfg)
+    items = {i.name: i for i in plan.ranks[0].items}
+    # 70k samples x 784 bytes, their int64 labels and one lookup table of 256 float32 per feature
+    assert items["data"].bytes == 70_000 * (784 + 8) + 784 * 256 * 4
+    assert "x 1 B" in items["data"].note
+    # the SET step of the 50000 x 50000 layer (~2M connections, ~62 MB) fits in the 155 MB workspace that
+    # between_epochs frees before it
+    assert items["activations"].bytes == 4 * 128 * (3 * (784 + 100_000 + 10) - 10)
+    assert items["transient peak"].bytes == 0 and "released training workspace" in items["transient peak"].note
+    unstandardised = plan_memory(load_config(None, ["data.name=fashion_mnist", "data.standardize=false",
+                                                    "memory_limit_gb=64"]))
+    assert {i.name: i.bytes for i in unstandardised.ranks[0].items}["data"] == 70_000 * (784 + 8) + 256 * 4
+    # an MPI worker's shard copy is bytes too
+    worker = {i.name: i.bytes for i in plan_memory(cfg, 3).ranks[1].items}
+    assert worker["data shard copy"] == 30_000 * 784
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_the_planned_data_bytes_are_what_fashion_mnist_holds():
+    cfg = load_config(None, ["data.name=fashion_mnist", f"data.path={DEBIAN_FASHION}", "memory_limit_gb=64"])
+    data = load_dataset(cfg.data, cfg.seed)
+    held = (data.x_train.raw.nbytes + data.x_test.raw.nbytes + data.x_train.table.nbytes
+            + data.y_train.nbytes + data.y_test.nbytes)
+    assert data.x_test.table is data.x_train.table
+    assert {i.name: i.bytes for i in plan_memory(cfg).ranks[0].items}["data"] == held
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEBIAN_FASHION.is_dir(), reason="dataset-fashion-mnist not installed")
+def test_the_plan_of_the_wide_config_is_within_15_percent_of_its_peak_rss(tmp_path):
+    """784-50000-50000-10 (eps 20, batch 128) on all 70k FashionMNIST samples, two epochs of 10 batches (the
+    rest of the training set stays loaded): the process's peak RSS (with the SET step, evaluation on all
+    10k test samples, checkpoints: VmHWM, not ru_maxrss, which after fork + exec keeps the forking pytest
+    process's size) against memory.plan_memory's estimate. A first run on a tiny model loads
+    (or compiles) the kernels, as the planner assumes: a process that compiles them peaks ~300 MB higher."""
+    import subprocess
+    import sys
+
+    script = (
+        "import dataclasses, json, sys\n"
+        "from sparsenet import cli\n"
+        "from sparsenet.config import load_config\n"
+        "from sparsenet.data import load_dataset\n"
+        "from sparsenet.memory import plan_memory\n"
+        "from sparsenet.train import run\n"
+        f"cfg = load_config(None, ['data.name=fashion_mnist', 'data.path={DEBIAN_FASHION}', 'model.hidden=[50000,50000]',"
+        " 'model.epsilon=20', 'train.batch_size=128', 'train.epochs=2', 'train.progress=false', 'memory_limit_gb=64'])\n"
+        "full = load_dataset(cfg.data, cfg.seed)\n"
+        "if sys.argv[2] == 'warm':\n"
+        "    cfg = load_config(None, ['data.name=fashion_mnist', 'model.hidden=[20,20]', 'train.batch_size=128',"
+        " 'train.epochs=2', 'train.progress=false', 'memory_limit_gb=64'])\n"
+        "run(cfg, sys.argv[1], dataset=dataclasses.replace(full, x_train=full.x_train[:1280], y_train=full.y_train[:1280]))\n"
+        "hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "print(json.dumps([hwm * 1024, plan_memory(cfg).total, full.x_train.shape[0]]))\n")
+    for what in ("warm", "measure"):
+        proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / what), what], capture_output=True,
+                              text=True, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    peak, planned, held = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert held == 60_000
+    assert abs(planned - peak) <= 0.15 * peak, f"planned {planned / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"

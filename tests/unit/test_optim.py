@@ -134,3 +134,15 @@ def test_version_1_checkpoint_is_read_and_resumes(tmp_path):
     assert old.optimizer == "momentum" and sorted(old.layers[0].state) == ["bias_velocity", "velocity"]
     run(small_config("train.epochs=2"), tmp_path / "v1", resume=True)
     assert_same_checkpoint(tmp_path / "v2" / "checkpoint.h5", path)
+
+
+def test_realign_gathers_state_at_source_and_zeroes_new_connections():
+    from sparsenet.optim import realign
+
+    state = np.array([1.5, -2.0, 3.25, 4.0], dtype=np.float32)
+    out = realign(state, np.array([2, -1, 0, 0, -1, 3], dtype=np.int64))
+    assert out.dtype == np.float32 and out.tolist() == [3.25, 0.0, 1.5, 1.5, 0.0, 4.0]
+    assert realign(state, np.empty(0, dtype=np.int64)).shape == (0,)
+    for bad in ([4], [-2]):
+        with pytest.raises(ValueError, match=r"source must hold -1 or indices in \[0, 4\)"):
+            realign(state, np.array(bad, dtype=np.int64))

@@ -163,3 +163,33 @@ def test_a_stop_mid_epoch_checkpoints_at_the_next_batch_and_resumes_bit_identica
     rows = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
             for name in ("straight", "stopped")}
     assert strip_timings(rows["stopped"]) == strip_timings(rows["straight"])
+
+
+def test_the_workspace_released_between_epochs_changes_nothing(monkeypatch):
+    """between_epochs frees the training workspace (the SET step uses its memory); the next batch gets a new
+    one. Training with and without the release gives the same bits."""
+    from sparsenet.config import load_config
+    from sparsenet.data import load_dataset
+    from sparsenet.model import SparseMLP
+    from sparsenet.train import between_epochs, new_state, train_epoch
+
+    cfg = load_config(None, ["data.name=synthetic", "data.samples=200", "data.features=30", "model.hidden=[40,30]",
+                             "model.epsilon=5", "train.batch_size=16", "model.dropout=0.3", "evolution.zeta=0.3"])
+    data = load_dataset(cfg.data, cfg.seed)
+
+    def trained():
+        state = new_state(cfg, data.n_features, data.n_classes)
+        for epoch in range(3):
+            if epoch:
+                between_epochs(state, cfg)
+                yield state.model._capacity
+            train_epoch(state, data.x_train, data.y_train, 16)
+        yield [(layer.values.copy(), layer.rows.copy()) for layer in state.model.layers]
+
+    *released, with_release = trained()
+    assert released == [0, 0]  # freed by between_epochs
+    monkeypatch.setattr(SparseMLP, "release_workspace", lambda self: None)
+    *kept, without = trained()
+    assert kept == [16, 16]
+    for (v1, r1), (v2, r2) in zip(with_release, without):
+        assert np.array_equal(v1.view(np.uint32), v2.view(np.uint32)) and np.array_equal(r1, r2)
