@@ -376,12 +376,7 @@ def _encode(y, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _rows(x, index: np.ndarray):
     """Samples `index` (sorted) of a float32 array or CSRRows, as the same kind."""
-    if not isinstance(x, CSRRows):
-        return x[index]
-    import scipy.sparse as sp
-
-    part = sp.csr_array((x.data, x.indices, x.indptr), shape=x.shape)[index]
-    return CSRRows(part.data, part.indices, part.indptr, part.shape, x.mean, x.std)
+    return x.take(index) if isinstance(x, CSRRows) else x[index]
 
 
 def _standardized(x, pre: Preprocessing):
