@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .kernels import FASTMATH, _check_activations, _uniform_bits
+from .kernels import FASTMATH, _check_activations, _uniform_bits, forward_options
 from .layer import SparseLayer
 
 
@@ -159,28 +159,15 @@ def forward(layer: SparseLayer, data: np.ndarray, indices: np.ndarray, indptr: n
     `order`: the batch's BatchOrder if already made (weight_grad can reuse it)."""
     check_csr(data, indices, indptr, shape, layer.n_in)
     index = _rows(index, indptr.shape[0] - 1)
-    _check_activations("out", out, layer.n_out, index.shape[0])
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    apply_act = slope is not None
-    if dropout > 0.0 and not apply_act:
-        raise ValueError("dropout needs an activation (slope)")
-    store = grad_factor is not None
-    if store:
-        _check_activations("grad_factor", grad_factor, layer.n_out, index.shape[0])
-    else:
-        grad_factor = out  # unused placeholder of the right type
+    options = forward_options(out, layer.n_out, index.shape[0], slope, dropout, drop_key, grad_factor)
     if bias is None:
         bias = layer.bias
     elif bias.dtype != np.float32 or bias.shape != (layer.n_out,):
         raise ValueError(f"bias must be float32 of shape ({layer.n_out},), got {bias.dtype} {bias.shape}")
     order = _order(order, indices, indptr, index, layer.n_in)
-    keep_threshold = np.uint64(0) if dropout == 0.0 else np.uint64(min(int((1.0 - dropout) * 2**32), 2**32 - 1))
-    keep_scale = np.float32(1.0 / (1.0 - dropout))
     blocks = max(1, min(numba.get_num_threads(), index.shape[0]))  # any count gives the same sums
     _forward_kernel(data, indices, order.where, order.sample, blocks, layer.in_ptr, layer.in_perm, layer.cols_in,
-                    layer.values, bias, np.float32(slope if apply_act else 0.0), apply_act, keep_threshold, keep_scale,
-                    np.uint64(drop_key & 0xFFFFFFFFFFFFFFFF), out, grad_factor, store)
+                    layer.values, bias, *options)
     return out
 
 

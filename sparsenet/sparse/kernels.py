@@ -180,7 +180,16 @@ def forward(layer: SparseLayer, x: np.ndarray, out: np.ndarray, *, slope: float 
     Dropout keeps each unit with probability 1 - dropout and scales it by 1 / (1 - dropout).
     """
     _check_activations("x", x, layer.n_in)
-    _check_activations("out", out, layer.n_out, x.shape[1])
+    _forward_kernel(x, layer.rows, layer.values, layer.out_ptr, layer.bias,
+                    *forward_options(out, layer.n_out, x.shape[1], slope, dropout, drop_key, grad_factor), _ahead(x))
+    return out
+
+
+def forward_options(out: np.ndarray, n_out: int, batch: int, slope: float | None, dropout: float, drop_key: int,
+                    grad_factor: np.ndarray | None) -> tuple:
+    """The checked tail of every forward kernel's arguments (dense and CSR input): (slope, apply_act,
+    keep_threshold, keep_scale, drop_key, out, grad_factor, store); out and grad_factor (n_out, batch)."""
+    _check_activations("out", out, n_out, batch)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     apply_act = slope is not None
@@ -188,15 +197,13 @@ def forward(layer: SparseLayer, x: np.ndarray, out: np.ndarray, *, slope: float 
         raise ValueError("dropout needs an activation (slope)")
     store = grad_factor is not None
     if store:
-        _check_activations("grad_factor", grad_factor, layer.n_out, x.shape[1])
+        _check_activations("grad_factor", grad_factor, n_out, batch)
     else:
         grad_factor = out  # unused placeholder of the right type
     keep_threshold = np.uint64(0) if dropout == 0.0 else np.uint64(min(int((1.0 - dropout) * 2**32), 2**32 - 1))
     keep_scale = np.float32(1.0 / (1.0 - dropout))
-    _forward_kernel(x, layer.rows, layer.values, layer.out_ptr, layer.bias,
-                    np.float32(slope if apply_act else 0.0), apply_act, keep_threshold, keep_scale,
-                    np.uint64(drop_key & 0xFFFFFFFFFFFFFFFF), out, grad_factor, store, _ahead(x))
-    return out
+    return (np.float32(slope if apply_act else 0.0), apply_act, keep_threshold, keep_scale,
+            np.uint64(drop_key & 0xFFFFFFFFFFFFFFFF), out, grad_factor, store)
 
 
 def backward(layer: SparseLayer, x: np.ndarray, delta: np.ndarray, grad: np.ndarray,
