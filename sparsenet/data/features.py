@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsenet.data.files import csr_names
 from sparsenet.data.prepare import label_array
 from sparsenet.errors import DataError
 
@@ -28,15 +29,13 @@ def read_features(path: str, n_features: int, label_column: int = -1):
     if suffix == ".npz":
         return _read_npz(p)
     if suffix in (".h5", ".hdf5"):
-        return _read_hdf5(p)
+        return _read_hdf5(p, n_features)
     if suffix == ".csv":
         return _read_csv(p, n_features, label_column)
     raise DataError(f"data file '{p}': unknown kind '{suffix}'; use .npz, .h5/.hdf5 or .csv")
 
 
 def _pick(found, path: Path) -> tuple[str, str]:
-    from sparsenet.data.files import csr_names
-
     for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
         if x_key in found or all(n in found for n in csr_names(x_key)):
             return x_key, y_key
@@ -47,7 +46,6 @@ def _pick(found, path: Path) -> tuple[str, str]:
 def _x(read, found, x_key: str, path: Path):
     """The dense array x_key, or its CSR parts as a validated CSRRows."""
     from sparsenet.data.csr import from_parts
-    from sparsenet.data.files import csr_names
 
     if x_key in found:
         return read(x_key)
@@ -71,22 +69,30 @@ def _read_npz(path: Path):
     return x, y
 
 
-def _read_hdf5(path: Path):
-    import h5py
+def _read_hdf5(path: Path, n_features: int):
+    """x (dense or CSR parts) and y if present, through the one safe HDF5 reader (files.read_hdf5)."""
+    from sparsenet.data.files import read_hdf5
 
-    try:
-        with h5py.File(path, "r") as fh:
-            found = [k for k in fh.keys()  # datasets of this file only: no external or soft links
-                     if isinstance(fh.get(k, getlink=True), h5py.HardLink) and isinstance(fh[k], h5py.Dataset)]
-            x_key, y_key = _pick(found, path)
-            x = _x(lambda k: fh[k][()], found, x_key, path)
-            y = None
-            if y_key in found:
-                ds = fh[y_key]
-                y = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-    except OSError as e:
-        raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from None
-    return x, y
+    candidates = tuple(k for x_key, y_key in (("x", "y"), ("x_test", "y_test")) for k in (x_key, y_key, *csr_names(x_key)))
+    chosen = {}
+
+    def pick(found):
+        chosen["x"], chosen["y"] = _pick(found, path)
+        xs = (chosen["x"],) if chosen["x"] in found else csr_names(chosen["x"])
+        return (*xs, *((chosen["y"],) if chosen["y"] in found else ()))
+
+    def check(datasets):
+        x = datasets.get(chosen["x"])
+        if x is not None and (len(x.shape) != 2 or x.shape[1] != n_features):
+            raise DataError(f"'{path}': '{chosen['x']}' has shape {x.shape}; expected a 2-D array (samples, "
+                            f"{n_features} features)")
+        y = datasets.get(chosen["y"])
+        if y is not None and not (len(y.shape) == 1 or (len(y.shape) == 2 and y.shape[1] == 1)):
+            raise DataError(f"'{path}': '{chosen['y']}' has shape {y.shape}; expected one label per sample (1-D)")
+
+    arrays = read_hdf5(path, candidates, pick, check)
+    x = _x(arrays.__getitem__, arrays, chosen["x"], path)
+    return x, arrays.get(chosen["y"])
 
 
 def _read_csv(path: Path, n_features: int, label_column: int):

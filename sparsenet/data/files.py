@@ -169,6 +169,18 @@ def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
 def load_hdf5(cfg, seed: int) -> Dataset:
     """x_train/y_train/x_test/y_test or x/y datasets, read only if stored in the file itself (h5safe)."""
     path = _existing_file(cfg.path, "hdf5")
+    candidates = (*SPLIT_KEYS, *WHOLE_KEYS, *(n for x in ("x_train", "x_test", "x") for n in csr_names(x)))
+    arrays = read_hdf5(path, candidates, lambda found: _pick_keys(found, path))
+    return _from_arrays(cfg, "hdf5", arrays, seed, f"'{path}'")
+
+
+def read_hdf5(path: Path, candidates, pick, check=None) -> dict:
+    """{name: array} for the datasets pick(found names among candidates) chooses, read through h5safe.
+
+    Hard links and data stored in the file only; declared sizes checked against the file and against
+    the memory available, numbers (or strings, for labels) only, and check(datasets) (shapes), all
+    before anything is read. Every refusal is a one-line DataError.
+    """
     where = f"'{path}'"
     try:
         import h5py
@@ -181,26 +193,23 @@ def load_hdf5(cfg, seed: int) -> Dataset:
     try:
         with fh:
             size = h5safe.file_size(path)
-            candidates = (*SPLIT_KEYS, *WHOLE_KEYS, *(n for x in ("x_train", "x_test", "x") for n in csr_names(x)))
             found = [k for k in candidates if h5safe.hard_object(fh, k, where, DataError) is not None]
-            keys = _pick_keys(found, path)
+            keys = pick(found)
             datasets = {k: h5safe.dataset(fh, k, where, DataError, size) for k in keys}
+            for k, ds in datasets.items():
+                if ds.dtype.kind not in "biuf" and not h5py.check_string_dtype(ds.dtype):
+                    raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
+            if check is not None:
+                check(datasets)
             need = sum(h5safe.declared_bytes(ds) for ds in datasets.values())
             available, source = available_memory()
             if need > available:
                 raise DataError(f"{where}: its arrays {', '.join(keys)} declare {need / 2**30:.2f} GiB, more than the "
                                 f"{available / 2**30:.2f} GiB available ({source})")
-            arrays = {}
-            for k, ds in datasets.items():
-                if h5py.check_string_dtype(ds.dtype):
-                    arrays[k] = h5safe.read_array(ds.asstr(), where, DataError)
-                elif ds.dtype.kind not in "biuf":
-                    raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
-                else:
-                    arrays[k] = h5safe.read_array(ds, where, DataError)
+            return {k: h5safe.read_array(ds.asstr() if h5py.check_string_dtype(ds.dtype) else ds, where, DataError)
+                    for k, ds in datasets.items()}
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from e
-    return _from_arrays(cfg, "hdf5", arrays, seed, where)
 
 
 def _is_number(text: str) -> bool:
