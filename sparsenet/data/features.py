@@ -8,8 +8,6 @@ model applies the preprocessing stored in its checkpoint.
 
 from __future__ import annotations
 
-import csv
-import io
 import zipfile
 from pathlib import Path
 
@@ -96,15 +94,9 @@ def _read_hdf5(path: Path, n_features: int):
 
 
 def _read_csv(path: Path, n_features: int, label_column: int):
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            first_line = next((line for line in fh if line.strip()), "")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
-    if not first_line:
-        raise DataError(f"csv file '{path}' is empty")
-    delimiter = max(",;\t", key=first_line.count) if any(c in first_line for c in ",;\t") else ","
-    first = next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+    from sparsenet.data.files import read_csv, sniff_csv
+
+    delimiter, first = sniff_csv(path)
     n_cols = len(first)
     if n_cols not in (n_features, n_features + 1):
         raise DataError(f"csv file '{path}' has {n_cols} columns; the model takes {n_features} features "
@@ -115,21 +107,5 @@ def _read_csv(path: Path, n_features: int, label_column: int):
         if not 0 <= label < n_cols:
             raise DataError(f"data.label_column {label_column} is out of range for csv file '{path}' "
                             f"with {n_cols} columns")
-    features = [i for i in range(n_cols) if i != label]
-
-    def number(text: str) -> bool:
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    header = any(not number(first[i]) for i in features)
-    options = dict(delimiter=delimiter, skiprows=int(header), comments=None, quotechar='"', encoding="utf-8-sig")
-    try:
-        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
-        y = None if label is None else label_array(np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options),
-                                                   "labels", f"'{path}'")
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
-    return x, y
+    x, y, _ = read_csv(path, delimiter, first, label)
+    return x, None if y is None else label_array(y, "labels", f"'{path}'")

@@ -220,19 +220,38 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def load_csv(cfg, seed: int) -> Dataset:
-    """Numeric CSV with one label column; a first row with non-numeric features is a header."""
-    path = _existing_file(cfg.path, "csv")
-    where = f"'{path}'"
+def sniff_csv(path: Path) -> tuple[str, list[str]]:
+    """(delimiter, fields of the first non-blank line): the most frequent of , ; and tab in that line, else ,."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             first_line = next((line for line in fh if line.strip()), "")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
     if not first_line:
         raise DataError(f"csv file '{path}' is empty")
     delimiter = max(",;\t", key=first_line.count) if any(c in first_line for c in ",;\t") else ","
-    first = next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+    return delimiter, next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+
+
+def read_csv(path: Path, delimiter: str, first: list[str], label: int | None):
+    """(x float32 (n, features), labels as str (n,) or None, header lines skipped); the first row is a header
+    when one of its feature fields is not a number."""
+    features = [i for i in range(len(first)) if i != label]
+    header = int(any(not _is_number(first[i]) for i in features))
+    options = dict(delimiter=delimiter, skiprows=header, comments=None, quotechar='"', encoding="utf-8-sig")
+    try:
+        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
+        y = None if label is None else np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
+    return x, y, header
+
+
+def load_csv(cfg, seed: int) -> Dataset:
+    """Numeric CSV with one label column; a first row with non-numeric features is a header."""
+    path = _existing_file(cfg.path, "csv")
+    where = f"'{path}'"
+    delimiter, first = sniff_csv(path)
     n_cols = len(first)
     if n_cols < 2:
         raise DataError(f"csv file '{path}' has {n_cols} column; need features plus a label column")
@@ -240,18 +259,10 @@ def load_csv(cfg, seed: int) -> Dataset:
     if not 0 <= label < n_cols:
         raise DataError(f"data.label_column {cfg.label_column} is out of range for csv file "
                         f"'{path}' with {n_cols} columns (allowed {-n_cols}..{n_cols - 1})")
-    features = [i for i in range(n_cols) if i != label]
-    header = any(not _is_number(first[i]) for i in features)
-    options = dict(delimiter=delimiter, skiprows=int(header), comments=None, quotechar='"',
-                   encoding="utf-8-sig")
-    try:
-        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
-        y = np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
+    x, y, header = read_csv(path, delimiter, first, label)
     arrays = {"x": x, "y": y}
     del x, y  # _from_arrays drops them once split
-    return _from_arrays(cfg, "csv", arrays, seed, where, lambda i: _csv_line(path, int(header), i))
+    return _from_arrays(cfg, "csv", arrays, seed, where, lambda i: _csv_line(path, header, i))
 
 
 def _csv_line(path: Path, skip: int, index: int) -> str:
