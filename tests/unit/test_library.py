@@ -341,3 +341,25 @@ sys.exit(main(["train", "{tmp_path / 'cfg.yaml'}", "--out", "{tmp_path / 'run'}"
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == ("sparsenet: error: launched on 3 MPI ranks, but mpi4py is not installed: "
                                    "pip install 'sparsenet[mpi]' (sequential training needs no MPI)")
+
+
+def test_train_returns_the_epoch_best_on_validation_and_says_which(tmp_path):
+    """With a validation split sparsenet.train returns the best epoch's weights (as checkpoint_best.h5), else the last."""
+    x, y = make_classification(240, 10, n_informative=4, n_redundant=0, n_classes=3, class_sep=1.0, flip_y=0.2,
+                               random_state=0)
+    cfg = {"model": {"hidden": [64], "epsilon": 10}, "train": {"epochs": 12, "batch_size": 16, "lr": 0.05},
+           "data": {"validation_fraction": 0.25}, "threads": 1}
+    model, history = sparsenet.train(cfg, x, y)
+    accuracies = [r["validation_accuracy"] for r in history]
+    best = 1 + int(np.argmax(accuracies))  # the first of equal bests
+    assert len(history) == 12 and best == history[-1]["best_epoch"] == model.epoch == 9
+    shorter, _ = sparsenet.train({**cfg, "train": {**cfg["train"], "epochs": best}}, x, y)
+    np.testing.assert_array_equal(model.predict_proba(x), shorter.predict_proba(x))
+    np.testing.assert_array_equal(model.layers[0].data, shorter.layers[0].data)
+    model.save(tmp_path / "best.h5")
+    saved = sparsenet.load(tmp_path / "best.h5")
+    assert saved.epoch == 9 and len(saved.history) == 9
+    np.testing.assert_array_equal(saved.predict_proba(x), model.predict_proba(x))
+    # no validation split: the last epoch
+    last, history = sparsenet.train({**cfg, "data": {"validation_fraction": 0.0}}, x, y)
+    assert last.epoch == len(history) == 12
