@@ -253,21 +253,22 @@ def _check_model_keys(**model_keys) -> None:
 
 
 def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, validation=None,
-               verbose: bool = False, on_best=None) -> list[dict]:
+               verbose: bool = False, on_best=None, fresh_selection: bool = False) -> list[dict]:
     """Train `epochs` more epochs of `state` on x (float32 array or CSRRows) and y (class indices,
     or float targets (n, n_out) for the sigmoid output); test / validation: optional (x, y) scored
     after each epoch. SET (and scheduled neuron pruning) runs before every epoch but a run's first,
     as in `sparsenet train`; the best epoch and early stopping as there (selection.py: validation
-    accuracy, else training loss); on_best(epoch), if given, is called after each epoch that is a new best on
-    validation accuracy. Appends to and returns state.history."""
+    accuracy (validation loss for float targets), else training loss), replayed from state.history unless
+    fresh_selection (then counted over these epochs only); on_best(epoch), if given, is called after each
+    epoch that is a new best on the validation set. Appends to and returns state.history."""
     from .logs import to_stdout
 
     with to_stdout(verbose):
-        return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose, on_best)
+        return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose, on_best, fresh_selection)
 
 
 def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool,
-                on_best) -> list[dict]:
+                on_best, fresh_selection: bool) -> list[dict]:
     from .jitcache import compile_notice
     from .metrics import ProgressBar, log
     from .selection import Selection
@@ -280,8 +281,9 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
     if isinstance(x, CSRRows) and x.center is not None:
         raise InputError("cannot train on sparse X: this model's standardisation centres its inputs (it was fitted "
                          "on dense X), which would make every sample dense; fit on sparse X from the start")
-    selection = Selection.for_run(validation is not None and not regression, cfg.train.early_stopping_patience,
-                                  cfg.train.early_stopping_min_delta, state.history)
+    selection = Selection.for_run(validation is not None, cfg.train.early_stopping_patience,
+                                  cfg.train.early_stopping_min_delta, () if fresh_selection else state.history,
+                                  accuracy=not regression)
     for _ in range(epochs):
         if selection.should_stop:
             break
@@ -297,8 +299,8 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
         row = {"epoch": state.epoch, "train_loss": loss, "train_accuracy": None if regression else accuracy}
         for name, held in (("validation", validation), ("test", test)):
             if held is not None:
-                row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate_samples(state.model, held[0], held[1],
-                                                                                cfg.train.eval_batch_size)
+                loss_, accuracy_ = evaluate_samples(state.model, held[0], held[1], cfg.train.eval_batch_size)
+                row[f"{name}_loss"], row[f"{name}_accuracy"] = loss_, None if regression else accuracy_
         row.update({"train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "nnz": state.model.nnz,
                     "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                     "neurons_removed": removal.removed if removal else [0] * (len(state.model.sizes) - 2)})
@@ -306,7 +308,7 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
             raise DivergedError(f"training diverged at epoch {state.epoch}: train loss {row['train_loss']}; "
                                 f"lower lr")
         improved = selection.update(row[selection.metric], state.epoch)
-        if improved and on_best is not None and selection.metric == "validation_accuracy":
+        if improved and on_best is not None and selection.metric.startswith("validation"):
             on_best(state.epoch)
         row.update(selection.row())
         state.history.append(row)
