@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsenet.data.files import csr_names
+from sparsenet.data.files import check_npz_sizes, csr_names
 from sparsenet.data.prepare import label_array
 from sparsenet.errors import DataError
 
@@ -55,11 +55,15 @@ def _read_npz(path: Path):
         raise DataError(f"'{path}' is not an .npz archive (not a zip file); save it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if {"data", "indices", "indptr", "shape", "format"} <= set(archive.files):
+            scipy_keys = ("data", "indices", "indptr", "shape", "format")
+            if set(scipy_keys) <= set(archive.files):
                 import scipy.sparse as sp
 
+                check_npz_sizes(archive.zip, scipy_keys, path)
                 return sp.load_npz(path).tocsr(), None
             x_key, y_key = _pick(archive.files, path)
+            keys = (x_key,) if x_key in archive.files else csr_names(x_key)
+            check_npz_sizes(archive.zip, (*keys, *((y_key,) if y_key in archive.files else ())), path)
             x = _x(lambda k: archive[k], archive.files, x_key, path)
             y = archive[y_key] if y_key in archive.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

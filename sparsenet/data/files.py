@@ -113,7 +113,7 @@ def load_npz(cfg, seed: int) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = _pick_keys(archive.files, path)
-            _check_npz_sizes(archive.zip, keys, path)
+            check_npz_sizes(archive.zip, keys, path)
             arrays = {}
             for k in keys:
                 try:
@@ -133,7 +133,7 @@ def load_npz(cfg, seed: int) -> Dataset:
     return _from_arrays(cfg, "npz", arrays, seed, where)
 
 
-def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
+def check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
     """Each array's header (shape, dtype) against its member's size, and their sum against the memory
     available, before numpy allocates what the headers declare."""
     from sparsenet.memory import available_memory

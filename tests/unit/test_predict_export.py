@@ -227,3 +227,22 @@ def test_predict_reads_a_good_hdf5_file(trained, capsys):
                                          f.create_dataset("y_test", data=NAMES[y[200:]].astype("S"))))
     assert main(["predict", str(ckpt), "--data", str(path), "--out", str(d / "h5.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == last["test_accuracy"]
+
+
+def test_predict_checks_npz_headers_before_reading(trained, capsys):
+    """An .npy header declaring far more than its archive member holds is refused before numpy allocates it."""
+    import io
+    import zipfile
+
+    d, ckpt, x, y, last = trained
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 9)})
+    with zipfile.ZipFile(d / "lying.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + bytes(72))
+    err = error_of(capsys, ["predict", str(ckpt), "--data", str(d / "lying.npz")])
+    assert "array 'x' is truncated or damaged (its header declares shape (10000000, 9) of float64, 720000000 bytes" in err
+    import scipy.sparse as sp  # a scipy.sparse.save_npz file passes the same check and is scored
+
+    sp.save_npz(d / "scipy.npz", sp.csr_array(x[200:]))
+    assert main(["predict", str(ckpt), "--data", str(d / "scipy.npz"), "--out", str(d / "scipy.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 100
