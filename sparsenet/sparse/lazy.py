@@ -149,6 +149,11 @@ def _sync(in_ptr, in_perm, w, v, nxt, t, powers, values, velocity):
         nxt[i] = 0
 
 
+def planned_bytes(n_in: int, nnz: int) -> int:
+    """Bytes a LazyFirstLayer holds while its session lasts: w and v (float32 per connection), a step per input."""
+    return 8 * nnz + 4 * n_in
+
+
 def zero_gradient_powers(steps: int, lr: float, momentum: float, weight_decay: float, decoupled: bool) -> np.ndarray:
     """(steps + 1, 4) float64: row k = A^k as (a, b, c, d) with w' = a w + b v, v' = c w + d v; A is one
     momentum step with a zero gradient, built from the float32 hyperparameters the eager kernel uses."""

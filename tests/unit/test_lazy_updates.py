@@ -206,3 +206,15 @@ def test_a_run_stopped_mid_epoch_resumes_to_float32_rounding_and_at_epoch_ends_b
         np.testing.assert_array_equal(la.rows, lb.rows)
         np.testing.assert_array_equal(la.cols, lb.cols)
         assert np.abs(la.values - lb.values).max() <= 4 * 39 * ULP * float(np.abs(la.values).max())
+
+
+def test_the_memory_plan_counts_the_lazy_copies_for_csr_data_only():
+    from sparsenet.memory import DataShape, expected_nnz, plan_memory
+
+    def lazy_items(optimizer, nnz):
+        cfg = config_from_dict({"model": {"hidden": [100]}, "train": {"optimizer": optimizer}})
+        plan = plan_memory(cfg, 1, DataShape(1000, 200, 50000, 3, "test", nnz=nnz), available=1 << 40)
+        return [i.bytes for i in plan.ranks[0].items if i.name == "lazy first layer"]
+
+    assert lazy_items("momentum", 60000) == [8 * expected_nnz(50000, 100, 20.0) + 4 * 50000]
+    assert lazy_items("momentum", 0) == [] and lazy_items("adam", 60000) == []
