@@ -24,6 +24,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import simd
 from .kernels import FASTMATH, _uniform_bits
 from .layer import SparseLayer
 
@@ -37,12 +38,35 @@ def _advance(w, v, k, powers, p):
     v[p] = np.float32(c * wp + d * vp)
 
 
+AHEAD = 16  # batch non-zeros ahead whose feature's connections are prefetched (in_ptr twice as far ahead)
+
+
+@njit(inline="always")
+def _prefetch(indices, where, q, n, in_ptr, w, cols_in, v, with_v):
+    """Prefetch in_ptr of the feature of entry q + 2 AHEAD, and the connections of entry q + AHEAD's."""
+    if q + 2 * AHEAD < n:
+        simd.prefetch(in_ptr, indices[where[q + 2 * AHEAD]])
+    if q + AHEAD < n:
+        i = indices[where[q + AHEAD]]
+        s, e = in_ptr[i], in_ptr[i + 1] - 1
+        if e >= s:
+            simd.prefetch(w, s)
+            simd.prefetch(w, e)
+            simd.prefetch(cols_in, s)
+            simd.prefetch(cols_in, e)
+            if with_v:
+                simd.prefetch(v, s)
+                simd.prefetch(v, e)
+
+
 @njit(parallel=True, cache=True)
 def _catch_up(indices, ptr, where, chunks, in_ptr, w, v, nxt, t, powers):
     """Every feature of the batch: its connections brought to step t (nxt[i] = t)."""
     n_buckets = ptr.shape[0] - 1
     for c in prange(chunks):
-        for q in range(ptr[n_buckets * c // chunks], ptr[n_buckets * (c + 1) // chunks]):
+        q1 = ptr[n_buckets * (c + 1) // chunks]
+        for q in range(ptr[n_buckets * c // chunks], q1):
+            _prefetch(indices, where, q, q1, in_ptr, w, w, v, True)
             i = indices[where[q]]
             gap = t - nxt[i]
             if gap > 0:
@@ -66,6 +90,7 @@ def _forward(data, indices, where, sample, blocks, in_ptr, cols_in, w, bias, slo
             b = sample[q]
             if b < b0 or b >= b1:
                 continue
+            _prefetch(indices, where, q, n_entries, in_ptr, w, cols_in, w, False)
             p0 = where[q]
             i = indices[p0]
             x = data[p0]
@@ -96,6 +121,7 @@ def _grad_and_step(data, indices, ptr, where, sample, chunks, shift, delta, in_p
     n_in = in_ptr.shape[0] - 1
     for c in prange(chunks):
         k0, k1 = n_buckets * c // chunks, n_buckets * (c + 1) // chunks
+        q1 = ptr[k1]
         size = 0
         for k in range(k0, k1):
             size = max(size, in_ptr[min((k + 1) << shift, n_in)] - in_ptr[k << shift])
@@ -103,6 +129,7 @@ def _grad_and_step(data, indices, ptr, where, sample, chunks, shift, delta, in_p
         for k in range(k0, k1):
             base = in_ptr[k << shift]
             for q in range(ptr[k], ptr[k + 1]):
+                _prefetch(indices, where, q, q1, in_ptr, w, cols_in, v, True)
                 i = indices[where[q]]
                 for p in range(in_ptr[i], in_ptr[i + 1]):
                     g[p - base] = 0.0
