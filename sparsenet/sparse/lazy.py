@@ -122,7 +122,8 @@ def _define_kernels(simd_digest):
     def _grad_and_step(data, indices, ptr, where, sample, chunks, shift, delta, in_ptr, cols_in, w, v, nxt, t,
                        lr, momentum, weight_decay, decoupled):
         """Per range of buckets (disjoint features): each bucket's weight gradient (summed in sample order, as
-        csr._weight_grad_kernel) in a local buffer, then one momentum step of its features (as optim._momentum_at)."""
+        csr._weight_grad_kernel) in a local buffer, then one momentum step of its features (as optim._momentum_at).
+        nxt[i] is -t - 1 while feature i's gradient is being summed."""
         if simd_digest == 0:  # never true; ties the cache to simd.py (prefetch)
             return
         n_buckets = ptr.shape[0] - 1
@@ -138,19 +139,20 @@ def _define_kernels(simd_digest):
                 base = in_ptr[k << shift]
                 for q in range(ptr[k], ptr[k + 1]):
                     _prefetch(indices, where, q, q1, in_ptr, w, cols_in, v, True)
-                    i = indices[where[q]]
-                    for p in range(in_ptr[i], in_ptr[i + 1]):
-                        g[p - base] = 0.0
-                for q in range(ptr[k], ptr[k + 1]):
                     p0 = where[q]
                     i = indices[p0]
                     x = data[p0]
                     b = sample[q]
-                    for p in range(in_ptr[i], in_ptr[i + 1]):
-                        g[p - base] += x * delta[cols_in[p], b]
+                    if nxt[i] == t:  # the feature's first non-zero in the batch: its sum starts here
+                        nxt[i] = -t - 1
+                        for p in range(in_ptr[i], in_ptr[i + 1]):
+                            g[p - base] = x * delta[cols_in[p], b]
+                    else:
+                        for p in range(in_ptr[i], in_ptr[i + 1]):
+                            g[p - base] += x * delta[cols_in[p], b]
                 for q in range(ptr[k], ptr[k + 1]):
                     i = indices[where[q]]
-                    if nxt[i] != t:
+                    if nxt[i] != -t - 1:
                         continue
                     nxt[i] = t + 1
                     for p in range(in_ptr[i], in_ptr[i + 1]):
