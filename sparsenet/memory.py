@@ -23,6 +23,7 @@ from .optim import OPTIMIZERS, MomentumSGD
 from .parallel import mpi_workers
 from .sparse.init import erdos_renyi_density
 from .sparse.layer import SparseLayer
+from .sparse.lazy import planned_bytes as lazy_bytes
 
 GIB = 1 << 30
 
@@ -400,7 +401,11 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     if ranks == 1:
         acts = _activations(sizes, train_batch, None, data.n_test, sparse_input=data.nnz > 0)
         transient = _transient(cfg, sizes, nnz, data, x_bytes, acts.bytes)
-        plans = [RankPlan("sequential", 1, [data_item, model, opt_state, grads, acts, transient, overhead])]
+        items = [data_item, model, opt_state, grads, acts, transient, overhead]
+        if data.nnz and cfg.train.optimizer == "momentum" and cfg.model.task != "autoencoder":
+            items.insert(5, Item("lazy first layer", lazy_bytes(sizes[0], nnz[0]),
+                                 "CSR epochs: input-major weights + velocities of layer 0, a step count per input"))
+        plans = [RankPlan("sequential", 1, items)]
     else:
         workers = ranks - 1
         shard = -(-data.n_train // workers)
