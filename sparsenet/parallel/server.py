@@ -10,6 +10,7 @@ The server reaches its workers only through a seam.Workers; epochs end in loop.E
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ import numpy as np
 from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import Dataset
+from ..errors import DivergedError
 from ..loop import EpochLoop
 from ..metrics import ProgressBar, log
 from ..optim import make_optimizer
@@ -289,6 +291,10 @@ class ParameterServer:
                                                                        stop=lambda: self.loop.stop.signal_name)
         self.workers_stopped = stopped_by is not None
         if any(r.position is not None for r in self.saved_replicas):
+            losses = [r.report["train_loss"] if r.position is None else r.position["loss"] for r in self.saved_replicas]
+            if not all(map(math.isfinite, losses)):  # the last checkpoint stays as it was
+                raise DivergedError(f"training diverged in epoch {epoch}: the workers' train losses are {losses}; "
+                                    "lower train.lr and --resume from the last checkpoint")
             self.partial = {"neurons_removed": list(self.removed), "run_totals": self._run_counters(),
                             "workers": [{"position": r.position} if r.position is not None else {"report": r.report}
                                         for r in self.saved_replicas]}

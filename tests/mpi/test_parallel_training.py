@@ -544,3 +544,55 @@ def test_a_stop_inside_a_wasap_phase2_epoch_resumes_from_the_recorded_positions_
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert saved.epoch == 4 and saved.parallel_partial_epoch is None
     assert [s["step"] for s in saved.replica_optimizer_scalars] == [phase1_steps + 3 * 20] * 2
+
+
+def test_sigusr1_inside_a_long_phase2_epoch_exits_75_part_way_through_it_and_resume_finishes(tmp_path):
+    """Phase 2 from the start, epochs of 2,100 batches per worker: SIGUSR1 from mpiexec about half an
+    epoch after the first one ended (its own length, read from its row, so any machine's speed) stops the
+    run part-way through the epoch it hits, every rank exits 75 well within Slurm's 60 s, and --resume
+    finishes that epoch, logging every epoch once."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+
+    common = ["parallel.algorithm=wassp", "data.samples=12000", "train.batch_size=2", "parallel.phase1_epochs=0"]
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
+    for item in SMALL + common + ["train.epochs=400"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline, metrics = time.monotonic() + 180, tmp_path / "metrics.jsonl"
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().endswith("\n")):
+            time.sleep(0.02)  # until epoch 1's row is written
+        time.sleep(_rows(tmp_path)[0]["train_seconds"] / 2)
+        os.kill(proc.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank; the workers ignore it
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        print(f"SIGUSR1 to exit: {time.monotonic() - sent:.2f} s; epoch 1 trained in "
+              f"{_rows(tmp_path)[0]['train_seconds']:.2f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 75, err
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    stopped, part = saved.epoch + 1, saved.parallel_partial_epoch
+    assert stopped >= 2 and f"SIGUSR1 received: stopped in epoch {stopped} with a checkpoint" in out
+    assert saved.phase == 2 and any(0 < w["position"]["step"] < 2100 for w in part["workers"] if "position" in w)
+    resumed = train(3, tmp_path, *common, f"train.epochs={stopped + 1}", resume=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = _rows(tmp_path)
+    assert [r["epoch"] for r in rows] == list(range(1, stopped + 2)) and {r["phase"] for r in rows} == {2}
+    assert load_checkpoint(tmp_path / "checkpoint.h5").parallel_partial_epoch is None
+
+
+def test_a_stop_inside_a_diverged_phase2_epoch_says_so_and_writes_no_checkpoint(tmp_path):
+    """A replica whose loss went NaN before the stop would make an unloadable checkpoint (found while
+    measuring the stop: a replica trained with batches of 4 diverged part-way through epoch 2)."""
+    proc = train(3, tmp_path, "parallel.algorithm=wassp", "parallel.phase1_epochs=0", "train.epochs=2",
+                 "train.lr=100000", "debug.stop_at_batch=10")
+    assert proc.returncode == 2, proc.stderr
+    assert "DivergedError: training diverged in epoch 1: the workers' train losses are [nan" in proc.stderr
+    assert not (tmp_path / "checkpoint.h5").exists()
