@@ -126,7 +126,7 @@ def test_one_rank_runs_the_sequential_trainer(tmp_path):
 
 @pytest.mark.parametrize("phase1", [4, 1], ids=["in_phase1", "in_phase2"])
 def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
-    """A scheduler's stop signal to rank 0 ends the run at an epoch boundary with exit code 75."""
+    """A scheduler's stop signal ends the run with exit code 75, in whichever epoch and phase it lands."""
     import os
     import signal
     import subprocess
@@ -154,7 +154,8 @@ def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
     assert "SIGUSR1 received" in out
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert 1 <= saved.epoch < 400
-    assert saved.phase == (1 if saved.epoch < phase1 else 2)
+    current = saved.epoch + (saved.parallel_partial_epoch is not None)  # the epoch stopped in, or the last one done
+    assert saved.phase == (1 if current <= phase1 else 2)  # after epoch `phase1` (its end) phase 2 has not begun
 
 
 def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
@@ -457,10 +458,11 @@ def test_sigusr1_inside_a_long_wasap_epoch_stops_at_the_next_update_and_resume_f
 
 
 def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_identically(tmp_path):
-    """Worker 1 asks for a stop after its 27th phase-2 batch (the 7th of epoch 4's 20, phase 2 being epochs
-    3-5): every worker stops after its current batch and hands in its replica, optimizer state and
-    position, the server checkpoints them and every rank exits 75; --resume finishes epoch 4 and the run
-    ends with the weights, replicas, optimizer state, generators and rows of a run never stopped."""
+    """Phase 2 is epochs 3-5, of 20 batches per worker. Worker 1 asks for a stop after its 20th batch (its
+    last of epoch 3), then, resumed, after its 7th (of epoch 4): every worker stops after its current
+    batch and hands in its replica, optimizer state and position (or, its epoch done, its report), the
+    server checkpoints them and every rank exits 75; the last --resume finishes epoch 4 and the run ends
+    with the weights, replicas, optimizer state, generators and rows of a run never stopped."""
     import shutil
 
     import h5py
@@ -469,8 +471,16 @@ def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_
 
     common = ["parallel.algorithm=wassp", "train.epochs=5", "parallel.phase1_epochs=2", "train.lr=0.03", *PRUNE]
     straight = train(3, tmp_path / "straight", *common)
-    stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=27")
+    stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=20")
     assert straight.returncode == 0 and stopped.returncode == 75, straight.stderr + stopped.stderr
+    part = load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").parallel_partial_epoch
+    if "stopped in epoch 3" in stopped.stdout:  # worker 2 was still training: worker 1 hands in a finished epoch
+        first, second = part["workers"]
+        assert list(first) == ["report"] and first["report"]["samples"] == 315 and 0 < second["position"]["step"] < 20
+    else:  # worker 2 had finished epoch 3 too: the run stopped at its end
+        assert "stopped after epoch 3" in stopped.stdout and part is None
+    stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=7", resume=True)
+    assert stopped.returncode == 75, stopped.stderr
     assert "SIGUSR1 received: stopped in epoch 4 with a checkpoint" in stopped.stdout
     path = tmp_path / "stopped" / "checkpoint.h5"
     saved = load_checkpoint(path)
