@@ -132,7 +132,7 @@ class MPIWorkers(Workers):
                     return True
             return False
 
-        msg = self.transport.recv_unless(ready, source=source, tag=TAG_GRADIENT)
+        msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready)
         if msg is not None:
             return _gradient_of(msg)
         k = self._last_channel = found[-1]

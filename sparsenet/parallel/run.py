@@ -56,13 +56,12 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             raise SystemExit(2)
         raise SparsenetError(mismatch)
     transport.learn_hosts()
+    transport.enable_shared_memory()
     if not _memory_gate(cfg, transport):
         return 0  # a worker that rank 0 told not to start: rank 0 reports why
     try:
         if transport.size < 2:
             raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
-        if cfg.parallel.shared_memory:
-            transport.enable_shared_memory()
         threads = rank_threads(cfg, transport.size)
         notice = compile_notice() if rank == 0 else None
         if notice:
@@ -121,7 +120,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 
     if transport.size < 2:
         return True
-    node_ranks = transport.node_size()
+    node_ranks = len(transport.node_ranks)
     if transport.rank == 0:
         error = None
         try:

@@ -128,7 +128,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     while True:
         if via is not None:
             # Pipelining, the reply is usually here already: take it without the transport's wait.
-            msg = None if via.reply_ready() else transport.recv_unless(via.reply_ready, source=0)
+            msg = None if via.reply_ready() else transport.recv_bundle(source=0, ready=via.reply_ready)
             if msg is None:
                 msg = _channel_reply(via, model, sizes)
         else:
