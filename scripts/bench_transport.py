@@ -78,12 +78,12 @@ def rank_main(mode: str, trips: int) -> None:
                     channel.post_gradient(1, 128, 0.5, 3, sizes)
                     if t.recv_bundle(source=0, tag=2, ready=channel.reply_ready) is not None:
                         raise SystemExit("rank 1: a bundle instead of a channel reply")
-                    adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as bundles.adopt_values does
+                    adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as mpi_workers.adopt_values does
                     continue
                 meta = {"version": 1, "samples": 128, "loss": 0.5, "correct": 3}
                 pending = t.isend_bundle(0, 1, meta, grads)
                 reply = t.recv_bundle(source=0, tag=2)
-                adopted[:] = reply.arrays  # kept as the model, as bundles.adopt_values does; the previous reply is let go
+                adopted[:] = reply.arrays  # kept as the model, as mpi_workers.adopt_values does; the previous reply is let go
                 del reply
                 pending.wait()
             elif channel is not None:

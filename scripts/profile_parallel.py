@@ -17,14 +17,14 @@ import sys
 import time
 
 from sparsenet.cli import main
-from sparsenet.parallel import bundles, mpi_workers, server, transport, worker
+from sparsenet.parallel import mpi_workers, server, transport, worker
 
 WALL: dict[str, float] = collections.defaultdict(float)
 CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
 
 HOT = [(worker, "_gradient", "worker gradient"), (worker, "compute_gradients", "  of which compute_gradients"),
-       (bundles, "adopt_values", "worker adopt values"),
+       (mpi_workers, "adopt_values", "worker adopt values"),
        (worker, "_channel_reply", "worker channel reply"), (worker._Gradient, "deliver", "worker deliver"),
        (mpi_workers.MPIWorkers, "take_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),

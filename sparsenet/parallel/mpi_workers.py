@@ -1,23 +1,78 @@
-"""Workers over MPI (seam.Workers): bundles through the transport and, with same-node workers,
-phase 1's gradients and weights through channels (channel.py) in one MPI shared window.
+"""The MPI protocol between the parameter server and its workers: message tags, the arrays a model
+travels as, and the server's end (MPIWorkers, a seam.Workers); worker.py is the other end.
 
-Before its first topology, the server tells every other rank of its node where its channel lies
-(TAG_WINDOW) and all of them allocate the window together; a worker uses its channel from the
-first model bundle sent after that. A reply to a worker that holds the current topology goes
-through its channel, written there by the update itself when the server asks reply_target first.
+With same-node workers, phase 1's gradients and weights go through channels (channel.py) in one
+MPI shared window: before its first topology, the server tells every other rank of its node where
+its channel lies (TAG_WINDOW) and all of them allocate the window together; a worker uses its
+channel from the first model bundle sent after that. A reply to a worker that holds the current
+topology goes through its channel, written there by the update itself when the server asks
+reply_target first.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ..checkpoint import LayerArrays
 from ..config import Config
 from ..model import SparseMLP
-from . import bundles
 from . import channel as ch
-from .protocol import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
-                       TAG_WINDOW)
 from .seam import Gradient, Replica, Workers
+
+TAG_GRADIENT = 1  # worker -> server: a gradient, tagged with the topology version it was computed on
+TAG_MODEL = 2  # server -> worker: weights (same topology) or topology + weights (after a change)
+TAG_PHASE2 = 3  # server -> worker: start local training of this replica (topology, weights, state)
+TAG_REPLICA = 4  # worker -> server: the replica after a phase-2 epoch
+TAG_STOP = 5  # server -> worker: the run is over
+TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch
+TAG_MEMORY_PLAN = 7  # server -> worker, before anything else: go / stop after the memory plan
+TAG_WINDOW = 8  # server -> same-node ranks: join the shared-window allocation (your channel's place)
+TAG_POSITION = 9  # worker -> server, after a STOP inside an epoch: where its data stream stands
+
+
+def values_arrays(model: SparseMLP) -> list[np.ndarray]:
+    """Weights then biases of every layer: what a worker needs while the topology is unchanged."""
+    return [layer.values for layer in model.layers] + [layer.bias for layer in model.layers]
+
+
+def model_layers(model: SparseMLP) -> list[LayerArrays]:
+    """`model`'s layers as the checkpoint holds them, without optimizer state: a topology to send."""
+    return [LayerArrays(la.n_in, la.n_out, la.rows, la.cols, la.values, la.bias, {}) for la in model.layers]
+
+
+def layer_arrays(layers: list[LayerArrays]) -> list[np.ndarray]:
+    """Per layer rows, cols, values, bias, then its optimizer state arrays in sorted name order."""
+    names = sorted(layers[0].state)
+    return [a for la in layers for a in (la.rows, la.cols, la.values, la.bias, *(la.state[n] for n in names))]
+
+
+def layers_meta(layers: list[LayerArrays]) -> dict:
+    """What the receiver of layer_arrays(layers) needs: layer widths and state names."""
+    return {"sizes": [layers[0].n_in] + [la.n_out for la in layers], "state": sorted(layers[0].state)}
+
+
+def received_layers(arrays: list[np.ndarray], meta: dict) -> list[LayerArrays]:
+    """The layers that layer_arrays sent, with the widths and state names of layers_meta."""
+    sizes, names = meta["sizes"], meta["state"]
+    per, n_layers = 4 + len(names), len(sizes) - 1
+    if len(arrays) != per * n_layers:
+        raise ValueError(f"expected {per * n_layers} arrays of {n_layers} layers, got {len(arrays)}")
+    return [LayerArrays(sizes[l], sizes[l + 1], *arrays[per * l:per * l + 4],
+                        dict(zip(names, arrays[per * l + 4:per * (l + 1)]))) for l in range(n_layers)]
+
+
+def adopt_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
+    """Make received float32 weights then biases the model's own, without copying (same topology):
+    views of a message or a channel buffer, released when the next reply replaces them."""
+    n = len(model.layers)
+    if len(arrays) != 2 * n:
+        raise ValueError(f"expected {2 * n} arrays (weights and biases of {n} layers), got {len(arrays)}")
+    for layer, v, b in zip(model.layers, arrays[:n], arrays[n:]):
+        if v.shape != layer.values.shape or b.shape != layer.bias.shape:
+            raise ValueError(f"values of shape {v.shape} / {b.shape} do not fit a layer of {layer.nnz} connections")
+        if v.dtype != np.float32 or b.dtype != np.float32 or not (v.flags.c_contiguous and b.flags.c_contiguous):
+            raise ValueError(f"weights must be contiguous float32, got {v.dtype} / {b.dtype}")
+        layer.values, layer.bias = v, b
 
 
 class MPIWorkers(Workers):
@@ -80,22 +135,22 @@ class MPIWorkers(Workers):
         target = None if written else self.reply_target(worker, model, version)
         if written or target is not None:  # the worker reads the weights where they are written
             if target is not None:
-                for out, values in zip(target, bundles.values_arrays(model)):
+                for out, values in zip(target, values_arrays(model)):
                     np.copyto(out, values)
             self.channels[worker].post_reply(version, epoch)
             self.channel_bytes[0] += 4 * sum(self._value_sizes(model, version))
             return
-        self._send_model(worker, "values", bundles.values_arrays(model), model, version, epoch)
+        self._send_model(worker, "values", values_arrays(model), model, version, epoch)
 
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
                       ) -> None:
         self._open_channels(model, version)
         self._finish_reply(worker)
-        self._send_model(worker, "topology", bundles.topology_arrays(model), model, version, epoch, position)
+        self._send_model(worker, "topology", layer_arrays(model_layers(model)), model, version, epoch, position)
 
     def _send_model(self, worker: int, kind: str, arrays: list[np.ndarray], model: SparseMLP, version: int,
                     epoch: int, position: dict | None = None) -> None:
-        meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes}
+        meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes, "state": []}
         if position is not None:
             meta["position"] = position
         if self._unnamed and worker in self._unnamed:  # from this topology on, the worker uses its channel
@@ -144,17 +199,15 @@ class MPIWorkers(Workers):
 
     def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray]) -> None:
         for k, replica in zip(self.ids, replicas):
-            layers = replica.layers
             meta = {"start_epoch": start_epoch, "rng_state": replica.rng_state, "prune": len(masks),
-                    "sizes": [layers[0].n_in] + [la.n_out for la in layers], "state": bundles.state_names(layers),
-                    "optimizer_scalars": replica.scalars}
+                    "optimizer_scalars": replica.scalars, **layers_meta(replica.layers)}
             self._finish_reply(k)
-            self.transport.send_bundle(k, TAG_PHASE2, meta, bundles.replica_arrays(layers) + list(masks))
+            self.transport.send_bundle(k, TAG_PHASE2, meta, layer_arrays(replica.layers) + list(masks))
 
-    def gather_replicas(self, sizes: list[int], patience: float = 0.0) -> list[Replica]:
+    def gather_replicas(self, patience: float = 0.0) -> list[Replica]:
         with self.transport.patience(patience):
             msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.ids]
-        return [Replica(bundles.replica_layers(m.arrays, sizes, m.meta["state"]), m.meta["rng_state"],
+        return [Replica(received_layers(m.arrays, m.meta), m.meta["rng_state"],
                         m.meta["optimizer_scalars"], m.meta["report"]) for m in msgs]
 
     def continue_replicas(self, masks: list[np.ndarray]) -> None:
@@ -191,7 +244,7 @@ def _gradient_of(msg) -> Gradient:
 
 def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0) -> int:
     """Array bytes of a model as _send_model sends a topology (rows, cols, values, bias of every layer)
-    or, with the optimizer's state bytes per parameter, of a phase-2 replica (bundles.replica_arrays)."""
+    or, with the optimizer's state bytes per parameter, of a phase-2 replica (layer_arrays)."""
     connections, biases = sum(nnz), sum(sizes[1:])
     return 12 * connections + 4 * biases + state_per_parameter * (connections + biases)
 

@@ -22,7 +22,7 @@ from ..selection import hold_out_validation
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from ..state import TrainingState
 from .launcher import launcher_rank, world_size_mismatch
-from .protocol import TAG_MEMORY_PLAN
+from .mpi_workers import TAG_MEMORY_PLAN
 
 
 ABORT_GRACE_SECONDS = 1.0

@@ -17,6 +17,13 @@ from ..checkpoint import LayerArrays
 from ..model import SparseMLP
 
 
+def split_pairs(arrays: list[np.ndarray], n_layers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A [per-layer weights..., per-layer biases...] list split into its two halves, checked."""
+    if len(arrays) != 2 * n_layers:
+        raise ValueError(f"expected {2 * n_layers} arrays (weights and biases of {n_layers} layers), got {len(arrays)}")
+    return arrays[:n_layers], arrays[n_layers:]
+
+
 @dataclass
 class Gradient:
     """A worker's gradient: weight then bias arrays, computed on topology `version`, over `samples`
@@ -79,8 +86,8 @@ class Workers(ABC):
         hidden neurons outside the keep `masks` (one bool array per hidden layer; [] = none)."""
 
     @abstractmethod
-    def gather_replicas(self, sizes: list[int], patience: float = 0.0) -> list[Replica]:
-        """Every worker's replica (layer widths `sizes`) after its next phase-2 epoch, in ids order;
+    def gather_replicas(self, patience: float = 0.0) -> list[Replica]:
+        """Every worker's replica after its next phase-2 epoch, in ids order;
         `patience`: seconds a silent worker is given beyond parallel.timeout_s (it trains an epoch alone)."""
 
     @abstractmethod

@@ -27,8 +27,7 @@ from ..sparse.layer import SparseLayer
 from ..state import TrainingState, layers_to_checkpoint, state_to_checkpoint
 from ..train import between_epochs, prune_neurons
 from .averaging import average_replicas
-from .bundles import split_pairs
-from .seam import Gradient, Replica, Workers
+from .seam import Gradient, Replica, Workers, split_pairs
 from .updates import compose, retain_valid, topology_lineage
 
 
@@ -276,7 +275,7 @@ class ParameterServer:
         self._replicas_out = False
         targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
         last = self.state.history[-1] if self.state.history else {}
-        self.saved_replicas = self.workers.gather_replicas(model.sizes, 2 * last.get("train_seconds", 0.0))
+        self.saved_replicas = self.workers.gather_replicas(2 * last.get("train_seconds", 0.0))
         model.layers = average_replicas([[SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias)
                                           for a in r.layers] for r in self.saved_replicas], targets)
         model.topology_changed()

@@ -8,15 +8,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..activations import hidden_slopes
+from ..checkpoint import LayerArrays
 from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
 from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, optimizer_from_checkpoint
 from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
-from . import bundles
+from ..sparse.layer import SparseLayer
 from .channel import Channel, in_window
-from .protocol import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
-                       TAG_WINDOW)
+from .mpi_workers import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
+                          TAG_WINDOW, adopt_values, layer_arrays, layers_meta, received_layers)
+from .seam import split_pairs
 from .wire import Bundle
 
 
@@ -68,10 +70,11 @@ class BatchStream:
         self.rng.bit_generator.state = position["rng_state"]
 
 
-def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> SparseMLP:
+def new_model(cfg: Config, layers: list[LayerArrays]) -> SparseMLP:
+    """A model of `layers` (checkpoint form) with cfg's activations, dropout and output."""
     m = cfg.model
-    return SparseMLP(bundles.layers_from_topology(topology, sizes), hidden_slopes(m.activation, m.alpha, len(sizes) - 2),
-                     m.dropout, m.output)
+    return SparseMLP([SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias) for a in layers],
+                     hidden_slopes(m.activation, m.alpha, len(layers) - 1), m.dropout, m.output)
 
 
 @dataclass
@@ -96,11 +99,12 @@ def load_kernels(cfg: Config, data: Dataset) -> None:
     """Load (or compile) the gradient kernels on a tiny model of the same layer count and
     types, so that no worker is still loading them while the others run the first epochs."""
     sizes = [data.n_features, *[2] * len(cfg.model.hidden), data.n_classes]
-    topology = []
+    layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):  # one connection into every neuron
         cols = np.arange(n_out, dtype=np.int32)
-        topology += [cols % n_in, cols, np.full(n_out, 0.1, dtype=np.float32), np.zeros(n_out, dtype=np.float32)]
-    model = new_model(cfg, sizes, topology)
+        values, bias = np.full(n_out, 0.1, dtype=np.float32), np.zeros(n_out, dtype=np.float32)
+        layers.append(LayerArrays(n_in, n_out, cols % n_in, cols, values, bias, {}))
+    model = new_model(cfg, layers)
     n = min(cfg.train.batch_size, data.x_train.shape[0])
     compute_gradients(model, np.random.default_rng(0), data.x_train, data.y_train, np.arange(n))
 
@@ -148,14 +152,14 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
             check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
-            model = new_model(cfg, msg.meta["sizes"], msg.arrays)
+            model = new_model(cfg, received_layers(msg.arrays, msg.meta))
             own = (model.grads, model.bias_grads)
             sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
             via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
         elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already
             pass
         else:
-            bundles.adopt_values(model, msg.arrays)
+            adopt_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
             seeded_epoch = msg.meta["epoch"]
             rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
@@ -195,11 +199,10 @@ def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes
         raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
     index = next(stream)
     n_layers = len(model.layers)
-    model.grads, model.bias_grads = own if channel is None else bundles.split_pairs(channel.gradient_arrays(sizes),
-                                                                                    n_layers)
+    model.grads, model.bias_grads = own if channel is None else split_pairs(channel.gradient_arrays(sizes), n_layers)
     loss, correct = compute_gradients(model, rng, x, y, index)
     meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
-    return _Gradient(meta, channel, bundles.gradient_arrays(model), sizes)
+    return _Gradient(meta, channel, list(model.grads) + list(model.bias_grads), sizes)
 
 
 def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | None:
@@ -210,10 +213,10 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     """
     sizes = msg.meta["sizes"]
     n_masks = int(msg.meta["prune"])
-    layers = bundles.replica_layers(msg.arrays[:len(msg.arrays) - n_masks], sizes, msg.meta["state"])
+    layers = received_layers(msg.arrays[:len(msg.arrays) - n_masks], msg.meta)
     check_model_fits_data(sizes, x.shape[1], int(y.max(initial=0)) + 1, f"the replica worker {transport.rank} received",
                           exact=False)
-    model = new_model(cfg, sizes, [a for la in layers for a in (la.rows, la.cols, la.values, la.bias)])
+    model = new_model(cfg, layers)
     optimizer = optimizer_from_checkpoint(cfg, model, layers, cfg.train.optimizer, msg.meta["optimizer_scalars"])
     rng = np.random.default_rng([cfg.seed, transport.rank, 2, int(msg.meta["start_epoch"])])
     if msg.meta.get("rng_state"):
@@ -234,8 +237,8 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
         report = {"samples": x.shape[0], "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
                   "evolution_seconds": t1 - t0}
         meta = {"epoch": epoch, "report": report, "rng_state": state.rng.bit_generator.state,
-                "state": bundles.state_names(layers), "optimizer_scalars": state.optimizer.scalars()}
-        transport.send_bundle(0, TAG_REPLICA, meta, bundles.replica_arrays(layers))
+                "optimizer_scalars": state.optimizer.scalars(), **layers_meta(layers)}
+        transport.send_bundle(0, TAG_REPLICA, meta, layer_arrays(layers))
         with transport.patience(2 * (t2 - t0)):  # the slowest worker may still be training its epoch
             reply = transport.recv_bundle(source=0)
         if reply.tag == TAG_STOP:

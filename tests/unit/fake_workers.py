@@ -53,8 +53,9 @@ class FakeWorkers(Workers):
         self.sent.append(("values", worker, version))
 
     def send_topology(self, worker, model, version, epoch, position=None) -> None:
-        arrays = [a.copy() for la in model.layers for a in (la.rows, la.cols, la.values, la.bias)]
-        self.models[worker] = new_model(self.cfg, model.sizes, arrays)
+        copied = [LayerArrays(la.n_in, la.n_out, la.rows.copy(), la.cols.copy(), la.values.copy(), la.bias.copy(), {})
+                  for la in model.layers]
+        self.models[worker] = new_model(self.cfg, copied)
         self.versions[worker] = version
         if worker not in self.streams:
             rng = np.random.default_rng([self.cfg.seed, worker])
@@ -69,7 +70,7 @@ class FakeWorkers(Workers):
         self.held = [r.layers for r in replicas]
         self.masks.append(list(masks))
 
-    def gather_replicas(self, sizes, patience: float = 0.0) -> list[Replica]:
+    def gather_replicas(self, patience: float = 0.0) -> list[Replica]:
         out = []
         for w, layers in zip(self.ids, self.held):
             scaled = [LayerArrays(a.n_in, a.n_out, a.rows, a.cols, a.values * np.float32(1 + w / 10), a.bias,
