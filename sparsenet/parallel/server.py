@@ -28,7 +28,7 @@ from ..state import TrainingState, layers_to_checkpoint, state_to_checkpoint
 from ..train import between_epochs, prune_neurons
 from .averaging import average_replicas
 from .seam import Gradient, Replica, Workers, split_pairs
-from .updates import compose, retain_valid, topology_lineage
+from .updates import retain_valid, then, topology_lineage
 
 
 def phase1_epochs(cfg: Config) -> int:
@@ -48,7 +48,7 @@ class ParameterServer:
         self.out = Path(out_dir)
         self.version = version
         self.worker_version = {k: -1 for k in workers.ids}  # the topology each worker holds; -1: none yet
-        # version v -> per-layer (connection maps, bias maps) to v + 1; None where a layer did not change
+        # version v -> per-layer (connection maps, bias maps) to the current version; None: unchanged
         self.lineages: dict[int, tuple[list[np.ndarray | None], list[np.ndarray | None]]] = {}
         self.saved_replicas = replicas or []
         self.phase = 2 if self.saved_replicas else 1
@@ -96,15 +96,6 @@ class ParameterServer:
             self.workers.send_topology(worker, model, self.version, epoch, position)
             self.worker_version[worker] = self.version
 
-    def _carry_over(self, from_version: int) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-        """Per layer, the old-to-current connection and bias maps from `from_version` (None: unchanged)."""
-        connections, biases = self.lineages[from_version]
-        for v in range(from_version + 1, self.version):
-            later_connections, later_biases = self.lineages[v]
-            connections = [_then(m, n) for m, n in zip(connections, later_connections)]
-            biases = [_then(m, n) for m, n in zip(biases, later_biases)]
-        return connections, biases
-
     def apply(self, gradients: list[np.ndarray], version: int, lr: float, out: list[np.ndarray] | None = None) -> None:
         """One optimizer update from weight and bias gradients computed on topology `version`.
 
@@ -116,7 +107,7 @@ class ParameterServer:
             opt.step(model, grads, bias_grads, lr, out=out)
             return
         self.counters["stale"] += 1
-        connections, biases = self._carry_over(version)
+        connections, biases = self.lineages[version]
         where, bias_where = [None] * len(grads), [None] * len(grads)
         for l, (carry, bias_carry) in enumerate(zip(connections, biases)):
             if carry is not None:
@@ -145,11 +136,12 @@ class ParameterServer:
             return
         if removal is not None:
             self._note_removal(removal)
-        self.lineages[self.version] = topology_lineage(nnz_before, removal, changes)
+        step = topology_lineage(nnz_before, removal, changes)
+        oldest = min(self.worker_version.values())  # no worker holds an older version: its maps go
+        self.lineages = {v: (then(connections, step[0]), then(biases, step[1]))
+                         for v, (connections, biases) in self.lineages.items() if v >= oldest}
+        self.lineages[self.version] = step
         self.version += 1
-        oldest = min(self.worker_version.values())
-        for v in [v for v in self.lineages if v < oldest]:
-            del self.lineages[v]
 
     def phase1_epoch(self, epoch: int) -> dict | None:
         """Epoch `epoch` of phase 1: the training part of its metrics row (loop.EpochLoop.run), or None
@@ -346,9 +338,3 @@ class ParameterServer:
                 self.workers.stop(loop.stop.signal_name if early else None)
         return loop.finish()
 
-
-def _then(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarray | None:
-    """Compose two index maps where None means "unchanged"."""
-    if second is None:
-        return first
-    return second if first is None else compose(first, second)

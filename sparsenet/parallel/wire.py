@@ -87,7 +87,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"metadata value {value!r} of type {type(value).__name__} is not JSON-serialisable")
 
 
-def _layout(start: int, sizes: list[int]) -> tuple[list[int], int]:
+def aligned_layout(start: int, sizes: list[int]) -> tuple[list[int], int]:
     """Offsets of arrays of `sizes` bytes aligned after `start` bytes, and the end of the last."""
     offsets, end = [], start
     for size in sizes:
@@ -105,7 +105,7 @@ def encode(meta: Mapping[str, Any], arrays: Sequence[np.ndarray], chunk_bytes: i
     text = json.dumps(head, separators=(",", ":"), default=_json_default).encode("utf-8")
     if len(text) > MAX_JSON_BYTES:
         raise ValueError(f"bundle header is {len(text)} bytes; the limit is {MAX_JSON_BYTES}")
-    offsets, end = _layout(PREFIX + len(text), [a.nbytes for a in arrays])
+    offsets, end = aligned_layout(PREFIX + len(text), [a.nbytes for a in arrays])
     inline = end <= chunk_bytes
     message = np.zeros(end if inline else PREFIX + len(text), dtype=np.uint8)
     message[:PREFIX].view(np.int64)[:] = MAGIC, len(text)
@@ -149,7 +149,7 @@ def decode(raw: np.ndarray, source: int, tag: int) -> tuple[Bundle, int | None]:
     if raw.size == PREFIX + length:  # the arrays follow in chunks
         arrays = [np.empty(sh, dtype=dt) for dt, sh in zip(dtypes, shapes)]
         return Bundle(source, tag, meta, arrays, raw.size + sum(sizes)), chunk_bytes
-    offsets, end = _layout(PREFIX + length, sizes)
+    offsets, end = aligned_layout(PREFIX + length, sizes)
     if end != raw.size:
         raise TransportError(f"malformed {where}: {raw.size} bytes, its header describes {end}")
     arrays = [raw[off:off + n].view(dt).reshape(sh) for off, n, dt, sh in zip(offsets, sizes, dtypes, shapes)]

@@ -130,13 +130,10 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     sizes = None  # int64 sizes of the model's weights then biases (its gradient's arrays)
     via = None  # the channel while the model fits it, else None
     while True:
-        if via is not None:
-            # Pipelining, the reply is usually here already: take it without the transport's wait.
-            msg = None if via.reply_ready() else transport.recv_bundle(source=0, ready=via.reply_ready)
-            if msg is None:
-                msg = _channel_reply(via, model, sizes)
-        else:
-            msg = transport.recv_bundle(source=0)
+        msg = transport.recv_bundle(source=0, ready=None if via is None else via.reply_ready)
+        if msg is None:  # the server's reply waits in our channel
+            version, epoch, arrays = via.take_reply(sizes)
+            msg = Bundle(0, TAG_MODEL, {"kind": "values", "version": version, "epoch": epoch}, arrays)
         if msg.tag == TAG_WINDOW:  # the server's node allocates its shared window: our channel, if any, lies in it
             memory = transport.shared_window(0)
             channel = None if msg.meta["channel"] is None else in_window(memory, msg.meta["channel"], transport.sync)
@@ -156,8 +153,6 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             own = (model.grads, model.bias_grads)
             sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
             via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
-        elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already
-            pass
         else:
             adopt_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
@@ -178,17 +173,6 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             step += 1
         if in_flight is not None:
             in_flight.wait()
-
-
-def _channel_reply(channel: Channel, model: SparseMLP, sizes: np.ndarray):
-    """The server's reply waiting in `channel` (arrays of `sizes`), its weights adopted by `model`;
-    shaped like a Bundle."""
-    version, epoch, arrays = channel.take_reply(sizes)
-    n = len(model.layers)
-    for layer, values, bias in zip(model.layers, arrays[:n], arrays[n:]):  # views made for these very sizes
-        layer.values, layer.bias = values, bias
-    return Bundle(source=0, tag=TAG_MODEL, meta={"kind": "adopted", "version": version, "epoch": epoch},
-                  arrays=arrays, nbytes=0)
 
 
 def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes: np.ndarray, transport, rng,
