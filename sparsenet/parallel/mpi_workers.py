@@ -4,9 +4,7 @@ travels as, and the server's end (MPIWorkers, a seam.Workers); worker.py is the 
 With same-node workers, phase 1's gradients and weights go through channels (channel.py) in one
 MPI shared window: before its first topology, the server tells every other rank of its node where
 its channel lies (TAG_WINDOW) and all of them allocate the window together; a worker uses its
-channel from the first model bundle sent after that. A reply to a worker that holds the current
-topology goes through its channel, written there by the update itself when the server asks
-reply_target first.
+channel from the first model bundle sent after that, for as long as the model fits it.
 """
 
 from __future__ import annotations
@@ -124,21 +122,14 @@ class MPIWorkers(Workers):
                                                       self.transport.sync)
             channel.clear()
 
-    def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
-        channel = self.channels.get(worker)
-        if channel is None or not channel.fits(self._value_sizes(model, version)):
-            return None
-        return channel.reply_arrays(self._value_sizes(model, version))
-
-    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int, written: bool = False) -> None:
+    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
         self._finish_reply(worker)
-        target = None if written else self.reply_target(worker, model, version)
-        if written or target is not None:  # the worker reads the weights where they are written
-            if target is not None:
-                for out, values in zip(target, values_arrays(model)):
-                    np.copyto(out, values)
-            self.channels[worker].post_reply(version, epoch)
-            self.channel_bytes[0] += 4 * sum(self._value_sizes(model, version))
+        channel, sizes = self.channels.get(worker), self._value_sizes(model, version)
+        if channel is not None and channel.fits(sizes):  # the worker reads the weights where they are written
+            for out, values in zip(channel.reply_arrays(sizes), values_arrays(model)):
+                np.copyto(out, values)
+            channel.post_reply(version, epoch)
+            self.channel_bytes[0] += 4 * sum(sizes)
             return
         self._send_model(worker, "values", values_arrays(model), model, version, epoch)
 

@@ -63,16 +63,10 @@ class Workers(ABC):
         """The next gradient from `source` (None: whichever worker is first, fairly); blocks until one is there.
         Its arrays stay valid until the next reply to that worker."""
 
-    def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
-        """Arrays [weights..., biases...] shaped like `model`'s into which the next update may write
-        `worker`'s next weights directly (send_weights(written=True) then sends them), or None.
-        Only asked for a worker that holds topology `version`."""
-        return None
-
     @abstractmethod
-    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int, written: bool = False) -> None:
-        """Send `model`'s weights and biases to `worker`, which holds its topology `version`; `written`:
-        they are already in reply_target's arrays. Returns before the worker has them."""
+    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
+        """Send `model`'s weights and biases to `worker`, which holds its topology `version`.
+        Returns before the worker has them."""
 
     @abstractmethod
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None

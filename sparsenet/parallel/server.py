@@ -84,27 +84,22 @@ class ParameterServer:
         progress = (epoch - 1 + samples / self.data.x_train.shape[0]) / p.warmup_epochs
         return lr + (target - lr) * min(progress, 1.0)
 
-    def send_model(self, worker: int, written: bool = False, position: dict | None = None) -> None:
-        """Weights while the worker's topology is current (`written`: already in its reply_target),
-        else the whole model (with the worker's data `position` when a stopped epoch resumes)."""
+    def send_model(self, worker: int, position: dict | None = None) -> None:
+        """Weights while the worker's topology is current, else the whole model (with the worker's
+        data `position` when a stopped epoch resumes)."""
         model, epoch = self.state.model, self.state.epoch
         if self.worker_version[worker] == self.version:
-            self.workers.send_weights(worker, model, self.version, epoch, written)
+            self.workers.send_weights(worker, model, self.version, epoch)
         else:
-            if written:
-                raise RuntimeError(f"weights were written for worker {worker}, whose topology is not current")
             self.workers.send_topology(worker, model, self.version, epoch, position)
             self.worker_version[worker] = self.version
 
-    def apply(self, gradients: list[np.ndarray], version: int, lr: float, out: list[np.ndarray] | None = None) -> None:
-        """One optimizer update from weight and bias gradients computed on topology `version`.
-
-        out: arrays [weights..., biases...] that also receive the new values (a Workers.reply_target).
-        """
+    def apply(self, gradients: list[np.ndarray], version: int, lr: float) -> None:
+        """One optimizer update from weight and bias gradients computed on topology `version`."""
         model, opt = self.state.model, self.state.optimizer
         grads, bias_grads = split_pairs(gradients, len(model.layers))
         if version == self.version:
-            opt.step(model, grads, bias_grads, lr, out=out)
+            opt.step(model, grads, bias_grads, lr)
             return
         self.counters["stale"] += 1
         connections, biases = self.lineages[version]
@@ -115,8 +110,6 @@ class ParameterServer:
             if bias_carry is not None:
                 bias_where[l], bias_grads[l] = retain_valid(bias_carry, bias_grads[l])
         opt.step_partial(model, grads, bias_grads, where, bias_where, lr)
-        for target, values in zip(out or [], [la.values for la in model.layers] + [la.bias for la in model.layers]):
-            np.copyto(target, values)
 
     def _account(self, g: Gradient) -> None:
         self.taken += 1
@@ -210,19 +203,13 @@ class ParameterServer:
 
     def _asynchronous_update(self, lr: float, n_train: int) -> int | None:
         """WASAP: apply the next gradient from any worker and, while the epoch lasts, reply with the new
-        weights, written by the update straight into the worker's reply_target when it has one.
-        Returns the worker left waiting at the end of the epoch, else None."""
+        weights. Returns the worker left waiting at the end of the epoch, else None."""
         g = self.workers.take_gradient()
-        source = g.source
         self._account(g)
-        more = self.counters["samples"] < n_train
-        target = None
-        if more and self.worker_version[source] == self.version:
-            target = self.workers.reply_target(source, self.state.model, self.version)
-        self.apply(g.arrays, g.version, lr, out=target)
-        if not more:
-            return source
-        self.send_model(source, written=target is not None)
+        self.apply(g.arrays, g.version, lr)
+        if self.counters["samples"] >= n_train:
+            return g.source
+        self.send_model(g.source)
         return None
 
     def _synchronous_round(self, lr: float) -> None:

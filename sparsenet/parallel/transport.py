@@ -27,7 +27,7 @@ from ..errors import SparsenetError
 from .wire import DEFAULT_CHUNK_BYTES, Bundle, chunks, decode, encode, prepare, validate_chunk_bytes
 
 MIN_SLEEP = 20e-6
-DEFAULT_MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
+MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
 IDLE_AFTER = 0.02  # a wait this long is idle: its sleeps may grow to IDLE_SLEEP
 IDLE_SLEEP = 5e-3
 PROBES_PER_WAKE = 3  # MPICH may need a second progress call to see a message that has arrived
@@ -113,13 +113,10 @@ class PendingSend:
 class Transport:
     """Sends and receives bundles on one communicator, counting bytes both ways."""
 
-    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_sleep: float = DEFAULT_MAX_SLEEP):
-        """comm: an mpi4py communicator (None = COMM_WORLD); chunk_bytes: bytes per MPI message;
-        max_sleep: longest sleep between polls, in seconds."""
+    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        """comm: an mpi4py communicator (None = COMM_WORLD); chunk_bytes: bytes per MPI message."""
         self.chunk_bytes = validate_chunk_bytes(chunk_bytes)
-        if not max_sleep > 0:
-            raise ValueError(f"max_sleep must be > 0 seconds, got {max_sleep}")
-        self.max_sleep = float(max_sleep)
+        self.max_sleep = MAX_SLEEP
         mpi = _mpi()
         self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
@@ -182,14 +179,14 @@ class Transport:
                                                     self.comm.Get_group())
         return len(self.node_ranks) - 1
 
-    def shared_window(self, nbytes: int, owner: int = 0) -> np.ndarray:
-        """uint8 view of a new MPI shared window of `nbytes` bytes held by rank `owner` (the others pass
-        0) that every rank of this node maps. Collective over the node."""
+    def shared_window(self, nbytes: int) -> np.ndarray:
+        """uint8 view of a new MPI shared window of `nbytes` bytes held by rank 0 (the others pass 0)
+        that every rank of this node maps. Collective over the node."""
         mpi = _mpi()
-        win = mpi.Win.Allocate_shared(nbytes if self.rank == owner else 0, 1, comm=self.node)
+        win = mpi.Win.Allocate_shared(nbytes if self.rank == 0 else 0, 1, comm=self.node)
         win.Lock_all(mpi.MODE_NOCHECK)  # one passive epoch for the run, so that Win.Sync may order accesses
         self.windows.append(win)
-        memory, _ = win.Shared_query(self.node_ranks.index(owner))
+        memory, _ = win.Shared_query(self.node_ranks.index(0))
         return np.frombuffer(memory, dtype=np.uint8)
 
     def sync(self) -> None:
@@ -249,10 +246,9 @@ class Transport:
                 return status.Get_source(), status.Get_tag()
         return None
 
-    def barrier(self, timeout: float | None = -1.0) -> None:
-        """Wait for every rank, sleeping between tests; SilentRankError after `timeout` s
-        (default: silence_timeout; None: wait forever)."""
-        timeout = self.silence_timeout if timeout == -1.0 else timeout
+    def barrier(self) -> None:
+        """Wait for every rank, sleeping between tests; SilentRankError after silence_timeout s."""
+        timeout = self.silence_timeout
         _wait_all([self.comm.Ibarrier()], self.max_sleep, timeout=timeout,
                   silent=self._silence(None, timeout or 0, "waiting for every rank (a barrier)"))
 
