@@ -88,28 +88,22 @@ class MPIWorkers(Workers):
         self._last_channel = 0  # the worker whose channel was taken from last: the next scan starts after it
         self._taken = 0  # gradients taken: every other one, a waiting bundle goes before the channels
         self.channel_bytes = [0, 0]  # bytes sent / received through channels
-        self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
         self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch_stats
 
     # ------------------------------------------------------------------ phase 1
-
-    def _value_sizes(self, model: SparseMLP, version: int) -> list[int]:
-        if self._sizes[0] != version:
-            self._sizes = (version, [la.nnz for la in model.layers] + [la.n_out for la in model.layers])
-        return self._sizes[1]
 
     def channel_peers(self) -> list[int]:
         """The workers that get a channel: those on the server's node."""
         return [k for k in self.ids if k in self.transport.node_ranks]
 
-    def _open_channels(self, model: SparseMLP, version: int) -> None:
+    def _open_channels(self, model: SparseMLP) -> None:
         """Once per run: a channel to every same-node worker, sized for `model`, in one shared window
         allocated with every other rank of this node (none for a model over transport.SHARED_MAX_BYTES)."""
         if self._unnamed is not None:
             return
         self._unnamed = {}
         peers = self.channel_peers() if self.shared_memory else []
-        geometry = ch.shape(self._value_sizes(model, version))
+        geometry = ch.shape([a.size for a in values_arrays(model)])
         if not peers or geometry["capacity"] > self.transport.shared_max_bytes:
             return
         node = [r for r in self.transport.node_ranks if r != self.transport.rank]
@@ -124,7 +118,7 @@ class MPIWorkers(Workers):
 
     def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
         self._finish_reply(worker)
-        channel, sizes = self.channels.get(worker), self._value_sizes(model, version)
+        channel, sizes = self.channels.get(worker), [a.size for a in values_arrays(model)]
         if channel is not None and channel.fits(sizes):  # the worker reads the weights where they are written
             for out, values in zip(channel.reply_arrays(sizes), values_arrays(model)):
                 np.copyto(out, values)
@@ -135,7 +129,7 @@ class MPIWorkers(Workers):
 
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
                       ) -> None:
-        self._open_channels(model, version)
+        self._open_channels(model)
         self._finish_reply(worker)
         self._send_model(worker, "topology", layer_arrays(model_layers(model)), model, version, epoch, position)
 
