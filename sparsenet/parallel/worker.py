@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from ..model import SparseMLP
 from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, optimizer_from_checkpoint
 from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
 from ..sparse.layer import SparseLayer
-from .channel import Channel, in_window
+from .channel import in_window
 from .mpi_workers import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
                           TAG_WINDOW, adopt_values, layer_arrays, layers_meta, received_layers)
 from .seam import split_pairs
@@ -77,24 +77,6 @@ def new_model(cfg: Config, layers: list[LayerArrays]) -> SparseMLP:
                      hidden_slopes(m.activation, m.alpha, len(layers) - 1), m.dropout, m.output)
 
 
-@dataclass
-class _Gradient:
-    """One mini-batch's gradient for the server, in `arrays`: the next buffer of `channel`, or the model's own."""
-
-    meta: dict
-    channel: Channel | None  # the channel the gradient was computed into; None: send it as a bundle
-    arrays: list[np.ndarray]
-    sizes: np.ndarray  # int64 sizes of `arrays`
-
-    def deliver(self, transport):
-        """Send to the server; returns the pending send (None when nothing is left to complete)."""
-        if self.channel is not None:
-            m = self.meta
-            self.channel.post_gradient(m["version"], m["samples"], m["loss"], m["correct"], self.sizes)
-            return None
-        return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
-
-
 def load_kernels(cfg: Config, data: Dataset) -> None:
     """Load (or compile) the gradient kernels on a tiny model of the same layer count and
     types, so that no worker is still loading them while the others run the first epochs."""
@@ -124,11 +106,27 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
     mark = None  # the stream's position before `ahead` was computed
-    own = None  # the model's own gradient arrays, used without a channel
-    ahead = None  # a _Gradient computed while the last one was in flight
+    ahead = None  # the delivery of a gradient computed while the last one was in flight
     channel = None  # same node: the server's replies and our gradients go through this channel.Channel
     sizes = None  # int64 sizes of the model's weights then biases (its gradient's arrays)
     via = None  # the channel while the model fits it, else None
+
+    def gradient(version: int):
+        """The next mini-batch's gradient, computed into `via` if set, else into the model's own arrays;
+        returns what hands it to the server (a PendingSend or None). Fault injection happens here."""
+        nonlocal step
+        if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
+            raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")
+        step += 1
+        index = next(stream)
+        if via is not None:
+            model.grads, model.bias_grads = split_pairs(via.gradient_arrays(sizes), len(model.layers))
+        loss, correct = compute_gradients(model, rng, x, y, index)
+        if via is not None:
+            return partial(via.post_gradient, version, int(index.shape[0]), loss, correct, sizes)
+        meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
+        return partial(transport.isend_bundle, 0, TAG_GRADIENT, meta, [*model.grads, *model.bias_grads])
+
     while True:
         msg = transport.recv_bundle(source=0, ready=None if via is None else via.reply_ready)
         if msg is None:  # the server's reply waits in our channel
@@ -150,7 +148,6 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
             check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
             model = new_model(cfg, received_layers(msg.arrays, msg.meta))
-            own = (model.grads, model.bias_grads)
             sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
             via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
         else:
@@ -161,32 +158,13 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             stream = BatchStream(x.shape[0], cfg.train.batch_size, rng)
             if msg.meta.get("position"):  # a run resumed inside this epoch: continue where we stopped
                 stream.restore(msg.meta["position"])
-        version = msg.meta["version"]
-        if ahead is None:
-            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
-            step += 1
-        in_flight = ahead.deliver(transport)
+        in_flight = (ahead or gradient(msg.meta["version"]))()
         ahead = None
         if pipeline:  # the sent gradient is in its buffer or copied: the next one goes elsewhere
             mark = stream.position()  # a stop before `ahead` is delivered resumes with its batch
-            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
-            step += 1
+            ahead = gradient(msg.meta["version"])
         if in_flight is not None:
             in_flight.wait()
-
-
-def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes: np.ndarray, transport, rng,
-              stream, x, y, step: int, version: int) -> _Gradient:
-    """The next mini-batch's gradient, computed into `channel` to the server if given, else into the
-    model's `own` arrays; `sizes`: the model's weight and bias counts. Fault injection happens here."""
-    if cfg.debug.fail_rank == transport.rank and step == cfg.debug.fail_at_step:
-        raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
-    index = next(stream)
-    n_layers = len(model.layers)
-    model.grads, model.bias_grads = own if channel is None else split_pairs(channel.gradient_arrays(sizes), n_layers)
-    loss, correct = compute_gradients(model, rng, x, y, index)
-    meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
-    return _Gradient(meta, channel, list(model.grads) + list(model.bias_grads), sizes)
 
 
 def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | None:
