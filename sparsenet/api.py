@@ -32,12 +32,14 @@ class Model:
     """
 
     def __init__(self, network: SparseMLP, preprocessing: Preprocessing | None = None,
-                 config: Config | None = None, history: list[dict] | None = None):
+                 config: Config | None = None, history: list[dict] | None = None, epoch: int | None = None):
+        """epoch: the training epoch whose weights `network` holds (default: the last in history)."""
         self.network = network
         self.preprocessing = preprocessing if preprocessing is not None else Preprocessing()
         self.preprocessing.check(network.sizes[0], network.sizes[-1], "model preprocessing")
         self.config = config if config is not None else Config()
         self.history = list(history or [])
+        self.epoch = len(self.history) if epoch is None else int(epoch)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -155,7 +157,7 @@ class Model:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint (zero optimizer state) that `sparsenet.load`, `sparsenet predict` and
-        `sparsenet export` read."""
+        `sparsenet export` read; its history ends at self.epoch (as checkpoint_best.h5's does)."""
         from . import checkpoint as ckpt
         from .config import config_to_yaml
         from .fileio import prepare_file
@@ -167,7 +169,7 @@ class Model:
         pre = self.preprocessing
         ckpt.save_checkpoint(path, ckpt.CheckpointData(
             layers_to_checkpoint(self.network, opt), self.network.slopes, self.network.dropout, self.output,
-            len(self.history), np.random.default_rng(self.config.seed).bit_generator.state, self.history,
+            self.epoch, np.random.default_rng(self.config.seed).bit_generator.state, self.history[:self.epoch],
             config_to_yaml(self.config), optimizer=opt.name, optimizer_scalars=opt.scalars(),
             mean=pre.mean, std=pre.std, classes=pre.classes))
 
@@ -251,19 +253,22 @@ def _check_model_keys(**model_keys) -> None:
 
 
 def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, validation=None,
-               verbose: bool = False) -> list[dict]:
+               verbose: bool = False, on_best=None, fresh_selection: bool = False) -> list[dict]:
     """Train `epochs` more epochs of `state` on x (float32 array or CSRRows) and y (class indices,
     or float targets (n, n_out) for the sigmoid output); test / validation: optional (x, y) scored
     after each epoch. SET (and scheduled neuron pruning) runs before every epoch but a run's first,
     as in `sparsenet train`; the best epoch and early stopping as there (selection.py: validation
-    accuracy, else training loss). Appends to and returns state.history."""
+    accuracy (validation loss for float targets), else training loss), replayed from state.history unless
+    fresh_selection (then counted over these epochs only); on_best(epoch), if given, is called after each
+    epoch that is a new best on the validation set. Appends to and returns state.history."""
     from .logs import to_stdout
 
     with to_stdout(verbose):
-        return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose)
+        return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose, on_best, fresh_selection)
 
 
-def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool) -> list[dict]:
+def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool,
+                on_best, fresh_selection: bool) -> list[dict]:
     from .jitcache import compile_notice
     from .metrics import ProgressBar, log
     from .selection import Selection
@@ -276,8 +281,9 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
     if isinstance(x, CSRRows) and x.center is not None:
         raise InputError("cannot train on sparse X: this model's standardisation centres its inputs (it was fitted "
                          "on dense X), which would make every sample dense; fit on sparse X from the start")
-    selection = Selection.for_run(validation is not None and not regression, cfg.train.early_stopping_patience,
-                                  cfg.train.early_stopping_min_delta, state.history)
+    selection = Selection.for_run(validation is not None, cfg.train.early_stopping_patience,
+                                  cfg.train.early_stopping_min_delta, () if fresh_selection else state.history,
+                                  accuracy=not regression)
     for _ in range(epochs):
         if selection.should_stop:
             break
@@ -293,15 +299,17 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
         row = {"epoch": state.epoch, "train_loss": loss, "train_accuracy": None if regression else accuracy}
         for name, held in (("validation", validation), ("test", test)):
             if held is not None:
-                row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate_samples(state.model, held[0], held[1],
-                                                                                cfg.train.eval_batch_size)
+                loss_, accuracy_ = evaluate_samples(state.model, held[0], held[1], cfg.train.eval_batch_size)
+                row[f"{name}_loss"], row[f"{name}_accuracy"] = loss_, None if regression else accuracy_
         row.update({"train_seconds": t2 - t1, "evolution_seconds": t1 - t0, "nnz": state.model.nnz,
                     "neurons": state.model.sizes, "parameters": state.model.n_parameters,
                     "neurons_removed": removal.removed if removal else [0] * (len(state.model.sizes) - 2)})
         if not all(math.isfinite(row[k]) for k in ("train_loss", "validation_loss", "test_loss") if k in row):
             raise DivergedError(f"training diverged at epoch {state.epoch}: train loss {row['train_loss']}; "
                                 f"lower lr")
-        selection.update(row[selection.metric], state.epoch)
+        improved = selection.update(row[selection.metric], state.epoch)
+        if improved and on_best is not None and selection.metric.startswith("validation"):
+            on_best(state.epoch)
         row.update(selection.row())
         state.history.append(row)
         if verbose:
@@ -319,7 +327,10 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
     Uses the config's seed, threads, data.standardize, data.validation_fraction (a stratified part of
     X held out: validation_* in the history, early stopping on it), model, train (epochs, batch_size,
     lr, early_stopping_*, ...), evolution and pruning sections; data.name/path are ignored.
-    X_test/y_test, if given, are scored after every epoch (labels must be among y's). Returns (model, history: one dict per epoch).
+    X_test/y_test, if given, are scored after every epoch (labels must be among y's). Returns (model, history: one
+    dict per epoch). With a validation split the model is the epoch best on validation accuracy (the weights
+    checkpoint_best.h5 holds in `sparsenet train`; like scikit-learn's MLPClassifier with early_stopping, and kept
+    as an O(nnz) copy while training), else the last epoch's; model.epoch says which.
     """
     from .train import new_state, set_threads
 
@@ -350,8 +361,20 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
         test = (xt, yt)
     set_threads(cfg.threads)
     state = new_state(cfg, x.shape[1], len(classes))
-    history = fit_epochs(state, cfg, x, idx, cfg.train.epochs, test=test, validation=validation, verbose=verbose)
-    return Model(state.model, pre, cfg, history), history
+    best = {}
+    history = fit_epochs(state, cfg, x, idx, cfg.train.epochs, test=test, validation=validation, verbose=verbose,
+                         on_best=lambda epoch: best.update(network=snapshot(state.model), epoch=epoch))
+    if not best:
+        return Model(state.model, pre, cfg, history), history
+    return Model(best["network"], pre, cfg, history, best["epoch"]), history
+
+
+def snapshot(net: SparseMLP) -> SparseMLP:
+    """A copy of net's weights, biases and activations (O(nnz)), without its training workspace."""
+    copy = SparseMLP([SparseLayer(l.n_in, l.n_out, l.rows.copy(), l.cols.copy(), l.values.copy(), l.bias.copy())
+                      for l in net.layers], net.slopes, net.dropout, net.output)
+    copy.task, copy.input_noise = net.task, net.input_noise
+    return copy
 
 
 def _encode(y, n_samples: int) -> tuple[np.ndarray, np.ndarray]:

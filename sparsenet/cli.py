@@ -52,8 +52,10 @@ def _train(args: argparse.Namespace) -> int:
         check_memory(cfg, 1, say=log)
         state = run(cfg, out, resume=args.resume)
     last = state.history[-1] if state.history else {}
-    print(json.dumps({"out": str(out), "epoch": state.epoch, "test_accuracy": last.get("test_accuracy"),
-                      "test_loss": last.get("test_loss"), "stopped_by": state.stopped_by,
+    scores = {"test_loss": last.get("test_loss")}  # an autoencoder's: the reconstruction loss, no accuracy
+    if cfg.model.task != "autoencoder":
+        scores = {"test_accuracy": last.get("test_accuracy"), **scores}
+    print(json.dumps({"out": str(out), "epoch": state.epoch, **scores, "stopped_by": state.stopped_by,
                       "best_epoch": last.get("best_epoch"), "selection_metric": last.get("selection_metric"),
                       "early_stopped": state.early_stopped}))
     return EXIT_RESUMABLE if state.stopped_by else 0

@@ -1,7 +1,9 @@
 """scikit-learn estimators: SETClassifier (softmax + cross-entropy) and SETRegressor (sigmoid + MSE).
 
 Parameters are the YAML config keys (train.lr -> lr, model.hidden -> hidden, pruning.method ->
-pruning, pruning.every -> pruning_every, ...; PARAMETERS lists them all) with the same defaults;
+pruning, pruning.every -> pruning_every, data.validation_fraction -> validation_fraction,
+train.early_stopping_patience -> n_iter_no_change, train.early_stopping_min_delta -> tol, ...; PARAMETERS
+lists them all) with the same defaults (no validation split, no early stopping);
 fit builds a Config from them, so config.py validates them with its rules and messages. Nothing
 is written or printed unless verbose. scipy.sparse input stays sparse: the first layer
 reads CSR batches (sparse/csr.py), standardised by scale only (docs/data.md).
@@ -16,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .api import Model, _standardized, fit_epochs, forward_logits, probabilities
 from .config import Config, config_from_dict, config_to_dict
-from .errors import ConfigError, ParameterError
+from .errors import ConfigError, DataError, InputError, ParameterError
 from .inputs import Preprocessing, as_samples
 
 __all__ = ["SETClassifier", "SETRegressor", "PARAMETERS"]
@@ -33,6 +35,9 @@ PARAMETERS = {
     "pruning_percentile": "pruning.percentile", "pruning_fraction": "pruning.fraction",
     "pruning_duration": "pruning.duration",
     "standardize": "data.standardize", "seed": "seed", "threads": "threads",
+    # validation and early stopping, named as scikit-learn's MLPClassifier names them
+    "validation_fraction": "data.validation_fraction", "n_iter_no_change": "train.early_stopping_patience",
+    "tol": "train.early_stopping_min_delta",
 }
 
 _DEFAULTS = config_to_dict(Config())
@@ -71,26 +76,52 @@ class _SETBase(BaseEstimator):
     def _validate(self, X, y="no_validation", *, reset: bool, **y_options):
         return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=np.float32, **y_options)
 
-    def _train(self, X, targets: np.ndarray, cfg: Config, first: bool, epochs: int, n_out: int) -> None:
+    def _train(self, X, targets: np.ndarray, cfg: Config, first: bool, partial: bool, n_out: int,
+               strata: np.ndarray) -> None:
+        """Epochs on X, targets; fit (not partial_fit) holds out validation_fraction of them (stratified by
+        strata, seeded), stops after n_iter_no_change epochs without a gain > tol (validation score, else
+        training loss, within this call) and keeps the epoch best on validation for predicting."""
+        from .api import _rows, snapshot
+        from .selection import validation_split
         from .train import new_state, set_threads
 
         set_threads(cfg.threads)
+        x = as_samples(X, where="X") if first else as_samples(X, self.n_features_in_, self._pre)
+        validation = None
+        if not partial and cfg.data.validation_fraction > 0:  # held out before the statistics are taken
+            try:
+                fit, held = validation_split(strata, cfg.data.validation_fraction, cfg.seed)
+            except DataError as e:  # too few samples for the share: a ValueError, as scikit-learn expects
+                raise InputError(f"{type(self).__name__}: {e} (n_samples={strata.shape[0]})".replace(
+                    "data.validation_fraction", "validation_fraction")) from None
+            validation, x, targets = (_rows(x, held), targets[held]), _rows(x, fit), targets[fit]
         if first:
-            x = as_samples(X, where="X")
             self._pre = Preprocessing.fit(x, cfg.data.standardize)
             x = _standardized(x, self._pre)
+            if validation is not None:
+                validation = (_standardized(validation[0], self._pre), validation[1])
             self._state = new_state(cfg, x.shape[1], n_out)
-        else:
-            x = as_samples(X, self.n_features_in_, self._pre)
-        fit_epochs(self._state, cfg, x, targets, epochs, verbose=bool(self.verbose))
+        self._best = None
+        fit_epochs(self._state, cfg, x, targets, 1 if partial else cfg.train.epochs, validation=validation,
+                   verbose=bool(self.verbose), fresh_selection=True,
+                   on_best=lambda epoch: setattr(self, "_best", (snapshot(self._state.model), epoch)))
         self.history_ = self._state.history
         self.n_iter_ = self._state.epoch
+        self.best_epoch_ = self._best[1] if self._best else self._state.epoch
         self._eval_batch = cfg.train.eval_batch_size
+
+    def _network(self):
+        """The network that predicts: the epoch best on validation (fit with validation_fraction), else the last."""
+        return self._best[0] if getattr(self, "_best", None) else self._state.model
+
+    def _model(self, cfg: Config, classes) -> Model:
+        return Model(self._network(), Preprocessing(self._pre.mean, self._pre.std, classes), cfg,
+                     self._state.history, self.best_epoch_)
 
     def _logits(self, X) -> np.ndarray:
         check_is_fitted(self)
         X = self._validate(X, reset=False)
-        return forward_logits(self._state.model, as_samples(X, self.n_features_in_, self._pre), self._eval_batch)
+        return forward_logits(self._network(), as_samples(X, self.n_features_in_, self._pre), self._eval_batch)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -106,6 +137,9 @@ class SETClassifier(ClassifierMixin, _SETBase):
     continue the same network and optimizer for `epochs` more epochs; `partial_fit` trains one
     epoch per call (the first call needs `classes`). With standardize=True the statistics come from
     the first fit (or partial_fit) call. model_ is the trained sparsenet.Model (layers as scipy CSR).
+    validation_fraction > 0: fit holds out that stratified share of X and predicts with the epoch best on its
+    accuracy (best_epoch_; as MLPClassifier's early_stopping); n_iter_no_change (None: off) stops a fit after
+    that many epochs without a gain > tol (validation accuracy, else training loss). partial_fit uses neither.
     """
 
     def __init__(self, hidden=_default("model.hidden"), epsilon=_default("model.epsilon"),
@@ -120,7 +154,9 @@ class SETClassifier(ClassifierMixin, _SETBase):
                  pruning_every=_default("pruning.every"), pruning_percentile=_default("pruning.percentile"),
                  pruning_fraction=_default("pruning.fraction"), pruning_duration=_default("pruning.duration"),
                  standardize=_default("data.standardize"), seed=_default("seed"), threads=_default("threads"),
-                 warm_start=False, verbose=False):
+                 validation_fraction=_default("data.validation_fraction"),
+                 n_iter_no_change=_default("train.early_stopping_patience"),
+                 tol=_default("train.early_stopping_min_delta"), warm_start=False, verbose=False):
         self.hidden, self.epsilon, self.activation, self.alpha = hidden, epsilon, activation, alpha
         self.init, self.dropout, self.output = init, dropout, output
         self.epochs, self.batch_size, self.lr, self.momentum = epochs, batch_size, lr, momentum
@@ -130,6 +166,7 @@ class SETClassifier(ClassifierMixin, _SETBase):
         self.pruning_percentile, self.pruning_fraction, self.pruning_duration = (pruning_percentile, pruning_fraction,
                                                                                  pruning_duration)
         self.standardize, self.seed, self.threads = standardize, seed, threads
+        self.validation_fraction, self.n_iter_no_change, self.tol = validation_fraction, n_iter_no_change, tol
         self.warm_start, self.verbose = warm_start, verbose
 
     def fit(self, X, y):
@@ -159,17 +196,15 @@ class SETClassifier(ClassifierMixin, _SETBase):
             raise ValueError(f"y holds a label outside classes_: {y[np.argmax(unknown)].item()!r}; "
                              f"classes_ are {known[:20].tolist()}")
         self.classes_ = known
-        self._train(X, np.ascontiguousarray(index, dtype=np.int64), cfg, first, 1 if partial else cfg.train.epochs,
-                    known.shape[0])
-        names = known if known.dtype.kind in "iuU" else None  # checkpoint-storable labels only
-        self.model_ = Model(self._state.model, Preprocessing(self._pre.mean, self._pre.std, names), cfg,
-                            self._state.history)
+        index = np.ascontiguousarray(index, dtype=np.int64)
+        self._train(X, index, cfg, first, partial, known.shape[0], index)
+        self.model_ = self._model(cfg, known if known.dtype.kind in "iuU" else None)  # checkpoint-storable labels
         return self
 
     def predict_proba(self, X) -> np.ndarray:
         """(n_samples, n_classes) float64, columns in the order of classes_."""
         z = self._logits(X)
-        return probabilities(self._state.model.output, z)
+        return probabilities(self._network().output, z)
 
     def predict(self, X) -> np.ndarray:
         z = self._logits(X)
@@ -182,6 +217,7 @@ class SETRegressor(RegressorMixin, _SETBase):
     Each target column is mapped linearly from its training range [min, max] onto [0.1, 0.9] of
     the sigmoid (scale kept from the first fit); predictions map back, so they lie within the
     training range widened by 1/8 of it on either side. y may be 1-D or (n_samples, n_targets).
+    validation_fraction, n_iter_no_change, tol: as SETClassifier's, on validation loss (mean squared error).
     """
 
     _output = "sigmoid"
@@ -199,7 +235,9 @@ class SETRegressor(RegressorMixin, _SETBase):
                  pruning_every=_default("pruning.every"), pruning_percentile=_default("pruning.percentile"),
                  pruning_fraction=_default("pruning.fraction"), pruning_duration=_default("pruning.duration"),
                  standardize=_default("data.standardize"), seed=_default("seed"), threads=_default("threads"),
-                 warm_start=False, verbose=False):
+                 validation_fraction=_default("data.validation_fraction"),
+                 n_iter_no_change=_default("train.early_stopping_patience"),
+                 tol=_default("train.early_stopping_min_delta"), warm_start=False, verbose=False):
         self.hidden, self.epsilon, self.activation, self.alpha = hidden, epsilon, activation, alpha
         self.init, self.dropout = init, dropout
         self.epochs, self.batch_size, self.lr, self.momentum = epochs, batch_size, lr, momentum
@@ -209,6 +247,7 @@ class SETRegressor(RegressorMixin, _SETBase):
         self.pruning_percentile, self.pruning_fraction, self.pruning_duration = (pruning_percentile, pruning_fraction,
                                                                                  pruning_duration)
         self.standardize, self.seed, self.threads = standardize, seed, threads
+        self.validation_fraction, self.n_iter_no_change, self.tol = validation_fraction, n_iter_no_change, tol
         self.warm_start, self.verbose = warm_start, verbose
 
     def fit(self, X, y):
@@ -232,10 +271,9 @@ class SETRegressor(RegressorMixin, _SETBase):
         elif y2.shape[1] != self._y_min.shape[0]:
             raise ValueError(f"y has {y2.shape[1]} target columns but the model was fitted on {self._y_min.shape[0]}")
         targets = self.MARGIN + (1 - 2 * self.MARGIN) * (y2 - self._y_min) / self._y_span
-        self._train(X, np.ascontiguousarray(targets, dtype=np.float32), cfg, first,
-                    1 if partial else cfg.train.epochs, y2.shape[1])
-        self.model_ = Model(self._state.model, Preprocessing(self._pre.mean, self._pre.std, None), cfg,
-                            self._state.history)
+        self._train(X, np.ascontiguousarray(targets, dtype=np.float32), cfg, first, partial, y2.shape[1],
+                    np.zeros(y2.shape[0], dtype=np.int64))
+        self.model_ = self._model(cfg, None)
         return self
 
     def predict(self, X) -> np.ndarray:

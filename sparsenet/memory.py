@@ -23,6 +23,7 @@ from .optim import OPTIMIZERS, MomentumSGD
 from .parallel import mpi_workers
 from .sparse.init import erdos_renyi_density
 from .sparse.layer import SparseLayer
+from .sparse.lazy import planned_bytes as lazy_bytes
 
 GIB = 1 << 30
 
@@ -94,7 +95,7 @@ class DataShape:
         if self.nnz:  # the parts as stored, the split's copies, the float32/int32 conversion and the scaled values
             return 2 * self.file_bytes + (self.file_bytes if self.split else 0) + 4 * self.nnz + 8 * self.file_rows
         raw, kept = self.file_bytes, self.n_train + self.n_test
-        converted = 4 * kept * self.n_features
+        converted = self.feature_bytes * kept * self.n_features  # float32 copies, or uint8 ones (data/rows.py)
         if raw == converted and kept == self.file_rows:
             converted = 0
         labels = 8 * self.file_rows * (2 if self.split else 1)
@@ -164,9 +165,12 @@ def _csr_shapes(shapes: dict, itemsizes: dict, read_shape, where: str) -> int:
 
 
 def _file_shape(shapes: dict, itemsizes: dict, test_fraction: float, note: str, where: str,
-                csr_bytes: int = 0) -> DataShape:
-    """DataShape of a file's x_train/x_test or x arrays (shapes and element sizes as stored; CSR x
+                csr_bytes: int = 0, dtypes: dict | None = None) -> DataShape:
+    """DataShape of a file's x_train/x_test or x arrays (shapes, element sizes and dtypes as stored; CSR x
     after _csr_shapes, with csr_bytes the bytes of their parts)."""
+    from .data.rows import feature_bytes
+
+    dtypes = dtypes or {}
     if csr_bytes:
         for key in ("x_train", "x_test", "x"):
             if key in shapes and len(shapes[key]) != 2:
@@ -185,12 +189,14 @@ def _file_shape(shapes: dict, itemsizes: dict, test_fraction: float, note: str, 
     if "x_train" in shapes and "x_test" in shapes:
         (n_train, f), (n_test, _) = shapes["x_train"], shapes["x_test"]
         raw = (n_train + n_test) * f * max(itemsizes["x_train"], itemsizes["x_test"])
-        return DataShape(n_train, n_test, f, 2, note, raw, n_train + n_test, False)
+        held = max(feature_bytes(dtypes.get(k, np.float32)) for k in ("x_train", "x_test"))
+        return DataShape(n_train, n_test, f, 2, note, raw, n_train + n_test, False, feature_bytes=held)
     if "x" not in shapes:
         raise SparsenetError(f"{where} has no x_train/x_test or x array")
     (n, f) = shapes["x"]
     n_train, n_test = _split(n, test_fraction)
-    return DataShape(n_train, n_test, f, 2, note, n * f * itemsizes["x"], n, True)
+    return DataShape(n_train, n_test, f, 2, note, n * f * itemsizes["x"], n, True,
+                     feature_bytes=feature_bytes(dtypes.get("x", np.float32)))
 
 
 def _hdf5_shape(path: Path, test_fraction: float) -> DataShape:
@@ -208,14 +214,15 @@ def _hdf5_shape(path: Path, test_fraction: float) -> DataShape:
                 if ds is not None:
                     if ds.ndim != 2 and key in ("x_train", "x_test", "x"):
                         raise SparsenetError(f"{where}: {key} has shape {ds.shape}, expected (samples, features)")
-                    found[key] = (tuple(int(n) for n in ds.shape), int(ds.dtype.itemsize))
+                    found[key] = (tuple(int(n) for n in ds.shape), int(ds.dtype.itemsize), ds.dtype)
             shapes, itemsizes = {k: v[0] for k, v in found.items()}, {k: v[1] for k, v in found.items()}
+            dtypes = {k: v[2] for k, v in found.items()}
             csr_bytes = _csr_shapes(shapes, itemsizes, lambda name: h5safe.read_array(fh[name], where, SparsenetError)
                                     .tolist(), where)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise SparsenetError(f"{where}: {' '.join(str(e).split())}") from None
     return _file_shape(shapes, itemsizes, test_fraction, f"file {path} (classes not counted: 2 assumed)", where,
-                       csr_bytes)
+                       csr_bytes, dtypes)
 
 
 def _npz_shape(path: Path, test_fraction: float) -> DataShape:
@@ -223,13 +230,14 @@ def _npz_shape(path: Path, test_fraction: float) -> DataShape:
 
     try:
         with zipfile.ZipFile(path) as z:
-            shapes, itemsizes = {}, {}
+            shapes, itemsizes, dtypes = {}, {}, {}
             for name in z.namelist():
                 with z.open(name) as fh:
                     major, _ = np.lib.format.read_magic(fh)
                     read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
                     shape, _, dtype = read(fh)
-                    shapes[name.removesuffix(".npy")], itemsizes[name.removesuffix(".npy")] = shape, dtype.itemsize
+                    key = name.removesuffix(".npy")
+                    shapes[key], itemsizes[key], dtypes[key] = shape, dtype.itemsize, dtype
 
             def read_shape(key: str) -> list:
                 with z.open(f"{key}.npy") as fh:
@@ -242,7 +250,7 @@ def _npz_shape(path: Path, test_fraction: float) -> DataShape:
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise SparsenetError(f"cannot plan memory: cannot read the shapes in '{path}': {e}") from e
     return _file_shape(shapes, itemsizes, test_fraction, f"file {path} (classes not counted: 2 assumed)",
-                       f"cannot plan memory: '{path}'", csr_bytes)
+                       f"cannot plan memory: '{path}'", csr_bytes, dtypes)
 
 
 def _csv_shape(path: Path, test_fraction: float) -> DataShape:
@@ -393,7 +401,11 @@ def plan_memory(cfg: Config, ranks: int = 1, data: DataShape | None = None, avai
     if ranks == 1:
         acts = _activations(sizes, train_batch, None, data.n_test, sparse_input=data.nnz > 0)
         transient = _transient(cfg, sizes, nnz, data, x_bytes, acts.bytes)
-        plans = [RankPlan("sequential", 1, [data_item, model, opt_state, grads, acts, transient, overhead])]
+        items = [data_item, model, opt_state, grads, acts, transient, overhead]
+        if data.nnz and cfg.train.optimizer == "momentum" and cfg.model.task != "autoencoder":
+            items.insert(5, Item("lazy first layer", lazy_bytes(sizes[0], nnz[0]),
+                                 "CSR epochs: input-major weights + velocities of layer 0, a step count per input"))
+        plans = [RankPlan("sequential", 1, items)]
     else:
         workers = ranks - 1
         shard = -(-data.n_train // workers)

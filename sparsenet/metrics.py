@@ -22,9 +22,18 @@ def log(message: str, rank: int | None = None, level: int = logging.INFO) -> Non
     _RUN.log(level, message, extra={"rank": rank})
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def peak_rss_mb(status: str | os.PathLike = "/proc/self/status") -> float:
+    """Peak resident memory of this process so far, in MiB: VmHWM where /proc has it (ru_maxrss keeps the
+    peak of the parent that forked and exec'd this process), else ru_maxrss."""
+    try:
+        with open(status) as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 2**20 if sys.platform == "darwin" else maxrss / 1024.0  # bytes on macOS, kB elsewhere
 
 
 def write_metrics(path: str | os.PathLike, history: list[dict]) -> None:

@@ -10,6 +10,7 @@ from .activations import hidden_slopes, output_loss
 from .data.csr import CSRRows
 from .sparse import csr, kernels
 from .sparse.init import erdos_renyi_layer
+from .sparse.kernels import forward_options
 from .sparse.layer import SparseLayer
 
 
@@ -139,7 +140,7 @@ class SparseMLP:
             ws = self._workspaces[batch] = _Workspace(acts, factors, deltas)
         return ws
 
-    def _forward(self, ws: _Workspace, drop_keys: np.ndarray | None, rows=None) -> np.ndarray:
+    def _forward(self, ws: _Workspace, drop_keys: np.ndarray | None, rows=None, lazy=None) -> np.ndarray:
         last = len(self.layers) - 1
         for l, layer in enumerate(self.layers):
             if l == last:
@@ -149,32 +150,46 @@ class SparseMLP:
             else:
                 kw = {"slope": self.slopes[l], "dropout": self.dropout, "drop_key": int(drop_keys[l]),
                       "grad_factor": ws.factors[l + 1]}
-            if l == 0 and rows is not None:
+            if l == 0 and lazy is not None:
+                x, index, order = rows
+                lazy.catch_up(x, order)
+                lazy.forward(x, order, ws.acts[1], forward_options(ws.acts[1], layer.n_out, index.shape[0], kw.get("slope"),
+                                                              kw.get("dropout", 0.0), kw.get("drop_key", 0),
+                                                              kw.get("grad_factor")),
+                             layer.bias)
+            elif l == 0 and rows is not None:
                 x, index, order = rows
                 csr.forward(layer, x.data, x.indices, x.indptr, x.shape, index, ws.acts[1], order=order, **kw)
             else:
                 kernels.forward(layer, ws.acts[l], ws.acts[l + 1], **kw)
         return ws.acts[-1]
 
-    def gradients(self, batch: int, labels: np.ndarray, drop_keys: np.ndarray, rows=None) -> tuple[float, int]:
+    def gradients(self, batch: int, labels: np.ndarray, drop_keys: np.ndarray, rows=None,
+                  lazy=None) -> tuple[float, int]:
         """Forward with dropout and backward on the input already in `input_buffer(batch)`, or with
         rows = (x, index) on rows `index` of CSR samples x (data/indices/indptr/shape, data.csr.CSRRows).
 
         Fills self.grads / self.bias_grads with gradients of the batch-mean loss; returns the
         summed loss and the number of correct predictions. labels: see activations.output_loss
-        (an autoencoder's are its clean inputs, (batch, n_features)).
+        (an autoencoder's are its clean inputs, (batch, n_features)). lazy: the first layer's
+        sparse.lazy.LazyFirstLayer (CSR rows only): it reads and updates layer 0's weights itself
+        (this step's update of them is done on return; self.grads[0] is not filled).
         """
         ws = self._workspace(batch, rows is not None)
         if rows is not None:
             x, index = rows
             rows = (x, index, csr.BatchOrder(x.indices, x.indptr, index, x.shape[1]))
-        logits = self._forward(ws, drop_keys, rows)
+        elif lazy is not None:
+            raise ValueError("lazy first-layer updates need CSR rows")
+        logits = self._forward(ws, drop_keys, rows, lazy)
         delta = ws.deltas[-1]
         loss, correct = output_loss(self.output, logits, labels, delta)
         kernels.row_sums(delta, self.bias_grads[-1])
         for l in range(len(self.layers) - 1, -1, -1):
             layer = self.layers[l]
-            if l == 0 and rows is not None:
+            if l == 0 and lazy is not None:
+                lazy.step(rows[0], rows[2], delta)
+            elif l == 0 and rows is not None:
                 x, index, order = rows
                 csr.weight_grad(layer, x.data, x.indices, x.indptr, x.shape, index, delta, self.grads[0], order)
             elif l == 0:

@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from .model import SparseMLP
+from .sparse.lazy import LazyFirstLayer
 
 
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
@@ -178,16 +179,22 @@ class Optimizer:
     # -- updates
 
     def step(self, model: SparseMLP, grads: list[np.ndarray], bias_grads: list[np.ndarray],
-             lr: float | None = None) -> None:
-        """Apply one update of every layer from its weight and bias gradients, in one kernel call."""
+             lr: float | None = None, skip_first: bool = False) -> None:
+        """Apply one update of every layer from its weight and bias gradients, in one kernel call.
+        skip_first: layer 0's weights are left alone (sparse.lazy updates them; grads[0] is not read),
+        its bias is updated."""
         lr = np.float32(self.lr if lr is None else lr)
+        first = 1 if skip_first else 0
         for l, layer in enumerate(model.layers):
-            _check_gradient(grads[l], layer.nnz, f"layer {l} weight")
+            if l >= first:
+                _check_gradient(grads[l], layer.nnz, f"layer {l} weight")
             _check_gradient(bias_grads[l], layer.n_out, f"layer {l} bias")
-        values = _updatable([layer.values for layer in model.layers] + [layer.bias for layer in model.layers],
+        values = _updatable([layer.values for layer in model.layers[first:]] + [layer.bias for layer in model.layers],
                             "weights and biases")
-        gradients = tuple(g if _kernel_ready(g) else np.array(g, dtype=np.float32) for g in [*grads, *bias_grads])
-        states = tuple(_updatable(self.state[n] + self.state["bias_" + n], f"{self.name} state") for n in self.STATE)
+        gradients = tuple(g if _kernel_ready(g) else np.array(g, dtype=np.float32)
+                          for g in [*grads[first:], *bias_grads])
+        states = tuple(_updatable(self.state[n][first:] + self.state["bias_" + n], f"{self.name} state")
+                       for n in self.STATE)
         self._begin_step()
         self._fused(values, states, gradients, lr)
 
@@ -212,6 +219,11 @@ class Optimizer:
         self._begin_step()
         for array, states, index, grad in targets:
             self._indexed(array, states, index, grad, lr)
+
+    def lazy_first_layer(self, model: SparseMLP, steps: int) -> LazyFirstLayer | None:
+        """A session of lazy updates of layer 0 for `steps` CSR batches (sparse/lazy.py), or None where
+        this optimizer has no exact closed form for zero-gradient steps (Adam)."""
+        return None
 
     def _begin_step(self) -> None:
         pass
@@ -248,6 +260,11 @@ class MomentumSGD(Optimizer):
 
     def _hyper(self):
         return np.float32(self.momentum), np.float32(self.weight_decay), self.weight_decay_mode == "decoupled"
+
+    def lazy_first_layer(self, model: SparseMLP, steps: int) -> LazyFirstLayer:
+        m, wd, decoupled = self._hyper()
+        return LazyFirstLayer(model.layers[0], self.velocities[0], np.float32(self.lr), m, wd,
+                              decoupled, steps)
 
     def _fused(self, values, states, grads, lr) -> None:
         _momentum_all(values, states[0], grads, lr, *self._hyper())

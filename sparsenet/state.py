@@ -34,6 +34,7 @@ class TrainingState:
     partial: dict | None = None  # an epoch stopped after some batches (train.train_epoch); None between epochs
     # anything with mean, std and classes (a Dataset, CheckpointData): saved in the checkpoint for inference
     preprocessing: object | None = None
+    lazy_updates: bool = True  # CSR epochs update the first layer lazily (train.lazy_session); False: every connection each step
 
 
 def n_outputs(cfg: Config, n_features: int, n_classes: int) -> int:

@@ -39,17 +39,19 @@ def set_threads(threads: int) -> int:
     return count
 
 
-def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray) -> tuple[float, int]:
-    """Gradients on samples x[index] and one optimizer update; returns summed loss and correct count."""
-    loss, correct = compute_gradients(state.model, state.rng, x, y, index)
-    state.optimizer.step(state.model, state.model.grads, state.model.bias_grads)
+def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray,
+               lazy=None) -> tuple[float, int]:
+    """Gradients on samples x[index] and one optimizer update; returns summed loss and correct count.
+    lazy: the first layer's sparse.lazy.LazyFirstLayer (CSR x), which updates layer 0's weights itself."""
+    loss, correct = compute_gradients(state.model, state.rng, x, y, index, lazy)
+    state.optimizer.step(state.model, state.model.grads, state.model.bias_grads, skip_first=lazy is not None)
     if state.governor is not None:
         state.governor.tick()
     return loss, correct
 
 
 def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray, y: np.ndarray,
-                      index: np.ndarray) -> tuple[float, int]:
+                      index: np.ndarray, lazy=None) -> tuple[float, int]:
     """Fill model.grads / model.bias_grads from samples x[index] (dropout keys drawn from rng); x is
     a float32 array or CSR samples (data.csr.CSRRows), whose rows the first layer reads as they are.
 
@@ -59,7 +61,7 @@ def compute_gradients(model: SparseMLP, rng: np.random.Generator, x: np.ndarray,
         if model.task == "autoencoder":
             raise InputError("model.task autoencoder needs dense inputs: its targets are the samples themselves")
         drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
-        return model.gradients(index.shape[0], y[index], drop_keys, rows=(x, index))
+        return model.gradients(index.shape[0], y[index], drop_keys, rows=(x, index), lazy=lazy)
     buffer = kernels.gather_batch(x, index, model.input_buffer(index.shape[0]))
     drop_keys = rng.integers(0, 2**63, size=len(model.layers), dtype=np.int64)
     if model.task != "autoencoder":
@@ -88,19 +90,32 @@ def train_epoch(state: TrainingState, x: np.ndarray, y: np.ndarray, batch_size: 
         order = state.rng.permutation(n)
     total_loss, total_correct = float(part["loss"]), int(part["correct"])
     n_batches = -(-n // batch_size)
-    for step in range(int(part["step"]), n_batches):
-        index = order[step * batch_size:(step + 1) * batch_size]
-        loss, correct = train_step(state, x, y, index)
-        total_loss += loss
-        total_correct += correct
-        if progress is not None:
-            progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, n):.4f}")
-        if stop is not None and stop() and step + 1 < n_batches:
-            state.partial = {**part, "step": step + 1, "n_steps": n_batches, "loss": total_loss,
-                             "correct": total_correct}
-            return None
+    lazy = lazy_session(state, x, n_batches - int(part["step"]))
+    try:
+        for step in range(int(part["step"]), n_batches):
+            index = order[step * batch_size:(step + 1) * batch_size]
+            loss, correct = train_step(state, x, y, index) if lazy is None else train_step(state, x, y, index, lazy)
+            total_loss += loss
+            total_correct += correct
+            if progress is not None:
+                progress.update(step + 1, f"loss {total_loss / min((step + 1) * batch_size, n):.4f}")
+            if stop is not None and stop() and step + 1 < n_batches:
+                state.partial = {**part, "step": step + 1, "n_steps": n_batches, "loss": total_loss,
+                                 "correct": total_correct}
+                return None
+    finally:
+        if lazy is not None:
+            lazy.sync()  # every weight caught up before anything else reads the layer
     state.partial = None
     return total_loss / n, total_correct / n
+
+
+def lazy_session(state: TrainingState, x, steps: int):
+    """Lazy updates of the first layer for an epoch on CSR samples (sparse/lazy.py), or None (dense
+    samples, an autoencoder, Adam, or state.lazy_updates off)."""
+    if not isinstance(x, CSRRows) or state.model.task == "autoencoder" or not state.lazy_updates:
+        return None
+    return state.optimizer.lazy_first_layer(state.model, steps)
 
 
 def evolve(state: TrainingState, cfg: Config) -> dict[int, np.ndarray]:

@@ -8,13 +8,12 @@ model applies the preprocessing stored in its checkpoint.
 
 from __future__ import annotations
 
-import csv
-import io
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from sparsenet.data.files import check_npz_sizes, csr_names
 from sparsenet.data.prepare import label_array
 from sparsenet.errors import DataError
 
@@ -28,15 +27,13 @@ def read_features(path: str, n_features: int, label_column: int = -1):
     if suffix == ".npz":
         return _read_npz(p)
     if suffix in (".h5", ".hdf5"):
-        return _read_hdf5(p)
+        return _read_hdf5(p, n_features)
     if suffix == ".csv":
         return _read_csv(p, n_features, label_column)
     raise DataError(f"data file '{p}': unknown kind '{suffix}'; use .npz, .h5/.hdf5 or .csv")
 
 
 def _pick(found, path: Path) -> tuple[str, str]:
-    from sparsenet.data.files import csr_names
-
     for x_key, y_key in (("x", "y"), ("x_test", "y_test")):
         if x_key in found or all(n in found for n in csr_names(x_key)):
             return x_key, y_key
@@ -47,7 +44,6 @@ def _pick(found, path: Path) -> tuple[str, str]:
 def _x(read, found, x_key: str, path: Path):
     """The dense array x_key, or its CSR parts as a validated CSRRows."""
     from sparsenet.data.csr import from_parts
-    from sparsenet.data.files import csr_names
 
     if x_key in found:
         return read(x_key)
@@ -59,11 +55,15 @@ def _read_npz(path: Path):
         raise DataError(f"'{path}' is not an .npz archive (not a zip file); save it with np.savez")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if {"data", "indices", "indptr", "shape", "format"} <= set(archive.files):
+            scipy_keys = ("data", "indices", "indptr", "shape", "format")
+            if set(scipy_keys) <= set(archive.files):
                 import scipy.sparse as sp
 
+                check_npz_sizes(archive.zip, scipy_keys, path)
                 return sp.load_npz(path).tocsr(), None
             x_key, y_key = _pick(archive.files, path)
+            keys = (x_key,) if x_key in archive.files else csr_names(x_key)
+            check_npz_sizes(archive.zip, (*keys, *((y_key,) if y_key in archive.files else ())), path)
             x = _x(lambda k: archive[k], archive.files, x_key, path)
             y = archive[y_key] if y_key in archive.files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
@@ -71,34 +71,36 @@ def _read_npz(path: Path):
     return x, y
 
 
-def _read_hdf5(path: Path):
-    import h5py
+def _read_hdf5(path: Path, n_features: int):
+    """x (dense or CSR parts) and y if present, through the one safe HDF5 reader (files.read_hdf5)."""
+    from sparsenet.data.files import read_hdf5
 
-    try:
-        with h5py.File(path, "r") as fh:
-            found = [k for k in fh.keys()  # datasets of this file only: no external or soft links
-                     if isinstance(fh.get(k, getlink=True), h5py.HardLink) and isinstance(fh[k], h5py.Dataset)]
-            x_key, y_key = _pick(found, path)
-            x = _x(lambda k: fh[k][()], found, x_key, path)
-            y = None
-            if y_key in found:
-                ds = fh[y_key]
-                y = ds.asstr()[()] if h5py.check_string_dtype(ds.dtype) else ds[()]
-    except OSError as e:
-        raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from None
-    return x, y
+    candidates = tuple(k for x_key, y_key in (("x", "y"), ("x_test", "y_test")) for k in (x_key, y_key, *csr_names(x_key)))
+    chosen = {}
+
+    def pick(found):
+        chosen["x"], chosen["y"] = _pick(found, path)
+        xs = (chosen["x"],) if chosen["x"] in found else csr_names(chosen["x"])
+        return (*xs, *((chosen["y"],) if chosen["y"] in found else ()))
+
+    def check(datasets):
+        x = datasets.get(chosen["x"])
+        if x is not None and (len(x.shape) != 2 or x.shape[1] != n_features):
+            raise DataError(f"'{path}': '{chosen['x']}' has shape {x.shape}; expected a 2-D array (samples, "
+                            f"{n_features} features)")
+        y = datasets.get(chosen["y"])
+        if y is not None and not (len(y.shape) == 1 or (len(y.shape) == 2 and y.shape[1] == 1)):
+            raise DataError(f"'{path}': '{chosen['y']}' has shape {y.shape}; expected one label per sample (1-D)")
+
+    arrays = read_hdf5(path, candidates, pick, check)
+    x = _x(arrays.__getitem__, arrays, chosen["x"], path)
+    return x, arrays.get(chosen["y"])
 
 
 def _read_csv(path: Path, n_features: int, label_column: int):
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            first_line = next((line for line in fh if line.strip()), "")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
-    if not first_line:
-        raise DataError(f"csv file '{path}' is empty")
-    delimiter = max(",;\t", key=first_line.count) if any(c in first_line for c in ",;\t") else ","
-    first = next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+    from sparsenet.data.files import read_csv, sniff_csv
+
+    delimiter, first = sniff_csv(path)
     n_cols = len(first)
     if n_cols not in (n_features, n_features + 1):
         raise DataError(f"csv file '{path}' has {n_cols} columns; the model takes {n_features} features "
@@ -109,21 +111,5 @@ def _read_csv(path: Path, n_features: int, label_column: int):
         if not 0 <= label < n_cols:
             raise DataError(f"data.label_column {label_column} is out of range for csv file '{path}' "
                             f"with {n_cols} columns")
-    features = [i for i in range(n_cols) if i != label]
-
-    def number(text: str) -> bool:
-        try:
-            float(text)
-            return True
-        except ValueError:
-            return False
-
-    header = any(not number(first[i]) for i in features)
-    options = dict(delimiter=delimiter, skiprows=int(header), comments=None, quotechar='"', encoding="utf-8-sig")
-    try:
-        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
-        y = None if label is None else label_array(np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options),
-                                                   "labels", f"'{path}'")
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
-    return x, y
+    x, y, _ = read_csv(path, delimiter, first, label)
+    return x, None if y is None else label_array(y, "labels", f"'{path}'")

@@ -113,7 +113,7 @@ def load_npz(cfg, seed: int) -> Dataset:
     try:
         with np.load(path, allow_pickle=False) as archive:
             keys = _pick_keys(archive.files, path)
-            _check_npz_sizes(archive.zip, keys, path)
+            check_npz_sizes(archive.zip, keys, path)
             arrays = {}
             for k in keys:
                 try:
@@ -133,7 +133,7 @@ def load_npz(cfg, seed: int) -> Dataset:
     return _from_arrays(cfg, "npz", arrays, seed, where)
 
 
-def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
+def check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
     """Each array's header (shape, dtype) against its member's size, and their sum against the memory
     available, before numpy allocates what the headers declare."""
     from sparsenet.memory import available_memory
@@ -169,6 +169,18 @@ def _check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
 def load_hdf5(cfg, seed: int) -> Dataset:
     """x_train/y_train/x_test/y_test or x/y datasets, read only if stored in the file itself (h5safe)."""
     path = _existing_file(cfg.path, "hdf5")
+    candidates = (*SPLIT_KEYS, *WHOLE_KEYS, *(n for x in ("x_train", "x_test", "x") for n in csr_names(x)))
+    arrays = read_hdf5(path, candidates, lambda found: _pick_keys(found, path))
+    return _from_arrays(cfg, "hdf5", arrays, seed, f"'{path}'")
+
+
+def read_hdf5(path: Path, candidates, pick, check=None) -> dict:
+    """{name: array} for the datasets pick(found names among candidates) chooses, read through h5safe.
+
+    Hard links and data stored in the file only; declared sizes checked against the file and against
+    the memory available, numbers (or strings, for labels) only, and check(datasets) (shapes), all
+    before anything is read. Every refusal is a one-line DataError.
+    """
     where = f"'{path}'"
     try:
         import h5py
@@ -181,26 +193,23 @@ def load_hdf5(cfg, seed: int) -> Dataset:
     try:
         with fh:
             size = h5safe.file_size(path)
-            candidates = (*SPLIT_KEYS, *WHOLE_KEYS, *(n for x in ("x_train", "x_test", "x") for n in csr_names(x)))
             found = [k for k in candidates if h5safe.hard_object(fh, k, where, DataError) is not None]
-            keys = _pick_keys(found, path)
+            keys = pick(found)
             datasets = {k: h5safe.dataset(fh, k, where, DataError, size) for k in keys}
+            for k, ds in datasets.items():
+                if ds.dtype.kind not in "biuf" and not h5py.check_string_dtype(ds.dtype):
+                    raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
+            if check is not None:
+                check(datasets)
             need = sum(h5safe.declared_bytes(ds) for ds in datasets.values())
             available, source = available_memory()
             if need > available:
                 raise DataError(f"{where}: its arrays {', '.join(keys)} declare {need / 2**30:.2f} GiB, more than the "
                                 f"{available / 2**30:.2f} GiB available ({source})")
-            arrays = {}
-            for k, ds in datasets.items():
-                if h5py.check_string_dtype(ds.dtype):
-                    arrays[k] = h5safe.read_array(ds.asstr(), where, DataError)
-                elif ds.dtype.kind not in "biuf":
-                    raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
-                else:
-                    arrays[k] = h5safe.read_array(ds, where, DataError)
+            return {k: h5safe.read_array(ds.asstr() if h5py.check_string_dtype(ds.dtype) else ds, where, DataError)
+                    for k, ds in datasets.items()}
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file
         raise DataError(f"cannot read HDF5 file '{path}': {' '.join(str(e).split())}") from e
-    return _from_arrays(cfg, "hdf5", arrays, seed, where)
 
 
 def _is_number(text: str) -> bool:
@@ -211,19 +220,38 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def load_csv(cfg, seed: int) -> Dataset:
-    """Numeric CSV with one label column; a first row with non-numeric features is a header."""
-    path = _existing_file(cfg.path, "csv")
-    where = f"'{path}'"
+def sniff_csv(path: Path) -> tuple[str, list[str]]:
+    """(delimiter, fields of the first non-blank line): the most frequent of , ; and tab in that line, else ,."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
             first_line = next((line for line in fh if line.strip()), "")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
     if not first_line:
         raise DataError(f"csv file '{path}' is empty")
     delimiter = max(",;\t", key=first_line.count) if any(c in first_line for c in ",;\t") else ","
-    first = next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+    return delimiter, next(csv.reader(io.StringIO(first_line), delimiter=delimiter))
+
+
+def read_csv(path: Path, delimiter: str, first: list[str], label: int | None):
+    """(x float32 (n, features), labels as str (n,) or None, header lines skipped); the first row is a header
+    when one of its feature fields is not a number."""
+    features = [i for i in range(len(first)) if i != label]
+    header = int(any(not _is_number(first[i]) for i in features))
+    options = dict(delimiter=delimiter, skiprows=header, comments=None, quotechar='"', encoding="utf-8-sig")
+    try:
+        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
+        y = None if label is None else np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
+    return x, y, header
+
+
+def load_csv(cfg, seed: int) -> Dataset:
+    """Numeric CSV with one label column; a first row with non-numeric features is a header."""
+    path = _existing_file(cfg.path, "csv")
+    where = f"'{path}'"
+    delimiter, first = sniff_csv(path)
     n_cols = len(first)
     if n_cols < 2:
         raise DataError(f"csv file '{path}' has {n_cols} column; need features plus a label column")
@@ -231,18 +259,10 @@ def load_csv(cfg, seed: int) -> Dataset:
     if not 0 <= label < n_cols:
         raise DataError(f"data.label_column {cfg.label_column} is out of range for csv file "
                         f"'{path}' with {n_cols} columns (allowed {-n_cols}..{n_cols - 1})")
-    features = [i for i in range(n_cols) if i != label]
-    header = any(not _is_number(first[i]) for i in features)
-    options = dict(delimiter=delimiter, skiprows=int(header), comments=None, quotechar='"',
-                   encoding="utf-8-sig")
-    try:
-        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
-        y = np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
-    except (ValueError, OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from e
+    x, y, header = read_csv(path, delimiter, first, label)
     arrays = {"x": x, "y": y}
     del x, y  # _from_arrays drops them once split
-    return _from_arrays(cfg, "csv", arrays, seed, where, lambda i: _csv_line(path, int(header), i))
+    return _from_arrays(cfg, "csv", arrays, seed, where, lambda i: _csv_line(path, header, i))
 
 
 def _csv_line(path: Path, skip: int, index: int) -> str:

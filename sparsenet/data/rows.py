@@ -35,6 +35,12 @@ def small_integers(x: np.ndarray) -> bool:
     return True
 
 
+def feature_bytes(dtype) -> int:
+    """Bytes per feature the loaded rows hold for x stored as `dtype`: 1 for uint8 and bool (always kept as
+    ByteRows), else 4 (float32; whole numbers 0..255 in a wider dtype are found only when read: an upper bound)."""
+    return 1 if np.dtype(dtype) in (np.dtype(np.uint8), np.dtype(np.bool_)) else 4
+
+
 class ByteRows:
     """n samples of n_features small-integer features as uint8 (n, n_features), read as float32
     float32(v) / divisor, standardised with mean/std (float32 (n_features,)) when given.

@@ -114,7 +114,7 @@ class BatchOrder:
 
     def __init__(self, indices: np.ndarray, indptr: np.ndarray, index: np.ndarray, n_features: int):
         self.index = index = _rows(index, indptr.shape[0] - 1)
-        shift = max(0, int(BUCKET_FEATURES).bit_length() - 1)
+        self.shift = shift = np.int64(max(0, int(BUCKET_FEATURES).bit_length() - 1))  # bucket = feature >> shift
         n_buckets = ((n_features - 1) >> shift) + 1
         nnz_batch = int((indptr[index + 1] - indptr[index]).sum())
         self.ptr = np.empty(n_buckets + 1, dtype=np.int64)

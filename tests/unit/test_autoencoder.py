@@ -151,6 +151,17 @@ def test_training_reconstructs_resumes_bit_identically_and_reports_no_accuracy(t
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+def test_train_summary_of_an_autoencoder_reports_its_reconstruction_loss(tmp_path, capsys):
+    (tmp_path / "ae.yaml").write_text("seed: 3\n")
+    sets = [a for k in [*SMALL_AE, "train.epochs=2"] for a in ("--set", k)]
+    assert main(["train", str(tmp_path / "ae.yaml"), "--out", str(tmp_path / "run"), *sets]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert "test_accuracy" not in summary and "accuracy" not in " ".join(summary)
+    assert summary["test_loss"] == rows[-1]["test_loss"] and 0 < summary["test_loss"] < 0.5 * 30
+    assert summary["selection_metric"] == "train_loss" and summary["epoch"] == 2
+
+
 def test_the_python_api_refuses_an_autoencoder():
     import sparsenet
 

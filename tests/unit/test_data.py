@@ -463,6 +463,25 @@ def test_csv_no_header_label_first_numeric(tmp_path):
     assert dict(zip(rows[:, 0].tolist(), labels.tolist())) == {0.5: 1, 1.5: 0, 2.5: 1, 3.5: 0}
 
 
+@pytest.mark.parametrize("text", [
+    "\ufefff1;f2;label\n1.5;2;a\n3;4;b\n5;6;a\n7;8;b\n",   # BOM, semicolons, a header
+    "\n1.5\t2\ta\n3\t4\tb\n\n5\t6\ta\n7\t8\tb\n",        # tabs, blank lines, no header
+    "1.5,2,a\n3,4,b\n5,6,a\n7,8,b\n",
+])
+def test_csv_training_and_predict_files_are_read_alike(tmp_path, text):
+    """One sniffing (files.sniff_csv/read_csv) for data.path and for sparsenet predict's --data."""
+    from sparsenet.data.features import read_features
+
+    path = tmp_path / "d.csv"
+    path.write_text(text, encoding="utf-8")
+    x, y = read_features(str(path), 2)
+    np.testing.assert_array_equal(x, np.array([[1.5, 2], [3, 4], [5, 6], [7, 8]], dtype=np.float32))
+    assert y.tolist() == ["a", "b", "a", "b"]
+    ds = load_dataset(file_cfg("csv", path, test_fraction=0.5), 0)
+    rows = np.concatenate([ds.x_train, ds.x_test])
+    assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, x.tolist())) and ds.classes.tolist() == ["a", "b"]
+
+
 def test_csv_errors(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("1,2,0\n3,x,1\n")

@@ -19,7 +19,12 @@ EXPECTED_FAILURES: dict[str, str] = {}
 #   input to numpy float32 at the boundary.
 
 
-@parametrize_with_checks([SETClassifier(**SMALL), SETRegressor(**SMALL)],
+# ... and with a validation split and early stopping (validation_fraction, n_iter_no_change) in play.
+HELD_OUT = dict(SMALL, validation_fraction=0.2, n_iter_no_change=5)
+
+
+@parametrize_with_checks([SETClassifier(**SMALL), SETRegressor(**SMALL), SETClassifier(**HELD_OUT),
+                          SETRegressor(**HELD_OUT)],
                          expected_failed_checks=lambda est: EXPECTED_FAILURES)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

@@ -341,3 +341,83 @@ sys.exit(main(["train", "{tmp_path / 'cfg.yaml'}", "--out", "{tmp_path / 'run'}"
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == ("sparsenet: error: launched on 3 MPI ranks, but mpi4py is not installed: "
                                    "pip install 'sparsenet[mpi]' (sequential training needs no MPI)")
+
+
+def test_train_returns_the_epoch_best_on_validation_and_says_which(tmp_path):
+    """With a validation split sparsenet.train returns the best epoch's weights (as checkpoint_best.h5), else the last."""
+    x, y = make_classification(240, 10, n_informative=4, n_redundant=0, n_classes=3, class_sep=1.0, flip_y=0.2,
+                               random_state=0)
+    cfg = {"model": {"hidden": [64], "epsilon": 10}, "train": {"epochs": 12, "batch_size": 16, "lr": 0.05},
+           "data": {"validation_fraction": 0.25}, "threads": 1}
+    model, history = sparsenet.train(cfg, x, y)
+    accuracies = [r["validation_accuracy"] for r in history]
+    best = 1 + int(np.argmax(accuracies))  # the first of equal bests
+    assert len(history) == 12 and best == history[-1]["best_epoch"] == model.epoch == 9
+    shorter, _ = sparsenet.train({**cfg, "train": {**cfg["train"], "epochs": best}}, x, y)
+    np.testing.assert_array_equal(model.predict_proba(x), shorter.predict_proba(x))
+    np.testing.assert_array_equal(model.layers[0].data, shorter.layers[0].data)
+    model.save(tmp_path / "best.h5")
+    saved = sparsenet.load(tmp_path / "best.h5")
+    assert saved.epoch == 9 and len(saved.history) == 9
+    np.testing.assert_array_equal(saved.predict_proba(x), model.predict_proba(x))
+    # no validation split: the last epoch
+    last, history = sparsenet.train({**cfg, "data": {"validation_fraction": 0.0}}, x, y)
+    assert last.epoch == len(history) == 12
+
+
+def test_estimators_take_validation_and_early_stopping_as_mlpclassifier_names_them(blobs):
+    from sklearn.base import clone
+
+    x, y = blobs
+    clf = SETClassifier(**SMALL, validation_fraction=0.2, n_iter_no_change=3, tol=0.01)
+    params = clf.get_params()
+    assert (params["validation_fraction"], params["n_iter_no_change"], params["tol"]) == (0.2, 3, 0.01)
+    assert clone(clf).get_params() == params
+    clf.set_params(validation_fraction=0.3, n_iter_no_change=None, tol=0.0)
+    assert (clf.validation_fraction, clf.n_iter_no_change, clf.tol) == (0.3, None, 0.0)
+    cfg = SETRegressor(validation_fraction=0.25, n_iter_no_change=4, tol=0.5)._params_config()
+    assert (cfg.data.validation_fraction, cfg.train.early_stopping_patience, cfg.train.early_stopping_min_delta) == (
+        0.25, 4, 0.5)
+    defaults = SETClassifier().get_params()  # the config's defaults: no validation split, no early stopping
+    assert (defaults["validation_fraction"], defaults["n_iter_no_change"], defaults["tol"]) == (0.0, None, 0.0)
+    with pytest.raises(ValueError, match=r"parameter 'validation_fraction' \(config key 'data.validation_fraction'\) "
+                                         r"must be in \[0, 1\), got 1"):
+        SETClassifier(**SMALL, validation_fraction=1).fit(x, y)
+    with pytest.raises(ValueError, match="validation_fraction 0.001 of 240 training samples leaves 0 for validation"):
+        SETClassifier(**SMALL, validation_fraction=0.001).fit(x, y)
+
+
+@pytest.mark.parametrize("validation_fraction", [0.0, 0.2])
+def test_estimators_stop_early(blobs, validation_fraction):
+    x, y = blobs
+    for est in (SETClassifier(**{**SMALL, "epochs": 40}, validation_fraction=validation_fraction, n_iter_no_change=2,
+                              tol=100.0),
+                SETRegressor(**{**SMALL, "epochs": 40}, validation_fraction=validation_fraction, n_iter_no_change=2,
+                             tol=100.0)):
+        est.fit(x, y)
+        assert est.n_iter_ == 3 and len(est.history_) == 3  # epoch 1 sets the reference, 2 and 3 do not beat it by 100
+        metric = est.history_[-1]["selection_metric"]
+        assert metric == ("train_loss" if not validation_fraction else
+                          "validation_accuracy" if isinstance(est, SETClassifier) else "validation_loss")
+        est.set_params(warm_start=True).fit(x, y)  # a warm fit is its own early-stopping episode
+        assert est.n_iter_ == 6
+
+
+def test_estimator_with_validation_predicts_with_its_best_epoch_as_sparsenet_train_does():
+    x, y = make_classification(240, 10, n_informative=4, n_redundant=0, n_classes=3, class_sep=1.0, flip_y=0.2,
+                               random_state=0)
+    clf = SETClassifier(hidden=(64,), epsilon=10, epochs=12, batch_size=16, lr=0.05, threads=1,
+                        validation_fraction=0.25).fit(x, y)
+    model, history = sparsenet.train({"model": {"hidden": [64], "epsilon": 10}, "data": {"validation_fraction": 0.25},
+                                      "train": {"epochs": 12, "batch_size": 16, "lr": 0.05}, "threads": 1}, x, y)
+    assert clf.best_epoch_ == clf.model_.epoch == model.epoch == 9 and clf.n_iter_ == 12
+    assert [r["validation_accuracy"] for r in clf.history_] == [r["validation_accuracy"] for r in history]
+    np.testing.assert_array_equal(clf.predict_proba(x), model.predict_proba(x))
+    np.testing.assert_array_equal(clf.model_.predict_proba(x), model.predict_proba(x))
+    last = SETClassifier(hidden=(64,), epsilon=10, epochs=12, batch_size=16, lr=0.05, threads=1,
+                         validation_fraction=0.25).fit(x, y).partial_fit(x, y)  # partial_fit: no validation, the last
+    assert last.best_epoch_ == last.n_iter_ == 13 and "validation_loss" not in last.history_[-1]
+    # the regressor selects on validation loss; its rows carry no accuracy
+    reg = SETRegressor(**SMALL, validation_fraction=0.2).fit(x, x[:, 0])
+    losses = [r["validation_loss"] for r in reg.history_]
+    assert reg.best_epoch_ == 1 + int(np.argmin(losses)) and all(r["validation_accuracy"] is None for r in reg.history_)

@@ -310,3 +310,35 @@ def test_the_plan_of_the_wide_config_is_within_15_percent_of_its_peak_rss(tmp_pa
     peak, planned, held = json.loads(proc.stdout.strip().splitlines()[-1])
     assert held == 60_000
     assert abs(planned - peak) <= 0.15 * peak, f"planned {planned / 2**20:.0f} MiB, peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("kind", ["npz", "hdf5"])
+@pytest.mark.parametrize("layout", ["split", "whole"])
+@pytest.mark.parametrize("standardize", [True, False])
+def test_the_planned_data_bytes_are_what_a_uint8_data_file_holds(tmp_path, kind, layout, standardize):
+    """A file storing x as uint8 is held at 1 byte per feature (data/rows.py), and planned so."""
+    import h5py
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (300, 50), dtype=np.uint8)
+    y = rng.integers(0, 3, 300)
+    arrays = ({"x_train": x[:200], "y_train": y[:200], "x_test": x[200:], "y_test": y[200:]} if layout == "split"
+              else {"x": x, "y": y})
+    path = tmp_path / f"d.{'npz' if kind == 'npz' else 'h5'}"
+    if kind == "npz":
+        np.savez(path, **arrays)
+    else:
+        with h5py.File(path, "w") as f:
+            for k, v in arrays.items():
+                f[k] = v
+    cfg = load_config(None, [f"data.name={kind}", f"data.path={path}", f"data.standardize={standardize}",
+                             "model.hidden=[10]", "memory_limit_gb=64"])
+    data = load_dataset(cfg.data, cfg.seed)
+    held = (data.x_train.raw.nbytes + data.x_test.raw.nbytes + data.x_train.table.nbytes
+            + data.y_train.nbytes + data.y_test.nbytes)
+    items = {i.name: i for i in plan_memory(cfg).ranks[0].items}
+    assert items["data"].bytes == held == 300 * (50 + 8) + 256 * 4 * (50 if standardize else 1)
+    assert "x 1 B" in items["data"].note
+    # loading: the file's bytes, the split's uint8 copies of them (whole x only), never float32 copies
+    peak = data_shape(cfg).load_peak
+    assert peak == (300 * 50 + 8 * 300 if layout == "split" else 2 * 300 * 50 + 16 * 300)

@@ -12,6 +12,7 @@ import pytest
 import sparsenet
 from sparsenet.cli import main
 from sparsenet.errors import CheckpointError
+from tests.unit.cli_errors import error_of
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = np.array(["cat", "dog", "eel"])
@@ -175,3 +176,73 @@ def test_predict_quotes_labels_that_hold_commas(tmp_path, capsys):
     assert rows[0] == ["prediction", "p_a,b", 'p_say "hi"']
     assert [r[0] for r in rows[1:]] == ["a,b", 'say "hi"']  # logits (2, -2) then (-3, 3)
     assert float(rows[1][1]) == pytest.approx(1 / (1 + np.exp(-4)))
+
+
+def _h5(path, build):
+    with h5py.File(path, "w") as f:
+        build(f)
+    return path
+
+
+@pytest.mark.parametrize("build,expected", [
+    (lambda f: f.create_dataset("x", data=np.zeros((5, 9), dtype=[("a", "f4"), ("b", "i4")])), "'x' holds"),
+    (lambda f: f.create_dataset("x", data=np.zeros((5, 9), dtype="c8")), "'x' holds complex64, expected numbers"),
+    (lambda f: f.create_dataset("x", shape=(5,), dtype=h5py.vlen_dtype(np.float32)).__setitem__(
+        slice(None), [np.zeros(k + 1, "f4") for k in range(5)]),
+     "expected numbers"),
+    (lambda f: f.create_dataset("x", shape=(10**6, 9 * 10**4), dtype=np.float32), "never written"),
+    (lambda f: f.create_dataset("x", shape=(10**6, 9), dtype=np.float32, chunks=(100, 9)), "never written"),
+    (lambda f: f.create_dataset("x", data=np.zeros((2, 3, 9), dtype=np.float32)),
+     "'x' has shape (2, 3, 9); expected a 2-D array (samples, 9 features)"),
+    (lambda f: f.create_dataset("x", data=np.zeros((4, 5), dtype=np.float32)),
+     "'x' has shape (4, 5); expected a 2-D array (samples, 9 features)"),
+    (lambda f: (f.create_dataset("x", data=np.zeros((4, 9))), f.create_dataset("y", data=np.zeros((4, 2, 2)))),
+     "'y' has shape (4, 2, 2); expected one label per sample"),
+    (lambda f: f.__setitem__("x", h5py.ExternalLink("elsewhere.h5", "/x")), "'/x' is an external link"),
+    (lambda f: f.__setitem__("x", h5py.SoftLink("/nowhere")), "'/x' is a soft link"),
+    (lambda f: f.create_group("x"), "'/x' is a group, expected a dataset"),
+    (lambda f: f.create_dataset("labels", data=np.zeros(3)), "has arrays []; expected x (and optionally y) or x_test"),
+])
+def test_predict_refuses_hostile_hdf5_in_one_line(trained, capsys, build, expected):
+    """Through the one safe HDF5 reader (h5safe): nothing declared is allocated before it is checked."""
+    d, ckpt, x, y, last = trained
+    path = _h5(d / "hostile.h5", build)
+    err = error_of(capsys, ["predict", str(ckpt), "--data", str(path)])
+    assert expected in err, err
+
+
+def test_predict_refuses_hdf5_beyond_the_memory_available(trained, capsys, monkeypatch):
+    import sparsenet.memory
+
+    d, ckpt, x, y, last = trained
+    path = _h5(d / "big.h5", lambda f: f.create_dataset("x", data=np.zeros((3 * 2**20 // 9, 9))))  # 24 MiB
+    monkeypatch.setattr(sparsenet.memory, "available_memory", lambda *a, **k: (2**20, "test"))  # the model: ~10 kB
+    err = error_of(capsys, ["predict", str(ckpt), "--data", str(path)])
+    assert "its arrays x declare 0.02 GiB, more than the 0.00 GiB available (test)" in err
+
+
+def test_predict_reads_a_good_hdf5_file(trained, capsys):
+    d, ckpt, x, y, last = trained
+    path = _h5(d / "good.h5", lambda f: (f.create_dataset("x_test", data=x[200:], chunks=(10, 9), compression="gzip"),
+                                         f.create_dataset("y_test", data=NAMES[y[200:]].astype("S"))))
+    assert main(["predict", str(ckpt), "--data", str(path), "--out", str(d / "h5.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == last["test_accuracy"]
+
+
+def test_predict_checks_npz_headers_before_reading(trained, capsys):
+    """An .npy header declaring far more than its archive member holds is refused before numpy allocates it."""
+    import io
+    import zipfile
+
+    d, ckpt, x, y, last = trained
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**7, 9)})
+    with zipfile.ZipFile(d / "lying.npz", "w") as z:
+        z.writestr("x.npy", header.getvalue() + bytes(72))
+    err = error_of(capsys, ["predict", str(ckpt), "--data", str(d / "lying.npz")])
+    assert "array 'x' is truncated or damaged (its header declares shape (10000000, 9) of float64, 720000000 bytes" in err
+    import scipy.sparse as sp  # a scipy.sparse.save_npz file passes the same check and is scored
+
+    sp.save_npz(d / "scipy.npz", sp.csr_array(x[200:]))
+    assert main(["predict", str(ckpt), "--data", str(d / "scipy.npz"), "--out", str(d / "scipy.csv")]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 100
