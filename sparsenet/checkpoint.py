@@ -62,8 +62,9 @@ class CheckpointData:
     # Sequential runs stopped part-way through epoch `epoch + 1`: batches done ("step" of "n_steps"),
     # the generator state its sample order was drawn from, loss/correct sums and seconds so far.
     partial_epoch: dict | None = None
-    # Parallel runs stopped part-way through phase-1 epoch `epoch + 1` (server.ParameterServer): the
-    # epoch's sums so far, each worker's data-stream position and the run-long counters.
+    # Parallel runs stopped part-way through epoch `epoch + 1` (server.ParameterServer): in phase 1 the
+    # epoch's sums so far and each worker's data-stream position, in phase 2 each worker's training position
+    # (or, if its epoch was done, its report); the run-long counters (docs/checkpoint-format.md).
     parallel_partial_epoch: dict | None = None
 
 
@@ -464,50 +465,71 @@ def _check_partial_epoch(partial, path: Path) -> None:
     """The position of an epoch stopped part-way, as train_epoch resumes it."""
     if partial is None:
         return
-    ints = ("step", "n_steps", "correct")
-    floats = ("loss", "train_seconds", "evolution_seconds")
-    ok = (isinstance(partial, dict) and all(isinstance(partial.get(k), int) and not isinstance(partial.get(k), bool)
-                                            for k in ints)
-          and all(isinstance(partial.get(k), (int, float)) and math.isfinite(partial[k]) for k in floats)
-          and 0 < partial["step"] < partial["n_steps"] and partial["correct"] >= 0
-          and isinstance(partial.get("neurons_removed"), list)
+    ok = (_train_position_ok(partial) and isinstance(partial.get("neurons_removed"), list)
           and all(isinstance(v, int) and v >= 0 for v in partial["neurons_removed"]))
     if not ok:
         raise CheckpointError(f"checkpoint {path}: the position of its stopped epoch (partial_epoch) is malformed")
+    if not _usable_rng_state(partial["order_rng_state"]):
+        raise CheckpointError(f"checkpoint {path}: partial_epoch's random generator state is unusable")
+
+
+def _train_position_ok(p) -> bool:
+    """train_epoch's position in a stopped epoch, with its seconds so far: 0 < step < n_steps batches done,
+    finite sums, a usable generator state for the pass's order."""
+    return (isinstance(p, dict) and all(_is_count(p.get(k)) for k in ("step", "n_steps", "correct"))
+            and all(_is_number(p.get(k)) and math.isfinite(p[k]) for k in ("loss", "train_seconds", "evolution_seconds"))
+            and 0 < p["step"] < p["n_steps"] and "order_rng_state" in p)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _usable_rng_state(state) -> bool:
     try:
-        np.random.default_rng().bit_generator.state = partial.get("order_rng_state")
-    except (TypeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint {path}: partial_epoch's random generator state is unusable ({exc})") from None
+        np.random.default_rng().bit_generator.state = state
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+        return False
+    return True
 
 
 def _check_parallel_partial_epoch(data: CheckpointData, path: Path) -> None:
-    """The position of a parallel run's phase-1 epoch stopped part-way, as the server resumes it."""
+    """The position of a parallel run's epoch stopped part-way, as the server resumes it: phase 1's sums and
+    data-stream positions, or phase 2's per-replica training position or report."""
     partial = data.parallel_partial_epoch
     if partial is None:
         return
 
     def counts(d, keys):
-        return all(isinstance(d.get(k), int) and not isinstance(d.get(k), bool) and d[k] >= 0 for k in keys)
+        return all(_is_count(d.get(k)) for k in keys)
 
-    def usable(state) -> bool:
-        try:
-            np.random.default_rng().bit_generator.state = state
-        except (TypeError, ValueError, KeyError, AttributeError, OverflowError):
+    def finite(d, keys):
+        return all(_is_number(d.get(k)) and math.isfinite(d[k]) for k in keys)
+
+    def phase1_worker(w) -> bool:
+        return w is None or (isinstance(w, dict) and counts(w, ("start",)) and _usable_rng_state(w.get("rng_state"))
+                             and (w.get("order_rng_state") is None or _usable_rng_state(w["order_rng_state"])))
+
+    def phase2_worker(w) -> bool:  # exactly one of: where its training stood, or its finished epoch's report
+        if not isinstance(w, dict) or len(w) != 1:
             return False
-        return True
+        if "position" in w:
+            return _train_position_ok(w["position"]) and _usable_rng_state(w["position"]["order_rng_state"])
+        report = w.get("report")
+        return (isinstance(report, dict) and counts(report, ("samples",)) and report["samples"] > 0
+                and finite(report, ("train_loss", "train_accuracy", "train_seconds", "evolution_seconds")))
 
     workers = partial.get("workers") if isinstance(partial, dict) else None
-    ok = (isinstance(partial, dict) and data.phase == 1 and data.partial_epoch is None
-          and counts(partial, ("samples", "updates", "stale", "correct"))
-          and all(_is_number(partial.get(k)) and math.isfinite(partial[k])
-                  for k in ("loss", "train_seconds", "evolution_seconds"))
+    ok = (isinstance(partial, dict) and data.partial_epoch is None
           and isinstance(partial.get("neurons_removed"), list) and counts(dict(enumerate(partial["neurons_removed"])),
                                                                           range(len(partial["neurons_removed"])))
           and isinstance(partial.get("run_totals"), dict) and all(_is_number(v) for v in partial["run_totals"].values())
-          and isinstance(workers, list) and len(workers) > 0
-          and all(w is None or (isinstance(w, dict) and counts(w, ("start",)) and usable(w.get("rng_state"))
-                                and (w.get("order_rng_state") is None or usable(w["order_rng_state"])))
-                  for w in workers))
+          and isinstance(workers, list) and len(workers) > 0)
+    if ok and data.phase == 1:
+        ok = (counts(partial, ("samples", "updates", "stale", "correct"))
+              and finite(partial, ("loss", "train_seconds", "evolution_seconds")) and all(map(phase1_worker, workers)))
+    elif ok:
+        ok = len(workers) == len(data.replicas) and all(map(phase2_worker, workers))
     if not ok:
         raise CheckpointError(f"checkpoint {path}: the position of its stopped parallel epoch (parallel_partial_epoch) "
                               "is malformed")

@@ -343,7 +343,8 @@ class ParallelConfig:
 @dataclass(frozen=True)
 class DebugConfig:
     """Fault injection for tests: worker `fail_rank` raises at its `fail_at_step`-th gradient; the parameter
-    server sends itself SIGUSR1 once it has taken `stop_at_update` gradients since it started."""
+    server sends itself SIGUSR1 once it has taken `stop_at_update` gradients since it started, or once
+    worker 1 asks it to after its `stop_at_batch`-th phase-2 batch (worker 1 then waits for the stop)."""
 
     fail_rank: int | None = _field(None, _Int(lo=1, null=True),
                                    "tests: the worker rank that raises (null: none)")
@@ -351,6 +352,9 @@ class DebugConfig:
                                "tests: at this gradient step")
     stop_at_update: int | None = _field(None, _Int(lo=1, null=True),
                                         "tests: the server sends itself SIGUSR1 after taking this many gradients (null: never)")
+    stop_at_batch: int | None = _field(None, _Int(lo=1, null=True),
+                                       "tests: the server sends itself SIGUSR1 when worker 1 has trained this many "
+                                       "phase-2 batches (null: never)")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ channel from the first model bundle sent after that, for as long as the model fi
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 
 from ..checkpoint import LayerArrays
@@ -21,7 +24,7 @@ TAG_GRADIENT = 1  # worker -> server: a gradient, tagged with the topology versi
 TAG_MODEL = 2  # server -> worker: weights (same topology) or topology + weights (after a change)
 TAG_PHASE2 = 3  # server -> worker: start local training of this replica (topology, weights, state)
 TAG_REPLICA = 4  # worker -> server: the replica after a phase-2 epoch
-TAG_STOP = 5  # server -> worker: the run is over
+TAG_STOP = 5  # server -> worker: the run is over (worker 1 -> server: please stop, debug.stop_at_batch)
 TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch
 TAG_MEMORY_PLAN = 7  # server -> worker, before anything else: go / stop after the memory plan
 TAG_WINDOW = 8  # server -> same-node ranks: join the shared-window allocation (your channel's place)
@@ -82,6 +85,7 @@ class MPIWorkers(Workers):
         self.transport = transport
         self.ids = list(range(1, transport.size))
         self.shared_memory = cfg.parallel.shared_memory
+        self.stop_at_batch = cfg.debug.stop_at_batch  # a worker may ask for a stop (tests)
         self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
         self.channels: dict[int, object] = {}  # worker -> channel.Channel it was told of
         self._unnamed: dict[int, object] | None = None  # channels opened, not yet named in a reply
@@ -182,33 +186,56 @@ class MPIWorkers(Workers):
 
     # ------------------------------------------------------------------ phase 2
 
-    def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray]) -> None:
-        for k, replica in zip(self.ids, replicas):
+    def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray],
+                       stopped: list[dict] | None = None) -> None:
+        for i, (k, replica) in enumerate(zip(self.ids, replicas)):
             meta = {"start_epoch": start_epoch, "rng_state": replica.rng_state, "prune": len(masks),
-                    "optimizer_scalars": replica.scalars, **layers_meta(replica.layers)}
+                    "optimizer_scalars": replica.scalars, "stopped": stopped[i] if stopped else None,
+                    **layers_meta(replica.layers)}
             self._finish_reply(k)
             self.transport.send_bundle(k, TAG_PHASE2, meta, layer_arrays(replica.layers) + list(masks))
 
-    def gather_replicas(self, patience: float = 0.0) -> list[Replica]:
+    def gather_replicas(self, patience: float = 0.0, stop=None) -> tuple[list[Replica], str | None]:
+        stopped_by = None
+
+        def asked() -> bool:  # polled while a worker trains: a stop request turns the wait into a stop
+            nonlocal stopped_by
+            if self.stop_at_batch and self.transport.poll(tag=TAG_STOP) is not None:  # debug.stop_at_batch
+                self.transport.recv_bundle(tag=TAG_STOP)
+                os.kill(os.getpid(), signal.SIGUSR1)
+            stopped_by = stop()
+            return stopped_by is not None
+
+        msgs = []
         with self.transport.patience(patience):
-            msgs = [self.transport.recv_bundle(source=k, tag=TAG_REPLICA) for k in self.ids]
-        return [Replica(received_layers(m.arrays, m.meta), m.meta["rng_state"],
-                        m.meta["optimizer_scalars"], m.meta["report"]) for m in msgs]
+            for k in self.ids:
+                msg = None
+                while msg is None:
+                    if stop is None or stopped_by is not None:
+                        msg = self.transport.recv_bundle(k, TAG_REPLICA)
+                    elif (msg := self.transport.recv_bundle(k, TAG_REPLICA, ready=asked)) is None:
+                        self._send_stop(stopped_by, where=True)  # each stops after its batch, hands in its replica
+                msgs.append(msg)
+        return [Replica(received_layers(m.arrays, m.meta), m.meta["rng_state"], m.meta["optimizer_scalars"],
+                        m.meta["report"], m.meta.get("position")) for m in msgs], stopped_by
 
     def continue_replicas(self, masks: list[np.ndarray]) -> None:
         for k in self.ids:
             self.transport.send_bundle(k, TAG_CONTINUE, {"prune": len(masks)}, masks)
 
     def stop(self, stopped_by: str | None = None) -> None:
-        for k in self.ids:  # stopped_by: the workers exit with the server's code (75 after a stop request)
-            self._finish_reply(k)
-            self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by})
+        self._send_stop(stopped_by)
 
     def stop_in_epoch(self, stopped_by: str) -> list[dict | None]:
+        self._send_stop(stopped_by, where=True)
+        return [self.transport.recv_bundle(source=k, tag=TAG_POSITION).meta["position"] for k in self.ids]
+
+    def _send_stop(self, stopped_by: str | None, where: bool = False) -> None:
+        """STOP to every worker (stopped_by: they exit with the server's code, 75 after a stop request);
+        `where`: part-way through an epoch, each hands in where it stands (phase 1) or its replica (phase 2)."""
         for k in self.ids:
             self._finish_reply(k)
-            self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by, "where": True})
-        return [self.transport.recv_bundle(source=k, tag=TAG_POSITION).meta["position"] for k in self.ids]
+            self.transport.send_bundle(k, TAG_STOP, {"stopped_by": stopped_by, **({"where": True} if where else {})})
 
     def epoch_stats(self) -> dict:
         t = self.transport

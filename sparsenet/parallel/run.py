@@ -147,9 +147,15 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
             raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} with "
                                  f"{len(partial['workers'])} workers; resume it with {len(partial['workers']) + 1} "
                                  f"ranks, not {transport.size}")
-        if partial is not None and state.epoch >= phase1_epochs(cfg):
+        if partial is not None and saved.phase == 1 and state.epoch >= phase1_epochs(cfg):
             raise SparsenetError(f"checkpoint {path} was stopped part-way through phase-1 epoch {state.epoch + 1}; "
                                  f"resume it with parallel.phase1_epochs > {state.epoch}, not {phase1_epochs(cfg)}")
+        for k, entry in enumerate(partial["workers"] if partial is not None and saved.phase == 2 else [], start=1):
+            batches = -(-len(range(k - 1, data.x_train.shape[0], transport.size - 1)) // cfg.train.batch_size)
+            if "position" in entry and entry["position"]["n_steps"] != batches:
+                raise SparsenetError(f"checkpoint {path} was stopped part-way through phase-2 epoch {state.epoch + 1} "
+                                     f"at {entry['position']['n_steps']} batches per epoch on worker {k}; train.batch_size "
+                                     f"{cfg.train.batch_size} gives {batches} (keep the batch size of the stopped run)")
         if saved.phase == 2 and saved.replicas and len(saved.replicas) != transport.size - 1:
             raise SparsenetError(f"checkpoint {path} holds {len(saved.replicas)} phase-2 replicas; "
                                  f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")

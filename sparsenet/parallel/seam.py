@@ -9,6 +9,7 @@ topology version each worker holds); a Workers decides how it travels.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,12 +44,14 @@ class Replica:
 
     rng_state None: the worker seeds its own generator. report: after a phase-2 epoch, the worker's
     train_loss, train_accuracy (means over its `samples`), train_seconds and evolution_seconds.
+    position: a stop ended its epoch part-way: train.train_epoch's position plus the seconds so far.
     """
 
     layers: list[LayerArrays]
     rng_state: dict | None
     scalars: dict
     report: dict = field(default_factory=dict)
+    position: dict | None = None
 
 
 class Workers(ABC):
@@ -75,14 +78,20 @@ class Workers(ABC):
         `position`: where the worker's data stream resumes (what stop_in_epoch returned for it), or None."""
 
     @abstractmethod
-    def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray]) -> None:
+    def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray],
+                       stopped: list[dict] | None = None) -> None:
         """Phase 2: worker ids[i] trains replicas[i] from epoch start_epoch + 1, after removing the
-        hidden neurons outside the keep `masks` (one bool array per hidden layer; [] = none)."""
+        hidden neurons outside the keep `masks` (one bool array per hidden layer; [] = none).
+        stopped: resuming an epoch a stop ended part-way, each worker's {"position": ...} (it trains
+        on from there) or {"report": ...} (its epoch was done: it hands the replica back at once)."""
 
     @abstractmethod
-    def gather_replicas(self, patience: float = 0.0) -> list[Replica]:
-        """Every worker's replica after its next phase-2 epoch, in ids order;
-        `patience`: seconds a silent worker is given beyond parallel.timeout_s (it trains an epoch alone)."""
+    def gather_replicas(self, patience: float = 0.0, stop: Callable[[], str | None] | None = None
+                        ) -> tuple[list[Replica], str | None]:
+        """Every worker's replica after its next phase-2 epoch, in ids order, and the stop signal that
+        ended the run meanwhile (else None); `patience`: seconds a silent worker is given beyond
+        parallel.timeout_s (it trains an epoch alone). Once `stop()` names a signal, every worker
+        stops within a batch, hands in its replica (position set if its epoch was not done) and returns."""
 
     @abstractmethod
     def continue_replicas(self, masks: list[np.ndarray]) -> None:

@@ -10,6 +10,7 @@ The server reaches its workers only through a seam.Workers; epochs end in loop.E
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ import numpy as np
 from .. import checkpoint as ckpt
 from ..config import Config
 from ..data import Dataset
+from ..errors import DivergedError
 from ..loop import EpochLoop
 from ..metrics import ProgressBar, log
 from ..optim import make_optimizer
@@ -64,7 +66,7 @@ class ParameterServer:
         self.taken = 0  # gradients taken since this process started (debug.stop_at_update)
         self.workers_stopped = False
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
-        self._replicas_out = False  # phase 2: replicas handed out, their epoch not gathered yet
+        self.replicas_out = False  # phase 2: this process has handed the replicas out
         # the server computes no gradients: evaluation gets buffers of a training batch's size
         self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0, trains=False,
                               validation=validation)
@@ -197,9 +199,7 @@ class ParameterServer:
         c = self.counters
         self.partial = {"samples": c["samples"], "loss": c["loss"], "correct": c["correct"], "updates": c["updates"],
                         "stale": c["stale"], "train_seconds": train_seconds, "evolution_seconds": evolution_seconds,
-                        "neurons_removed": list(self.removed), "workers": positions,
-                        "run_totals": {k: v for k, v in self._run_totals(self.workers.epoch_stats()).items()
-                                       if k in self.workers.run_counters}}
+                        "neurons_removed": list(self.removed), "workers": positions, "run_totals": self._run_counters()}
 
     def _asynchronous_update(self, lr: float, n_train: int) -> int | None:
         """WASAP: apply the next gradient from any worker and, while the epoch lasts, reply with the new
@@ -230,31 +230,53 @@ class ParameterServer:
 
     # ------------------------------------------------------------------ phase 2
 
-    def start_phase2(self) -> None:
-        """Hand each worker its replica: its own back when resumed in phase 2, else the server's model."""
-        self.phase = 2
+    def _discard_in_flight(self) -> None:
+        """Phase 1 is over: take the last gradient any worker still has on its way, so all wait for word."""
         for k in self.workers.ids:
-            if k not in self.waiting:  # its last phase-1 gradient is still in flight: drain it
+            if k not in self.waiting:
                 self.workers.take_gradient(k)
+        self.waiting = list(self.workers.ids)
+
+    def start_phase2(self, resumed: dict) -> None:
+        """Hand each worker its replica: its own back when resumed in phase 2 (with its part of the epoch
+        a stop ended part-way, `resumed`: that parallel_partial_epoch), else the server's model."""
+        self.phase, self.replicas_out = 2, True
+        self._discard_in_flight()
         # Neurons pruned at this boundary: the server's model now; the replicas of a resumed run by the workers.
-        keep = self._prune_phase2()
+        if resumed:  # pruned before the epoch stopped
+            keep, self.removed = [], resumed["neurons_removed"]
+        else:
+            keep = self._prune_phase2()
         if self.saved_replicas:
-            self.workers.start_replicas(self.saved_replicas, self.state.epoch, keep)
+            self.workers.start_replicas(self.saved_replicas, self.state.epoch, keep, resumed.get("workers"))
         else:
             opt = self.state.optimizer
             replica = Replica(layers_to_checkpoint(self.state.model, opt), None, opt.scalars())
             self.workers.start_replicas([replica] * len(self.workers.ids), self.state.epoch, [])
-        self._replicas_out = True
 
-    def phase2_epoch(self, epoch: int) -> dict:
-        """Epoch `epoch` of phase 2 (after start_phase2): the workers train, the server averages."""
+    def phase2_epoch(self, epoch: int) -> dict | None:
+        """Epoch `epoch` of phase 2: the workers train, the server averages. None when a stop request
+        ended it part-way (self.partial says where each worker stood; a resumed server finishes it)."""
         cfg, model = self.cfg, self.state.model
-        if not self._replicas_out:  # the workers wait for word after their last epoch
+        resumed, self.resumed = self.resumed or {}, None
+        if not self.replicas_out:
+            self.start_phase2(resumed)
+        else:  # the workers wait for word after their last epoch
             self.workers.continue_replicas(self._prune_phase2())
-        self._replicas_out = False
         targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
         last = self.state.history[-1] if self.state.history else {}
-        self.saved_replicas = self.workers.gather_replicas(2 * last.get("train_seconds", 0.0))
+        self.saved_replicas, stopped_by = self.workers.gather_replicas(2 * last.get("train_seconds", 0.0),
+                                                                       stop=lambda: self.loop.stop.signal_name)
+        self.workers_stopped = stopped_by is not None
+        if any(r.position is not None for r in self.saved_replicas):
+            losses = [r.report["train_loss"] if r.position is None else r.position["loss"] for r in self.saved_replicas]
+            if not all(map(math.isfinite, losses)):  # the last checkpoint stays as it was
+                raise DivergedError(f"training diverged in epoch {epoch}: the workers' train losses are {losses}; "
+                                    "lower train.lr and --resume from the last checkpoint")
+            self.partial = {"neurons_removed": list(self.removed), "run_totals": self._run_counters(),
+                            "workers": [{"position": r.position} if r.position is not None else {"report": r.report}
+                                        for r in self.saved_replicas]}
+            return None
         model.layers = average_replicas([[SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias)
                                           for a in r.layers] for r in self.saved_replicas], targets)
         model.topology_changed()
@@ -295,6 +317,10 @@ class ParameterServer:
         """The workers' epoch stats with the run-long counters continued across resumes."""
         return {k: v + self.carried[k] if k in self.carried else v for k, v in stats.items()}
 
+    def _run_counters(self) -> dict:
+        """The run-long counters so far, for a checkpoint stopped part-way through an epoch."""
+        return {k: v for k, v in self._run_totals(self.workers.epoch_stats()).items() if k in self.workers.run_counters}
+
     def save(self, path: Path | None = None) -> None:
         data = state_to_checkpoint(self.state, self.cfg)
         data.phase, data.version = self.phase, self.version
@@ -306,20 +332,14 @@ class ParameterServer:
         ckpt.save_checkpoint(path or self.out / "checkpoint.h5", data)
 
     def run(self) -> TrainingState:
-        """Phase 1, then phase 2 if epochs remain. A stop signal ends phase 1 at the next update (mid-epoch),
-        phase 2 at its next replica exchange (the epoch's end)."""
+        """Phase 1, then phase 2 if epochs remain. A stop signal ends phase 1 at the next update, phase 2
+        after the batch each worker is training (both part-way through the epoch)."""
         loop, epochs = self.loop, self.cfg.train.epochs
         with loop:
             loop.run(self.phase1_epoch, phase1_epochs(self.cfg))
-            if self.state.epoch < epochs and not loop.stop_requested() and not loop.early_stopped:
-                self.start_phase2()
-                if loop.stop_requested():  # arrived while the replicas went out: their first exchange ends the run
-                    loop.end_epoch(self.state.epoch + 1, self.phase2_epoch(self.state.epoch + 1))
-                loop.run(self.phase2_epoch, epochs)
-            elif self.phase == 1:
-                for k in self.workers.ids:
-                    if k not in self.waiting:  # drain the last phase-1 gradient in flight
-                        self.workers.take_gradient(k)
+            loop.run(self.phase2_epoch, epochs)  # its first epoch hands the replicas out
+            if not self.replicas_out:
+                self._discard_in_flight()
             early = loop.stop_requested() and self.state.epoch < epochs
             if not self.workers_stopped:
                 self.workers.stop(loop.stop.signal_name if early else None)

@@ -171,7 +171,9 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     """Train the replica the server sent on the local shard, sending it back after every epoch.
 
     After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request); a
-    CONTINUE may carry neuron keep masks, which the replica applies before its next epoch.
+    CONTINUE may carry neuron keep masks, which the replica applies before its next epoch. A STOP
+    that comes while an epoch trains ends it after the current batch: the replica goes back with its
+    position (train_epoch's), and a resumed run sends it back with that position to finish the epoch.
     """
     sizes = msg.meta["sizes"]
     n_masks = int(msg.meta["prune"])
@@ -186,26 +188,58 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     state = TrainingState(model, optimizer, rng, int(msg.meta["start_epoch"]), [])
     if n_masks:
         apply_neuron_removal(state, msg.arrays[len(msg.arrays) - n_masks:])
+    resumed = msg.meta.get("stopped") or {}  # this worker's part of an epoch a stop ended part-way
+    stop = _StopWatch(cfg, transport)
     while True:
         epoch = state.epoch + 1
         t0 = time.perf_counter()
-        if epoch > 1:
+        if epoch > 1 and not resumed:
             evolve(state, cfg)
         t1 = time.perf_counter()
-        loss, accuracy = train_epoch(state, x, y, cfg.train.batch_size)
-        t2 = time.perf_counter()
-        state.epoch = epoch
+        report, position, before = resumed.get("report"), None, resumed.get("position") or {}
+        if report is None:
+            state.partial = resumed.get("position")
+            done = train_epoch(state, x, y, cfg.train.batch_size, stop=stop)
+            seconds = {"train_seconds": before.get("train_seconds", 0.0) + time.perf_counter() - t1,
+                       "evolution_seconds": before.get("evolution_seconds", t1 - t0)}
+            if done is None:
+                position = {**state.partial, **seconds}
+            else:
+                report = {"samples": x.shape[0], "train_loss": done[0], "train_accuracy": done[1], **seconds}
+        resumed = {}
+        if report is not None:
+            state.epoch = epoch
         layers = layers_to_checkpoint(state.model, state.optimizer)
-        report = {"samples": x.shape[0], "train_loss": loss, "train_accuracy": accuracy, "train_seconds": t2 - t1,
-                  "evolution_seconds": t1 - t0}
-        meta = {"epoch": epoch, "report": report, "rng_state": state.rng.bit_generator.state,
-                "optimizer_scalars": state.optimizer.scalars(), **layers_meta(layers)}
+        meta = {"epoch": state.epoch, "report": report, "position": position,
+                "rng_state": state.rng.bit_generator.state, "optimizer_scalars": state.optimizer.scalars(),
+                **layers_meta(layers)}
         transport.send_bundle(0, TAG_REPLICA, meta, layer_arrays(layers))
-        with transport.patience(2 * (t2 - t0)):  # the slowest worker may still be training its epoch
-            reply = transport.recv_bundle(source=0)
+        reply = stop.message
+        if reply is None:
+            with transport.patience(2 * (report["train_seconds"] + report["evolution_seconds"])):
+                reply = transport.recv_bundle(source=0)  # the slowest worker may still be training its epoch
         if reply.tag == TAG_STOP:
             return reply.meta.get("stopped_by")
         if reply.tag != TAG_CONTINUE:
             raise RuntimeError(f"worker {transport.rank} got unexpected message tag {reply.tag} in phase 2")
         if int(reply.meta["prune"]):
             apply_neuron_removal(state, reply.arrays)
+
+
+class _StopWatch:
+    """train_epoch's stop(): true once the server's STOP has come (one non-blocking probe per batch, no
+    round trip); `message` is that STOP. debug.stop_at_batch: worker 1 asks the server for a stop after
+    that many phase-2 batches and waits for it, so the stop lands exactly there."""
+
+    def __init__(self, cfg: Config, transport):
+        self.transport, self.message, self.batches = transport, None, 0
+        self.ask_at = cfg.debug.stop_at_batch if transport.rank == 1 else None
+
+    def __call__(self) -> bool:
+        if self.message is None:
+            self.batches += 1
+            if self.batches == self.ask_at:
+                self.transport.send_bundle(0, TAG_STOP, {})
+            if self.batches == self.ask_at or self.transport.poll(source=0, tag=TAG_STOP) is not None:
+                self.message = self.transport.recv_bundle(source=0, tag=TAG_STOP)
+        return self.message is not None

@@ -126,7 +126,7 @@ def test_one_rank_runs_the_sequential_trainer(tmp_path):
 
 @pytest.mark.parametrize("phase1", [4, 1], ids=["in_phase1", "in_phase2"])
 def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
-    """A scheduler's stop signal to rank 0 ends the run at an epoch boundary with exit code 75."""
+    """A scheduler's stop signal ends the run with exit code 75, in whichever epoch and phase it lands."""
     import os
     import signal
     import subprocess
@@ -154,7 +154,8 @@ def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
     assert "SIGUSR1 received" in out
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert 1 <= saved.epoch < 400
-    assert saved.phase == (1 if saved.epoch < phase1 else 2)
+    current = saved.epoch + (saved.parallel_partial_epoch is not None)  # the epoch stopped in, or the last one done
+    assert saved.phase == (1 if current <= phase1 else 2)  # after epoch `phase1` (its end) phase 2 has not begun
 
 
 def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
@@ -454,3 +455,154 @@ def test_sigusr1_inside_a_long_wasap_epoch_stops_at_the_next_update_and_resume_f
     hit = rows[stopped - 1]
     assert 8400 <= 2 * hit["updates"] <= 8400 + 2 * 2  # the stopped epoch's gradients counted once
     assert hit["bytes_sent"] > part["run_totals"]["bytes_sent"] >= rows[stopped - 2]["bytes_sent"]
+
+
+def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_identically(tmp_path):
+    """Phase 2 is epochs 3-5, of 20 batches per worker. Worker 1 asks for a stop after its 20th batch (its
+    last of epoch 3), then, resumed, after its 7th (of epoch 4): every worker stops after its current
+    batch and hands in its replica, optimizer state and position (or, its epoch done, its report), the
+    server checkpoints them and every rank exits 75; the last --resume finishes epoch 4 and the run ends
+    with the weights, replicas, optimizer state, generators and rows of a run never stopped."""
+    import shutil
+
+    import h5py
+
+    from sparsenet.errors import CheckpointError
+
+    common = ["parallel.algorithm=wassp", "train.epochs=5", "parallel.phase1_epochs=2", "train.lr=0.03", *PRUNE]
+    straight = train(3, tmp_path / "straight", *common)
+    stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=20")
+    assert straight.returncode == 0 and stopped.returncode == 75, straight.stderr + stopped.stderr
+    part = load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").parallel_partial_epoch
+    if "stopped in epoch 3" in stopped.stdout:  # worker 2 was still training: worker 1 hands in a finished epoch
+        first, second = part["workers"]
+        assert list(first) == ["report"] and first["report"]["samples"] == 315 and 0 < second["position"]["step"] < 20
+    else:  # worker 2 had finished epoch 3 too: the run stopped at its end
+        assert "stopped after epoch 3" in stopped.stdout and part is None
+    stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=7", resume=True)
+    assert stopped.returncode == 75, stopped.stderr
+    assert "SIGUSR1 received: stopped in epoch 4 with a checkpoint" in stopped.stdout
+    path = tmp_path / "stopped" / "checkpoint.h5"
+    saved = load_checkpoint(path)
+    part = saved.parallel_partial_epoch
+    assert (saved.epoch, saved.phase, len(saved.replicas), len(part["workers"])) == (3, 2, 2, 2)
+    first = part["workers"][0]["position"]
+    assert (first["step"], first["n_steps"]) == (7, 20) and 0 < first["correct"] <= 7 * 16
+    # worker 2 trained on meanwhile: it stopped part-way too, or had just finished the epoch
+    other = part["workers"][1]
+    assert 0 < other["position"]["step"] < 20 if "position" in other else other["report"]["samples"] == 315
+    assert saved.replica_optimizer_scalars == [{}, {}] and part["run_totals"]["bytes_sent"] > 0
+    _refuse_damaged_phase2_positions(path, tmp_path / "damaged.h5", part, shutil, h5py, CheckpointError)
+    other_batch = train(3, tmp_path / "stopped", *common, "train.batch_size=32", resume=True)
+    assert other_batch.returncode == 2 and ("stopped part-way through phase-2 epoch 4 at 20 batches per epoch on "
+                                            "worker 1; train.batch_size 32 gives 10") in other_batch.stderr
+    resumed = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=null", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(path)
+    assert a.rng_state == b.rng_state and a.replica_rng_states == b.replica_rng_states and b.parallel_partial_epoch is None
+    assert a.replica_optimizer_scalars == b.replica_optimizer_scalars
+    for x, y in zip(checkpoint_arrays(tmp_path / "straight" / "checkpoint.h5"), checkpoint_arrays(path)):
+        np.testing.assert_array_equal(x, y)
+    for ra, rb in zip(a.replicas, b.replicas):
+        for la, lb in zip(ra, rb):
+            for name in ("rows", "cols", "values", "bias"):
+                np.testing.assert_array_equal(getattr(la, name), getattr(lb, name))
+            for name in la.state:
+                np.testing.assert_array_equal(la.state[name], lb.state[name])
+    rows = {name: _rows(tmp_path / name) for name in ("straight", "stopped")}
+    assert [r["phase"] for r in rows["stopped"]] == [1, 1, 2, 2, 2] and any(sum(r["neurons_removed"]) for r in rows["stopped"][2:])
+    assert ([{k: v for k, v in r.items() if k not in NOT_REPRODUCED} for r in rows["stopped"]]
+            == [{k: v for k, v in r.items() if k not in NOT_REPRODUCED} for r in rows["straight"]])
+    assert rows["stopped"][3]["bytes_sent"] > part["run_totals"]["bytes_sent"]  # counted on from the stop
+
+
+def _refuse_damaged_phase2_positions(path, copy, part, shutil, h5py, CheckpointError):
+    """A phase-2 parallel_partial_epoch that is not one position or report per replica, well formed, is refused."""
+    position = part["workers"][0]["position"]
+    report = {"samples": 315, "train_loss": 0.5, "train_accuracy": 0.5, "train_seconds": 1.0, "evolution_seconds": 0.0}
+    for workers in ([{"position": {**position, "step": position["n_steps"]}}, {"report": report}],
+                    [{"position": {**position, "loss": float("nan")}}, {"report": report}],
+                    [{"position": {**position, "order_rng_state": {"bit_generator": "nope"}}}, {"report": report}],
+                    [{"position": position, "report": report}, {"report": report}],
+                    [{"report": {**report, "samples": 0}}, {"report": report}],
+                    [{"report": report}]):
+        shutil.copy(path, copy)
+        with h5py.File(copy, "a") as f:
+            del f["parallel_partial_epoch"]
+            f.create_dataset("parallel_partial_epoch", data=json.dumps({**part, "workers": workers}))
+        with pytest.raises(CheckpointError, match="parallel_partial_epoch"):
+            load_checkpoint(copy)
+
+
+def test_a_stop_inside_a_wasap_phase2_epoch_resumes_from_the_recorded_positions_and_logs_every_epoch_once(tmp_path):
+    """Adam counts its steps: each replica takes exactly one per batch of its 20-batch epochs, the stopped
+    epoch's batches split between the stopped run and the resumed one, none twice, none lost."""
+    common = ["parallel.algorithm=wasap", "train.epochs=4", "parallel.phase1_epochs=1", "train.optimizer=adam",
+              "train.lr=0.003"]
+    stopped = train(3, tmp_path, *common, "debug.stop_at_batch=25")  # the 5th batch of epoch 3
+    assert stopped.returncode == 75, stopped.stderr
+    assert "SIGUSR1 received: stopped in epoch 3 with a checkpoint" in stopped.stdout
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    part, phase1_steps = saved.parallel_partial_epoch, _rows(tmp_path)[0]["updates"]
+    assert part["workers"][0]["position"]["step"] == 5 and saved.replica_optimizer_scalars[0]["step"] == phase1_steps + 25
+    resumed = train(3, tmp_path, *common, "debug.stop_at_batch=null", resume=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout and "after epoch 2 (phase 2)" in resumed.stdout
+    rows = _rows(tmp_path)
+    assert [(r["epoch"], r["phase"]) for r in rows] == [(1, 1), (2, 2), (3, 2), (4, 2)]
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"]
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert saved.epoch == 4 and saved.parallel_partial_epoch is None
+    assert [s["step"] for s in saved.replica_optimizer_scalars] == [phase1_steps + 3 * 20] * 2
+
+
+def test_sigusr1_inside_a_long_phase2_epoch_exits_75_part_way_through_it_and_resume_finishes(tmp_path):
+    """Phase 2 from the start, epochs of 2,100 batches per worker: SIGUSR1 from mpiexec about half an
+    epoch after the first one ended (its own length, read from its row, so any machine's speed) stops the
+    run part-way through the epoch it hits, every rank exits 75 well within Slurm's 60 s, and --resume
+    finishes that epoch, logging every epoch once."""
+    import subprocess
+    import sys
+
+    from tests.mpi.conftest import mpi_env, mpiexec_command
+
+    common = ["parallel.algorithm=wassp", "data.samples=12000", "train.batch_size=2", "parallel.phase1_epochs=0"]
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
+    for item in SMALL + common + ["train.epochs=400"]:
+        args += ["--set", item]
+    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
+    try:
+        deadline, metrics = time.monotonic() + 180, tmp_path / "metrics.jsonl"
+        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().endswith("\n")):
+            time.sleep(0.02)  # until epoch 1's row is written
+        time.sleep(_rows(tmp_path)[0]["train_seconds"] / 2)
+        os.kill(proc.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank; the workers ignore it
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        print(f"SIGUSR1 to exit: {time.monotonic() - sent:.2f} s; epoch 1 trained in "
+              f"{_rows(tmp_path)[0]['train_seconds']:.2f} s")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 75, err
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    stopped, part = saved.epoch + 1, saved.parallel_partial_epoch
+    assert stopped >= 2 and f"SIGUSR1 received: stopped in epoch {stopped} with a checkpoint" in out
+    assert saved.phase == 2 and any(0 < w["position"]["step"] < 2100 for w in part["workers"] if "position" in w)
+    resumed = train(3, tmp_path, *common, f"train.epochs={stopped + 1}", resume=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = _rows(tmp_path)
+    assert [r["epoch"] for r in rows] == list(range(1, stopped + 2)) and {r["phase"] for r in rows} == {2}
+    assert load_checkpoint(tmp_path / "checkpoint.h5").parallel_partial_epoch is None
+
+
+def test_a_stop_inside_a_diverged_phase2_epoch_says_so_and_writes_no_checkpoint(tmp_path):
+    """A replica whose loss went NaN before the stop would make an unloadable checkpoint (found while
+    measuring the stop: a replica trained with batches of 4 diverged part-way through epoch 2)."""
+    proc = train(3, tmp_path, "parallel.algorithm=wassp", "parallel.phase1_epochs=0", "train.epochs=2",
+                 "train.lr=100000", "debug.stop_at_batch=10")
+    assert proc.returncode == 2, proc.stderr
+    assert "DivergedError: training diverged in epoch 1: the workers' train losses are [nan" in proc.stderr
+    assert not (tmp_path / "checkpoint.h5").exists()

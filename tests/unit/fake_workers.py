@@ -66,11 +66,12 @@ class FakeWorkers(Workers):
             self.positions_sent[worker] = position
         self.sent.append(("topology", worker, version))
 
-    def start_replicas(self, replicas, start_epoch, masks) -> None:
+    def start_replicas(self, replicas, start_epoch, masks, stopped=None) -> None:
         self.held = [r.layers for r in replicas]
         self.masks.append(list(masks))
 
-    def gather_replicas(self, patience: float = 0.0) -> list[Replica]:
+    def gather_replicas(self, patience: float = 0.0, stop=None) -> tuple[list[Replica], str | None]:
+        """A stop request seen here finds every fake worker's epoch done: they all return."""
         out = []
         for w, layers in zip(self.ids, self.held):
             scaled = [LayerArrays(a.n_in, a.n_out, a.rows, a.cols, a.values * np.float32(1 + w / 10), a.bias,
@@ -80,7 +81,9 @@ class FakeWorkers(Workers):
             out.append(Replica(scaled, np.random.default_rng(w).bit_generator.state, {"step": w}, report))
         self.held = [r.layers for r in out]
         self.replicas.append(out)
-        return out
+        stopped_by = stop() if stop is not None else None
+        self.stopped = self.stopped or stopped_by is not None
+        return out, stopped_by
 
     def continue_replicas(self, masks) -> None:
         self.masks.append(list(masks))
