@@ -76,18 +76,18 @@ def rank_main(mode: str, trips: int) -> None:
                 if channel is not None:  # the gradient kernel writes here; nothing to copy
                     channel.gradient_arrays(SIZES)[0][-1] = grads[0][-1]
                     channel.post_gradient(1, 128, 0.5, 3, sizes)
-                    if t.recv_unless(channel.reply_ready, source=0, tag=2) is not None:
+                    if t.recv_bundle(source=0, tag=2, ready=channel.reply_ready) is not None:
                         raise SystemExit("rank 1: a bundle instead of a channel reply")
-                    adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as bundles.adopt_values does
+                    adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as mpi_workers.adopt_values does
                     continue
                 meta = {"version": 1, "samples": 128, "loss": 0.5, "correct": 3}
                 pending = t.isend_bundle(0, 1, meta, grads)
                 reply = t.recv_bundle(source=0, tag=2)
-                adopted[:] = reply.arrays  # kept as the model, as bundles.adopt_values does; the previous reply is let go
+                adopted[:] = reply.arrays  # kept as the model, as mpi_workers.adopt_values does; the previous reply is let go
                 del reply
                 pending.wait()
             elif channel is not None:
-                if t.recv_unless(channel.gradient_ready, source=1, tag=1) is not None:
+                if t.recv_bundle(source=1, tag=1, ready=channel.gradient_ready) is not None:
                     raise SystemExit("rank 0: a bundle instead of a channel gradient")
                 checksum = sum(float(a[-1]) for a in channel.take_gradient()[4])
                 for out, new in zip(channel.reply_arrays(SIZES), values):

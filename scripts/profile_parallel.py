@@ -4,7 +4,7 @@
         configs/fashion_mnist_wasap.yaml --set train.epochs=3 --set threads=1 --set train.progress=false
 
 Runs `sparsenet train` with timing wrappers around the worker's gradient, the transport's send,
-receive, pack, unpack and wait, and the server's update and reply; at exit every rank prints one
+receive, encode, decode and wait, and the server's update and reply; at exit every rank prints one
 table to stderr. Wall minus CPU is time the rank was descheduled or asleep. A diagnostic, not a
 benchmark: the wrappers add a few microseconds per call.
 """
@@ -17,20 +17,19 @@ import sys
 import time
 
 from sparsenet.cli import main
-from sparsenet.parallel import bundles, mpi_workers, server, transport, worker
+from sparsenet.parallel import mpi_workers, server, transport, worker
 
 WALL: dict[str, float] = collections.defaultdict(float)
 CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
 
 HOT = [(worker, "_gradient", "worker gradient"), (worker, "compute_gradients", "  of which compute_gradients"),
-       (bundles, "adopt_values", "worker adopt values"),
+       (mpi_workers, "adopt_values", "worker adopt values"),
        (worker, "_channel_reply", "worker channel reply"), (worker._Gradient, "deliver", "worker deliver"),
-       (transport.Transport, "recv_unless", "recv_unless"),
        (mpi_workers.MPIWorkers, "take_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),
-       (transport.Transport, "_probe_message", "  of which waiting"), (transport, "unpack", "  of which unpack"),
-       (transport, "pack", "pack (in sends)"), (transport.PendingSend, "wait", "send completion"),
+       (transport.Transport, "_probe_message", "  of which waiting"), (transport, "decode", "  of which decode"),
+       (transport, "encode", "encode (in sends)"), (transport.PendingSend, "wait", "send completion"),
        (server.ParameterServer, "apply", "server update"), (server.ParameterServer, "send_model", "server reply"),
        (server.ParameterServer, "phase1_epoch", "server epoch")]
 

@@ -38,7 +38,7 @@ def _momentum_at(values, velocity, index, grad, lr, momentum, weight_decay, deco
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _momentum_into(values, velocity, grad, out, lr, momentum, weight_decay, decoupled):
+def _momentum_into(values, velocity, grad, lr, momentum, weight_decay, decoupled):
     for k in prange(values.shape[0]):
         if decoupled:
             v = momentum * velocity[k] - lr * grad[k]
@@ -48,15 +48,14 @@ def _momentum_into(values, velocity, grad, out, lr, momentum, weight_decay, deco
             new = values[k] + v
         velocity[k] = v
         values[k] = new
-        out[k] = new
 
 
 @njit(cache=True)
-def _momentum_all(values, velocity, grad, out, lr, momentum, weight_decay, decoupled):
-    """Every array of the tuple `values` updated in one call from Python; the new values also go to `out`
-    (which may be `values`). A prange directly in this loop over tuples updated nothing in numba 0.68.1: hence two levels."""
+def _momentum_all(values, velocity, grad, lr, momentum, weight_decay, decoupled):
+    """Every array of the tuple `values` updated in one call from Python. A prange directly in this
+    loop over tuples updated nothing in numba 0.68.1: hence two levels."""
     for j in range(len(values)):
-        _momentum_into(values[j], velocity[j], grad[j], out[j], lr, momentum, weight_decay, decoupled)
+        _momentum_into(values[j], velocity[j], grad[j], lr, momentum, weight_decay, decoupled)
 
 
 # ---------------------------------------------------------------- Adam kernels
@@ -83,17 +82,16 @@ def _adam_at(values, m, v, index, grad, lr, b1, b2, eps, c1, c2, weight_decay, d
 
 
 @njit(parallel=True, fastmath=True, cache=True)
-def _adam_into(values, m, v, grad, out, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
+def _adam_into(values, m, v, grad, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
     for k in prange(values.shape[0]):
-        new, m[k], v[k] = _adam_one(values[k], grad[k], m[k], v[k], lr, b1, b2, eps, c1, c2, weight_decay, decoupled)
-        values[k] = new
-        out[k] = new
+        values[k], m[k], v[k] = _adam_one(values[k], grad[k], m[k], v[k], lr, b1, b2, eps, c1, c2,
+                                          weight_decay, decoupled)
 
 
 @njit(cache=True)
-def _adam_all(values, m, v, grad, out, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
+def _adam_all(values, m, v, grad, lr, b1, b2, eps, c1, c2, weight_decay, decoupled):
     for j in range(len(values)):
-        _adam_into(values[j], m[j], v[j], grad[j], out[j], lr, b1, b2, eps, c1, c2, weight_decay, decoupled)
+        _adam_into(values[j], m[j], v[j], grad[j], lr, b1, b2, eps, c1, c2, weight_decay, decoupled)
 
 
 # ---------------------------------------------------------------- the optimizers
@@ -181,33 +179,24 @@ class Optimizer:
     # -- updates
 
     def step(self, model: SparseMLP, grads: list[np.ndarray], bias_grads: list[np.ndarray],
-             lr: float | None = None, out: list[np.ndarray] | None = None, skip_first: bool = False) -> None:
+             lr: float | None = None, skip_first: bool = False) -> None:
         """Apply one update of every layer from its weight and bias gradients, in one kernel call.
-
-        out: optional arrays [weights of every layer..., biases of every layer...] that also receive
-        the new values (the parameter server writes a worker's reply this way). skip_first: layer 0's
-        weights are left alone (sparse.lazy updates them; grads[0] is not read), its bias is updated.
-        """
+        skip_first: layer 0's weights are left alone (sparse.lazy updates them; grads[0] is not read),
+        its bias is updated."""
         lr = np.float32(self.lr if lr is None else lr)
         first = 1 if skip_first else 0
-        if skip_first and out is not None:
-            raise ValueError("skip_first updates in place only (no out arrays)")
         for l, layer in enumerate(model.layers):
             if l >= first:
                 _check_gradient(grads[l], layer.nnz, f"layer {l} weight")
             _check_gradient(bias_grads[l], layer.n_out, f"layer {l} bias")
         values = _updatable([layer.values for layer in model.layers[first:]] + [layer.bias for layer in model.layers],
                             "weights and biases")
-        if out is None:
-            out = values
-        elif len(out) != len(values) or any(o.shape != v.shape for o, v in zip(out, values)):
-            raise ValueError(f"out must hold {len(values)} arrays shaped like the weights then the biases")
         gradients = tuple(g if _kernel_ready(g) else np.array(g, dtype=np.float32)
                           for g in [*grads[first:], *bias_grads])
         states = tuple(_updatable(self.state[n][first:] + self.state["bias_" + n], f"{self.name} state")
                        for n in self.STATE)
         self._begin_step()
-        self._fused(values, states, gradients, _updatable(out, "out"), lr)
+        self._fused(values, states, gradients, lr)
 
     def step_partial(self, model: SparseMLP, grads: list[np.ndarray], bias_grads: list[np.ndarray],
                      where: list[np.ndarray | None], bias_where: list[np.ndarray | None], lr: float | None = None) -> None:
@@ -239,7 +228,7 @@ class Optimizer:
     def _begin_step(self) -> None:
         pass
 
-    def _fused(self, values, states, grads, out, lr) -> None:
+    def _fused(self, values, states, grads, lr) -> None:
         raise NotImplementedError
 
     def _indexed(self, values, states, index, grad, lr) -> None:
@@ -277,8 +266,8 @@ class MomentumSGD(Optimizer):
         return LazyFirstLayer(model.layers[0], self.velocities[0], np.float32(self.lr), m, wd,
                               decoupled, steps)
 
-    def _fused(self, values, states, grads, out, lr) -> None:
-        _momentum_all(values, states[0], grads, out, lr, *self._hyper())
+    def _fused(self, values, states, grads, lr) -> None:
+        _momentum_all(values, states[0], grads, lr, *self._hyper())
 
     def _indexed(self, values, states, index, grad, lr) -> None:
         _momentum_at(values, states[0], index, grad, lr, *self._hyper())
@@ -322,8 +311,8 @@ class Adam(Optimizer):
         return (np.float32(b1), np.float32(b2), np.float32(self.EPS), np.float32(1 - b1 ** self.t),
                 np.float32(1 - b2 ** self.t), np.float32(self.weight_decay), self.weight_decay_mode == "decoupled")
 
-    def _fused(self, values, states, grads, out, lr) -> None:
-        _adam_all(values, states[0], states[1], grads, out, lr, *self._hyper())
+    def _fused(self, values, states, grads, lr) -> None:
+        _adam_all(values, states[0], states[1], grads, lr, *self._hyper())
 
     def _indexed(self, values, states, index, grad, lr) -> None:
         _adam_at(values, states[0], states[1], index, grad, lr, *self._hyper())

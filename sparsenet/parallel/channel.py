@@ -7,7 +7,7 @@ is one worker's slice of a shared window the server allocates (Transport.shared_
 block, two gradient and two weight buffers. The worker's backward kernel writes its gradient into a
 gradient buffer and posts it by bumping a sequence number; the server's momentum step writes the new
 weights into a weight buffer and posts them the same way; a waiting side polls the sequence number
-between sleeps (Transport.recv_unless).
+between sleeps (Transport.recv_bundle with ready=).
 
 Two buffers each way suffice because every side alternates: gradient n goes into buffer n % 2 and
 the worker overwrites it only after the server answered gradient n (with pipelining the worker
@@ -24,8 +24,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .wire import aligned_layout
+
 BUFFERS = 4  # two gradient buffers (worker -> server), two weight buffers (server -> worker)
-ALIGN = 64  # byte alignment of every array in a buffer
 PAGE = 4096
 ITEMSIZE = 4  # channels carry float32
 
@@ -38,13 +39,9 @@ SIZES = 16  # W_ARRAYS array sizes of the posted gradient from here on
 
 def layout(sizes: Sequence[int]) -> tuple[list[int], int]:
     """Byte offsets of float32 arrays of `sizes` elements in one buffer, and the bytes they need."""
-    offsets, end = [], 0
-    for n in sizes:
-        if n < 0:
-            raise ValueError(f"array sizes must be >= 0, got {n}")
-        offsets.append(end)
-        end += -(-(ITEMSIZE * n) // ALIGN) * ALIGN
-    return offsets, end
+    if min(sizes, default=0) < 0:
+        raise ValueError(f"array sizes must be >= 0, got {list(sizes)}")
+    return aligned_layout(0, [ITEMSIZE * n for n in sizes])
 
 
 def views(base: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:

@@ -31,12 +31,6 @@ def _announced() -> tuple[int, int, str] | None:
     return None
 
 
-def launcher_world_size() -> int:
-    """Processes the launcher says it started (1 if no launcher variable is set)."""
-    announced = _announced()
-    return announced[0] if announced else 1
-
-
 def launcher_rank() -> int:
     """This process's rank as the launcher numbers it (0 if no launcher variable is set)."""
     announced = _announced()
@@ -47,7 +41,8 @@ def launched_world_size() -> int:
     """World size: MPI's if mpi4py already started MPI (python -m mpi4py), else the launcher's; starts no MPI."""
     if "mpi4py.MPI" in sys.modules and sys.modules["mpi4py.MPI"].Is_initialized():
         return sys.modules["mpi4py.MPI"].COMM_WORLD.Get_size()
-    return launcher_world_size()
+    announced = _announced()
+    return announced[0] if announced else 1
 
 
 def srun_mpi_plugin(library_version: str) -> str | None:
@@ -74,9 +69,10 @@ def world_size_mismatch(mpi_size: int) -> str | None:
 
 def _plugin_hint() -> str:
     try:
-        return srun_mpi_plugin(_library_version()) or "pmi2 (MPICH) or --mpi=pmix (Open MPI)"
+        plugin = srun_mpi_plugin(_library_version())
     except Exception:  # noqa: BLE001 - only a hint
-        return "pmi2 (MPICH) or --mpi=pmix (Open MPI)"
+        plugin = None
+    return plugin or "pmi2 (MPICH) or --mpi=pmix (Open MPI)"
 
 
 def _library_version() -> str:

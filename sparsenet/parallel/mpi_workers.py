@@ -1,10 +1,10 @@
-"""Workers over MPI (seam.Workers): bundles through the transport and, with same-node workers,
-phase 1's gradients and weights through channels (channel.py) in one MPI shared window.
+"""The MPI protocol between the parameter server and its workers: message tags, the arrays a model
+travels as, and the server's end (MPIWorkers, a seam.Workers); worker.py is the other end.
 
-Before its first topology, the server tells every other rank of its node where its channel lies
-(TAG_WINDOW) and all of them allocate the window together; a worker uses its channel from the
-first model bundle sent after that. A reply to a worker that holds the current topology goes
-through its channel, written there by the update itself when the server asks reply_target first.
+With same-node workers, phase 1's gradients and weights go through channels (channel.py) in one
+MPI shared window: before its first topology, the server tells every other rank of its node where
+its channel lies (TAG_WINDOW) and all of them allocate the window together; a worker uses its
+channel from the first model bundle sent after that, for as long as the model fits it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,66 @@ import signal
 
 import numpy as np
 
+from ..checkpoint import LayerArrays
 from ..config import Config
 from ..model import SparseMLP
-from . import bundles
 from . import channel as ch
-from .protocol import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
-                       TAG_WINDOW)
 from .seam import Gradient, Replica, Workers
+
+TAG_GRADIENT = 1  # worker -> server: a gradient, tagged with the topology version it was computed on
+TAG_MODEL = 2  # server -> worker: weights (same topology) or topology + weights (after a change)
+TAG_PHASE2 = 3  # server -> worker: start local training of this replica (topology, weights, state)
+TAG_REPLICA = 4  # worker -> server: the replica after a phase-2 epoch
+TAG_STOP = 5  # server -> worker: the run is over (worker 1 -> server: please stop, debug.stop_at_batch)
+TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch
+TAG_MEMORY_PLAN = 7  # server -> worker, before anything else: go / stop after the memory plan
+TAG_WINDOW = 8  # server -> same-node ranks: join the shared-window allocation (your channel's place)
+TAG_POSITION = 9  # worker -> server, after a STOP inside an epoch: where its data stream stands
+
+
+def values_arrays(model: SparseMLP) -> list[np.ndarray]:
+    """Weights then biases of every layer: what a worker needs while the topology is unchanged."""
+    return [layer.values for layer in model.layers] + [layer.bias for layer in model.layers]
+
+
+def model_layers(model: SparseMLP) -> list[LayerArrays]:
+    """`model`'s layers as the checkpoint holds them, without optimizer state: a topology to send."""
+    return [LayerArrays(la.n_in, la.n_out, la.rows, la.cols, la.values, la.bias, {}) for la in model.layers]
+
+
+def layer_arrays(layers: list[LayerArrays]) -> list[np.ndarray]:
+    """Per layer rows, cols, values, bias, then its optimizer state arrays in sorted name order."""
+    names = sorted(layers[0].state)
+    return [a for la in layers for a in (la.rows, la.cols, la.values, la.bias, *(la.state[n] for n in names))]
+
+
+def layers_meta(layers: list[LayerArrays]) -> dict:
+    """What the receiver of layer_arrays(layers) needs: layer widths and state names."""
+    return {"sizes": [layers[0].n_in] + [la.n_out for la in layers], "state": sorted(layers[0].state)}
+
+
+def received_layers(arrays: list[np.ndarray], meta: dict) -> list[LayerArrays]:
+    """The layers that layer_arrays sent, with the widths and state names of layers_meta."""
+    sizes, names = meta["sizes"], meta["state"]
+    per, n_layers = 4 + len(names), len(sizes) - 1
+    if len(arrays) != per * n_layers:
+        raise ValueError(f"expected {per * n_layers} arrays of {n_layers} layers, got {len(arrays)}")
+    return [LayerArrays(sizes[l], sizes[l + 1], *arrays[per * l:per * l + 4],
+                        dict(zip(names, arrays[per * l + 4:per * (l + 1)]))) for l in range(n_layers)]
+
+
+def adopt_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
+    """Make received float32 weights then biases the model's own, without copying (same topology):
+    views of a message or a channel buffer, released when the next reply replaces them."""
+    n = len(model.layers)
+    if len(arrays) != 2 * n:
+        raise ValueError(f"expected {2 * n} arrays (weights and biases of {n} layers), got {len(arrays)}")
+    for layer, v, b in zip(model.layers, arrays[:n], arrays[n:]):
+        if v.shape != layer.values.shape or b.shape != layer.bias.shape:
+            raise ValueError(f"values of shape {v.shape} / {b.shape} do not fit a layer of {layer.nnz} connections")
+        if v.dtype != np.float32 or b.dtype != np.float32 or not (v.flags.c_contiguous and b.flags.c_contiguous):
+            raise ValueError(f"weights must be contiguous float32, got {v.dtype} / {b.dtype}")
+        layer.values, layer.bias = v, b
 
 
 class MPIWorkers(Workers):
@@ -39,28 +92,22 @@ class MPIWorkers(Workers):
         self._last_channel = 0  # the worker whose channel was taken from last: the next scan starts after it
         self._taken = 0  # gradients taken: every other one, a waiting bundle goes before the channels
         self.channel_bytes = [0, 0]  # bytes sent / received through channels
-        self._sizes = (None, [])  # (version, sizes of the weights then biases of the model at that version)
         self._waited = (0.0, 0.0)  # transport wait wall / CPU seconds at the last epoch_stats
 
     # ------------------------------------------------------------------ phase 1
-
-    def _value_sizes(self, model: SparseMLP, version: int) -> list[int]:
-        if self._sizes[0] != version:
-            self._sizes = (version, [la.nnz for la in model.layers] + [la.n_out for la in model.layers])
-        return self._sizes[1]
 
     def channel_peers(self) -> list[int]:
         """The workers that get a channel: those on the server's node."""
         return [k for k in self.ids if k in self.transport.node_ranks]
 
-    def _open_channels(self, model: SparseMLP, version: int) -> None:
+    def _open_channels(self, model: SparseMLP) -> None:
         """Once per run: a channel to every same-node worker, sized for `model`, in one shared window
         allocated with every other rank of this node (none for a model over transport.SHARED_MAX_BYTES)."""
         if self._unnamed is not None:
             return
         self._unnamed = {}
         peers = self.channel_peers() if self.shared_memory else []
-        geometry = ch.shape(self._value_sizes(model, version))
+        geometry = ch.shape([a.size for a in values_arrays(model)])
         if not peers or geometry["capacity"] > self.transport.shared_max_bytes:
             return
         node = [r for r in self.transport.node_ranks if r != self.transport.rank]
@@ -73,33 +120,26 @@ class MPIWorkers(Workers):
                                                       self.transport.sync)
             channel.clear()
 
-    def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
-        channel = self.channels.get(worker)
-        if channel is None or not channel.fits(self._value_sizes(model, version)):
-            return None
-        return channel.reply_arrays(self._value_sizes(model, version))
-
-    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int, written: bool = False) -> None:
+    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
         self._finish_reply(worker)
-        target = None if written else self.reply_target(worker, model, version)
-        if written or target is not None:  # the worker reads the weights where they are written
-            if target is not None:
-                for out, values in zip(target, bundles.values_arrays(model)):
-                    np.copyto(out, values)
-            self.channels[worker].post_reply(version, epoch)
-            self.channel_bytes[0] += 4 * sum(self._value_sizes(model, version))
+        channel, sizes = self.channels.get(worker), [a.size for a in values_arrays(model)]
+        if channel is not None and channel.fits(sizes):  # the worker reads the weights where they are written
+            for out, values in zip(channel.reply_arrays(sizes), values_arrays(model)):
+                np.copyto(out, values)
+            channel.post_reply(version, epoch)
+            self.channel_bytes[0] += 4 * sum(sizes)
             return
-        self._send_model(worker, "values", bundles.values_arrays(model), model, version, epoch)
+        self._send_model(worker, "values", values_arrays(model), model, version, epoch)
 
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
                       ) -> None:
-        self._open_channels(model, version)
+        self._open_channels(model)
         self._finish_reply(worker)
-        self._send_model(worker, "topology", bundles.topology_arrays(model), model, version, epoch, position)
+        self._send_model(worker, "topology", layer_arrays(model_layers(model)), model, version, epoch, position)
 
     def _send_model(self, worker: int, kind: str, arrays: list[np.ndarray], model: SparseMLP, version: int,
                     epoch: int, position: dict | None = None) -> None:
-        meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes}
+        meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes, "state": []}
         if position is not None:
             meta["position"] = position
         if self._unnamed and worker in self._unnamed:  # from this topology on, the worker uses its channel
@@ -136,7 +176,7 @@ class MPIWorkers(Workers):
                     return True
             return False
 
-        msg = self.transport.recv_unless(ready, source=source, tag=TAG_GRADIENT)
+        msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready)
         if msg is not None:
             return _gradient_of(msg)
         k = self._last_channel = found[-1]
@@ -149,14 +189,13 @@ class MPIWorkers(Workers):
     def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray],
                        stopped: list[dict] | None = None) -> None:
         for i, (k, replica) in enumerate(zip(self.ids, replicas)):
-            layers = replica.layers
             meta = {"start_epoch": start_epoch, "rng_state": replica.rng_state, "prune": len(masks),
-                    "sizes": [layers[0].n_in] + [la.n_out for la in layers], "state": bundles.state_names(layers),
-                    "optimizer_scalars": replica.scalars, "stopped": stopped[i] if stopped else None}
+                    "optimizer_scalars": replica.scalars, "stopped": stopped[i] if stopped else None,
+                    **layers_meta(replica.layers)}
             self._finish_reply(k)
-            self.transport.send_bundle(k, TAG_PHASE2, meta, bundles.replica_arrays(layers) + list(masks))
+            self.transport.send_bundle(k, TAG_PHASE2, meta, layer_arrays(replica.layers) + list(masks))
 
-    def gather_replicas(self, sizes: list[int], patience: float = 0.0, stop=None) -> tuple[list[Replica], str | None]:
+    def gather_replicas(self, patience: float = 0.0, stop=None) -> tuple[list[Replica], str | None]:
         stopped_by = None
 
         def asked() -> bool:  # polled while a worker trains: a stop request turns the wait into a stop
@@ -174,11 +213,11 @@ class MPIWorkers(Workers):
                 while msg is None:
                     if stop is None or stopped_by is not None:
                         msg = self.transport.recv_bundle(k, TAG_REPLICA)
-                    elif (msg := self.transport.recv_unless(asked, source=k, tag=TAG_REPLICA)) is None:
+                    elif (msg := self.transport.recv_bundle(k, TAG_REPLICA, ready=asked)) is None:
                         self._send_stop(stopped_by, where=True)  # each stops after its batch, hands in its replica
                 msgs.append(msg)
-        return [Replica(bundles.replica_layers(m.arrays, sizes, m.meta["state"]), m.meta["rng_state"],
-                        m.meta["optimizer_scalars"], m.meta["report"], m.meta.get("position")) for m in msgs], stopped_by
+        return [Replica(received_layers(m.arrays, m.meta), m.meta["rng_state"], m.meta["optimizer_scalars"],
+                        m.meta["report"], m.meta.get("position")) for m in msgs], stopped_by
 
     def continue_replicas(self, masks: list[np.ndarray]) -> None:
         for k in self.ids:
@@ -217,7 +256,7 @@ def _gradient_of(msg) -> Gradient:
 
 def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0) -> int:
     """Array bytes of a model as _send_model sends a topology (rows, cols, values, bias of every layer)
-    or, with the optimizer's state bytes per parameter, of a phase-2 replica (bundles.replica_arrays)."""
+    or, with the optimizer's state bytes per parameter, of a phase-2 replica (layer_arrays)."""
     connections, biases = sum(nnz), sum(sizes[1:])
     return 12 * connections + 4 * biases + state_per_parameter * (connections + biases)
 

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
-
-import numba
 
 from .. import checkpoint as ckpt
 from ..config import Config
@@ -21,22 +18,12 @@ from ..jitcache import compile_notice
 from ..selection import hold_out_validation
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from ..state import TrainingState
+from ..train import set_threads
 from .launcher import launcher_rank, world_size_mismatch
-from .protocol import TAG_MEMORY_PLAN
+from .mpi_workers import TAG_MEMORY_PLAN
 
 
 ABORT_GRACE_SECONDS = 1.0
-
-
-def rank_threads(cfg: Config, world_size: int) -> int:
-    """Kernel threads per rank: `threads` if set; else Slurm's CPUs per task, or the CPUs this process
-    may use (affinity, cgroup quota) shared among the workers."""
-    cpus, why = usable_cpus()
-    per_rank = cpus if why == "SLURM_CPUS_PER_TASK" else cpus // max(world_size - 1, 1)
-    wanted = cfg.threads if cfg.threads > 0 else max(1, per_rank)
-    count = min(wanted, numba.config.NUMBA_NUM_THREADS)
-    numba.set_num_threads(count)
-    return count
 
 
 def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingState | int:
@@ -56,14 +43,15 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             raise SystemExit(2)
         raise SparsenetError(mismatch)
     transport.learn_hosts()
+    transport.enable_shared_memory()
     if not _memory_gate(cfg, transport):
         return 0  # a worker that rank 0 told not to start: rank 0 reports why
     try:
         if transport.size < 2:
             raise SparsenetError("parallel training needs at least 2 ranks (1 server + 1 worker)")
-        if cfg.parallel.shared_memory:
-            transport.enable_shared_memory()
-        threads = rank_threads(cfg, transport.size)
+        cpus, why = usable_cpus()  # Slurm's CPUs per task, else those this process may use shared by the workers
+        per_rank = cpus if why == "SLURM_CPUS_PER_TASK" else cpus // (transport.size - 1)
+        threads = set_threads(cfg.threads or max(1, per_rank))
         notice = compile_notice() if rank == 0 else None
         if notice:
             log(notice, rank=0)
@@ -121,7 +109,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 
     if transport.size < 2:
         return True
-    node_ranks = transport.node_size()
+    node_ranks = len(transport.node_ranks)
     if transport.rank == 0:
         error = None
         try:

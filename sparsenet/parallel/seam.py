@@ -18,6 +18,13 @@ from ..checkpoint import LayerArrays
 from ..model import SparseMLP
 
 
+def split_pairs(arrays: list[np.ndarray], n_layers: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """A [per-layer weights..., per-layer biases...] list split into its two halves, checked."""
+    if len(arrays) != 2 * n_layers:
+        raise ValueError(f"expected {2 * n_layers} arrays (weights and biases of {n_layers} layers), got {len(arrays)}")
+    return arrays[:n_layers], arrays[n_layers:]
+
+
 @dataclass
 class Gradient:
     """A worker's gradient: weight then bias arrays, computed on topology `version`, over `samples`
@@ -59,16 +66,10 @@ class Workers(ABC):
         """The next gradient from `source` (None: whichever worker is first, fairly); blocks until one is there.
         Its arrays stay valid until the next reply to that worker."""
 
-    def reply_target(self, worker: int, model: SparseMLP, version: int) -> list[np.ndarray] | None:
-        """Arrays [weights..., biases...] shaped like `model`'s into which the next update may write
-        `worker`'s next weights directly (send_weights(written=True) then sends them), or None.
-        Only asked for a worker that holds topology `version`."""
-        return None
-
     @abstractmethod
-    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int, written: bool = False) -> None:
-        """Send `model`'s weights and biases to `worker`, which holds its topology `version`; `written`:
-        they are already in reply_target's arrays. Returns before the worker has them."""
+    def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
+        """Send `model`'s weights and biases to `worker`, which holds its topology `version`.
+        Returns before the worker has them."""
 
     @abstractmethod
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
@@ -85,12 +86,12 @@ class Workers(ABC):
         on from there) or {"report": ...} (its epoch was done: it hands the replica back at once)."""
 
     @abstractmethod
-    def gather_replicas(self, sizes: list[int], patience: float = 0.0, stop: Callable[[], str | None] | None = None
+    def gather_replicas(self, patience: float = 0.0, stop: Callable[[], str | None] | None = None
                         ) -> tuple[list[Replica], str | None]:
-        """Every worker's replica (layer widths `sizes`) after its next phase-2 epoch, in ids order, and
-        the stop signal that ended the run meanwhile (else None); `patience`: seconds a silent worker is
-        given beyond parallel.timeout_s (it trains an epoch alone). Once `stop()` names a signal, every
-        worker stops within a batch, hands in its replica (position set if its epoch was not done) and returns."""
+        """Every worker's replica after its next phase-2 epoch, in ids order, and the stop signal that
+        ended the run meanwhile (else None); `patience`: seconds a silent worker is given beyond
+        parallel.timeout_s (it trains an epoch alone). Once `stop()` names a signal, every worker
+        stops within a batch, hands in its replica (position set if its epoch was not done) and returns."""
 
     @abstractmethod
     def continue_replicas(self, masks: list[np.ndarray]) -> None:

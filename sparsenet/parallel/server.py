@@ -29,9 +29,8 @@ from ..sparse.layer import SparseLayer
 from ..state import TrainingState, layers_to_checkpoint, state_to_checkpoint
 from ..train import between_epochs, prune_neurons
 from .averaging import average_replicas
-from .bundles import split_pairs
-from .seam import Gradient, Replica, Workers
-from .updates import compose, retain_valid, topology_lineage
+from .seam import Gradient, Replica, Workers, split_pairs
+from .updates import retain_valid, then, topology_lineage
 
 
 def phase1_epochs(cfg: Config) -> int:
@@ -51,7 +50,7 @@ class ParameterServer:
         self.out = Path(out_dir)
         self.version = version
         self.worker_version = {k: -1 for k in workers.ids}  # the topology each worker holds; -1: none yet
-        # version v -> per-layer (connection maps, bias maps) to v + 1; None where a layer did not change
+        # version v -> per-layer (connection maps, bias maps) to the current version; None: unchanged
         self.lineages: dict[int, tuple[list[np.ndarray | None], list[np.ndarray | None]]] = {}
         self.saved_replicas = replicas or []
         self.phase = 2 if self.saved_replicas else 1
@@ -87,39 +86,25 @@ class ParameterServer:
         progress = (epoch - 1 + samples / self.data.x_train.shape[0]) / p.warmup_epochs
         return lr + (target - lr) * min(progress, 1.0)
 
-    def send_model(self, worker: int, written: bool = False, position: dict | None = None) -> None:
-        """Weights while the worker's topology is current (`written`: already in its reply_target),
-        else the whole model (with the worker's data `position` when a stopped epoch resumes)."""
+    def send_model(self, worker: int, position: dict | None = None) -> None:
+        """Weights while the worker's topology is current, else the whole model (with the worker's
+        data `position` when a stopped epoch resumes)."""
         model, epoch = self.state.model, self.state.epoch
         if self.worker_version[worker] == self.version:
-            self.workers.send_weights(worker, model, self.version, epoch, written)
+            self.workers.send_weights(worker, model, self.version, epoch)
         else:
-            if written:
-                raise RuntimeError(f"weights were written for worker {worker}, whose topology is not current")
             self.workers.send_topology(worker, model, self.version, epoch, position)
             self.worker_version[worker] = self.version
 
-    def _carry_over(self, from_version: int) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
-        """Per layer, the old-to-current connection and bias maps from `from_version` (None: unchanged)."""
-        connections, biases = self.lineages[from_version]
-        for v in range(from_version + 1, self.version):
-            later_connections, later_biases = self.lineages[v]
-            connections = [_then(m, n) for m, n in zip(connections, later_connections)]
-            biases = [_then(m, n) for m, n in zip(biases, later_biases)]
-        return connections, biases
-
-    def apply(self, gradients: list[np.ndarray], version: int, lr: float, out: list[np.ndarray] | None = None) -> None:
-        """One optimizer update from weight and bias gradients computed on topology `version`.
-
-        out: arrays [weights..., biases...] that also receive the new values (a Workers.reply_target).
-        """
+    def apply(self, gradients: list[np.ndarray], version: int, lr: float) -> None:
+        """One optimizer update from weight and bias gradients computed on topology `version`."""
         model, opt = self.state.model, self.state.optimizer
         grads, bias_grads = split_pairs(gradients, len(model.layers))
         if version == self.version:
-            opt.step(model, grads, bias_grads, lr, out=out)
+            opt.step(model, grads, bias_grads, lr)
             return
         self.counters["stale"] += 1
-        connections, biases = self._carry_over(version)
+        connections, biases = self.lineages[version]
         where, bias_where = [None] * len(grads), [None] * len(grads)
         for l, (carry, bias_carry) in enumerate(zip(connections, biases)):
             if carry is not None:
@@ -127,8 +112,6 @@ class ParameterServer:
             if bias_carry is not None:
                 bias_where[l], bias_grads[l] = retain_valid(bias_carry, bias_grads[l])
         opt.step_partial(model, grads, bias_grads, where, bias_where, lr)
-        for target, values in zip(out or [], [la.values for la in model.layers] + [la.bias for la in model.layers]):
-            np.copyto(target, values)
 
     def _account(self, g: Gradient) -> None:
         self.taken += 1
@@ -148,11 +131,12 @@ class ParameterServer:
             return
         if removal is not None:
             self._note_removal(removal)
-        self.lineages[self.version] = topology_lineage(nnz_before, removal, changes)
+        step = topology_lineage(nnz_before, removal, changes)
+        oldest = min(self.worker_version.values())  # no worker holds an older version: its maps go
+        self.lineages = {v: (then(connections, step[0]), then(biases, step[1]))
+                         for v, (connections, biases) in self.lineages.items() if v >= oldest}
+        self.lineages[self.version] = step
         self.version += 1
-        oldest = min(self.worker_version.values())
-        for v in [v for v in self.lineages if v < oldest]:
-            del self.lineages[v]
 
     def phase1_epoch(self, epoch: int) -> dict | None:
         """Epoch `epoch` of phase 1: the training part of its metrics row (loop.EpochLoop.run), or None
@@ -219,19 +203,13 @@ class ParameterServer:
 
     def _asynchronous_update(self, lr: float, n_train: int) -> int | None:
         """WASAP: apply the next gradient from any worker and, while the epoch lasts, reply with the new
-        weights, written by the update straight into the worker's reply_target when it has one.
-        Returns the worker left waiting at the end of the epoch, else None."""
+        weights. Returns the worker left waiting at the end of the epoch, else None."""
         g = self.workers.take_gradient()
-        source = g.source
         self._account(g)
-        more = self.counters["samples"] < n_train
-        target = None
-        if more and self.worker_version[source] == self.version:
-            target = self.workers.reply_target(source, self.state.model, self.version)
-        self.apply(g.arrays, g.version, lr, out=target)
-        if not more:
-            return source
-        self.send_model(source, written=target is not None)
+        self.apply(g.arrays, g.version, lr)
+        if self.counters["samples"] >= n_train:
+            return g.source
+        self.send_model(g.source)
         return None
 
     def _synchronous_round(self, lr: float) -> None:
@@ -287,7 +265,7 @@ class ParameterServer:
             self.workers.continue_replicas(self._prune_phase2())
         targets = model.nnz  # the last average (pruned to the targets, then of any pruned neurons)
         last = self.state.history[-1] if self.state.history else {}
-        self.saved_replicas, stopped_by = self.workers.gather_replicas(model.sizes, 2 * last.get("train_seconds", 0.0),
+        self.saved_replicas, stopped_by = self.workers.gather_replicas(2 * last.get("train_seconds", 0.0),
                                                                        stop=lambda: self.loop.stop.signal_name)
         self.workers_stopped = stopped_by is not None
         if any(r.position is not None for r in self.saved_replicas):
@@ -367,9 +345,3 @@ class ParameterServer:
                 self.workers.stop(loop.stop.signal_name if early else None)
         return loop.finish()
 
-
-def _then(first: np.ndarray | None, second: np.ndarray | None) -> np.ndarray | None:
-    """Compose two index maps where None means "unchanged"."""
-    if second is None:
-        return first
-    return second if first is None else compose(first, second)

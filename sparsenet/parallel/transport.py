@@ -1,11 +1,10 @@
 """Point-to-point "bundles" (wire.py: a JSON metadata dict plus typed numpy arrays) over MPI, and
 same-node MPI-3 shared windows.
 
-The only module that imports mpi4py, on first use (a Transport, ANY_SOURCE or ANY_TAG), so
+The only module that imports mpi4py, when the first Transport is made, so
 importing it never starts MPI. Arrays travel as raw bytes (uppercase Isend/Irecv), never pickled,
 in chunks of at most `chunk_bytes` (MPI counts are C ints), so bundles and arrays over 2 GiB work;
-a bundle that fits one chunk travels as one packed message (MPI keeps one source's messages of one
-tag in order).
+a bundle that fits one chunk is one message (MPI keeps one source's messages of one tag in order).
 Same node: enable_shared_memory() makes the node communicator (Comm.Split_type); shared_window()
 allocates memory every rank of the node maps (Win.Allocate_shared, Win.Shared_query): MPI owns it,
 so nothing of ours outlives the job.
@@ -17,7 +16,6 @@ Not thread-safe: one Transport per communicator and thread.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import SparsenetError
-from .wire import (DEFAULT_CHUNK_BYTES, MAGIC_PACKED, Bundle, byte_view, chunks, decode_header, decode_meta,
-                   encode_header, encode_meta, pack, prepare, unpack, validate_chunk_bytes)
+from .wire import DEFAULT_CHUNK_BYTES, Bundle, chunks, decode, encode, prepare, validate_chunk_bytes
 
 MIN_SLEEP = 20e-6
-DEFAULT_MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
+MAX_SLEEP = 500e-6  # longest sleep between polls: bounds the latency a wait adds
 IDLE_AFTER = 0.02  # a wait this long is idle: its sleeps may grow to IDLE_SLEEP
 IDLE_SLEEP = 5e-3
 PROBES_PER_WAKE = 3  # MPICH may need a second progress call to see a message that has arrived
@@ -55,13 +52,6 @@ def _mpi():
 
         _MPI = MPI
     return _MPI
-
-
-def __getattr__(name: str) -> Any:
-    # ANY_SOURCE / ANY_TAG differ between MPI libraries, so they come from mpi4py, lazily.
-    if name in ("ANY_SOURCE", "ANY_TAG"):
-        return getattr(_mpi(), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class SilentRankError(SparsenetError, TimeoutError):
@@ -107,11 +97,11 @@ def _wait_all(requests: list, max_sleep: float, spin: float = 0.0, timeout: floa
 
 
 class PendingSend:
-    """A send under way; keeps its buffer alive until `wait` completes it."""
+    """A send of `nbytes` under way; keeps its buffer alive until `wait` completes it."""
 
-    def __init__(self, request, buffer, max_sleep: float, timeout: float | None = None,
+    def __init__(self, request, buffer, nbytes: int, max_sleep: float, timeout: float | None = None,
                  silent: Callable[[], str] | None = None):
-        self.request, self.buffer, self.max_sleep = request, buffer, max_sleep
+        self.request, self.buffer, self.nbytes, self.max_sleep = request, buffer, nbytes, max_sleep
         self.timeout, self.silent = timeout, silent
 
     def wait(self) -> None:
@@ -123,13 +113,10 @@ class PendingSend:
 class Transport:
     """Sends and receives bundles on one communicator, counting bytes both ways."""
 
-    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES, max_sleep: float = DEFAULT_MAX_SLEEP):
-        """comm: an mpi4py communicator (None = COMM_WORLD); chunk_bytes: bytes per MPI message;
-        max_sleep: longest sleep between polls, in seconds."""
+    def __init__(self, comm=None, chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        """comm: an mpi4py communicator (None = COMM_WORLD); chunk_bytes: bytes per MPI message."""
         self.chunk_bytes = validate_chunk_bytes(chunk_bytes)
-        if not max_sleep > 0:
-            raise ValueError(f"max_sleep must be > 0 seconds, got {max_sleep}")
-        self.max_sleep = float(max_sleep)
+        self.max_sleep = MAX_SLEEP
         mpi = _mpi()
         self.comm = mpi.COMM_WORLD if comm is None else comm
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
@@ -183,30 +170,23 @@ class Transport:
 
     # ------------------------------------------------------------------ same node
 
-    def node_size(self) -> int:
-        """Ranks sharing this rank's node (its memory). Collective."""
-        local = self.comm.Split_type(_mpi().COMM_TYPE_SHARED)
-        size = local.Get_size()
-        local.Free()
-        return size
-
     def enable_shared_memory(self) -> int:
         """Make this node's communicator, for shared_window(). Collective. Returns the number of
-        other ranks on this node."""
+        other ranks on this node (node_ranks: their ranks in comm, this one's too)."""
         mpi = _mpi()
         self.node = self.comm.Split_type(mpi.COMM_TYPE_SHARED)
         self.node_ranks = mpi.Group.Translate_ranks(self.node.Get_group(), list(range(self.node.Get_size())),
                                                     self.comm.Get_group())
         return len(self.node_ranks) - 1
 
-    def shared_window(self, nbytes: int, owner: int = 0) -> np.ndarray:
-        """uint8 view of a new MPI shared window of `nbytes` bytes held by rank `owner` (the others pass
-        0) that every rank of this node maps. Collective over the node."""
+    def shared_window(self, nbytes: int) -> np.ndarray:
+        """uint8 view of a new MPI shared window of `nbytes` bytes held by rank 0 (the others pass 0)
+        that every rank of this node maps. Collective over the node."""
         mpi = _mpi()
-        win = mpi.Win.Allocate_shared(nbytes if self.rank == owner else 0, 1, comm=self.node)
+        win = mpi.Win.Allocate_shared(nbytes if self.rank == 0 else 0, 1, comm=self.node)
         win.Lock_all(mpi.MODE_NOCHECK)  # one passive epoch for the run, so that Win.Sync may order accesses
         self.windows.append(win)
-        memory, _ = win.Shared_query(self.node_ranks.index(owner))
+        memory, _ = win.Shared_query(self.node_ranks.index(0))
         return np.frombuffer(memory, dtype=np.uint8)
 
     def sync(self) -> None:
@@ -217,69 +197,43 @@ class Transport:
     # ------------------------------------------------------------------ bundles
 
     def send_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> int:
-        """Send one bundle to `dest`; return its size in bytes (header + meta + payload).
-
-        Returns once every piece is delivered to MPI; large pieces need the receiver's recv.
-        """
-        prepared = [prepare(a) for a in arrays]
-        meta_bytes = np.frombuffer(encode_meta(meta), dtype=np.uint8)
-        packed = pack(meta_bytes, prepared, self.chunk_bytes)
-        if packed is not None:
-            pieces, nbytes = [packed], packed.size
-        else:
-            header = encode_header(self.chunk_bytes, meta_bytes.size, prepared)
-            pieces = [byte_view(header), *chunks(meta_bytes, self.chunk_bytes)]
-            for array in prepared:
-                pieces += chunks(byte_view(array), self.chunk_bytes)
-            nbytes = header.nbytes + meta_bytes.size + sum(a.nbytes for a in prepared)
-        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), peer=dest)
-        self.bytes_sent += nbytes
-        return nbytes
+        """Send one bundle to `dest`; return its size in bytes once MPI holds every piece."""
+        pending = self.isend_bundle(dest, tag, meta, arrays)
+        pending.wait()
+        return pending.nbytes
 
     def isend_bundle(self, dest: int, tag: int, meta: Mapping[str, Any], arrays: Sequence[Any] = ()) -> PendingSend:
-        """Start sending a bundle and return at once; the arrays may change right after the call.
-        One too large for a single chunk is sent blocking instead."""
+        """Start sending a bundle; the arrays may change right after the call (one larger than a
+        chunk is sent before it returns)."""
         prepared = [prepare(a) for a in arrays]
-        packed = pack(np.frombuffer(encode_meta(meta), dtype=np.uint8), prepared, self.chunk_bytes)
-        if packed is None:
-            self.send_bundle(dest, tag, meta, prepared)
-            return PendingSend(None, None, self.max_sleep)
-        self.bytes_sent += packed.size
-        request = self.comm.Isend([packed, _mpi().BYTE], dest, tag)
-        return PendingSend(request, packed, self.max_sleep, self.silence_timeout,
-                           self._silence([dest], self.silence_timeout or 0, f"sending to rank {dest}"))
+        header, inline = encode(meta, prepared, self.chunk_bytes)
+        nbytes = header.size + (0 if inline else sum(a.nbytes for a in prepared))
+        self.bytes_sent += nbytes
+        silent = self._silence([dest], self.silence_timeout or 0, f"sending to rank {dest}")
+        if inline:
+            request = self.comm.Isend([header, _mpi().BYTE], dest, tag)
+            return PendingSend(request, header, nbytes, self.max_sleep, self.silence_timeout, silent)
+        pieces = [header, *chunks(prepared, self.chunk_bytes)]
+        self._transfer(pieces, lambda p: self.comm.Isend([p, _mpi().BYTE], dest, tag), dest)
+        return PendingSend(None, None, nbytes, self.max_sleep)
 
-    def recv_bundle(self, source: int | None = None, tag: int | None = None, timeout: float | None = None) -> Bundle:
-        """Receive one bundle (source/tag None = any); TimeoutError if none starts within `timeout` s."""
-        return self._receive(*self._probe_message(source, tag, timeout))
-
-    def recv_unless(self, ready: Callable[[], bool], source: int | None = None, tag: int | None = None,
-                    timeout: float | None = None) -> Bundle | None:
-        """Receive one bundle as recv_bundle does, unless `ready()` turns true first (then None).
-        `ready` checks a shared window (a channel post): one wait polls both."""
+    def recv_bundle(self, source: int | None = None, tag: int | None = None, timeout: float | None = None,
+                    ready: Callable[[], bool] | None = None) -> Bundle | None:
+        """Receive one bundle (source/tag None = any); TimeoutError if none starts within `timeout` s.
+        None as soon as `ready()` (a channel post in a shared window) is true: one wait polls both."""
         message, status = self._probe_message(source, tag, timeout, ready)
-        return None if message is None else self._receive(message, status)
-
-    def _receive(self, message, status) -> Bundle:
-        """Receive the bundle whose first message `message` was matched with `status`."""
+        if message is None:
+            return None
         mpi = _mpi()
         raw = np.empty(status.Get_count(mpi.BYTE), dtype=np.uint8)
         message.Recv([raw, mpi.BYTE])
         source, tag = status.Get_source(), status.Get_tag()
-        if raw.size >= 8 and int(raw[:8].view(np.int64)[0]) == MAGIC_PACKED:
-            bundle = unpack(raw, source, tag)
-            self.bytes_received += raw.size
-            return bundle
-        chunk_bytes, meta_nbytes, specs = decode_header(raw)
-        meta_raw = np.empty(meta_nbytes, dtype=np.uint8)
-        arrays = [np.empty(shape, dtype=dtype) for dtype, shape in specs]
-        pieces = list(chunks(meta_raw, chunk_bytes))
-        for array in arrays:
-            pieces += chunks(byte_view(array), chunk_bytes)
-        self._transfer(pieces, lambda p: self.comm.Irecv([p, mpi.BYTE], source, tag), peer=source)
-        nbytes = raw.size + meta_nbytes + sum(a.nbytes for a in arrays)
-        self.bytes_received += nbytes
-        return Bundle(source, tag, decode_meta(meta_raw, source, tag), arrays, nbytes)
+        bundle, chunk_bytes = decode(raw, source, tag)
+        if chunk_bytes is not None:
+            pieces = list(chunks(bundle.arrays, chunk_bytes))
+            self._transfer(pieces, lambda p: self.comm.Irecv([p, mpi.BYTE], source, tag), source)
+        self.bytes_received += bundle.nbytes
+        return bundle
 
     def poll(self, source: int | None = None, tag: int | None = None) -> tuple[int, int] | None:
         """(source, tag) of a bundle waiting to be received, or None; never blocks."""
@@ -292,10 +246,9 @@ class Transport:
                 return status.Get_source(), status.Get_tag()
         return None
 
-    def barrier(self, timeout: float | None = -1.0) -> None:
-        """Wait for every rank, sleeping between tests; SilentRankError after `timeout` s
-        (default: silence_timeout; None: wait forever)."""
-        timeout = self.silence_timeout if timeout == -1.0 else timeout
+    def barrier(self) -> None:
+        """Wait for every rank, sleeping between tests; SilentRankError after silence_timeout s."""
+        timeout = self.silence_timeout
         _wait_all([self.comm.Ibarrier()], self.max_sleep, timeout=timeout,
                   silent=self._silence(None, timeout or 0, "waiting for every rank (a barrier)"))
 

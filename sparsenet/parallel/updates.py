@@ -29,6 +29,11 @@ def compose(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return out
 
 
+def then(first: list[np.ndarray | None], second: list[np.ndarray | None]) -> list[np.ndarray | None]:
+    """Per-layer lineages across two successive changes; None: that layer did not change."""
+    return [b if a is None else a if b is None else compose(a, b) for a, b in zip(first, second)]
+
+
 def retain_valid(old_to_new: np.ndarray, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Positions in the current layer of the gradient entries whose connection still exists, and their values."""
     if old_to_new.shape != grad.shape:

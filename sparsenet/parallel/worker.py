@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
 from ..activations import hidden_slopes
+from ..checkpoint import LayerArrays
 from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
 from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, optimizer_from_checkpoint
 from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
-from . import bundles
-from .channel import Channel, in_window
-from .protocol import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
-                       TAG_WINDOW)
+from ..sparse.layer import SparseLayer
+from .channel import in_window
+from .mpi_workers import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
+                          TAG_WINDOW, adopt_values, layer_arrays, layers_meta, received_layers)
+from .seam import split_pairs
 from .wire import Bundle
 
 
@@ -68,39 +70,23 @@ class BatchStream:
         self.rng.bit_generator.state = position["rng_state"]
 
 
-def new_model(cfg: Config, sizes: list[int], topology: list[np.ndarray]) -> SparseMLP:
+def new_model(cfg: Config, layers: list[LayerArrays]) -> SparseMLP:
+    """A model of `layers` (checkpoint form) with cfg's activations, dropout and output."""
     m = cfg.model
-    return SparseMLP(bundles.layers_from_topology(topology, sizes), hidden_slopes(m.activation, m.alpha, len(sizes) - 2),
-                     m.dropout, m.output)
-
-
-@dataclass
-class _Gradient:
-    """One mini-batch's gradient for the server, in `arrays`: the next buffer of `channel`, or the model's own."""
-
-    meta: dict
-    channel: Channel | None  # the channel the gradient was computed into; None: send it as a bundle
-    arrays: list[np.ndarray]
-    sizes: np.ndarray  # int64 sizes of `arrays`
-
-    def deliver(self, transport):
-        """Send to the server; returns the pending send (None when nothing is left to complete)."""
-        if self.channel is not None:
-            m = self.meta
-            self.channel.post_gradient(m["version"], m["samples"], m["loss"], m["correct"], self.sizes)
-            return None
-        return transport.isend_bundle(0, TAG_GRADIENT, self.meta, self.arrays)  # packs a copy
+    return SparseMLP([SparseLayer(a.n_in, a.n_out, a.rows, a.cols, a.values, a.bias) for a in layers],
+                     hidden_slopes(m.activation, m.alpha, len(layers) - 1), m.dropout, m.output)
 
 
 def load_kernels(cfg: Config, data: Dataset) -> None:
     """Load (or compile) the gradient kernels on a tiny model of the same layer count and
     types, so that no worker is still loading them while the others run the first epochs."""
     sizes = [data.n_features, *[2] * len(cfg.model.hidden), data.n_classes]
-    topology = []
+    layers = []
     for n_in, n_out in zip(sizes[:-1], sizes[1:]):  # one connection into every neuron
         cols = np.arange(n_out, dtype=np.int32)
-        topology += [cols % n_in, cols, np.full(n_out, 0.1, dtype=np.float32), np.zeros(n_out, dtype=np.float32)]
-    model = new_model(cfg, sizes, topology)
+        values, bias = np.full(n_out, 0.1, dtype=np.float32), np.zeros(n_out, dtype=np.float32)
+        layers.append(LayerArrays(n_in, n_out, cols % n_in, cols, values, bias, {}))
+    model = new_model(cfg, layers)
     n = min(cfg.train.batch_size, data.x_train.shape[0])
     compute_gradients(model, np.random.default_rng(0), data.x_train, data.y_train, np.arange(n))
 
@@ -120,19 +106,32 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     pipeline = cfg.parallel.algorithm == "wasap" and cfg.parallel.pipeline
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
     mark = None  # the stream's position before `ahead` was computed
-    own = None  # the model's own gradient arrays, used without a channel
-    ahead = None  # a _Gradient computed while the last one was in flight
+    ahead = None  # the delivery of a gradient computed while the last one was in flight
     channel = None  # same node: the server's replies and our gradients go through this channel.Channel
     sizes = None  # int64 sizes of the model's weights then biases (its gradient's arrays)
     via = None  # the channel while the model fits it, else None
-    while True:
+
+    def gradient(version: int):
+        """The next mini-batch's gradient, computed into `via` if set, else into the model's own arrays;
+        returns what hands it to the server (a PendingSend or None). Fault injection happens here."""
+        nonlocal step
+        if cfg.debug.fail_rank == rank and step == cfg.debug.fail_at_step:
+            raise InjectedFault(f"fault injected by debug.fail_rank={rank} at gradient step {step}")
+        step += 1
+        index = next(stream)
         if via is not None:
-            # Pipelining, the reply is usually here already: take it without the transport's wait.
-            msg = None if via.reply_ready() else transport.recv_unless(via.reply_ready, source=0)
-            if msg is None:
-                msg = _channel_reply(via, model, sizes)
-        else:
-            msg = transport.recv_bundle(source=0)
+            model.grads, model.bias_grads = split_pairs(via.gradient_arrays(sizes), len(model.layers))
+        loss, correct = compute_gradients(model, rng, x, y, index)
+        if via is not None:
+            return partial(via.post_gradient, version, int(index.shape[0]), loss, correct, sizes)
+        meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
+        return partial(transport.isend_bundle, 0, TAG_GRADIENT, meta, [*model.grads, *model.bias_grads])
+
+    while True:
+        msg = transport.recv_bundle(source=0, ready=None if via is None else via.reply_ready)
+        if msg is None:  # the server's reply waits in our channel
+            version, epoch, arrays = via.take_reply(sizes)
+            msg = Bundle(0, TAG_MODEL, {"kind": "values", "version": version, "epoch": epoch}, arrays)
         if msg.tag == TAG_WINDOW:  # the server's node allocates its shared window: our channel, if any, lies in it
             memory = transport.shared_window(0)
             channel = None if msg.meta["channel"] is None else in_window(memory, msg.meta["channel"], transport.sync)
@@ -148,58 +147,24 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             raise RuntimeError(f"worker {rank} got unexpected message tag {msg.tag}")
         if msg.meta["kind"] == "topology":  # after SET or neuron pruning: the widths may have changed too
             check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
-            model = new_model(cfg, msg.meta["sizes"], msg.arrays)
-            own = (model.grads, model.bias_grads)
+            model = new_model(cfg, received_layers(msg.arrays, msg.meta))
             sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
             via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
-        elif msg.meta["kind"] == "adopted":  # a channel reply: the model holds its arrays already
-            pass
         else:
-            bundles.adopt_values(model, msg.arrays)
+            adopt_values(model, msg.arrays)
         if msg.meta["epoch"] != seeded_epoch:  # a stream per epoch, so a resumed run draws the same batches
             seeded_epoch = msg.meta["epoch"]
             rng = np.random.default_rng([cfg.seed, rank, int(seeded_epoch)])
             stream = BatchStream(x.shape[0], cfg.train.batch_size, rng)
             if msg.meta.get("position"):  # a run resumed inside this epoch: continue where we stopped
                 stream.restore(msg.meta["position"])
-        version = msg.meta["version"]
-        if ahead is None:
-            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
-            step += 1
-        in_flight = ahead.deliver(transport)
+        in_flight = (ahead or gradient(msg.meta["version"]))()
         ahead = None
         if pipeline:  # the sent gradient is in its buffer or copied: the next one goes elsewhere
             mark = stream.position()  # a stop before `ahead` is delivered resumes with its batch
-            ahead = _gradient(cfg, model, own, via, sizes, transport, rng, stream, x, y, step, version)
-            step += 1
+            ahead = gradient(msg.meta["version"])
         if in_flight is not None:
             in_flight.wait()
-
-
-def _channel_reply(channel: Channel, model: SparseMLP, sizes: np.ndarray):
-    """The server's reply waiting in `channel` (arrays of `sizes`), its weights adopted by `model`;
-    shaped like a Bundle."""
-    version, epoch, arrays = channel.take_reply(sizes)
-    n = len(model.layers)
-    for layer, values, bias in zip(model.layers, arrays[:n], arrays[n:]):  # views made for these very sizes
-        layer.values, layer.bias = values, bias
-    return Bundle(source=0, tag=TAG_MODEL, meta={"kind": "adopted", "version": version, "epoch": epoch},
-                  arrays=arrays, nbytes=0)
-
-
-def _gradient(cfg: Config, model: SparseMLP, own, channel: Channel | None, sizes: np.ndarray, transport, rng,
-              stream, x, y, step: int, version: int) -> _Gradient:
-    """The next mini-batch's gradient, computed into `channel` to the server if given, else into the
-    model's `own` arrays; `sizes`: the model's weight and bias counts. Fault injection happens here."""
-    if cfg.debug.fail_rank == transport.rank and step == cfg.debug.fail_at_step:
-        raise InjectedFault(f"fault injected by debug.fail_rank={transport.rank} at gradient step {step}")
-    index = next(stream)
-    n_layers = len(model.layers)
-    model.grads, model.bias_grads = own if channel is None else bundles.split_pairs(channel.gradient_arrays(sizes),
-                                                                                    n_layers)
-    loss, correct = compute_gradients(model, rng, x, y, index)
-    meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
-    return _Gradient(meta, channel, bundles.gradient_arrays(model), sizes)
 
 
 def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | None:
@@ -212,10 +177,10 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     """
     sizes = msg.meta["sizes"]
     n_masks = int(msg.meta["prune"])
-    layers = bundles.replica_layers(msg.arrays[:len(msg.arrays) - n_masks], sizes, msg.meta["state"])
+    layers = received_layers(msg.arrays[:len(msg.arrays) - n_masks], msg.meta)
     check_model_fits_data(sizes, x.shape[1], int(y.max(initial=0)) + 1, f"the replica worker {transport.rank} received",
                           exact=False)
-    model = new_model(cfg, sizes, [a for la in layers for a in (la.rows, la.cols, la.values, la.bias)])
+    model = new_model(cfg, layers)
     optimizer = optimizer_from_checkpoint(cfg, model, layers, cfg.train.optimizer, msg.meta["optimizer_scalars"])
     rng = np.random.default_rng([cfg.seed, transport.rank, 2, int(msg.meta["start_epoch"])])
     if msg.meta.get("rng_state"):
@@ -245,9 +210,10 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
         if report is not None:
             state.epoch = epoch
         layers = layers_to_checkpoint(state.model, state.optimizer)
-        meta = {"epoch": state.epoch, "report": report, "position": position, "rng_state": state.rng.bit_generator.state,
-                "state": bundles.state_names(layers), "optimizer_scalars": state.optimizer.scalars()}
-        transport.send_bundle(0, TAG_REPLICA, meta, bundles.replica_arrays(layers))
+        meta = {"epoch": state.epoch, "report": report, "position": position,
+                "rng_state": state.rng.bit_generator.state, "optimizer_scalars": state.optimizer.scalars(),
+                **layers_meta(layers)}
+        transport.send_bundle(0, TAG_REPLICA, meta, layer_arrays(layers))
         reply = stop.message
         if reply is None:
             with transport.patience(2 * (report["train_seconds"] + report["evolution_seconds"])):

@@ -53,36 +53,41 @@ def test_importing_transport_does_not_start_mpi():
 
 
 def test_header_validation_rejects_garbage():
-    arrays = [np.zeros((2, 3), np.float32), np.ones(4, bool)]
-    header = wire.encode_header(4096, 17, arrays)
-    chunk_bytes, meta_nbytes, specs = wire.decode_header(header.view(np.uint8))
-    assert (chunk_bytes, meta_nbytes) == (4096, 17)
-    assert specs == [(np.dtype(np.float32), (2, 3)), (np.dtype(bool), (4,))]
-    for index, value, message in [(0, 7, "magic"), (1, 99, "version"), (2, 10, "chunk_bytes"),
-                                  (3, 3, "arrays"), (5, 77, "dtype code"), (6, 9, "ndim"),
-                                  (11, 5, "claims")]:
-        bad = header.copy()
-        bad[index] = value
+    arrays = [np.zeros((2, 300), np.float32), np.ones(4, bool)]  # over one 1 KiB chunk
+    header, inline = wire.encode({"k": 17}, arrays, 1024)
+    bundle, chunk_bytes = wire.decode(header, 1, 2)
+    assert not inline and chunk_bytes == 1024 and bundle.meta == {"k": 17}
+    assert [(a.dtype, a.shape) for a in bundle.arrays] == [(np.dtype(np.float32), (2, 300)), (np.dtype(bool), (4,))]
+    text = header[wire.PREFIX:].tobytes()
+    for old, new, message in [(b'"version":2', b'"version":9', "version"),
+                              (b'"chunk_bytes":1024', b'"chunk_bytes":10', "chunk_bytes"),
+                              (b'"float32"', b'"float16"', "dtype"), (b"[2,300]", b"[2,-300]", "shape"),
+                              (b'"meta"', b'"mewa"', "not bundle JSON"), (b'{"k"', b'{"k"}', "not bundle JSON")]:
+        bad = text.replace(old, new)
+        prefix = np.array([wire.MAGIC, len(bad)], np.int64).view(np.uint8)
+        raw = np.concatenate([prefix, np.frombuffer(bad, np.uint8)])
         with pytest.raises(wire.TransportError, match=message):
-            wire.decode_header(bad.view(np.uint8))
-    with pytest.raises(wire.TransportError, match="header size"):
-        wire.decode_header(header.view(np.uint8)[:-3])
+            wire.decode(raw, 1, 2)
+    for bad, message in [(np.arange(6, dtype=np.int64).view(np.uint8), "magic"), (header[:-3], "header in a")]:
+        with pytest.raises(wire.TransportError, match=message):
+            wire.decode(bad, 1, 2)
 
 
-def test_packed_bundle_is_zero_padded_and_unpacked_into_aligned_views():
+def test_a_bundle_within_one_chunk_is_one_zero_padded_message_read_as_aligned_views():
     arrays = [np.ones(3, np.float32), np.arange(5, dtype=np.int16), np.arange(6, dtype=np.float64).reshape(2, 3)]
-    meta = np.frombuffer(wire.encode_meta({"k": 1}), dtype=np.uint8)
-    packed = wire.pack(meta, arrays, 1 << 20)
-    header = wire.encode_header(1 << 20, meta.size, arrays).nbytes
-    assert packed.size % wire.ALIGN == 0 and not packed[header + meta.size:wire.ALIGN * 4].any()
-    got = wire.unpack(packed, 1, 2)
-    assert got.meta == {"k": 1} and (got.source, got.tag, got.nbytes) == (1, 2, packed.size)
+    packed, inline = wire.encode({"k": 1}, arrays, 1 << 20)
+    json_end = wire.PREFIX + int(packed[8:16].view(np.int64)[0])
+    first = -(-json_end // wire.ALIGN) * wire.ALIGN  # the first array's offset
+    assert inline and packed.size % wire.ALIGN == 0 and json_end < first and not packed[json_end:first].any()
+    got, chunk_bytes = wire.decode(packed, 1, 2)
+    assert chunk_bytes is None and got.meta == {"k": 1} and (got.source, got.tag, got.nbytes) == (1, 2, packed.size)
     for g, a in zip(got.arrays, arrays, strict=True):
         np.testing.assert_array_equal(g, a)
         assert g.dtype == a.dtype and np.shares_memory(g, packed) and (g.ctypes.data - packed.ctypes.data) % wire.ALIGN == 0
-    assert wire.pack(meta, [np.zeros(1 << 20, np.uint8)], 1 << 20) is None, "over one chunk: not packed"
+    header, inline = wire.encode({"k": 1}, [np.zeros(1 << 20, np.uint8)], 1 << 20)
+    assert not inline and header.size < 100, "over one chunk: the arrays follow the header"
     with pytest.raises(wire.TransportError, match="header describes"):
-        wire.unpack(packed[:-64], 1, 2)
+        wire.decode(packed[:-64], 1, 2)
 
 
 @pytest.mark.parametrize("ranks", [2, 3])

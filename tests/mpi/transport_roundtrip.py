@@ -21,7 +21,7 @@ import traceback
 import numpy as np
 
 from sparsenet.parallel.channel import in_window, shape
-from sparsenet.parallel.transport import ANY_SOURCE, ANY_TAG, Transport
+from sparsenet.parallel.transport import Transport
 from sparsenet.parallel.wire import DTYPES, Bundle, TransportError
 
 TAG_ALL, TAG_ECHO, TAG_COUNT, TAG_TINY, TAG_BAD, TAG_IDLE, TAG_BIG = 1, 2, 3, 4, 5, 6, 7
@@ -121,18 +121,18 @@ def fan_in(t: Transport) -> None:
     waiting = None
     deadline = time.monotonic() + 30
     while waiting is None and time.monotonic() < deadline:
-        waiting = t.poll(ANY_SOURCE, ANY_TAG)
+        waiting = t.poll()
         time.sleep(0.001)
     check(waiting is not None and waiting[1] == TAG_FANIN + waiting[0], f"poll() gave {waiting}")
     seen = set()
     for _ in range(1, t.size):
-        got = t.recv_bundle(ANY_SOURCE, ANY_TAG, timeout=30)
+        got = t.recv_bundle(timeout=30)
         check(got.tag == TAG_FANIN + got.source and got.meta == {"rank": got.source}, f"bad fan-in {got}")
         assert_same(got.arrays[0], np.full((got.source, 3), got.source, dtype=np.int64), "fan-in array")
         seen.add(got.source)
     check(seen == set(range(1, t.size)), f"fan-in from {sorted(seen)}")
     # (only fan-in tags: the other ranks may already have sent the next test's messages)
-    left = [t.poll(ANY_SOURCE, TAG_FANIN + r) for r in range(1, t.size)]
+    left = [t.poll(tag=TAG_FANIN + r) for r in range(1, t.size)]
     check(left == [None] * (t.size - 1), f"a fan-in message is left over: {left}")
 
 
@@ -198,7 +198,7 @@ def channel_round_trips(t: Transport) -> None:
     a bundle (a dirty window slice before it, to show the offsets hold). Rank 1 posts gradients that rank 0
     answers in place, with fewer arrays or smaller ones at some steps. Both sides keep reading what
     they took while the other writes the next one (as a pipelining worker and the server do) and
-    check it was not overwritten; step 5 is answered with a bundle, which recv_unless returns instead."""
+    check it was not overwritten; step 5 is answered with a bundle, which recv_bundle returns instead of None."""
     place = {**shape(CHANNEL_SIZES[0]), "offset": 4096}
     memory = t.shared_window(place["offset"] + place["nbytes"] if t.rank == 0 else 0)
     check(memory.size == place["offset"] + place["nbytes"], f"rank {t.rank} maps {memory.size} bytes of the window")
@@ -208,7 +208,7 @@ def channel_round_trips(t: Transport) -> None:
         channel.clear()
         t.send_bundle(1, TAG_CHANNEL, {"place": place})
         for step, sizes in enumerate(CHANNEL_SIZES):
-            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_CHANNEL, timeout=60)
+            got = t.recv_bundle(source=1, tag=TAG_CHANNEL, timeout=60, ready=channel.gradient_ready)
             check(got is None, f"step {step}: a bundle instead of a channel post")
             version, samples, loss, correct, arrays = channel.take_gradient()
             check((version, samples, loss, correct) == (step, 100 + step, 0.5 * step, 7 * step),
@@ -241,7 +241,7 @@ def channel_round_trips(t: Transport) -> None:
 
         post(0)
         for step, sizes in enumerate(CHANNEL_SIZES):
-            got = t.recv_unless(channel.reply_ready, source=0, tag=TAG_CHANNEL, timeout=60)
+            got = t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60, ready=channel.reply_ready)
             if step == 5:
                 check(got is not None and got.meta == {"step": step}, f"step {step}: no bundle answer ({got})")
                 arrays = got.arrays
@@ -272,7 +272,7 @@ def run_shared(t: Transport) -> None:
 
 
 def run_idle(t: Transport, shared: bool) -> None:
-    """Rank 0 waits IDLE_SECONDS in recv (shared: for a channel post, in recv_unless); its CPU time
+    """Rank 0 waits IDLE_SECONDS in recv (shared: for a channel post, recv_bundle with ready=); its CPU time
     must stay under 10% of the wall time."""
     channel = None
     if shared:
@@ -290,7 +290,7 @@ def run_idle(t: Transport, shared: bool) -> None:
     elif t.rank == 0:
         wall, cpu = time.perf_counter(), time.process_time()
         if channel is not None:
-            got = t.recv_unless(channel.gradient_ready, source=1, tag=TAG_IDLE, timeout=60)
+            got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60, ready=channel.gradient_ready)
             check(got is None and channel.take_gradient()[0] == 1, "no channel post")
         else:
             got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)

@@ -46,15 +46,16 @@ class FakeWorkers(Workers):
             self.on_take(len(self.taken))
         return g
 
-    def send_weights(self, worker, model, version, epoch, written=False) -> None:
-        assert self.versions[worker] == version and not written
+    def send_weights(self, worker, model, version, epoch) -> None:
+        assert self.versions[worker] == version
         for mine, theirs in zip(self.models[worker].layers, model.layers):
             mine.values[:], mine.bias[:] = theirs.values, theirs.bias
         self.sent.append(("values", worker, version))
 
     def send_topology(self, worker, model, version, epoch, position=None) -> None:
-        arrays = [a.copy() for la in model.layers for a in (la.rows, la.cols, la.values, la.bias)]
-        self.models[worker] = new_model(self.cfg, model.sizes, arrays)
+        copied = [LayerArrays(la.n_in, la.n_out, la.rows.copy(), la.cols.copy(), la.values.copy(), la.bias.copy(), {})
+                  for la in model.layers]
+        self.models[worker] = new_model(self.cfg, copied)
         self.versions[worker] = version
         if worker not in self.streams:
             rng = np.random.default_rng([self.cfg.seed, worker])
@@ -69,7 +70,7 @@ class FakeWorkers(Workers):
         self.held = [r.layers for r in replicas]
         self.masks.append(list(masks))
 
-    def gather_replicas(self, sizes, patience: float = 0.0, stop=None) -> tuple[list[Replica], str | None]:
+    def gather_replicas(self, patience: float = 0.0, stop=None) -> tuple[list[Replica], str | None]:
         """A stop request seen here finds every fake worker's epoch done: they all return."""
         out = []
         for w, layers in zip(self.ids, self.held):

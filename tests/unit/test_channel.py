@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sparsenet.parallel.channel import ALIGN, Channel, in_window, layout, shape, views
+from sparsenet.parallel.channel import Channel, in_window, layout, shape, views
+from sparsenet.parallel.wire import ALIGN
 
 SIZES = [1000, 300, 17, 0, 40, 40, 10, 5]  # weights of 4 layers, then their biases
 

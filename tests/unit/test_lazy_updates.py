@@ -106,7 +106,7 @@ def test_the_power_table_is_the_eager_zero_gradient_step_repeated(decoupled):
     ew, ev = w.copy(), v.copy()
     zero = np.zeros(50, np.float32)
     for k in range(1, 41):
-        _momentum_into(ew, ev, zero, ew, lr, m, wd, decoupled)
+        _momentum_into(ew, ev, zero, lr, m, wd, decoupled)
         a, b, c, d = powers[k]
         lw, lv = a * w.astype(np.float64) + b * v, c * w.astype(np.float64) + d * v
         assert np.abs(lw - ew).max() <= 4 * k * ULP * np.abs(w).max()

@@ -126,14 +126,14 @@ def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and
 def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
     import pytest
 
-    from sparsenet.parallel import bundles
+    from sparsenet.parallel import mpi_workers
 
     rng = np.random.default_rng(3)
     model = SparseMLP.initialize([12, 9, 4], epsilon=3, init="he_uniform", activation="relu", alpha=0,
                                  dropout=0, output="softmax", rng=rng)
     received = [np.ascontiguousarray(layer.values * 2) for layer in model.layers]
     received += [np.full(layer.n_out, 0.5, dtype=np.float32) for layer in model.layers]
-    bundles.adopt_values(model, received)
+    mpi_workers.adopt_values(model, received)
     for l, layer in enumerate(model.layers):
         assert layer.values is received[l] and layer.bias is received[2 + l]
     x = rng.standard_normal((12, 7)).astype(np.float32)
@@ -142,9 +142,9 @@ def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
     _, acts = naive.network_forward(ws, [r.astype(np.float64) for r in received[2:]], [0.0], x.astype(np.float64))
     np.testing.assert_allclose(model.logits(7), acts[-1], rtol=1e-4, atol=1e-5)  # the kernels read the adopted arrays
     with pytest.raises(ValueError, match="do not fit"):
-        bundles.adopt_values(model, [received[0][:-1]] + received[1:])
+        mpi_workers.adopt_values(model, [received[0][:-1]] + received[1:])
     with pytest.raises(ValueError, match="float32"):
-        bundles.adopt_values(model, [received[0].astype(np.float64)] + received[1:])
+        mpi_workers.adopt_values(model, [received[0].astype(np.float64)] + received[1:])
 
 
 class _BusyChannel:
@@ -169,10 +169,9 @@ class _BusyTransport:
     def poll(self, source=None, tag=None):
         return 3, tag
 
-    def recv_unless(self, ready, source=None, tag=None, timeout=None):
-        return None if ready() else self.recv_bundle(source, tag)
-
-    def recv_bundle(self, source=None, tag=None, timeout=None):
+    def recv_bundle(self, source=None, tag=None, timeout=None, ready=None):
+        if ready is not None and ready():
+            return None
         meta = {"version": 0, "samples": 16, "loss": 0.0, "correct": 0}
         return Bundle(source=3, tag=tag, meta=meta, arrays=[np.zeros(2, dtype=np.float32)], nbytes=0)
 
