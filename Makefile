@@ -44,8 +44,9 @@ demo-sequential: setup data
 test: setup data
 	$(PY) -m pytest -q tests
 
-# slurm/train.sbatch on a local single-node Slurm (installs slurm-wlm, munge, Debian's MPICH as root with apt;
-# else skips): Slurm's timed signal stops it, it requeues and resumes; with pip's MPICH and Debian's.
+# slurm/train.sbatch on a local single-node Slurm (installs slurm-wlm, munge, Debian's MPICH and Open MPI as root
+# with apt; else skips): Slurm's timed signal stops it, it requeues and resumes; with pip's MPICH, Debian's MPICH
+# (srun --mpi=pmi2) and Debian's Open MPI (--mpi=pmix).
 test-slurm: setup
 	$(PY) slurm/test_local.py
 

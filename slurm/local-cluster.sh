@@ -2,7 +2,7 @@
 # A single-node Slurm on this machine, for `make test-slurm`: munged, slurmctld and slurmd started by
 # hand (no systemd), all state under $SPARSENET_SLURM_DIR (default /tmp/sparsenet-slurm).
 #
-#   slurm/local-cluster.sh install   # root + apt: Debian's slurm-wlm, munge and MPICH (libmpich-dev)
+#   slurm/local-cluster.sh install   # root + apt: Debian's slurm-wlm, munge, MPICH and Open MPI
 #   slurm/local-cluster.sh start     # writes slurm.conf, starts the daemons, waits for the node
 #   slurm/local-cluster.sh env       # prints `export SLURM_CONF=...` for sbatch/srun/scontrol
 #   slurm/local-cluster.sh stop      # stops the daemons this script started (by their pid files)
@@ -20,15 +20,18 @@ MUNGE_SOCKET=$DIR/munge/munge.socket
 say() { echo "local-cluster: $*"; }
 
 install() {
-    if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v mpicc.mpich >/dev/null; then
+    local packages="slurm-wlm munge libmpich-dev openmpi-bin libopenmpi-dev"
+    if command -v slurmctld >/dev/null && command -v munged >/dev/null && command -v mpicc.mpich >/dev/null \
+        && command -v mpicc.openmpi >/dev/null; then
         return 0
     fi
-    [ "$(id -u)" = 0 ] || { say "not root: cannot install slurm-wlm, munge and libmpich-dev"; return 1; }
-    command -v apt-get >/dev/null || { say "no apt-get: cannot install slurm-wlm, munge and libmpich-dev"; return 1; }
-    say "installing slurm-wlm, munge and libmpich-dev from Debian"
+    [ "$(id -u)" = 0 ] || { say "not root: cannot install $packages"; return 1; }
+    command -v apt-get >/dev/null || { say "no apt-get: cannot install $packages"; return 1; }
+    say "installing $packages from Debian"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q --no-install-recommends slurm-wlm munge libmpich-dev >/dev/null 2>&1 ||
-        { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends slurm-wlm munge libmpich-dev >/dev/null; }
+    # shellcheck disable=SC2086
+    apt-get install -y -q --no-install-recommends $packages >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends $packages >/dev/null; }
 }
 
 write_conf() {

@@ -10,8 +10,9 @@ segment finishes. Flavours:
   pip-mpich     the project's venv (mpi4py's wheel, MPICH from `pip install mpich`)
   debian-mpich  a venv whose mpi4py is built against Debian's MPICH, as the README tells users:
                 `pip install --no-binary mpi4py --no-cache-dir mpi4py` (built once, kept in the cluster folder)
+  openmpi       the same against Debian's Open MPI (MPICC=mpicc.openmpi); srun --mpi=pmix
 Also: srun with the wrong MPI plugin (--mpi=none) ends with the one-line world-size error, and an
-exception on one rank aborts the whole step under srun.
+exception on one rank aborts the whole step under srun (with every flavour).
 
 Without root and apt (and no Slurm installed) it prints one line saying why and exits 0.
 """
@@ -41,7 +42,7 @@ def say(text: str) -> None:
 
 
 def skip_reason() -> str | None:
-    if all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "munged", "mpicc.mpich")):
+    if all(shutil.which(tool) for tool in ("slurmctld", "slurmd", "munged", *MPICC.values())):
         return None
     if os.geteuid() != 0:
         return "skipped: Slurm is not installed and installing it needs root"
@@ -54,23 +55,44 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, text=True, capture_output=True, env=ENV, **kw)
 
 
-def debian_mpich_venv() -> Path:
-    """A venv with mpi4py compiled against Debian's MPICH and this checkout's sparsenet."""
-    venv = DIR / "venv-debian-mpich"
-    python = venv / "bin" / "python"
-    if not (venv / ".built").exists():
+# Flavours whose mpi4py is built from source, as the README tells cluster users: the MPI's compiler wrapper.
+MPICC = {"debian-mpich": "mpicc.mpich", "openmpi": "mpicc.openmpi"}
+
+
+def source_venvs(names: list[str]) -> dict[str, Path]:
+    """Venvs with mpi4py compiled against each named Debian MPI and this checkout's sparsenet.
+
+    Built once and kept in the cluster folder; the mpi4py builds (one C file each) run side by side.
+    """
+    venvs = {name: DIR / f"venv-{name}" for name in names}
+    builds = {}
+    for name, venv in venvs.items():
+        if (venv / ".built").exists():
+            continue
         shutil.rmtree(venv, ignore_errors=True)
-        say(f"building {venv}: mpi4py from source against Debian's MPICH (a few minutes)")
+        say(f"building {venv}: mpi4py from source against {MPICC[name]} (several minutes)")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(python), "-m", "pip", "install", "-q"]
-        subprocess.run(pip + ["--no-binary", "mpi4py", "--no-cache-dir", "mpi4py"], check=True,
-                       env={**os.environ, "MPICC": shutil.which("mpicc.mpich") or "mpicc"})
-        subprocess.run(pip + ["-e", f"{ROOT}[sklearn]"], check=True)
-        (venv / ".built").touch()
-    where = run([str(python), "-c", "import sparsenet; print(sparsenet.__file__)"]).stdout.strip()
-    if not where.startswith(str(ROOT)):
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
-    return venv
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        builds[name] = subprocess.Popen(pip + ["--no-binary", "mpi4py", "--no-cache-dir", "mpi4py"],
+                                        env={**os.environ, "MPICC": shutil.which(MPICC[name]) or "mpicc"})
+    for name, build in builds.items():
+        if build.wait() != 0:
+            raise SystemExit(f"test-slurm: building mpi4py against {MPICC[name]} failed (exit {build.returncode})")
+        pip = [str(venvs[name] / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run(pip + ["-e", f"{ROOT}[sklearn]"], check=True)  # one at a time: they share ROOT's egg-info
+        (venvs[name] / ".built").touch()
+    for venv in venvs.values():
+        python = venv / "bin" / "python"
+        where = run([str(python), "-c", "import sparsenet; print(sparsenet.__file__)"]).stdout.strip()
+        if not where.startswith(str(ROOT)):
+            subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(ROOT)], check=True)
+    return venvs
+
+
+def srun_plugin(venv: Path) -> str:
+    """The --mpi value train.sbatch picks for this venv's mpi4py."""
+    proc = run([str(venv / "bin" / "python"), "-m", "sparsenet.parallel.launcher", "srun-mpi"])
+    return proc.stdout.strip() or f"? ({proc.stderr.strip()})"
 
 
 def mpi_library(venv: Path) -> str:
@@ -144,13 +166,13 @@ def check_job(name: str, job: str, out: Path, epochs: int) -> list[str]:
     return problems
 
 
-def srun_checks(venv: Path) -> list[str]:
-    """A wrong --mpi plugin and an exception on one rank, under srun directly."""
+def srun_checks(venvs: dict[str, Path]) -> list[str]:
+    """A wrong --mpi plugin (first flavour) and an exception on one rank (every flavour), under srun directly."""
     problems = []
-    python = str(venv / "bin" / "python")
     base = ["srun", "-n", "3", "--overcommit", "--time=5"]
-    train = [python, "-m", "sparsenet", "train", "configs/fashion_mnist.yaml"]
     sets = [a for item in SMALL[:8] + ["train.epochs=2", "train.progress=false"] for a in ("--set", item)]
+    first = next(iter(venvs.values()))
+    train = [str(first / "bin" / "python"), "-m", "sparsenet", "train", "configs/fashion_mnist.yaml"]
     proc = subprocess.run(base + ["--mpi=none"] + train + ["--out", "runs/test-slurm-mismatch", "--overwrite"] + sets,
                           text=True, capture_output=True, cwd=ROOT, env=ENV, timeout=600)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("sparsenet: error")]
@@ -158,13 +180,17 @@ def srun_checks(venv: Path) -> list[str]:
     if proc.returncode != 2 or len(errors) != 1 or "srun started 3 tasks but MPI sees 1" not in errors[0]:
         problems.append(f"--mpi=none: expected exit 2 and one world-size line, got {proc.returncode}: {proc.stderr[-500:]}")
     fault = ["--set", "debug.fail_rank=2", "--set", "debug.fail_at_step=5"]
-    start = time.monotonic()
-    proc = subprocess.run(base + ["--mpi=pmi2"] + train + ["--out", "runs/test-slurm-fault", "--overwrite"] + sets + fault,
-                          text=True, capture_output=True, cwd=ROOT, env=ENV, timeout=600)
-    named = [line for line in proc.stderr.splitlines() if line.startswith("sparsenet: error: rank 2 on ")]
-    say(f"fault on rank 2: exit {proc.returncode} after {time.monotonic() - start:.0f} s: {named}")
-    if proc.returncode in (0, 75) or not named:
-        problems.append(f"fault on rank 2: expected the step aborted with the rank named, got {proc.returncode}")
+    for name, venv in venvs.items():
+        train = [str(venv / "bin" / "python"), "-m", "sparsenet", "train", "configs/fashion_mnist.yaml"]
+        start = time.monotonic()
+        proc = subprocess.run(base + [f"--mpi={srun_plugin(venv)}"] + train
+                              + ["--out", f"runs/test-slurm-fault-{name}", "--overwrite"] + sets + fault,
+                              text=True, capture_output=True, cwd=ROOT, env=ENV, timeout=600)
+        named = [line for line in proc.stderr.splitlines() if line.startswith("sparsenet: error: rank 2 on ")]
+        say(f"{name}: fault on rank 2: exit {proc.returncode} after {time.monotonic() - start:.0f} s: {named}")
+        if proc.returncode in (0, 75) or not named:
+            problems.append(f"{name}: fault on rank 2: expected the step aborted with the rank named, "
+                            f"got {proc.returncode}: {proc.stderr[-500:]}")
     return problems
 
 
@@ -174,7 +200,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=30, help="job time limit (lowered once the run trains)")
     parser.add_argument("--signal-at", type=int, default=90, help="seconds before the limit Slurm signals")
     parser.add_argument("--timeout", type=int, default=1800, help="give up after this many seconds")
-    parser.add_argument("--flavours", default="pip-mpich,debian-mpich")
+    parser.add_argument("--flavours", default="pip-mpich,debian-mpich,openmpi")
     parser.add_argument("--keep-running", action="store_true", help="leave the cluster up afterwards")
     args = parser.parse_args()
     reason = skip_reason()
@@ -184,13 +210,15 @@ def main() -> int:
     subprocess.run(["bash", str(CLUSTER), "start"], check=True)
     started = time.monotonic()
     try:
-        venvs = {"pip-mpich": ROOT / ".venv", "debian-mpich": None}
         flavours = args.flavours.split(",")
-        if "debian-mpich" in flavours:
-            venvs["debian-mpich"] = debian_mpich_venv()
+        unknown = set(flavours) - {"pip-mpich", *MPICC}
+        if unknown:
+            raise SystemExit(f"test-slurm: unknown flavour(s) {sorted(unknown)}; known: pip-mpich, {', '.join(MPICC)}")
+        venvs = {"pip-mpich": ROOT / ".venv", **source_venvs([name for name in flavours if name in MPICC])}
+        venvs = {name: venvs[name] for name in flavours}
         for name in flavours:
-            say(f"{name}: {mpi_library(venvs[name])}")
-        problems = srun_checks(venvs[flavours[0]])
+            say(f"{name}: {mpi_library(venvs[name])}; train.sbatch picks srun --mpi={srun_plugin(venvs[name])}")
+        problems = srun_checks(venvs)
         jobs = {name: submit(name, venvs[name], args.epochs, args.minutes, args.signal_at) for name in flavours}
         deadline = time.monotonic() + args.timeout
         pending = dict(jobs)
