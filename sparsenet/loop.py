@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from . import checkpoint as ckpt
 from .config import Config, dump_config
 from .errors import DivergedError
@@ -111,6 +113,7 @@ class EpochLoop:
         while self.state.epoch < until and not self.stop and not self.early_stopped:
             trained = epoch(self.state.epoch + 1)
             if trained is None:
+                check_weights(self.state, self.state.epoch + 1)  # a stop in a diverged epoch keeps the last checkpoint
                 self.save()
                 self.stopped_in_epoch = True
                 return
@@ -146,6 +149,7 @@ class EpochLoop:
                 row.pop(key, None)
         state.epoch = epoch
         check_finite(row)
+        check_weights(state, epoch)
         improved = self.selection.update(row[self.selection.metric], epoch)
         row.update(self.selection.row())
         state.history.append(row)
@@ -181,12 +185,28 @@ class EpochLoop:
         return state
 
 
+DIVERGED_HINT = ("lower train.lr (or, for wasap, parallel.async_lr_factor or set parallel.pipeline=false) and "
+                 "--resume from the last checkpoint")
+
+
 def check_finite(row: dict) -> None:
     """Stop a run whose loss went NaN or infinite, before its checkpoint is overwritten."""
     if not all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "validation_loss") if k in row):
         raise DivergedError(f"training diverged at epoch {row['epoch']}: train loss {row['train_loss']}, "
-                            f"test loss {row['test_loss']}; lower train.lr (or, for wasap, parallel.async_lr_factor "
-                            f"or set parallel.pipeline=false) and --resume from the last checkpoint")
+                            f"test loss {row['test_loss']}; {DIVERGED_HINT}")
+
+
+def check_weights(state: TrainingState, epoch: int) -> None:
+    """Stop a run whose weights or biases went NaN or infinite in epoch `epoch` (or, stopped part-way, whose
+    loss so far did), before a checkpoint holds them. O(nnz), no temporary arrays."""
+    for l, layer in enumerate(state.model.layers, start=1):
+        for name, a in (("weights", layer.values), ("biases", layer.bias)):
+            if not math.isfinite(float(np.sum(a, dtype=np.float64))):  # a float64 sum of float32s cannot overflow
+                raise DivergedError(f"training diverged in epoch {epoch}: layer {l}'s {name} hold NaN or infinity; "
+                                    f"{DIVERGED_HINT}")
+    loss = (state.partial or {}).get("loss")
+    if loss is not None and not math.isfinite(loss):
+        raise DivergedError(f"training diverged in epoch {epoch}: its train loss so far is {loss}; {DIVERGED_HINT}")
 
 
 def epoch_line(row: dict, epochs: int) -> str:

@@ -1,6 +1,7 @@
 """The command line: train/evaluate/info, and bad input -> one-line error, exit code 2, no traceback."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -181,6 +182,38 @@ def test_divergence_stops_with_a_clear_error_and_keeps_the_checkpoint(capsys, tm
                             "--set", "train.lr=1e6", "--out", str(tmp_path), "--resume"])
     assert "training diverged at epoch 2" in err and "lower train.lr" in err
     np.testing.assert_array_equal(load_checkpoint(tmp_path / "checkpoint.h5").layers[0].values, good)
+
+
+def test_a_stop_inside_a_diverged_epoch_exits_2_and_keeps_both_checkpoints(capsys, tmp_path, monkeypatch):
+    """lr 1e6 from epoch 2 on and SIGUSR1 after its 5th batch, before the epoch's end checks its loss: the
+    stop's checkpoint would hold NaN weights. Before, it replaced checkpoint.h5 (exit 75, resumable into NaN)."""
+    import os
+    import signal
+
+    import sparsenet.train as train
+
+    assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--set", "train.epochs=1",
+                 "--out", str(tmp_path)]) == 0
+    names = ("checkpoint.h5", "checkpoint_best.h5")
+    good = {name: (tmp_path / name).read_bytes() for name in names}
+    calls, real_step = [], train.train_step
+
+    def step_then_signal(*args):
+        result = real_step(*args)
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return result
+
+    monkeypatch.setattr(train, "train_step", step_then_signal)
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *SMALL, "--set", "train.epochs=3",
+                            "--set", "train.lr=1e6", "--out", str(tmp_path), "--resume"])
+    assert len(calls) == 5
+    assert re.search(r"training diverged in epoch 2: layer \d's (weights|biases) hold NaN or infinity; lower "
+                     r"train\.lr .* --resume from the last checkpoint", err), err
+    assert {name: (tmp_path / name).read_bytes() for name in names} == good
+    assert main(["evaluate", str(tmp_path / "checkpoint.h5")]) == 0  # still the finite epoch 1
+    assert json.loads(capsys.readouterr().out)["test_loss"] < 2.0
 
 
 def test_prune_then_evaluate_and_info_round_trip(trained, capsys, tmp_path):

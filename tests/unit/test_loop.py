@@ -9,7 +9,7 @@ import pytest
 
 from sparsenet.config import load_config
 from sparsenet.errors import DivergedError
-from sparsenet.loop import EpochLoop
+from sparsenet.loop import EpochLoop, check_weights
 from sparsenet.state import new_state
 from tests.unit.test_train import SMALL
 
@@ -81,3 +81,30 @@ def test_a_stop_ends_the_run_after_the_epoch_or_inside_it(tmp_path):
         loop.run(inside, 4)
     loop.finish()
     assert (state.epoch, state.stopped_by, saves, len(state.history)) == (1, "SIGUSR1", [1], 1)
+
+
+@pytest.mark.parametrize("where,value", [("values", np.nan), ("bias", np.inf), ("partial", np.nan)])
+def test_a_stop_inside_a_diverged_epoch_saves_nothing(tmp_path, where, value):
+    """The epoch stops part-way (returns None) after its weights, biases or loss so far went non-finite:
+    no checkpoint is written over epoch 1's; a finite epoch with weights near float32's limit is not refused."""
+    loop, state, saves = _loop(tmp_path, "train.epochs=4", "checkpoint.every=1")
+
+    layer = state.model.layers[0]
+    kept, layer.values[:] = layer.values.copy(), 3e38  # finite: their float32 sum would overflow, the check's does not
+    check_weights(state, 1)
+    layer.values[:] = kept
+
+    def diverging(epoch):
+        if epoch == 1:
+            return _trained()
+        if where == "partial":
+            state.partial = {"step": 3, "loss": value}
+        else:
+            getattr(state.model.layers[1], where)[2] = value
+        return None
+
+    name = {"values": "layer 2's weights hold NaN", "bias": "layer 2's biases hold NaN or infinity",
+            "partial": "its train loss so far is nan"}[where]
+    with loop, pytest.raises(DivergedError, match=f"training diverged in epoch 2: {name}"):
+        loop.run(diverging, 4)
+    assert saves == [1] and state.epoch == 1

@@ -87,14 +87,14 @@ def test_phase2_averages_the_replicas_and_prunes_back_to_the_targets(tmp_path):
     np.testing.assert_array_equal(saved.replicas[1][0].values, last[1].layers[0].values)
 
 
-def resume(tmp_path, k, *extra):
+def resume(tmp_path, k, *extra, on_take=None):
     """A new server (and fake workers) resumed from tmp_path's checkpoint."""
     from sparsenet.loop import start_run
 
     cfg = load_config(None, SMALL + list(extra))
     data = load_dataset(cfg.data, cfg.seed)
     state, saved = start_run(cfg, tmp_path, data.n_features, data.n_classes, resume=True)
-    workers = FakeWorkers(cfg, data, k)
+    workers = FakeWorkers(cfg, data, k, on_take)
     server = ParameterServer(cfg, data, workers, state, tmp_path, saved.version, partial=saved.parallel_partial_epoch)
     return server, workers, server.run()
 
@@ -155,6 +155,22 @@ def test_a_wassp_run_stopped_mid_epoch_resumes_bit_identically(tmp_path):
             np.testing.assert_array_equal(x, y)
     assert ([{k: v for k, v in r.items() if k not in TIMINGS} for r in straight.history]
             == [{k: v for k, v in r.items() if k not in TIMINGS} for r in resumed.history])
+
+
+@pytest.mark.parametrize("algorithm", ["wasap", "wassp"])
+def test_a_stop_inside_a_diverged_phase1_epoch_keeps_the_last_good_checkpoints(tmp_path, algorithm):
+    """lr 1e6 from epoch 2 on and SIGUSR1 at its 6th gradient: the server's weights are NaN by then, so the
+    run ends with DivergedError and neither checkpoint changes (before, the stop's checkpoint held them)."""
+    from sparsenet.errors import DivergedError
+
+    common = [f"parallel.algorithm={algorithm}", "train.epochs=3", "parallel.phase1_epochs=3"]
+    serve(tmp_path, 2, *common[:1], "train.epochs=1", *common[2:])
+    names = ("checkpoint.h5", "checkpoint_best.h5")
+    good = {name: (tmp_path / name).read_bytes() for name in names}
+    with pytest.raises(DivergedError, match=r"diverged in epoch 2: layer \d's (weights|biases) hold NaN or infinity"):
+        resume(tmp_path, 2, *common, "train.lr=1e6", on_take=stop_at(6))
+    assert {name: (tmp_path / name).read_bytes() for name in names} == good
+    assert load_checkpoint(tmp_path / "checkpoint.h5").epoch == 1
 
 
 def test_a_stop_in_the_last_update_of_an_epoch_completes_the_epoch(tmp_path):
