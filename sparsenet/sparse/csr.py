@@ -17,7 +17,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .kernels import FASTMATH, _check_activations, _uniform_bits, forward_options
+from . import kernels, simd
+from .kernels import FASTMATH, _check_activations, activate, forward_options
 from .layer import SparseLayer
 
 
@@ -49,42 +50,73 @@ def _bucket_by_feature(indices, indptr, index, shift, ptr, where, sample):
             counts[c] = q + 1
 
 
-@njit(parallel=True, fastmath=set(FASTMATH), cache=True)
-def _forward_kernel(data, indices, where, sample, blocks, in_ptr, in_perm, cols_in, values, bias, slope, apply_act,
-                    keep_threshold, keep_scale, drop_key, out, grad_factor, store_factor):
-    n_out, batch = out.shape
-    n_entries = where.shape[0]
-    for t in prange(blocks):
-        b0, b1 = batch * t // blocks, batch * (t + 1) // blocks
-        for b in range(b0, b1):
-            for j in range(n_out):
-                out[j, b] = bias[j]
-        # The batch's non-zeros in feature order: the layer's arrays are read in one sweep. Each
-        # out[j, b] still gets its terms in ascending feature order, whatever the number of blocks.
-        for q in range(n_entries):
-            b = sample[q]
-            if b < b0 or b >= b1:
-                continue
-            p = where[q]
-            i = indices[p]
-            v = data[p]
-            for k in range(in_ptr[i], in_ptr[i + 1]):
-                out[cols_in[k], b] += values[in_perm[k]] * v
-        if apply_act:  # the same f(z), dropout stream and factors as kernels._forward_kernel
-            for j in range(n_out):
-                g = grad_factor[j]
-                base = np.uint64(j) * np.uint64(batch)
-                for b in range(b0, b1):
-                    z = out[j, b]
-                    d = np.float32(1.0) if z > 0 else slope
-                    m = np.float32(1.0)
-                    if keep_threshold != 0:
-                        bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
-                        m = keep_scale if bits < keep_threshold else np.float32(0.0)
-                    factor = d * m
-                    out[j, b] = z * factor
-                    if store_factor:
-                        g[b] = factor
+AHEAD = 16  # batch non-zeros ahead whose feature's connections are prefetched (in_ptr twice as far ahead)
+
+
+@njit(inline="always")
+def prefetch_ahead(indices, where, q, n, in_ptr, w, cols_in, v, with_v):
+    """Prefetch in_ptr of the feature of entry q + 2 AHEAD, and the connections of entry q + AHEAD's
+    in the input-major arrays w, cols_in (and v if with_v)."""
+    if q + 2 * AHEAD < n:
+        simd.prefetch(in_ptr, indices[where[q + 2 * AHEAD]])
+    if q + AHEAD < n:
+        i = indices[where[q + AHEAD]]
+        s, e = in_ptr[i], in_ptr[i + 1] - 1
+        if e >= s:
+            simd.prefetch(w, s)
+            simd.prefetch(w, e)
+            simd.prefetch(cols_in, s)
+            simd.prefetch(cols_in, e)
+            if with_v:
+                simd.prefetch(v, s)
+                simd.prefetch(v, e)
+
+
+def _define_forward(digest, input_major):
+    """The forward kernel on the layer's values read through in_perm, or (input_major: lazy.py's copy)
+    on weights already held input-major, read in place and prefetched; a closure over the digest of
+    what it inlines (kernels.py, simd.py), which its numba cache key then includes."""
+
+    @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
+    def _forward_kernel(data, indices, where, sample, blocks, in_ptr, in_perm, cols_in, values, bias, slope,
+                        apply_act, keep_threshold, keep_scale, drop_key, out, grad_factor, store_factor):
+        if digest == 0:  # never true; ties the cache to kernels.py and simd.py
+            return
+        n_out, batch = out.shape
+        n_entries = where.shape[0]
+        for t in prange(blocks):
+            b0, b1 = batch * t // blocks, batch * (t + 1) // blocks
+            for b in range(b0, b1):
+                for j in range(n_out):
+                    out[j, b] = bias[j]
+            # The batch's non-zeros in feature order: the layer's arrays are read in one sweep. Each
+            # out[j, b] still gets its terms in ascending feature order, whatever the number of blocks.
+            for q in range(n_entries):
+                b = sample[q]
+                if b < b0 or b >= b1:
+                    continue
+                p = where[q]
+                i = indices[p]
+                v = data[p]
+                if input_major:
+                    prefetch_ahead(indices, where, q, n_entries, in_ptr, values, cols_in, values, False)
+                    for k in range(in_ptr[i], in_ptr[i + 1]):
+                        out[cols_in[k], b] += values[k] * v
+                else:
+                    for k in range(in_ptr[i], in_ptr[i + 1]):
+                        out[cols_in[k], b] += values[in_perm[k]] * v
+            if apply_act:  # the same f(z), dropout stream and factors as kernels._forward_kernel
+                for j in range(n_out):
+                    activate(out[j], grad_factor[j], np.uint64(j) * np.uint64(batch), b0, b1, slope, keep_threshold,
+                             keep_scale, drop_key, store_factor)
+
+    return _forward_kernel
+
+
+_forward_kernel = _define_forward(kernels.SOURCE_DIGEST, False)
+input_major_forward = _define_forward(kernels.SOURCE_DIGEST, True)
+# For lazy.py, whose kernels inline prefetch_ahead.
+SOURCE_DIGEST = simd.file_digest(__file__, kernels.SOURCE_DIGEST)
 
 
 @njit(parallel=True, cache=True)

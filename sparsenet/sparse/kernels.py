@@ -28,6 +28,24 @@ def _uniform_bits(key, counter):
     return z ^ (z >> np.uint64(31))
 
 
+@njit(inline="always")
+def activate(z, g, counter, b0, b1, slope, keep_threshold, keep_scale, drop_key, store_factor):
+    """Every forward kernel's epilogue on one unit's row z (batch,), entries b0..b1-1: z *= f'(z) * mask, where
+    f(z) = z if z > 0 else slope * z and the dropout mask is keep_scale or 0 from the bits of (drop_key,
+    counter + b); the factor also goes to g[b] if store_factor."""
+    for b in range(b0, b1):
+        zb = z[b]
+        d = np.float32(1.0) if zb > 0 else slope
+        m = np.float32(1.0)
+        if keep_threshold != 0:
+            bits = _uniform_bits(drop_key, counter + np.uint64(b)) >> np.uint64(32)
+            m = keep_scale if bits < keep_threshold else np.float32(0.0)
+        factor = d * m
+        z[b] = zb * factor
+        if store_factor:
+            g[b] = factor
+
+
 # fastmath without `reassoc`: LLVM may not reorder sums, so results are bitwise reproducible
 # between a fresh compile and a cached one and across thread counts. `contract` (FMA) stays: it
 # fuses the same multiply-adds in every compile of the same code on the same CPU (the cache is per
@@ -74,19 +92,8 @@ def _define_kernels(simd_digest):
                     acc[b] += w * xi[b]
                 k += 1
             if apply_act:
-                g = grad_factor[j]
-                base = np.uint64(j) * np.uint64(batch)
-                for b in range(batch):
-                    z = acc[b]
-                    d = np.float32(1.0) if z > 0 else slope
-                    m = np.float32(1.0)
-                    if keep_threshold != 0:
-                        bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
-                        m = keep_scale if bits < keep_threshold else np.float32(0.0)
-                    factor = d * m
-                    acc[b] = z * factor
-                    if store_factor:
-                        g[b] = factor
+                activate(acc, grad_factor[j], np.uint64(j) * np.uint64(batch), 0, batch, slope, keep_threshold,
+                         keep_scale, drop_key, store_factor)
 
     @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
     def _backward_kernel(x, delta, cols_in, values, in_ptr, in_perm, grad_factor, grad, dx, dx_sums, ahead):
@@ -154,6 +161,9 @@ def _define_kernels(simd_digest):
 
 
 _forward_kernel, _backward_kernel, _weight_grad_kernel, _row_sum_kernel = _define_kernels(simd.SOURCE_DIGEST)
+
+# For kernels elsewhere (csr.py, lazy.py) that inline `activate`: numba's cache sees only their own file.
+SOURCE_DIGEST = simd.file_digest(__file__, simd.SOURCE_DIGEST)
 
 
 PREFETCH_MIN_BYTES = 8 << 20  # gathered activations larger than this are prefetched (L2 is ~1 MB a core)

@@ -24,8 +24,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from . import simd
-from .kernels import FASTMATH, _uniform_bits
+from . import csr
+from .csr import prefetch_ahead
+from .kernels import FASTMATH
 from .layer import SparseLayer
 
 
@@ -38,40 +39,20 @@ def _advance(w, v, k, powers, p):
     v[p] = np.float32(c * wp + d * vp)
 
 
-AHEAD = 16  # batch non-zeros ahead whose feature's connections are prefetched (in_ptr twice as far ahead)
-
-
-def _define_kernels(simd_digest):
-    """The kernels, as closures over simd.py's digest so that their numba cache key (which hashes closure
-    variables) changes when simd.py's inlined prefetch changes (as kernels.py does)."""
-
-    @njit(inline="always")
-    def _prefetch(indices, where, q, n, in_ptr, w, cols_in, v, with_v):
-        """Prefetch in_ptr of the feature of entry q + 2 AHEAD, and the connections of entry q + AHEAD's."""
-        if q + 2 * AHEAD < n:
-            simd.prefetch(in_ptr, indices[where[q + 2 * AHEAD]])
-        if q + AHEAD < n:
-            i = indices[where[q + AHEAD]]
-            s, e = in_ptr[i], in_ptr[i + 1] - 1
-            if e >= s:
-                simd.prefetch(w, s)
-                simd.prefetch(w, e)
-                simd.prefetch(cols_in, s)
-                simd.prefetch(cols_in, e)
-                if with_v:
-                    simd.prefetch(v, s)
-                    simd.prefetch(v, e)
+def _define_kernels(digest):
+    """The kernels, as closures over the digest of csr.py (prefetch_ahead) and what it inlines, so that their
+    numba cache key (which hashes closure variables) changes when an inlined helper changes."""
 
     @njit(parallel=True, cache=True)
     def _catch_up(indices, ptr, where, chunks, in_ptr, w, v, nxt, t, powers):
         """Every feature of the batch: its connections brought to step t (nxt[i] = t)."""
-        if simd_digest == 0:  # never true; ties the cache to simd.py (prefetch)
+        if digest == 0:  # never true; ties the cache to csr.py, kernels.py, simd.py
             return
         n_buckets = ptr.shape[0] - 1
         for c in prange(chunks):
             q1 = ptr[n_buckets * (c + 1) // chunks]
             for q in range(ptr[n_buckets * c // chunks], q1):
-                _prefetch(indices, where, q, q1, in_ptr, w, w, v, True)
+                prefetch_ahead(indices, where, q, q1, in_ptr, w, w, v, True)
                 i = indices[where[q]]
                 gap = t - nxt[i]
                 if gap > 0:
@@ -81,50 +62,12 @@ def _define_kernels(simd_digest):
 
 
     @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
-    def _forward(data, indices, where, sample, blocks, in_ptr, cols_in, w, bias, slope, apply_act, keep_threshold,
-                 keep_scale, drop_key, out, grad_factor, store_factor):
-        """csr._forward_kernel on the input-major weights w: the same sums in the same order, activation and dropout."""
-        if simd_digest == 0:  # never true; ties the cache to simd.py (prefetch)
-            return
-        n_out, batch = out.shape
-        n_entries = where.shape[0]
-        for t in prange(blocks):
-            b0, b1 = batch * t // blocks, batch * (t + 1) // blocks
-            for b in range(b0, b1):
-                for j in range(n_out):
-                    out[j, b] = bias[j]
-            for q in range(n_entries):
-                b = sample[q]
-                if b < b0 or b >= b1:
-                    continue
-                _prefetch(indices, where, q, n_entries, in_ptr, w, cols_in, w, False)
-                p0 = where[q]
-                i = indices[p0]
-                x = data[p0]
-                for p in range(in_ptr[i], in_ptr[i + 1]):
-                    out[cols_in[p], b] += w[p] * x
-            if apply_act:
-                for j in range(n_out):
-                    base = np.uint64(j) * np.uint64(batch)
-                    for b in range(b0, b1):
-                        z = out[j, b]
-                        d = np.float32(1.0) if z > 0 else slope
-                        m = np.float32(1.0)
-                        if keep_threshold != 0:
-                            bits = _uniform_bits(drop_key, base + np.uint64(b)) >> np.uint64(32)
-                            m = keep_scale if bits < keep_threshold else np.float32(0.0)
-                        factor = d * m
-                        out[j, b] = z * factor
-                        if store_factor:
-                            grad_factor[j, b] = factor
-
-    @njit(parallel=True, fastmath=set(FASTMATH), cache=True)
     def _grad_and_step(data, indices, ptr, where, sample, chunks, shift, delta, in_ptr, cols_in, w, v, nxt, t,
                        lr, momentum, weight_decay, decoupled):
         """Per range of buckets (disjoint features): each bucket's weight gradient (summed in sample order, as
         csr._weight_grad_kernel) in a local buffer, then one momentum step of its features (as optim._momentum_at).
         nxt[i] is -t - 1 while feature i's gradient is being summed."""
-        if simd_digest == 0:  # never true; ties the cache to simd.py (prefetch)
+        if digest == 0:  # never true; ties the cache to csr.py, kernels.py, simd.py
             return
         n_buckets = ptr.shape[0] - 1
         n_in = in_ptr.shape[0] - 1
@@ -138,7 +81,7 @@ def _define_kernels(simd_digest):
             for k in range(k0, k1):
                 base = in_ptr[k << shift]
                 for q in range(ptr[k], ptr[k + 1]):
-                    _prefetch(indices, where, q, q1, in_ptr, w, cols_in, v, True)
+                    prefetch_ahead(indices, where, q, q1, in_ptr, w, cols_in, v, True)
                     p0 = where[q]
                     i = indices[p0]
                     x = data[p0]
@@ -165,10 +108,10 @@ def _define_kernels(simd_digest):
                             w[p] += vel
                         v[p] = vel
 
-    return _catch_up, _forward, _grad_and_step
+    return _catch_up, _grad_and_step
 
 
-_catch_up, _forward, _grad_and_step = _define_kernels(simd.SOURCE_DIGEST)
+_catch_up, _grad_and_step = _define_kernels(csr.SOURCE_DIGEST)
 
 
 @njit(parallel=True, cache=True)
@@ -242,8 +185,8 @@ class LazyFirstLayer:
     def forward(self, x, order, out: np.ndarray, options: tuple, bias: np.ndarray) -> None:
         """out (n_out, batch) for the batch `order` of x, after catch_up; options: kernels.forward_options(...)."""
         blocks = max(1, min(numba.get_num_threads(), order.index.shape[0]))
-        _forward(x.data, x.indices, order.where, order.sample, blocks, self.layer.in_ptr, self.layer.cols_in, self.w,
-                 bias, *options)
+        csr.input_major_forward(x.data, x.indices, order.where, order.sample, blocks, self.layer.in_ptr,
+                                self.layer.in_perm, self.layer.cols_in, self.w, bias, *options)
 
     def step(self, x, order, delta: np.ndarray) -> None:
         """Gradient of the batch's features from delta (n_out, batch) and one update of them: step t done."""

@@ -14,7 +14,8 @@ fuse a multiply and its add into an FMA under the kernels' `contract` flag: the 
 same compiled code on the same CPU, and the numba cache is per CPU.)
 
 The kernels' numba cache is keyed on kernels.py, not on this file: kernels.py folds SOURCE_DIGEST
-(a hash of this file) into its kernels' cache key, so an edit here recompiles them.
+(a hash of this file) into its kernels' cache key, so an edit here recompiles them (`file_digest`
+chains such digests for modules that inline helpers of kernels.py or csr.py).
 
 `prefetch(a, i)` asks the CPU to start loading row i of a 2-D array (every cache line) or the
 line holding element i of a 1-D array: the kernels issue it a few connections ahead when the
@@ -33,7 +34,17 @@ from numba.extending import intrinsic
 
 LANES = 16
 
-SOURCE_DIGEST = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:15], 16) | 1
+
+
+def file_digest(path: str, *inlined: int) -> int:
+    """A non-zero 60-bit hash of the file at `path` and the digests of the modules whose helpers it inlines."""
+    h = hashlib.sha256(Path(path).read_bytes())
+    for digest in inlined:
+        h.update(int(digest).to_bytes(8, "little"))
+    return int(h.hexdigest()[:15], 16) | 1
+
+
+SOURCE_DIGEST = file_digest(__file__)
 
 _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
