@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.processes import run_during
 
 MPI_ENV = {
     "HYDRA_LAUNCHER": "fork",
@@ -51,31 +52,10 @@ def mpi_env() -> dict[str, str]:
     return {**os.environ, **MPI_ENV}
 
 
-def run_mpi(n: int, args: list[str], timeout: float) -> subprocess.CompletedProcess:
+def run_mpi(n: int, args: list[str], timeout: float, during=None) -> subprocess.CompletedProcess:
     """Run `mpiexec -n n python ARGS` and return its result; fail the test after `timeout` seconds.
+    during(proc), if given, acts on the job while it runs (tests/processes.py: wait, send a real signal).
 
     mpiexec gets its own process group so that a timeout kills the ranks too, not just hydra.
     """
-    cmd = mpiexec_command(n) + [sys.executable, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=mpi_env(), start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(proc)
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(cmd)} timed out after {timeout} s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGTERM then SIGKILL the process group that proc leads."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=5)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
+    return run_during(mpiexec_command(n) + [sys.executable, *args], timeout, during, env=mpi_env())

@@ -13,6 +13,7 @@ from sparsenet.checkpoint import load_checkpoint
 from sparsenet.parallel.averaging import average_replicas
 from sparsenet.sparse.layer import SparseLayer
 from tests.mpi.conftest import run_mpi
+from tests.processes import signal_when, wait_for_handler, wait_until
 
 SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.informative=8",
          "data.redundant=4", "data.classes=3", "model.hidden=[40,32]", "model.epsilon=5",
@@ -20,20 +21,27 @@ SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.in
          "checkpoint.every=1", "seed=3"]
 
 
-def train(n, out, *extra, timeout=240, resume=False, no_channel=(), shared_max_bytes=None):
-    """`sparsenet train` on n ranks; no_channel / shared_max_bytes: through tests/mpi/partial_channels.py."""
-    wrapped = no_channel or shared_max_bytes is not None
-    args = ["tests/mpi/partial_channels.py"] if wrapped else ["-m", "sparsenet"]
-    for rank in no_channel:
-        args += ["--no-channel", str(rank)]
-    if shared_max_bytes is not None:
-        args += ["--shared-max-bytes", str(shared_max_bytes)]
-    args += ["train", "configs/fashion_mnist.yaml", "--out", str(out)]
+def train_args(out, *extra) -> list[str]:
+    """Arguments of `python -m sparsenet train` on configs/fashion_mnist.yaml with SMALL + extra, into out."""
+    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(out)]
     for item in SMALL + list(extra):
         args += ["--set", item]
+    return args
+
+
+def train(n, out, *extra, timeout=240, resume=False, no_channel=(), shared_max_bytes=None, during=None):
+    """`sparsenet train` on n ranks; no_channel / shared_max_bytes: through tests/mpi/partial_channels.py;
+    during(proc): acts on the job while it runs (tests/processes.py)."""
+    args = train_args(out, *extra)
+    if no_channel or shared_max_bytes is not None:
+        args[:2] = ["tests/mpi/partial_channels.py"]
+        for rank in no_channel:
+            args[1:1] = ["--no-channel", str(rank)]
+        if shared_max_bytes is not None:
+            args[1:1] = ["--shared-max-bytes", str(shared_max_bytes)]
     if resume:
         args.append("--resume")
-    return run_mpi(n, args, timeout=timeout)
+    return run_mpi(n, args, timeout=timeout, during=during)
 
 
 def checkpoint_arrays(path):
@@ -127,31 +135,11 @@ def test_one_rank_runs_the_sequential_trainer(tmp_path):
 @pytest.mark.parametrize("phase1", [4, 1], ids=["in_phase1", "in_phase2"])
 def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
     """A scheduler's stop signal ends the run with exit code 75, in whichever epoch and phase it lands."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    from tests.mpi.conftest import mpi_env, mpiexec_command
-
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
-    for item in SMALL + ["train.epochs=400", "data.samples=3000", f"parallel.phase1_epochs={phase1}"]:
-        args += ["--set", item]
-    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (tmp_path / "checkpoint.h5").exists():
-            time.sleep(0.2)
-        time.sleep(1.0)
-        # mpiexec forwards SIGUSR1 to every rank; workers ignore it, the server stops.
-        os.kill(proc.pid, signal.SIGUSR1)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 75, err
-    assert "SIGUSR1 received" in out
+    # mpiexec forwards SIGUSR1 to every rank; workers ignore it, the server stops.
+    proc = train(3, tmp_path, "train.epochs=400", "data.samples=3000", f"parallel.phase1_epochs={phase1}",
+                 timeout=60, during=signal_when(lambda: (tmp_path / "checkpoint.h5").exists(), delay=1.0))
+    assert proc.returncode == 75, proc.stderr
+    assert "SIGUSR1 received" in proc.stdout
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert 1 <= saved.epoch < 400
     current = saved.epoch + (saved.parallel_partial_epoch is not None)  # the epoch stopped in, or the last one done
@@ -161,30 +149,19 @@ def test_sigusr1_checkpoints_and_stops_resumably(tmp_path, phase1):
 def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
     """SIGKILL to every process of a run whose phase 1 goes through a shared window: the window is
     MPI's, so no sparsenet file is left in /dev/shm (the old channels, slots and doorbells were files there)."""
-    import subprocess
-    import sys
-
-    from tests.mpi.conftest import mpi_env, mpiexec_command
-
     def ours() -> set[str]:
         return {name for name in os.listdir("/dev/shm") if name.startswith("sparsenet")}
 
-    before = ours()
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
-    for item in SMALL + ["train.epochs=400", "data.samples=3000", "parallel.phase1_epochs=400"]:
-        args += ["--set", item]
-    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        metrics = tmp_path / "metrics.jsonl"
-        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().strip()):
-            time.sleep(0.2)
-        pids = _rank_pids(str(tmp_path))
-        assert sorted(pids) == [0, 1, 2], pids
-    finally:
+    before, pids, metrics = ours(), {}, tmp_path / "metrics.jsonl"
+
+    def kill_after_epoch_1(proc):
+        wait_until(lambda: metrics.exists() and metrics.read_text().strip(), 120, 0.2)
+        pids.update(_rank_pids(str(tmp_path)))
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
+
+    train(3, tmp_path, "train.epochs=400", "data.samples=3000", "parallel.phase1_epochs=400", timeout=60,
+          during=kill_after_epoch_1)
+    assert sorted(pids) == [0, 1, 2], pids
     row = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert row["channel_gradients"] > 0, "phase 1 did not go through the shared window"
     for pid in pids.values():  # the ranks are gone, not only mpiexec
@@ -266,35 +243,25 @@ def test_a_frozen_worker_is_named_and_ends_the_job(tmp_path, algorithm):
     """SIGSTOP on worker 2 (a hung read, a stuck node): rank 0 names it after parallel.timeout_s and aborts.
 
     WASSP waits for every worker at once; WASAP goes on with worker 1 until phase 2 needs worker 2."""
-    import subprocess
-    import sys
+    frozen = []
 
-    from tests.mpi.conftest import mpi_env, mpiexec_command
+    def freeze_worker_2(proc):
+        wait_until(lambda: (tmp_path / "checkpoint.h5").exists(), 120, 0.2)
+        pid = _rank_pids(str(tmp_path)).get(2)
+        assert pid is not None, "worker 2's process not found"
+        frozen.append(pid)
+        os.kill(pid, signal.SIGSTOP)
 
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
-    for item in SMALL + ["train.epochs=400", "data.samples=3000", f"parallel.algorithm={algorithm}",
-                         "parallel.phase1_epochs=3", "parallel.timeout_s=4"]:
-        args += ["--set", item]
-    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
-    frozen = None
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (tmp_path / "checkpoint.h5").exists():
-            time.sleep(0.2)
-        frozen = _rank_pids(str(tmp_path)).get(2)
-        assert frozen is not None, "worker 2's process not found"
-        os.kill(frozen, signal.SIGSTOP)
-        out, err = proc.communicate(timeout=120)
+        proc = train(3, tmp_path, "train.epochs=400", "data.samples=3000", f"parallel.algorithm={algorithm}",
+                     "parallel.phase1_epochs=3", "parallel.timeout_s=4", timeout=120, during=freeze_worker_2)
     finally:
-        if frozen is not None:
+        for pid in frozen:
             try:
-                os.kill(frozen, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    err = proc.stderr
     assert proc.returncode not in (0, 75), err
     lines = [line for line in err.splitlines() if "heard nothing from" in line]
     assert lines, err
@@ -306,35 +273,24 @@ def test_a_frozen_worker_is_named_and_ends_the_job(tmp_path, algorithm):
 def test_sigusr1_during_startup_stops_every_rank_with_75_and_resume_starts_fresh(tmp_path):
     """As srun's --signal does: SIGUSR1 to every rank as soon as its CLI runs (before MPI and the data
     are up). Before, the signal killed the ranks (138) or MPICH's handler swallowed it."""
-    import subprocess
-    import sys
-
-    from tests.mpi.conftest import mpi_env, mpiexec_command
-    from tests.unit.test_signals import _wait_for_handler
-
     extra = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=1"]
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path / "stopped")]
-    for item in SMALL + extra:
-        args += ["--set", item]
-    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
-    try:
-        deadline, ranks = time.monotonic() + 60, {}
-        while time.monotonic() < deadline and len(ranks) < 3:
-            ranks = _rank_pids(str(tmp_path / "stopped"))
-            time.sleep(0.01)
-        assert len(ranks) == 3, ranks
+    ranks = {}
+
+    def signal_every_rank_at_startup(proc):
+        def three_ranks():
+            ranks.clear()
+            ranks.update(_rank_pids(str(tmp_path / "stopped")))
+            return len(ranks) == 3
+
+        assert wait_until(three_ranks, 60, 0.01), ranks
         for pid in ranks.values():
-            _wait_for_handler(pid, signal.SIGUSR1)
+            wait_for_handler(pid, signal.SIGUSR1)
         for pid in ranks.values():
             os.kill(pid, signal.SIGUSR1)
-        out, err = proc.communicate(timeout=180)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    assert proc.returncode == 75, err
-    assert "SIGUSR1 received during start-up: stopped before epoch 1 (nothing to save yet)" in out
+
+    proc = train(3, tmp_path / "stopped", *extra, timeout=180, during=signal_every_rank_at_startup)
+    assert proc.returncode == 75, proc.stderr
+    assert "SIGUSR1 received during start-up: stopped before epoch 1 (nothing to save yet)" in proc.stdout
     assert not (tmp_path / "stopped" / "checkpoint.h5").exists()
     resumed = train(3, tmp_path / "stopped", *extra, resume=True)
     straight = train(3, tmp_path / "straight", *extra)
@@ -416,28 +372,11 @@ def test_sigusr1_inside_a_long_wasap_epoch_stops_at_the_next_update_and_resume_f
     """Epochs of 4,200 gradients (batch 2): SIGUSR1 from mpiexec part-way through an epoch after the first
     stops the run there with exit 75, not at the epoch's end; --resume continues the epoch where it stopped.
     Which epoch the signal lands in depends on the machine's speed, so the checks follow the one it hit."""
-    import subprocess
-    import sys
-
-    from tests.mpi.conftest import mpi_env, mpiexec_command
-
     common = ["parallel.algorithm=wasap", "data.samples=12000", "train.batch_size=2", "parallel.phase1_epochs=400"]
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
-    for item in SMALL + common + ["train.epochs=400"]:
-        args += ["--set", item]
-    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and not (tmp_path / "checkpoint.h5").exists():
-            time.sleep(0.05)
-        time.sleep(0.5)
-        os.kill(proc.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank; the workers ignore it
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    # mpiexec forwards SIGUSR1 to every rank; the workers ignore it
+    proc = train(3, tmp_path, *common, "train.epochs=400", timeout=60,
+                 during=signal_when(lambda: (tmp_path / "checkpoint.h5").exists(), delay=0.5, wait=180))
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 75, err
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     part = saved.parallel_partial_epoch
@@ -561,31 +500,15 @@ def test_sigusr1_inside_a_long_phase2_epoch_exits_75_part_way_through_it_and_res
     epoch after the first one ended (its own length, read from its row, so any machine's speed) stops the
     run part-way through the epoch it hits, every rank exits 75 well within Slurm's 60 s, and --resume
     finishes that epoch, logging every epoch once."""
-    import subprocess
-    import sys
-
-    from tests.mpi.conftest import mpi_env, mpiexec_command
-
     common = ["parallel.algorithm=wassp", "data.samples=12000", "train.batch_size=2", "parallel.phase1_epochs=0"]
-    args = ["-m", "sparsenet", "train", "configs/fashion_mnist.yaml", "--out", str(tmp_path)]
-    for item in SMALL + common + ["train.epochs=400"]:
-        args += ["--set", item]
-    proc = subprocess.Popen(mpiexec_command(3) + [sys.executable, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mpi_env(), start_new_session=True)
-    try:
-        deadline, metrics = time.monotonic() + 180, tmp_path / "metrics.jsonl"
-        while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().endswith("\n")):
-            time.sleep(0.02)  # until epoch 1's row is written
-        time.sleep(_rows(tmp_path)[0]["train_seconds"] / 2)
-        os.kill(proc.pid, signal.SIGUSR1)  # mpiexec forwards it to every rank; the workers ignore it
-        sent = time.monotonic()
-        out, err = proc.communicate(timeout=60)
-        print(f"SIGUSR1 to exit: {time.monotonic() - sent:.2f} s; epoch 1 trained in "
-              f"{_rows(tmp_path)[0]['train_seconds']:.2f} s")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+    metrics = tmp_path / "metrics.jsonl"
+    # half an epoch after epoch 1's row is written; mpiexec forwards it to every rank, the workers ignore it
+    stop = signal_when(lambda: metrics.exists() and metrics.read_text().endswith("\n"),
+                       delay=lambda: _rows(tmp_path)[0]["train_seconds"] / 2, wait=180)
+    proc = train(3, tmp_path, *common, "train.epochs=400", timeout=60, during=stop)
+    print(f"SIGUSR1 to exit: {time.monotonic() - stop.sent:.2f} s; epoch 1 trained in "
+          f"{_rows(tmp_path)[0]['train_seconds']:.2f} s")
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 75, err
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     stopped, part = saved.epoch + 1, saved.parallel_partial_epoch

@@ -147,20 +147,15 @@ def test_checkpoint_with_bad_run_state(trained, capsys, tmp_path, attr, value, e
 
 def test_sigterm_stops_at_an_epoch_boundary_and_resume_continues(tmp_path):
     import signal
-    import time
+
+    from tests.processes import run_during, signal_when
 
     args = [sys.executable, "-m", "sparsenet", "train", "configs/fashion_mnist.yaml", *SMALL,
             "--set", "train.epochs=100000", "--set", "checkpoint.every=100000", "--out", str(tmp_path)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        metrics, deadline = tmp_path / "metrics.jsonl", time.monotonic() + 60
-        while time.monotonic() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-            time.sleep(0.1)  # wait until at least one epoch is done
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    metrics = tmp_path / "metrics.jsonl"  # SIGTERM once at least one epoch is done
+    proc = run_during(args, 60, during=signal_when(lambda: metrics.exists() and metrics.stat().st_size > 0,
+                                                   sig=signal.SIGTERM))
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 75, err
     assert "SIGTERM received" in out
     stopped_at = json.loads(out.strip().splitlines()[-1])["epoch"]

@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from sparsenet.parallel.launcher import srun_mpi_plugin, world_size_mismatch
+from tests.processes import run_during, wait_for_handler
 from tests.unit.test_cli import SMALL
 
 GUARD = """
@@ -39,29 +39,16 @@ def test_a_signal_while_mpi_initialises_is_held_and_recorded_not_fatal():
                                         "run sees: SIGUSR1", "after the run: None True", "restored: True"]
 
 
-def _wait_for_handler(pid: int, sig: int, timeout: float = 60) -> None:
-    """Until process `pid` catches `sig` (its SigCgt mask in /proc): sparsenet's CLI has started."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        fields = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
-        if int(fields["SigCgt"], 16) >> (sig - 1) & 1:
-            return
-        time.sleep(0.005)
-    pytest.fail(f"process {pid} never installed a handler for signal {sig}")
-
-
 def test_sigusr1_during_startup_stops_before_the_first_epoch_and_resume_starts_fresh(tmp_path):
     """The signal comes while the CLI is still importing and loading data (before, the default action killed it)."""
     args = [sys.executable, "-m", "sparsenet", "train", "configs/fashion_mnist.yaml", *SMALL, "--set", "train.epochs=2"]
-    proc = subprocess.Popen(args + ["--out", str(tmp_path / "stopped")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for_handler(proc.pid, signal.SIGUSR1)
+
+    def signal_once_it_listens(proc):
+        wait_for_handler(proc.pid, signal.SIGUSR1)
         proc.send_signal(signal.SIGUSR1)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+
+    proc = run_during(args + ["--out", str(tmp_path / "stopped")], 120, during=signal_once_it_listens)
+    out, err = proc.stdout, proc.stderr
     assert proc.returncode == 75, err
     assert "SIGUSR1 received during start-up: stopped before epoch 1 (nothing to save yet)" in out
     assert json.loads(out.strip().splitlines()[-1])["epoch"] == 0
