@@ -53,6 +53,12 @@ def _default(key: str):
 class _SETBase(BaseEstimator):
     _output = "softmax"
 
+    def _keep(self, params: dict) -> None:
+        """Store __init__'s arguments (its locals()) as attributes of the same names, as scikit-learn expects."""
+        for name, value in params.items():
+            if name != "self":
+                setattr(self, name, value)
+
     def _params_config(self) -> Config:
         """A Config from the parameters, validated by config.py (its message, naming the parameter)."""
         raw: dict = {}
@@ -157,17 +163,7 @@ class SETClassifier(ClassifierMixin, _SETBase):
                  validation_fraction=_default("data.validation_fraction"),
                  n_iter_no_change=_default("train.early_stopping_patience"),
                  tol=_default("train.early_stopping_min_delta"), warm_start=False, verbose=False):
-        self.hidden, self.epsilon, self.activation, self.alpha = hidden, epsilon, activation, alpha
-        self.init, self.dropout, self.output = init, dropout, output
-        self.epochs, self.batch_size, self.lr, self.momentum = epochs, batch_size, lr, momentum
-        self.weight_decay, self.weight_decay_mode, self.eval_batch_size = weight_decay, weight_decay_mode, eval_batch_size
-        self.zeta, self.evolve_output = zeta, evolve_output
-        self.pruning, self.pruning_start_epoch, self.pruning_every = pruning, pruning_start_epoch, pruning_every
-        self.pruning_percentile, self.pruning_fraction, self.pruning_duration = (pruning_percentile, pruning_fraction,
-                                                                                 pruning_duration)
-        self.standardize, self.seed, self.threads = standardize, seed, threads
-        self.validation_fraction, self.n_iter_no_change, self.tol = validation_fraction, n_iter_no_change, tol
-        self.warm_start, self.verbose = warm_start, verbose
+        self._keep(locals())
 
     def fit(self, X, y):
         """Train `epochs` epochs on X (n_samples, n_features) and labels y (n_samples,)."""
@@ -238,17 +234,7 @@ class SETRegressor(RegressorMixin, _SETBase):
                  validation_fraction=_default("data.validation_fraction"),
                  n_iter_no_change=_default("train.early_stopping_patience"),
                  tol=_default("train.early_stopping_min_delta"), warm_start=False, verbose=False):
-        self.hidden, self.epsilon, self.activation, self.alpha = hidden, epsilon, activation, alpha
-        self.init, self.dropout = init, dropout
-        self.epochs, self.batch_size, self.lr, self.momentum = epochs, batch_size, lr, momentum
-        self.weight_decay, self.weight_decay_mode, self.eval_batch_size = weight_decay, weight_decay_mode, eval_batch_size
-        self.zeta, self.evolve_output = zeta, evolve_output
-        self.pruning, self.pruning_start_epoch, self.pruning_every = pruning, pruning_start_epoch, pruning_every
-        self.pruning_percentile, self.pruning_fraction, self.pruning_duration = (pruning_percentile, pruning_fraction,
-                                                                                 pruning_duration)
-        self.standardize, self.seed, self.threads = standardize, seed, threads
-        self.validation_fraction, self.n_iter_no_change, self.tol = validation_fraction, n_iter_no_change, tol
-        self.warm_start, self.verbose = warm_start, verbose
+        self._keep(locals())
 
     def fit(self, X, y):
         """Train `epochs` epochs on X (n_samples, n_features) and targets y (n_samples[, n_targets])."""
