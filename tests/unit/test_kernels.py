@@ -112,3 +112,21 @@ def test_wrappers_reject_bad_arrays(layer):
     with pytest.raises(ValueError, match="grad"):
         kernels.backward(layer, np.zeros((37, 4), np.float32), np.zeros((23, 4), np.float32),
                          np.zeros(layer.nnz + 1, np.float32))
+
+
+def test_kernels_that_inline_other_modules_helpers_key_their_cache_on_those_modules():
+    """numba's cache sees only a kernel's own file: csr.py's and lazy.py's kernels close over the digest
+    chain of the modules whose helpers they inline (simd -> kernels -> csr), so editing those recompiles them."""
+    from sparsenet.sparse import csr, lazy, simd
+
+    assert kernels.SOURCE_DIGEST == simd.file_digest(kernels.__file__, simd.SOURCE_DIGEST)
+    assert csr.SOURCE_DIGEST == simd.file_digest(csr.__file__, kernels.SOURCE_DIGEST)
+    assert len({simd.file_digest(csr.__file__, d) for d in (1, 2, 3)}) == 3
+
+    def closure(kernel):
+        return [cell.cell_contents for cell in kernel.py_func.__closure__]
+
+    for kernel in (csr._forward_kernel, csr.input_major_forward):
+        assert kernels.SOURCE_DIGEST in closure(kernel)
+    for kernel in (lazy._catch_up, lazy._grad_and_step):
+        assert csr.SOURCE_DIGEST in closure(kernel)
