@@ -529,3 +529,16 @@ def test_a_stop_inside_a_diverged_phase2_epoch_says_so_and_writes_no_checkpoint(
     assert proc.returncode == 2, proc.stderr
     assert "DivergedError: training diverged in epoch 1: the workers' train losses are [nan" in proc.stderr
     assert not (tmp_path / "checkpoint.h5").exists()
+
+
+def test_a_stop_inside_a_diverged_phase1_epoch_exits_2_and_keeps_the_last_good_checkpoints(tmp_path):
+    """Epoch 1 trains well; resumed with lr 1e5, the server stops at its 20th gradient of epoch 2, when its
+    weights are NaN: before, that stop's checkpoint replaced checkpoint.h5 (exit 75, resumable into NaN)."""
+    common = ["parallel.algorithm=wassp", "parallel.phase1_epochs=3"]
+    assert train(3, tmp_path, *common, "train.epochs=1").returncode == 0
+    names = ("checkpoint.h5", "checkpoint_best.h5")
+    good = {name: (tmp_path / name).read_bytes() for name in names}
+    proc = train(3, tmp_path, *common, "train.epochs=3", "train.lr=100000", "debug.stop_at_update=20", resume=True)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(r"training diverged in epoch 2: layer \d's (weights|biases) hold NaN or infinity", proc.stderr)
+    assert {name: (tmp_path / name).read_bytes() for name in names} == good
