@@ -218,3 +218,41 @@ def test_the_memory_plan_counts_the_lazy_copies_for_csr_data_only():
 
     assert lazy_items("momentum", 60000) == [8 * expected_nnz(50000, 100, 20.0) + 4 * 50000]
     assert lazy_items("momentum", 0) == [] and lazy_items("adam", 60000) == []
+
+
+CACHED_RUN = """
+import numpy as np
+from numba.core.dispatcher import Dispatcher
+from sparsenet.sparse import csr, kernels, lazy
+from sparsenet.sparse.init import erdos_renyi_layer
+from tests.unit.test_lazy_updates import bag
+x, _ = bag(40, 300, 10, 0)
+layer = erdos_renyi_layer(300, 20, 4.0, "he_uniform", np.random.default_rng(0))
+index = np.arange(16)
+order = csr.BatchOrder(x.indices, x.indptr, index, 300)
+out, factor = np.empty((20, 16), np.float32), np.empty((20, 16), np.float32)
+options = kernels.forward_options(out, 20, 16, 0.0, 0.2, 7, factor)
+session = lazy.LazyFirstLayer(layer, np.zeros(layer.nnz, np.float32), 0.05, 0.9, 0.01, False, 4)
+session.catch_up(x, order)
+session.forward(x, order, out, options, layer.bias)
+session.step(x, order, out)
+csr.forward(layer, x.data, x.indices, x.indptr, x.shape, index, out, slope=0.0)
+kernels = {k for module in (csr, lazy) for k in vars(module).values() if isinstance(k, Dispatcher)}
+print(sum(sum(k.stats.cache_hits.values()) for k in kernels), sum(sum(k.stats.cache_misses.values()) for k in kernels))
+"""
+
+
+def test_the_csr_and_lazy_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
+    """The second process compiles none of them. Before, lazy.py's kernels closed over their jitted prefetch
+    helper, whose pickle (part of numba's cache key for a closure) differs in every process: compiled every run."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "numba_cache"))
+    counts = []  # (cache hits, cache misses) of every compiled kernel of csr.py and lazy.py
+    for _ in range(2):
+        proc = subprocess.run([sys.executable, "-c", CACHED_RUN], capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        counts.append(tuple(map(int, proc.stdout.split()[-2:])))
+    assert counts == [(0, 6), (6, 0)]
