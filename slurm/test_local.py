@@ -1,6 +1,7 @@
 """`make test-slurm`: slurm/train.sbatch on a real single-node Slurm, stopped by Slurm's timed signal.
 
-Starts the local cluster (slurm/local-cluster.sh), then for each MPI flavour submits train.sbatch
+Starts the local cluster (slurm/local-cluster.sh), cancels any job an earlier run left in it (the
+cluster keeps its jobs across restarts), then for each MPI flavour submits train.sbatch
 with a small WASSP run (--signal=USR1@90), and checks that Slurm's SIGUSR1 made every rank exit
 with 75, the job requeued itself and resumed, and the run completed with every epoch logged once,
 each epoch's numbers (losses, accuracy, nnz) bit-identical to those of an uninterrupted run of the
@@ -268,6 +269,11 @@ def main() -> int:
             raise SystemExit(f"test-slurm: unknown flavour(s) {sorted(unknown)}; known: pip-mpich, {', '.join(MPICC)}")
         venvs = {"pip-mpich": ROOT / ".venv", **source_venvs([name for name in flavours if name in MPICC])}
         venvs = {name: venvs[name] for name in flavours}
+        left = run(["squeue", "-h", "-o", "%i %j %T"]).stdout.split("\n")
+        left = [line for line in left if line.strip()]
+        if left:  # the cluster's saved state keeps them across restarts; they would hold its CPUs
+            say(f"cancelling jobs left in the local cluster by earlier runs: {left}")
+            run(["scancel", *(line.split()[0] for line in left)])
         for name in flavours:
             say(f"{name}: {mpi_library(venvs[name])}; train.sbatch picks srun --mpi={srun_plugin(venvs[name])}")
         problems = srun_checks(venvs)
