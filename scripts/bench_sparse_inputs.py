@@ -35,10 +35,12 @@ import shlex
 import sys
 import time
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 import sparsenet
+from sparsenet.sparse import simd
 
 
 @njit(cache=True)
@@ -88,6 +90,55 @@ def dense_like(n: int, n_features: int, classes: int, seed: int):
     x = rng.standard_normal((n, n_features), dtype=np.float32)
     x[np.arange(n), labels] += 3.0
     return x, labels
+
+
+@njit(parallel=True, cache=True)
+def _touch_once(indices, ptr, where, chunks, in_ptr, cols_in, w, v, seen, stamp):
+    """The least any momentum step on a CSR batch must do: one pass over every connection of the batch's
+    distinct features (read column, weight and velocity; write weight and velocity), prefetched as lazy.py does."""
+    n_buckets = ptr.shape[0] - 1
+    for c in prange(chunks):
+        q0, q1 = ptr[n_buckets * c // chunks], ptr[n_buckets * (c + 1) // chunks]
+        for q in range(q0, q1):
+            if q + 16 < q1:
+                i = indices[where[q + 16]]
+                s, e = in_ptr[i], in_ptr[i + 1] - 1
+                if e >= s:
+                    simd.prefetch(w, s)
+                    simd.prefetch(w, e)
+                    simd.prefetch(v, s)
+                    simd.prefetch(v, e)
+                    simd.prefetch(cols_in, s)
+                    simd.prefetch(cols_in, e)
+            i = indices[where[q]]
+            if seen[i] == stamp:
+                continue
+            seen[i] = stamp
+            for p in range(in_ptr[i], in_ptr[i + 1]):
+                vel = np.float32(0.9) * v[p] - np.float32(1e-12) * np.float32(cols_in[p])
+                v[p] = vel
+                w[p] += vel
+
+
+def memory_floor(state, data, batch: int, count: int) -> float:
+    """Milliseconds per batch of _touch_once on the trained first layer's input-major layout (a lower bound for
+    the first layer's share of a sparse batch: forward and gradient each read these connections again)."""
+    from sparsenet.sparse import csr
+
+    x = data.x_train
+    layer = state.model.layers[0]
+    w = layer.values[layer.in_perm]  # input-major copies, as lazy.py holds them
+    v = np.zeros_like(w)
+    seen = np.full(layer.n_in, -1, dtype=np.int64)
+    orders = [csr.BatchOrder(x.indices, x.indptr, np.arange(k * batch, (k + 1) * batch), x.shape[1])
+              for k in range(count + 1)]
+    chunks = max(1, min(4 * numba.get_num_threads(), orders[0].ptr.shape[0] - 1))
+    args = (layer.in_ptr, layer.cols_in, w, v, seen)
+    _touch_once(x.indices, orders[0].ptr, orders[0].where, chunks, *args, 0)  # compile
+    t0 = time.perf_counter()
+    for k, order in enumerate(orders[1:], start=1):
+        _touch_once(x.indices, order.ptr, order.where, chunks, *args, k)
+    return 1e3 * (time.perf_counter() - t0) / count
 
 
 def peak_rss_gib() -> float:
@@ -258,6 +309,15 @@ def main(argv=None) -> int:
               f"{1e3 * dense_epoch / -(-dense_data.x_train.shape[0] // args.batch):.2f} ms):", flush=True)
         for k, v in ms.items():
             print(f"  {k}: {v:.2f} ms", flush=True)
+        floor = memory_floor(sparse_state, sparse_data, args.batch, args.profile_batches)
+        dense_batch = 1e3 * dense_epoch / -(-dense_data.x_train.shape[0] // args.batch)
+        result["first_layer_floor_ms"] = floor
+        rest = ms["rest (hidden layers, loss, other layers' update)"]
+        print(f"the least the first layer's step can cost (one read+write pass over the batch's connections, "
+              f"prefetched): {floor:.2f} ms; with the rest of the batch ({rest:.2f} ms) that is "
+              f"{floor + rest:.2f} ms, a ceiling of {dense_batch / (floor + rest):.2f} x the dense model's speed for "
+              f"any implementation on this machine ({dense_batch / args.min_speed:.2f} ms per batch would meet "
+              f"--min-speed {args.min_speed:g})", flush=True)
     if args.densified_batches:
         csr_s, dense_s = densified_batches(sparse_state.model, sparse_data.x_train, sparse_data.y_train, args.batch,
                                            args.densified_batches)
