@@ -302,7 +302,8 @@ def main(argv=None) -> int:
           f"--threads 1 and the machine busy, closer to a quiet machine's wall-clock ratio than the wall clock)",
           flush=True)
     result = {"sparse": sparse, "dense": dense, "speed_ratios": ratios, "cpu_ratio": cpu_ratio, "peak_rss_gib": peak}
-    if args.profile_batches:
+    args.profile_batches = min(args.profile_batches, sparse_data.x_train.shape[0] // args.batch - 1)
+    if args.profile_batches > 0:
         ms = profile_batches(sparse_state, sparse_data, args.batch, args.profile_batches)
         result["profile_ms_per_batch"] = ms
         print(f"where a sparse batch's time goes ({args.profile_batches} batches; dense batch for comparison "
