@@ -33,12 +33,6 @@ from .seam import Gradient, Replica, Workers, split_pairs
 from .updates import retain_valid, then, topology_lineage
 
 
-def phase1_epochs(cfg: Config) -> int:
-    p = cfg.parallel
-    n = p.phase1_epochs if p.phase1_epochs is not None else round(p.phase1_fraction * cfg.train.epochs)
-    return min(max(n, 0), cfg.train.epochs)
-
-
 class ParameterServer:
     """Holds the global model and the only phase-1 optimizer state; drives `workers`."""
 
@@ -336,7 +330,7 @@ class ParameterServer:
         after the batch each worker is training (both part-way through the epoch)."""
         loop, epochs = self.loop, self.cfg.train.epochs
         with loop:
-            loop.run(self.phase1_epoch, phase1_epochs(self.cfg))
+            loop.run(self.phase1_epoch, self.cfg.phase1_epochs)
             loop.run(self.phase2_epoch, epochs)  # its first epoch hands the replicas out
             if not self.replicas_out:
                 self._discard_in_flight()
