@@ -18,7 +18,7 @@ from ..checkpoint import LayerArrays
 from ..config import Config
 from ..model import SparseMLP
 from . import channel as ch
-from .seam import Gradient, Replica, Workers
+from .seam import Gradient, Replica, Workers, split_pairs
 
 TAG_GRADIENT = 1  # worker -> server: a gradient, tagged with the topology version it was computed on
 TAG_MODEL = 2  # server -> worker: weights (same topology) or topology + weights (after a change)
@@ -64,10 +64,7 @@ def received_layers(arrays: list[np.ndarray], meta: dict) -> list[LayerArrays]:
 def adopt_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
     """Make received float32 weights then biases the model's own, without copying (same topology):
     views of a message or a channel buffer, released when the next reply replaces them."""
-    n = len(model.layers)
-    if len(arrays) != 2 * n:
-        raise ValueError(f"expected {2 * n} arrays (weights and biases of {n} layers), got {len(arrays)}")
-    for layer, v, b in zip(model.layers, arrays[:n], arrays[n:]):
+    for layer, v, b in zip(model.layers, *split_pairs(arrays, len(model.layers))):
         if v.shape != layer.values.shape or b.shape != layer.bias.shape:
             raise ValueError(f"values of shape {v.shape} / {b.shape} do not fit a layer of {layer.nnz} connections")
         if v.dtype != np.float32 or b.dtype != np.float32 or not (v.flags.c_contiguous and b.flags.c_contiguous):
@@ -151,27 +148,23 @@ class MPIWorkers(Workers):
         server starves nobody."""
         self._taken += 1
         if source is not None:
-            channels = [(source, self.channels[source])] if source in self.channels else []
+            order = [source] if source in self.channels else []
         else:
-            channels = sorted(self.channels.items(), key=lambda kc: (kc[0] <= self._last_channel, kc[0]))
-            if len(channels) < len(self.ids) and self._taken % 2 == 0:
-                if self.transport.poll(tag=TAG_GRADIENT) is not None:
-                    channels = []
-        if not channels:
-            return _gradient_of(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
-        found = []
+            order = sorted(self.channels, key=lambda k: (k <= self._last_channel, k))
+            if len(order) < len(self.ids) and self._taken % 2 == 0 and self.transport.poll(tag=TAG_GRADIENT):
+                order = []
+        found = [None]  # the first channel in `order` with a gradient posted
 
         def ready() -> bool:
-            for k, channel in channels:
-                if channel.gradient_ready():
-                    found.append(k)
-                    return True
-            return False
+            found[0] = next((k for k in order if self.channels[k].gradient_ready()), None)
+            return found[0] is not None
 
-        msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready)
+        msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready if order else None)
         if msg is not None:
-            return _gradient_of(msg)
-        k = self._last_channel = found[-1]
+            m = msg.meta
+            return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]),
+                            msg.arrays)
+        k = self._last_channel = found[0]
         version, samples, loss, correct, arrays = self.channels[k].take_gradient()
         self.channel_bytes[1] += sum(a.nbytes for a in arrays)
         return Gradient(k, version, samples, loss, correct, arrays)
@@ -239,11 +232,6 @@ class MPIWorkers(Workers):
                 "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
                 "channel_replies": sum(c.replies_posted for c in self.channels.values()),
                 "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
-
-
-def _gradient_of(msg) -> Gradient:
-    m = msg.meta
-    return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]), msg.arrays)
 
 
 def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0) -> int:

@@ -61,7 +61,7 @@ class ParameterServer:
         self.workers_stopped = False
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self.replicas_out = False  # phase 2: this process has handed the replicas out
-        # the server computes no gradients: evaluation gets buffers of a training batch's size
+        # the server computes no gradients: its evaluation stays within a training batch's workspace
         self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0, trains=False,
                               validation=validation)
 
