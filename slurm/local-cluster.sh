@@ -107,6 +107,8 @@ stop() {
         if running "$DIR/$name.pid"; then
             kill "$(cat "$DIR/$name.pid")"
             for _ in $(seq 20); do running "$DIR/$name.pid" || break; sleep 0.5; done
+            # still there after 10 s: a daemon left behind would serve the next start with stale plugins
+            if running "$DIR/$name.pid"; then kill -9 "$(cat "$DIR/$name.pid")" 2>/dev/null || true; fi
         fi
         rm -f "$DIR/$name.pid"
     done

@@ -1,8 +1,11 @@
 """`make test-slurm`: slurm/train.sbatch on a real single-node Slurm, stopped by Slurm's timed signal.
 
-Starts the local cluster (slurm/local-cluster.sh), then for each MPI flavour submits train.sbatch
+Starts the local cluster (slurm/local-cluster.sh), cancels any job an earlier run left in it (the
+cluster keeps its jobs across restarts), then for each MPI flavour submits train.sbatch
 with a small WASSP run (--signal=USR1@90), and checks that Slurm's SIGUSR1 made every rank exit
-with 75, the job requeued itself and resumed, and the run completed with every epoch logged once.
+with 75, the job requeued itself and resumed, and the run completed with every epoch logged once,
+each epoch's numbers (losses, accuracy, nnz) bit-identical to those of an uninterrupted run of the
+same config under mpiexec (the project venv's MPICH), run beside the jobs.
 So that the signal lands mid-run whatever the machine's speed, the test lowers the job's time
 limit (scontrol update) once the first epoch is logged, to 90-150 s from then: Slurm's own timer
 then sends the signal; once the job has been requeued, the limit goes back up so that the resumed
@@ -24,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -111,7 +115,7 @@ def job_info(job: str) -> dict[str, str]:
 def submit(name: str, venv: Path, epochs: int, minutes: int, signal_at: int) -> tuple[str, Path]:
     out = ROOT / "runs" / f"test-slurm-{name}"
     shutil.rmtree(out, ignore_errors=True)
-    sets = [a for item in SMALL + [f"train.epochs={epochs}"] for a in ("--set", item)]
+    sets = job_sets(epochs)
     cmd = ["sbatch", "--parsable", f"--job-name=test-{name}", "--ntasks=3", "--cpus-per-task=1", "--overcommit",
            f"--time={minutes}", f"--signal=USR1@{signal_at}", "slurm/train.sbatch", "configs/fashion_mnist.yaml",
            str(out.relative_to(ROOT)), *sets]
@@ -139,7 +143,7 @@ def check_job(name: str, job: str, out: Path, epochs: int) -> list[str]:
     """Problems with a finished job (empty: it passed); prints what happened."""
     info = job_info(job)
     log = (ROOT / "slurm" / "logs" / f"test-{name}-{job}.out").read_text(errors="replace")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()] if (out / "metrics.jsonl").exists() else []
+    rows = metrics_rows(out)
     logged = [r["epoch"] for r in rows]
     stops = re.findall(r"SIGUSR1 received.*", log)
     task_codes = re.findall(r"task (\S+): Exited with exit code (\d+)", log)
@@ -163,6 +167,54 @@ def check_job(name: str, job: str, out: Path, epochs: int) -> list[str]:
         if b["bytes_sent"] < a["bytes_sent"]:
             problems.append(f"bytes_sent went back from {a['bytes_sent']} to {b['bytes_sent']} at epoch {b['epoch']}")
             break
+    return problems
+
+
+def job_sets(epochs: int) -> list[str]:
+    return [a for item in SMALL + [f"train.epochs={epochs}"] for a in ("--set", item)]
+
+
+def start_reference(epochs: int) -> tuple[subprocess.Popen, Path]:
+    """The jobs' run, never stopped, under the project venv's mpiexec (3 ranks, one thread each), in the background."""
+    out = ROOT / "runs" / "test-slurm-reference"
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(exist_ok=True)
+    venv = ROOT / ".venv" / "bin"
+    cmd = [str(venv / "mpiexec"), "-n", "3", str(venv / "python"), "-m", "sparsenet", "train", "configs/fashion_mnist.yaml",
+           "--out", str(out), *job_sets(epochs)]
+    env = {**ENV, "HYDRA_LAUNCHER": "fork", "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    with open(out.parent / "test-slurm-reference.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    say(f"reference: mpiexec -n 3, {epochs} epochs, never stopped, into {out}")
+    return proc, out
+
+
+NUMBERS = ("epoch", "phase", "train_loss", "test_loss", "test_accuracy", "nnz")
+
+
+def metrics_rows(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def compare_numbers(reference: Path, outs: dict[str, Path]) -> list[str]:
+    """Every stopped-and-resumed run must have the reference's numbers in every epoch, bit for bit."""
+    expected = metrics_rows(reference)
+    last = expected[-1] if expected else {}
+    say(f"reference: {len(expected)} epochs, last train loss {last.get('train_loss')!r}, "
+        f"test loss {last.get('test_loss')!r}")
+    problems = []
+    for name, out in outs.items():
+        rows = metrics_rows(out)
+        say(f"{name}: last train loss {rows[-1].get('train_loss')!r}, test loss {rows[-1].get('test_loss')!r}"
+            if rows else f"{name}: no metrics")
+        if len(rows) != len(expected):
+            problems.append(f"{name}: {len(rows)} rows, the uninterrupted reference {len(expected)}")
+        for a, b in zip(expected, rows):
+            if [a.get(k) for k in NUMBERS] != [b.get(k) for k in NUMBERS]:
+                problems.append(f"{name}: epoch {b.get('epoch')} differs from the uninterrupted reference: "
+                                + ", ".join(f"{k} {b.get(k)!r} vs {a.get(k)!r}" for k in NUMBERS if a.get(k) != b.get(k)))
+                break
     return problems
 
 
@@ -209,6 +261,7 @@ def main() -> int:
         return 0
     subprocess.run(["bash", str(CLUSTER), "start"], check=True)
     started = time.monotonic()
+    reference = None
     try:
         flavours = args.flavours.split(",")
         unknown = set(flavours) - {"pip-mpich", *MPICC}
@@ -216,10 +269,16 @@ def main() -> int:
             raise SystemExit(f"test-slurm: unknown flavour(s) {sorted(unknown)}; known: pip-mpich, {', '.join(MPICC)}")
         venvs = {"pip-mpich": ROOT / ".venv", **source_venvs([name for name in flavours if name in MPICC])}
         venvs = {name: venvs[name] for name in flavours}
+        left = run(["squeue", "-h", "-o", "%i %j %T"]).stdout.split("\n")
+        left = [line for line in left if line.strip()]
+        if left:  # the cluster's saved state keeps them across restarts; they would hold its CPUs
+            say(f"cancelling jobs left in the local cluster by earlier runs: {left}")
+            run(["scancel", *(line.split()[0] for line in left)])
         for name in flavours:
             say(f"{name}: {mpi_library(venvs[name])}; train.sbatch picks srun --mpi={srun_plugin(venvs[name])}")
         problems = srun_checks(venvs)
         jobs = {name: submit(name, venvs[name], args.epochs, args.minutes, args.signal_at) for name in flavours}
+        reference, reference_out = start_reference(args.epochs)
         deadline = time.monotonic() + args.timeout
         pending = dict(jobs)
         shortened = set()
@@ -246,7 +305,19 @@ def main() -> int:
         for name, (job, out) in jobs.items():
             if name not in pending:
                 problems += [f"{name}: {p}" for p in check_job(name, job, out, args.epochs)]
+        try:
+            code = reference.wait(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            os.killpg(reference.pid, signal.SIGKILL)
+            code = reference.wait()
+            problems.append(f"reference: not finished after {args.timeout} s")
+        if code != 0:
+            problems.append(f"reference: mpiexec exited with {code}; see {reference_out.parent / 'test-slurm-reference.log'}")
+        problems += compare_numbers(reference_out, {name: out for name, (_, out) in jobs.items() if name not in pending})
     finally:
+        if reference is not None and reference.poll() is None:
+            os.killpg(reference.pid, signal.SIGKILL)
+            reference.wait()
         if not args.keep_running:
             subprocess.run(["bash", str(CLUSTER), "stop"])
     say(f"{time.monotonic() - started:.0f} s in all")

@@ -159,18 +159,22 @@ class ParameterServer:
             lr = self.learning_rate(epoch, self.counters["samples"])
             if wassp:
                 self._synchronous_round(lr)
-                done = self.counters["samples"] >= n_train
-                self.waiting = list(self.workers.ids) if done or self.loop.stop_requested() else []
-                if not self.waiting:
-                    for k in self.workers.ids:
-                        self.send_model(k)
             else:
                 left = self._asynchronous_update(lr, n_train)
                 self.waiting = [left] if left is not None else self.waiting
-                if left is None and self.loop.stop_requested():
-                    self._drain(self.learning_rate(epoch, self.counters["samples"]))
+            # Read once: a signal landing after this read waits for the next update. Read twice, a signal
+            # between the reads stopped workers that had been answered, losing the gradients on their way.
+            stopping = self.counters["samples"] < n_train and self.loop.stop_requested()
+            if wassp:
+                done = self.counters["samples"] >= n_train
+                self.waiting = list(self.workers.ids) if done or stopping else []
+                if not self.waiting:
+                    for k in self.workers.ids:
+                        self.send_model(k)
+            elif stopping:
+                self._drain(self.learning_rate(epoch, self.counters["samples"]))
             bar.update(min(self.counters["samples"], n_train))
-            if self.counters["samples"] < n_train and self.loop.stop_requested():
+            if stopping and self.counters["samples"] < n_train:
                 bar.close()
                 self._stop_in_epoch(train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0)
                 return None

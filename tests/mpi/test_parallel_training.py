@@ -20,10 +20,13 @@ SMALL = ["data.name=synthetic", "data.samples=900", "data.features=30", "data.in
          "checkpoint.every=1", "seed=3"]
 
 
-def train(n, out, *extra, timeout=240, resume=False, no_channel=(), shared_max_bytes=None):
-    """`sparsenet train` on n ranks; no_channel / shared_max_bytes: through tests/mpi/partial_channels.py."""
+def train(n, out, *extra, timeout=240, resume=False, no_channel=(), shared_max_bytes=None, signal_after_reply=None):
+    """`sparsenet train` on n ranks; no_channel / shared_max_bytes: through tests/mpi/partial_channels.py;
+    signal_after_reply: through tests/mpi/signal_after_reply.py."""
     wrapped = no_channel or shared_max_bytes is not None
     args = ["tests/mpi/partial_channels.py"] if wrapped else ["-m", "sparsenet"]
+    if signal_after_reply is not None:
+        args = ["tests/mpi/signal_after_reply.py", "--after", str(signal_after_reply)]
     for rank in no_channel:
         args += ["--no-channel", str(rank)]
     if shared_max_bytes is not None:
@@ -373,7 +376,9 @@ def _rows(path):
 
 def test_a_stop_inside_a_wassp_epoch_lands_at_that_update_and_resumes_bit_identically(tmp_path):
     """The server signals itself at its 52nd gradient (round 6 of epoch 2's 20 rounds): it stops there,
-    every rank exits 75, and --resume ends with the weights, optimizer state and rows of a run never stopped."""
+    every rank exits 75. Resumed, it is signalled again right after round 10's replies went out (as
+    Slurm's signal once landed): it stops after round 11, the workers' gradients of it applied. The
+    second --resume ends with the weights, optimizer state and rows of a run never stopped."""
     common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03", *PRUNE]
     straight = train(3, tmp_path / "straight", *common)
     stopped = train(3, tmp_path / "stopped", *common, "debug.stop_at_update=52")
@@ -383,9 +388,14 @@ def test_a_stop_inside_a_wassp_epoch_lands_at_that_update_and_resumes_bit_identi
     part = saved.parallel_partial_epoch
     assert (saved.epoch, part["updates"], len(part["workers"])) == (1, 12, 2)
     assert 0 < part["workers"][0]["start"] < 315 and part["run_totals"]["bytes_sent"] > 0
+    # replies: both workers' topologies, then 2 per round: the 10th after round 4 of this process, round 10 of the epoch
+    again = train(3, tmp_path / "stopped", *common, "debug.stop_at_update=null", resume=True, signal_after_reply=10)
+    assert again.returncode == 75, again.stderr
+    assert "continuing epoch 2 after 192 of 630 samples (12 gradients)" in again.stdout
+    assert load_checkpoint(tmp_path / "stopped" / "checkpoint.h5").parallel_partial_epoch["updates"] == 22
     resumed = train(3, tmp_path / "stopped", *common, "debug.stop_at_update=null", resume=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert "continuing epoch 2 after 192 of 630 samples (12 gradients)" in resumed.stdout
+    assert "continuing epoch 2 after 352 of 630 samples (22 gradients)" in resumed.stdout
     a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(tmp_path / "stopped" / "checkpoint.h5")
     assert a.rng_state == b.rng_state and a.replica_rng_states == b.replica_rng_states and b.parallel_partial_epoch is None
     for x, y in zip(checkpoint_arrays(tmp_path / "straight" / "checkpoint.h5"),

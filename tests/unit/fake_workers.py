@@ -1,9 +1,12 @@
 """seam.Workers in one process, for the parameter server's unit tests.
 
-Each fake worker holds the model last sent to it and computes real gradients on its shard when the
-server takes one (as a worker whose gradient was already on its way), so a worker that the server
-has not answered since a topology change hands in a stale gradient, as over MPI. Phase 2 replicas
-are "trained" by a known change: worker k scales every weight by 1 + k / 10.
+Each fake worker does what worker.py does without pipelining: as soon as a model reaches it, it draws
+its next mini-batch and computes a real gradient on that model, which waits "on its way" until the
+server takes it; so a worker that the server has not answered since a topology change hands in a
+stale gradient, as over MPI. Its batch stream is seeded per epoch as worker.py seeds it. A stop that
+finds a gradient still on its way is recorded in `lost` (over MPI that gradient would be dropped
+while the worker's position counts its batch). Phase 2 replicas are "trained" by a known change:
+worker k scales every weight by 1 + k / 10.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ class FakeWorkers(Workers):
         mine = {w: shard(data.x_train.shape[0], w, k, cfg.seed) for w in self.ids}
         self.data = {w: (data.x_train[m], data.y_train[m]) for w, m in mine.items()}
         self.models, self.versions, self.streams = {}, {}, {}
+        self.seeded = {}  # worker -> the epoch its stream was seeded for
+        self.on_way: dict[int, Gradient] = {}  # worker -> its gradient the server has not taken yet
+        self.lost: list[int] = []  # workers stopped with a gradient still on its way
         self.sent: list[tuple[str, int, int]] = []  # (kind, worker, version) of every model sent
         self.taken: list[Gradient] = []
         self.replicas: list[list[Replica]] = []  # what gather_replicas returned, per phase-2 epoch
@@ -32,39 +38,50 @@ class FakeWorkers(Workers):
         self._next = 0
 
     def take_gradient(self, source=None) -> Gradient:
-        if source is None:  # round robin, as a fair transport would
-            source = self.ids[self._next % len(self.ids)]
-            self._next += 1
-        model = self.models[source]
-        x, y = self.data[source]
-        rng, stream = self.streams[source]
-        loss, correct = compute_gradients(model, rng, x, y, next(stream))
-        arrays = [g.copy() for g in list(model.grads) + list(model.bias_grads)]
-        g = Gradient(source, self.versions[source], int(min(self.cfg.train.batch_size, x.shape[0])), loss, correct, arrays)
+        if source is None:  # round robin over the workers with a gradient on its way, as a fair transport
+            ready = [w for w in self.ids if w in self.on_way]
+            source = min(ready, key=lambda w: (w - 1 - self._next) % len(self.ids))
+            self._next = source
+        assert source in self.on_way, f"the server waits for a gradient worker {source} never computes"
+        g = self.on_way.pop(source)
         self.taken.append(g)
         if self.on_take is not None:
             self.on_take(len(self.taken))
         return g
+
+    def _compute(self, worker: int, epoch: int, position: dict | None = None) -> None:
+        """worker.py on receiving a model: a stream per epoch (restored to `position`), then a gradient."""
+        assert worker not in self.on_way, f"worker {worker} got a model while its gradient was on its way"
+        x, y = self.data[worker]
+        if self.seeded.get(worker) != epoch:
+            self.seeded[worker] = epoch
+            rng = np.random.default_rng([self.cfg.seed, worker, int(epoch)])
+            self.streams[worker] = (rng, BatchStream(x.shape[0], self.cfg.train.batch_size, rng))
+            if position:
+                self.streams[worker][1].restore(position)
+        rng, stream = self.streams[worker]
+        model = self.models[worker]
+        index = next(stream)
+        loss, correct = compute_gradients(model, rng, x, y, index)
+        arrays = [g.copy() for g in list(model.grads) + list(model.bias_grads)]
+        self.on_way[worker] = Gradient(worker, self.versions[worker], int(index.shape[0]), loss, correct, arrays)
 
     def send_weights(self, worker, model, version, epoch) -> None:
         assert self.versions[worker] == version
         for mine, theirs in zip(self.models[worker].layers, model.layers):
             mine.values[:], mine.bias[:] = theirs.values, theirs.bias
         self.sent.append(("values", worker, version))
+        self._compute(worker, epoch)
 
     def send_topology(self, worker, model, version, epoch, position=None) -> None:
         copied = [LayerArrays(la.n_in, la.n_out, la.rows.copy(), la.cols.copy(), la.values.copy(), la.bias.copy(), {})
                   for la in model.layers]
         self.models[worker] = new_model(self.cfg, copied)
         self.versions[worker] = version
-        if worker not in self.streams:
-            rng = np.random.default_rng([self.cfg.seed, worker])
-            self.streams[worker] = (rng, BatchStream(self.data[worker][0].shape[0], self.cfg.train.batch_size, rng))
-        if position is not None:
-            self.streams[worker][1].restore(position)
         if position is not None:
             self.positions_sent[worker] = position
         self.sent.append(("topology", worker, version))
+        self._compute(worker, epoch, position)
 
     def start_replicas(self, replicas, start_epoch, masks, stopped=None) -> None:
         self.held = [r.layers for r in replicas]
@@ -93,4 +110,5 @@ class FakeWorkers(Workers):
 
     def stop_in_epoch(self, stopped_by):
         self.stopped = True
+        self.lost += sorted(self.on_way)
         return [self.streams[w][1].position() if w in self.streams else None for w in self.ids]
