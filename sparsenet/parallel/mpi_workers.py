@@ -208,11 +208,10 @@ class MPIWorkers(Workers):
         for k in self.ids:
             self.transport.send_bundle(k, TAG_CONTINUE, {"prune": len(masks)}, masks)
 
-    def stop(self, stopped_by: str | None = None) -> None:
-        self._send_stop(stopped_by)
-
-    def stop_in_epoch(self, stopped_by: str) -> list[dict | None]:
-        self._send_stop(stopped_by, where=True)
+    def stop(self, stopped_by: str | None = None, in_epoch: bool = False) -> list[dict | None]:
+        self._send_stop(stopped_by, where=in_epoch)
+        if not in_epoch:
+            return []
         return [self.transport.recv_bundle(source=k, tag=TAG_POSITION).meta["position"] for k in self.ids]
 
     def _send_stop(self, stopped_by: str | None, where: bool = False) -> None:
