@@ -188,7 +188,7 @@ def train_round(state, cfg, data, epoch: int) -> dict:
     from sparsenet.train import run_epoch
 
     cpu = time.process_time()
-    row = run_epoch(state, cfg, data, epoch)
+    row = run_epoch(state, cfg, data.x_train, data.y_train, epoch)
     cpu = time.process_time() - cpu  # this process's CPU seconds (every thread), SET step included
     state.epoch = epoch
     _, accuracy = state.model.evaluate(data.x_test, data.y_test, cfg.train.eval_batch_size)

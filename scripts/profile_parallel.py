@@ -17,15 +17,14 @@ import sys
 import time
 
 from sparsenet.cli import main
-from sparsenet.parallel import mpi_workers, server, transport, worker
+from sparsenet.parallel import channel, mpi_workers, server, transport, worker
 
 WALL: dict[str, float] = collections.defaultdict(float)
 CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
 
-HOT = [(worker, "_gradient", "worker gradient"), (worker, "compute_gradients", "  of which compute_gradients"),
-       (mpi_workers, "adopt_values", "worker adopt values"),
-       (worker, "_channel_reply", "worker channel reply"), (worker._Gradient, "deliver", "worker deliver"),
+HOT = [(worker, "compute_gradients", "worker gradient"), (mpi_workers, "adopt_values", "worker adopt values"),
+       (channel.Channel, "take_reply", "worker channel reply"), (channel.Channel, "post_gradient", "worker channel post"),
        (mpi_workers.MPIWorkers, "take_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),
        (transport.Transport, "_probe_message", "  of which waiting"), (transport, "decode", "  of which decode"),

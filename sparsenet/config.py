@@ -378,6 +378,14 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
+    @property
+    def phase1_epochs(self) -> int:
+        """Epochs of phase 1 of a parallel run: parallel.phase1_epochs, else parallel.phase1_fraction of
+        train.epochs; at most train.epochs."""
+        p = self.parallel
+        n = p.phase1_epochs if p.phase1_epochs is not None else round(p.phase1_fraction * self.train.epochs)
+        return min(n, self.train.epochs)
+
 
 def _check_data(c: DataConfig) -> None:
     if DATASETS[c.name].reads_file and c.path is None:

@@ -183,25 +183,28 @@ def apply_neuron_removal(state: TrainingState, keep: list[np.ndarray]) -> Neuron
     return removal
 
 
-def between_epochs(state: TrainingState, cfg: Config) -> tuple[NeuronRemoval | None, dict[int, np.ndarray]]:
-    """Neuron pruning (if scheduled), then the SET step: what runs between two epochs."""
+def between_epochs(state: TrainingState, cfg: Config, prune: bool = True
+                   ) -> tuple[NeuronRemoval | None, dict[int, np.ndarray]]:
+    """Neuron pruning (if scheduled and `prune`), then the SET step: what runs between two epochs."""
     state.model.release_workspace()  # the next batch allocates it again: pruning and SET use its memory
-    removal = prune_neurons(state, cfg)
+    removal = prune_neurons(state, cfg) if prune else None
     return removal, evolve(state, cfg)
 
 
-def run_epoch(state: TrainingState, cfg: Config, data: Dataset, epoch: int, stop=None) -> dict | None:
-    """Prune and evolve (between epochs), then train epoch `epoch`: the training part of its metrics
-    row, or None if `stop()` ended the epoch early (state.partial says where; calling again continues it)."""
+def run_epoch(state: TrainingState, cfg: Config, x, y: np.ndarray, epoch: int, stop=None, prune: bool = True,
+              progress: bool = True) -> dict | None:
+    """Prune (unless not `prune`) and evolve between epochs, then train epoch `epoch` on samples x, labels y:
+    the training part of its metrics row, or None if `stop()` ended the epoch early (state.partial says
+    where; calling again continues it). progress: a progress bar if cfg.train.progress."""
     t0 = time.perf_counter()
     removal = None
     resumed = state.partial  # an epoch stopped part-way: its pruning and evolution already ran
     if epoch > 1 and not resumed:  # pruning and evolution run between epochs, so a resumed run matches an uninterrupted one
-        removal, _ = between_epochs(state, cfg)
+        removal, _ = between_epochs(state, cfg, prune)
     t1 = time.perf_counter()
-    bar = ProgressBar(-(-data.x_train.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
-                      enabled=cfg.train.progress)
-    done = train_epoch(state, data.x_train, data.y_train, cfg.train.batch_size, bar, stop)
+    bar = ProgressBar(-(-x.shape[0] // cfg.train.batch_size), f"epoch {epoch}/{cfg.train.epochs}",
+                      enabled=cfg.train.progress and progress)
+    done = train_epoch(state, x, y, cfg.train.batch_size, bar, stop)
     bar.close()
     before = resumed or {}
     removed = removal.removed if removal else None
@@ -253,5 +256,6 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
         ckpt.save_checkpoint(path or out / CHECKPOINT, state_to_checkpoint(state, cfg))
 
     with EpochLoop(cfg, out, state, data.x_test, data.y_test, save, validation=validation) as loop:
-        loop.run(lambda epoch: run_epoch(state, cfg, data, epoch, loop.stop_requested), cfg.train.epochs)
+        loop.run(lambda epoch: run_epoch(state, cfg, data.x_train, data.y_train, epoch, loop.stop_requested),
+                 cfg.train.epochs)
     return loop.finish()

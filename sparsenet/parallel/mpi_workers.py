@@ -2,9 +2,9 @@
 travels as, and the server's end (MPIWorkers, a seam.Workers); worker.py is the other end.
 
 With same-node workers, phase 1's gradients and weights go through channels (channel.py) in one
-MPI shared window: before its first topology, the server tells every other rank of its node where
-its channel lies (TAG_WINDOW) and all of them allocate the window together; a worker uses its
-channel from the first model bundle sent after that, for as long as the model fits it.
+MPI shared window that every rank of the server's node allocates at start-up, sized for the model
+the server starts from; a topology bundle tells a worker where its channel lies, and it uses the
+channel for as long as the model fits it.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from ..checkpoint import LayerArrays
 from ..config import Config
 from ..model import SparseMLP
 from . import channel as ch
-from .seam import Gradient, Replica, Workers
+from .seam import Gradient, Replica, Workers, split_pairs
 
 TAG_GRADIENT = 1  # worker -> server: a gradient, tagged with the topology version it was computed on
 TAG_MODEL = 2  # server -> worker: weights (same topology) or topology + weights (after a change)
@@ -27,7 +27,6 @@ TAG_REPLICA = 4  # worker -> server: the replica after a phase-2 epoch
 TAG_STOP = 5  # server -> worker: the run is over (worker 1 -> server: please stop, debug.stop_at_batch)
 TAG_CONTINUE = 6  # server -> worker: phase 2 goes on, train the next epoch
 TAG_MEMORY_PLAN = 7  # server -> worker, before anything else: go / stop after the memory plan
-TAG_WINDOW = 8  # server -> same-node ranks: join the shared-window allocation (your channel's place)
 TAG_POSITION = 9  # worker -> server, after a STOP inside an epoch: where its data stream stands
 
 
@@ -65,10 +64,7 @@ def received_layers(arrays: list[np.ndarray], meta: dict) -> list[LayerArrays]:
 def adopt_values(model: SparseMLP, arrays: list[np.ndarray]) -> None:
     """Make received float32 weights then biases the model's own, without copying (same topology):
     views of a message or a channel buffer, released when the next reply replaces them."""
-    n = len(model.layers)
-    if len(arrays) != 2 * n:
-        raise ValueError(f"expected {2 * n} arrays (weights and biases of {n} layers), got {len(arrays)}")
-    for layer, v, b in zip(model.layers, arrays[:n], arrays[n:]):
+    for layer, v, b in zip(model.layers, *split_pairs(arrays, len(model.layers))):
         if v.shape != layer.values.shape or b.shape != layer.bias.shape:
             raise ValueError(f"values of shape {v.shape} / {b.shape} do not fit a layer of {layer.nnz} connections")
         if v.dtype != np.float32 or b.dtype != np.float32 or not (v.flags.c_contiguous and b.flags.c_contiguous):
@@ -81,14 +77,16 @@ class MPIWorkers(Workers):
 
     run_counters = ("bytes_sent", "bytes_received", "channel_gradients", "channel_replies")
 
-    def __init__(self, cfg: Config, transport):
+    def __init__(self, cfg: Config, transport, model: SparseMLP | None):
+        """model: what phase 1 starts from, which sizes the channels (None: no phase 1, no channels)."""
         self.transport = transport
         self.ids = list(range(1, transport.size))
-        self.shared_memory = cfg.parallel.shared_memory
         self.stop_at_batch = cfg.debug.stop_at_batch  # a worker may ask for a stop (tests)
         self.replies: dict[int, object] = {}  # worker -> its model reply still in flight
-        self.channels: dict[int, object] = {}  # worker -> channel.Channel it was told of
-        self._unnamed: dict[int, object] | None = None  # channels opened, not yet named in a reply
+        self.channels: dict[int, ch.Channel] = {}  # worker -> its channel, named in its topology bundles
+        self.places: dict[int, dict] = {}  # worker -> where its channel lies in the window
+        if cfg.parallel.shared_memory:
+            self._open_channels(model)
         self._last_channel = 0  # the worker whose channel was taken from last: the next scan starts after it
         self._taken = 0  # gradients taken: every other one, a waiting bundle goes before the channels
         self.channel_bytes = [0, 0]  # bytes sent / received through channels
@@ -100,25 +98,17 @@ class MPIWorkers(Workers):
         """The workers that get a channel: those on the server's node."""
         return [k for k in self.ids if k in self.transport.node_ranks]
 
-    def _open_channels(self, model: SparseMLP) -> None:
-        """Once per run: a channel to every same-node worker, sized for `model`, in one shared window
-        allocated with every other rank of this node (none for a model over transport.SHARED_MAX_BYTES)."""
-        if self._unnamed is not None:
-            return
-        self._unnamed = {}
-        peers = self.channel_peers() if self.shared_memory else []
-        geometry = ch.shape([a.size for a in values_arrays(model)])
-        if not peers or geometry["capacity"] > self.transport.shared_max_bytes:
-            return
-        node = [r for r in self.transport.node_ranks if r != self.transport.rank]
-        for k in node:  # every rank of the node joins the allocation, a worker without a channel too
-            place = {**geometry, "offset": peers.index(k) * geometry["nbytes"]} if k in peers else None
-            self.transport.send_bundle(k, TAG_WINDOW, {"channel": place})
-        memory = self.transport.shared_window(len(peers) * geometry["nbytes"])
+    def _open_channels(self, model: SparseMLP | None) -> None:
+        """A channel to every same-node worker, sized for `model`, in one shared window allocated with
+        every other rank of this node (empty without a model or for one over transport.SHARED_MAX_BYTES)."""
+        geometry = ch.shape([a.size for a in values_arrays(model)]) if model is not None else None
+        fits = geometry is not None and geometry["capacity"] <= self.transport.shared_max_bytes
+        peers = self.channel_peers() if fits else []
+        memory = self.transport.shared_window(len(peers) * geometry["nbytes"] if peers else 0)
         for i, k in enumerate(peers):
-            channel = self._unnamed[k] = ch.in_window(memory, {**geometry, "offset": i * geometry["nbytes"]},
-                                                      self.transport.sync)
-            channel.clear()
+            self.places[k] = {**geometry, "offset": i * geometry["nbytes"]}
+            self.channels[k] = ch.in_window(memory, self.places[k], self.transport.sync)
+            self.channels[k].clear()
 
     def send_weights(self, worker: int, model: SparseMLP, version: int, epoch: int) -> None:
         self._finish_reply(worker)
@@ -133,7 +123,6 @@ class MPIWorkers(Workers):
 
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
                       ) -> None:
-        self._open_channels(model)
         self._finish_reply(worker)
         self._send_model(worker, "topology", layer_arrays(model_layers(model)), model, version, epoch, position)
 
@@ -142,8 +131,8 @@ class MPIWorkers(Workers):
         meta = {"kind": kind, "version": version, "epoch": epoch, "sizes": model.sizes, "state": []}
         if position is not None:
             meta["position"] = position
-        if self._unnamed and worker in self._unnamed:  # from this topology on, the worker uses its channel
-            self.channels[worker] = self._unnamed.pop(worker)
+        if kind == "topology" and worker in self.places:
+            meta["channel"] = self.places[worker]
         # non-blocking: a pipelining worker takes this reply only after computing its next gradient
         self.replies[worker] = self.transport.isend_bundle(worker, TAG_MODEL, meta, arrays)
 
@@ -159,27 +148,23 @@ class MPIWorkers(Workers):
         server starves nobody."""
         self._taken += 1
         if source is not None:
-            channels = [(source, self.channels[source])] if source in self.channels else []
+            order = [source] if source in self.channels else []
         else:
-            channels = sorted(self.channels.items(), key=lambda kc: (kc[0] <= self._last_channel, kc[0]))
-            if len(channels) < len(self.ids) and self._taken % 2 == 0:
-                if self.transport.poll(tag=TAG_GRADIENT) is not None:
-                    channels = []
-        if not channels:
-            return _gradient_of(self.transport.recv_bundle(source=source, tag=TAG_GRADIENT))
-        found = []
+            order = sorted(self.channels, key=lambda k: (k <= self._last_channel, k))
+            if len(order) < len(self.ids) and self._taken % 2 == 0 and self.transport.poll(tag=TAG_GRADIENT):
+                order = []
+        found = [None]  # the first channel in `order` with a gradient posted
 
         def ready() -> bool:
-            for k, channel in channels:
-                if channel.gradient_ready():
-                    found.append(k)
-                    return True
-            return False
+            found[0] = next((k for k in order if self.channels[k].gradient_ready()), None)
+            return found[0] is not None
 
-        msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready)
+        msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready if order else None)
         if msg is not None:
-            return _gradient_of(msg)
-        k = self._last_channel = found[-1]
+            m = msg.meta
+            return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]),
+                            msg.arrays)
+        k = self._last_channel = found[0]
         version, samples, loss, correct, arrays = self.channels[k].take_gradient()
         self.channel_bytes[1] += sum(a.nbytes for a in arrays)
         return Gradient(k, version, samples, loss, correct, arrays)
@@ -223,11 +208,10 @@ class MPIWorkers(Workers):
         for k in self.ids:
             self.transport.send_bundle(k, TAG_CONTINUE, {"prune": len(masks)}, masks)
 
-    def stop(self, stopped_by: str | None = None) -> None:
-        self._send_stop(stopped_by)
-
-    def stop_in_epoch(self, stopped_by: str) -> list[dict | None]:
-        self._send_stop(stopped_by, where=True)
+    def stop(self, stopped_by: str | None = None, in_epoch: bool = False) -> list[dict | None]:
+        self._send_stop(stopped_by, where=in_epoch)
+        if not in_epoch:
+            return []
         return [self.transport.recv_bundle(source=k, tag=TAG_POSITION).meta["position"] for k in self.ids]
 
     def _send_stop(self, stopped_by: str | None, where: bool = False) -> None:
@@ -247,11 +231,6 @@ class MPIWorkers(Workers):
                 "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
                 "channel_replies": sum(c.replies_posted for c in self.channels.values()),
                 "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
-
-
-def _gradient_of(msg) -> Gradient:
-    m = msg.meta
-    return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]), msg.arrays)
 
 
 def message_bytes(sizes: list[int], nnz: list[int], state_per_parameter: int = 0) -> int:

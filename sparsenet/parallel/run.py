@@ -127,7 +127,7 @@ def _memory_gate(cfg: Config, transport) -> bool:
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, validation=None) -> TrainingState:
     from .mpi_workers import MPIWorkers
     from .seam import Replica
-    from .server import ParameterServer, phase1_epochs
+    from .server import ParameterServer
 
     out = prepare_run_folder(out, rank=0)
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
@@ -139,17 +139,17 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
         if saved.partial_epoch:
             raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} "
                                  "by a sequential run; resume it with one process")
-        if saved.phase == 2 and state.epoch < phase1_epochs(cfg):
+        if saved.phase == 2 and state.epoch < cfg.phase1_epochs:
             raise SparsenetError(f"checkpoint {path} is in phase 2 at epoch {state.epoch}; resume it "
-                                 f"with parallel.phase1_epochs <= {state.epoch}, not {phase1_epochs(cfg)}")
+                                 f"with parallel.phase1_epochs <= {state.epoch}, not {cfg.phase1_epochs}")
         partial = saved.parallel_partial_epoch
         if partial is not None and len(partial["workers"]) != transport.size - 1:
             raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} with "
                                  f"{len(partial['workers'])} workers; resume it with {len(partial['workers']) + 1} "
                                  f"ranks, not {transport.size}")
-        if partial is not None and saved.phase == 1 and state.epoch >= phase1_epochs(cfg):
+        if partial is not None and saved.phase == 1 and state.epoch >= cfg.phase1_epochs:
             raise SparsenetError(f"checkpoint {path} was stopped part-way through phase-1 epoch {state.epoch + 1}; "
-                                 f"resume it with parallel.phase1_epochs > {state.epoch}, not {phase1_epochs(cfg)}")
+                                 f"resume it with parallel.phase1_epochs > {state.epoch}, not {cfg.phase1_epochs}")
         for k, entry in enumerate(partial["workers"] if partial is not None and saved.phase == 2 else [], start=1):
             batches = -(-len(range(k - 1, data.x_train.shape[0], transport.size - 1)) // cfg.train.batch_size)
             if "position" in entry and entry["position"]["n_steps"] != batches:
@@ -168,5 +168,5 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
         if saved.phase == 2 and saved.replicas:
             replicas = [Replica(*r) for r in zip(saved.replicas, saved.replica_rng_states,
                                                  saved.replica_optimizer_scalars)]
-    return ParameterServer(cfg, data, MPIWorkers(cfg, transport), state, out, version, replicas, partial,
-                           validation=validation).run()
+    workers = MPIWorkers(cfg, transport, state.model if state.epoch < cfg.phase1_epochs else None)
+    return ParameterServer(cfg, data, workers, state, out, version, replicas, partial, validation=validation).run()

@@ -75,7 +75,7 @@ class Workers(ABC):
     def send_topology(self, worker: int, model: SparseMLP, version: int, epoch: int, position: dict | None = None
                       ) -> None:
         """Send `model` whole (layer widths, connections, weights, biases) as topology `version`;
-        `position`: where the worker's data stream resumes (what stop_in_epoch returned for it), or None."""
+        `position`: where the worker's data stream resumes (what stop(in_epoch=True) returned for it), or None."""
 
     @abstractmethod
     def start_replicas(self, replicas: list[Replica], start_epoch: int, masks: list[np.ndarray],
@@ -98,14 +98,11 @@ class Workers(ABC):
         """Every worker trains one more phase-2 epoch, after applying the keep `masks` ([] = none)."""
 
     @abstractmethod
-    def stop(self, stopped_by: str | None = None) -> None:
-        """The run is over: every worker returns (stopped_by: the stop signal that ended it early)."""
-
-    @abstractmethod
-    def stop_in_epoch(self, stopped_by: str) -> list[dict | None]:
-        """The run stops part-way through a phase-1 epoch, every worker waiting for a model (no
-        gradient in flight): each returns, after reporting its data stream's position (JSON-able,
-        None if it has none yet), in ids order."""
+    def stop(self, stopped_by: str | None = None, in_epoch: bool = False) -> list[dict | None]:
+        """The run is over: every worker returns (stopped_by: the stop signal that ended it early).
+        in_epoch: part-way through a phase-1 epoch, every worker waiting for a model (no gradient in
+        flight), each first reports its data stream's position (JSON-able, None if it has none yet):
+        those positions in ids order, else []."""
 
     def epoch_stats(self) -> dict:
         """Metrics of the traffic since the last call, merged into the epoch's row."""

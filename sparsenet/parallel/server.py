@@ -33,12 +33,6 @@ from .seam import Gradient, Replica, Workers, split_pairs
 from .updates import retain_valid, then, topology_lineage
 
 
-def phase1_epochs(cfg: Config) -> int:
-    p = cfg.parallel
-    n = p.phase1_epochs if p.phase1_epochs is not None else round(p.phase1_fraction * cfg.train.epochs)
-    return min(max(n, 0), cfg.train.epochs)
-
-
 class ParameterServer:
     """Holds the global model and the only phase-1 optimizer state; drives `workers`."""
 
@@ -67,7 +61,7 @@ class ParameterServer:
         self.workers_stopped = False
         self.waiting = list(workers.ids)  # workers waiting for a model (every one at the start)
         self.replicas_out = False  # phase 2: this process has handed the replicas out
-        # the server computes no gradients: evaluation gets buffers of a training batch's size
+        # the server computes no gradients: its evaluation stays within a training batch's workspace
         self.loop = EpochLoop(cfg, self.out, state, data.x_test, data.y_test, self.save, rank=0, trains=False,
                               validation=validation)
 
@@ -178,7 +172,7 @@ class ParameterServer:
                     for k in self.workers.ids:
                         self.send_model(k)
             elif stopping:
-                self._drain(self.learning_rate(epoch, self.counters["samples"]))
+                self._take_in_flight(self.learning_rate(epoch, self.counters["samples"]))
             bar.update(min(self.counters["samples"], n_train))
             if stopping and self.counters["samples"] < n_train:
                 bar.close()
@@ -187,18 +181,20 @@ class ParameterServer:
         bar.close()
         return self._trained(phase=1, train_seconds=time.perf_counter() - t1, evolution_seconds=t1 - t0)
 
-    def _drain(self, lr: float) -> None:
-        """WASAP stopping: apply the gradient every worker still has on its way, so that all wait for a model."""
+    def _take_in_flight(self, lr: float | None = None) -> None:
+        """Take the gradient every worker still has on its way, so that all wait for a model (or for word):
+        applied with `lr` (WASAP stopping), dropped without (phase 1 is over)."""
         for k in self.workers.ids:
             if k not in self.waiting:
                 g = self.workers.take_gradient(k)
-                self._account(g)
-                self.apply(g.arrays, g.version, lr)
+                if lr is not None:
+                    self._account(g)
+                    self.apply(g.arrays, g.version, lr)
         self.waiting = list(self.workers.ids)
 
     def _stop_in_epoch(self, train_seconds: float, evolution_seconds: float) -> None:
         """Every worker waits for a model: stop them and keep where the epoch stands in self.partial."""
-        positions = self.workers.stop_in_epoch(self.loop.stop.signal_name)
+        positions = self.workers.stop(self.loop.stop.signal_name, in_epoch=True)
         self.workers_stopped = True
         c = self.counters
         self.partial = {"samples": c["samples"], "loss": c["loss"], "correct": c["correct"], "updates": c["updates"],
@@ -234,18 +230,11 @@ class ParameterServer:
 
     # ------------------------------------------------------------------ phase 2
 
-    def _discard_in_flight(self) -> None:
-        """Phase 1 is over: take the last gradient any worker still has on its way, so all wait for word."""
-        for k in self.workers.ids:
-            if k not in self.waiting:
-                self.workers.take_gradient(k)
-        self.waiting = list(self.workers.ids)
-
     def start_phase2(self, resumed: dict) -> None:
         """Hand each worker its replica: its own back when resumed in phase 2 (with its part of the epoch
         a stop ended part-way, `resumed`: that parallel_partial_epoch), else the server's model."""
         self.phase, self.replicas_out = 2, True
-        self._discard_in_flight()
+        self._take_in_flight()
         # Neurons pruned at this boundary: the server's model now; the replicas of a resumed run by the workers.
         if resumed:  # pruned before the epoch stopped
             keep, self.removed = [], resumed["neurons_removed"]
@@ -340,10 +329,10 @@ class ParameterServer:
         after the batch each worker is training (both part-way through the epoch)."""
         loop, epochs = self.loop, self.cfg.train.epochs
         with loop:
-            loop.run(self.phase1_epoch, phase1_epochs(self.cfg))
+            loop.run(self.phase1_epoch, self.cfg.phase1_epochs)
             loop.run(self.phase2_epoch, epochs)  # its first epoch hands the replicas out
             if not self.replicas_out:
-                self._discard_in_flight()
+                self._take_in_flight()
             early = loop.stop_requested() and self.state.epoch < epochs
             if not self.workers_stopped:
                 self.workers.stop(loop.stop.signal_name if early else None)

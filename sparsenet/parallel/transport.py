@@ -181,8 +181,9 @@ class Transport:
 
     def shared_window(self, nbytes: int) -> np.ndarray:
         """uint8 view of a new MPI shared window of `nbytes` bytes held by rank 0 (the others pass 0)
-        that every rank of this node maps. Collective over the node."""
+        that every rank of this node maps. Collective over the node: the first to come wait polled."""
         mpi = _mpi()
+        self.barrier(node=True)  # not in MPI's allocation, which busy-polls
         win = mpi.Win.Allocate_shared(nbytes if self.rank == 0 else 0, 1, comm=self.node)
         win.Lock_all(mpi.MODE_NOCHECK)  # one passive epoch for the run, so that Win.Sync may order accesses
         self.windows.append(win)
@@ -246,11 +247,12 @@ class Transport:
                 return status.Get_source(), status.Get_tag()
         return None
 
-    def barrier(self) -> None:
-        """Wait for every rank, sleeping between tests; SilentRankError after silence_timeout s."""
-        timeout = self.silence_timeout
-        _wait_all([self.comm.Ibarrier()], self.max_sleep, timeout=timeout,
-                  silent=self._silence(None, timeout or 0, "waiting for every rank (a barrier)"))
+    def barrier(self, node: bool = False) -> None:
+        """Wait for every rank (of this node if `node`), sleeping between tests; SilentRankError after
+        silence_timeout s."""
+        timeout, peers = self.silence_timeout, [r for r in self.node_ranks if r != self.rank] if node else None
+        _wait_all([(self.node if node else self.comm).Ibarrier()], self.max_sleep, timeout=timeout,
+                  silent=self._silence(peers, timeout or 0, "waiting for every rank (a barrier)"))
 
     def abort(self, code: int = 1) -> None:
         """Kill every process of the communicator with exit code `code` (MPI_Abort)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from functools import partial
 
 import numpy as np
@@ -13,11 +12,11 @@ from ..config import Config
 from ..data import Dataset
 from ..model import SparseMLP
 from ..state import TrainingState, check_model_fits_data, layers_to_checkpoint, optimizer_from_checkpoint
-from ..train import apply_neuron_removal, compute_gradients, evolve, train_epoch
+from ..train import apply_neuron_removal, compute_gradients, run_epoch
 from ..sparse.layer import SparseLayer
 from .channel import in_window
 from .mpi_workers import (TAG_CONTINUE, TAG_GRADIENT, TAG_MODEL, TAG_PHASE2, TAG_POSITION, TAG_REPLICA, TAG_STOP,
-                          TAG_WINDOW, adopt_values, layer_arrays, layers_meta, received_layers)
+                          adopt_values, layer_arrays, layers_meta, received_layers)
 from .seam import split_pairs
 from .wire import Bundle
 
@@ -107,6 +106,9 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
     model, rng, stream, seeded_epoch, step = None, None, None, None, 0
     mark = None  # the stream's position before `ahead` was computed
     ahead = None  # the delivery of a gradient computed while the last one was in flight
+    # the server's node maps one shared window (MPIWorkers._open_channels); a topology names our channel in it
+    same_node = cfg.parallel.shared_memory and 0 in transport.node_ranks
+    memory = transport.shared_window(0) if same_node else None
     channel = None  # same node: the server's replies and our gradients go through this channel.Channel
     sizes = None  # int64 sizes of the model's weights then biases (its gradient's arrays)
     via = None  # the channel while the model fits it, else None
@@ -132,10 +134,6 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
         if msg is None:  # the server's reply waits in our channel
             version, epoch, arrays = via.take_reply(sizes)
             msg = Bundle(0, TAG_MODEL, {"kind": "values", "version": version, "epoch": epoch}, arrays)
-        if msg.tag == TAG_WINDOW:  # the server's node allocates its shared window: our channel, if any, lies in it
-            memory = transport.shared_window(0)
-            channel = None if msg.meta["channel"] is None else in_window(memory, msg.meta["channel"], transport.sync)
-            continue
         if msg.tag == TAG_STOP:
             if msg.meta.get("where"):  # stopped inside an epoch: the server saves where our data stream stands
                 where = mark if ahead is not None else (stream.position() if stream is not None else None)
@@ -149,6 +147,8 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             check_model_fits_data(msg.meta["sizes"], data.n_features, data.n_classes, f"the model worker {rank} received")
             model = new_model(cfg, received_layers(msg.arrays, msg.meta))
             sizes = np.array(model.nnz + [layer.n_out for layer in model.layers], dtype=np.int64)
+            if channel is None and msg.meta.get("channel"):
+                channel = in_window(memory, msg.meta["channel"], transport.sync)
             via = channel if channel is not None and channel.fits(sizes) else None  # as the server decides
         else:
             adopt_values(model, msg.arrays)
@@ -173,7 +173,7 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     After each epoch the server answers CONTINUE or STOP (at the end, or on a stop request); a
     CONTINUE may carry neuron keep masks, which the replica applies before its next epoch. A STOP
     that comes while an epoch trains ends it after the current batch: the replica goes back with its
-    position (train_epoch's), and a resumed run sends it back with that position to finish the epoch.
+    position (run_epoch's state.partial), and a resumed run sends it back with it to finish the epoch.
     """
     sizes = msg.meta["sizes"]
     n_masks = int(msg.meta["prune"])
@@ -191,26 +191,15 @@ def _phase2(cfg: Config, transport, msg, x: np.ndarray, y: np.ndarray) -> str | 
     resumed = msg.meta.get("stopped") or {}  # this worker's part of an epoch a stop ended part-way
     stop = _StopWatch(cfg, transport)
     while True:
-        epoch = state.epoch + 1
-        t0 = time.perf_counter()
-        if epoch > 1 and not resumed:
-            evolve(state, cfg)
-        t1 = time.perf_counter()
-        report, position, before = resumed.get("report"), None, resumed.get("position") or {}
-        if report is None:
+        report = resumed.get("report")
+        if report is None:  # the server prunes: the replica evolves and trains
             state.partial = resumed.get("position")
-            done = train_epoch(state, x, y, cfg.train.batch_size, stop=stop)
-            seconds = {"train_seconds": before.get("train_seconds", 0.0) + time.perf_counter() - t1,
-                       "evolution_seconds": before.get("evolution_seconds", t1 - t0)}
-            if done is None:
-                position = {**state.partial, **seconds}
-            else:
-                report = {"samples": x.shape[0], "train_loss": done[0], "train_accuracy": done[1], **seconds}
+            report = run_epoch(state, cfg, x, y, state.epoch + 1, stop, prune=False, progress=False)
         resumed = {}
         if report is not None:
-            state.epoch = epoch
+            report["samples"], state.epoch = x.shape[0], state.epoch + 1
         layers = layers_to_checkpoint(state.model, state.optimizer)
-        meta = {"epoch": state.epoch, "report": report, "position": position,
+        meta = {"epoch": state.epoch, "report": report, "position": state.partial,
                 "rng_state": state.rng.bit_generator.state, "optimizer_scalars": state.optimizer.scalars(),
                 **layers_meta(layers)}
         transport.send_bundle(0, TAG_REPLICA, meta, layer_arrays(layers))

@@ -105,10 +105,9 @@ class FakeWorkers(Workers):
     def continue_replicas(self, masks) -> None:
         self.masks.append(list(masks))
 
-    def stop(self, stopped_by=None) -> None:
+    def stop(self, stopped_by=None, in_epoch=False):
         self.stopped = True
-
-    def stop_in_epoch(self, stopped_by):
-        self.stopped = True
+        if not in_epoch:
+            return []
         self.lost += sorted(self.on_way)
         return [self.streams[w][1].position() if w in self.streams else None for w in self.ids]

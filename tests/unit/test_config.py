@@ -164,6 +164,17 @@ def test_cross_field_rules():
     assert load_config(None, ["data.name=csv", "data.path=x.csv"]).data.path == "x.csv"
 
 
+def test_phase1_epochs_come_from_the_count_else_the_fraction_and_never_exceed_the_epochs():
+    def phase1(*overrides):
+        return load_config(None, ["train.epochs=20", *overrides]).phase1_epochs
+
+    assert phase1() == 18  # phase1_fraction 0.9
+    assert phase1("parallel.phase1_fraction=0.25") == 5
+    assert phase1("parallel.phase1_epochs=3", "parallel.phase1_fraction=0.25") == 3
+    assert phase1("parallel.phase1_epochs=0") == 0
+    assert phase1("parallel.phase1_epochs=30") == 20
+
+
 def test_section_not_a_mapping(tmp_path):
     assert error_of(["train=5"]) == (
         "invalid override 'train=5': 'train' is a config section, not a value; "

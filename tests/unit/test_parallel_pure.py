@@ -179,7 +179,7 @@ class _BusyTransport:
 def test_a_busy_server_serves_every_worker_in_turn():
     """Workers 1 and 2 post through channels, worker 3 sends bundles, and all three always have a
     gradient waiting: the server takes them round-robin over the channels, a bundle every other time."""
-    workers = MPIWorkers(load_config(None, []), _BusyTransport())
+    workers = MPIWorkers(load_config(None, ["parallel.shared_memory=false"]), _BusyTransport(), None)
     workers.channels = {1: _BusyChannel(), 2: _BusyChannel()}
     order = [workers.take_gradient().source for _ in range(8)]
     assert order == [1, 3, 2, 3, 1, 3, 2, 3]
