@@ -40,7 +40,7 @@ import numpy as np
 from numba import njit, prange
 
 import sparsenet
-from sparsenet.sparse import simd
+from sparsenet.sparse import csr
 
 
 @njit(cache=True)
@@ -92,24 +92,15 @@ def dense_like(n: int, n_features: int, classes: int, seed: int):
     return x, labels
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True)  # not cached: it inlines csr.prefetch_ahead, whose edits numba's cache would not see
 def _touch_once(indices, ptr, where, chunks, in_ptr, cols_in, w, v, seen, stamp):
     """The least any momentum step on a CSR batch must do: one pass over every connection of the batch's
-    distinct features (read column, weight and velocity; write weight and velocity), prefetched as lazy.py does."""
+    distinct features (read column, weight and velocity; write weight and velocity), prefetched as the lazy kernels do (csr.prefetch_ahead)."""
     n_buckets = ptr.shape[0] - 1
     for c in prange(chunks):
         q0, q1 = ptr[n_buckets * c // chunks], ptr[n_buckets * (c + 1) // chunks]
         for q in range(q0, q1):
-            if q + 16 < q1:
-                i = indices[where[q + 16]]
-                s, e = in_ptr[i], in_ptr[i + 1] - 1
-                if e >= s:
-                    simd.prefetch(w, s)
-                    simd.prefetch(w, e)
-                    simd.prefetch(v, s)
-                    simd.prefetch(v, e)
-                    simd.prefetch(cols_in, s)
-                    simd.prefetch(cols_in, e)
+            csr.prefetch_ahead(indices, where, q, q1, in_ptr, w, cols_in, v, True)
             i = indices[where[q]]
             if seen[i] == stamp:
                 continue
@@ -123,7 +114,6 @@ def _touch_once(indices, ptr, where, chunks, in_ptr, cols_in, w, v, seen, stamp)
 def memory_floor(state, data, batch: int, count: int) -> float:
     """Milliseconds per batch of _touch_once on the trained first layer's input-major layout (a lower bound for
     the first layer's share of a sparse batch: forward and gradient each read these connections again)."""
-    from sparsenet.sparse import csr
 
     x = data.x_train
     layer = state.model.layers[0]
@@ -198,7 +188,6 @@ def train_round(state, cfg, data, epoch: int) -> dict:
 
 def profile_batches(state, data, batch: int, count: int) -> dict:
     """Milliseconds per sparse training batch by phase over `count` batches (one lazy session)."""
-    from sparsenet.sparse import csr
     from sparsenet.train import lazy_session, train_step
 
     x, y = data.x_train, data.y_train
