@@ -13,6 +13,7 @@ __all__ = ["SETClassifier", "SETRegressor", "Model", "load", "train", "__version
 from . import jitcache as _jitcache  # noqa: E402 - before any kernel is defined
 
 _jitcache.use_private_cache()
+_jitcache.use_full_vector_width()
 
 import types as _types  # noqa: E402
 
