@@ -181,8 +181,7 @@ def forward_logits(net: SparseMLP, x, batch_size: int) -> np.ndarray:
     sparse = isinstance(x, CSRRows)
     widths = [0 if sparse else sizes[0], *sizes[1:]]
     chunk = min(eval_chunk(widths, batch_size) if sparse else net.eval_chunk(batch_size), max(n, 1))
-    bufs = (np.empty(max(widths[0::2]) * chunk, dtype=np.float32),
-            np.empty(max(widths[1::2]) * chunk, dtype=np.float32))
+    bufs = (kernels.aligned_floats(max(widths[0::2]) * chunk), kernels.aligned_floats(max(widths[1::2]) * chunk))
     out = np.empty((n, sizes[-1]), dtype=np.float32)
     last = len(net.layers) - 1
     bias0 = _centred_bias(net.layers[0], x.center) if sparse and x.center is not None else net.layers[0].bias

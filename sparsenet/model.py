@@ -131,9 +131,9 @@ class SparseMLP:
             widths = [0 if sparse_input else self.sizes[0], *self.sizes[1:]]
             if batch > getattr(self, "_capacity", 0):
                 self._workspaces.clear()  # drop views of the smaller allocation before making a new one
-                self._flat = ([np.zeros(n * batch, dtype=np.float32) for n in widths],
-                              [np.ones(n * batch, dtype=np.float32) for n in widths[:-1]],
-                              [np.zeros(n * batch, dtype=np.float32) for n in widths])
+                self._flat = ([kernels.aligned_floats(n * batch) for n in widths],
+                              [kernels.aligned_floats(n * batch, 1.0) for n in widths[:-1]],
+                              [kernels.aligned_floats(n * batch) for n in widths])
                 self._capacity = batch
             acts, factors, deltas = ([flat[:n * batch].reshape(n, batch) for flat, n in zip(group, widths)]
                                      for group in self._flat)
@@ -229,8 +229,7 @@ class SparseMLP:
         bound = EVAL_BUFFER_BYTES if max_bytes is None else max_bytes
         chunk = min(self.eval_chunk(batch_size, bound), max(x.shape[0], 1))
         sizes = self.sizes
-        bufs = (np.empty(max(sizes[0::2]) * chunk, dtype=np.float32),
-                np.empty(max(sizes[1::2]) * chunk, dtype=np.float32))
+        bufs = (kernels.aligned_floats(max(sizes[0::2]) * chunk), kernels.aligned_floats(max(sizes[1::2]) * chunk))
         delta = np.empty(sizes[-1] * chunk, dtype=np.float32)
         last = len(self.layers) - 1
         total_loss, total_correct = 0.0, 0

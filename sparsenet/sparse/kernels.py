@@ -175,6 +175,21 @@ def _ahead(gathered: np.ndarray) -> int:
     return PREFETCH_AHEAD if gathered.nbytes > PREFETCH_MIN_BYTES else 0
 
 
+CACHE_LINE = 64  # bytes
+
+
+def aligned_floats(n: int, fill: float = 0.0) -> np.ndarray:
+    """float32 (n,) of `fill` starting on a cache line, for activation buffers: with rows of a multiple of 16
+    floats no 512-bit load of a row straddles two lines. numpy's large arrays start 16 bytes past a page,
+    and the kernels then ran 1.4x (forward, backward) to 1.9x (weight gradient) slower (docs/benchmarks.md)."""
+    raw = np.zeros(n + CACHE_LINE // 4, dtype=np.float32)  # calloc'd: pages stay untouched until written
+    start = (-raw.ctypes.data % CACHE_LINE) // 4
+    out = raw[start:start + n]
+    if fill != 0.0:
+        out.fill(fill)
+    return out
+
+
 def _check_activations(name: str, a: np.ndarray, n: int, batch: int | None = None) -> None:
     if a.dtype != np.float32 or a.ndim != 2 or not a.flags.c_contiguous:
         raise ValueError(f"{name} must be a C-contiguous 2-D float32 array, got {a.dtype} {a.shape}")
