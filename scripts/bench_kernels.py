@@ -33,6 +33,13 @@ def bench(fn, repeat: int) -> tuple[float, float]:
     return float(np.median(times)), float(min(times))
 
 
+def activations(n: int, batch: int, value=0.0) -> np.ndarray:
+    """(n, batch) float32 starting on a cache line, filled with `value` (a scalar or an array)."""
+    a = kernels.aligned_floats(n * batch).reshape(n, batch)
+    a[...] = value
+    return a
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeat", type=int, default=5)
@@ -47,12 +54,11 @@ def main(argv=None) -> None:
         rng = np.random.default_rng(0)
         layer = erdos_renyi_layer(n_in, n_out, eps, "he_uniform", rng)
         b = args.batch
-        x = rng.standard_normal((n_in, b), dtype=np.float32)
-        out = np.empty((n_out, b), np.float32)
-        factor = np.ones((n_out, b), np.float32)
-        delta = rng.standard_normal((n_out, b), dtype=np.float32)
-        gf_in = np.ones((n_in, b), np.float32)
-        dx = np.empty((n_in, b), np.float32)
+        # activations on cache lines, as the model's workspace holds them (kernels.aligned_floats)
+        x = activations(n_in, b, rng.standard_normal((n_in, b), dtype=np.float32))
+        out, factor = activations(n_out, b), activations(n_out, b, 1.0)
+        delta = activations(n_out, b, rng.standard_normal((n_out, b), dtype=np.float32))
+        gf_in, dx = activations(n_in, b, 1.0), activations(n_in, b)
         sums = np.empty(n_in, np.float32)
         grad = np.empty(layer.nnz, np.float32)
         label = f"{n_in}x{n_out} eps{eps:g} nnz {layer.nnz / 1e6:.2f}M"
