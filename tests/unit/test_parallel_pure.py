@@ -1,6 +1,9 @@
 """MPI-free parts of parallel training: retain-valid-updates, phase-2 averaging, which gradient the server takes next."""
 
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 
 from sparsenet.evolution import prune_and_regrow
 from sparsenet.model import SparseMLP
@@ -124,8 +127,6 @@ def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and
 
 
 def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
-    import pytest
-
     from sparsenet.parallel import mpi_workers
 
     rng = np.random.default_rng(3)
@@ -147,18 +148,18 @@ def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
         mpi_workers.adopt_values(model, [received[0].astype(np.float64)] + received[1:])
 
 
-class _BusyChannel:
-    """A worker's channel that always has a gradient waiting."""
+class _BusyLane:
+    """A worker's gradient lane that always has a gradient waiting."""
 
     def __init__(self):
         self.taken = 0
 
-    def gradient_ready(self) -> bool:
+    def ready(self) -> bool:
         return True
 
-    def take_gradient(self):
+    def take(self):
         self.taken += 1
-        return 0, 16, 0.0, 0, [np.zeros(2, dtype=np.float32)]
+        return [0, 16, 0, 0.0, 0, 0], [np.zeros(2, dtype=np.float32)]
 
 
 class _BusyTransport:
@@ -180,8 +181,9 @@ def test_a_busy_server_serves_every_worker_in_turn():
     """Workers 1 and 2 post through channels, worker 3 sends bundles, and all three always have a
     gradient waiting: the server takes them round-robin over the channels, a bundle every other time."""
     workers = MPIWorkers(load_config(None, ["parallel.shared_memory=false"]), _BusyTransport(), None)
-    workers.channels = {1: _BusyChannel(), 2: _BusyChannel()}
+    workers.channels = {1: SimpleNamespace(gradients=_BusyLane()), 2: SimpleNamespace(gradients=_BusyLane())}
     order = [workers.take_gradient().source for _ in range(8)]
     assert order == [1, 3, 2, 3, 1, 3, 2, 3]
     assert workers.take_gradient(2).source == 2  # a named source is what is taken
     assert workers.channel_bytes[1] == 5 * 8  # the channels' 5 gradients of 2 float32 each
+
