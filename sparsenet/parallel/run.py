@@ -19,7 +19,7 @@ from ..selection import hold_out_validation
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from ..state import TrainingState
 from ..train import set_threads
-from .launcher import launcher_rank, world_size_mismatch
+from ..launch import launcher_rank, world_size_mismatch
 from .mpi_workers import TAG_MEMORY_PLAN
 
 
