@@ -75,7 +75,7 @@ def rank_main(mode: str, trips: int) -> None:
             if t.rank == 1:
                 if channel is not None:  # the gradient kernel writes here; nothing to copy
                     channel.gradients.arrays(SIZES)[0][-1] = grads[0][-1]
-                    channel.gradients.post((1, 128, 3, 0.5), sizes)
+                    channel.gradients.post((1, 128, 0.5, 3), sizes)
                     if t.recv_bundle(source=0, tag=2, ready=channel.replies.ready) is not None:
                         raise SystemExit("rank 1: a bundle instead of a channel reply")
                     adopted[:] = channel.replies.take()[1]  # kept as the model, as mpi_workers.adopt_values does

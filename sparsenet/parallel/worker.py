@@ -125,7 +125,7 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
             model.grads, model.bias_grads = split_pairs(via.gradients.arrays(sizes), len(model.layers))
         loss, correct = compute_gradients(model, rng, x, y, index)
         if via is not None:
-            return partial(via.gradients.post, (version, index.shape[0], correct, loss), sizes)
+            return partial(via.gradients.post, (version, index.shape[0], loss, correct), sizes)  # as in a Gradient
         meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
         return partial(transport.isend_bundle, 0, TAG_GRADIENT, meta, [*model.grads, *model.bias_grads])
 
