@@ -74,11 +74,11 @@ def rank_main(mode: str, trips: int) -> None:
         for _ in range(trips if measured else 50):
             if t.rank == 1:
                 if channel is not None:  # the gradient kernel writes here; nothing to copy
-                    channel.gradient_arrays(SIZES)[0][-1] = grads[0][-1]
-                    channel.post_gradient(1, 128, 0.5, 3, sizes)
-                    if t.recv_bundle(source=0, tag=2, ready=channel.reply_ready) is not None:
+                    channel.gradients.arrays(SIZES)[0][-1] = grads[0][-1]
+                    channel.gradients.post((1, 128, 0.5, 3), sizes)
+                    if t.recv_bundle(source=0, tag=2, ready=channel.replies.ready) is not None:
                         raise SystemExit("rank 1: a bundle instead of a channel reply")
-                    adopted[:] = channel.take_reply(SIZES)[2]  # kept as the model, as mpi_workers.adopt_values does
+                    adopted[:] = channel.replies.take()[1]  # kept as the model, as mpi_workers.adopt_values does
                     continue
                 meta = {"version": 1, "samples": 128, "loss": 0.5, "correct": 3}
                 pending = t.isend_bundle(0, 1, meta, grads)
@@ -87,12 +87,12 @@ def rank_main(mode: str, trips: int) -> None:
                 del reply
                 pending.wait()
             elif channel is not None:
-                if t.recv_bundle(source=1, tag=1, ready=channel.gradient_ready) is not None:
+                if t.recv_bundle(source=1, tag=1, ready=channel.gradients.ready) is not None:
                     raise SystemExit("rank 0: a bundle instead of a channel gradient")
-                checksum = sum(float(a[-1]) for a in channel.take_gradient()[4])
-                for out, new in zip(channel.reply_arrays(SIZES), values):
+                checksum = sum(float(a[-1]) for a in channel.gradients.take()[1])
+                for out, new in zip(channel.replies.arrays(SIZES), values):
                     np.copyto(out, new)
-                channel.post_reply(1, int(checksum > 0))
+                channel.replies.post((1, int(checksum > 0)), SIZES)
             else:
                 gradient = t.recv_bundle(source=1, tag=1)
                 checksum = sum(float(a[-1]) for a in gradient.arrays)

@@ -24,7 +24,7 @@ CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
 
 HOT = [(worker, "compute_gradients", "worker gradient"), (mpi_workers, "adopt_values", "worker adopt values"),
-       (channel.Channel, "take_reply", "worker channel reply"), (channel.Channel, "post_gradient", "worker channel post"),
+       (channel.Lane, "take", "channel take (both sides)"), (channel.Lane, "post", "channel post (both sides)"),
        (mpi_workers.MPIWorkers, "take_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),
        (transport.Transport, "_probe_message", "  of which waiting"), (transport, "decode", "  of which decode"),

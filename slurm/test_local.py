@@ -95,7 +95,7 @@ def source_venvs(names: list[str]) -> dict[str, Path]:
 
 def srun_plugin(venv: Path) -> str:
     """The --mpi value train.sbatch picks for this venv's mpi4py."""
-    proc = run([str(venv / "bin" / "python"), "-m", "sparsenet.parallel.launcher", "srun-mpi"])
+    proc = run([str(venv / "bin" / "python"), "-m", "sparsenet.launch", "srun-mpi"])
     return proc.stdout.strip() or f"? ({proc.stderr.strip()})"
 
 

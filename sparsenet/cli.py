@@ -25,7 +25,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .fileio import check_folder
-    from .parallel.launcher import launched_world_size
+    from .launch import launched_world_size
     from .train import run
 
     cfg = load_config(args.config, args.set)
@@ -68,7 +68,7 @@ def _output_folder(args: argparse.Namespace, parallel: bool) -> Path:
     """--out, checked before data and memory are looked at: an existing non-empty folder only with
     --resume or --overwrite (which removes the old run's files); without --out a new runs/<config>-<n>."""
     from .fileio import check_folder, fresh_folder
-    from .parallel.launcher import launcher_rank
+    from .launch import launcher_rank
 
     if args.out is None:
         if args.resume or args.overwrite:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
 
 ROOT = "sparsenet"
@@ -19,23 +18,14 @@ DATEFMT = "%H:%M:%S"
 logging.getLogger(ROOT).addHandler(logging.NullHandler())  # no lastResort output for a library user
 
 
-def process_rank() -> int:
-    """This process's MPI rank from the launcher's environment (0 without MPI); starts no MPI."""
-    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
-        if var in os.environ:
-            try:
-                return int(os.environ[var])
-            except ValueError:
-                pass
-    return 0
-
-
 class _RankFilter(logging.Filter):
     """Give every record a `rank`: the one the caller passed (extra={'rank': r}), else this process's."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "rank", None) is None:
-            record.rank = process_rank()
+            from .launch import launcher_rank  # here: `python -m sparsenet.launch` runs it as __main__
+
+            record.rank = launcher_rank()  # from the launcher's environment; starts no MPI
         return True
 
 

@@ -10,7 +10,7 @@ import sys
 import time
 
 from .fileio import append_text, write_text
-from .logs import process_rank, shows  # noqa: F401 - process_rank: re-exported
+from .logs import shows
 
 
 _RUN = logging.getLogger("sparsenet.run")

@@ -3,17 +3,17 @@ window.
 
 Phase 1 exchanges one gradient and one set of weights per update; as MPI messages that costs about
 1 ms of interpreter work per update on a 2-core machine, 10 % of a FashionMNIST gradient. A channel
-is one worker's slice of a shared window the server allocates (Transport.shared_window): a control
-block, two gradient and two weight buffers. The worker's backward kernel writes its gradient into a
-gradient buffer and posts it by bumping a sequence number; the server's momentum step writes the new
-weights into a weight buffer and posts them the same way; a waiting side polls the sequence number
-between sleeps (Transport.recv_bundle with ready=).
+is one worker's slice of a shared window the server allocates (Transport.shared_window): two lanes,
+`gradients` (worker -> server) and `replies` (server -> worker). A lane's writer fills float32
+arrays in place (the worker's backward kernel, the server's momentum step) and posts them with a few
+numbers by bumping a sequence number; its reader polls that number between sleeps
+(Transport.recv_bundle with ready=) and takes the arrays where they were written.
 
-Two buffers each way suffice because every side alternates: gradient n goes into buffer n % 2 and
-the worker overwrites it only after the server answered gradient n (with pipelining the worker
-computes gradient n + 1 meanwhile, into the other buffer); reply n goes into buffer n % 2 and the
-worker stops reading it before it sends the gradient whose answer reply n + 2 is.
-Whatever does not fit the buffers (a model that grew) goes through messages as before.
+Two buffers per lane suffice because both sides alternate: gradient n goes into buffer n % 2, and
+the worker writes gradient n + 2 there only after the server answered gradient n (with pipelining
+it computes gradient n + 1 meanwhile, into the other buffer); reply n goes into buffer n % 2, and
+the worker stops reading it before it sends the gradient that reply n + 2 answers. Whatever does
+not fit a lane (a model that grew) goes through messages.
 Memory ordering: a writer calls `sync` (MPI_Win_sync) between its data and its sequence number, a
 reader between seeing the number and reading the data.
 """
@@ -26,15 +26,13 @@ import numpy as np
 
 from .wire import aligned_layout
 
-BUFFERS = 4  # two gradient buffers (worker -> server), two weight buffers (server -> worker)
 PAGE = 4096
-ITEMSIZE = 4  # channels carry float32
-
-# Control block, int64 words. The worker writes the first cache line and the sizes (third line on),
-# the server the second.
-W_SEQ, W_VERSION, W_SAMPLES, W_CORRECT, W_LOSS, W_ARRAYS = 0, 1, 2, 3, 4, 5  # W_LOSS holds float64 bits
-S_SEQ, S_VERSION, S_EPOCH = 8, 9, 10
-SIZES = 16  # W_ARRAYS array sizes of the posted gradient from here on
+ITEMSIZE = 4  # lanes carry float32
+BUFFERS = 4  # per channel: two per lane
+# A lane's control block, int64 words: the sequence number, float64 numbers posted with the arrays,
+# how many arrays, then their sizes.
+SEQ, WORDS, COUNT, SIZES = 0, 1, 7, 8
+MAX_WORDS = COUNT - WORDS
 
 
 def layout(sizes: Sequence[int]) -> tuple[list[int], int]:
@@ -52,17 +50,15 @@ def views(base: np.ndarray, sizes: Sequence[int]) -> list[np.ndarray]:
     return [base[off:off + ITEMSIZE * n].view(np.float32) for off, n in zip(offsets, sizes)]
 
 
+def _pages(nbytes: int) -> int:
+    return -(-nbytes // PAGE) * PAGE
+
+
 def shape(sizes: Sequence[int]) -> dict:
     """Geometry of a channel for float32 arrays of `sizes` (weights then biases): n_layers, capacity
     (bytes per buffer) and nbytes (the whole channel, whole pages)."""
-    n_layers = len(sizes) // 2
-    capacity = -(-layout(sizes)[1] // PAGE) * PAGE
-    return {"n_layers": n_layers, "capacity": capacity, "nbytes": _control_bytes(n_layers) + BUFFERS * capacity}
-
-
-def _control_bytes(n_layers: int) -> int:
-    """Bytes of the control block (whole pages): fixed words, then a weight and a bias size per layer."""
-    return -(-8 * (SIZES + 2 * n_layers) // PAGE) * PAGE
+    n_layers, capacity = len(sizes) // 2, _pages(layout(sizes)[1])
+    return {"n_layers": n_layers, "capacity": capacity, "nbytes": 2 * Lane.nbytes(2 * n_layers, capacity)}
 
 
 def in_window(memory: np.ndarray, place: dict, sync: Callable[[], None]) -> "Channel":
@@ -71,93 +67,90 @@ def in_window(memory: np.ndarray, place: dict, sync: Callable[[], None]) -> "Cha
     return Channel(memory[start:start + place["nbytes"]], place["n_layers"], place["capacity"], sync)
 
 
+class Lane:
+    """One direction in `memory` (uint8, Lane.nbytes(max_arrays, capacity) long): a control block and
+    two buffers of `capacity` bytes, for up to `max_arrays` float32 arrays. The writer fills arrays(sizes)
+    and post()s; the reader checks ready() and take()s. `sync`: the window's memory barrier."""
+
+    def __init__(self, memory: np.ndarray, max_arrays: int, capacity: int, sync: Callable[[], None]):
+        control_bytes = _pages(8 * (SIZES + max_arrays))
+        self.control = memory[:control_bytes].view(np.int64)
+        self.buffers = [memory[control_bytes + i * capacity:control_bytes + (i + 1) * capacity] for i in range(2)]
+        self.max_arrays, self.capacity, self.sync = max_arrays, capacity, sync
+        self.posted = self.taken = 0
+        self._views: dict[tuple[int, tuple[int, ...]], list[np.ndarray]] = {}
+
+    @staticmethod
+    def nbytes(max_arrays: int, capacity: int) -> int:
+        return _pages(8 * (SIZES + max_arrays)) + 2 * capacity
+
+    def fits(self, sizes: Sequence[int]) -> bool:
+        return len(sizes) <= self.max_arrays and layout(sizes)[1] <= self.capacity
+
+    def _arrays(self, index: int, sizes: Sequence[int]) -> list[np.ndarray]:
+        key = (index, tuple(sizes))
+        arrays = self._views.get(key)
+        if arrays is None:  # the same shapes over and over: make the views once
+            if len(self._views) >= 8:
+                self._views.clear()
+            arrays = self._views[key] = views(self.buffers[index], sizes)
+        return arrays
+
+    # ----------------------------------------------------------------- writer
+
+    def arrays(self, sizes: Sequence[int]) -> list[np.ndarray]:
+        """Where the next post's arrays go: float32 arrays of `sizes` in the next buffer."""
+        return self._arrays(self.posted % 2, sizes)
+
+    def post(self, words: Sequence[float], sizes: Sequence[int]) -> None:
+        """Hand the arrays written into arrays(sizes) to the reader, with up to MAX_WORDS numbers
+        (float64: integers below 2**53 exactly)."""
+        if len(sizes) > self.max_arrays or len(words) > MAX_WORDS:
+            raise ValueError(f"{len(sizes)} arrays and {len(words)} words posted to a lane made for "
+                             f"{self.max_arrays} and {MAX_WORDS}")
+        c = self.control
+        c[WORDS:WORDS + len(words)].view(np.float64)[:] = words
+        c[COUNT], c[SIZES:SIZES + len(sizes)] = len(sizes), sizes
+        self.posted += 1
+        self.sync()
+        c[SEQ] = self.posted
+
+    # ----------------------------------------------------------------- reader
+
+    def ready(self) -> bool:
+        return self.control[SEQ] > self.taken
+
+    def take(self) -> tuple[list[float], list[np.ndarray]]:
+        """(the MAX_WORDS numbers, the arrays) of the next post; call when ready(). The arrays stay
+        valid until the writer's post after next."""
+        self.sync()
+        c = self.control
+        sizes = c[SIZES:SIZES + min(int(c[COUNT]), self.max_arrays + 1)].tolist()
+        if not self.fits(sizes):
+            raise ValueError(f"a lane post of {sizes} float32 values overflows its {self.capacity}-byte buffer")
+        index = self.taken % 2
+        self.taken += 1
+        return c[WORDS:COUNT].view(np.float64).tolist(), self._arrays(index, sizes)
+
+
 class Channel:
-    """One worker's channel in `memory` (uint8, shape(...)["nbytes"] long), seen by the server and
-    that worker; `sync`: the window's memory barrier. The server zeroes it first (clear)."""
+    """One worker's channel in `memory` (uint8, shape(...)["nbytes"] long), seen by the server and that
+    worker: lanes `gradients` (worker -> server) and `replies` (server -> worker), each for the
+    2 * n_layers arrays of weights then biases. The server zeroes it first (clear)."""
 
     def __init__(self, memory: np.ndarray, n_layers: int, capacity: int, sync: Callable[[], None]):
-        self.capacity, self.n_layers, self.sync = capacity, n_layers, sync
-        control_bytes = _control_bytes(n_layers)
-        if memory.size < control_bytes + BUFFERS * capacity:
+        lane_bytes = Lane.nbytes(2 * n_layers, capacity)
+        if memory.size < 2 * lane_bytes:
             raise ValueError(f"a {memory.size}-byte window slice cannot hold a channel of {capacity}-byte buffers")
-        self.control = memory[:control_bytes].view(np.int64)
-        buffers = [memory[control_bytes + i * capacity:control_bytes + (i + 1) * capacity] for i in range(BUFFERS)]
-        self.gradient_buffers, self.weight_buffers = buffers[:BUFFERS // 2], buffers[BUFFERS // 2:]
-        self.gradients_posted = self.gradients_taken = 0
-        self.replies_posted = self.replies_taken = 0
-        self._views: dict[tuple[int, int, tuple[int, ...]], list[np.ndarray]] = {}
+        self.sync = sync
+        self.gradients, self.replies = (Lane(memory[i * lane_bytes:(i + 1) * lane_bytes], 2 * n_layers, capacity, sync)
+                                        for i in range(2))
 
     def clear(self) -> None:
-        """Zero the control block (a new window's contents are undefined)."""
-        self.control[:] = 0
+        """Zero the control blocks (a new window's contents are undefined)."""
+        for lane in (self.gradients, self.replies):
+            lane.control[:] = 0
         self.sync()
 
     def fits(self, sizes: Sequence[int]) -> bool:
-        return len(sizes) <= 2 * self.n_layers and layout(sizes)[1] <= self.capacity
-
-    def _arrays(self, kind: int, index: int, sizes: Sequence[int]) -> list[np.ndarray]:
-        key = (kind, index, tuple(sizes))
-        arrays = self._views.get(key)
-        if arrays is None:  # the same shapes over and over: make the views once
-            if len(self._views) >= 16:
-                self._views.clear()
-            buffers = self.gradient_buffers if kind == 0 else self.weight_buffers
-            arrays = self._views[key] = views(buffers[index], sizes)
-        return arrays
-
-    # ----------------------------------------------------------------- worker
-
-    def gradient_arrays(self, sizes: Sequence[int]) -> list[np.ndarray]:
-        """Where the next gradient goes: float32 arrays of `sizes` in the next gradient buffer."""
-        return self._arrays(0, self.gradients_posted % 2, sizes)
-
-    def post_gradient(self, version: int, samples: int, loss: float, correct: int, sizes: np.ndarray) -> None:
-        """Hand the gradient written into gradient_arrays(sizes) (int64 `sizes`) to the server."""
-        if sizes.shape[0] > 2 * self.n_layers:  # the control block has room for 2 sizes per layer
-            raise ValueError(f"{sizes.shape[0]} arrays posted to a channel made for {2 * self.n_layers}")
-        c = self.control
-        c[W_VERSION], c[W_SAMPLES], c[W_CORRECT], c[W_ARRAYS] = version, samples, correct, sizes.shape[0]
-        c[W_LOSS:W_LOSS + 1].view(np.float64)[0] = loss
-        c[SIZES:SIZES + sizes.shape[0]] = sizes
-        self.gradients_posted += 1
-        self.sync()
-        c[W_SEQ] = self.gradients_posted
-
-    def reply_ready(self) -> bool:
-        return self.control[S_SEQ] > self.replies_taken
-
-    def take_reply(self, sizes: Sequence[int]) -> tuple[int, int, list[np.ndarray]]:
-        """(version, epoch, weight and bias arrays of `sizes`) of the next reply; call when reply_ready()."""
-        self.sync()
-        index = self.replies_taken % 2
-        self.replies_taken += 1
-        c = self.control
-        return int(c[S_VERSION]), int(c[S_EPOCH]), self._arrays(1, index, sizes)
-
-    # ----------------------------------------------------------------- server
-
-    def gradient_ready(self) -> bool:
-        return self.control[W_SEQ] > self.gradients_taken
-
-    def take_gradient(self) -> tuple[int, int, float, int, list[np.ndarray]]:
-        """(version, samples, loss, correct, gradient arrays) of the next gradient; call when gradient_ready()."""
-        self.sync()
-        index = self.gradients_taken % 2
-        self.gradients_taken += 1
-        c = self.control
-        sizes = c[SIZES:SIZES + int(c[W_ARRAYS])].tolist()
-        if not self.fits(sizes):
-            raise ValueError(f"a channel gradient of {sizes} float32 values overflows its {self.capacity}-byte buffer")
-        loss = float(c[W_LOSS:W_LOSS + 1].view(np.float64)[0])
-        return int(c[W_VERSION]), int(c[W_SAMPLES]), loss, int(c[W_CORRECT]), self._arrays(0, index, sizes)
-
-    def reply_arrays(self, sizes: Sequence[int]) -> list[np.ndarray]:
-        """Where the next reply goes: float32 arrays of `sizes` in the next weight buffer."""
-        return self._arrays(1, self.replies_posted % 2, sizes)
-
-    def post_reply(self, version: int, epoch: int) -> None:
-        """Hand the weights written into reply_arrays(...) to the worker."""
-        self.control[S_VERSION], self.control[S_EPOCH] = version, epoch
-        self.replies_posted += 1
-        self.sync()
-        self.control[S_SEQ] = self.replies_posted
+        return self.gradients.fits(sizes)

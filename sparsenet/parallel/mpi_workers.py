@@ -114,9 +114,9 @@ class MPIWorkers(Workers):
         self._finish_reply(worker)
         channel, sizes = self.channels.get(worker), [a.size for a in values_arrays(model)]
         if channel is not None and channel.fits(sizes):  # the worker reads the weights where they are written
-            for out, values in zip(channel.reply_arrays(sizes), values_arrays(model)):
+            for out, values in zip(channel.replies.arrays(sizes), values_arrays(model)):
                 np.copyto(out, values)
-            channel.post_reply(version, epoch)
+            channel.replies.post((version, epoch), sizes)
             self.channel_bytes[0] += 4 * sum(sizes)
             return
         self._send_model(worker, "values", values_arrays(model), model, version, epoch)
@@ -156,7 +156,7 @@ class MPIWorkers(Workers):
         found = [None]  # the first channel in `order` with a gradient posted
 
         def ready() -> bool:
-            found[0] = next((k for k in order if self.channels[k].gradient_ready()), None)
+            found[0] = next((k for k in order if self.channels[k].gradients.ready()), None)
             return found[0] is not None
 
         msg = self.transport.recv_bundle(source=source, tag=TAG_GRADIENT, ready=ready if order else None)
@@ -165,9 +165,9 @@ class MPIWorkers(Workers):
             return Gradient(msg.source, int(m["version"]), int(m["samples"]), float(m["loss"]), int(m["correct"]),
                             msg.arrays)
         k = self._last_channel = found[0]
-        version, samples, loss, correct, arrays = self.channels[k].take_gradient()
+        (version, samples, loss, correct, *_), arrays = self.channels[k].gradients.take()
         self.channel_bytes[1] += sum(a.nbytes for a in arrays)
-        return Gradient(k, version, samples, loss, correct, arrays)
+        return Gradient(k, int(version), int(samples), loss, int(correct), arrays)
 
     # ------------------------------------------------------------------ phase 2
 
@@ -228,8 +228,8 @@ class MPIWorkers(Workers):
         # byte and channel counts are cumulative over the run
         return {"bytes_sent": t.bytes_sent + self.channel_bytes[0], "bytes_received": t.bytes_received + self.channel_bytes[1],
                 "server_wait_seconds": wait,
-                "channel_gradients": sum(c.gradients_taken for c in self.channels.values()),
-                "channel_replies": sum(c.replies_posted for c in self.channels.values()),
+                "channel_gradients": sum(c.gradients.taken for c in self.channels.values()),
+                "channel_replies": sum(c.replies.posted for c in self.channels.values()),
                 "server_wait_cpu_share": wait_cpu / wait if wait > 0 else 0.0}
 
 

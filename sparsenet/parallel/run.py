@@ -19,7 +19,7 @@ from ..selection import hold_out_validation
 from ..signals import EXIT_RESUMABLE, ignore_stop_signals
 from ..state import TrainingState
 from ..train import set_threads
-from .launcher import launcher_rank, world_size_mismatch
+from ..launch import launcher_rank, world_size_mismatch
 from .mpi_workers import TAG_MEMORY_PLAN
 
 
@@ -124,6 +124,35 @@ def _memory_gate(cfg: Config, transport) -> bool:
     return bool(transport.recv_bundle(source=0, tag=TAG_MEMORY_PLAN).meta["go"])
 
 
+def check_resumable(cfg: Config, saved: ckpt.CheckpointData, epoch: int, workers: int, n_train: int, path) -> None:
+    """SparsenetError unless this run (`workers` workers, `n_train` samples) can continue the checkpoint
+    at `path` after `epoch` epochs: not stopped inside an epoch by a sequential run, nor by a parallel
+    run of other workers, phases or batch sizes; phase-2 replicas one per worker."""
+    partial, p1, batch = saved.parallel_partial_epoch, cfg.phase1_epochs, cfg.train.batch_size
+    stopped = partial["workers"] if partial is not None else []
+    part_way = f"checkpoint {path} was stopped part-way through"
+    if saved.partial_epoch:
+        raise SparsenetError(f"{part_way} epoch {epoch + 1} by a sequential run; resume it with one process")
+    if saved.phase == 2 and epoch < p1:
+        raise SparsenetError(f"checkpoint {path} is in phase 2 at epoch {epoch}; resume it "
+                             f"with parallel.phase1_epochs <= {epoch}, not {p1}")
+    if partial is not None and len(stopped) != workers:
+        raise SparsenetError(f"{part_way} epoch {epoch + 1} with {len(stopped)} workers; resume it with "
+                             f"{len(stopped) + 1} ranks, not {workers + 1}")
+    if partial is not None and saved.phase == 1 and epoch >= p1:
+        raise SparsenetError(f"{part_way} phase-1 epoch {epoch + 1}; resume it with parallel.phase1_epochs > "
+                             f"{epoch}, not {p1}")
+    for k, entry in enumerate(stopped if saved.phase == 2 else [], start=1):
+        batches = -(-len(range(k - 1, n_train, workers)) // batch)  # worker k's shard (worker.shard)
+        if "position" in entry and entry["position"]["n_steps"] != batches:
+            raise SparsenetError(f"{part_way} phase-2 epoch {epoch + 1} at {entry['position']['n_steps']} batches "
+                                 f"per epoch on worker {k}; train.batch_size {batch} gives {batches} (keep the "
+                                 "batch size of the stopped run)")
+    if saved.phase == 2 and saved.replicas and len(saved.replicas) != workers:
+        raise SparsenetError(f"checkpoint {path} holds {len(saved.replicas)} phase-2 replicas; resume it with "
+                             f"{len(saved.replicas) + 1} ranks, not {workers + 1}")
+
+
 def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, validation=None) -> TrainingState:
     from .mpi_workers import MPIWorkers
     from .seam import Replica
@@ -135,30 +164,7 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
         f"{data.x_test.shape[0]} test samples", rank=0)
 
     def check(saved: ckpt.CheckpointData, state: TrainingState) -> None:
-        path = out / CHECKPOINT
-        if saved.partial_epoch:
-            raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} "
-                                 "by a sequential run; resume it with one process")
-        if saved.phase == 2 and state.epoch < cfg.phase1_epochs:
-            raise SparsenetError(f"checkpoint {path} is in phase 2 at epoch {state.epoch}; resume it "
-                                 f"with parallel.phase1_epochs <= {state.epoch}, not {cfg.phase1_epochs}")
-        partial = saved.parallel_partial_epoch
-        if partial is not None and len(partial["workers"]) != transport.size - 1:
-            raise SparsenetError(f"checkpoint {path} was stopped part-way through epoch {state.epoch + 1} with "
-                                 f"{len(partial['workers'])} workers; resume it with {len(partial['workers']) + 1} "
-                                 f"ranks, not {transport.size}")
-        if partial is not None and saved.phase == 1 and state.epoch >= cfg.phase1_epochs:
-            raise SparsenetError(f"checkpoint {path} was stopped part-way through phase-1 epoch {state.epoch + 1}; "
-                                 f"resume it with parallel.phase1_epochs > {state.epoch}, not {cfg.phase1_epochs}")
-        for k, entry in enumerate(partial["workers"] if partial is not None and saved.phase == 2 else [], start=1):
-            batches = -(-len(range(k - 1, data.x_train.shape[0], transport.size - 1)) // cfg.train.batch_size)
-            if "position" in entry and entry["position"]["n_steps"] != batches:
-                raise SparsenetError(f"checkpoint {path} was stopped part-way through phase-2 epoch {state.epoch + 1} "
-                                     f"at {entry['position']['n_steps']} batches per epoch on worker {k}; train.batch_size "
-                                     f"{cfg.train.batch_size} gives {batches} (keep the batch size of the stopped run)")
-        if saved.phase == 2 and saved.replicas and len(saved.replicas) != transport.size - 1:
-            raise SparsenetError(f"checkpoint {path} holds {len(saved.replicas)} phase-2 replicas; "
-                                 f"resume it with {len(saved.replicas) + 1} ranks, not {transport.size}")
+        check_resumable(cfg, saved, state.epoch, transport.size - 1, data.x_train.shape[0], out / CHECKPOINT)
 
     state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check)
     state.preprocessing = data  # mean/std/classes into the checkpoint

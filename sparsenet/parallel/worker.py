@@ -122,18 +122,18 @@ def run_worker(cfg: Config, data: Dataset, transport) -> str | None:
         step += 1
         index = next(stream)
         if via is not None:
-            model.grads, model.bias_grads = split_pairs(via.gradient_arrays(sizes), len(model.layers))
+            model.grads, model.bias_grads = split_pairs(via.gradients.arrays(sizes), len(model.layers))
         loss, correct = compute_gradients(model, rng, x, y, index)
         if via is not None:
-            return partial(via.post_gradient, version, int(index.shape[0]), loss, correct, sizes)
+            return partial(via.gradients.post, (version, index.shape[0], loss, correct), sizes)  # as in a Gradient
         meta = {"version": version, "samples": int(index.shape[0]), "loss": loss, "correct": correct}
         return partial(transport.isend_bundle, 0, TAG_GRADIENT, meta, [*model.grads, *model.bias_grads])
 
     while True:
-        msg = transport.recv_bundle(source=0, ready=None if via is None else via.reply_ready)
+        msg = transport.recv_bundle(source=0, ready=None if via is None else via.replies.ready)
         if msg is None:  # the server's reply waits in our channel
-            version, epoch, arrays = via.take_reply(sizes)
-            msg = Bundle(0, TAG_MODEL, {"kind": "values", "version": version, "epoch": epoch}, arrays)
+            (version, epoch, *_), arrays = via.replies.take()
+            msg = Bundle(0, TAG_MODEL, {"kind": "values", "version": int(version), "epoch": int(epoch)}, arrays)
         if msg.tag == TAG_STOP:
             if msg.meta.get("where"):  # stopped inside an epoch: the server saves where our data stream stands
                 where = mark if ahead is not None else (stream.position() if stream is not None else None)

@@ -57,7 +57,7 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
     """Runs a and b move gradients and weights through channels in an MPI shared window; tiny_chunks
     through MPI alone, in 4 KiB pieces; mixed through a channel for worker 1 and MPI for worker 2 (as
     if it were on another node); too_large through MPI because the model exceeds the window's limit:
-    all five end with bit-identical weights."""
+    all five end with bit-identical weights and report the same train losses and accuracies."""
     common = ["parallel.algorithm=wassp", "train.epochs=3", "parallel.phase1_epochs=2", "train.lr=0.03"]
     runs = {}
     for name, extra, wrap in (("a", [], {}), ("b", [], {}),
@@ -69,6 +69,9 @@ def test_wassp_is_deterministic_and_independent_of_chunk_size_and_transport(tmp_
     for name in ("b", "tiny_chunks", "mixed", "too_large"):
         for x, y in zip(runs["a"], runs[name]):
             np.testing.assert_array_equal(x, y)
+    reported = {name: [(r["train_loss"], r["train_accuracy"]) for r in
+                       map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())] for name in runs}
+    assert all(reported[name] == reported["a"] for name in runs), reported  # the workers' loss and correct count too
     rows = {name: json.loads((tmp_path / name / "metrics.jsonl").read_text().splitlines()[1]) for name in runs}
     # after phase 1's 2 epochs (counts are cumulative, "updates" per epoch counts gradients): in runs
     # a and b every gradient went through a channel, and every reply but those to the 2 workers at

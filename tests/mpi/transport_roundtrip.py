@@ -208,11 +208,10 @@ def channel_round_trips(t: Transport) -> None:
         channel.clear()
         t.send_bundle(1, TAG_CHANNEL, {"place": place})
         for step, sizes in enumerate(CHANNEL_SIZES):
-            got = t.recv_bundle(source=1, tag=TAG_CHANNEL, timeout=60, ready=channel.gradient_ready)
+            got = t.recv_bundle(source=1, tag=TAG_CHANNEL, timeout=60, ready=channel.gradients.ready)
             check(got is None, f"step {step}: a bundle instead of a channel post")
-            version, samples, loss, correct, arrays = channel.take_gradient()
-            check((version, samples, loss, correct) == (step, 100 + step, 0.5 * step, 7 * step),
-                  f"step {step}: posted {(version, samples, loss, correct)}")
+            words, arrays = channel.gradients.take()
+            check(words[:4] == [step, 100 + step, 0.5 * step, 7 * step], f"step {step}: posted {words}")
             for i, (a, want) in enumerate(zip(arrays, channel_values(step, sizes, False), strict=True)):
                 check(a.dtype == np.float32 and np.array_equal(a, want), f"step {step}: gradient array {i} differs")
             if step:  # the one before, which we could still be reading while rank 1 wrote this one: intact
@@ -222,33 +221,33 @@ def channel_round_trips(t: Transport) -> None:
             if step == 5:
                 t.send_bundle(1, TAG_CHANNEL, {"step": step}, channel_values(step, sizes, True))
                 continue
-            for out, want in zip(channel.reply_arrays(sizes), channel_values(step, sizes, True)):
+            for out, want in zip(channel.replies.arrays(sizes), channel_values(step, sizes, True)):
                 out[:] = want
-            channel.post_reply(step, 2 * step)
-        check(channel.gradients_taken == len(CHANNEL_SIZES) and channel.replies_posted == len(CHANNEL_SIZES) - 1,
-              f"{channel.gradients_taken} gradients taken, {channel.replies_posted} replies posted")
+            channel.replies.post((step, 2 * step), sizes)
+        check(channel.gradients.taken == len(CHANNEL_SIZES) and channel.replies.posted == len(CHANNEL_SIZES) - 1,
+              f"{channel.gradients.taken} gradients taken, {channel.replies.posted} replies posted")
     elif t.rank == 1:
         channel = in_window(memory, t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60).meta["place"], t.sync)
-        check(not channel.reply_ready() and np.all(memory[:4096] == 0xAB), "rank 0's writes are not seen")
+        check(not channel.replies.ready() and np.all(memory[:4096] == 0xAB), "rank 0's writes are not seen")
         previous = None
 
         def post(step: int) -> None:
             sizes = CHANNEL_SIZES[step]
             check(channel.fits(sizes), f"step {step}: sizes {sizes} do not fit the channel")
-            for out, want in zip(channel.gradient_arrays(sizes), channel_values(step, sizes, False)):
+            for out, want in zip(channel.gradients.arrays(sizes), channel_values(step, sizes, False)):
                 out[:] = want
-            channel.post_gradient(step, 100 + step, 0.5 * step, 7 * step, np.array(sizes, dtype=np.int64))
+            channel.gradients.post((step, 100 + step, 0.5 * step, 7 * step), np.array(sizes, dtype=np.int64))
 
         post(0)
         for step, sizes in enumerate(CHANNEL_SIZES):
-            got = t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60, ready=channel.reply_ready)
+            got = t.recv_bundle(source=0, tag=TAG_CHANNEL, timeout=60, ready=channel.replies.ready)
             if step == 5:
                 check(got is not None and got.meta == {"step": step}, f"step {step}: no bundle answer ({got})")
                 arrays = got.arrays
             else:
                 check(got is None, f"step {step}: a bundle instead of a channel reply")
-                version, epoch, arrays = channel.take_reply(sizes)
-                check((version, epoch) == (step, 2 * step), f"step {step}: reply says {(version, epoch)}")
+                words, arrays = channel.replies.take()
+                check(words[:2] == [step, 2 * step], f"step {step}: reply says {words}")
             for i, (a, want) in enumerate(zip(arrays, channel_values(step, sizes, True), strict=True)):
                 check(np.array_equal(a, want), f"step {step}: reply array {i} differs")
             if previous is not None:  # the answer before this one was read while this one was written
@@ -284,14 +283,14 @@ def run_idle(t: Transport, shared: bool) -> None:
     if t.rank == 1:
         time.sleep(IDLE_SECONDS)
         if channel is not None:
-            channel.post_gradient(1, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
+            channel.gradients.post((1,), [5, 3])
         else:
             t.send_bundle(0, TAG_IDLE, {"late": True})
     elif t.rank == 0:
         wall, cpu = time.perf_counter(), time.process_time()
         if channel is not None:
-            got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60, ready=channel.gradient_ready)
-            check(got is None and channel.take_gradient()[0] == 1, "no channel post")
+            got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60, ready=channel.gradients.ready)
+            check(got is None and channel.gradients.take()[0][0] == 1, "no channel post")
         else:
             got = t.recv_bundle(source=1, tag=TAG_IDLE, timeout=60)
             check(got.meta == {"late": True}, "wrong idle message")

@@ -40,26 +40,27 @@ def test_layout_aligns_every_array_and_views_fit_the_buffer():
 
 def test_gradient_and_reply_travel_in_place_with_what_was_said(tmp_path):
     server, worker = pair(tmp_path)
-    assert not server.gradient_ready() and not worker.reply_ready()
-    grads = worker.gradient_arrays(SIZES)
+    assert not server.gradients.ready() and not worker.replies.ready()
+    grads = worker.gradients.arrays(SIZES)
     for i, g in enumerate(grads):
         g[:] = np.arange(g.size) + 0.25 * i
-    worker.post_gradient(7, 128, 1.0 / 3.0, 99, np.array(SIZES, dtype=np.int64))
-    assert server.gradient_ready() and not worker.reply_ready()
-    version, samples, loss, correct, got = server.take_gradient()
-    assert (version, samples, loss, correct) == (7, 128, 1.0 / 3.0, 99)  # float64 loss: bit-exact
-    assert [a.size for a in got] == SIZES and not server.gradient_ready()
+    worker.gradients.post((7, 128, 99, 1.0 / 3.0, 2 ** 53), np.array(SIZES, dtype=np.int64))
+    assert server.gradients.ready() and not worker.replies.ready()
+    words, got = server.gradients.take()
+    assert words[:5] == [7, 128, 99, 1.0 / 3.0, 2 ** 53]  # float64: bit-exact, integers below 2**53 too
+    assert [a.size for a in got] == SIZES and not server.gradients.ready()
     for i, a in enumerate(got):
         assert a.dtype == np.float32 and np.array_equal(a, np.arange(a.size) + np.float32(0.25 * i))
-        assert a.size == 0 or np.shares_memory(a, server.gradient_buffers[0])  # a view, not a copy
-    out = server.reply_arrays(SIZES)
+        assert a.size == 0 or np.shares_memory(a, server.gradients.buffers[0])  # a view, not a copy
+    out = server.replies.arrays(SIZES)
     for i, o in enumerate(out):
         o[:] = -i
-    server.post_reply(8, 3)
-    assert worker.reply_ready()
-    version, epoch, weights = worker.take_reply(SIZES)
-    assert (version, epoch) == (8, 3) and not worker.reply_ready()
-    assert all(np.all(w == -i) for i, w in enumerate(weights))
+    server.replies.post((8, 3), SIZES)
+    assert worker.replies.ready() and not server.gradients.ready()
+    words, weights = worker.replies.take()
+    assert words[:2] == [8, 3] and not worker.replies.ready()
+    assert [w.size for w in weights] == SIZES and all(np.all(w == -i) for i, w in enumerate(weights))
+    assert all(w.size == 0 or np.shares_memory(w, worker.replies.buffers[0]) for w in weights)
 
 
 def test_buffers_alternate_so_a_pipelining_worker_keeps_reading_its_weights(tmp_path):
@@ -67,29 +68,29 @@ def test_buffers_alternate_so_a_pipelining_worker_keeps_reading_its_weights(tmp_
     sizes = np.array(SIZES, dtype=np.int64)
     held = []
     for step in range(5):
-        g = worker.gradient_arrays(SIZES)
+        g = worker.gradients.arrays(SIZES)
         g[0][:] = step
-        worker.post_gradient(step, 1, 0.0, 0, sizes)
-        _, _, _, _, got = server.take_gradient()
+        worker.gradients.post((step,), sizes)
+        _, got = server.gradients.take()
         assert got[0][0] == step
-        out = server.reply_arrays(SIZES)
+        out = server.replies.arrays(SIZES)
         out[0][:] = 100 + step
-        server.post_reply(step, 0)
-        held.append(worker.take_reply(SIZES)[2][0])
+        server.replies.post((step, 0), SIZES)
+        held.append(worker.replies.take()[1][0])
         # the reply before this one (still read while this one was written) is intact
         if step:
             assert held[-2][0] == 100 + step - 1 and not np.shares_memory(held[-1], held[-2])
     assert held[0] is held[2] or np.shares_memory(held[0], held[2])  # two buffers, reused in turn
-    assert worker.gradients_posted == server.gradients_taken == 5 == server.replies_posted == worker.replies_taken
+    assert worker.gradients.posted == server.gradients.taken == 5 == server.replies.posted == worker.replies.taken
 
 
 def test_gradient_buffers_alternate_so_the_server_reads_while_the_next_is_written(tmp_path):
     server, worker = pair(tmp_path)
     sizes = np.array(SIZES, dtype=np.int64)
     for step in range(4):
-        worker.gradient_arrays(SIZES)[0][:] = step
-        worker.post_gradient(step, 1, 0.0, 0, sizes)
-        taken = server.take_gradient()[4][0]
+        worker.gradients.arrays(SIZES)[0][:] = step
+        worker.gradients.post((step,), sizes)
+        taken = server.gradients.take()[1][0]
         if step:  # still intact although the worker wrote this gradient after the server took it
             assert np.all(previous == step - 1) and not np.shares_memory(previous, taken)
         previous = taken
@@ -100,15 +101,21 @@ def test_smaller_and_fewer_arrays_fit_larger_ones_do_not(tmp_path):
     server, worker = pair(tmp_path)
     assert worker.fits([5, 3]) and worker.fits(SIZES)
     assert not worker.fits([10 ** 7]) and not worker.fits(SIZES + [1, 1])  # too large; more arrays than room
-    with pytest.raises(ValueError, match="made for 8"):
-        worker.post_gradient(0, 1, 0.0, 0, np.array(SIZES + [1, 1], dtype=np.int64))
-    worker.gradient_arrays([5, 3])[1][:] = 4
-    worker.post_gradient(0, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
-    assert [a.tolist() for a in server.take_gradient()[4]][1] == [4, 4, 4]
-    worker.post_gradient(0, 1, 0.0, 0, np.array([5, 3], dtype=np.int64))
-    worker.control[16] = 10 ** 7  # a corrupted size: refused, not read past the buffer
+    with pytest.raises(ValueError, match="made for 8 and 6"):
+        worker.gradients.post((0,), np.array(SIZES + [1, 1], dtype=np.int64))
+    with pytest.raises(ValueError, match="made for 8 and 6"):
+        worker.replies.post(range(7), [5, 3])
+    worker.gradients.arrays([5, 3])[1][:] = 4
+    worker.gradients.post((0,), np.array([5, 3], dtype=np.int64))
+    assert [a.tolist() for a in server.gradients.take()[1]][1] == [4, 4, 4]
+    worker.gradients.post((0,), np.array([5, 3], dtype=np.int64))
+    worker.gradients.control[9] = 10 ** 7  # a corrupted size: refused, not read past the buffer
     with pytest.raises(ValueError, match="overflows"):
-        server.take_gradient()
+        server.gradients.take()
+    worker.gradients.post((0,), np.array([5, 3], dtype=np.int64))
+    worker.gradients.control[7] = 10 ** 9  # a corrupted count: refused, not read past the control block
+    with pytest.raises(ValueError, match="overflows"):
+        server.gradients.take()
 
 
 def test_a_window_slice_too_small_for_the_channel_is_refused():

@@ -1,13 +1,19 @@
 """MPI-free parts of parallel training: retain-valid-updates, phase-2 averaging, which gradient the server takes next."""
 
+import re
+from types import SimpleNamespace
+
 import numpy as np
+import pytest
 
 from sparsenet.evolution import prune_and_regrow
 from sparsenet.model import SparseMLP
 from sparsenet.optim import MomentumSGD
 from sparsenet.parallel.averaging import average_replicas, prune_to_nnz, union_average
 from sparsenet.config import load_config
+from sparsenet.errors import SparsenetError
 from sparsenet.parallel.mpi_workers import MPIWorkers
+from sparsenet.parallel.run import check_resumable
 from sparsenet.parallel.wire import Bundle
 from sparsenet.parallel.updates import compose, lineage, retain_valid
 from sparsenet.sparse.init import erdos_renyi_layer
@@ -124,8 +130,6 @@ def test_stale_gradient_follows_connections_and_biases_across_neuron_pruning_and
 
 
 def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
-    import pytest
-
     from sparsenet.parallel import mpi_workers
 
     rng = np.random.default_rng(3)
@@ -147,18 +151,18 @@ def test_worker_adopts_received_weights_without_copying_and_refuses_misfits():
         mpi_workers.adopt_values(model, [received[0].astype(np.float64)] + received[1:])
 
 
-class _BusyChannel:
-    """A worker's channel that always has a gradient waiting."""
+class _BusyLane:
+    """A worker's gradient lane that always has a gradient waiting."""
 
     def __init__(self):
         self.taken = 0
 
-    def gradient_ready(self) -> bool:
+    def ready(self) -> bool:
         return True
 
-    def take_gradient(self):
+    def take(self):
         self.taken += 1
-        return 0, 16, 0.0, 0, [np.zeros(2, dtype=np.float32)]
+        return [0, 16, 0, 0.0, 0, 0], [np.zeros(2, dtype=np.float32)]
 
 
 class _BusyTransport:
@@ -180,8 +184,42 @@ def test_a_busy_server_serves_every_worker_in_turn():
     """Workers 1 and 2 post through channels, worker 3 sends bundles, and all three always have a
     gradient waiting: the server takes them round-robin over the channels, a bundle every other time."""
     workers = MPIWorkers(load_config(None, ["parallel.shared_memory=false"]), _BusyTransport(), None)
-    workers.channels = {1: _BusyChannel(), 2: _BusyChannel()}
+    workers.channels = {1: SimpleNamespace(gradients=_BusyLane()), 2: SimpleNamespace(gradients=_BusyLane())}
     order = [workers.take_gradient().source for _ in range(8)]
     assert order == [1, 3, 2, 3, 1, 3, 2, 3]
     assert workers.take_gradient(2).source == 2  # a named source is what is taken
     assert workers.channel_bytes[1] == 5 * 8  # the channels' 5 gradients of 2 float32 each
+
+
+def test_a_checkpoint_another_parallel_run_stopped_is_refused_with_what_to_change():
+    """run.check_resumable: every refusal names the checkpoint and what to resume it with; what fits passes."""
+    cfg = load_config(None, ["train.epochs=6", "parallel.phase1_epochs=3", "train.batch_size=10"])
+
+    def saved(phase=1, partial_epoch=None, workers=None, replicas=0):
+        stopped = None if workers is None else {"workers": workers}
+        return SimpleNamespace(phase=phase, partial_epoch=partial_epoch, parallel_partial_epoch=stopped,
+                               replicas=[[]] * replicas)
+
+    def check(s, epoch=2, workers=2, n_train=41):
+        check_resumable(cfg, s, epoch, workers, n_train, "run/checkpoint.h5")
+
+    check(saved())  # a parallel run between epochs, or stopped inside one, as this one would run it
+    check(saved(workers=[{}, {}]))
+    check(saved(phase=2, replicas=2), epoch=4)
+    check(saved(phase=2, workers=[{"position": {"n_steps": 3}}, {"report": {}}]), epoch=4)  # 21 and 20 samples
+    refusals = {
+        "was stopped part-way through epoch 3 by a sequential run; resume it with one process":
+            saved(partial_epoch={"step": 1}),
+        "is in phase 2 at epoch 2; resume it with parallel.phase1_epochs <= 2, not 3": saved(phase=2, replicas=2),
+        "was stopped part-way through epoch 3 with 3 workers; resume it with 4 ranks, not 3": saved(workers=[{}] * 3),
+    }
+    for why, s in refusals.items():
+        with pytest.raises(SparsenetError, match=re.escape(f"checkpoint run/checkpoint.h5 {why}")):
+            check(s)
+    with pytest.raises(SparsenetError, match=re.escape("phase-1 epoch 4; resume it with parallel.phase1_epochs > 3, not 3")):
+        check(saved(workers=[{}, {}]), epoch=3)
+    with pytest.raises(SparsenetError, match=re.escape("phase-2 epoch 5 at 2 batches per epoch on worker 2; "
+                                                       "train.batch_size 10 gives 3 (keep")):
+        check(saved(phase=2, workers=[{"report": {}}, {"position": {"n_steps": 2}}]), epoch=4, n_train=50)
+    with pytest.raises(SparsenetError, match=re.escape("holds 3 phase-2 replicas; resume it with 4 ranks, not 3")):
+        check(saved(phase=2, replicas=3), epoch=4)

@@ -113,6 +113,7 @@ def test_log_lines_carry_the_rank(monkeypatch):
     stream = io.StringIO()
     previous = logs.configure(logging.INFO, stream)
     try:
+        monkeypatch.setenv("PMI_SIZE", "4")  # what an MPI launcher sets (launch.launcher_rank)
         monkeypatch.setenv("PMI_RANK", "3")
         log("from the environment")
         log("told", rank=0)

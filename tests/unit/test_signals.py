@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sparsenet.parallel.launcher import srun_mpi_plugin, world_size_mismatch
+from sparsenet.launch import srun_mpi_plugin, world_size_mismatch
 from tests.processes import run_during, wait_for_handler
 from tests.unit.test_cli import SMALL
 

@@ -1,9 +1,10 @@
-"""What the launcher (srun, mpiexec) announced, checked against what MPI sees; srun's MPI plugin.
+"""How this process was started: what the launcher (srun, mpiexec) announced, checked against what MPI
+sees, and srun's MPI plugin. Read by the command line, logging and parallel/run.py.
 
 Nothing here starts MPI: the launcher's numbers come from its environment variables, and the
 plugin from the MPI library's version string, which MPI gives before initialisation.
 
-    python -m sparsenet.parallel.launcher srun-mpi   # prints pmi2 / pmix (slurm/train.sbatch uses it)
+    python -m sparsenet.launch srun-mpi   # prints pmi2 / pmix (slurm/train.sbatch uses it)
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _library_version() -> str:
 
 def main(argv: list[str]) -> int:
     if argv != ["srun-mpi"]:
-        print("usage: python -m sparsenet.parallel.launcher srun-mpi", file=sys.stderr)
+        print("usage: python -m sparsenet.launch srun-mpi", file=sys.stderr)
         return 2
     version = _library_version()
     plugin = srun_mpi_plugin(version)
