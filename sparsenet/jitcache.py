@@ -71,13 +71,18 @@ def use_full_vector_width() -> bool:
 
 
 def kernels_cached() -> bool:
-    """Whether numba's cache holds an index for the training kernels (False: the first epoch compiles)."""
+    """Whether numba's cache holds the training kernels compiled from this source for this CPU and
+    vector width (False: the first epoch compiles; also after an upgrade or a NUMBA_CPU_* change)."""
+    from numba.core import registry
+
     from .sparse import kernels
 
     try:
         dispatchers = [getattr(kernels, name) for name in TRAINING_KERNELS]
-        return all(os.path.exists(d._cache._cache_file._index_path) for d in dispatchers)
-    except AttributeError:  # a numba whose cache is laid out otherwise: say nothing rather than guess
+        target = registry.cpu_target.target_context.codegen().magic_tuple()
+        # the index maps (signature, target, code hashes) to compiled code; numba empties it for a changed source
+        return all(any(key[1] == target for key in d._cache._cache_file._load_index()) for d in dispatchers)
+    except Exception:  # noqa: BLE001 - a cache laid out otherwise or unreadable: say nothing rather than guess
         return True
 
 

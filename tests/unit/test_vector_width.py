@@ -68,3 +68,29 @@ def test_kernels_give_the_same_bits_at_256_and_512_bit_vectors(tmp_path):
     wide = _run(KERNEL_BITS, NUMBA_CACHE_DIR=str(tmp_path / "wide"))
     narrow = _run(KERNEL_BITS, NUMBA_CACHE_DIR=str(tmp_path / "narrow"), NUMBA_CPU_FEATURES=_host_features())
     assert wide == narrow
+
+
+CACHED = """
+import numpy as np
+from sparsenet import jitcache
+from sparsenet.sparse import kernels
+
+jitcache.TRAINING_KERNELS = ("_gather_kernel",)  # one small kernel stands for the four
+before = jitcache.kernels_cached()
+kernels.gather_batch(np.ones((3, 4), np.float32), np.arange(2), np.empty((4, 2), np.float32))
+print(before, jitcache.kernels_cached())
+"""
+
+
+def test_the_compile_notice_sees_a_cache_built_for_other_cpu_features(tmp_path):
+    """An index that exists but holds the kernels for another target (here: other NUMBA_CPU_FEATURES, as
+    after the switch to 512-bit vectors) does not count as compiled."""
+    env = {"NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    assert _run(CACHED, **env, NUMBA_CPU_FEATURES=_host_features() + ",+prefer-256-bit") == "True"  # printed last
+    first = subprocess.run([sys.executable, "-c", CACHED], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **env})
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split() == ["False", "True"]  # compiled for this target now
+    again = subprocess.run([sys.executable, "-c", CACHED], capture_output=True, text=True, timeout=600,
+                           env={**os.environ, **env})
+    assert again.stdout.split() == ["True", "True"]
