@@ -1,10 +1,11 @@
 """GFLOP/s of the sparse kernels on one layer, forward and backward, at 1 and 2 threads.
 
-    PYTHONPATH=. .venv/bin/python scripts/bench_kernels.py [--repeat 5] [--only small|large]
+    PYTHONPATH=. .venv/bin/python scripts/bench_kernels.py [--repeat 5] [--only small|large] [--offset 16]
 
 (a) the FashionMNIST hidden layer 1000x1000 eps 20, (b) 500000x500000 eps 10; batch 128.
-Forward = 2 * nnz * batch flops; backward with dx = 4 * nnz * batch flops (weight gradient and
-delta of the layer below). Prints the median and best of --repeat timed calls after a warm-up.
+Forward (with dropout) = 2 * nnz * batch flops; backward with dx = 4 * nnz * batch flops (weight
+gradient and delta of the layer below); weight gradient alone (the first layer's) = 2 * nnz * batch.
+Prints the median and best of --repeat timed calls after a warm-up (weight gradient: the median).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ def bench(fn, repeat: int) -> tuple[float, float]:
     return float(np.median(times)), float(min(times))
 
 
-def activations(n: int, batch: int, value=0.0) -> np.ndarray:
-    """(n, batch) float32 starting on a cache line, filled with `value` (a scalar or an array)."""
-    a = kernels.aligned_floats(n * batch).reshape(n, batch)
+def activations(n: int, batch: int, value=0.0, offset: int = 0) -> np.ndarray:
+    """(n, batch) float32 starting `offset` bytes past a cache line (0: as the model's workspace holds
+    them, kernels.aligned_floats; 16: where numpy's large arrays start), filled with `value`."""
+    a = kernels.aligned_floats(n * batch + offset // 4)[offset // 4:].reshape(n, batch)
     a[...] = value
     return a
 
@@ -46,19 +48,21 @@ def main(argv=None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--only", choices=sorted(CASES), action="append")
+    p.add_argument("--offset", type=int, default=0, choices=range(0, 64, 4), metavar="BYTES",
+                   help="activation buffers this many bytes past a cache line (numpy's large arrays: 16)")
     args = p.parse_args(argv)
     print("reproduce: PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv))
-    print(f"{'layer':>24} {'thr':>3} {'fwd GF/s':>9} {'(best)':>7} {'bwd GF/s':>9} {'(best)':>7}")
+    print(f"{'layer':>24} {'thr':>3} {'fwd GF/s':>9} {'(best)':>7} {'bwd GF/s':>9} {'(best)':>7} {'wgrad GF/s':>10}")
     for name in args.only or ["small", "large"]:
         n_in, n_out, eps = CASES[name]
         rng = np.random.default_rng(0)
         layer = erdos_renyi_layer(n_in, n_out, eps, "he_uniform", rng)
         b = args.batch
-        # activations on cache lines, as the model's workspace holds them (kernels.aligned_floats)
-        x = activations(n_in, b, rng.standard_normal((n_in, b), dtype=np.float32))
-        out, factor = activations(n_out, b), activations(n_out, b, 1.0)
-        delta = activations(n_out, b, rng.standard_normal((n_out, b), dtype=np.float32))
-        gf_in, dx = activations(n_in, b, 1.0), activations(n_in, b)
+        off = args.offset
+        x = activations(n_in, b, rng.standard_normal((n_in, b), dtype=np.float32), off)
+        out, factor = activations(n_out, b, 0.0, off), activations(n_out, b, 1.0, off)
+        delta = activations(n_out, b, rng.standard_normal((n_out, b), dtype=np.float32), off)
+        gf_in, dx = activations(n_in, b, 1.0, off), activations(n_in, b, 0.0, off)
         sums = np.empty(n_in, np.float32)
         grad = np.empty(layer.nnz, np.float32)
         label = f"{n_in}x{n_out} eps{eps:g} nnz {layer.nnz / 1e6:.2f}M"
@@ -67,9 +71,10 @@ def main(argv=None) -> None:
             fwd = bench(lambda: kernels.forward(layer, x, out, slope=0.0, dropout=0.3, drop_key=1,
                                                 grad_factor=factor), args.repeat)
             bwd = bench(lambda: kernels.backward(layer, x, delta, grad, dx, gf_in, sums), args.repeat)
+            wgrad = bench(lambda: kernels.backward(layer, x, delta, grad), args.repeat)  # the first layer's
             ff, fb = 2 * layer.nnz * b / 1e9, 4 * layer.nnz * b / 1e9
-            print(f"{label:>24} {t:>3} {ff / fwd[0]:9.2f} {ff / fwd[1]:7.2f} {fb / bwd[0]:9.2f} {fb / bwd[1]:7.2f}",
-                  flush=True)
+            print(f"{label:>24} {t:>3} {ff / fwd[0]:9.2f} {ff / fwd[1]:7.2f} {fb / bwd[0]:9.2f} {fb / bwd[1]:7.2f}"
+                  f" {ff / wgrad[0]:10.2f}", flush=True)
 
 
 if __name__ == "__main__":

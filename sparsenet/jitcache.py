@@ -53,8 +53,9 @@ def use_private_cache() -> str | None:
 
 def use_full_vector_width() -> bool:
     """Let LLVM use the CPU's 512-bit vectors on AVX-512 (its default there is 256): on the 2-core Xeon
-    (Sapphire Rapids), 1000x1000 eps 20 batch 128, 1 thread, forward 345 -> 313 us, forward with
-    dropout 418 -> 374 us, and a FashionMNIST epoch 0.943 -> 0.881 s (docs/benchmarks.md). Same bits:
+    (Sapphire Rapids), 1000x1000 eps 20 batch 128, 2 threads, buffers on cache lines, forward with dropout
+    59.6 -> 72.8 GFLOP/s (scripts/bench_kernels.py), and a FashionMNIST epoch 0.943 -> 0.862-0.889 s
+    (scripts/bench_contention.py; docs/benchmarks.md). Same bits:
     the kernels' sums have a fixed order whatever the width. Returns whether it applied: not when the
     user set NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, nor after numba compiled anything in this process."""
     from numba.core import codegen, registry

@@ -181,7 +181,8 @@ CACHE_LINE = 64  # bytes
 def aligned_floats(n: int, fill: float = 0.0) -> np.ndarray:
     """float32 (n,) of `fill` starting on a cache line, for activation buffers: with rows of a multiple of 16
     floats no 512-bit load of a row straddles two lines. numpy's large arrays start 16 bytes past a page,
-    and the kernels then ran 1.4x (forward, backward) to 1.9x (weight gradient) slower (docs/benchmarks.md)."""
+    and the kernels then ran 1.2x (forward) to 1.9x (weight gradient) slower (scripts/bench_kernels.py
+    --offset 16 vs 0, docs/benchmarks.md)."""
     raw = np.zeros(n + CACHE_LINE // 4, dtype=np.float32)  # calloc'd: pages stay untouched until written
     start = (-raw.ctypes.data % CACHE_LINE) // 4
     out = raw[start:start + n]

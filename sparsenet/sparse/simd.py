@@ -35,7 +35,6 @@ from numba.extending import intrinsic
 LANES = 16
 
 
-
 def file_digest(path: str, *inlined: int) -> int:
     """A non-zero 60-bit hash of the file at `path` and the digests of the modules whose helpers it inlines."""
     h = hashlib.sha256(Path(path).read_bytes())
