@@ -21,6 +21,7 @@ from ..state import TrainingState
 from ..train import set_threads
 from ..launch import launcher_rank, world_size_mismatch
 from .mpi_workers import TAG_MEMORY_PLAN
+from .transport import ANTICIPATE
 
 
 ABORT_GRACE_SECONDS = 1.0
@@ -71,6 +72,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             transport.barrier()  # the workers have their kernels loaded: phase 1 starts for all at once
             # From here on no healthy rank is silent for long (start-up, loading data, may be).
             transport.silence_timeout = cfg.parallel.timeout_s
+            transport.anticipate = ANTICIPATE  # the server waits most of the time: fewer wake-ups
             state = _serve(cfg, data, transport, Path(out_dir), resume, threads, validation)
             transport.barrier()
             return state

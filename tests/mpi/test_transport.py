@@ -46,6 +46,31 @@ def test_chunk_bytes_outside_range_is_a_clear_value_error(value):
         wire.validate_chunk_bytes(value)
 
 
+def test_a_wait_sleeps_its_anticipated_share_once_then_backs_off_from_the_shortest_sleep(monkeypatch):
+    slept = []
+    monkeypatch.setattr(transport.time, "sleep", slept.append)
+    backoff = transport._Backoff(max_sleep=4 * transport.MIN_SLEEP, first=1.2e-3)
+    for _ in range(5):
+        backoff.sleep()
+    backoff.sleep(limit=1e-6)  # a deadline nearer than the next sleep shortens it
+    m = transport.MIN_SLEEP
+    assert slept == pytest.approx([1.2e-3, m, 2 * m, 4 * m, 4 * m, 1e-6])
+    slept.clear()
+    plain = transport._Backoff(max_sleep=4 * m)
+    plain.sleep(), plain.sleep()
+    assert slept == pytest.approx([m, 2 * m])
+
+
+def test_the_typical_wait_follows_recent_waits_and_one_long_wait_barely_moves_it():
+    typical = 0.0
+    for _ in range(60):
+        typical = transport.next_typical_wait(typical, 1.5e-3)
+    assert typical == pytest.approx(1.5e-3, rel=1e-4)
+    after_outlier = transport.next_typical_wait(typical, 5.0)  # start-up or a SET step: counted as the cap
+    assert after_outlier == pytest.approx(0.8 * typical + 0.2 * transport.ANTICIPATE_CAP)
+    assert transport.ANTICIPATE * after_outlier < 1.3e-3
+
+
 def test_importing_transport_does_not_start_mpi():
     code = ("import sys, sparsenet, sparsenet.parallel, sparsenet.parallel.transport; "
             "assert 'mpi4py.MPI' not in sys.modules, 'mpi4py.MPI imported'")
