@@ -16,6 +16,7 @@ from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
 from .data.csr import CSRRows
 from .errors import ConfigError, InputError
+from .inputs import Preprocessing
 from .evolution import prune_and_regrow
 from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
     CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, start_run, summarize)
@@ -248,7 +249,7 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
                           f"{cfg.train.batch_size} gives {n_steps} (keep the batch size of the stopped run)")
     if state.partial:
         log(f"continuing epoch {state.epoch + 1} after batch {state.partial['step']} of {n_steps}")
-    state.preprocessing = data  # mean/std/classes into the checkpoint
+    state.preprocessing = Preprocessing(*data.raw_statistics(), data.classes)  # for raw samples, into the checkpoint
     if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
         state.governor = ThreadGovernor(threads, numba.set_num_threads)
 

@@ -29,10 +29,20 @@ class Dataset:
     mean: np.ndarray | None = None     # float32 (n_features,): standardisation applied, or None
     std: np.ndarray | None = None
     classes: np.ndarray | None = None  # label of each class index as in the file (None: 0..n_classes-1)
+    divisor: float = 1.0               # pixels: each raw value was divided by this (255) before mean/std
 
     @property
     def n_features(self) -> int:
         return int(self.x_train.shape[1])
+
+    def raw_statistics(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """float32 (n_features,) mean, std turning a raw sample (pixels: 0..255) into the model's input,
+        (x - mean) / std, for the checkpoint; None, None when samples are used as given."""
+        if self.divisor == 1:
+            return self.mean, self.std
+        mean = np.zeros(self.n_features) if self.mean is None else self.mean.astype(np.float64)
+        std = np.ones(self.n_features) if self.std is None else self.std.astype(np.float64)
+        return (mean * self.divisor).astype(np.float32), (std * self.divisor).astype(np.float32)
 
 
 def _block_rows(n_cols: int) -> int:
@@ -295,4 +305,4 @@ def finish(cfg, name: str, x_train, y_train, x_test, y_test, n_classes: int,
             xte = ByteRows(xte.raw, xte.divisor, mean, std, xtr.table)  # one lookup table for both
         else:
             mean, std = standardize(xtr, xte)
-    return Dataset(xtr, ytr, xte, yte, int(n_classes), name, mean, std, classes)
+    return Dataset(xtr, ytr, xte, yte, int(n_classes), name, mean, std, classes, 255.0 if pixels else 1.0)

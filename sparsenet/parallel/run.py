@@ -12,6 +12,7 @@ from ..config import Config
 from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
+from ..inputs import Preprocessing
 from ..loop import CHECKPOINT, prepare_run_folder, start_run
 from ..metrics import log
 from ..jitcache import compile_notice
@@ -169,7 +170,7 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
         check_resumable(cfg, saved, state.epoch, transport.size - 1, data.x_train.shape[0], out / CHECKPOINT)
 
     state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check)
-    state.preprocessing = data  # mean/std/classes into the checkpoint
+    state.preprocessing = Preprocessing(*data.raw_statistics(), data.classes)  # for raw samples, into the checkpoint
     version, replicas, partial = 0, None, None
     if saved is not None:
         version, partial = saved.version, saved.parallel_partial_epoch
