@@ -262,8 +262,30 @@ def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, 
     epoch that is a new best on the validation set. Appends to and returns state.history."""
     from .logs import to_stdout
 
-    with to_stdout(verbose):
-        return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose, on_best, fresh_selection)
+    adapting = _adapt_threads(state, cfg)
+    try:
+        with to_stdout(verbose):
+            return _fit_epochs(state, cfg, x, y, epochs, test, validation, verbose, on_best, fresh_selection)
+    finally:
+        if adapting:  # the state stays picklable, and prediction gets every thread back
+            import numba
+
+            numba.set_num_threads(state.governor.cpus)
+            state.governor = None
+
+
+def _adapt_threads(state, cfg: Config) -> bool:
+    """With adapt_threads and threads 0, a ThreadGovernor for this call as `sparsenet train` has (a CPU
+    hog beside fixed threads made epochs 13.6x slower: docs/benchmarks.md); True if one was added."""
+    import numba
+
+    from .cpus import ThreadGovernor
+
+    threads = numba.get_num_threads()
+    if state.governor is not None or not cfg.adapt_threads or cfg.threads != 0 or threads < 2:
+        return False
+    state.governor = ThreadGovernor(threads, numba.set_num_threads)
+    return True
 
 
 def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool,
@@ -323,7 +345,7 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
     """Train a classifier per `config` (Config, mapping of YAML keys, YAML path or None) on samples X
     and labels y (any hashable labels; classes_ = their sorted unique values). Writes nothing.
 
-    Uses the config's seed, threads, data.standardize, data.validation_fraction (a stratified part of
+    Uses the config's seed, threads, adapt_threads, data.standardize, data.validation_fraction (a stratified part of
     X held out: validation_* in the history, early stopping on it), model, train (epochs, batch_size,
     lr, early_stopping_*, ...), evolution and pruning sections; data.name/path are ignored.
     X_test/y_test, if given, are scored after every epoch (labels must be among y's). Returns (model, history: one
