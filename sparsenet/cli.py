@@ -541,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except SparsenetError as exc:
         print(f"sparsenet: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -553,6 +555,12 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("sparsenet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # standard output closed early (sparsenet ... | head): stop quietly, as cat does
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        except (OSError, ValueError):
+            pass
+        return 141  # 128 + SIGPIPE, what the shell reports for a tool its pipe's reader left
 
 
 if __name__ == "__main__":

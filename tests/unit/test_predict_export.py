@@ -2,7 +2,10 @@
 
 import csv
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -246,3 +249,18 @@ def test_predict_checks_npz_headers_before_reading(trained, capsys):
     sp.save_npz(d / "scipy.npz", sp.csr_array(x[200:]))
     assert main(["predict", str(ckpt), "--data", str(d / "scipy.npz"), "--out", str(d / "scipy.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 100
+
+
+@pytest.mark.parametrize("command", [["config", "show"], ["predict", "CKPT", "--data", "NEW", "--proba"]])
+def test_output_into_a_closed_pipe_ends_quietly(trained, command):
+    """`sparsenet ... | head -n 1`, the reader gone: no traceback, exit 141 (128 + SIGPIPE) as cat's."""
+    d, ckpt, x, y, last = trained
+    command = [{"CKPT": str(ckpt), "NEW": str(d / "new.npz")}.get(a, a) for a in command]
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sparsenet", *command], stdout=write, stderr=subprocess.PIPE,
+                              text=True, cwd=ROOT, timeout=300)
+    finally:
+        os.close(write)
+    assert done.stderr == "" and done.returncode == 141
