@@ -142,9 +142,20 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
                                     max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
     scores = {"test_loss": loss} if model.task == "autoencoder" else {"test_accuracy": accuracy, "test_loss": loss}
-    print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, **scores,
+    stopped = {"stopped_in_epoch": data.epoch + 1} if _stopped_in(data) else {}
+    print(_json_line({"checkpoint": str(args.checkpoint), "epoch": data.epoch, **stopped, **scores,
                       "test_samples": int(dataset.x_test.shape[0])}))
     return 0
+
+
+def _stopped_in(data) -> str | None:
+    """Where a checkpoint written by a stop part-way through epoch `epoch + 1` stood when its weights are from
+    there, not from the end of `epoch`, e.g. 'after batch 12 of 35'; else None."""
+    if data.partial_epoch is not None:
+        return f"after batch {data.partial_epoch['step']} of {data.partial_epoch['n_steps']}"
+    if data.parallel_partial_epoch is not None and data.phase == 1:  # phase 2: the layers are the last average
+        return "in phase 1 of a parallel run"
+    return None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -221,14 +232,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     data = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(data)
-    info = {"checkpoint": str(args.checkpoint), "epoch": data.epoch, "layers": len(model.layers),
+    stopped = _stopped_in(data)
+    info = {"checkpoint": str(args.checkpoint), "epoch": data.epoch,
+            "stopped_in_epoch": None if stopped is None else data.epoch + 1, "layers": len(model.layers),
             "neurons": model.sizes, "nnz": model.nnz, "density": [round(l.density, 6) for l in model.layers],
             "parameters": model.n_parameters, "hidden_slopes": model.slopes, "output": model.output}
     if args.json:
         print(json.dumps(info))
         return 0
     print(f"checkpoint  {info['checkpoint']}")
-    print(f"epoch       {data.epoch}")
+    print(f"epoch       {data.epoch}" + ("" if stopped is None else f", then stopped in epoch {data.epoch + 1} "
+                                         f"{stopped} (these weights; --resume finishes the epoch)"))
     print(f"neurons     {'-'.join(map(str, model.sizes))} ({sum(model.sizes)} in all)")
     print(f"parameters  {model.n_parameters} (weights {sum(model.nnz)} + biases {sum(model.sizes[1:])})")
     print(f"{'layer':>5} {'n_in':>10} {'n_out':>10} {'nnz':>12} {'density':>10} {'slope':>7}")
