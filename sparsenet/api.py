@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -434,6 +435,20 @@ def _standardized(x, pre: Preprocessing):
     return x
 
 
+def warn_pixel_statistics(data, cfg: Config, path) -> None:
+    """A UserWarning for a checkpoint of an image set written before checkpoint format 3, whose mean/std
+    (if `sparsenet train` read the image files) are for pixels / 255, not raw pixels."""
+    from .checkpoint import RAW_STATISTICS_SINCE
+    from .data.registry import DATASETS
+
+    kind = DATASETS.get(cfg.data.name)
+    if data.format_version < RAW_STATISTICS_SINCE and kind is not None and kind.pixels:
+        warnings.warn(f"{os.fspath(path)} has checkpoint format {data.format_version} and names {cfg.data.name}: "
+                      f"if `sparsenet train` read the image files, its preprocessing is for pixels / 255, so divide "
+                      f"raw 0..255 pixels by 255 before predicting (not needed for a model trained on your own "
+                      f"arrays, nor for `sparsenet evaluate`)", UserWarning, stacklevel=3)
+
+
 def load(path: str | os.PathLike) -> Model:
     """The model in a checkpoint (`sparsenet train` output or Model.save), with its preprocessing."""
     from . import checkpoint as ckpt
@@ -442,4 +457,5 @@ def load(path: str | os.PathLike) -> Model:
 
     data = ckpt.load_checkpoint(path)
     cfg = config_from_yaml(data.config_yaml, f"the config stored in {os.fspath(path)}")
+    warn_pixel_statistics(data, cfg, path)
     return Model(model_from_checkpoint(data), Preprocessing(data.mean, data.std, data.classes), cfg, data.history)

@@ -14,7 +14,9 @@ from .activations import OUTPUTS
 from .errors import CheckpointError
 
 FORMAT_NAME = "sparsenet-checkpoint"
-FORMAT_VERSION = 2  # 2: optimizer state as named arrays per layer (1: velocity and bias_velocity, still read)
+FORMAT_VERSION = 3  # 3: mean/std turn raw samples (image sets: pixels 0..255) into the model input; 2: optimizer
+# state as named arrays per layer (image sets: mean/std of pixels/255); 1: velocity and bias_velocity. All read.
+RAW_STATISTICS_SINCE = 3
 # Layer datasets: name -> (dtype, length: "nnz" or "n_out"); optimizer state arrays are float32, "bias_*" of n_out.
 LAYER_ARRAYS = {"rows": (np.int32, "nnz"), "cols": (np.int32, "nnz"), "values": (np.float32, "nnz"),
                 "bias": (np.float32, "n_out")}
@@ -66,6 +68,7 @@ class CheckpointData:
     # epoch's sums so far and each worker's data-stream position, in phase 2 each worker's training position
     # (or, if its epoch was done, its report); the run-long counters (docs/checkpoint-format.md).
     parallel_partial_epoch: dict | None = None
+    format_version: int = FORMAT_VERSION  # as read (a written checkpoint is always FORMAT_VERSION)
 
 
 def save_checkpoint(path: str | os.PathLike, data: CheckpointData) -> None:
@@ -215,8 +218,8 @@ class _Reader:
         if f.attrs.get("format") not in (FORMAT_NAME, FORMAT_NAME.encode()):
             raise CheckpointError(f"{path} is not a sparsenet checkpoint (format attribute {_short(f.attrs.get('format'))})")
         version = self.integer("format_version")
-        if version not in (1, FORMAT_VERSION):
-            self.fail(f"has format version {version}; this sparsenet reads versions 1 and {FORMAT_VERSION}")
+        if version not in range(1, FORMAT_VERSION + 1):
+            self.fail(f"has format version {version}; this sparsenet reads versions 1 to {FORMAT_VERSION}")
         optimizer = str(self.attr("optimizer")) if version > 1 else "momentum"
         state = _state_datasets(optimizer, version, self.path)
         n_layers = self.integer("n_layers")
@@ -257,7 +260,7 @@ class _Reader:
             partial_epoch=json.loads(self.attr("partial_epoch")) if "partial_epoch" in f.attrs else None,
             parallel_partial_epoch=(json.loads(h5safe.read_string(f, "parallel_partial_epoch", where, CheckpointError,
                                                                   self.size))
-                                    if "parallel_partial_epoch" in f else None))
+                                    if "parallel_partial_epoch" in f else None), format_version=version)
         _check_run_state(data, path)
         if "preprocessing" in f:
             self.read_preprocessing(data)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import SparsenetError
@@ -548,9 +549,16 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.INFO + 10 * (getattr(args, "quiet", 0) - getattr(args, "verbose", 0))
     previous = configure(min(max(level, logging.DEBUG), logging.ERROR))
     try:
-        return _run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return _run(args)
     finally:
         restore(previous)
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning on the command line: one line on stderr, as the CLI's own warnings."""
+    print(f"sparsenet: warning: {message}", file=sys.stderr)
 
 
 def _run(args: argparse.Namespace) -> int:

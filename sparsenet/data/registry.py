@@ -15,7 +15,8 @@ class DatasetKind:
 
     sizes: fixed (train samples, test samples, features, classes), or None; reads_file: loaded from
     data.path (required); synthetic: generated from the data section (its size is the config's);
-    feature_bytes: bytes per feature in memory (1: the files hold bytes, kept as uint8 by data/rows.py).
+    feature_bytes: bytes per feature in memory (1: the files hold bytes, kept as uint8 by data/rows.py);
+    pixels: images whose raw values 0..255 the model reads as value / 255.
     """
 
     loader: str
@@ -25,6 +26,7 @@ class DatasetKind:
     reads_file: bool = False
     synthetic: bool = False
     feature_bytes: int = 4
+    pixels: bool = False
 
     def load(self, cfg, seed: int):
         module, name = self.loader.split(":")
@@ -34,10 +36,11 @@ class DatasetKind:
 
 DATASETS = {
     "fashion_mnist": DatasetKind("sparsenet.data.idx:load_mnist_like", ("fashion_mnist",), False, (60000, 10000, 784, 10),
-                                 feature_bytes=1),
+                                 feature_bytes=1, pixels=True),
     "mnist": DatasetKind("sparsenet.data.idx:load_mnist_like", ("mnist",), False, (60000, 10000, 784, 10),
-                         feature_bytes=1),
-    "cifar10": DatasetKind("sparsenet.data.cifar:load_cifar10", (), False, (50000, 10000, 3072, 10), feature_bytes=1),
+                         feature_bytes=1, pixels=True),
+    "cifar10": DatasetKind("sparsenet.data.cifar:load_cifar10", (), False, (50000, 10000, 3072, 10), feature_bytes=1,
+                           pixels=True),
     "synthetic": DatasetKind("sparsenet.data.synthetic:load_synthetic", synthetic=True),
     "synthetic_hdf5": DatasetKind("sparsenet.data.synthfile:load_synthetic_hdf5", synthetic=True),
     "npz": DatasetKind("sparsenet.data.files:load_npz", reads_file=True),

@@ -56,3 +56,35 @@ def test_predict_takes_raw_pixels_as_the_test_set_was_read(pixel_set, capsys, st
     assert main(["predict", str(d / "run" / "checkpoint.h5"), "--data", str(d / "new.npz"),
                  "--out", str(d / "preds.csv")]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == last["test_accuracy"] > 0.6
+
+
+def _as_format(src, dst, version: int, data_name: str):
+    """A copy of checkpoint `src` marked with format `version` and a config naming `data_name`."""
+    import h5py
+
+    dst.write_bytes(src.read_bytes())
+    with h5py.File(dst, "r+") as f:
+        f.attrs["format_version"] = version
+        f.attrs["config"] = str(f.attrs["config"]).replace("name: mnist", f"name: {data_name}")
+    return dst
+
+
+def test_an_image_checkpoint_of_an_older_format_warns_that_its_statistics_are_for_pixels_over_255(
+        pixel_set, capsys, recwarn):
+    d, folder = pixel_set
+    cfg_file = d / "cfg.yaml"
+    cfg_file.write_text(f"data: {{name: mnist, path: {folder}}}\nmodel: {{hidden: [8], epsilon: 4}}\n"
+                        "train: {epochs: 1, batch_size: 16, progress: false}\n")
+    assert main(["train", str(cfg_file), "--out", str(d / "run"), "-q"]) == 0
+    ckpt = d / "run" / "checkpoint.h5"
+    sparsenet.load(ckpt)  # written now (format 3): nothing to say
+    sparsenet.load(_as_format(ckpt, d / "v2csv.h5", 2, "csv"))  # not an image set
+    assert not [w for w in recwarn if "pixels / 255" in str(w.message)]
+    old = _as_format(ckpt, d / "v2.h5", 2, "fashion_mnist")
+    with pytest.warns(UserWarning, match=r"checkpoint format 2 and names fashion_mnist: .* divide raw 0\.\.255 "
+                                         r"pixels by 255 before predicting"):
+        sparsenet.load(old)
+    capsys.readouterr()
+    assert main(["export", str(old), "--format", "npz", "--out", str(d / "m.npz")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("sparsenet: warning: ") and "pixels / 255" in err[0], err
