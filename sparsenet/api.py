@@ -16,7 +16,7 @@ import numpy as np
 
 from .config import Config, config_from_dict, load_config
 from .errors import ConfigError, DivergedError, InputError
-from .inputs import CSRRows, Preprocessing, as_samples, label_indices, standardize_csr
+from .inputs import CSRRows, Preprocessing, as_samples, check_sparse_indices, label_indices, standardize_csr
 from .model import SparseMLP, eval_chunk
 from .sparse import csr, kernels
 from .sparse.layer import SparseLayer
@@ -65,6 +65,9 @@ class Model:
             if not sp.issparse(w):
                 raise InputError(f"weights[{l}] must be a scipy.sparse matrix or array (truly sparse: no dense "
                                 f"weights), got {type(w).__name__}")
+            if w.dtype.kind not in "biuf":  # complex would lose its imaginary part in the float32 cast
+                raise InputError(f"weights[{l}] must hold real numbers, got dtype {w.dtype}")
+            check_sparse_indices(w, f"weights[{l}]")
             csr = sp.csr_array(w, dtype=np.float32, copy=True)
             csr.sum_duplicates()
             n_out, n_in = csr.shape
@@ -72,7 +75,7 @@ class Model:
                 raise InputError(f"weights[{l}] has shape {csr.shape}; both sides must be in 1..2**31-1")
             if layers and n_in != layers[-1].n_out:
                 raise InputError(f"weights[{l}] takes {n_in} inputs but weights[{l - 1}] has {layers[-1].n_out} outputs")
-            bias = np.zeros(n_out, dtype=np.float32) if biases is None else np.asarray(biases[l], dtype=np.float32)
+            bias = np.zeros(n_out, dtype=np.float32) if biases is None else _reals(biases[l], f"biases[{l}]")
             if bias.shape != (n_out,):
                 raise InputError(f"biases[{l}] must have shape ({n_out},), got {bias.shape}")
             if not (np.all(np.isfinite(csr.data)) and np.all(np.isfinite(bias))):
@@ -83,11 +86,10 @@ class Model:
             from .activations import hidden_slopes
 
             slopes = hidden_slopes(activation, alpha, len(layers) - 1)
-        slopes = [float(s) for s in slopes]
+        slopes = [float(s) for s in _reals(slopes, "slopes", np.float64).ravel()]
         if len(slopes) != len(layers) - 1 or not all(math.isfinite(s) for s in slopes):
             raise InputError(f"need {len(layers) - 1} finite hidden slopes (one per hidden layer), got {slopes}")
-        pre = Preprocessing(None if mean is None else np.asarray(mean, dtype=np.float32),
-                            None if std is None else np.asarray(std, dtype=np.float32),
+        pre = Preprocessing(None if mean is None else _reals(mean, "mean"), None if std is None else _reals(std, "std"),
                             None if classes is None else np.asarray(classes))
         return cls(SparseMLP(layers, slopes, 0.0, output), pre)
 
@@ -141,20 +143,29 @@ class Model:
     def predict_proba(self, X) -> np.ndarray:
         """float64 (n_samples, n_classes): softmax of the logits; for the sigmoid output, the
         sigmoids normalised to sum 1."""
+        self._classifier("predict_proba")
         return probabilities(self.output, self.logits(X))
 
     def predict(self, X) -> np.ndarray:
         """The label of the largest output of each sample (classes_[argmax])."""
+        self._classifier("predict")
         return self.classes_[np.argmax(self.logits(X), axis=1)]
 
     def evaluate(self, X, y) -> dict:
         """Mean loss and accuracy on labelled samples; a label outside classes_ is a DataError."""
+        self._classifier("evaluate")
         x = self.samples(X)
         idx = label_indices(y, self.classes_)
         if idx.shape[0] != x.shape[0]:
             raise InputError(f"y has {idx.shape[0]} labels but X has {x.shape[0]} samples")
         loss, accuracy = evaluate_samples(self.network, x, idx, self.config.train.eval_batch_size)
         return {"loss": loss, "accuracy": accuracy, "samples": int(x.shape[0])}
+
+    def _classifier(self, what: str) -> None:
+        """Class scores need a classifier: an autoencoder's outputs reconstruct its inputs (argmax would name a feature)."""
+        if self.config.model.task != "classifier" or self.output == "linear":
+            raise InputError(f"{what}: this model is an autoencoder (model.task {self.config.model.task}, output "
+                             f"{self.output}); its outputs reconstruct the inputs and name no class: use logits(X)")
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint (zero optimizer state) that `sparsenet.load`, `sparsenet predict` and
@@ -173,6 +184,18 @@ class Model:
             self.epoch, np.random.default_rng(self.config.seed).bit_generator.state, self.history[:self.epoch],
             config_to_yaml(self.config), optimizer=opt.name, optimizer_scalars=opt.scalars(),
             mean=pre.mean, std=pre.std, classes=pre.classes))
+
+
+def _reals(values, what: str, dtype=np.float32) -> np.ndarray:
+    """values as a `dtype` array; anything but real numbers (strings, complex, objects) is an InputError naming `what`."""
+    try:
+        a = np.asarray(values)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must be real numbers: {' '.join(str(e).split())[:120]}") from None
+    if a.dtype.kind not in "biuf":
+        raise InputError(f"{what} must be real numbers, got dtype {a.dtype}")
+    with np.errstate(over="ignore"):  # beyond float32: infinite, refused by the finiteness checks
+        return a.astype(dtype)
 
 
 def forward_logits(net: SparseMLP, x, batch_size: int) -> np.ndarray:
@@ -382,6 +405,7 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
             raise InputError(f"y_test has {yt.shape[0]} labels but X_test has {xt.shape[0]} samples")
         test = (xt, yt)
     set_threads(cfg.threads)
+    check_memory(cfg, x, len(classes), validation)
     state = new_state(cfg, x.shape[1], len(classes))
     best = {}
     history = fit_epochs(state, cfg, x, idx, cfg.train.epochs, test=test, validation=validation, verbose=verbose,
@@ -389,6 +413,24 @@ def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> t
     if not best:
         return Model(state.model, pre, cfg, history), history
     return Model(best["network"], pre, cfg, history, best["epoch"]), history
+
+
+def check_memory(cfg: Config, x, n_out: int, held=None) -> None:
+    """Before the network is built: its planned peak (memory.plan_memory, as `sparsenet train` plans it) for x
+    (float32 array or CSRRows) and the held-out samples, against the memory available (cfg.memory_limit_gb if
+    set); InsufficientMemoryError (one line) if it does not fit."""
+    from .memory import DataShape, InsufficientMemoryError, plan_memory
+
+    n_held = 0 if held is None else held[0].shape[0]
+    sparse = isinstance(x, CSRRows)  # nnz 0 would plan dense rows
+    nnz = max(1, x.nnz + (held[0].nnz if held is not None else 0)) if sparse else 0
+    data = DataShape(x.shape[0], n_held, x.shape[1], n_out, "X", nnz=nnz)
+    plan = plan_memory(cfg, data=data, available=None, suggest=False)
+    if not plan.fits:
+        raise InsufficientMemoryError(
+            f"not enough memory: training {'-'.join(map(str, plan.sizes))} with {sum(plan.nnz):,} connections needs "
+            f"about {plan.total / 2**30:.2f} GiB, but only {plan.available / 2**30:.2f} GiB is available "
+            f"({plan.available_source}); use fewer or narrower hidden layers, a smaller epsilon or batch size")
 
 
 def snapshot(net: SparseMLP) -> SparseMLP:

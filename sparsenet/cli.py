@@ -127,7 +127,10 @@ def _load_model_and_config(path: str, overrides: list[str]):
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .data import load_dataset
+    from .errors import DataError
     from .memory import check_evaluation_memory
     from .model import training_workspace_bytes
     from .state import check_model_fits_data, n_outputs, set_task
@@ -140,7 +143,30 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_model_fits_data(model.sizes, dataset.n_features, n_outputs(cfg, dataset.n_features, dataset.n_classes),
                           f"the model in {args.checkpoint}", exact=False)
     set_task(model, cfg)
-    loss, accuracy = model.evaluate(dataset.x_test, dataset.y_test, cfg.train.eval_batch_size,
+    from .checkpoint import RAW_STATISTICS_SINCE
+
+    # the statistics this data would store (format 2 stored an image set's for pixels / 255)
+    mean, std = dataset.raw_statistics() if data.format_version >= RAW_STATISTICS_SINCE else (dataset.mean, dataset.std)
+    if data.mean is not None and (mean is None or not (np.array_equal(data.mean, mean)
+                                                       and np.array_equal(data.std, std))):
+        raise DataError(f"evaluate standardises the data '{cfg.data.path or cfg.data.name}' with its own training "
+                        f"part's statistics, which are not those the model in {args.checkpoint} was trained with; "
+                        f"score other data with `sparsenet predict {args.checkpoint} --data FILE` (a label column "
+                        f"gives its accuracy), which applies the stored ones")
+    y_test = dataset.y_test
+    if model.task != "autoencoder":  # the data's class indices -> the model's outputs, by label
+        from .inputs import Preprocessing, label_indices
+
+        known = Preprocessing(classes=data.classes).classes_or_range(model.sizes[-1])
+        labels = dataset.classes if dataset.classes is not None else np.arange(dataset.n_classes)
+        try:
+            y_test = label_indices(labels, known)[y_test]
+        except DataError:
+            unknown = [str(c) for c in labels if not np.any(known == c)]
+            raise DataError(f"the data '{cfg.data.path or cfg.data.name}' has labels the model in {args.checkpoint} "
+                            f"does not know: {', '.join(unknown[:10])}; its outputs stand for "
+                            f"{', '.join(map(str, known[:20]))}") from None
+    loss, accuracy = model.evaluate(dataset.x_test, y_test, cfg.train.eval_batch_size,
                                     max_bytes=training_workspace_bytes(model.sizes, cfg.train.batch_size))
     scores = {"test_loss": loss} if model.task == "autoencoder" else {"test_accuracy": accuracy, "test_loss": loss}
     stopped = {"stopped_in_epoch": data.epoch + 1} if _stopped_in(data) else {}

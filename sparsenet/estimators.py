@@ -16,10 +16,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .api import Model, _standardized, fit_epochs, forward_logits, probabilities
+from .api import Model, _standardized, check_memory, fit_epochs, forward_logits, probabilities
 from .config import Config, config_from_dict, config_to_dict
 from .errors import ConfigError, DataError, InputError, ParameterError
-from .inputs import Preprocessing, as_samples
+from .inputs import Preprocessing, as_samples, check_sparse_indices
 
 __all__ = ["SETClassifier", "SETRegressor", "PARAMETERS"]
 
@@ -41,6 +41,12 @@ PARAMETERS = {
 }
 
 _DEFAULTS = config_to_dict(Config())
+# besides model.*, the parameters a warm start or partial_fit cannot change (the network and its statistics use them)
+FROZEN_KEYS = ("seed", "data.standardize")
+
+
+def _cut(values: list, limit: int = 20) -> str:
+    return str(values[:limit])[:-1] + (", ...]" if len(values) > limit else "]")
 
 
 def _default(key: str):
@@ -80,6 +86,7 @@ class _SETBase(BaseEstimator):
             raise ParameterError(f"{type(self).__name__}: {message}") from None
 
     def _validate(self, X, y="no_validation", *, reset: bool, **y_options):
+        check_sparse_indices(X, "X")  # before scikit-learn converts it
         return validate_data(self, X, y, reset=reset, accept_sparse="csr", dtype=np.float32, **y_options)
 
     def _train(self, X, targets: np.ndarray, cfg: Config, first: bool, partial: bool, n_out: int,
@@ -92,6 +99,9 @@ class _SETBase(BaseEstimator):
         from .train import new_state, set_threads
 
         set_threads(cfg.threads)
+        if not first:
+            self._continue_with(cfg)
+        self._cfg = cfg
         x = as_samples(X, where="X") if first else as_samples(X, self.n_features_in_, self._pre)
         validation = None
         if not partial and cfg.data.validation_fraction > 0:  # held out before the statistics are taken
@@ -102,6 +112,7 @@ class _SETBase(BaseEstimator):
                     "data.validation_fraction", "validation_fraction")) from None
             validation, x, targets = (_rows(x, held), targets[held]), _rows(x, fit), targets[fit]
         if first:
+            check_memory(cfg, x, n_out, validation)
             self._pre = Preprocessing.fit(x, cfg.data.standardize)
             x = _standardized(x, self._pre)
             if validation is not None:
@@ -115,6 +126,37 @@ class _SETBase(BaseEstimator):
         self.n_iter_ = self._state.epoch
         self.best_epoch_ = self._best[1] if self._best else self._state.epoch
         self._eval_batch = cfg.train.eval_batch_size
+
+    def _continue_with(self, cfg: Config) -> None:
+        """warm_start / partial_fit go on with the fitted network: a changed architecture, seed or standardize is a
+        ParameterError (as on `sparsenet train --resume`); changed train parameters (lr, momentum, weight_decay,
+        weight_decay_mode) apply from this call on, the optimizer's state kept."""
+        from .optim import make_optimizer
+
+        old = getattr(self, "_cfg", None)
+        if old is None:  # fitted by a version that did not keep its config
+            return
+        before, now = config_to_dict(old), config_to_dict(cfg)
+
+        def value(d, key):
+            for part in key.split("."):
+                d = d[part]
+            return d
+
+        mapping = dict(PARAMETERS, output="model.output")
+        frozen = [(param, key) for param, key in mapping.items() if key.startswith("model.") or key in FROZEN_KEYS]
+        changed = [f"{param} ({value(before, key)!r} -> {value(now, key)!r})" for param, key in frozen
+                   if value(before, key) != value(now, key)]
+        if changed:
+            raise ParameterError(f"{type(self).__name__}: warm_start and partial_fit continue the fitted network, but "
+                                 f"{', '.join(changed)} changed since it was fitted; set them back, or fit anew with "
+                                 f"warm_start=False")
+        if cfg.train != old.train:
+            state = self._state
+            optimizer = make_optimizer(cfg, state.model)
+            optimizer.load_state([state.optimizer.layer_state(l) for l in range(len(state.model.layers))],
+                                 state.optimizer.scalars())
+            state.optimizer = optimizer
 
     def _network(self):
         """The network that predicts: the epoch best on validation (fit with validation_fraction), else the last."""
@@ -186,6 +228,9 @@ class SETClassifier(ClassifierMixin, _SETBase):
                 raise ValueError(f"SETClassifier needs at least 2 classes in y, got 1 class ({known[0].item()!r})")
         else:
             known = self.classes_
+            if classes is not None and not np.array_equal(np.unique(np.asarray(classes)), known):
+                raise ValueError(f"SETClassifier.partial_fit: classes={_cut(np.asarray(classes).tolist())} differs from "
+                                 f"the first call's classes_ {_cut(known.tolist())}; the outputs are fixed by the first call")
         index = np.searchsorted(known, y)
         unknown = (index >= known.shape[0]) | (known[np.minimum(index, known.shape[0] - 1)] != y)
         if unknown.any():

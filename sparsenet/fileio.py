@@ -58,6 +58,10 @@ def check_folder(folder: str | os.PathLike, what: str = "output folder") -> Path
     """`folder` if it is a directory others cannot rename entries in; else OutputError (one line)."""
     folder = Path(folder)
     try:
+        link = os.lstat(folder)
+        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (_my_uid(), 0):  # its owner may repoint it mid-run
+            raise OutputError(f"{what} '{folder}' is a symbolic link of another user (uid {link.st_uid}); give the "
+                              f"folder itself")
         st = os.stat(folder)
     except FileNotFoundError:
         raise OutputError(f"{what} '{folder}' does not exist") from None

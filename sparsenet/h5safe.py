@@ -81,6 +81,8 @@ def check_storage(ds, where: str, error, file_size: int) -> int:
     dcpl = ds.id.get_create_plist()
     layout = dcpl.get_layout()
     name = ds.name
+    if ds.shape is None:
+        raise error(f"{where}: dataset '{name}' is empty (an HDF5 null dataspace: no shape, no values)")
     if layout == h5d.VIRTUAL:
         raise error(f"{where}: dataset '{name}' is a virtual dataset (data from other datasets or files); "
                     f"only data stored in the file itself is read")

@@ -76,6 +76,27 @@ def standardize_csr(rows: CSRRows, mean: np.ndarray | None, std: np.ndarray | No
     return scaled
 
 
+def check_sparse_indices(x, where: str, error=InputError) -> None:
+    """A scipy CSR/CSC/BSR matrix's pointers and indices within its shape, read only. scipy trusts them: its
+    conversions (tocsr, csr_array(...)) write out of bounds for a bad one (a segmentation fault, or silent damage)."""
+    fmt = getattr(x, "format", None)
+    if fmt not in ("csr", "csc", "bsr"):
+        return
+    rows, cols = x.shape
+    if fmt == "bsr":
+        r, c = x.blocksize
+        rows, cols = rows // r, cols // c
+    major, minor = (rows, cols) if fmt in ("csr", "bsr") else (cols, rows)
+    indptr, indices = np.asarray(x.indptr), np.asarray(x.indices)
+    end = int(indptr[-1]) if indptr.ndim == 1 and indptr.shape[0] else -1
+    used = indices[:max(end, 0)]
+    if not (indptr.ndim == 1 and indices.ndim == 1 and indptr.shape[0] == major + 1 and indptr[0] == 0
+            and 0 <= end <= indices.shape[0] and not np.any(indptr[1:] < indptr[:-1])
+            and (used.size == 0 or (int(used.min()) >= 0 and int(used.max()) < minor))):
+        raise error(f"{where}: a scipy.sparse {fmt} matrix whose index pointers or indices do not fit its shape "
+                    f"{x.shape}; it is damaged")
+
+
 def as_samples(x, n_features: int | None = None, pre: Preprocessing | None = None,
                where: str = "X") -> "np.ndarray | CSRRows":
     """Raw samples (n, n_features) -> a standardised float32 C-contiguous copy, or CSRRows for scipy.sparse.
@@ -90,6 +111,7 @@ def as_samples(x, n_features: int | None = None, pre: Preprocessing | None = Non
     if isinstance(x, CSRRows):  # validated when made (data files)
         rows = x
     elif sp.issparse(x):
+        check_sparse_indices(x, where)
         csr = sp.csr_array(x)
         if csr.dtype.kind not in "biuf":
             raise InputError(f"{where} must hold real numbers, got sparse dtype {csr.dtype}")

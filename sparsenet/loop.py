@@ -35,17 +35,18 @@ SECONDS = ("train_seconds", "evolution_seconds")
 
 
 def start_run(cfg: Config, out: Path, n_features: int, n_classes: int, resume: bool, rank: int | None = None,
-              check: Callable[[ckpt.CheckpointData, TrainingState], None] | None = None
+              check: Callable[[ckpt.CheckpointData, TrainingState], None] | None = None, classes=None
               ) -> tuple[TrainingState, ckpt.CheckpointData | None]:
     """The state to train from (out/checkpoint.h5 if resuming and present, else a new one) and the
-    checkpoint it came from; `check(saved, state)` may refuse a checkpoint before anything is written.
+    checkpoint it came from; `check(saved, state)` may refuse a checkpoint before anything is written;
+    classes: the data's labels (Dataset.classes), which a resumed checkpoint's must equal.
     Writes out/config.yaml and rewrites out/metrics.jsonl from the state's history (out: a folder
     prepare_run_folder made)."""
     path = out / CHECKPOINT
     saved = None
     if resume and path.exists():
         saved = ckpt.load_checkpoint(path, cfg.memory_limit_gb)
-        check_saved_run(saved, cfg, n_features, n_classes, path)
+        check_saved_run(saved, cfg, n_features, n_classes, path, classes)
         state = state_from_checkpoint(saved, cfg)
         if check is not None:
             check(saved, state)

@@ -52,6 +52,11 @@ PRUNE_PEAK_BYTES_PER_CONNECTION = 104
 # parts of x copied out of it, then float32 copies of what is kept; standardize scans in float64
 # blocks of prepare._BLOCK_ELEMENTS (a few of them at once).
 LOAD_SCRATCH_BYTES = 4 * 8 * (1 << 20)
+# data.name synthetic, per value (sample x feature): scikit-learn's make_classification builds x in float64 and
+# copies it whole twice (rows shuffled, columns permuted); the split copies it again and finish() keeps float32.
+# Measured (VmHWM growth of load_dataset after scikit-learn's import, which INTERPRETER_BYTES counts): 24.2 B per
+# value at 20000 x 500 and 40000 x 500 (tests/unit/test_odd_inputs.py); with the import, 26.7 at 20000 x 2000.
+SYNTHETIC_BYTES_PER_VALUE = 28
 # Python, numpy, scipy, numba and the kernels it loads (~60 MB), h5py: `sparsenet train` of FashionMNIST
 # 784-10-10 on 1000 samples peaks at 190 MB RSS (measured on the 2-core Xeon, numba 0.68, glibc).
 INTERPRETER_BYTES = 200 * (1 << 20)
@@ -72,6 +77,7 @@ class DataShape:
     nnz: int = 0           # CSR data: stored non-zeros of train + test (0: dense, samples x features)
     feature_bytes: int = 4  # dense features in memory: 4 (float32) or 1 (whole numbers 0..255 kept as uint8)
     standardize: bool = True  # uint8 features: a lookup table of 256 float32 per feature (data/rows.py)
+    generation_bytes: int = 0  # data.name synthetic: what generating it in memory peaks at (SYNTHETIC_BYTES_PER_VALUE)
 
     @property
     def x_bytes(self) -> int:
@@ -90,6 +96,8 @@ class DataShape:
         data/files.py reads the file's arrays whole; a split copies both parts out of x and then
         drops x; what is kept is converted to float32 (a copy unless it is float32 already and whole).
         """
+        if self.generation_bytes:
+            return self.generation_bytes
         if not self.file_bytes:
             return 0
         if self.nnz:  # the parts as stored, the split's copies, the float32/int32 conversion and the scaled values
@@ -121,7 +129,8 @@ def data_shape(cfg: Config) -> DataShape:
         else:
             n_train, n_test = split_sizes(d.samples, d.test_fraction)
             what = f"config (file {path} not written yet)" if path is not None else "config"
-            shape = DataShape(n_train, n_test, d.features, d.classes, what)
+            generation = SYNTHETIC_BYTES_PER_VALUE * d.samples * d.features if d.name == "synthetic" else 0
+            shape = DataShape(n_train, n_test, d.features, d.classes, what, generation_bytes=generation)
     elif d.name not in _FILE_SHAPES or not d.path:
         raise SparsenetError(f"cannot plan memory: dataset '{d.name}' has no fixed size and no data file to read it from")
     elif not Path(d.path).expanduser().is_file():
@@ -134,7 +143,7 @@ def data_shape(cfg: Config) -> DataShape:
     if nnz and (n_train, n_test) != (shape.n_train, shape.n_test):  # max_train/max_test: scale by the rows kept
         nnz = -(-nnz * (n_train + n_test) // max(1, shape.n_train + shape.n_test))
     return DataShape(n_train, n_test, shape.n_features, shape.n_classes, shape.source, shape.file_bytes,
-                     shape.file_rows, shape.split, nnz, shape.feature_bytes, d.standardize)
+                     shape.file_rows, shape.split, nnz, shape.feature_bytes, d.standardize, shape.generation_bytes)
 
 
 def _split(n: int, test_fraction: float) -> tuple[int, int]:
@@ -184,8 +193,9 @@ def _file_shape(shapes: dict, itemsizes: dict, test_fraction: float, note: str, 
             n_train, n_test = _split(n, test_fraction)
             return DataShape(n_train, n_test, f, 2, note, csr_bytes, n, True, nnz)
     for key in ("x_train", "x_test", "x"):
-        if key in shapes and len(shapes[key]) != 2:
-            raise SparsenetError(f"{where}: {key} has shape {shapes[key]}, expected (samples, features)")
+        if key in shapes and (len(shapes[key]) != 2 or min(shapes[key]) < 1):
+            raise SparsenetError(f"{where}: {key} has shape {shapes[key]}, expected (samples, features), "
+                                 f"both at least 1")
     if "x_train" in shapes and "x_test" in shapes:
         (n_train, f), (n_test, _) = shapes["x_train"], shapes["x_test"]
         raw = (n_train + n_test) * f * max(itemsizes["x_train"], itemsizes["x_test"])
@@ -240,7 +250,7 @@ def _npz_shape(path: Path, test_fraction: float) -> DataShape:
                     shapes[key], itemsizes[key], dtypes[key] = shape, dtype.itemsize, dtype
 
             def read_shape(key: str) -> list:
-                with z.open(f"{key}.npy") as fh:
+                with z.open(f"{key}.npy" if f"{key}.npy" in z.namelist() else key) as fh:
                     values = np.lib.format.read_array(fh, allow_pickle=False)
                 if values.dtype.kind not in "iu":
                     raise SparsenetError(f"cannot plan memory: '{path}': {key} must hold integers, got {values.dtype}")

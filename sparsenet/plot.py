@@ -33,8 +33,11 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
             rows = read_metrics(path)
         except (OSError, ValueError) as exc:
             raise SparsenetError(f"cannot read metrics file {path}: {exc}") from None
+        except RecursionError:
+            raise SparsenetError(f"cannot read metrics file {path}: its JSON nests too deeply") from None
         if not rows:
             raise SparsenetError(f"metrics file {path} holds no epochs")
+        _check_rows(rows, path)
         runs.append(rows)
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     ax_acc, ax_loss, ax_sec, ax_nnz, ax_neurons, ax_note = axes.ravel()
@@ -92,6 +95,30 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
     ax_note.text(0, 1, "\n".join(notes), va="top", fontsize=8, wrap=True)
     fig.tight_layout()
     return _save(fig, out)
+
+
+def _number(value, null: bool = False) -> bool:
+    return (value is None and null) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _check_rows(rows: list, path: str) -> None:
+    """What the panels read: one object per epoch with a whole epoch number, numeric losses (and test accuracy
+    for a classifier's run), numbers or null for the optional keys, lists of numbers for nnz and neurons."""
+    classifier = isinstance(rows[0], dict) and "test_accuracy" in rows[0]
+    for i, r in enumerate(rows, start=1):
+        if not isinstance(r, dict):
+            problem = f"is not an object but a {type(r).__name__}"
+        elif not isinstance(r.get("epoch"), int) or isinstance(r.get("epoch"), bool):
+            problem = f"has epoch {str(r.get('epoch'))[:40]}, expected a whole number"
+        else:
+            required = ("train_loss", "test_loss", *(("test_accuracy",) if classifier else ()))
+            optional = ("validation_accuracy", "validation_loss", "train_seconds", "evolution_seconds", "eval_seconds")
+            bad = [k for k in required if not _number(r.get(k))] + [k for k in optional if not _number(r.get(k), True)]
+            bad += [k for k in ("nnz", "neurons") if k in r and not (isinstance(r[k], list) and all(map(_number, r[k])))]
+            if not bad:
+                continue
+            problem = f"has {bad[0]} {str(r.get(bad[0]))[:40]}, expected {'a list of numbers' if bad[0] in ('nnz', 'neurons') else 'a number'}"
+        raise SparsenetError(f"metrics file {path} line {i} {problem}; is it a sparsenet metrics.jsonl?")
 
 
 def plot_feature_strength(strength, shape: tuple[int, ...], out: str) -> Path:

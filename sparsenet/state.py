@@ -15,6 +15,9 @@ from .model import SparseMLP
 from .optim import Optimizer, make_optimizer
 from .sparse.layer import SparseLayer
 
+# The outputs each model.task can train and score with (config.py's rule for model.output).
+TASK_OUTPUTS = {"classifier": ("softmax", "sigmoid"), "autoencoder": ("linear", "sigmoid")}
+
 # Sections that define the model and its data: a resumed run must not change them.
 FROZEN_ON_RESUME = ("seed", "data", "model")
 
@@ -44,6 +47,10 @@ def n_outputs(cfg: Config, n_features: int, n_classes: int) -> int:
 
 def set_task(model: SparseMLP, cfg: Config) -> SparseMLP:
     """The model trains and scores as cfg.model.task says (autoencoder: reconstruction of noisy inputs)."""
+    allowed = TASK_OUTPUTS[cfg.model.task]
+    if model.output not in allowed:  # a checkpoint whose output attribute disagrees with its config
+        raise ConfigError(f"the model's output is {model.output}, which model.task {cfg.model.task} cannot use "
+                          f"(it needs {' or '.join(allowed)})")
     model.task, model.input_noise = cfg.model.task, cfg.model.input_noise
     return model
 
@@ -60,11 +67,13 @@ def new_state(cfg: Config, n_features: int, n_classes: int) -> TrainingState:
 
 def state_to_checkpoint(state: TrainingState, cfg: Config) -> ckpt.CheckpointData:
     model, opt, pre = state.model, state.optimizer, state.preprocessing
+    # an autoencoder's outputs are its inputs, not the data's classes (a labelled file has them): none are stored
+    classes = getattr(pre, "classes", None) if cfg.model.task == "classifier" else None
     return ckpt.CheckpointData(layers_to_checkpoint(model, opt), model.slopes, model.dropout, model.output, state.epoch,
                                state.rng.bit_generator.state, state.history, config_to_yaml(cfg),
                                optimizer=opt.name, optimizer_scalars=opt.scalars(),
                                mean=getattr(pre, "mean", None), std=getattr(pre, "std", None),
-                               classes=getattr(pre, "classes", None), partial_epoch=state.partial)
+                               classes=classes, partial_epoch=state.partial)
 
 
 def layers_to_checkpoint(model: SparseMLP, opt: Optimizer) -> list[ckpt.LayerArrays]:
@@ -116,12 +125,18 @@ def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, wha
                         f"{need}{n_classes} outputs)")
 
 
-def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_classes: int, path) -> None:
-    """Before resuming: the run's config may continue the saved one, the saved model fits the data, and
-    its activations and dropout are the ones the (frozen) model section gives."""
+def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_classes: int, path,
+                    classes=None) -> None:
+    """Before resuming: the run's config may continue the saved one, the saved model fits the data (and its
+    outputs name the data's classes, when both are known), and its activations and dropout are the ones the
+    (frozen) model section gives."""
     check_resume_compatible(config_from_yaml(saved.config_yaml, f"the config stored in {path}"), cfg)
     check_model_fits_data([saved.layers[0].n_in] + [a.n_out for a in saved.layers], n_features,
                           n_outputs(cfg, n_features, n_classes), f"the model in {path}")
+    if saved.classes is not None and classes is not None and not np.array_equal(saved.classes, classes):
+        shown = [str(c) for c in saved.classes[:10]], [str(c) for c in classes[:10]]
+        raise DataError(f"cannot resume: the outputs of the model in {path} stand for the classes {shown[0]}, but "
+                        f"the data's are {shown[1]} (the data file changed since the run started)")
     m = cfg.model
     slopes = hidden_slopes(m.activation, m.alpha, len(saved.layers) - 1)
     if saved.slopes != slopes or saved.dropout != m.dropout or saved.output != m.output:

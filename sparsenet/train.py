@@ -241,7 +241,8 @@ def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset
     notice = compile_notice()
     if notice:
         log(notice)
-    state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume, check=_not_parallel_partial)
+    state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume, check=_not_parallel_partial,
+                         classes=data.classes)
     n_steps = -(-data.x_train.shape[0] // cfg.train.batch_size)
     if state.partial and state.partial["n_steps"] != n_steps:
         raise ConfigError(f"cannot resume: {out / CHECKPOINT} stopped part-way through epoch {state.epoch + 1} "

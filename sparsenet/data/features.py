@@ -57,10 +57,8 @@ def _read_npz(path: Path):
         with np.load(path, allow_pickle=False) as archive:
             scipy_keys = ("data", "indices", "indptr", "shape", "format")
             if set(scipy_keys) <= set(archive.files):
-                import scipy.sparse as sp
-
                 check_npz_sizes(archive.zip, scipy_keys, path)
-                return sp.load_npz(path).tocsr(), None
+                return _scipy_matrix(path, archive["format"]), None
             x_key, y_key = _pick(archive.files, path)
             keys = (x_key,) if x_key in archive.files else csr_names(x_key)
             check_npz_sizes(archive.zip, (*keys, *((y_key,) if y_key in archive.files else ())), path)
@@ -69,6 +67,33 @@ def _read_npz(path: Path):
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(f"cannot read npz file '{path}': {' '.join(str(e).split())}") from None
     return x, y
+
+
+def _scipy_matrix(path: Path, fmt: np.ndarray):
+    """A scipy.sparse.save_npz matrix (CSR, CSC or BSR) as scipy CSR, its index arrays checked first: scipy
+    trusts them, and its conversions write out of bounds (a segmentation fault) for a column index too large."""
+    import scipy.sparse as sp
+
+    from sparsenet.inputs import check_sparse_indices
+    from sparsenet.memory import available_memory
+
+    name = fmt.item() if fmt.shape == () and fmt.dtype.kind in "US" else None
+    name = name.decode(errors="replace") if isinstance(name, bytes) else name
+    if name not in ("csr", "csc", "bsr"):
+        raise DataError(f"'{path}': a scipy.sparse matrix of format {str(fmt.tolist())[:40]!r}; save a CSR or CSC "
+                        f"matrix (scipy.sparse.save_npz)")
+    try:
+        m = sp.load_npz(path)
+        check_sparse_indices(m, f"'{path}'", DataError)
+        if m.dtype.kind not in "biuf":
+            raise TypeError(f"its values are {m.dtype}, not real numbers")
+    except (TypeError, ValueError, KeyError) as e:
+        raise DataError(f"'{path}': not a valid scipy.sparse {name} matrix: {' '.join(str(e).split())[:120]}") from None
+    need, (available, source) = 8 * (m.shape[0] + 1) + 12 * m.nnz, available_memory()
+    if need > available:  # CSR of a declared shape: one pointer per row
+        raise DataError(f"'{path}': a {m.shape[0]:,} x {m.shape[1]:,} matrix needs {need / 2**30:.2f} GiB as CSR, more "
+                        f"than the {available / 2**30:.2f} GiB available ({source})")
+    return m.tocsr()
 
 
 def _read_hdf5(path: Path, n_features: int):

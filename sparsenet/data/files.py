@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -139,8 +140,9 @@ def check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
     from sparsenet.memory import available_memory
 
     total = 0
+    members = set(archive.namelist())
     for k in keys:
-        info = archive.getinfo(f"{k}.npy")
+        info = archive.getinfo(f"{k}.npy" if f"{k}.npy" in members else k)  # np.load also names a member without .npy
         try:
             with archive.open(info) as fh:
                 major, _ = np.lib.format.read_magic(fh)
@@ -239,12 +241,33 @@ def read_csv(path: Path, delimiter: str, first: list[str], label: int | None):
     features = [i for i in range(len(first)) if i != label]
     header = int(any(not _is_number(first[i]) for i in features))
     options = dict(delimiter=delimiter, skiprows=header, comments=None, quotechar='"', encoding="utf-8-sig")
+    check_columns(path, delimiter, len(first))
     try:
-        x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
-        y = None if label is None else np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
+        with warnings.catch_warnings():  # a header and no rows: numpy warns, the empty x is refused after
+            warnings.simplefilter("ignore", UserWarning)
+            x = np.loadtxt(path, dtype=np.float32, usecols=features, ndmin=2, **options)
+            y = None if label is None else np.loadtxt(path, dtype=str, usecols=label, ndmin=1, **options)
     except (ValueError, OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
     return x, y, header
+
+
+def check_columns(path: Path, delimiter: str, n_cols: int) -> None:
+    """Every non-blank line has the first line's n_cols fields: np.loadtxt with usecols ignores extra fields,
+    so a longer row would give its label from another column."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            for number, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                line = line.rstrip("\r\n")
+                fields = line.count(delimiter) + 1 if '"' not in line else \
+                    len(next(csv.reader([line], delimiter=delimiter), []))
+                if fields != n_cols:
+                    raise DataError(f"csv file '{path}': line {number} has {fields} fields but the first line has "
+                                    f"{n_cols}; every row needs the same columns")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read csv file '{path}': {' '.join(str(e).split())}") from None
 
 
 def load_csv(cfg, seed: int) -> Dataset:

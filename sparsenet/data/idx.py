@@ -94,6 +94,9 @@ def _read_exactly(stream, n: int) -> bytearray:
     return buf
 
 
+MAX_DIMS = 32  # images are 3-D, labels 1-D; numpy itself stops at 64
+
+
 def read_idx(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
     """Read an IDX file (optionally gzipped) into an array of the shape its header gives.
 
@@ -114,6 +117,8 @@ def read_idx(path: str | Path, max_bytes: int | None = None) -> np.ndarray:
             if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
                 raise DataError(f"'{path}' is not an IDX file: bad magic number 0x{head.hex()} "
                                 f"(expected 0x000008NN with NN the number of dimensions)")
+            if ndim > MAX_DIMS:  # numpy arrays have at most 64
+                raise DataError(f"'{path}' header says {ndim} dimensions; an IDX array here has at most {MAX_DIMS}")
             dim_bytes = _read_exactly(raw, 4 * ndim)
             if len(dim_bytes) < 4 * ndim:
                 raise DataError(f"'{path}' is truncated: header needs {4 + 4 * ndim} bytes, file has "

@@ -184,7 +184,8 @@ def _to_float32(x: np.ndarray, keep: int | None, scale255: bool) -> np.ndarray:
     else:
         owned = x.flags.writeable and x.base is None
     if scale255 or x.dtype != np.float32 or not x.flags.c_contiguous or not owned:
-        x = np.array(x, dtype=np.float32, order="C", copy=True)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32: infinite, refused by finish's check
+            x = np.array(x, dtype=np.float32, order="C", copy=True)
     if scale255:
         x /= np.float32(255)
     return x

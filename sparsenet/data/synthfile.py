@@ -97,6 +97,21 @@ def _useful_block(cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32), y.astype(np.int64)
 
 
+def _check_memory(cfg, block_bytes: int) -> None:
+    """What writing the file holds at once, against the memory available: a block of noise rows and its copy in
+    HDF5's chunk buffer, the useful columns (float64 from the generator, then float32), labels and row order."""
+    from sparsenet.memory import available_memory
+
+    if 4 * cfg.features >= 1 << 32:
+        raise DataError(f"--features {cfg.features}: one sample would be {4 * cfg.features / 2**30:.1f} GiB, more than "
+                        f"an HDF5 chunk holds (4 GiB: at most {(1 << 30) - 1:,} features)")
+    need = 2 * block_bytes + cfg.samples * (cfg.informative + cfg.redundant) * 12 + cfg.samples * 24
+    available, source = available_memory()
+    if need > available:
+        raise DataError(f"writing {cfg.samples:,} samples of {cfg.features:,} features needs about {need / 2**30:.2f} GiB "
+                        f"at once, more than the {available / 2**30:.2f} GiB available ({source})")
+
+
 def write_synthetic(cfg, seed: int, path: str | os.PathLike | None = None,
                     chunk_rows: int | None = None) -> SynthInfo:
     """Write the dataset a (validated) DataConfig describes to `path` (default: synth_path).
@@ -115,6 +130,7 @@ def write_synthetic(cfg, seed: int, path: str | os.PathLike | None = None,
         chunk_rows = max(1, _GENERATION_CHUNK_BYTES // row_bytes)
     if chunk_rows < 1:
         raise DataError(f"chunk_rows must be >= 1, got {chunk_rows}")
+    _check_memory(cfg, min(chunk_rows, cfg.samples) * row_bytes)
     useful, labels = _useful_block(cfg, seed)
     rng = np.random.default_rng([seed, 0x5E7])
     columns = rng.choice(features, size=useful.shape[1], replace=False).astype(np.int64)
@@ -123,7 +139,8 @@ def write_synthetic(cfg, seed: int, path: str | os.PathLike | None = None,
     noise = np.random.default_rng([seed, 0xA015E])  # one stream, drawn in row order: chunking cannot change it
     try:
         prepare_file(out, "synthetic data file")
-        with replacing(out, "synthetic data file") as (tmp, _):
+        size = cfg.samples * (row_bytes + 8) + (1 << 20)  # x and y, plus metadata: reserved before HDF5 writes
+        with replacing(out, "synthetic data file", reserve=size) as (tmp, _):
             with h5py.File(tmp, "w") as fh:
                 fh.attrs["format"] = FORMAT
                 fh.attrs["generator"] = "sklearn.datasets.make_classification (Madelon), noise columns N(0, 1)"

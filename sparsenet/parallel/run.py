@@ -169,7 +169,8 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
     def check(saved: ckpt.CheckpointData, state: TrainingState) -> None:
         check_resumable(cfg, saved, state.epoch, transport.size - 1, data.x_train.shape[0], out / CHECKPOINT)
 
-    state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check)
+    state, saved = start_run(cfg, out, data.n_features, data.n_classes, resume, rank=0, check=check,
+                             classes=data.classes)
     state.preprocessing = Preprocessing(*data.raw_statistics(), data.classes)  # for raw samples, into the checkpoint
     version, replicas, partial = 0, None, None
     if saved is not None:

@@ -88,3 +88,16 @@ def test_an_image_checkpoint_of_an_older_format_warns_that_its_statistics_are_fo
     assert main(["export", str(old), "--format", "npz", "--out", str(d / "m.npz")]) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("sparsenet: warning: ") and "pixels / 255" in err[0], err
+    # evaluate reads the image files as training did: the stored statistics match in either format's terms
+    import h5py
+
+    v2 = _as_format(ckpt, d / "v2mnist.h5", 2, "mnist")
+    data = load_dataset(load_config([str(cfg_file)]).data, 0)
+    with h5py.File(v2, "r+") as f:  # as format 2 stored them: the statistics of pixels / 255
+        f["preprocessing/mean"][...], f["preprocessing/std"][...] = data.mean, data.std
+    scores = []
+    for path in (ckpt, v2):
+        assert main(["evaluate", str(path)]) == 0, capsys.readouterr().err
+        scores.append(json.loads(capsys.readouterr().out)["test_accuracy"])
+    last = json.loads((d / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert scores == [last["test_accuracy"]] * 2
