@@ -136,6 +136,7 @@ def test_injected_fault_ends_the_job_names_the_rank_and_leaves_a_resumable_check
     assert proc.returncode != 0
     assert elapsed < 30  # the job ends promptly, no rank hangs
     assert "rank 2" in proc.stderr and "InjectedFault" in proc.stderr
+    assert proc.stderr.count("Traceback") == 1 and proc.stderr.count("sparsenet: error:") == 1, proc.stderr
     # MPI_Abort leaves MPICH's files in /dev/shm: the aborting rank removed them first
     assert mapped or "MPICH" not in _library_version(), "found no mpich_shm_* file mapped by the ranks"
     assert not [path for path in mapped if os.path.exists(path)], sorted(mapped)
@@ -483,6 +484,11 @@ def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_
     other_batch = train(3, tmp_path / "stopped", *common, "train.batch_size=32", resume=True)
     assert other_batch.returncode == 2 and ("stopped part-way through phase-2 epoch 4 at 20 batches per epoch on "
                                             "worker 1; train.batch_size 32 gives 10") in other_batch.stderr
+    more_ranks = train(4, tmp_path / "stopped", *common, resume=True)
+    assert more_ranks.returncode == 2 and ("was stopped part-way through epoch 4 with 2 workers; resume it with 3 "
+                                           "ranks, not 4") in more_ranks.stderr
+    for refused in (other_batch, more_ranks):  # said once: MPI_Abort returns under mpiexec, the CLI said it again
+        assert refused.stderr.count("sparsenet: error:") == 1 and "Traceback" not in refused.stderr, refused.stderr
     resumed = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=null", resume=True)
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(path)
