@@ -96,8 +96,9 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
         print(f"sparsenet: error: rank {rank} on {host}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         time.sleep(ABORT_GRACE_SECONDS)  # let the launcher forward our last words before it kills everyone
-        transport.abort(2 if expected else 1)
-        raise
+        code = 2 if expected else 1
+        transport.abort(code)
+        raise SystemExit(code) from None  # MPI_Abort returns under MPICH's mpiexec: the error is said once, above
 
 
 def _memory_gate(cfg: Config, transport) -> bool:

@@ -42,6 +42,29 @@ NAME_BYTES = 128  # room for a host name in learn_hosts
 _MPI = None
 
 
+MPI_SHM_PREFIX = "/dev/shm/mpich_shm_"  # MPICH's node-wide shared memory, removed only by a clean exit
+
+
+def remove_mpi_shm_files(maps: str = "/proc/self/maps") -> list[str]:
+    """Unlink the files of MPI_SHM_PREFIX that this process maps and owns (Linux; elsewhere none);
+    the job is ending: every rank keeps its mapping, nobody opens them again. Returns the paths removed."""
+    try:
+        with open(maps) as fh:
+            fields = [line.split(None, 5) for line in fh]
+    except OSError:
+        return []
+    paths = {f[5].strip() for f in fields if len(f) == 6}  # anonymous mappings have no path
+    removed = []
+    for path in sorted(p for p in paths if p.startswith(MPI_SHM_PREFIX)):
+        try:
+            if os.stat(path).st_uid == os.geteuid():
+                os.unlink(path)
+                removed.append(path)
+        except OSError:  # gone already (another rank of the node), or not ours to remove
+            pass
+    return removed
+
+
 def _mpi():
     """The mpi4py.MPI module, imported (and MPI initialised) on first call; stop signals arriving
     meanwhile stay recorded (signals.mpi_init_guard)."""
@@ -274,8 +297,12 @@ class Transport:
                   silent=self._silence(peers, timeout or 0, "waiting for every rank (a barrier)"))
 
     def abort(self, code: int = 1) -> None:
-        """Kill every process of the communicator with exit code `code` (MPI_Abort)."""
-        self.comm.Abort(code)
+        """Kill every process of the communicator with exit code `code` (MPI_Abort), first removing
+        the MPI library's /dev/shm files this rank maps: MPI_Abort leaves them (MPICH: 3 MB per job)."""
+        try:
+            remove_mpi_shm_files()
+        finally:  # whatever happens there, the job must end
+            self.comm.Abort(code)
 
     def _probe_message(self, source: int | None, tag: int | None, timeout: float | None,
                        ready: Callable[[], bool] | None = None):

@@ -1,5 +1,6 @@
 """WASAP/WASSP under `mpiexec -n 3` (1 server + 2 workers): determinism, real phase 2, faults, resume."""
 
+import contextlib
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from sparsenet.checkpoint import load_checkpoint
+from sparsenet.launch import _library_version
 from sparsenet.parallel.averaging import average_replicas
 from sparsenet.sparse.layer import SparseLayer
 from tests.mpi.conftest import run_mpi
@@ -118,13 +120,26 @@ def test_injected_fault_ends_the_job_names_the_rank_and_leaves_a_resumable_check
     # WASSP: every round takes a gradient from each worker, so rank 2 reaches its 45th (in epoch 2, after the
     # epoch-1 checkpoint) however the ranks are scheduled; under WASAP a starved rank 2 (a loaded machine)
     # was seen to finish all 4 epochs short of 45 gradients.
+    mapped = set()  # the /dev/shm files of MPI that the ranks map (MPICH: mpich_shm_*)
+
+    def record_shared_memory(proc):
+        def found() -> bool:
+            for pid in _rank_pids(str(tmp_path)).values():
+                mapped.update(_mpi_shm_files(pid))
+            return bool(mapped)
+        wait_until(found, 60, 0.05)
+
     start = time.monotonic()
     proc = train(3, tmp_path, "parallel.algorithm=wassp", "train.epochs=4", "parallel.phase1_epochs=4",
-                 "debug.fail_rank=2", "debug.fail_at_step=45", timeout=120)
+                 "debug.fail_rank=2", "debug.fail_at_step=45", timeout=120, during=record_shared_memory)
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
     assert elapsed < 30  # the job ends promptly, no rank hangs
     assert "rank 2" in proc.stderr and "InjectedFault" in proc.stderr
+    assert proc.stderr.count("Traceback") == 1 and proc.stderr.count("sparsenet: error:") == 1, proc.stderr
+    # MPI_Abort leaves MPICH's files in /dev/shm: the aborting rank removed them first
+    assert mapped or "MPICH" not in _library_version(), "found no mpich_shm_* file mapped by the ranks"
+    assert not [path for path in mapped if os.path.exists(path)], sorted(mapped)
     saved = load_checkpoint(tmp_path / "checkpoint.h5")
     assert saved.epoch >= 1
     resumed = train(3, tmp_path, "parallel.algorithm=wassp", "train.epochs=4", "parallel.phase1_epochs=4",
@@ -164,9 +179,13 @@ def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
 
     before, pids, metrics = ours(), {}, tmp_path / "metrics.jsonl"
 
+    mpich = set()  # MPICH's own file, which a SIGKILL leaves: removed at the end, not to pile up in /dev/shm
+
     def kill_after_epoch_1(proc):
         wait_until(lambda: metrics.exists() and metrics.read_text().strip(), 120, 0.2)
         pids.update(_rank_pids(str(tmp_path)))
+        for pid in pids.values():
+            mpich.update(_mpi_shm_files(pid))
         os.killpg(proc.pid, signal.SIGKILL)
 
     train(3, tmp_path, "train.epochs=400", "data.samples=3000", "parallel.phase1_epochs=400", timeout=60,
@@ -178,6 +197,9 @@ def test_a_killed_job_leaves_nothing_of_ours_in_dev_shm(tmp_path):
         deadline = time.monotonic() + 10
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             time.sleep(0.1)
+    for path in mpich:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     assert not ours() - before, f"left in /dev/shm: {sorted(ours() - before)}"
 
 
@@ -228,6 +250,16 @@ def test_wasap_with_pruning_carries_stale_gradients_onto_smaller_layers(tmp_path
     # first epoch's loss at some point) and ends above chance (1/3).
     assert all(np.isfinite(r["train_loss"]) for r in history)
     assert min(r["train_loss"] for r in history[1:]) < history[0]["train_loss"] and history[-1]["test_accuracy"] > 0.4
+
+
+def _mpi_shm_files(pid: int) -> set[str]:
+    """The MPI library's files in /dev/shm that process `pid` maps (from /proc/PID/maps)."""
+    try:
+        with open(f"/proc/{pid}/maps") as fh:
+            paths = {line.split(None, 5)[5].strip() for line in fh if line.count(" ") >= 5 and "/dev/shm/" in line}
+    except OSError:
+        return set()
+    return {path for path in paths if path.startswith("/dev/shm/mpich_shm_")}
 
 
 def _rank_pids(marker: str) -> dict[int, int]:
@@ -452,6 +484,11 @@ def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_
     other_batch = train(3, tmp_path / "stopped", *common, "train.batch_size=32", resume=True)
     assert other_batch.returncode == 2 and ("stopped part-way through phase-2 epoch 4 at 20 batches per epoch on "
                                             "worker 1; train.batch_size 32 gives 10") in other_batch.stderr
+    more_ranks = train(4, tmp_path / "stopped", *common, resume=True)
+    assert more_ranks.returncode == 2 and ("was stopped part-way through epoch 4 with 2 workers; resume it with 3 "
+                                           "ranks, not 4") in more_ranks.stderr
+    for refused in (other_batch, more_ranks):  # said once: MPI_Abort returns under mpiexec, the CLI said it again
+        assert refused.stderr.count("sparsenet: error:") == 1 and "Traceback" not in refused.stderr, refused.stderr
     resumed = train(3, tmp_path / "stopped", *common, "debug.stop_at_batch=null", resume=True)
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_checkpoint(tmp_path / "straight" / "checkpoint.h5"), load_checkpoint(path)

@@ -1,6 +1,8 @@
 """MPI-free parts of parallel training: retain-valid-updates, phase-2 averaging, which gradient the server takes next."""
 
+import os
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -223,3 +225,29 @@ def test_a_checkpoint_another_parallel_run_stopped_is_refused_with_what_to_chang
         check(saved(phase=2, workers=[{"report": {}}, {"position": {"n_steps": 2}}]), epoch=4, n_train=50)
     with pytest.raises(SparsenetError, match=re.escape("holds 3 phase-2 replicas; resume it with 4 ranks, not 3")):
         check(saved(phase=2, replicas=3), epoch=4)
+
+
+def test_an_aborting_rank_removes_only_the_mpich_files_it_maps(tmp_path):
+    """transport.remove_mpi_shm_files reads the maps file: anonymous mappings (no path) are skipped, only
+    /dev/shm/mpich_shm_* files are unlinked, a file of ours named otherwise stays, a vanished one is no error."""
+    from sparsenet.parallel.transport import remove_mpi_shm_files
+
+    tag = f"sparsenet_test_{os.getpid()}"
+    mpich, other = Path(f"/dev/shm/mpich_shm_{tag}"), Path(f"/dev/shm/{tag}")
+    try:
+        mpich.write_bytes(b"x")
+        other.write_bytes(b"y")
+        maps = tmp_path / "maps"
+        maps.write_text(
+            "7f00-7f01 rw-p 00000000 00:00 0 \n"  # anonymous: five fields
+            f"7f01-7f02 rw-s 00000000 00:1a 11 {mpich}\n"
+            f"7f02-7f03 rw-s 00000000 00:1a 12 {mpich}\n"  # mapped twice, removed once
+            f"7f03-7f04 rw-s 00000000 00:1a 13 {other}\n"
+            "7f04-7f05 rw-s 00000000 00:1a 14 /dev/shm/mpich_shm_gone_already\n"
+            "7f05-7f06 r--p 00000000 08:01 15 /usr/lib/libmpi.so.12 (deleted)\n")
+        assert remove_mpi_shm_files(str(maps)) == [str(mpich)]
+        assert not mpich.exists() and other.read_bytes() == b"y"
+        assert remove_mpi_shm_files(str(tmp_path / "missing")) == []
+    finally:
+        mpich.unlink(missing_ok=True)
+        other.unlink(missing_ok=True)
