@@ -43,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
                                  f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)")
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
-        state = run_parallel(cfg, out, resume=args.resume)
+        state = run_parallel(cfg, out, resume=args.resume, overwrite=args.overwrite)
         if isinstance(state, int):  # a worker's exit code: rank 0 reports
             return state
     else:
@@ -51,7 +51,7 @@ def _train(args: argparse.Namespace) -> int:
         from .metrics import log
 
         check_memory(cfg, 1, say=log)
-        state = run(cfg, out, resume=args.resume)
+        state = run(cfg, out, resume=args.resume, overwrite=args.overwrite)
     last = state.history[-1] if state.history else {}
     scores = {"test_loss": last.get("test_loss")}  # an autoencoder's: the reconstruction loss, no accuracy
     if cfg.model.task != "autoencoder":
@@ -62,14 +62,11 @@ def _train(args: argparse.Namespace) -> int:
     return EXIT_RESUMABLE if state.stopped_by else 0
 
 
-RUN_FILES = ("checkpoint.h5", "checkpoint_best.h5", "metrics.jsonl", "config.yaml")
-
-
 def _output_folder(args: argparse.Namespace, parallel: bool) -> Path:
     """--out, checked before data and memory are looked at: an existing non-empty folder only with
-    --resume or --overwrite (which removes the old run's files); without --out a new runs/<config>-<n>."""
-    from .fileio import check_folder, fresh_folder
-    from .launch import launcher_rank
+    --resume or --overwrite (the run removes the old run's files once it holds the folder: loop.run_folder);
+    without --out a new runs/<config>-<n>."""
+    from .fileio import LOCK_NAME, check_folder, fresh_folder
 
     if args.out is None:
         if args.resume or args.overwrite:
@@ -85,19 +82,11 @@ def _output_folder(args: argparse.Namespace, parallel: bool) -> Path:
     check_folder(out)
     if args.resume:
         return out
-    held = sorted(os.listdir(out))
+    held = sorted(name for name in os.listdir(out) if name != LOCK_NAME)  # a killed run's lock file is no run
     if held and not args.overwrite:
         shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
         raise SparsenetError(f"output folder '{out}' is not empty ({shown}); give --resume to continue its run, "
                              f"--overwrite to replace it, or another --out")
-    if held and launcher_rank() == 0:  # --overwrite: a stale checkpoint must not be resumed later
-        for name in RUN_FILES:
-            try:
-                (out / name).unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise SparsenetError(f"--overwrite cannot remove '{out / name}': {exc.strerror or exc}") from None
     return out
 
 

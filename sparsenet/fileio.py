@@ -104,6 +104,59 @@ def make_folder(folder: str | os.PathLike, what: str = "output folder") -> Path:
     return check_folder(folder, what)
 
 
+LOCK_NAME = ".sparsenet.lock"  # held (flock) by the run writing a folder; removed when it ends
+
+
+@contextmanager
+def hold_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold `folder`/LOCK_NAME (flock, exclusive) for the block: another run holding it is an OutputError
+    naming it. The file goes at the end; a killed run's stays, unlocked, and the next run takes it over."""
+    path = Path(folder) / LOCK_NAME
+    fd = _take_lock(path, folder)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            try:
+                os.unlink(path)  # before close: a run that opened it meanwhile sees another file and retries
+            except OSError:
+                pass
+            os.close(fd)
+
+
+def _take_lock(path: Path, folder) -> int | None:
+    """The descriptor holding the lock at `path`, or None on a file system without locks."""
+    import fcntl
+    import time
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise OutputError(f"cannot create the lock file '{path}': {_reason(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            said = os.read(fd, 200).decode("utf-8", "replace")
+            holder = "".join(c if c.isprintable() else "?" for c in said).strip() or "it has not said which"
+            os.close(fd)
+            raise OutputError(f"output folder '{folder}' is in use by another sparsenet run ({holder}); wait for "
+                              f"it to end, or give another --out") from None
+        except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
+            os.close(fd)
+            return None
+        try:
+            current = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            current = None
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            break
+        os.close(fd)  # its holder removed it between our open and flock: take the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+    return fd
+
+
 def fresh_folder(parent: str | os.PathLike, stem: str, what: str = "output folder") -> Path:
     """A new folder parent/<stem>-<n>, n the smallest free number from 1; mkdir claims it, so two
     runs started at once never get the same one."""

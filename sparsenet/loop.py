@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config, dump_config
-from .errors import DivergedError
-from .fileio import clean_stale_temporaries, make_folder
+from .errors import DivergedError, OutputError
+from .fileio import clean_stale_temporaries, hold_lock, make_folder
 from .metrics import append_metrics, log, peak_rss_mb, write_metrics
 from .model import training_workspace_bytes
 from .selection import Selection
@@ -61,6 +62,25 @@ def start_run(cfg: Config, out: Path, n_features: int, n_classes: int, resume: b
     dump_config(cfg, out / "config.yaml")
     write_metrics(out / METRICS, state.history)
     return state, saved
+
+
+RUN_FILES = (CHECKPOINT, BEST, METRICS, "config.yaml")  # what --overwrite removes
+
+
+@contextmanager
+def run_folder(out_dir: str | Path, rank: int | None = None, overwrite: bool = False) -> Iterator[Path]:
+    """prepare_run_folder's folder, held by this run alone while the block lasts (fileio.hold_lock);
+    overwrite: the previous run's files are removed first (a stale checkpoint must not be resumed later)."""
+    out = make_folder(out_dir)
+    with hold_lock(out):
+        for name in RUN_FILES if overwrite else ():
+            try:
+                (out / name).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise OutputError(f"--overwrite cannot remove '{out / name}': {exc.strerror or exc}") from None
+        yield prepare_run_folder(out, rank)
 
 
 def prepare_run_folder(out_dir: str | Path, rank: int | None = None) -> Path:

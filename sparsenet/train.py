@@ -19,7 +19,7 @@ from .errors import ConfigError, InputError
 from .inputs import Preprocessing
 from .evolution import prune_and_regrow
 from .loop import (  # noqa: F401 - check_finite, prepare_run_folder, summarize: re-exported
-    CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, start_run, summarize)
+    CHECKPOINT, EpochLoop, check_finite, prepare_run_folder, run_folder, start_run, summarize)
 from .metrics import ProgressBar, log
 from .model import SparseMLP
 from .jitcache import compile_notice
@@ -228,9 +228,15 @@ def _not_parallel_partial(saved: ckpt.CheckpointData, state: TrainingState) -> N
                           f"MPI with {len(saved.parallel_partial_epoch['workers']) + 1} ranks")
 
 
-def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None) -> TrainingState:
-    """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir."""
-    out = prepare_run_folder(out_dir)
+def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None,
+        overwrite: bool = False) -> TrainingState:
+    """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir, which no other
+    run may use meanwhile (loop.run_folder; overwrite: the previous run's files are removed first)."""
+    with run_folder(out_dir, overwrite=overwrite) as out:
+        return _train_into(out, cfg, resume, dataset)
+
+
+def _train_into(out: Path, cfg: Config, resume: bool, dataset: Dataset | None) -> TrainingState:
     threads = set_threads(cfg.threads)
     data = dataset if dataset is not None else load_dataset(cfg.data, cfg.seed)
     data, validation = hold_out_validation(data, cfg.data.validation_fraction, cfg.seed)

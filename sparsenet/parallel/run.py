@@ -13,7 +13,7 @@ from ..cpus import usable_cpus
 from ..data import load_dataset
 from ..errors import SparsenetError
 from ..inputs import Preprocessing
-from ..loop import CHECKPOINT, prepare_run_folder, start_run
+from ..loop import CHECKPOINT, run_folder, start_run
 from ..metrics import log
 from ..jitcache import compile_notice
 from ..selection import hold_out_validation
@@ -28,7 +28,8 @@ from .transport import ANTICIPATE
 ABORT_GRACE_SECONDS = 1.0
 
 
-def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> TrainingState | int:
+def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False
+                 ) -> TrainingState | int:
     """Train with WASAP/WASSP over MPI; rank 0 returns the final state, workers their exit code
     (EXIT_RESUMABLE when the server stopped on request, else 0). Every rank returns after the
     others are done, so none is killed by the launcher for leaving first with a non-zero code.
@@ -74,7 +75,8 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False) -> Trai
             # From here on no healthy rank is silent for long (start-up, loading data, may be).
             transport.silence_timeout = cfg.parallel.timeout_s
             transport.anticipate = ANTICIPATE  # the server waits most of the time: fewer wake-ups
-            state = _serve(cfg, data, transport, Path(out_dir), resume, threads, validation)
+            with run_folder(out_dir, rank=0, overwrite=overwrite) as out:  # held by rank 0 alone (loop.run_folder)
+                state = _serve(cfg, data, transport, out, resume, threads, validation)
             transport.barrier()
             return state
         from .worker import load_kernels, run_worker
@@ -162,7 +164,6 @@ def _serve(cfg: Config, data, transport, out: Path, resume: bool, threads: int, 
     from .seam import Replica
     from .server import ParameterServer
 
-    out = prepare_run_folder(out, rank=0)
     log(f"{cfg.parallel.algorithm} on {transport.size} ranks (1 server + {transport.size - 1} workers), "
         f"{threads} kernel threads per rank; data {data.name}: {data.x_train.shape[0]} train / "
         f"{data.x_test.shape[0]} test samples", rank=0)

@@ -26,6 +26,42 @@ def last_json(capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+def test_a_folder_another_run_is_writing_is_refused_and_left_as_it_is(tmp_path, capsys):
+    from sparsenet.fileio import LOCK_NAME, hold_lock
+
+    out = tmp_path / "run"
+    assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)]) == 0
+    assert not (out / LOCK_NAME).exists()  # the run let it go
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with hold_lock(out):  # another run, as far as the next ones can tell (flock is per open file)
+        for flag in ("--resume", "--overwrite"):  # --overwrite would have removed the other run's files
+            err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out), flag])
+            assert err.startswith(f"sparsenet: error: output folder '{out}' is in use by another sparsenet run "
+                                  f"(pid {os.getpid()} on "), err
+            assert err.endswith("wait for it to end, or give another --out")
+            assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK_NAME} == before
+    # a killed run's lock file (nobody holds it) is no run: neither "not empty" nor "in use"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / LOCK_NAME).write_text("pid 1 on elsewhere since long ago")
+    assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(fresh)]) == 0
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(before)
+
+
+def test_the_run_lock_says_who_holds_it_and_goes_with_its_holder(tmp_path):
+    from sparsenet.errors import OutputError
+    from sparsenet.fileio import LOCK_NAME, hold_lock
+
+    with hold_lock(tmp_path):
+        with pytest.raises(OutputError, match="in use by another sparsenet run"):
+            with hold_lock(tmp_path):
+                pass
+        assert (tmp_path / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} on ")
+    assert not (tmp_path / LOCK_NAME).exists()
+    with hold_lock(tmp_path):  # free again
+        assert (tmp_path / LOCK_NAME).exists()
+
+
 def test_non_empty_out_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)]) == 0
