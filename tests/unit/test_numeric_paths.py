@@ -336,3 +336,25 @@ def test_estimator_predict_proba_and_score_are_the_dense_network_s(output):
     assert reg.score(X, t) == pytest.approx(1 - ((t - p) ** 2).sum() / ((t - t.mean()) ** 2).sum(), rel=1e-9)
     span = t.max() - t.min()
     assert p.min() >= t.min() - span / 8 - 1e-9 and p.max() <= t.max() + span / 8 + 1e-9
+
+
+def test_regressor_predicts_below_its_range_for_very_negative_logits_without_a_warning():
+    """Before: logits below -709 overflowed np.exp(-z) and predict printed 'RuntimeWarning: overflow encountered
+    in exp' (an estimator prints nothing unless asked); the value itself was right."""
+    import warnings
+
+    from sparsenet import SETRegressor
+
+    X = np.random.default_rng(11).standard_normal((40, 3))
+    t = X[:, 0] + 5.0
+    reg = SETRegressor(hidden=(4,), epsilon=2, epochs=1, batch_size=16, seed=0).fit(X, t)
+    out = reg._state.model.layers[-1]
+    out.values[:] = 0.0
+    out.bias[:] = -800.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = reg.predict(X[:2])
+    span = t.max() - t.min()
+    np.testing.assert_allclose(p, t.min() - span / 8, rtol=1e-12)
+    out.bias[:] = 0.0  # sigmoid 0.5: the middle of the training range
+    np.testing.assert_allclose(reg.predict(X[:2]), t.min() + span / 2, rtol=1e-12)
