@@ -305,6 +305,12 @@ def test_from_sparse_keeps_stored_zeros_round_trips_its_layers_and_computes_the_
     np.testing.assert_allclose(model.logits(x), z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(model.logits(sp.csr_array(x)), z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(again.logits(x), model.logits(x), rtol=0, atol=0)
+    from sparsenet.config import config_from_dict
+
+    chunked = Model.from_sparse([w0, w1], [b0, np.ones(3)], slopes=[0.25])
+    chunked.config = config_from_dict({"train": {"eval_batch_size": 3}})  # chunks of 3, 1 samples
+    np.testing.assert_array_equal(chunked.logits(x), model.logits(x))
+    np.testing.assert_array_equal(chunked.logits(sp.csr_array(x)), model.logits(sp.csr_array(x)))
     all_relu = Model.from_sparse([w0, w1], alpha=0.4)  # the default activation: first hidden layer slope -alpha
     assert all_relu.slopes == [-0.4]
 
