@@ -364,3 +364,45 @@ def test_regressor_predicts_below_its_range_for_very_negative_logits_without_a_w
     np.testing.assert_allclose(p, t.min() - span / 8, rtol=1e-12)
     out.bias[:] = 0.0  # sigmoid 0.5: the middle of the training range
     np.testing.assert_allclose(reg.predict(X[:2]), t.min() + span / 2, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ partial optimizer steps (the parallel server's)
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+@pytest.mark.parametrize("mode", ["coupled", "decoupled"])
+def test_step_partial_on_some_connections_and_neurons_follows_the_rule_and_leaves_the_rest(name, mode):
+    from sparsenet.optim import Adam, MomentumSGD
+
+    net = _net([9, 7, 4], "softmax", epsilon=2.0, seed=12)
+    opt = (Adam if name == "adam" else MomentumSGD)(net, 0.01, 0.8, 0.05, mode)
+    lr, b1, wd = 0.01, 0.8, 0.05
+    where = [np.array([1, 3, 4], np.int64), np.empty(0, np.int64)]
+    bias_where = [np.array([6], np.int64), np.array([0, 2], np.int64)]
+    grad = np.array([0.5, -1.0, 2.0], np.float32)
+    bias_grad = [np.array([-0.25], np.float32), np.array([1.0, -3.0], np.float32)]
+    arrays = [net.layers[0].values, net.layers[0].bias, net.layers[1].bias]
+    before = [a.astype(np.float64) for a in arrays]
+    targets = [(0, where[0], grad), (1, bias_where[0], bias_grad[0]), (2, bias_where[1], bias_grad[1])]
+    w = [b.copy() for b in before]
+    m = [np.zeros_like(b) for b in before]
+    v = [np.zeros_like(b) for b in before]
+    for t in range(1, 4):
+        opt.step_partial(net, [grad, np.empty(0, np.float32)], bias_grad, where, bias_where)
+        for a, idx, g in targets:
+            old, g = w[a][idx], g.astype(np.float64)
+            if name == "adam":
+                g_eff = g if mode == "decoupled" else g + wd * old
+                m[a][idx] = b1 * m[a][idx] + (1 - b1) * g_eff
+                v[a][idx] = 0.999 * v[a][idx] + 0.001 * g_eff ** 2
+                new = old - lr * (m[a][idx] / (1 - b1 ** t)) / (np.sqrt(v[a][idx] / (1 - 0.999 ** t)) + 1e-8)
+                w[a][idx] = new - (wd * old if mode == "decoupled" else 0.0)
+            else:
+                vel = b1 * m[a][idx] - lr * (g if mode == "decoupled" else g + wd * old)
+                w[a][idx] = old + vel - (wd * old if mode == "decoupled" else 0.0)
+                m[a][idx] = vel
+    assert name != "adam" or opt.t == 3
+    for a, (array, start) in enumerate(zip(arrays, before)):
+        np.testing.assert_allclose(array, w[a], rtol=1e-5, atol=1e-7)
+        untouched = np.setdiff1d(np.arange(array.shape[0]), targets[a][1])
+        np.testing.assert_array_equal(array[untouched], start[untouched].astype(np.float32))
+    np.testing.assert_array_equal(net.layers[1].values, _net([9, 7, 4], "softmax", epsilon=2.0, seed=12).layers[1].values)
