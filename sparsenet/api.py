@@ -234,11 +234,13 @@ def _centred_bias(layer, center: np.ndarray) -> np.ndarray:
 
 
 def probabilities(output: str, z: np.ndarray) -> np.ndarray:
+    """float64 (n, n_out) from logits z (n, n_out): softmax, or the sigmoids normalised to sum 1."""
     z = z.astype(np.float64)
     if output == "softmax":
         e = np.exp(z - z.max(axis=1, keepdims=True))
-    else:
-        e = 1.0 / (1.0 + np.exp(-z))
+    else:  # in log space: a sample's sigmoids may all underflow to 0 (logits below -745), which gave 0 / 0
+        log_sigmoid = -np.logaddexp(0.0, -z)
+        e = np.exp(log_sigmoid - log_sigmoid.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 

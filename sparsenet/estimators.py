@@ -309,7 +309,8 @@ class SETRegressor(RegressorMixin, _SETBase):
 
     def predict(self, X) -> np.ndarray:
         z = self._logits(X).astype(np.float64)
-        unit = (1.0 / (1.0 + np.exp(-z)) - self.MARGIN) / (1 - 2 * self.MARGIN)
+        sigmoid = np.exp(-np.logaddexp(0.0, -z))  # 1 / (1 + exp(-z)) overflowed (a RuntimeWarning) below z = -709
+        unit = (sigmoid - self.MARGIN) / (1 - 2 * self.MARGIN)
         out = unit * self._y_span + self._y_min
         return out.reshape((out.shape[0], *self._y_shape))
 

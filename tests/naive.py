@@ -31,6 +31,22 @@ def softmax_ce(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarra
     return float(loss), d / batch
 
 
+def sigmoid_mse(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed half squared error of sigmoid(logits) (n_classes, batch) against one-hot labels, and dLoss_mean/dlogits."""
+    a = 1.0 / (1.0 + np.exp(-logits))
+    t = np.zeros_like(a)
+    t[labels, np.arange(logits.shape[1])] = 1.0
+    return float(0.5 * ((a - t) ** 2).sum()), (a - t) * a * (1 - a) / logits.shape[1]
+
+
+def mse_targets(output: str, logits: np.ndarray, targets: np.ndarray) -> tuple[float, np.ndarray]:
+    """Summed half squared error of the linear or sigmoid outputs (n_out, batch) against targets (batch, n_out)."""
+    a = logits if output == "linear" else 1.0 / (1.0 + np.exp(-logits))
+    d = a - targets.T
+    grad = d if output == "linear" else d * a * (1 - a)
+    return float(0.5 * (d ** 2).sum()), grad / logits.shape[1]
+
+
 def network_forward(ws, bs, slopes, x, masks=None):
     """Dense forward in float64: returns pre-activations zs and activations acts (input first)."""
     acts, zs = [x], []
@@ -47,10 +63,11 @@ def network_forward(ws, bs, slopes, x, masks=None):
     return zs, acts
 
 
-def network_gradients(ws, bs, slopes, x, labels, masks=None):
-    """Dense backprop of the batch-mean softmax cross-entropy; (summed loss, dW list, db list)."""
+def network_gradients(ws, bs, slopes, x, labels, masks=None, loss=softmax_ce):
+    """Dense backprop of the batch-mean loss(logits, labels) (softmax cross-entropy unless given);
+    (summed loss, dW list, db list)."""
     zs, acts = network_forward(ws, bs, slopes, x, masks)
-    loss, d = softmax_ce(acts[-1], labels)
+    loss, d = loss(acts[-1], labels)
     dws, dbs = [None] * len(ws), [None] * len(ws)
     for l in range(len(ws) - 1, -1, -1):
         dws[l] = acts[l] @ d.T

@@ -68,13 +68,18 @@ class CSRRows:
         return CSRRows(data, self.indices, self.indptr, self.shape, self.center)
 
     def column_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-feature mean and population std in float64 (zeros counted), O(nnz + n_features)."""
+        """Per-feature mean and population std in float64 (zeros counted), O(nnz + n_features).
+
+        Two passes, as the dense path (data.prepare._column_stats): E[x^2] - mean^2 left a constant
+        column a std of ~1e-8 instead of 0, which standardisation then multiplied by ~1e7."""
         total = np.zeros(self.shape[1])
-        squares = np.zeros(self.shape[1])
-        _column_sums(self.data, self.indices, total, squares)
+        counts = np.zeros(self.shape[1])
+        _column_sums(self.data, self.indices, total, counts)
         n = self.shape[0]
         mean = total / n
-        return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0))
+        squares = (n - counts) * mean * mean  # the zeros' deviations
+        _column_squares(self.data, self.indices, mean, squares)
+        return mean, np.sqrt(squares / n)
 
 
 @njit(parallel=True, cache=True)
@@ -94,11 +99,17 @@ def _scale(data, indices, std, out):
 
 
 @njit(cache=True)
-def _column_sums(data, indices, total, squares):
+def _column_sums(data, indices, total, counts):
     for k in range(data.shape[0]):
-        v = np.float64(data[k])
-        total[indices[k]] += v
-        squares[indices[k]] += v * v
+        total[indices[k]] += np.float64(data[k])
+        counts[indices[k]] += 1.0
+
+
+@njit(cache=True)
+def _column_squares(data, indices, mean, squares):
+    for k in range(data.shape[0]):
+        d = np.float64(data[k]) - mean[indices[k]]
+        squares[indices[k]] += d * d
 
 
 def from_parts(data, indices, indptr, shape, where: str, error) -> CSRRows:

@@ -1,5 +1,6 @@
 """Kernels against the dense references in tests/naive.py."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -114,6 +115,7 @@ def test_wrappers_reject_bad_arrays(layer):
                          np.zeros(layer.nnz + 1, np.float32))
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no compiled kernels, no cache")
 def test_kernels_that_inline_other_modules_helpers_key_their_cache_on_those_modules():
     """numba's cache sees only a kernel's own file: csr.py's and lazy.py's kernels close over the digest
     chain of the modules whose helpers they inline (simd -> kernels -> csr), so editing those recompiles them."""

@@ -242,6 +242,7 @@ print(sum(sum(k.stats.cache_hits.values()) for k in kernels), sum(sum(k.stats.ca
 """
 
 
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="no compiled kernels, no cache")
 def test_the_csr_and_lazy_kernels_load_from_numba_cache_in_a_new_process(tmp_path):
     """The second process compiles none of them. Before, lazy.py's kernels closed over their jitted prefetch
     helper, whose pickle (part of numba's cache key for a closure) differs in every process: compiled every run."""
