@@ -180,7 +180,7 @@ class _SETBase(BaseEstimator):
 class SETClassifier(ClassifierMixin, _SETBase):
     """Truly sparse MLP classifier trained with SET (softmax + cross-entropy by default).
 
-    Labels may be any hashable values numpy can sort (strings, arbitrary integers, ...):
+    Labels are strings or integers (whole-number floats too; scikit-learn refuses continuous ones):
     classes_ holds them sorted, output i stands for classes_[i]. `warm_start=True` makes fit
     continue the same network and optimizer for `epochs` more epochs; `partial_fit` trains one
     epoch per call (the first call needs `classes`). With standardize=True the statistics come from
