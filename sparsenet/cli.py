@@ -496,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a checkpoint's model as per-layer CSR arrays (npz, scipy) "
                                            "or a torch state_dict of sparse CSR tensors")
     export.add_argument("checkpoint")
-    export.add_argument("--format", choices=("npz", "torch"), required=True)
+    export.add_argument("--format", choices=("npz", "torch"), required=True,
+                        help="npz: numpy + scipy arrays; torch: torch.save of a state_dict (needs PyTorch)")
     export.add_argument("--out", help="file to write (default: the checkpoint's name with .npz / .pt)")
     export.set_defaults(func=_cmd_export)
     info = sub.add_parser("info", help="layers, neurons, nnz and epoch of a checkpoint")
@@ -529,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--classes", type=int, default=2, help="classes (default 2)")
     synth.add_argument("--test-fraction", type=float, default=0.3, help="test share (default 0.3)")
     synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    synth.add_argument("--out", help="HDF5 file (default ~/.cache/sparsenet/synthetic/madelon_<params>.h5)")
+    synth.add_argument("--out", help="HDF5 file (default: $SPARSENET_DATA/synthetic/madelon_<params>.h5, without "
+                       "SPARSENET_DATA ~/.cache/sparsenet/synthetic/..., where training looks)")
     synth.set_defaults(func=_cmd_data_synth)
     config = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
     show = _Subparsers(config, talk).add_parser("show", help="every key of a config: its value, default and meaning")
@@ -539,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_config_show)
     plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
     plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
-    plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")
+    plot.add_argument("--out", default="learning_curve.png", help="image file to write (default learning_curve.png; "
+                      "format from the suffix)")
     plot.add_argument("--label", action="append", default=[], help="legend label per file (repeatable)")
     plot.set_defaults(func=_cmd_plot)
     return parser
