@@ -8,7 +8,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .activations import hidden_slopes
-from .config import Config, config_from_yaml, config_to_dict, config_to_yaml
+from .config import Config, _show, config_from_yaml, config_to_dict, config_to_yaml
 from .cpus import ThreadGovernor
 from .errors import CheckpointError, ConfigError, DataError
 from .model import SparseMLP
@@ -149,5 +149,8 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
     old, new = config_to_dict(saved), config_to_dict(cfg)
     changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
     if changed:
-        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+        keys = [(f"{k}.{leaf}", old[k][leaf], new[k][leaf]) if isinstance(old[k], dict) else (k, old[k], new[k])
+                for k in changed for leaf in (old[k] if isinstance(old[k], dict) else [None])]
+        shown = "; ".join(f"{key} {_show(a)} in the checkpoint, {_show(b)} now" for key, a, b in keys if a != b)
+        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)} ({shown}); "
                           f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")
