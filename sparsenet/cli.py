@@ -130,7 +130,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_evaluation_memory(cfg, model.sizes, model.nnz, say=lambda text: None)
     dataset = load_dataset(cfg.data, cfg.seed)
     check_model_fits_data(model.sizes, dataset.n_features, n_outputs(cfg, dataset.n_features, dataset.n_classes),
-                          f"the model in {args.checkpoint}", exact=False)
+                          f"the model in {args.checkpoint}", exact=False,
+                          data=f"the data '{_shown(str(cfg.data.path or cfg.data.name))}'",
+                          hint=f"; evaluate reads the data its stored config names: score another test set with "
+                               f"--set data.name=... --set data.path=FILE, or rows of a file with `sparsenet predict "
+                               f"{args.checkpoint} --data FILE`")
     set_task(model, cfg)
     from .checkpoint import RAW_STATISTICS_SINCE
 

@@ -111,18 +111,18 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
 
 
 def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, what: str,
-                          exact: bool = True) -> None:
+                          exact: bool = True, data: str = "the data", hint: str = "") -> None:
     """A model meets data: its inputs must be the data's features and its outputs cover every class.
 
     Training (exact) needs one output per class; evaluation needs at least as many outputs as classes,
-    so that no label indexes past the logits.
+    so that no label indexes past the logits. hint: appended to the error (what to do instead).
     """
     outputs_ok = sizes[-1] == n_classes if exact else sizes[-1] >= n_classes
     if sizes[0] != n_features or not outputs_ok:
         need = "" if exact else "at least "
-        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but the data has {n_features} "
+        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but {data} has {n_features} "
                         f"features and {n_classes} classes (the model needs {n_features} inputs and "
-                        f"{need}{n_classes} outputs)")
+                        f"{need}{n_classes} outputs){hint}")
 
 
 def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_classes: int, path,
