@@ -369,7 +369,8 @@ def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validat
 
 def train(config, X, y, *, X_test=None, y_test=None, verbose: bool = False) -> tuple[Model, list[dict]]:
     """Train a classifier per `config` (Config, mapping of YAML keys, YAML path or None) on samples X
-    and labels y (any hashable labels; classes_ = their sorted unique values). Writes nothing.
+    and labels y (integers or strings, whole-number floats as integers; classes_ = their sorted unique
+    values). Writes nothing.
 
     Uses the config's seed, threads, adapt_threads, data.standardize, data.validation_fraction (a stratified part of
     X held out: validation_* in the history, early stopping on it), model, train (epochs, batch_size,
@@ -455,8 +456,8 @@ def _encode(y, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
     if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
         y = y.astype(np.int64)  # 1.0, 2.0, ...: integer labels stored as floats
     if y.dtype.kind not in "iuU":
-        raise InputError(f"labels in y must be integers or strings, got dtype {y.dtype} (the estimators "
-                        f"SETClassifier/SETRegressor take any hashable labels)")
+        raise InputError(f"labels in y must be integers or strings (whole-number floats count as integers), "
+                        f"got dtype {y.dtype}")
     classes, idx = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise InputError(f"y must hold at least 2 classes, got 1 class ({classes[0]!r})")

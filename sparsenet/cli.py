@@ -130,7 +130,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     check_evaluation_memory(cfg, model.sizes, model.nnz, say=lambda text: None)
     dataset = load_dataset(cfg.data, cfg.seed)
     check_model_fits_data(model.sizes, dataset.n_features, n_outputs(cfg, dataset.n_features, dataset.n_classes),
-                          f"the model in {args.checkpoint}", exact=False)
+                          f"the model in {args.checkpoint}", exact=False,
+                          data=f"the data '{_shown(str(cfg.data.path or cfg.data.name))}'",
+                          hint=f"; evaluate reads the data its stored config names: score another test set with "
+                               f"--set data.name=... --set data.path=FILE, or rows of a file with `sparsenet predict "
+                               f"{args.checkpoint} --data FILE`")
     set_task(model, cfg)
     from .checkpoint import RAW_STATISTICS_SINCE
 
@@ -496,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a checkpoint's model as per-layer CSR arrays (npz, scipy) "
                                            "or a torch state_dict of sparse CSR tensors")
     export.add_argument("checkpoint")
-    export.add_argument("--format", choices=("npz", "torch"), required=True)
+    export.add_argument("--format", choices=("npz", "torch"), required=True,
+                        help="npz: numpy + scipy arrays; torch: torch.save of a state_dict (needs PyTorch)")
     export.add_argument("--out", help="file to write (default: the checkpoint's name with .npz / .pt)")
     export.set_defaults(func=_cmd_export)
     info = sub.add_parser("info", help="layers, neurons, nnz and epoch of a checkpoint")
@@ -529,7 +534,8 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--classes", type=int, default=2, help="classes (default 2)")
     synth.add_argument("--test-fraction", type=float, default=0.3, help="test share (default 0.3)")
     synth.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    synth.add_argument("--out", help="HDF5 file (default ~/.cache/sparsenet/synthetic/madelon_<params>.h5)")
+    synth.add_argument("--out", help="HDF5 file (default: $SPARSENET_DATA/synthetic/madelon_<params>.h5, without "
+                       "SPARSENET_DATA ~/.cache/sparsenet/synthetic/..., where training looks)")
     synth.set_defaults(func=_cmd_data_synth)
     config = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
     show = _Subparsers(config, talk).add_parser("show", help="every key of a config: its value, default and meaning")
@@ -539,7 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_config_show)
     plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
     plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
-    plot.add_argument("--out", default="learning_curve.png", help="PNG file to write")
+    plot.add_argument("--out", default="learning_curve.png", help="image file to write (default learning_curve.png; "
+                      "format from the suffix)")
     plot.add_argument("--label", action="append", default=[], help="legend label per file (repeatable)")
     plot.set_defaults(func=_cmd_plot)
     return parser

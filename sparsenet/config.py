@@ -189,21 +189,21 @@ class DataConfig:
     samples: int = _field(2600, _Int(lo=10),
                           "synthetic, synthetic_hdf5 (scikit-learn's make_classification): samples in all")
     features: int = _field(500, _Int(lo=2),
-                           "synthetic: features per sample")
+                           "synthetic, synthetic_hdf5: features per sample")
     informative: int = _field(5, _Int(lo=1),
-                              "synthetic: features that carry the class signal")
+                              "synthetic, synthetic_hdf5: features that carry the class signal")
     redundant: int = _field(15, _Int(lo=0),
-                            "synthetic: random linear combinations of the informative features")
+                            "synthetic, synthetic_hdf5: random linear combinations of the informative features")
     classes: int = _field(2, _Int(lo=2),
-                          "synthetic: number of classes")
+                          "synthetic, synthetic_hdf5: number of classes")
     clusters_per_class: int = _field(2, _Int(lo=1),
-                                     "synthetic: Gaussian clusters per class")
+                                     "synthetic: Gaussian clusters per class; synthetic_hdf5: the default only")
     hypercube: bool = _field(True, _Bool(),
-                             "synthetic: clusters on the vertices of an informative-dimensional hypercube")
+                             "synthetic: clusters on the vertices of an informative-dimensional hypercube; synthetic_hdf5: the default only")
     class_sep: float = _field(1.0, _Float(lo=0, lo_open=True),
-                              "synthetic: half the hypercube's side (larger: easier)")
+                              "synthetic: half the hypercube's side (larger: easier); synthetic_hdf5: the default only")
     flip_y: float = _field(0.01, _Float(0, 1, hi_open=True),
-                           "synthetic: share of labels assigned at random")
+                           "synthetic: share of labels assigned at random; synthetic_hdf5: the default only")
     seed: int | None = _field(None, _Int(lo=0, null=True),
                               "synthetic*: generation seed (null: seed; set it to keep one dataset for every run seed)")
     max_train: int | None = _field(None, _Int(lo=1, null=True),

@@ -180,7 +180,7 @@ class _SETBase(BaseEstimator):
 class SETClassifier(ClassifierMixin, _SETBase):
     """Truly sparse MLP classifier trained with SET (softmax + cross-entropy by default).
 
-    Labels may be any hashable values numpy can sort (strings, arbitrary integers, ...):
+    Labels are strings or integers (whole-number floats too; scikit-learn refuses continuous ones):
     classes_ holds them sorted, output i stands for classes_[i]. `warm_start=True` makes fit
     continue the same network and optimizer for `epochs` more epochs; `partial_fit` trains one
     epoch per call (the first call needs `classes`). With standardize=True the statistics come from
@@ -239,7 +239,7 @@ class SETClassifier(ClassifierMixin, _SETBase):
         self.classes_ = known
         index = np.ascontiguousarray(index, dtype=np.int64)
         self._train(X, index, cfg, first, partial, known.shape[0], index)
-        self.model_ = self._model(cfg, known if known.dtype.kind in "iuU" else None)  # checkpoint-storable labels
+        self.model_ = self._model(cfg, _storable_classes(known))
         return self
 
     def predict_proba(self, X) -> np.ndarray:
@@ -250,6 +250,19 @@ class SETClassifier(ClassifierMixin, _SETBase):
     def predict(self, X) -> np.ndarray:
         z = self._logits(X)
         return self.classes_[np.argmax(z, axis=1)]
+
+
+def _storable_classes(known: np.ndarray) -> np.ndarray | None:
+    """classes_ as a checkpoint stores them (int64 or str, same order), or None (outputs named 0..n-1) for labels
+    that are neither: pandas' object strings and whole-number floats (1.0, 4.0) keep their names in model_."""
+    if known.dtype.kind in "iuU":
+        return known
+    if known.dtype.kind == "O" and all(isinstance(v, str) for v in known.tolist()):
+        return known.astype(str)
+    if known.dtype.kind == "f" and np.all(np.isfinite(known)) and np.all(known == np.round(known)) \
+            and np.all(np.abs(known) < 2**63):
+        return known.astype(np.int64)
+    return None
 
 
 class SETRegressor(RegressorMixin, _SETBase):

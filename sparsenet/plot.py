@@ -90,7 +90,7 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # older metrics files lack some panels' keys
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, handlelength=4)  # long enough that a marker leaves the dashes visible
     ax_note.axis("off")
     ax_note.text(0, 1, "\n".join(notes), va="top", fontsize=8, wrap=True)
     fig.tight_layout()

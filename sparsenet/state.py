@@ -8,7 +8,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .activations import hidden_slopes
-from .config import Config, config_from_yaml, config_to_dict, config_to_yaml
+from .config import Config, _show, config_from_yaml, config_to_dict, config_to_yaml
 from .cpus import ThreadGovernor
 from .errors import CheckpointError, ConfigError, DataError
 from .model import SparseMLP
@@ -111,18 +111,18 @@ def state_from_checkpoint(data: ckpt.CheckpointData, cfg: Config) -> TrainingSta
 
 
 def check_model_fits_data(sizes: list[int], n_features: int, n_classes: int, what: str,
-                          exact: bool = True) -> None:
+                          exact: bool = True, data: str = "the data", hint: str = "") -> None:
     """A model meets data: its inputs must be the data's features and its outputs cover every class.
 
     Training (exact) needs one output per class; evaluation needs at least as many outputs as classes,
-    so that no label indexes past the logits.
+    so that no label indexes past the logits. hint: appended to the error (what to do instead).
     """
     outputs_ok = sizes[-1] == n_classes if exact else sizes[-1] >= n_classes
     if sizes[0] != n_features or not outputs_ok:
         need = "" if exact else "at least "
-        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but the data has {n_features} "
+        raise DataError(f"{what} has {sizes[0]} inputs and {sizes[-1]} outputs, but {data} has {n_features} "
                         f"features and {n_classes} classes (the model needs {n_features} inputs and "
-                        f"{need}{n_classes} outputs)")
+                        f"{need}{n_classes} outputs){hint}")
 
 
 def check_saved_run(saved: ckpt.CheckpointData, cfg: Config, n_features: int, n_classes: int, path,
@@ -149,5 +149,8 @@ def check_resume_compatible(saved: Config, cfg: Config) -> None:
     old, new = config_to_dict(saved), config_to_dict(cfg)
     changed = [key for key in FROZEN_ON_RESUME if old[key] != new[key]]
     if changed:
-        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)}; "
+        keys = [(f"{k}.{leaf}", old[k][leaf], new[k][leaf]) if isinstance(old[k], dict) else (k, old[k], new[k])
+                for k in changed for leaf in (old[k] if isinstance(old[k], dict) else [None])]
+        shown = "; ".join(f"{key} {_show(a)} in the checkpoint, {_show(b)} now" for key, a, b in keys if a != b)
+        raise ConfigError(f"cannot resume: the checkpoint was trained with different {', '.join(changed)} ({shown}); "
                           f"only {', '.join(k for k in new if k not in FROZEN_ON_RESUME)} may change on resume")

@@ -269,3 +269,19 @@ def test_features_ranks_inputs_by_strength(trained, capsys, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
     err = error_of(capsys, ["features", str(trained / "checkpoint.h5"), "--image", "28x28"])
     assert "--image 28x28 holds 784 pixels but the model has 20 input features" in err
+
+
+def test_evaluate_of_a_model_saved_from_python_says_how_to_score_it(capsys, tmp_path):
+    """sparsenet.train / clf.model_.save write the default config (data.name fashion_mnist, which they ignore):
+    `sparsenet evaluate model.h5` said only 'the model needs 784 inputs', naming neither the data it had read
+    nor how to give other data."""
+    import scipy.sparse as sp
+
+    import sparsenet
+
+    w = [sp.random(4, 3, density=1.0, random_state=0), sp.random(2, 4, density=1.0, random_state=1)]
+    sparsenet.Model.from_sparse(w, classes=["no", "yes"]).save(tmp_path / "model.h5")
+    path = str(tmp_path / "model.h5")
+    err = error_of(capsys, ["evaluate", path, "--set", "data.name=synthetic", "--set", "data.features=20"])
+    assert f"the model in {path} has 3 inputs and 2 outputs, but the data 'synthetic' has 20 features" in err
+    assert "--set data.name=... --set data.path=FILE" in err and f"sparsenet predict {path} --data FILE" in err

@@ -265,6 +265,19 @@ def test_estimator_model_saves_for_the_command_line(blobs, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(x), clf.predict_proba(x))
 
 
+def test_estimator_model_keeps_object_and_float_labels(blobs, tmp_path):
+    """pandas string labels (object dtype) and whole-number float labels: model_ and its checkpoint named the
+    outputs 0..n-1 before, so model_.predict and `sparsenet predict` printed 2, 0, ... where clf.predict said 'c', 'a'."""
+    x, y = blobs
+    for names in (np.array(["x", "y", "z"], dtype=object), np.array([1.0, 4.0, 9.0])):
+        clf = SETClassifier(**dict(SMALL, epochs=2)).fit(x, names[y])
+        expected = clf.predict(x)
+        assert list(clf.model_.classes_) == list(names)
+        assert list(clf.model_.predict(x)) == list(expected)
+        clf.model_.save(tmp_path / "clf.h5")
+        assert list(sparsenet.load(tmp_path / "clf.h5").predict(x)) == list(expected)
+
+
 def test_sequential_use_needs_no_mpi4py(tmp_path):
     """mpi4py hidden (import fails): importing, the estimators, train() and `sparsenet train` still work."""
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(60, 5)),

@@ -66,3 +66,21 @@ def test_long_run_has_no_markers(tmp_path, monkeypatch):
     lines = _panel(fig, "Accuracy").get_lines()
     assert lines[0].get_marker() in ("None", None, "")
     assert not any("validation" in l.get_label() for l in lines)
+
+
+def test_legend_handles_show_the_dashes_beside_the_marker(tmp_path, monkeypatch):
+    """Short runs mark every epoch; the default 2-em legend handle put the marker over the first gap of '--', so
+    'train' and 'test' (Loss), 'train' and 'evolution' (Seconds), layer 0 and 1 (nnz) looked alike in the legend."""
+    fig = _figure(tmp_path, monkeypatch, [_rows(3)])
+    checked = 0
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        room = (legend.handlelength * legend.prop.get_size_in_points()) / 2  # points on each side of the centre
+        for handle in legend.get_lines():
+            offset, dashes = handle._dash_pattern
+            if dashes:  # the first dash and gap must end before the marker starts
+                assert dashes[0] + dashes[1] < room - handle.get_markersize() / 2, (ax.get_title(), handle.get_label())
+                checked += 1
+    assert checked >= 5

@@ -193,3 +193,15 @@ def test_the_workspace_released_between_epochs_changes_nothing(monkeypatch):
     assert kept == [16, 16]
     for (v1, r1), (v2, r2) in zip(with_release, without):
         assert np.array_equal(v1.view(np.uint32), v2.view(np.uint32)) and np.array_equal(r1, r2)
+
+
+def test_resume_refusal_names_each_changed_key_with_both_values():
+    """`--set model.hidden=[100,100]` for the run, then the README's `--resume` without it: the error said only
+    'different model'; it names the key and both values."""
+    from sparsenet.state import check_resume_compatible
+
+    saved = load_config(None, ["model.hidden=[100,100]", "seed=0"])
+    with pytest.raises(ConfigError, match=r"different seed, model \(seed 0 in the checkpoint, 3 now; model.hidden "
+                                          r"\[100, 100\] in the checkpoint, \[1000, 1000, 1000\] now\); only threads"):
+        check_resume_compatible(saved, load_config(None, ["model.hidden=[1000,1000,1000]", "seed=3"]))
+    check_resume_compatible(saved, load_config(None, ["model.hidden=[100,100]", "train.lr=0.5"]))  # train may change
