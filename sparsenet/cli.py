@@ -173,8 +173,8 @@ def _stopped_in(data) -> str | None:
     if partial is not None and data.phase == 1:
         return "in phase 1 of a parallel run"
     removed = sum(partial["neurons_removed"]) if partial is not None else 0
-    if removed:  # phase 2: the layers are the last average, less the neurons pruned before the stopped epoch
-        return f"in phase 2 of a parallel run, after pruning {removed} neurons of epoch {data.epoch}'s average"
+    if removed:  # phase 2: the last average (or phase 1's model), less the neurons pruned before the stopped epoch
+        return f"in phase 2 of a parallel run, after pruning {removed} neurons of epoch {data.epoch}'s model"
     return None
 
 

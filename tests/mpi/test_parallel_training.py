@@ -523,7 +523,7 @@ def _info_and_evaluate_name_the_stopped_phase2_epoch(path, saved, part, row, cap
     assert (info["epoch"], info["stopped_in_epoch"], info["neurons"]) == (3, 4, neurons)
     assert main(["info", str(path)]) == 0
     assert (f"epoch       3, then stopped in epoch 4 in phase 2 of a parallel run, after pruning "
-            f"{sum(part['neurons_removed'])} neurons of epoch 3's average (these weights; --resume finishes the epoch)"
+            f"{sum(part['neurons_removed'])} neurons of epoch 3's model (these weights; --resume finishes the epoch)"
             in capsys.readouterr().out.splitlines())
     assert main(["evaluate", str(path)]) == 0
     scored = json.loads(capsys.readouterr().out)
