@@ -173,8 +173,12 @@ def _stopped_in(data) -> str | None:
     there, not from the end of `epoch`, e.g. 'after batch 12 of 35'; else None."""
     if data.partial_epoch is not None:
         return f"after batch {data.partial_epoch['step']} of {data.partial_epoch['n_steps']}"
-    if data.parallel_partial_epoch is not None and data.phase == 1:  # phase 2: the layers are the last average
+    partial = data.parallel_partial_epoch
+    if partial is not None and data.phase == 1:
         return "in phase 1 of a parallel run"
+    removed = sum(partial["neurons_removed"]) if partial is not None else 0
+    if removed:  # phase 2: the last average (or phase 1's model), less the neurons pruned before the stopped epoch
+        return f"in phase 2 of a parallel run, after pruning {removed} neurons of epoch {data.epoch}'s model"
     return None
 
 

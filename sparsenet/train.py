@@ -221,11 +221,17 @@ def run_epoch(state: TrainingState, cfg: Config, x, y: np.ndarray, epoch: int, s
             "evolution_seconds": evolution_seconds, "neurons_removed": removed, "lr": state.optimizer.lr}
 
 
-def _not_parallel_partial(saved: ckpt.CheckpointData, state: TrainingState) -> None:
+def _not_parallel_only(saved: ckpt.CheckpointData, state: TrainingState) -> None:
+    """The sequential trainer continues neither a parallel epoch stopped part-way nor phase 2, whose replicas
+    (each worker's model, optimizer state and generator) it would drop."""
     if saved.parallel_partial_epoch is not None:
         raise ConfigError(f"cannot resume: the checkpoint was stopped part-way through epoch {state.epoch + 1} by a "
                           f"parallel run with {len(saved.parallel_partial_epoch['workers'])} workers; resume it under "
                           f"MPI with {len(saved.parallel_partial_epoch['workers']) + 1} ranks")
+    if saved.phase == 2 and saved.replicas:
+        raise ConfigError(f"cannot resume: the checkpoint is in phase 2 of a parallel run after epoch {state.epoch}, "
+                          f"holding the replicas of its {len(saved.replicas)} workers (models, optimizer state, "
+                          f"generators); resume it under MPI with {len(saved.replicas) + 1} ranks")
 
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None,
@@ -247,7 +253,7 @@ def _train_into(out: Path, cfg: Config, resume: bool, dataset: Dataset | None) -
     notice = compile_notice()
     if notice:
         log(notice)
-    state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume, check=_not_parallel_partial,
+    state, _ = start_run(cfg, out, data.n_features, data.n_classes, resume, check=_not_parallel_only,
                          classes=data.classes)
     n_steps = -(-data.x_train.shape[0] // cfg.train.batch_size)
     if state.partial and state.partial["n_steps"] != n_steps:

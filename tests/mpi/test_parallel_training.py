@@ -445,7 +445,7 @@ def test_sigusr1_inside_a_long_wasap_epoch_stops_at_the_next_update_and_resume_f
     assert hit["bytes_sent"] > part["run_totals"]["bytes_sent"] >= rows[stopped - 2]["bytes_sent"]
 
 
-def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_identically(tmp_path):
+def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_identically(tmp_path, capsys):
     """Phase 2 is epochs 3-5, of 20 batches per worker. Worker 1 asks for a stop after its 20th batch (its
     last of epoch 3), then, resumed, after its 7th (of epoch 4): every worker stops after its current
     batch and hands in its replica, optimizer state and position (or, its epoch done, its report), the
@@ -480,6 +480,7 @@ def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_
     other = part["workers"][1]
     assert 0 < other["position"]["step"] < 20 if "position" in other else other["report"]["samples"] == 315
     assert saved.replica_optimizer_scalars == [{}, {}] and part["run_totals"]["bytes_sent"] > 0
+    _info_and_evaluate_name_the_stopped_phase2_epoch(path, saved, part, _rows(tmp_path / "stopped")[2], capsys)
     _refuse_damaged_phase2_positions(path, tmp_path / "damaged.h5", part, shutil, h5py, CheckpointError)
     other_batch = train(3, tmp_path / "stopped", *common, "train.batch_size=32", resume=True)
     assert other_batch.returncode == 2 and ("stopped part-way through phase-2 epoch 4 at 20 batches per epoch on "
@@ -507,6 +508,26 @@ def test_a_stop_inside_a_wassp_phase2_epoch_lands_at_that_batch_and_resumes_bit_
     assert ([{k: v for k, v in r.items() if k not in NOT_REPRODUCED} for r in rows["stopped"]]
             == [{k: v for k, v in r.items() if k not in NOT_REPRODUCED} for r in rows["straight"]])
     assert rows["stopped"][3]["bytes_sent"] > part["run_totals"]["bytes_sent"]  # counted on from the stop
+
+
+def _info_and_evaluate_name_the_stopped_phase2_epoch(path, saved, part, row, capsys):
+    """The checkpoint holds epoch 3's average less the neurons pruned before epoch 4: info and evaluate say
+    it was stopped in epoch 4 (before, they called it epoch 3's model, whose row has other neurons and scores)."""
+    from sparsenet.cli import main
+
+    neurons = [saved.layers[0].n_in] + [la.n_out for la in saved.layers]
+    assert sum(part["neurons_removed"]) > 0 and sum(row["neurons"]) - sum(neurons) == sum(part["neurons_removed"])
+    capsys.readouterr()
+    assert main(["info", str(path), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["epoch"], info["stopped_in_epoch"], info["neurons"]) == (3, 4, neurons)
+    assert main(["info", str(path)]) == 0
+    assert (f"epoch       3, then stopped in epoch 4 in phase 2 of a parallel run, after pruning "
+            f"{sum(part['neurons_removed'])} neurons of epoch 3's model (these weights; --resume finishes the epoch)"
+            in capsys.readouterr().out.splitlines())
+    assert main(["evaluate", str(path)]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert (scored["epoch"], scored["stopped_in_epoch"]) == (3, 4)
 
 
 def _refuse_damaged_phase2_positions(path, copy, part, shutil, h5py, CheckpointError):

@@ -206,6 +206,24 @@ def test_a_mid_epoch_parallel_checkpoint_is_validated_and_refused_by_the_sequent
             load_checkpoint(path)
 
 
+def test_a_phase2_checkpoint_is_refused_by_the_sequential_trainer(tmp_path):
+    """Before, `sparsenet train --resume` without MPI continued a phase-2 checkpoint from the last average with the
+    server's fresh optimizer (Adam at step 0), dropping the replicas' models, moments and generators without a word."""
+    from sparsenet.errors import ConfigError
+    from sparsenet.train import run
+
+    common = ["parallel.algorithm=wassp", "train.epochs=2", "parallel.phase1_epochs=1", "train.optimizer=adam"]
+    serve(tmp_path, 2, *common)
+    saved = load_checkpoint(tmp_path / "checkpoint.h5")
+    assert (saved.epoch, saved.phase, len(saved.replicas), saved.optimizer_scalars) == (2, 2, 2, {"step": 0})
+    before = (tmp_path / "checkpoint.h5").read_bytes()
+    with pytest.raises(ConfigError, match=r"^cannot resume: the checkpoint is in phase 2 of a parallel run after "
+                                          r"epoch 2, holding the replicas of its 2 workers \(models, optimizer state, "
+                                          r"generators\); resume it under MPI with 3 ranks$"):
+        run(load_config(None, SMALL + common[:-2] + ["train.epochs=3", "train.optimizer=adam"]), tmp_path, resume=True)
+    assert (tmp_path / "checkpoint.h5").read_bytes() == before
+
+
 def test_a_batch_stream_restored_from_its_position_draws_the_same_batches():
     from sparsenet.parallel.worker import BatchStream
 
