@@ -58,11 +58,12 @@ def check_folder(folder: str | os.PathLike, what: str = "output folder") -> Path
     """`folder` if it is a directory others cannot rename entries in; else OutputError (one line)."""
     folder = Path(folder)
     try:
-        link = os.lstat(folder)
-        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (_my_uid(), 0):  # its owner may repoint it mid-run
-            raise OutputError(f"{what} '{folder}' is a symbolic link of another user (uid {link.st_uid}); give the "
-                              f"folder itself")
-        st = os.stat(folder)
+        st = os.lstat(folder)
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in (_my_uid(), 0):  # its owner may repoint it mid-run
+                raise OutputError(f"{what} '{folder}' is a symbolic link of another user (uid {st.st_uid}); give "
+                                  f"the folder itself")
+            st = os.stat(folder)  # only a link nobody else can change is followed: the entry judged is the one used
     except FileNotFoundError:
         raise OutputError(f"{what} '{folder}' does not exist") from None
     except OSError as exc:
