@@ -131,11 +131,16 @@ def _take_lock(path: Path, folder) -> int | None:
     import time
 
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:  # O_NONBLOCK: a FIFO planted there must not block the open or, later, a read
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR):
+                kind = "a symbolic link" if exc.errno == errno.ELOOP else "a folder"
+                raise OutputError(f"the lock file '{path}' is {kind}, not a file of sparsenet's; move it away "
+                                  f"or give another --out") from None
             raise OutputError(f"cannot create the lock file '{path}': {_reason(exc)}") from None
         try:
+            _check_lock_file(fd, path)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             said = os.read(fd, 200).decode("utf-8", "replace")
@@ -146,6 +151,9 @@ def _take_lock(path: Path, folder) -> int | None:
         except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
             os.close(fd)
             return None
+        except OutputError:
+            os.close(fd)
+            raise
         try:
             current = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
@@ -156,6 +164,22 @@ def _take_lock(path: Path, folder) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     return fd
+
+
+def _check_lock_file(fd: int, path: Path) -> None:
+    """OutputError unless `fd` is a regular file of ours (or root's) with no other name: we truncate and
+    write it, so a planted FIFO, another user's file or a hard link to some file must not be it."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        problem = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+    elif st.st_uid not in (_my_uid(), 0):
+        problem = f"a file of another user (uid {st.st_uid})"
+    elif st.st_nlink > 1:
+        problem = f"a file with {st.st_nlink - 1} other name(s) (a hard link)"
+    else:
+        return
+    raise OutputError(f"the lock file '{path}' is {problem}, not a file of sparsenet's; move it away "
+                      f"or give another --out")
 
 
 def fresh_folder(parent: str | os.PathLike, stem: str, what: str = "output folder") -> Path:
