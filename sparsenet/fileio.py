@@ -182,6 +182,15 @@ def _check_lock_file(fd: int, path: Path) -> None:
                       f"or give another --out")
 
 
+def check_unused(out: str | os.PathLike) -> None:
+    """OutputError if the folder `out` holds anything but LOCK_NAME (ours, or a killed run's): a new run's folder."""
+    held = sorted(name for name in os.listdir(out) if name != LOCK_NAME)
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise OutputError(f"output folder '{out}' is not empty ({shown}); give --resume to continue its run, "
+                          f"--overwrite to replace it, or another --out")
+
+
 def fresh_folder(parent: str | os.PathLike, stem: str, what: str = "output folder") -> Path:
     """A new folder parent/<stem>-<n>, n the smallest free number from 1; mkdir claims it, so two
     runs started at once never get the same one."""

@@ -259,3 +259,23 @@ def test_a_planted_lock_file_is_refused_and_nothing_is_written_through_it(tmp_pa
     if plant == "another user's":
         assert lock.read_text() == "pid 1 on trusted since forever"
 
+
+def test_a_run_that_ended_while_this_one_started_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """Emptiness is checked again once the folder is held: a run that held it and ended between this
+    run's first check and its lock (a second sbatch, slower to start) was silently trained over."""
+    import sparsenet.memory
+    from sparsenet.config import load_config
+    from sparsenet.train import run
+
+    out = tmp_path / "run"
+
+    def other_run_meanwhile(*args, **kwargs):  # runs after the CLI's first check, before the lock
+        run(load_config(["configs/fashion_mnist.yaml"], [*SMALL[1::2], "seed=7"]), out)
+
+    monkeypatch.setattr(sparsenet.memory, "check_memory", other_run_meanwhile)
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)])
+    assert err == (f"sparsenet: error: output folder '{out}' is not empty (checkpoint.h5, checkpoint_best.h5, "
+                   f"config.yaml, metrics.jsonl); give --resume to continue its run, --overwrite to replace it, "
+                   f"or another --out")
+    assert "seed: 7" in (out / "config.yaml").read_text()  # the other run's files, as it left them
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not (out / ".sparsenet.lock").exists()
