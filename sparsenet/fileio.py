@@ -266,7 +266,7 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
         except OutputError:
             raise
         except (OSError, RuntimeError) as exc:  # h5py reports some write failures as RuntimeError
-            raise OutputError(f"cannot write {what} '{path}': {_reason(exc)}"
+            raise OutputError(f"cannot write {what} '{path}': {_reason(exc)}{_whose(path, exc)}"
                               f"{'; the previous file is unchanged' if os.path.exists(path) else ''}") from None
     finally:
         os.close(fd)
@@ -274,6 +274,20 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
             os.unlink(tmp)
         except OSError:  # renamed already (success), or gone
             pass
+
+
+def _whose(path: Path, exc: BaseException) -> str:
+    """Why a rename over `path` was not permitted, if it is another user's file in a sticky folder (/tmp)."""
+    if not (isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)):
+        return ""
+    try:
+        st, folder = os.lstat(path), os.stat(path.parent)
+    except OSError:
+        return ""
+    if st.st_uid == _my_uid() or not folder.st_mode & stat.S_ISVTX:
+        return ""
+    return (f" ('{path.name}' belongs to another user (uid {st.st_uid}) and the folder's sticky bit lets only "
+            f"them replace it: give another name)")
 
 
 def _reserve(fd: int, nbytes: int) -> None:

@@ -337,3 +337,28 @@ ckpt.save_checkpoint({str(out / 'checkpoint.h5')!r}, tiny_checkpoint(epoch=1))
     prepare_run_folder(out)
     assert [p.name for p in out.iterdir()] == ["checkpoint.h5"]
     assert ckpt.load_checkpoint(out / "checkpoint.h5").epoch == 0
+
+
+def test_another_users_file_in_a_sticky_folder_says_why_it_cannot_be_replaced(tmp_path, monkeypatch):
+    """Non-root, a rename over another user's file in /tmp fails with EPERM (the sticky bit); the error said
+    only 'Operation not permitted'. Root is not stopped by the sticky bit, so the rename's refusal is simulated."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    target = tmp_path / "model.h5"
+    target.write_bytes(VICTIM)
+    os.chown(target, 54321, -1)  # a uid with no account
+    os.chmod(tmp_path, 0o1777)
+
+    def sticky_refusal(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(fileio.os, "replace", sticky_refusal)
+    with pytest.raises(OutputError) as exc:
+        fileio.write_bytes(target, b"new")
+    assert str(exc.value) == (f"cannot write output file '{target}': Operation not permitted ('model.h5' belongs to "
+                              f"another user (uid 54321) and the folder's sticky bit lets only them replace it: give "
+                              f"another name); the previous file is unchanged")
+    assert target.read_bytes() == VICTIM and sorted(p.name for p in tmp_path.iterdir()) == ["model.h5"]
+    os.chmod(tmp_path, 0o755)  # a folder of ours: a refusal there is not the sticky bit's, and is not said to be
+    with pytest.raises(OutputError, match=r"Operation not permitted; the previous file is unchanged$"):
+        fileio.write_bytes(target, b"new")
