@@ -31,6 +31,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     out = _output_folder(args, launched_world_size() > 1)
+    fresh = not (args.resume or args.overwrite)  # checked again once the run holds the folder (loop.run_folder)
     if launched_world_size() > 1:
         import importlib.util
 
@@ -43,7 +44,7 @@ def _train(args: argparse.Namespace) -> int:
                                  f"pip install 'sparsenet[mpi]' (sequential training needs no MPI)")
         from .parallel.run import run_parallel  # rank 0 checks the memory plan for every rank
 
-        state = run_parallel(cfg, out, resume=args.resume, overwrite=args.overwrite)
+        state = run_parallel(cfg, out, resume=args.resume, overwrite=args.overwrite, fresh=fresh)
         if isinstance(state, int):  # a worker's exit code: rank 0 reports
             return state
     else:
@@ -51,7 +52,7 @@ def _train(args: argparse.Namespace) -> int:
         from .metrics import log
 
         check_memory(cfg, 1, say=log)
-        state = run(cfg, out, resume=args.resume, overwrite=args.overwrite)
+        state = run(cfg, out, resume=args.resume, overwrite=args.overwrite, fresh=fresh)
     last = state.history[-1] if state.history else {}
     scores = {"test_loss": last.get("test_loss")}  # an autoencoder's: the reconstruction loss, no accuracy
     if cfg.model.task != "autoencoder":
@@ -66,7 +67,7 @@ def _output_folder(args: argparse.Namespace, parallel: bool) -> Path:
     """--out, checked before data and memory are looked at: an existing non-empty folder only with
     --resume or --overwrite (the run removes the old run's files once it holds the folder: loop.run_folder);
     without --out a new runs/<config>-<n>."""
-    from .fileio import LOCK_NAME, check_folder, fresh_folder
+    from .fileio import check_folder, check_unused, fresh_folder
 
     if args.out is None:
         if args.resume or args.overwrite:
@@ -82,11 +83,8 @@ def _output_folder(args: argparse.Namespace, parallel: bool) -> Path:
     check_folder(out)
     if args.resume:
         return out
-    held = sorted(name for name in os.listdir(out) if name != LOCK_NAME)  # a killed run's lock file is no run
-    if held and not args.overwrite:
-        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-        raise SparsenetError(f"output folder '{out}' is not empty ({shown}); give --resume to continue its run, "
-                             f"--overwrite to replace it, or another --out")
+    if not args.overwrite:
+        check_unused(out)
     return out
 
 

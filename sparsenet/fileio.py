@@ -58,11 +58,12 @@ def check_folder(folder: str | os.PathLike, what: str = "output folder") -> Path
     """`folder` if it is a directory others cannot rename entries in; else OutputError (one line)."""
     folder = Path(folder)
     try:
-        link = os.lstat(folder)
-        if stat.S_ISLNK(link.st_mode) and link.st_uid not in (_my_uid(), 0):  # its owner may repoint it mid-run
-            raise OutputError(f"{what} '{folder}' is a symbolic link of another user (uid {link.st_uid}); give the "
-                              f"folder itself")
-        st = os.stat(folder)
+        st = os.lstat(folder)
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in (_my_uid(), 0):  # its owner may repoint it mid-run
+                raise OutputError(f"{what} '{folder}' is a symbolic link of another user (uid {st.st_uid}); give "
+                                  f"the folder itself")
+            st = os.stat(folder)  # only a link nobody else can change is followed: the entry judged is the one used
     except FileNotFoundError:
         raise OutputError(f"{what} '{folder}' does not exist") from None
     except OSError as exc:
@@ -130,11 +131,16 @@ def _take_lock(path: Path, folder) -> int | None:
     import time
 
     while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:  # O_NONBLOCK: a FIFO planted there must not block the open or, later, a read
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR):
+                kind = "a symbolic link" if exc.errno == errno.ELOOP else "a folder"
+                raise OutputError(f"the lock file '{path}' is {kind}, not a file of sparsenet's; move it away "
+                                  f"or give another --out") from None
             raise OutputError(f"cannot create the lock file '{path}': {_reason(exc)}") from None
         try:
+            _check_lock_file(fd, path)
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             said = os.read(fd, 200).decode("utf-8", "replace")
@@ -145,6 +151,9 @@ def _take_lock(path: Path, folder) -> int | None:
         except OSError:  # a file system without locks (some network mounts): the run goes on unlocked
             os.close(fd)
             return None
+        except OutputError:
+            os.close(fd)
+            raise
         try:
             current = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
@@ -155,6 +164,31 @@ def _take_lock(path: Path, folder) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
     return fd
+
+
+def _check_lock_file(fd: int, path: Path) -> None:
+    """OutputError unless `fd` is a regular file of ours (or root's) with no other name: we truncate and
+    write it, so a planted FIFO, another user's file or a hard link to some file must not be it."""
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        problem = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+    elif st.st_uid not in (_my_uid(), 0):
+        problem = f"a file of another user (uid {st.st_uid})"
+    elif st.st_nlink > 1:
+        problem = f"a file with {st.st_nlink - 1} other name(s) (a hard link)"
+    else:
+        return
+    raise OutputError(f"the lock file '{path}' is {problem}, not a file of sparsenet's; move it away "
+                      f"or give another --out")
+
+
+def check_unused(out: str | os.PathLike) -> None:
+    """OutputError if the folder `out` holds anything but LOCK_NAME (ours, or a killed run's): a new run's folder."""
+    held = sorted(name for name in os.listdir(out) if name != LOCK_NAME)
+    if held:
+        shown = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        raise OutputError(f"output folder '{out}' is not empty ({shown}); give --resume to continue its run, "
+                          f"--overwrite to replace it, or another --out")
 
 
 def fresh_folder(parent: str | os.PathLike, stem: str, what: str = "output folder") -> Path:
@@ -232,7 +266,7 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
         except OutputError:
             raise
         except (OSError, RuntimeError) as exc:  # h5py reports some write failures as RuntimeError
-            raise OutputError(f"cannot write {what} '{path}': {_reason(exc)}"
+            raise OutputError(f"cannot write {what} '{path}': {_reason(exc)}{_whose(path, exc)}"
                               f"{'; the previous file is unchanged' if os.path.exists(path) else ''}") from None
     finally:
         os.close(fd)
@@ -240,6 +274,20 @@ def replacing(path: str | os.PathLike, what: str = "output file", reserve: int =
             os.unlink(tmp)
         except OSError:  # renamed already (success), or gone
             pass
+
+
+def _whose(path: Path, exc: BaseException) -> str:
+    """Why a rename over `path` was not permitted, if it is another user's file in a sticky folder (/tmp)."""
+    if not (isinstance(exc, OSError) and exc.errno in (errno.EPERM, errno.EACCES)):
+        return ""
+    try:
+        st, folder = os.lstat(path), os.stat(path.parent)
+    except OSError:
+        return ""
+    if st.st_uid == _my_uid() or not folder.st_mode & stat.S_ISVTX:
+        return ""
+    return (f" ('{path.name}' belongs to another user (uid {st.st_uid}) and the folder's sticky bit lets only "
+            f"them replace it: give another name)")
 
 
 def _reserve(fd: int, nbytes: int) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 from . import checkpoint as ckpt
 from .config import Config, dump_config
 from .errors import DivergedError, OutputError
-from .fileio import clean_stale_temporaries, hold_lock, make_folder
+from .fileio import check_unused, clean_stale_temporaries, hold_lock, make_folder
 from .metrics import append_metrics, log, peak_rss_mb, write_metrics
 from .model import training_workspace_bytes
 from .selection import Selection
@@ -68,11 +68,15 @@ RUN_FILES = (CHECKPOINT, BEST, METRICS, "config.yaml")  # what --overwrite remov
 
 
 @contextmanager
-def run_folder(out_dir: str | Path, rank: int | None = None, overwrite: bool = False) -> Iterator[Path]:
+def run_folder(out_dir: str | Path, rank: int | None = None, overwrite: bool = False, fresh: bool = False
+               ) -> Iterator[Path]:
     """prepare_run_folder's folder, held by this run alone while the block lasts (fileio.hold_lock);
-    overwrite: the previous run's files are removed first (a stale checkpoint must not be resumed later)."""
+    overwrite: the previous run's files are removed first (a stale checkpoint must not be resumed later);
+    fresh: the folder must be empty (check_unused) once held: a run that ended meanwhile is not replaced."""
     out = make_folder(out_dir)
     with hold_lock(out):
+        if fresh:
+            check_unused(out)
         for name in RUN_FILES if overwrite else ():
             try:
                 (out / name).unlink()

@@ -235,10 +235,11 @@ def _not_parallel_only(saved: ckpt.CheckpointData, state: TrainingState) -> None
 
 
 def run(cfg: Config, out_dir: str | Path, resume: bool = False, dataset: Dataset | None = None,
-        overwrite: bool = False) -> TrainingState:
+        overwrite: bool = False, fresh: bool = False) -> TrainingState:
     """Train per `cfg`, writing config.yaml, metrics.jsonl and checkpoint.h5 into out_dir, which no other
-    run may use meanwhile (loop.run_folder; overwrite: the previous run's files are removed first)."""
-    with run_folder(out_dir, overwrite=overwrite) as out:
+    run may use meanwhile (loop.run_folder; overwrite: the previous run's files are removed first; fresh:
+    out_dir must be empty once held)."""
+    with run_folder(out_dir, overwrite=overwrite, fresh=fresh) as out:
         return _train_into(out, cfg, resume, dataset)
 
 

@@ -28,8 +28,8 @@ from .transport import ANTICIPATE
 ABORT_GRACE_SECONDS = 1.0
 
 
-def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False
-                 ) -> TrainingState | int:
+def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
+                 fresh: bool = False) -> TrainingState | int:
     """Train with WASAP/WASSP over MPI; rank 0 returns the final state, workers their exit code
     (EXIT_RESUMABLE when the server stopped on request, else 0). Every rank returns after the
     others are done, so none is killed by the launcher for leaving first with a non-zero code.
@@ -75,7 +75,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False, overwri
             # From here on no healthy rank is silent for long (start-up, loading data, may be).
             transport.silence_timeout = cfg.parallel.timeout_s
             transport.anticipate = ANTICIPATE  # the server waits most of the time: fewer wake-ups
-            with run_folder(out_dir, rank=0, overwrite=overwrite) as out:  # held by rank 0 alone (loop.run_folder)
+            with run_folder(out_dir, rank=0, overwrite=overwrite, fresh=fresh) as out:  # held by rank 0 alone (loop.run_folder)
                 state = _serve(cfg, data, transport, out, resume, threads, validation)
             transport.barrier()
             return state

@@ -114,6 +114,37 @@ def test_folder_of_another_user_is_refused(tmp_path, monkeypatch, capsys):
     assert list(out.iterdir()) == []
 
 
+def test_a_folder_swapped_for_a_symlink_during_the_check_is_refused(tmp_path, monkeypatch):
+    """Another user swapping their folder and their symlink (to a folder of ours) at the name, as fast as
+    renameat2(RENAME_EXCHANGE) goes: the check saw the folder (lstat: no link), then followed the link
+    (stat: our folder, accepted), and --overwrite deleted the run files in our folder. Here the swap
+    happens exactly between the check's first look and whatever it looks at next."""
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").symlink_to(ours)
+    theirs = [tmp_path / "x"]
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "x", 54321, -1)   # a uid with no account
+        os.lchown(tmp_path / "y", 54321, -1)
+    else:
+        os.chmod(tmp_path / "x", 0o777)       # refused for its mode instead of its owner
+    real_lstat = os.lstat
+
+    def lstat_then_swap(path, *args, **kwargs):
+        st = real_lstat(path, *args, **kwargs)
+        if os.fspath(path) == str(theirs[0]):
+            os.rename(tmp_path / "x", tmp_path / "z")
+            os.rename(tmp_path / "y", tmp_path / "x")
+            os.rename(tmp_path / "z", tmp_path / "y")
+            theirs.clear()  # once
+        return st
+
+    monkeypatch.setattr(fileio.os, "lstat", lstat_then_swap)
+    with pytest.raises(OutputError, match="belongs to another user" if os.geteuid() == 0 else "writable by other"):
+        fileio.check_folder(tmp_path / "x")
+
+
 @pytest.mark.parametrize("mode,ok", [(0o777, False), (0o775, False), (0o757, False), (0o1777, True), (0o755, True)])
 def test_folder_writable_by_others_needs_the_sticky_bit(tmp_path, mode, ok):
     out = tmp_path / "shared"
@@ -306,3 +337,28 @@ ckpt.save_checkpoint({str(out / 'checkpoint.h5')!r}, tiny_checkpoint(epoch=1))
     prepare_run_folder(out)
     assert [p.name for p in out.iterdir()] == ["checkpoint.h5"]
     assert ckpt.load_checkpoint(out / "checkpoint.h5").epoch == 0
+
+
+def test_another_users_file_in_a_sticky_folder_says_why_it_cannot_be_replaced(tmp_path, monkeypatch):
+    """Non-root, a rename over another user's file in /tmp fails with EPERM (the sticky bit); the error said
+    only 'Operation not permitted'. Root is not stopped by the sticky bit, so the rename's refusal is simulated."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a file to another uid")
+    target = tmp_path / "model.h5"
+    target.write_bytes(VICTIM)
+    os.chown(target, 54321, -1)  # a uid with no account
+    os.chmod(tmp_path, 0o1777)
+
+    def sticky_refusal(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(fileio.os, "replace", sticky_refusal)
+    with pytest.raises(OutputError) as exc:
+        fileio.write_bytes(target, b"new")
+    assert str(exc.value) == (f"cannot write output file '{target}': Operation not permitted ('model.h5' belongs to "
+                              f"another user (uid 54321) and the folder's sticky bit lets only them replace it: give "
+                              f"another name); the previous file is unchanged")
+    assert target.read_bytes() == VICTIM and sorted(p.name for p in tmp_path.iterdir()) == ["model.h5"]
+    os.chmod(tmp_path, 0o755)  # a folder of ours: a refusal there is not the sticky bit's, and is not said to be
+    with pytest.raises(OutputError, match=r"Operation not permitted; the previous file is unchanged$"):
+        fileio.write_bytes(target, b"new")

@@ -223,3 +223,59 @@ def test_compile_notice_only_while_kernels_compile(tmp_path):
     assert notice in outs[0] and str(tmp_path / "xdg" / "sparsenet" / "numba") in outs[0]
     assert notice not in outs[1]
     assert any((tmp_path / "xdg" / "sparsenet" / "numba").rglob("*.nbi"))
+
+
+NOBODYS = 54321  # a uid with no account, so owning nothing else
+
+
+@pytest.mark.parametrize("plant", ["fifo", "symlink", "folder", "hard link", "another user's"])
+def test_a_planted_lock_file_is_refused_and_nothing_is_written_through_it(tmp_path, capsys, plant):
+    from sparsenet import fileio
+
+    out, victim = tmp_path / "run", tmp_path / "victim"
+    out.mkdir()
+    victim.write_text("precious")
+    lock = out / fileio.LOCK_NAME
+    if plant == "fifo":
+        os.mkfifo(lock)            # was: the open succeeded, then ftruncate raised a bare OSError (traceback)
+    elif plant == "symlink":
+        lock.symlink_to(victim)
+    elif plant == "folder":
+        lock.mkdir()
+    elif plant == "hard link":
+        os.link(victim, lock)      # was: truncated and overwritten with the pid line
+    else:
+        if os.geteuid() != 0:
+            pytest.skip("needs root to give a file to another uid")
+        lock.write_text("pid 1 on trusted since forever")  # was: the run wrote into it (or named it the holder)
+        os.chown(lock, NOBODYS, -1)
+    kind = {"fifo": "a FIFO", "symlink": "a symbolic link", "folder": "a folder",
+            "hard link": "a file with 1 other name(s) (a hard link)",
+            "another user's": f"a file of another user (uid {NOBODYS})"}[plant]
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)])
+    assert err == (f"sparsenet: error: the lock file '{lock}' is {kind}, not a file of sparsenet's; move it away "
+                   f"or give another --out")
+    assert victim.read_text() == "precious" and sorted(p.name for p in out.iterdir()) == [fileio.LOCK_NAME]
+    if plant == "another user's":
+        assert lock.read_text() == "pid 1 on trusted since forever"
+
+
+def test_a_run_that_ended_while_this_one_started_is_not_replaced(tmp_path, monkeypatch, capsys):
+    """Emptiness is checked again once the folder is held: a run that held it and ended between this
+    run's first check and its lock (a second sbatch, slower to start) was silently trained over."""
+    import sparsenet.memory
+    from sparsenet.config import load_config
+    from sparsenet.train import run
+
+    out = tmp_path / "run"
+
+    def other_run_meanwhile(*args, **kwargs):  # runs after the CLI's first check, before the lock
+        run(load_config(["configs/fashion_mnist.yaml"], [*SMALL[1::2], "seed=7"]), out)
+
+    monkeypatch.setattr(sparsenet.memory, "check_memory", other_run_meanwhile)
+    err = error_of(capsys, ["train", "configs/fashion_mnist.yaml", *SMALL, "--out", str(out)])
+    assert err == (f"sparsenet: error: output folder '{out}' is not empty (checkpoint.h5, checkpoint_best.h5, "
+                   f"config.yaml, metrics.jsonl); give --resume to continue its run, --overwrite to replace it, "
+                   f"or another --out")
+    assert "seed: 7" in (out / "config.yaml").read_text()  # the other run's files, as it left them
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1 and not (out / ".sparsenet.lock").exists()
