@@ -75,7 +75,7 @@ def run_parallel(cfg: Config, out_dir: str | Path, resume: bool = False, overwri
             # From here on no healthy rank is silent for long (start-up, loading data, may be).
             transport.silence_timeout = cfg.parallel.timeout_s
             transport.anticipate = ANTICIPATE  # the server waits most of the time: fewer wake-ups
-            with run_folder(out_dir, rank=0, overwrite=overwrite, fresh=fresh) as out:  # held by rank 0 alone (loop.run_folder)
+            with run_folder(out_dir, rank=0, overwrite=overwrite, fresh=fresh) as out:  # rank 0 alone holds it
                 state = _serve(cfg, data, transport, out, resume, threads, validation)
             transport.barrier()
             return state
