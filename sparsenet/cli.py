@@ -546,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print one JSON object")
     show.set_defaults(func=_cmd_config_show)
     plot = sub.add_parser("plot", help="plot learning curves of one or more metrics.jsonl files")
-    plot.add_argument("metrics", nargs="+", help="metrics.jsonl files")
+    plot.add_argument("metrics", nargs="+", help="metrics.jsonl files or run folders (their metrics.jsonl)")
     plot.add_argument("--out", default="learning_curve.png", help="image file to write (default learning_curve.png; "
                       "format from the suffix)")
     plot.add_argument("--label", action="append", default=[], help="legend label per file (repeatable)")

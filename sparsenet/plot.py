@@ -24,6 +24,8 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise SparsenetError("plotting needs matplotlib: pip install 'sparsenet[plot]'") from None
+    # a run folder stands for its metrics.jsonl
+    metrics_paths = [Path(p) / "metrics.jsonl" if Path(p).is_dir() else p for p in metrics_paths]
     labels = labels or [Path(p).parent.name or str(p) for p in metrics_paths]
     if len(labels) != len(metrics_paths):
         raise SparsenetError(f"got {len(labels)} labels for {len(metrics_paths)} metrics files")
@@ -31,7 +33,9 @@ def plot_learning_curves(metrics_paths: list[str], out: str, labels: list[str] |
     for path in metrics_paths:
         try:
             rows = read_metrics(path)
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise SparsenetError(f"cannot read metrics file {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
             raise SparsenetError(f"cannot read metrics file {path}: {exc}") from None
         except RecursionError:
             raise SparsenetError(f"cannot read metrics file {path}: its JSON nests too deeply") from None

@@ -84,3 +84,21 @@ def test_legend_handles_show_the_dashes_beside_the_marker(tmp_path, monkeypatch)
                 assert dashes[0] + dashes[1] < room - handle.get_markersize() / 2, (ax.get_title(), handle.get_label())
                 checked += 1
     assert checked >= 5
+
+
+def test_a_run_folder_stands_for_its_metrics_file(tmp_path, monkeypatch):
+    """`sparsenet plot runs/fm` plots runs/fm/metrics.jsonl, labelled fm; a folder without one is one line
+    naming the file, with no '[Errno 2]'."""
+    run = tmp_path / "fm"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(3)))
+    captured = {}
+    monkeypatch.setattr(plot, "_save", lambda fig, out: captured.setdefault("fig", fig))
+    plot.plot_learning_curves([str(run)], str(tmp_path / "c.png"))
+    lines = _panel(captured["fig"], "Accuracy").get_lines()
+    assert lines[0].get_label().startswith("fm") and list(lines[0].get_xdata()) == [1, 2, 3]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(plot.SparsenetError) as err:
+        plot.plot_learning_curves([str(empty)], str(tmp_path / "d.png"))
+    assert str(err.value) == f"cannot read metrics file {empty / 'metrics.jsonl'}: No such file or directory"
