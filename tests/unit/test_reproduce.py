@@ -1,6 +1,8 @@
 """scripts/reproduce.py --quick on tiny Madelon rows: runs, records, skips what is recorded, reports."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +154,39 @@ def _runs(accuracies, **fields):
 def test_targets(row, by_row, expected):
     reproduce = _reproduce_module()
     assert reproduce.check_target(reproduce.ROWS[row], by_row) == expected
+
+
+def test_results_figure_and_docs_keep_readable_modes(tmp_path):
+    """Written as mkstemp's 0600 temporaries renamed over the target, the results file, the figure and the
+    --docs file (docs/benchmarks.md) became readable by their owner only; fileio gives 0644 under umask 022."""
+    reproduce = _reproduce_module()
+    old = os.umask(0o022)
+    try:
+        doc = tmp_path / "bench.md"
+        doc.write_text(f"a\n{reproduce.DOCS_START}\nold\n{reproduce.DOCS_END}\nb\n")
+        doc.chmod(0o644)
+        reproduce.update_docs(doc, "| new |")
+        reproduce.write_json(tmp_path / "results" / "r.json", {"runs": {}})
+        rows = list(reproduce.ROWS.values())
+        assert reproduce.figure(rows, {}, tmp_path / "curves.png") == tmp_path / "curves.png"
+    finally:
+        os.umask(old)
+    assert doc.read_text() == f"a\n{reproduce.DOCS_START}\n| new |\n{reproduce.DOCS_END}\nb\n"
+    for path in (doc, tmp_path / "results" / "r.json", tmp_path / "curves.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.md", "curves.png", "results"]   # no temporaries
+
+
+def test_docs_with_markers_reversed_or_missing_fail_in_one_line_before_any_run(tmp_path):
+    """An end marker above the start one raised IndexError (a traceback) after every run had finished."""
+    reproduce = _reproduce_module()
+    doc = tmp_path / "bench.md"
+    doc.write_text(f"a\n{reproduce.DOCS_END}\nx\n{reproduce.DOCS_START}\nb\n")
+    for path, says in ((doc, "(in that order)"), (tmp_path / "missing.md", "cannot read --docs")):
+        cmd = [sys.executable, str(SCRIPT), "--quick", "--rows", "madelon-relu", "--runs-dir", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "r.json"), "--figure", str(tmp_path / "c.png"), "--docs", str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Traceback" not in done.stderr and str(path) in done.stderr and says in done.stderr
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "r.json").exists()
