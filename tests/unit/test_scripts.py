@@ -1,0 +1,78 @@
+"""scripts/ a user runs to check our figures: bad arguments are one line, results files go through fileio,
+checks that cannot fail do fail, and no script starts its (long) work before its arguments are known good."""
+
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sparsenet.config import load_config
+from sparsenet.train import run
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "scripts"
+TINY = ["data.name=synthetic", "data.samples=200", "data.features=16", "data.informative=4", "data.redundant=2",
+        "model.hidden=[12,12]", "model.epsilon=4", "train.epochs=2", "train.batch_size=20", "train.progress=false"]
+
+
+def script(name):
+    """The module scripts/<name>.py, imported as the tests of reproduce.py do."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
+def run_script(name, *args):
+    return subprocess.run([sys.executable, f"scripts/{name}.py", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+
+
+def one_line_error(done, *says):
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    last = done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr and "error: " in last, done.stderr[-2000:]
+    for text in says:
+        assert text in last, last
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    run(load_config(None, TINY), out)
+    return out / "checkpoint.h5"
+
+
+def test_post_training_pruning_bad_input_is_one_line(checkpoint, tmp_path):
+    """Before: a missing checkpoint was a CheckpointError traceback, --percentiles 150 numpy's ValueError
+    traceback, and a --json path that cannot be written an OSError traceback after the work."""
+    one_line_error(run_script("post_training_pruning", tmp_path / "none.h5"), "none.h5", "does not exist")
+    one_line_error(run_script("post_training_pruning", checkpoint, "--percentiles", "10", "150"),
+                   "--percentiles", "150")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(run_script("post_training_pruning", checkpoint, "--json", blocker / "rows.json"), "is a file")
+
+
+def test_post_training_pruning_json_matches_its_table_and_replaces_a_planted_link(checkpoint, tmp_path):
+    """Before: open(path, "w") followed a symlink at the --json path and wrote into its target."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    rows_json = tmp_path / "rows.json"
+    rows_json.symlink_to(victim)
+    done = run_script("post_training_pruning", checkpoint, "--percentiles", "20", "--json", rows_json)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert victim.read_text() == "keep me\n" and not rows_json.is_symlink()
+    rows = json.loads(rows_json.read_text())
+    assert [r["pruning"] for r in rows] == ["none", "20th percentile"]
+    assert rows[1]["weights"] < rows[0]["weights"]
+    printed = {line.split()[0]: line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["none"], ["20th"])}
+    for r in rows:
+        cells = printed[r["pruning"].split()[0]]
+        assert cells[-5:-1] == [f"{100 * r['test_accuracy']:.2f}", str(r["weights"]),
+                                f"{100 * r['weights'] / rows[0]['weights']:.1f}%", str(r["parameters"])]
+    assert f"reproduce: python scripts/post_training_pruning.py {checkpoint} --percentiles 20 --json {rows_json}" in done.stdout
