@@ -76,3 +76,29 @@ def test_post_training_pruning_json_matches_its_table_and_replaces_a_planted_lin
         assert cells[-5:-1] == [f"{100 * r['test_accuracy']:.2f}", str(r["weights"]),
                                 f"{100 * r['weights'] / rows[0]['weights']:.1f}%", str(r["parameters"])]
     assert f"reproduce: python scripts/post_training_pruning.py {checkpoint} --percentiles 20 --json {rows_json}" in done.stdout
+
+
+def test_feature_recall_counts_against_sparsenet_features_and_bad_files_are_one_line(checkpoint, tmp_path):
+    """Before: a missing synthetic file was h5py's traceback, a missing checkpoint subprocess's
+    CalledProcessError traceback, and the line printed no command to reproduce it."""
+    from sparsenet.data.synthfile import write_synthetic
+
+    synth = tmp_path / "synth.h5"
+    write_synthetic(load_config(None, ["data.name=synthetic_hdf5", "data.samples=100", "data.features=16",
+                                       "data.informative=4", "data.redundant=2", f"data.path={synth}"]).data, 0)
+    done = run_script("feature_recall", checkpoint, synth, "--top", 8)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = json.loads(done.stdout)
+    ranked = json.loads(subprocess.run([sys.executable, "-m", "sparsenet", "features", str(checkpoint), "--top", "8",
+                                        "--json"], capture_output=True, text=True, check=True).stdout)["top"]
+    import h5py
+
+    with h5py.File(synth) as fh:
+        useful = set(fh["useful_columns"][:].tolist())
+    assert len(useful) == 6 and line["useful_columns"] == 6
+    ranks = [k + 1 for k, f in enumerate(ranked) if f["feature"] in useful]
+    assert (line["useful_in_top"], line["ranks_of_useful"]) == (len(ranks), ranks)
+    assert line["command"] == f"python scripts/feature_recall.py {checkpoint} {synth} --top 8"
+    one_line_error(run_script("feature_recall", checkpoint, tmp_path / "none.h5"), "none.h5")
+    one_line_error(run_script("feature_recall", checkpoint, checkpoint), "no 'useful_columns'")
+    one_line_error(run_script("feature_recall", tmp_path / "none.h5", synth), "none.h5", "does not exist")
