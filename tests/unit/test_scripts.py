@@ -102,3 +102,32 @@ def test_feature_recall_counts_against_sparsenet_features_and_bad_files_are_one_
     one_line_error(run_script("feature_recall", checkpoint, tmp_path / "none.h5"), "none.h5")
     one_line_error(run_script("feature_recall", checkpoint, checkpoint), "no 'useful_columns'")
     one_line_error(run_script("feature_recall", tmp_path / "none.h5", synth), "none.h5", "does not exist")
+
+
+SETS = [item for key in TINY if not key.startswith(("train.epochs", "train.progress")) for item in ("--set", key)]
+
+
+def test_bench_pruning_times_only_pruned_epochs_as_late_and_writes_what_it_prints(tmp_path):
+    """Before: 'late' was always the last 5 epochs, so with --epochs 6 --start 4 it mixed epochs 2-4 (not pruned
+    yet) into the after-pruning time the speed check uses; --start 1 crashed in statistics.median (no early
+    epochs); the JSON went through Path.write_text."""
+    out, figures = tmp_path / "runs", tmp_path / "bench_pruning.json"
+    done = run_script("bench_pruning", "--epochs", 6, "--start", 4, "--every", 1, "--percentile", 30, *SETS,
+                      "--out", out, "--json", figures, "--check")
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    written = json.loads(figures.read_text())
+    for method in ("none", "importance"):
+        rows = [json.loads(line) for line in (out / method / "metrics.jsonl").read_text().splitlines()]
+        seconds = [r["train_seconds"] for r in rows]
+        mine = written["results"][method]
+        assert mine["train_seconds_early"] == pytest.approx(sorted(seconds[1:4])[1])        # epochs 2-4
+        assert mine["train_seconds_late"] == pytest.approx(sum(seconds[4:6]) / 2)           # epochs 5-6
+        assert mine["weights_end"] == sum(rows[-1]["nnz"])
+    assert written["results"]["importance"]["weights_end"] < written["results"]["none"]["weights_end"]
+    for name, ok in written["checks"].items():
+        assert f"  {'PASS' if ok else 'FAIL'}  {name}" in done.stdout
+    assert done.returncode == (0 if all(written["checks"].values()) else 1)
+    for start, epochs in ((1, 6), (6, 6)):
+        one_line_error(run_script("bench_pruning", "--epochs", epochs, "--start", start, *SETS), "2 <= --start < --epochs")
+    one_line_error(run_script("bench_pruning", "--epochs", 4, "--start", 2, "--percentile", 100, *SETS),
+                   "pruning.percentile")
