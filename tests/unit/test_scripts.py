@@ -131,3 +131,25 @@ def test_bench_pruning_times_only_pruned_epochs_as_late_and_writes_what_it_print
         one_line_error(run_script("bench_pruning", "--epochs", epochs, "--start", start, *SETS), "2 <= --start < --epochs")
     one_line_error(run_script("bench_pruning", "--epochs", 4, "--start", 2, "--percentile", 100, *SETS),
                    "pruning.percentile")
+
+
+def test_bench_scale_check_fails_when_no_1m_model_ran_and_json_matches(tmp_path):
+    """Before: --check with only configs below 1M neurons printed no check line and exited 0, a check that
+    could not fail; the rows went through Path.write_text after the training."""
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text("data: {name: synthetic, samples: 200, features: 16, informative: 4, redundant: 2}\n"
+                    "model: {hidden: [12, 12], epsilon: 4}\ntrain: {batch_size: 20}\n")
+    rows_json = tmp_path / "rows.json"
+    done = run_script("bench_scale", "--configs", tiny, "--epochs", 2, "--out", tmp_path / "runs", "--json", rows_json,
+                      "--check")
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "  FAIL  no 1M-neuron model among the configs run" in done.stdout
+    (row,) = json.loads(rows_json.read_text())
+    metrics = [json.loads(line) for line in (tmp_path / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert (row["architecture"], row["neurons"], row["weights"]) == ("16-12-12-2", 42, sum(metrics[0]["nnz"]))
+    assert row["train_minutes"] == pytest.approx(sum(r["train_seconds"] for r in metrics) / 2 / 60)
+    assert row["test_accuracy"] == [round(r["test_accuracy"], 4) for r in metrics]
+    bench_scale = script("bench_scale")
+    one_m = {"architecture": "65536-500000-500000-2", "neurons": 1_065_538}
+    assert [ok for ok, _ in bench_scale.check([{**one_m, "train_minutes": 2.9}, {"neurons": 42}])] == [True]
+    assert [ok for ok, _ in bench_scale.check([{**one_m, "train_minutes": 3.1}])] == [False]
