@@ -153,3 +153,27 @@ def test_bench_scale_check_fails_when_no_1m_model_ran_and_json_matches(tmp_path)
     one_m = {"architecture": "65536-500000-500000-2", "neurons": 1_065_538}
     assert [ok for ok, _ in bench_scale.check([{**one_m, "train_minutes": 2.9}, {"neurons": 42}])] == [True]
     assert [ok for ok, _ in bench_scale.check([{**one_m, "train_minutes": 3.1}])] == [False]
+
+
+def test_bench_fashion_mnist_json_replaces_a_planted_link_and_matches_its_table(tmp_path):
+    """Before: --json went through Path.write_text after the benchmark (a symlink there was followed, a path
+    that cannot be written was an OSError traceback at the end) and a bad --set was a ConfigError traceback."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    figures = tmp_path / "bench.json"
+    figures.symlink_to(victim)
+    small = ["--set", "model.hidden=[32,32]", *SETS]
+    done = run_script("bench_fashion_mnist", "--epochs", 2, "--no-torch", *small, "--json", figures, "--check")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert victim.read_text() == "keep me\n" and not figures.is_symlink()
+    report = json.loads(figures.read_text())
+    table = [line.split() for line in done.stdout.splitlines() if line.split()[:1] in (["1"], ["2"])]
+    assert [row[:2] for row in table] == [["1", f"{report['epochs'][0]['train_s']:.3f}"],
+                                          ["2", f"{report['epochs'][1]['train_s']:.3f}"]]
+    assert report["passed"] is True and report["command"] in done.stdout and "--check" in report["command"]
+    assert report["median"]["train_evolution_s"] == pytest.approx(
+        sum(e["train_evolution_s"] for e in report["epochs"]) / 2)
+    one_line_error(run_script("bench_fashion_mnist", "--set", "model.alpha=-1"), "model.alpha")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(run_script("bench_fashion_mnist", "--json", blocker / "x.json"), "is a file")
