@@ -177,3 +177,32 @@ def test_bench_fashion_mnist_json_replaces_a_planted_link_and_matches_its_table(
     blocker = tmp_path / "file"
     blocker.write_text("")
     one_line_error(run_script("bench_fashion_mnist", "--json", blocker / "x.json"), "is a file")
+
+
+def test_bench_parallel_throughput_check_pairs_runs_within_a_round():
+    """Before: the check compared WASAP's median samples/s with the sequential median, which can pair runs of
+    different rounds (different load): here 170 / 100 = 170 % PASSed, while within each round WASAP ran at
+    80, 190 and 85 % of the sequential trainer (median 85 %, FAIL)."""
+    bench_parallel = script("bench_parallel")
+    rounds = {"sequential": [{"samples_per_second": v} for v in (50, 100, 200)],
+              "wasap": [{"samples_per_second": v} for v in (40, 190, 170)]}
+    assert bench_parallel.round_ratios(rounds) == pytest.approx([0.8, 1.9, 0.85])
+    common = {"server_wait_cpu_share": 0.05, "bytes_per_update": 8_000.0, "nnz": 1000}
+    results = {"sequential": {"samples_per_second": 100.0, "nnz": 1000}, "wasap": {"samples_per_second": 170.0, **common},
+               "wassp": {"samples_per_second": 90.0, **common}}
+    checks = bench_parallel.check_targets(results, rounds)
+    assert list(checks.values()) == [False, True, True]
+    rounds["wasap"][2]["samples_per_second"] = 190        # 80, 190, 95 %: median 95 %
+    assert list(bench_parallel.check_targets(results, rounds).values()) == [True, True, True]
+    results["wassp"]["server_wait_cpu_share"] = 0.10      # the target is < 10 %
+    results["wasap"]["bytes_per_update"] = 10_000.0       # and < 10 bytes per connection
+    assert list(bench_parallel.check_targets(results, rounds).values()) == [True, False, False]
+
+
+def test_bench_parallel_bad_arguments_are_one_line_before_any_run(tmp_path):
+    """Before: --repeat 0 ran nothing and crashed in statistics.median; a --json path that cannot be written
+    was an OSError traceback after every run."""
+    one_line_error(run_script("bench_parallel", "--repeat", 0), "--repeat")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    one_line_error(run_script("bench_parallel", "--json", blocker / "x.json"), "is a file")
