@@ -244,6 +244,14 @@ def main(argv=None) -> int:
                    "so it runs after the peak RSS is read); 0 = skip")
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args(argv)
+    if args.json:
+        from sparsenet.errors import SparsenetError
+        from sparsenet.fileio import prepare_file
+
+        try:
+            prepare_file(args.json, "--json file")   # checked before the rounds, not after them
+        except SparsenetError as exc:
+            p.error(str(exc))
     command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
     print("reproduce: " + command, flush=True)
     config = {"seed": args.seed, "threads": args.threads, "data": {"standardize": False},

@@ -206,3 +206,24 @@ def test_bench_parallel_bad_arguments_are_one_line_before_any_run(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
     one_line_error(run_script("bench_parallel", "--json", blocker / "x.json"), "is a file")
+
+
+def test_bench_contention_and_sparse_inputs_check_json_before_their_runs(tmp_path, monkeypatch, capsys):
+    """Before: both found a --json path that cannot be written only when writing it, after every run
+    (bench_contention: an OutputError traceback; bench_sparse_inputs: an OutputError traceback)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    bench_contention = script("bench_contention")
+
+    def started(*_args, **_kwargs):
+        raise AssertionError("the benchmark started")
+
+    monkeypatch.setattr(bench_contention, "run_alone", started)
+    with pytest.raises(SystemExit) as stop:
+        bench_contention.main(["--json", str(blocker / "x.json")])
+    assert "cannot write --json file" in str(stop.value.code) and "is a file" in str(stop.value.code)
+    bench_sparse_inputs = script("bench_sparse_inputs")
+    monkeypatch.setattr(bench_sparse_inputs, "bag_of_words", started)
+    with pytest.raises(SystemExit) as stop:
+        bench_sparse_inputs.main(["--json", str(blocker / "x.json")])
+    assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
