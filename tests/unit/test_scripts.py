@@ -3,6 +3,7 @@ checks that cannot fail do fail, and no script starts its (long) work before its
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,20 @@ def test_bench_contention_and_sparse_inputs_check_json_before_their_runs(tmp_pat
     with pytest.raises(SystemExit) as stop:
         bench_sparse_inputs.main(["--json", str(blocker / "x.json")])
     assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
+
+
+def test_quickselection_finds_the_large_file_in_the_users_cache_and_refuses_empty_runs(tmp_path, monkeypatch):
+    """Before: --large read /root/.cache/sparsenet/synthetic/... whoever ran it (h5py's traceback for any other
+    user or $SPARSENET_DATA), --skip-fmnist --skip-synthetic ran nothing and rewrote the results file, and a
+    missing --checkpoint was a traceback."""
+    monkeypatch.setenv("SPARSENET_DATA", str(tmp_path / "cache"))
+    quickselection = script("quickselection")
+    assert quickselection.large_file() == tmp_path / "cache" / "synthetic" / "madelon_65536x10000_c2_i5_r15_t0.3_s0.h5"
+    results = tmp_path / "qs.json"
+    for args, says in ((["--skip-fmnist", "--skip-synthetic", "--large"], "sparsenet data synth --samples 10000"),
+                       (["--skip-fmnist", "--skip-synthetic"], "nothing to run"),
+                       (["--skip-synthetic", "--checkpoint", tmp_path / "none.h5"], "is not a file")):
+        done = subprocess.run([sys.executable, "scripts/quickselection.py", *map(str, args), "--results", str(results)],
+                              capture_output=True, text=True, cwd=ROOT, env={**os.environ}, timeout=600)
+        one_line_error(done, says)
+    assert not results.exists()
