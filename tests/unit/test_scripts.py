@@ -278,3 +278,11 @@ def test_bench_sparse_inputs_times_warm_batches_and_names_the_epochs_batches(tmp
     state, _, data = bench.make_state(config, x[100:], y[100:], x[:100], y[:100], 2, "bow")
     sparse_s, dense_s = bench.densified_batches(state.model, data.x_train, data.y_train, 64, 2)
     assert len(calls) == 3 and sparse_s < 0.25 and dense_s > 0
+
+
+def test_bench_stop_refuses_set_flags_among_its_overrides(tmp_path):
+    """Before: the docstring's '-- --set parallel.phase1_epochs=0' started mpiexec with '--set --set ...', which
+    sparsenet refused, reported only as 'the run ended (2) before epoch 1'."""
+    one_line_error(run_script("bench_stop", "--out", tmp_path / "stop", "--", "--set", "parallel.phase1_epochs=0"),
+                   "KEY=VALUE, without --set", "got --set")
+    assert not (tmp_path / "stop").exists()
