@@ -286,3 +286,11 @@ def test_bench_stop_refuses_set_flags_among_its_overrides(tmp_path):
     one_line_error(run_script("bench_stop", "--out", tmp_path / "stop", "--", "--set", "parallel.phase1_epochs=0"),
                    "KEY=VALUE, without --set", "got --set")
     assert not (tmp_path / "stop").exists()
+
+
+@pytest.mark.parametrize("args, says", [(["--threads", "1", "999"], "--threads between 1 and"),
+                                        (["--repeat", "0"], "--repeat >= 1")])
+def test_bench_kernels_bad_arguments_are_one_line(args, says):
+    """Before: --threads above NUMBA_NUM_THREADS was numba's ValueError traceback (after the 1-thread rows),
+    --repeat 0 'min() arg is an empty sequence'."""
+    one_line_error(run_script("bench_kernels", "--only", "small", *args), says)
