@@ -294,3 +294,27 @@ def test_bench_kernels_bad_arguments_are_one_line(args, says):
     """Before: --threads above NUMBA_NUM_THREADS was numba's ValueError traceback (after the 1-thread rows),
     --repeat 0 'min() arg is an empty sequence'."""
     one_line_error(run_script("bench_kernels", "--only", "small", *args), says)
+
+
+def test_profile_parallel_wraps_the_functions_its_callers_call():
+    """Before: it wrapped mpi_workers.adopt_values, but worker.py calls the name it imported, so the
+    'worker adopt values' row never appeared. After wrapping, no sparsenet.parallel module but the one defining
+    it (which does not call it) may still hold an unwrapped original of a wrapped module function."""
+    check = """
+import sys, types
+sys.path.insert(0, "scripts")
+import profile_parallel as p
+from sparsenet import parallel
+import sparsenet.parallel.channel, sparsenet.parallel.mpi_workers, sparsenet.parallel.server
+import sparsenet.parallel.transport, sparsenet.parallel.worker
+originals = {(o.__name__, n): getattr(o, n) for o, n, _ in p.HOT if isinstance(o, types.ModuleType)}
+for owner, name, label in p.HOT:
+    p.timed(owner, name, label)
+modules = [m for k, m in sys.modules.items() if k.startswith("sparsenet.parallel.")]
+stale = [f"{m.__name__}.{n}" for (_, n), f in originals.items() for m in modules
+         if getattr(m, n, None) is f and m.__name__ != f.__module__]
+print(stale)
+"""
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
