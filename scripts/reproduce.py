@@ -406,7 +406,7 @@ def check_target(row: Row, by_row: dict[str, list[dict]]) -> str:
 
 def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
     lines = ["| row | ours: best test accuracy (pruning rows: of the final model), mean ± std (best) | seeds | last epoch, mean | weights at the end | "
-             "train min/run, s/epoch (under load) | paper | target |",
+             "min/run (train + SET + eval), s/epoch (train + SET), under load | paper | target |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = by_row.get(row.name, [])

@@ -190,3 +190,16 @@ def test_docs_with_markers_reversed_or_missing_fail_in_one_line_before_any_run(t
         assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
         assert "Traceback" not in done.stderr and str(path) in done.stderr and says in done.stderr
         assert not (tmp_path / "runs").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_table_header_says_what_the_minutes_and_seconds_count():
+    """Before: the header said 'train min/run, s/epoch', but the minutes add evaluation to train + SET
+    (summarize_metrics: train_minutes) while the seconds per epoch do not."""
+    reproduce = _reproduce_module()
+    runs = [{"seed": 0, "epochs": 2, "best_test_accuracy": 50.0, "last_test_accuracy": 50.0, "weights_start": 10,
+             "weights_end": 10, **reproduce.summarize_metrics([
+                 {"epoch": e, "test_accuracy": 0.5, "nnz": [10], "train_seconds": 30.0, "evolution_seconds": 6.0,
+                  "eval_seconds": 24.0} for e in (1, 2)])}]
+    text = reproduce.table([reproduce.ROWS["madelon-relu"]], {"madelon-relu": runs})
+    assert "| min/run (train + SET + eval), s/epoch (train + SET), under load |" in text.splitlines()[0]
+    assert "| 2.0, 36.00 (2 ep.) |" in text.splitlines()[2]       # 2 x 60 s = 2.0 min; 30 + 6 s per epoch
