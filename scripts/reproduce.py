@@ -282,8 +282,14 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
         metrics = plan.runs_dir / row.name / str(seed) / "metrics.jsonl"
         entry = record(row, seed, plan, metrics, time.perf_counter() - t0, cmd)
         if entry is None:
+            log = metrics.parent / "train.log"
+            if code == 2:   # sparsenet's refusal (bad config, flags or data): rerunning changes nothing
+                said = next((line for line in reversed(log.read_text(errors="replace").splitlines())
+                             if line.startswith("sparsenet")), "") if log.exists() else ""
+                print(f"reproduce: {key} was refused (exit 2): {said or 'see ' + str(log)}", flush=True)
+                return
             print(f"reproduce: {key} ended (exit {code}) without all its epochs; rerun to continue it "
-                  f"(log: {metrics.parent / 'train.log'})", flush=True)
+                  f"(log: {log})", flush=True)
             return
         results = add_result(plan.results, key, entry)
         print(f"reproduce: {key} done: best {entry['best_test_accuracy']:.2f} % (epoch {entry['best_epoch']}), "

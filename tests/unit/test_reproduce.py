@@ -203,3 +203,14 @@ def test_table_header_says_what_the_minutes_and_seconds_count():
     text = reproduce.table([reproduce.ROWS["madelon-relu"]], {"madelon-relu": runs})
     assert "| min/run (train + SET + eval), s/epoch (train + SET), under load |" in text.splitlines()[0]
     assert "| 2.0, 36.00 (2 ep.) |" in text.splitlines()[2]       # 2 x 60 s = 2.0 min; 30 + 6 s per epoch
+
+
+def test_a_refused_run_says_why_instead_of_rerun_to_continue(tmp_path):
+    """Before: a run sparsenet refused (exit 2, e.g. a bad --set) was reported as 'ended (exit 2) without all
+    its epochs; rerun to continue it', which rerunning cannot do."""
+    out = _reproduce(tmp_path, "--rows", "madelon-relu", "--set", "model.alpha=-1")
+    line = next(l for l in out.splitlines() if l.startswith("reproduce: madelon-relu/0 "))
+    assert "starting" in line
+    refused = next(l for l in out.splitlines() if l.startswith("reproduce: madelon-relu/0 was refused"))
+    assert refused.startswith("reproduce: madelon-relu/0 was refused (exit 2): sparsenet: error: ")
+    assert "model.alpha" in refused and "rerun to continue" not in out
