@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from sparsenet.errors import SparsenetError
 from sparsenet.fileio import prepare_file, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +154,11 @@ def main(argv=None) -> int:
         raise SystemExit("bench_contention: --wide-steps must be >= 1")
     if args.skip_wide and args.only_wide:
         raise SystemExit("bench_contention: --skip-wide and --only-wide exclude each other")
+    default = "bench_contention_wide.json" if args.only_wide else "bench_contention.json"
+    try:   # the figures file is checked before the runs, not after them
+        figures = prepare_file(args.json or ROOT / "scripts" / "results" / default, "--json file")
+    except SparsenetError as exc:
+        raise SystemExit(f"bench_contention: {exc}") from None
     results, lines, notes, checks, ok = {}, [], [], [], True
     with tempfile.TemporaryDirectory(prefix="bench-contention-") as name:
         tmp = Path(name)
@@ -188,8 +194,7 @@ def main(argv=None) -> int:
     results.update(checks=[{"what": w, "value": v, "target": t, "pass": p} for w, v, p, t in checks],
                    command=command, load_average_1min=round(os.getloadavg()[0], 2),
                    cpu=_cpu_model(), cores=os.cpu_count())
-    default = "bench_contention_wide.json" if args.only_wide else "bench_contention.json"
-    write_text(prepare_file(args.json or ROOT / "scripts" / "results" / default), json.dumps(results, indent=1) + "\n")
+    write_text(figures, json.dumps(results, indent=1) + "\n", "--json file")
     return 0 if ok or not args.check else 1
 
 

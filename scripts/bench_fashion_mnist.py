@@ -25,6 +25,8 @@ import numpy as np
 from sparsenet.activations import hidden_slopes
 from sparsenet.config import config_to_dict, load_config
 from sparsenet.data import load_dataset
+from sparsenet.errors import SparsenetError
+from sparsenet.fileio import prepare_file, write_text
 from sparsenet.sparse.init import erdos_renyi_density
 from sparsenet.train import evolve, new_state, set_threads, train_epoch
 
@@ -191,10 +193,16 @@ def torch_baseline(cfg, data, epochs: int, threads: int) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    cfg = load_config(ROOT / CONFIG, args.overrides)
+    try:
+        if args.json:
+            prepare_file(args.json, "--json file")   # checked before the benchmark, not after it
+        cfg = load_config(ROOT / CONFIG, args.overrides)
+        data = load_dataset(cfg.data, cfg.seed)
+    except SparsenetError as exc:   # a bad --set, missing data, a --json path that cannot be written
+        print(f"bench_fashion_mnist.py: error: {exc}", file=sys.stderr)
+        return 2
     threads = set_threads(args.threads or cfg.threads)
     machine = machine_info(threads)
-    data = load_dataset(cfg.data, cfg.seed)
     print(f"sparsenet SET-MLP {'-'.join(map(str, [data.n_features, *cfg.model.hidden, data.n_classes]))}, "
           f"eps {cfg.model.epsilon:g}, {cfg.model.activation}, batch {cfg.train.batch_size}, "
           f"dropout {cfg.model.dropout:g}, zeta {cfg.evolution.zeta:g}; {data.x_train.shape[0]} train / "
@@ -235,7 +243,7 @@ def main(argv=None) -> int:
         report = {"config": config_to_dict(cfg), "machine": machine, "command": reproduce_command(),
                   "flop_formula": FLOP_FORMULA, "epochs": rows, "median": med, "test_accuracy": accuracy,
                   "target_seconds": TARGET_SECONDS, "passed": passed, "torch": baseline}
-        args.json.write_text(json.dumps(report, indent=2))
+        write_text(args.json, json.dumps(report, indent=2) + "\n", "--json file")
         print(f"figures written to {args.json}")
     return 1 if args.check and not passed else 0
 

@@ -51,6 +51,10 @@ def main(argv=None) -> None:
     p.add_argument("--offset", type=int, default=0, choices=range(0, 64, 4), metavar="BYTES",
                    help="activation buffers this many bytes past a cache line (numpy's large arrays: 16)")
     args = p.parse_args(argv)
+    most = numba.config.NUMBA_NUM_THREADS
+    if args.repeat < 1 or args.batch < 1 or not all(1 <= t <= most for t in args.threads):
+        p.error(f"need --repeat >= 1, --batch >= 1 and --threads between 1 and {most} (NUMBA_NUM_THREADS), "
+                f"got {args.repeat}, {args.batch}, {' '.join(map(str, args.threads))}")
     print("reproduce: PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv))
     print(f"{'layer':>24} {'thr':>3} {'fwd GF/s':>9} {'(best)':>7} {'bwd GF/s':>9} {'(best)':>7} {'wgrad GF/s':>10}")
     for name in args.only or ["small", "large"]:

@@ -139,23 +139,30 @@ def peak_rss_gib() -> float:
 def densified_batches(net, rows, y, batch: int, count: int) -> tuple[float, float]:
     """Seconds per batch of gradients (no update) of the trained 1M-input model `net` on CSR batches of
     `rows` (CSRRows), and on the same batches densified into its (features, batch) input buffer (the path
-    before CSR kernels; its workspace alone is 3 x features x batch x 4 B)."""
+    before CSR kernels; its workspace alone is 3 x features x batch x 4 B). Each path first runs one untimed
+    batch: training used the lazy kernels, so the eager CSR ones (and the densified buffer) are new here."""
     from sparsenet.train import compute_gradients
 
     rng = np.random.default_rng(0)
-    index = [np.arange(k * batch, (k + 1) * batch) for k in range(count)]
-    t0 = time.perf_counter()
-    for idx in index:
-        compute_gradients(net, rng, rows, y, idx)
-    sparse = (time.perf_counter() - t0) / count
-    t0 = time.perf_counter()
-    for idx in index:
+    warm, *index = [np.arange(k * batch, (k + 1) * batch) for k in range(count + 1)]
+
+    def densified(idx):
         buf = net.input_buffer(batch)
         buf.fill(0)
         for b, r in enumerate(idx):
             s, e = rows.indptr[r], rows.indptr[r + 1]
             buf[rows.indices[s:e], b] = rows.data[s:e]
         net.gradients(batch, y[idx], np.zeros(len(net.layers), dtype=np.int64))
+
+    compute_gradients(net, rng, rows, y, warm)
+    t0 = time.perf_counter()
+    for idx in index:
+        compute_gradients(net, rng, rows, y, idx)
+    sparse = (time.perf_counter() - t0) / count
+    densified(warm)
+    t0 = time.perf_counter()
+    for idx in index:
+        densified(idx)
     return sparse, (time.perf_counter() - t0) / count
 
 
@@ -215,7 +222,8 @@ def profile_batches(state, data, batch: int, count: int) -> dict:
     spent["rest (hidden layers, loss, other layers' update)"] = total - sum(spent.values())
     ms = {k: 1e3 * v / count for k, v in spent.items()}
     ms["total"] = 1e3 * total / count
-    ms["catch-up of every connection at the epoch end, per batch of a 313-batch epoch"] = 1e3 * sync / 313
+    batches = -(-x.shape[0] // batch)   # the epoch's batches: the sync runs once per epoch
+    ms[f"catch-up of every connection at the epoch end, per batch of a {batches}-batch epoch"] = 1e3 * sync / batches
     return ms
 
 
@@ -244,6 +252,18 @@ def main(argv=None) -> int:
                    "so it runs after the peak RSS is read); 0 = skip")
     p.add_argument("--json", help="write the measurements here")
     args = p.parse_args(argv)
+    if min(args.rounds, args.batch, args.features, args.samples, args.words) < 1 or args.classes < 2 \
+            or not 0 < args.density <= 1 or not 0 < args.test_fraction < 1:
+        p.error("need --rounds, --batch, --features, --samples, --words >= 1, --classes >= 2, 0 < --density <= 1 "
+                "and 0 < --test-fraction < 1")
+    if args.json:
+        from sparsenet.errors import SparsenetError
+        from sparsenet.fileio import prepare_file
+
+        try:
+            prepare_file(args.json, "--json file")   # checked before the rounds, not after them
+        except SparsenetError as exc:
+            p.error(str(exc))
     command = "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
     print("reproduce: " + command, flush=True)
     config = {"seed": args.seed, "threads": args.threads, "data": {"standardize": False},
@@ -292,6 +312,7 @@ def main(argv=None) -> int:
           flush=True)
     result = {"sparse": sparse, "dense": dense, "speed_ratios": ratios, "cpu_ratio": cpu_ratio, "peak_rss_gib": peak}
     args.profile_batches = min(args.profile_batches, sparse_data.x_train.shape[0] // args.batch - 1)
+    args.densified_batches = min(args.densified_batches, sparse_data.x_train.shape[0] // args.batch - 1)
     if args.profile_batches > 0:
         ms = profile_batches(sparse_state, sparse_data, args.batch, args.profile_batches)
         result["profile_ms_per_batch"] = ms
@@ -308,7 +329,7 @@ def main(argv=None) -> int:
               f"{floor + rest:.2f} ms, a ceiling of {dense_batch / (floor + rest):.2f} x the dense model's speed for "
               f"any implementation on this machine ({dense_batch / args.min_speed:.2f} ms per batch would meet "
               f"--min-speed {args.min_speed:g})", flush=True)
-    if args.densified_batches:
+    if args.densified_batches > 0:
         csr_s, dense_s = densified_batches(sparse_state.model, sparse_data.x_train, sparse_data.y_train, args.batch,
                                            args.densified_batches)
         result["densified_batch_seconds"], result["csr_eager_batch_seconds"] = dense_s, csr_s

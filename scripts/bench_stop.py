@@ -1,8 +1,9 @@
 """Seconds from a stop signal to the exit of every rank of a parallel run, signalled part-way through an epoch.
 
-    python scripts/bench_stop.py --ranks 3 --out /tmp/stop -- --set parallel.phase1_epochs=0 ...
+    python scripts/bench_stop.py --ranks 3 --out /tmp/stop -- parallel.algorithm=wassp parallel.phase1_epochs=0 ...
 
-Starts `mpiexec -n RANKS python -m sparsenet train CONFIG --out OUT <sets>`, waits for epoch `--after`'s row,
+Starts `mpiexec -n RANKS python -m sparsenet train CONFIG --out OUT --set ITEM ...` (each ITEM after `--`
+becomes one --set; OUT must not hold a run yet), waits for epoch `--after`'s row,
 sleeps half that epoch's train_seconds, sends SIGUSR1 to mpiexec (which forwards it to every rank, as srun
 does) and prints: the epoch's length, seconds from the signal to the "stopped" log line (checkpoint
 written) and to mpiexec's exit, its exit code and where each worker stood in the checkpoint.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,8 +34,11 @@ def main() -> None:
     parser.add_argument("--config", default="configs/fashion_mnist.yaml")
     parser.add_argument("--out", required=True)
     parser.add_argument("--after", type=int, default=1, help="signal half an epoch after this epoch's row")
-    parser.add_argument("sets", nargs="*", help="--set items, after --")
+    parser.add_argument("sets", nargs="*", help="KEY=VALUE config overrides (each becomes a --set), after --")
     args = parser.parse_args()
+    flags = [item for item in args.sets if item.startswith("-")]
+    if flags:
+        parser.error(f"give the overrides after -- as KEY=VALUE, without --set: got {' '.join(flags)}")
     out, rows = Path(args.out), Path(args.out) / "metrics.jsonl"
     command = mpiexec_command(args.ranks) + [sys.executable, "-m", "sparsenet", "train", args.config, "--out", str(out)]
     for item in args.sets:
@@ -67,6 +72,7 @@ def main() -> None:
     print(f"epoch {args.after} trained in {epoch['train_seconds']:.2f} s; SIGUSR1 -> checkpoint written "
           f"{seen.get('stopped', float('nan')) - sent:.2f} s, -> mpiexec exited {ended - sent:.2f} s with {code}; "
           f"stopped in epoch {saved.epoch + 1} (phase {saved.phase}), workers at {where}")
+    print("reproduce: python " + shlex.join(sys.argv) + " (with a fresh --out)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ WALL: dict[str, float] = collections.defaultdict(float)
 CPU: dict[str, float] = collections.defaultdict(float)
 CALLS: collections.Counter = collections.Counter()
 
-HOT = [(worker, "compute_gradients", "worker gradient"), (mpi_workers, "adopt_values", "worker adopt values"),
+HOT = [(worker, "compute_gradients", "worker gradient"), (worker, "adopt_values", "worker adopt values"),
        (channel.Lane, "take", "channel take (both sides)"), (channel.Lane, "post", "channel post (both sides)"),
        (mpi_workers.MPIWorkers, "take_gradient", "server receive"),
        (transport.Transport, "isend_bundle", "isend_bundle"), (transport.Transport, "recv_bundle", "recv_bundle"),

@@ -13,13 +13,14 @@
    among the top 10/20/50, for the QuickSelection setting and the issue-13 recipe, over 3 seeds.
    --large: the same on the 65536-column file (20 useful) of configs/scale_1m.yaml.
 
-Prints one line per figure and writes scripts/results/quickselection.json (with its command).
+Prints one line per figure and merges them into scripts/results/quickselection.json (--results; with its command).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -33,13 +34,15 @@ import numpy as np
 from sparsenet.checkpoint import load_checkpoint
 from sparsenet.config import load_config
 from sparsenet.data import load_dataset
-from sparsenet.data.synthfile import write_synthetic
+from sparsenet.data.synthfile import default_path, synth_command, write_synthetic
 from sparsenet.fileio import write_text
 from sparsenet.train import run
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "scripts" / "results" / "quickselection.json"
-LARGE_FILE = Path("/root/.cache/sparsenet/synthetic/madelon_65536x10000_c2_i5_r15_t0.3_s0.h5")
+# configs/scale_1m.yaml's file, where `sparsenet data synth` (its defaults) writes it: the user's cache
+LARGE_DATA = ["data.name=synthetic_hdf5", "data.samples=10000", "data.features=65536", "data.informative=5",
+              "data.redundant=15", "data.seed=0"]
 # The synthetic runs: QuickSelection's own setting (noise 0.2, init he_uniform) and the issue-13 recipe
 # (first layer from 0, regrowth at 0, weights sized for each neuron's fan-in) with stronger noise (1.0),
 # which makes reconstructing a column from its correlated neighbours pay more than copying it.
@@ -133,10 +136,15 @@ def synthetic(args, work: Path) -> dict:
             "useful": sorted(useful), **results}
 
 
+def large_file() -> Path:
+    """The 65536-column file of configs/scale_1m.yaml in this user's cache ($SPARSENET_DATA, ~/.cache/sparsenet)."""
+    return default_path(load_config(None, LARGE_DATA).data, 0)
+
+
 def large(args, work: Path) -> dict:
-    data = ["data.name=synthetic_hdf5", "data.samples=10000", "data.features=65536", "data.informative=5",
-            "data.redundant=15", "data.seed=0", f"data.path={LARGE_FILE}"]
-    with h5py.File(LARGE_FILE) as fh:
+    path = large_file()
+    data = [*LARGE_DATA, f"data.path={path}"]
+    with h5py.File(path) as fh:
         useful = set(fh["useful_columns"][:].tolist())
     overrides = [*AUTOENCODER, *SETTINGS["recipe"], "model.hidden=[1000]", f"train.epochs={args.large_epochs}",
                  f"train.lr={args.large_lr}"]  # lr 0.01 diverges in epoch 1 here (65536 outputs, measured)
@@ -149,10 +157,10 @@ def large(args, work: Path) -> dict:
     print(f"synthetic 65536 columns, 20 useful, recipe, 65536-1000-65536, {args.large_epochs} epochs: useful in "
           f"top 20/100/1000 {row['top20']}/{row['top100']}/{row['top1000']} (chance 0.006/0.03/0.3); "
           f"peak RSS {row['peak_rss_mb']:.0f} MiB", flush=True)
-    return {"file": str(LARGE_FILE), "epochs": args.large_epochs, "overrides": overrides, **row}
+    return {"file": str(path), "epochs": args.large_epochs, "overrides": overrides, **row}
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10, help="FashionMNIST autoencoder epochs (QS_10)")
     parser.add_argument("--checkpoint", help="use this trained FashionMNIST autoencoder instead of training one "
@@ -169,8 +177,17 @@ def main() -> int:
     parser.add_argument("--large-lr", type=float, default=0.001)
     parser.add_argument("--skip-fmnist", action="store_true")
     parser.add_argument("--skip-synthetic", action="store_true")
-    args = parser.parse_args()
-    command = "python scripts/quickselection.py " + " ".join(sys.argv[1:])
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="JSON file the figures are merged into (default scripts/results/quickselection.json)")
+    args = parser.parse_args(argv)
+    if args.skip_fmnist and args.skip_synthetic and not args.large:
+        parser.error("--skip-fmnist and --skip-synthetic without --large leave nothing to run")
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        parser.error(f"--checkpoint {args.checkpoint} is not a file")
+    if args.large and not large_file().is_file():
+        parser.error(f"--large needs {large_file()}; write it first with: "
+                     f"{synth_command(load_config(None, LARGE_DATA).data, 0)}")
+    command = shlex.join(["python", "scripts/quickselection.py", *sys.argv[1:]])
     print(command, flush=True)
     results = {}
     with tempfile.TemporaryDirectory(prefix="quickselection-") as tmp:
@@ -182,9 +199,9 @@ def main() -> int:
         if args.large:
             results["synthetic_65536"] = {"command": command, **large(args, work)}
     results["machine"] = "2-core Xeon shared with other jobs: seconds measured under load"
-    earlier = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # sections this run did not redo stay
-    write_text(RESULTS, json.dumps({**earlier, **results}, indent=1) + "\n", "results file")
-    print(f"wrote {RESULTS.relative_to(ROOT)}")
+    earlier = json.loads(args.results.read_text()) if args.results.exists() else {}  # sections not redone stay
+    write_text(args.results, json.dumps({**earlier, **results}, indent=1) + "\n", "results file")
+    print(f"wrote {args.results}")
     return 0
 
 

@@ -18,6 +18,7 @@ recorded as measured; on a shared machine they are measured under load (the JSON
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -26,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,17 +143,10 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Temporary file in the same folder, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Temporary file in the same folder, then rename (sparsenet.fileio): a reader never sees half a file."""
+    from sparsenet.fileio import prepare_file, write_text
+
+    write_text(prepare_file(path, "results file"), json.dumps(data, indent=1, sort_keys=True) + "\n", "results file")
 
 
 class results_lock:
@@ -289,8 +282,14 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
         metrics = plan.runs_dir / row.name / str(seed) / "metrics.jsonl"
         entry = record(row, seed, plan, metrics, time.perf_counter() - t0, cmd)
         if entry is None:
+            log = metrics.parent / "train.log"
+            if code == 2:   # sparsenet's refusal (bad config, flags or data): rerunning changes nothing
+                said = next((line for line in reversed(log.read_text(errors="replace").splitlines())
+                             if line.startswith("sparsenet")), "") if log.exists() else ""
+                print(f"reproduce: {key} was refused (exit 2): {said or 'see ' + str(log)}", flush=True)
+                return
             print(f"reproduce: {key} ended (exit {code}) without all its epochs; rerun to continue it "
-                  f"(log: {metrics.parent / 'train.log'})", flush=True)
+                  f"(log: {log})", flush=True)
             return
         results = add_result(plan.results, key, entry)
         print(f"reproduce: {key} done: best {entry['best_test_accuracy']:.2f} % (epoch {entry['best_epoch']}), "
@@ -413,7 +412,7 @@ def check_target(row: Row, by_row: dict[str, list[dict]]) -> str:
 
 def table(rows: list[Row], by_row: dict[str, list[dict]]) -> str:
     lines = ["| row | ours: best test accuracy (pruning rows: of the final model), mean ± std (best) | seeds | last epoch, mean | weights at the end | "
-             "train min/run, s/epoch (under load) | paper | target |",
+             "min/run (train + SET + eval), s/epoch (train + SET), under load | paper | target |",
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         runs = by_row.get(row.name, [])
@@ -500,37 +499,39 @@ def figure(rows: list[Row], by_row: dict[str, list[dict]], path: Path, runs_dir:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=90)
-        os.replace(tmp, path)
+        fig.savefig(png, format="png", dpi=90)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from sparsenet.fileio import prepare_file, write_bytes
+
+    write_bytes(prepare_file(path, "figure"), png.getvalue(), "figure")
     return path
 
 
 DOCS_START, DOCS_END = "<!-- reproduction table: start -->", "<!-- reproduction table: end -->"
 
 
+def docs_parts(path: Path) -> tuple[str, str]:
+    """(text before the start marker, text from the end marker on, without it) of `path`; else a one-line exit."""
+    try:
+        doc = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"reproduce: cannot read --docs {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if DOCS_START not in doc or DOCS_END not in doc.split(DOCS_START, 1)[1]:
+        raise SystemExit(f"reproduce: {path} has no lines '{DOCS_START}' and '{DOCS_END}' (in that order) "
+                         f"to put the table between")
+    head, rest = doc.split(DOCS_START, 1)
+    return head, rest.split(DOCS_END, 1)[1]
+
+
 def update_docs(path: Path, text: str) -> None:
     """Replace what stands between the two marker lines of `path` by `text` (temporary + rename)."""
-    doc = path.read_text()
-    if DOCS_START not in doc or DOCS_END not in doc:
-        raise SystemExit(f"reproduce: {path} has no lines '{DOCS_START}' and '{DOCS_END}' to put the table between")
-    head, rest = doc.split(DOCS_START, 1)
-    tail = rest.split(DOCS_END, 1)[1]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from sparsenet.fileio import write_text
+
+    head, tail = docs_parts(path)
+    write_text(path, f"{head}{DOCS_START}\n{text}\n{DOCS_END}{tail}", "--docs file")
 
 
 def backfill(path: Path) -> None:
@@ -598,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
                 results=Path(args.results or f"scripts/results/reproduction{suffix}.json"),
                 figure=Path(args.figure or f"scripts/results/reproduction_curves{suffix}.png"),
                 commit=args.commit, code=code)
+    if args.docs:
+        docs_parts(Path(args.docs))   # a --docs file that cannot take the table fails now, not after the runs
     if not args.report:
         run_all([ROWS[n] for n in names], plan, args.jobs)
     if plan.results.exists():
@@ -609,4 +612,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sparsenet.errors import SparsenetError
+
+    try:
+        sys.exit(main())
+    except SparsenetError as exc:   # e.g. a results file or figure that cannot be written: one line
+        sys.exit(f"reproduce: {exc}")

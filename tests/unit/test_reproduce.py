@@ -1,6 +1,8 @@
 """scripts/reproduce.py --quick on tiny Madelon rows: runs, records, skips what is recorded, reports."""
 
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +154,63 @@ def _runs(accuracies, **fields):
 def test_targets(row, by_row, expected):
     reproduce = _reproduce_module()
     assert reproduce.check_target(reproduce.ROWS[row], by_row) == expected
+
+
+def test_results_figure_and_docs_keep_readable_modes(tmp_path):
+    """Written as mkstemp's 0600 temporaries renamed over the target, the results file, the figure and the
+    --docs file (docs/benchmarks.md) became readable by their owner only; fileio gives 0644 under umask 022."""
+    reproduce = _reproduce_module()
+    old = os.umask(0o022)
+    try:
+        doc = tmp_path / "bench.md"
+        doc.write_text(f"a\n{reproduce.DOCS_START}\nold\n{reproduce.DOCS_END}\nb\n")
+        doc.chmod(0o644)
+        reproduce.update_docs(doc, "| new |")
+        reproduce.write_json(tmp_path / "results" / "r.json", {"runs": {}})
+        rows = list(reproduce.ROWS.values())
+        assert reproduce.figure(rows, {}, tmp_path / "curves.png") == tmp_path / "curves.png"
+    finally:
+        os.umask(old)
+    assert doc.read_text() == f"a\n{reproduce.DOCS_START}\n| new |\n{reproduce.DOCS_END}\nb\n"
+    for path in (doc, tmp_path / "results" / "r.json", tmp_path / "curves.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.md", "curves.png", "results"]   # no temporaries
+
+
+def test_docs_with_markers_reversed_or_missing_fail_in_one_line_before_any_run(tmp_path):
+    """An end marker above the start one raised IndexError (a traceback) after every run had finished."""
+    reproduce = _reproduce_module()
+    doc = tmp_path / "bench.md"
+    doc.write_text(f"a\n{reproduce.DOCS_END}\nx\n{reproduce.DOCS_START}\nb\n")
+    for path, says in ((doc, "(in that order)"), (tmp_path / "missing.md", "cannot read --docs")):
+        cmd = [sys.executable, str(SCRIPT), "--quick", "--rows", "madelon-relu", "--runs-dir", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "r.json"), "--figure", str(tmp_path / "c.png"), "--docs", str(path)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "Traceback" not in done.stderr and str(path) in done.stderr and says in done.stderr
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_table_header_says_what_the_minutes_and_seconds_count():
+    """Before: the header said 'train min/run, s/epoch', but the minutes add evaluation to train + SET
+    (summarize_metrics: train_minutes) while the seconds per epoch do not."""
+    reproduce = _reproduce_module()
+    runs = [{"seed": 0, "epochs": 2, "best_test_accuracy": 50.0, "last_test_accuracy": 50.0, "weights_start": 10,
+             "weights_end": 10, **reproduce.summarize_metrics([
+                 {"epoch": e, "test_accuracy": 0.5, "nnz": [10], "train_seconds": 30.0, "evolution_seconds": 6.0,
+                  "eval_seconds": 24.0} for e in (1, 2)])}]
+    text = reproduce.table([reproduce.ROWS["madelon-relu"]], {"madelon-relu": runs})
+    assert "| min/run (train + SET + eval), s/epoch (train + SET), under load |" in text.splitlines()[0]
+    assert "| 2.0, 36.00 (2 ep.) |" in text.splitlines()[2]       # 2 x 60 s = 2.0 min; 30 + 6 s per epoch
+
+
+def test_a_refused_run_says_why_instead_of_rerun_to_continue(tmp_path):
+    """Before: a run sparsenet refused (exit 2, e.g. a bad --set) was reported as 'ended (exit 2) without all
+    its epochs; rerun to continue it', which rerunning cannot do."""
+    out = _reproduce(tmp_path, "--rows", "madelon-relu", "--set", "model.alpha=-1")
+    line = next(l for l in out.splitlines() if l.startswith("reproduce: madelon-relu/0 "))
+    assert "starting" in line
+    refused = next(l for l in out.splitlines() if l.startswith("reproduce: madelon-relu/0 was refused"))
+    assert refused.startswith("reproduce: madelon-relu/0 was refused (exit 2): sparsenet: error: ")
+    assert "model.alpha" in refused and "rerun to continue" not in out
