@@ -25,7 +25,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .fileio import check_folder
     from .launch import launched_world_size
     from .train import run
 

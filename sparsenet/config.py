@@ -199,7 +199,8 @@ class DataConfig:
     clusters_per_class: int = _field(2, _Int(lo=1),
                                      "synthetic: Gaussian clusters per class; synthetic_hdf5: the default only")
     hypercube: bool = _field(True, _Bool(),
-                             "synthetic: clusters on the vertices of an informative-dimensional hypercube; synthetic_hdf5: the default only")
+                             "synthetic: clusters on the vertices of an informative-dimensional hypercube; "
+                             "synthetic_hdf5: the default only")
     class_sep: float = _field(1.0, _Float(lo=0, lo_open=True),
                               "synthetic: half the hypercube's side (larger: easier); synthetic_hdf5: the default only")
     flip_y: float = _field(0.01, _Float(0, 1, hi_open=True),
