@@ -280,6 +280,19 @@ def test_bench_sparse_inputs_times_warm_batches_and_names_the_epochs_batches(tmp
     assert len(calls) == 3 and sparse_s < 0.25 and dense_s > 0
 
 
+def test_bench_sparse_inputs_exits_1_on_a_fail_only_with_check(capsys):
+    """Before: it had no --check and exited 1 on any FAIL line (here the peak RSS one: a 1000 x 2000 set's
+    dense matrix is 7.5 MiB, a tenth of which no process stays under), unlike the other benchmarks."""
+    bench = script("bench_sparse_inputs")
+    tiny = ["--features", "2000", "--samples", "1000", "--rounds", "2", "--hidden", "8", "--classes", "2",
+            "--profile-batches", "0", "--densified-batches", "0"]
+    assert bench.main(tiny) == 0
+    fails = [l for l in capsys.readouterr().out.splitlines() if l.startswith("FAIL ")]
+    assert fails and fails[0].startswith("FAIL peak RSS")
+    assert bench.main([*tiny, "--check"]) == 1
+    assert [l for l in capsys.readouterr().out.splitlines() if l.startswith("FAIL ")][0].startswith("FAIL peak RSS")
+
+
 def test_bench_stop_refuses_set_flags_among_its_overrides(tmp_path):
     """Before: the docstring's '-- --set parallel.phase1_epochs=0' started mpiexec with '--set --set ...', which
     sparsenet refused, reported only as 'the run ended (2) before epoch 1'."""
