@@ -230,6 +230,29 @@ def test_bench_contention_and_sparse_inputs_check_json_before_their_runs(tmp_pat
     assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, says", [(["--epochs", "1"], "--epochs must be >= 2"),
+                                        (["--wide-steps", "0"], "--wide-steps must be >= 1"),
+                                        (["--skip-wide", "--only-wide"], "exclude each other")])
+def test_bench_contention_bad_arguments_exit_2_as_argparse_does(args, says):
+    """Before: its own checks raised SystemExit(text), exit 1 (argparse's own errors exit 2)."""
+    one_line_error(run_script("bench_contention", *args), says)
+
+
+def test_bench_contention_labels_its_peak_rss_in_mib(tmp_path, monkeypatch, capsys):
+    """Before: VmHWM kB / 1024 (MiB) was printed as 'wide, peak RSS MB' and written as wide_peak_rss_mb."""
+    bench = script("bench_contention")
+    monkeypatch.setattr(bench, "run_alone", lambda *args: None)
+    monkeypatch.setattr(bench, "run_wide", lambda *args: (0.1, 502.5, 498.0))
+    figures = tmp_path / "wide.json"
+    assert bench.main(["--only-wide", "--json", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert "wide, peak RSS MiB" in out and "  502.500  target <= 600" in out and "expected 498 MiB" in out
+    assert " MB" not in out
+    written = json.loads(figures.read_text())
+    assert (written["wide_peak_rss_mib"], written["wide_planned_mib"]) == (502.5, 498.0)
+    assert not [k for k in written if k.endswith("_mb")]
+
+
 def test_quickselection_finds_the_large_file_in_the_users_cache_and_refuses_empty_runs(tmp_path, monkeypatch):
     """Before: --large read /root/.cache/sparsenet/synthetic/... whoever ran it (h5py's traceback for any other
     user or $SPARSENET_DATA), --skip-fmnist --skip-synthetic ran nothing and rewrote the results file, and a
