@@ -270,6 +270,25 @@ def test_quickselection_finds_the_large_file_in_the_users_cache_and_refuses_empt
     assert not results.exists()
 
 
+def test_quickselection_checkpoint_ranks_features_on_the_data_it_was_trained_for(tmp_path, monkeypatch):
+    """Before: with --checkpoint it still loaded configs/quickselection_fashion_mnist.yaml's data (FashionMNIST,
+    784 pixels) and scored a 16-feature synthetic autoencoder's top features as pixels of it."""
+    import argparse
+
+    out = tmp_path / "ae"
+    run(load_config(None, [*TINY, "model.task=autoencoder", "model.output=linear"]), out)
+    quickselection = script("quickselection")
+    loaded, real = [], quickselection.load_dataset
+    monkeypatch.setattr(quickselection, "load_dataset", lambda data, seed: loaded.append(data) or real(data, seed))
+    args = argparse.Namespace(checkpoint=str(out / "checkpoint.h5"), epochs=1, k=3, classifier_train=100, draws=1,
+                              all_pixels=True)
+    figures = quickselection.fashion_mnist(args, tmp_path / "work")
+    assert [(d.name, d.features, d.samples) for d in loaded] == [("synthetic", 16, 200)]
+    assert figures["config"] == f"the config stored in {out / 'checkpoint.h5'}" and figures["data"] == "synthetic"
+    assert len(figures["top"]) == 3 and all(0 <= f < 16 for f in figures["top"]) and figures["epochs"] == 2
+    assert all(0 <= v <= 1 for v in figures["all_pixels"].values())
+
+
 def test_bench_sparse_inputs_times_warm_batches_and_names_the_epochs_batches(tmp_path, monkeypatch):
     """Before: the CSR-vs-densified comparison timed the first eager CSR batch, which loads (or compiles) kernels
     training never used (--features 20000 --samples 3000: 625.6 ms on CSR vs 5.4 ms densified, 0.0x; warm:
