@@ -150,6 +150,9 @@ def test_bench_scale_check_fails_when_no_1m_model_ran_and_json_matches(tmp_path)
     assert (row["architecture"], row["neurons"], row["weights"]) == ("16-12-12-2", 42, sum(metrics[0]["nnz"]))
     assert row["train_minutes"] == pytest.approx(sum(r["train_seconds"] for r in metrics) / 2 / 60)
     assert row["test_accuracy"] == [round(r["test_accuracy"], 4) for r in metrics]
+    # without --check: the same PASS/FAIL line, exit 0 (before: no line at all)
+    done = run_script("bench_scale", "--configs", tiny, "--epochs", 2, "--out", tmp_path / "again")
+    assert done.returncode == 0 and "  FAIL  no 1M-neuron model among the configs run" in done.stdout, done.stderr
     bench_scale = script("bench_scale")
     one_m = {"architecture": "65536-500000-500000-2", "neurons": 1_065_538}
     assert [ok for ok, _ in bench_scale.check([{**one_m, "train_minutes": 2.9}, {"neurons": 42}])] == [True]
