@@ -10,7 +10,7 @@ own process and takes the median of epochs 2-4 of train + evolution seconds from
    of one run alone;
 4. wide layers, 784-50000-50000-10 (epsilon 20, batch 128), the full 60k/10k data in memory: seconds
    per training step (epoch 2's train seconds / its steps) and the process's peak RSS
-   (VmHWM). The run is train.run on the whole configuration with two short epochs of --wide-steps
+   (VmHWM, in MiB: 2**20 bytes). The run is train.run on the whole configuration with two short epochs of --wide-steps
    batches each (the other training samples stay loaded), so it has every peak of a full run: data,
    init, training, the SET step, evaluation on all 10k test samples, metrics and checkpoints.
 WASAP against the sequential trainer is scripts/bench_parallel.py --check. Run on a quiet machine:
@@ -41,7 +41,7 @@ PAIR_FACTOR = 2.5
 PAIR_THROUGHPUT = 0.8
 WIDE = ["model.hidden=[50000,50000]", "model.epsilon=20", "train.batch_size=128"]
 WIDE_STEP_TARGET = 0.15   # seconds per step
-WIDE_RSS_TARGET_MB = 600.0
+WIDE_RSS_TARGET_MIB = 600.0
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,7 +56,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, help="where the figures go (default scripts/results/bench_contention.json, "
                    "with --only-wide bench_contention_wide.json)")
     p.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.epochs < 2:
+        p.error("--epochs must be >= 2 (epoch 1 is not counted)")
+    if args.wide_steps < 1:
+        p.error("--wide-steps must be >= 1")
+    if args.skip_wide and args.only_wide:
+        p.error("--skip-wide and --only-wide exclude each other")
+    return args
 
 
 def start_training(out: Path, epochs: int, overrides: list[str]) -> subprocess.Popen:
@@ -106,7 +113,7 @@ def verdict(ok: bool) -> str:
 
 def wide_child(out: Path, steps: int, overrides: list[str]) -> None:
     """The wide run (in its own process): as `sparsenet train` does it, with the training set cut to
-    `steps` batches per epoch while the whole dataset stays in memory; prints its peak RSS in MB."""
+    `steps` batches per epoch while the whole dataset stays in memory; prints its peak RSS in MiB."""
     import dataclasses
 
     from sparsenet import cli  # noqa: F401 - the modules `sparsenet train` has loaded
@@ -123,13 +130,13 @@ def wide_child(out: Path, steps: int, overrides: list[str]) -> None:
     run(cfg, out, dataset=dataclasses.replace(full, x_train=full.x_train[:n], y_train=full.y_train[:n]))
     with open("/proc/self/status") as fh:  # VmHWM: ru_maxrss would include the forking parent's size
         hwm_kb = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM"))
-    print(json.dumps({"peak_rss_mb": hwm_kb / 1024,
-                      "planned_mb": plan_memory(cfg, 1).total / 2**20, "steps": -(-n // cfg.train.batch_size),
+    print(json.dumps({"peak_rss_mib": hwm_kb / 1024,
+                      "planned_mib": plan_memory(cfg, 1).total / 2**20, "steps": -(-n // cfg.train.batch_size),
                       "train_samples_held": full.x_train.shape[0]}))
 
 
 def run_wide(tmp: Path, steps: int, overrides: list[str]) -> tuple[float, float, float]:
-    """(seconds per step in epoch 2, peak RSS MB, the memory planner's estimate MB) of the wide run."""
+    """(seconds per step in epoch 2, peak RSS MiB, the memory planner's estimate MiB) of the wide run."""
     out = tmp / "wide"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--wide-child", str(out), "--wide-steps", str(steps)]
     for o in overrides:
@@ -140,7 +147,7 @@ def run_wide(tmp: Path, steps: int, overrides: list[str]) -> tuple[float, float,
     child = json.loads(proc.stdout.strip().splitlines()[-1])
     with open(out / "metrics.jsonl") as fh:
         rows = [json.loads(line) for line in fh if line.strip()]
-    return rows[1]["train_seconds"] / child["steps"], child["peak_rss_mb"], child["planned_mb"]
+    return rows[1]["train_seconds"] / child["steps"], child["peak_rss_mib"], child["planned_mib"]
 
 
 def main(argv=None) -> int:
@@ -148,12 +155,6 @@ def main(argv=None) -> int:
     if args.wide_child is not None:
         wide_child(args.wide_child, args.wide_steps, args.overrides)
         return 0
-    if args.epochs < 2:
-        raise SystemExit("bench_contention: --epochs must be >= 2 (epoch 1 is not counted)")
-    if args.wide_steps < 1:
-        raise SystemExit("bench_contention: --wide-steps must be >= 1")
-    if args.skip_wide and args.only_wide:
-        raise SystemExit("bench_contention: --skip-wide and --only-wide exclude each other")
     default = "bench_contention_wide.json" if args.only_wide else "bench_contention.json"
     try:   # the figures file is checked before the runs, not after them
         figures = prepare_file(args.json or ROOT / "scripts" / "results" / default, "--json file")
@@ -180,10 +181,10 @@ def main(argv=None) -> int:
         if not args.skip_wide:
             step, rss, planned = run_wide(tmp, args.wide_steps, args.overrides)
             checks += [("wide 784-50000-50000-10, s/step", step, step <= WIDE_STEP_TARGET, f"<= {WIDE_STEP_TARGET}"),
-                       ("wide, peak RSS MB", rss, rss <= WIDE_RSS_TARGET_MB, f"<= {WIDE_RSS_TARGET_MB:g}")]
-            results.update(wide_step_seconds=step, wide_steps_per_second=1 / step, wide_peak_rss_mb=rss,
-                           wide_planned_mb=planned, wide_steps_per_epoch=args.wide_steps)
-            notes.append(f"(wide: {1 / step:.2f} steps/s; the memory planner expected {planned:.0f} MB, "
+                       ("wide, peak RSS MiB", rss, rss <= WIDE_RSS_TARGET_MIB, f"<= {WIDE_RSS_TARGET_MIB:g}")]
+            results.update(wide_step_seconds=step, wide_steps_per_second=1 / step, wide_peak_rss_mib=rss,
+                           wide_planned_mib=planned, wide_steps_per_epoch=args.wide_steps)
+            notes.append(f"(wide: {1 / step:.2f} steps/s; the memory planner expected {planned:.0f} MiB, "
                          f"{planned / rss - 1:+.0%} of the measured peak)")
     for what, value, passed, target in checks:
         ok &= passed

@@ -13,6 +13,9 @@ the paper's figure, target PASS/FAIL) is printed and the learning curves are dra
 
 Paths are relative to the working directory (run it from the repository root). Timings are
 recorded as measured; on a shared machine they are measured under load (the JSON says so).
+--set runs are not the table's runs: they need --results and --runs-dir of their own. Exit 0 when every
+run finished, 75 after SIGTERM/SIGINT (the runs stop resumably: run the same command again), 1 if a run
+failed, 2 for bad arguments or a damaged results file.
 """
 
 from __future__ import annotations
@@ -176,11 +179,43 @@ def add_result(path: Path, key: str, entry: dict) -> dict:
     return results
 
 
+class BadResults(Exception):
+    """A results file this script cannot read as its own: the message names the file and what is wrong."""
+
+
+NUMBERS = ("best_test_accuracy", "last_test_accuracy", "weights_start", "weights_end", "train_minutes",
+           "train_seconds_per_epoch")
+
+
+def _entry_problem(key: str, entry) -> str:
+    """What is wrong with one recorded run ('' if nothing), as the table and the figure read it."""
+    if not isinstance(entry, dict):
+        return f"run {key!r} is {type(entry).__name__}, not an object"
+    wanted = [("row", str), ("seed", int), ("epochs", int)] + [(name, (int, float)) for name in NUMBERS]
+    for name, kind in wanted:
+        value = entry.get(name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            what = {str: "a string", int: "an integer"}.get(kind, "a number")
+            return f"run {key!r} has {name} = {json.dumps(value)[:40]}, not {what}"
+    return ""
+
+
 def load_results(path: Path) -> dict:
+    """The results file {"runs": {"row/seed": entry}} ({"runs": {}} if there is none); BadResults if it is damaged."""
     if not path.exists():
         return {"runs": {}}
-    data = json.loads(path.read_text())
-    data.setdefault("runs", {})
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadResults(f"cannot read results file {path}: {getattr(exc, 'strerror', None) or exc}; "
+                         f"fix or move it (nothing was run or written)") from None
+    if not isinstance(data, dict) or not isinstance(data.setdefault("runs", {}), dict):
+        what = "the file" if not isinstance(data, dict) else "its 'runs'"
+        raise BadResults(f"results file {path}: {what} is not a JSON object of runs; fix or move it "
+                         f"(nothing was run or written)")
+    for key, entry in data["runs"].items():
+        if problem := _entry_problem(key, entry):
+            raise BadResults(f"results file {path}: {problem}; fix or move it (nothing was run or written)")
     return data
 
 
@@ -264,9 +299,11 @@ def commit_results(plan: Plan, message: str) -> None:
     print(f"reproduce: could not commit {', '.join(paths)} (left for later)", file=sys.stderr)
 
 
-def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
-    """Run every (row, seed) not yet recorded, at most `jobs` ranks' worth at once; record each when done."""
+def run_all(rows: list[Row], plan: Plan, jobs: int) -> dict[str, int | None]:
+    """Run every (row, seed) not yet recorded, at most `jobs` ranks' worth at once; record each when done.
+    Returns the runs that did not finish: key -> their exit code (None: not started, stopped before)."""
     results = load_results(plan.results)
+    unfinished: dict[str, int | None] = {}
     pending = []
     for row in rows:
         for seed in row_seeds(row, plan):
@@ -282,6 +319,7 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
         metrics = plan.runs_dir / row.name / str(seed) / "metrics.jsonl"
         entry = record(row, seed, plan, metrics, time.perf_counter() - t0, cmd)
         if entry is None:
+            unfinished[key] = code
             log = metrics.parent / "train.log"
             if code == 2:   # sparsenet's refusal (bad config, flags or data): rerunning changes nothing
                 said = next((line for line in reversed(log.read_text(errors="replace").splitlines())
@@ -306,6 +344,7 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
                 for proc, *_ in running.values():
                     if proc.poll() is None:
                         proc.send_signal(signal.SIGTERM)
+                unfinished.update((f"{r.name}/{s}", None) for r, s in pending)
                 pending.clear()
                 stop.clear()
             for item in [p for p in pending if p[0].prefix_of and plan.epochs is None]:
@@ -345,6 +384,25 @@ def run_all(rows: list[Row], plan: Plan, jobs: int) -> None:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+    return unfinished
+
+
+def unfinished_exit(unfinished: dict[str, int | None]) -> int:
+    """Say which runs did not finish and how to go on; 75 (EX_TEMPFAIL) if any stopped resumably or was not
+    started because of a stop, else 1 (a run failed or was refused), 0 if every run finished."""
+    from sparsenet.signals import EXIT_RESUMABLE
+
+    stopped = [k for k, code in unfinished.items() if code == EXIT_RESUMABLE]
+    waiting = [k for k, code in unfinished.items() if code is None]
+    failed = [f"{k} (exit {code})" for k, code in unfinished.items() if code not in (None, EXIT_RESUMABLE)]
+    if stopped:
+        print(f"reproduce: stopped resumably (exit {EXIT_RESUMABLE}): {', '.join(stopped)}; rerun the same "
+              f"command to resume them from their checkpoints", file=sys.stderr)
+    if waiting:
+        print(f"reproduce: not started because of the stop: {', '.join(waiting)}", file=sys.stderr)
+    if failed:
+        print(f"reproduce: did not finish: {', '.join(failed)} (see above)", file=sys.stderr)
+    return EXIT_RESUMABLE if stopped or waiting else (1 if failed else 0)
 
 
 def prefix_record(row: Row, seed: int, plan: Plan, results_path: Path) -> bool:
@@ -574,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
                                                           "enough free slots, or runs alone)")
     ap.add_argument("--threads", type=int, default=1, help="numba threads per run (default 1)")
     ap.add_argument("--nice", type=int, default=0, help="niceness added to each run (default 0)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run (needs --results and --runs-dir of your own)")
     ap.add_argument("--runs-dir", help="default runs/reproduce (--quick: runs/reproduce-quick)")
     ap.add_argument("--results", help="default scripts/results/reproduction.json (--quick: reproduction_quick.json)")
     ap.add_argument("--figure", help="default scripts/results/reproduction_curves.png (--quick: ..._quick.png)")
@@ -599,16 +657,24 @@ def main(argv: list[str] | None = None) -> int:
                 results=Path(args.results or f"scripts/results/reproduction{suffix}.json"),
                 figure=Path(args.figure or f"scripts/results/reproduction_curves{suffix}.png"),
                 commit=args.commit, code=code)
+    if args.set and not args.report:
+        shared = {Path(f"{p}{s}").resolve() for p, s in (("scripts/results/reproduction", ".json"),
+                                                          ("scripts/results/reproduction_quick", ".json"),
+                                                          ("runs/reproduce", ""), ("runs/reproduce-quick", ""))}
+        if not args.results or not args.runs_dir or {plan.results.resolve(), plan.runs_dir.resolve()} & shared:
+            ap.error("--set changes every run, so its runs cannot be recorded under the row/seed keys of the "
+                     "shared results (scripts/results/reproduction*.json) nor resume from runs/reproduce*: "
+                     "give --results and --runs-dir of your own")
+    load_results(plan.results)   # a damaged results file fails now, before any run or write
     if args.docs:
         docs_parts(Path(args.docs))   # a --docs file that cannot take the table fails now, not after the runs
-    if not args.report:
-        run_all([ROWS[n] for n in names], plan, args.jobs)
+    unfinished = {} if args.report else run_all([ROWS[n] for n in names], plan, args.jobs)
     if plan.results.exists():
         backfill(plan.results)
     text = report(rows_in_results(load_results(plan.results)), plan)
     if args.docs:
         update_docs(Path(args.docs), text)
-    return 0
+    return unfinished_exit(unfinished)
 
 
 if __name__ == "__main__":
@@ -618,3 +684,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except SparsenetError as exc:   # e.g. a results file or figure that cannot be written: one line
         sys.exit(f"reproduce: {exc}")
+    except BadResults as exc:
+        print(f"reproduce: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -15,12 +15,15 @@ TINY = ["--set", "data.samples=120", "--set", "data.features=24", "--set", "mode
         "--set", "pruning.start_epoch=3", "--set", "pruning.every=2"]
 
 
-def _reproduce(tmp_path, *args):
-    cmd = [sys.executable, str(SCRIPT), "--quick", "--runs-dir", str(tmp_path / "runs"),
-           "--results", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png"), *TINY, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+def _command(tmp_path, *args):
+    return [sys.executable, str(SCRIPT), "--quick", "--runs-dir", str(tmp_path / "runs"),
+            "--results", str(tmp_path / "results.json"), "--figure", str(tmp_path / "curves.png"), *TINY, *args]
+
+
+def _reproduce(tmp_path, *args, code=0):
+    done = subprocess.run(_command(tmp_path, *args), capture_output=True, text=True, timeout=600)
+    assert done.returncode == code, done.stderr[-2000:]
+    return done.stdout if code == 0 else done
 
 
 def _metrics(tmp_path, row):
@@ -208,9 +211,72 @@ def test_table_header_says_what_the_minutes_and_seconds_count():
 def test_a_refused_run_says_why_instead_of_rerun_to_continue(tmp_path):
     """Before: a run sparsenet refused (exit 2, e.g. a bad --set) was reported as 'ended (exit 2) without all
     its epochs; rerun to continue it', which rerunning cannot do."""
-    out = _reproduce(tmp_path, "--rows", "madelon-relu", "--set", "model.alpha=-1")
+    done = _reproduce(tmp_path, "--rows", "madelon-relu", "--set", "model.alpha=-1", code=1)
+    out = done.stdout
+    assert done.stderr.strip().splitlines()[-1] == "reproduce: did not finish: madelon-relu/0 (exit 2) (see above)"
     line = next(l for l in out.splitlines() if l.startswith("reproduce: madelon-relu/0 "))
     assert "starting" in line
     refused = next(l for l in out.splitlines() if l.startswith("reproduce: madelon-relu/0 was refused"))
     assert refused.startswith("reproduce: madelon-relu/0 was refused (exit 2): sparsenet: error: ")
     assert "model.alpha" in refused and "rerun to continue" not in out
+
+
+def test_sigterm_stops_the_runs_resumably_and_exits_75_naming_them(tmp_path):
+    """Before: after SIGTERM the runs stopped resumably (sparsenet exit 75) but the script itself exited 0."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(_command(tmp_path, "--rows", "madelon-relu,madelon-allrelu", "--set",
+                                     "train.epochs=100000"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "madelon-relu" / "0" / "metrics.jsonl"    # --jobs 1: the first row runs
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    said = err.strip().splitlines()
+    assert said[-2] == ("reproduce: stopped resumably (exit 75): madelon-relu/0; rerun the same command to "
+                        "resume them from their checkpoints")
+    assert said[-1] == "reproduce: not started because of the stop: madelon-allrelu/0"
+    assert "stopped" in (metrics.parent / "train.log").read_text()
+    assert not json.loads((tmp_path / "results.json").read_text() if (tmp_path / "results.json").exists()
+                          else '{"runs": {}}')["runs"]
+
+
+@pytest.mark.parametrize("text, says", [
+    ('{"runs": {"madelon-relu/0": {"row": "madelon-r', "cannot read results file"),
+    ("[1, 2]", "the file is not a JSON object of runs"),
+    ('{"runs": []}', "its 'runs' is not a JSON object of runs"),
+    ('{"runs": {"madelon-relu/0": 3}}', "run 'madelon-relu/0' is int, not an object"),
+    ('{"runs": {"madelon-relu/0": {"row": "madelon-relu", "seed": "0"}}}', "has seed = \"0\", not an integer"),
+    ('{"runs": {"madelon-relu/0": {"row": "madelon-relu", "seed": 0, "epochs": 10, "best_test_accuracy": null}}}',
+     "has best_test_accuracy = null, not a number"),
+])
+def test_a_damaged_results_file_is_one_line_exit_2_and_left_alone(tmp_path, text, says):
+    """Before: a truncated results JSON was a JSONDecodeError traceback, a list an AttributeError, a wrong type
+    a TypeError/KeyError in the table (after the runs)."""
+    results = tmp_path / "results.json"
+    results.write_text(text)
+    for extra in ([], ["--report"]):
+        done = _reproduce(tmp_path, "--rows", "madelon-relu", *extra, code=2)
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.startswith(f"reproduce: ") and str(results) in done.stderr and says in done.stderr
+        assert results.read_text() == text
+        assert not (tmp_path / "runs").exists() and not (tmp_path / "curves.png").exists()
+
+
+def test_set_runs_are_refused_in_the_shared_results_and_runs(tmp_path):
+    """Before: --set train.epochs=2 recorded a 2-epoch run as fmnist-relu/0 in scripts/results/reproduction.json,
+    where the 500-epoch record stands (and would resume the 500-epoch run's checkpoint in runs/reproduce)."""
+    cwd = tmp_path / "repo"
+    (cwd / "scripts" / "results").mkdir(parents=True)
+    base = [sys.executable, str(SCRIPT.resolve()), "--rows", "madelon-relu", "--set", "train.epochs=2"]
+    for args in ([], ["--results", "scripts/results/reproduction.json", "--runs-dir", "own"],
+                 ["--results", "own.json", "--runs-dir", "runs/reproduce"], ["--results", "own.json"],
+                 ["--quick", "--runs-dir", "own"]):
+        done = subprocess.run([*base, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert done.stderr.strip().splitlines()[-1].endswith("give --results and --runs-dir of your own")
+        assert sorted(p.name for p in cwd.rglob("*")) == ["results", "scripts"]

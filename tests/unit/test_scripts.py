@@ -150,6 +150,9 @@ def test_bench_scale_check_fails_when_no_1m_model_ran_and_json_matches(tmp_path)
     assert (row["architecture"], row["neurons"], row["weights"]) == ("16-12-12-2", 42, sum(metrics[0]["nnz"]))
     assert row["train_minutes"] == pytest.approx(sum(r["train_seconds"] for r in metrics) / 2 / 60)
     assert row["test_accuracy"] == [round(r["test_accuracy"], 4) for r in metrics]
+    # without --check: the same PASS/FAIL line, exit 0 (before: no line at all)
+    done = run_script("bench_scale", "--configs", tiny, "--epochs", 2, "--out", tmp_path / "again")
+    assert done.returncode == 0 and "  FAIL  no 1M-neuron model among the configs run" in done.stdout, done.stderr
     bench_scale = script("bench_scale")
     one_m = {"architecture": "65536-500000-500000-2", "neurons": 1_065_538}
     assert [ok for ok, _ in bench_scale.check([{**one_m, "train_minutes": 2.9}, {"neurons": 42}])] == [True]
@@ -230,6 +233,29 @@ def test_bench_contention_and_sparse_inputs_check_json_before_their_runs(tmp_pat
     assert stop.value.code == 2 and "is a file" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, says", [(["--epochs", "1"], "--epochs must be >= 2"),
+                                        (["--wide-steps", "0"], "--wide-steps must be >= 1"),
+                                        (["--skip-wide", "--only-wide"], "exclude each other")])
+def test_bench_contention_bad_arguments_exit_2_as_argparse_does(args, says):
+    """Before: its own checks raised SystemExit(text), exit 1 (argparse's own errors exit 2)."""
+    one_line_error(run_script("bench_contention", *args), says)
+
+
+def test_bench_contention_labels_its_peak_rss_in_mib(tmp_path, monkeypatch, capsys):
+    """Before: VmHWM kB / 1024 (MiB) was printed as 'wide, peak RSS MB' and written as wide_peak_rss_mb."""
+    bench = script("bench_contention")
+    monkeypatch.setattr(bench, "run_alone", lambda *args: None)
+    monkeypatch.setattr(bench, "run_wide", lambda *args: (0.1, 502.5, 498.0))
+    figures = tmp_path / "wide.json"
+    assert bench.main(["--only-wide", "--json", str(figures)]) == 0
+    out = capsys.readouterr().out
+    assert "wide, peak RSS MiB" in out and "  502.500  target <= 600" in out and "expected 498 MiB" in out
+    assert " MB" not in out
+    written = json.loads(figures.read_text())
+    assert (written["wide_peak_rss_mib"], written["wide_planned_mib"]) == (502.5, 498.0)
+    assert not [k for k in written if k.endswith("_mb")]
+
+
 def test_quickselection_finds_the_large_file_in_the_users_cache_and_refuses_empty_runs(tmp_path, monkeypatch):
     """Before: --large read /root/.cache/sparsenet/synthetic/... whoever ran it (h5py's traceback for any other
     user or $SPARSENET_DATA), --skip-fmnist --skip-synthetic ran nothing and rewrote the results file, and a
@@ -245,6 +271,25 @@ def test_quickselection_finds_the_large_file_in_the_users_cache_and_refuses_empt
                               capture_output=True, text=True, cwd=ROOT, env={**os.environ}, timeout=600)
         one_line_error(done, says)
     assert not results.exists()
+
+
+def test_quickselection_checkpoint_ranks_features_on_the_data_it_was_trained_for(tmp_path, monkeypatch):
+    """Before: with --checkpoint it still loaded configs/quickselection_fashion_mnist.yaml's data (FashionMNIST,
+    784 pixels) and scored a 16-feature synthetic autoencoder's top features as pixels of it."""
+    import argparse
+
+    out = tmp_path / "ae"
+    run(load_config(None, [*TINY, "model.task=autoencoder", "model.output=linear"]), out)
+    quickselection = script("quickselection")
+    loaded, real = [], quickselection.load_dataset
+    monkeypatch.setattr(quickselection, "load_dataset", lambda data, seed: loaded.append(data) or real(data, seed))
+    args = argparse.Namespace(checkpoint=str(out / "checkpoint.h5"), epochs=1, k=3, classifier_train=100, draws=1,
+                              all_pixels=True)
+    figures = quickselection.fashion_mnist(args, tmp_path / "work")
+    assert [(d.name, d.features, d.samples) for d in loaded] == [("synthetic", 16, 200)]
+    assert figures["config"] == f"the config stored in {out / 'checkpoint.h5'}" and figures["data"] == "synthetic"
+    assert len(figures["top"]) == 3 and all(0 <= f < 16 for f in figures["top"]) and figures["epochs"] == 2
+    assert all(0 <= v <= 1 for v in figures["all_pixels"].values())
 
 
 def test_bench_sparse_inputs_times_warm_batches_and_names_the_epochs_batches(tmp_path, monkeypatch):
@@ -278,6 +323,19 @@ def test_bench_sparse_inputs_times_warm_batches_and_names_the_epochs_batches(tmp
     state, _, data = bench.make_state(config, x[100:], y[100:], x[:100], y[:100], 2, "bow")
     sparse_s, dense_s = bench.densified_batches(state.model, data.x_train, data.y_train, 64, 2)
     assert len(calls) == 3 and sparse_s < 0.25 and dense_s > 0
+
+
+def test_bench_sparse_inputs_exits_1_on_a_fail_only_with_check(capsys):
+    """Before: it had no --check and exited 1 on any FAIL line (here the peak RSS one: a 1000 x 2000 set's
+    dense matrix is 7.5 MiB, a tenth of which no process stays under), unlike the other benchmarks."""
+    bench = script("bench_sparse_inputs")
+    tiny = ["--features", "2000", "--samples", "1000", "--rounds", "2", "--hidden", "8", "--classes", "2",
+            "--profile-batches", "0", "--densified-batches", "0"]
+    assert bench.main(tiny) == 0
+    fails = [l for l in capsys.readouterr().out.splitlines() if l.startswith("FAIL ")]
+    assert fails and fails[0].startswith("FAIL peak RSS")
+    assert bench.main([*tiny, "--check"]) == 1
+    assert [l for l in capsys.readouterr().out.splitlines() if l.startswith("FAIL ")][0].startswith("FAIL peak RSS")
 
 
 def test_bench_stop_refuses_set_flags_among_its_overrides(tmp_path):
