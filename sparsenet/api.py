@@ -301,17 +301,15 @@ def fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, *, test=None, 
 
 
 def _adapt_threads(state, cfg: Config) -> bool:
-    """With adapt_threads and threads 0, a ThreadGovernor for this call as `sparsenet train` has (a CPU
-    hog beside fixed threads made epochs 13.6x slower: docs/benchmarks.md); True if one was added."""
+    """The governor `sparsenet train` has (train.thread_governor), for this call; True if one was added."""
     import numba
 
-    from .cpus import ThreadGovernor
+    from .train import thread_governor
 
-    threads = numba.get_num_threads()
-    if state.governor is not None or not cfg.adapt_threads or cfg.threads != 0 or threads < 2:
+    if state.governor is not None:
         return False
-    state.governor = ThreadGovernor(threads, numba.set_num_threads)
-    return True
+    state.governor = thread_governor(cfg, numba.get_num_threads())
+    return state.governor is not None
 
 
 def _fit_epochs(state, cfg: Config, x, y: np.ndarray, epochs: int, test, validation, verbose: bool,

@@ -12,6 +12,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from .config import Config
+from . import cpus
 from .cpus import ThreadGovernor, usable_cpus
 from .data import Dataset, load_dataset
 from .data.csr import CSRRows
@@ -38,6 +39,14 @@ def set_threads(threads: int) -> int:
     count = max(1, min(wanted, numba.config.NUMBA_NUM_THREADS))
     numba.set_num_threads(count)
     return count
+
+
+def thread_governor(cfg: Config, threads: int) -> ThreadGovernor | None:
+    """With adapt_threads and threads 0, a governor that moves the `threads` kernel threads in use to the CPUs
+    left free (a CPU hog beside fixed threads made epochs 13.6x slower: docs/benchmarks.md); else None."""
+    if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
+        return cpus.ThreadGovernor(threads, numba.set_num_threads)
+    return None
 
 
 def train_step(state: TrainingState, x: np.ndarray, y: np.ndarray, index: np.ndarray,
@@ -264,8 +273,7 @@ def _train_into(out: Path, cfg: Config, resume: bool, dataset: Dataset | None) -
     if state.partial:
         log(f"continuing epoch {state.epoch + 1} after batch {state.partial['step']} of {n_steps}")
     state.preprocessing = Preprocessing(*data.raw_statistics(), data.classes)  # for raw samples, into the checkpoint
-    if cfg.adapt_threads and cfg.threads == 0 and threads > 1:
-        state.governor = ThreadGovernor(threads, numba.set_num_threads)
+    state.governor = thread_governor(cfg, threads)
 
     def save(path: Path | None = None) -> None:
         ckpt.save_checkpoint(path or out / CHECKPOINT, state_to_checkpoint(state, cfg))
