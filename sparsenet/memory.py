@@ -540,6 +540,16 @@ def available_memory(limit_gb: float | None = None, meminfo: str | os.PathLike =
     return min(options)
 
 
+def check_available(nbytes: int, before: str, after: str = "") -> None:
+    """DataError "{before} N GiB{after}, more than the M GiB available (where from)" if reading or building
+    `nbytes` would not fit: a file's declared sizes are checked before anything is allocated for them."""
+    from .errors import DataError
+
+    available, source = available_memory()
+    if nbytes > available:
+        raise DataError(f"{before} {_gib(nbytes)}{after}, more than the {_gib(available)} available ({source})")
+
+
 # ---------------------------------------------------------------- output and the gate
 
 def _gib(n: int) -> str:

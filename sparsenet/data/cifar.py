@@ -35,12 +35,10 @@ def read_batches(paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
             raise DataError(f"'{path}' is not a CIFAR-10 binary batch: size {size} bytes is not "
                             f"a positive multiple of the {RECORD}-byte record")
         sizes.append(size // RECORD)
-    from sparsenet.memory import available_memory
+    from sparsenet.memory import check_available
 
-    total, (available, source) = sum(sizes) * RECORD, available_memory()
-    if total > available:  # a file's size is only declared (a sparse file stores nothing): checked before allocating
-        raise DataError(f"CIFAR-10 batches {', '.join(p.name for p in paths)} hold {total / 2**30:.2f} GiB, more than "
-                        f"the {available / 2**30:.2f} GiB available ({source})")
+    # a file's size is only declared (a sparse file stores nothing): checked before allocating
+    check_available(sum(sizes) * RECORD, f"CIFAR-10 batches {', '.join(p.name for p in paths)} hold")
     # One preallocated buffer: no concatenate copy of ~150 MB of training records.
     records = np.empty((sum(sizes), RECORD), dtype=np.uint8)
     start = 0

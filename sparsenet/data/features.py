@@ -75,7 +75,7 @@ def _scipy_matrix(path: Path, fmt: np.ndarray):
     import scipy.sparse as sp
 
     from sparsenet.inputs import check_sparse_indices
-    from sparsenet.memory import available_memory
+    from sparsenet.memory import check_available
 
     name = fmt.item() if fmt.shape == () and fmt.dtype.kind in "US" else None
     name = name.decode(errors="replace") if isinstance(name, bytes) else name
@@ -89,10 +89,9 @@ def _scipy_matrix(path: Path, fmt: np.ndarray):
             raise TypeError(f"its values are {m.dtype}, not real numbers")
     except (TypeError, ValueError, KeyError) as e:
         raise DataError(f"'{path}': not a valid scipy.sparse {name} matrix: {' '.join(str(e).split())[:120]}") from None
-    need, (available, source) = 8 * (m.shape[0] + 1) + 12 * m.nnz, available_memory()
-    if need > available:  # CSR of a declared shape: one pointer per row
-        raise DataError(f"'{path}': a {m.shape[0]:,} x {m.shape[1]:,} matrix needs {need / 2**30:.2f} GiB as CSR, more "
-                        f"than the {available / 2**30:.2f} GiB available ({source})")
+    # CSR of a declared shape: one pointer per row
+    check_available(8 * (m.shape[0] + 1) + 12 * m.nnz, f"'{path}': a {m.shape[0]:,} x {m.shape[1]:,} matrix needs",
+                    " as CSR")
     return m.tocsr()
 
 

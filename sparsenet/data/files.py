@@ -137,7 +137,7 @@ def load_npz(cfg, seed: int) -> Dataset:
 def check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
     """Each array's header (shape, dtype) against its member's size, and their sum against the memory
     available, before numpy allocates what the headers declare."""
-    from sparsenet.memory import available_memory
+    from sparsenet.memory import check_available
 
     total = 0
     members = set(archive.namelist())
@@ -162,10 +162,7 @@ def check_npz_sizes(archive: zipfile.ZipFile, keys, path: Path) -> None:
             raise DataError(f"'{path}': array '{k}' is truncated or damaged (its header declares shape {shape} of "
                             f"{dtype}, {declared} bytes, its archive member holds {stored}); write the file again")
         total += declared
-    available, source = available_memory()
-    if total > available:
-        raise DataError(f"'{path}': its arrays {', '.join(keys)} declare {total / 2**30:.2f} GiB, more than the "
-                        f"{available / 2**30:.2f} GiB available ({source})")
+    check_available(total, f"'{path}': its arrays {', '.join(keys)} declare")
 
 
 def load_hdf5(cfg, seed: int) -> Dataset:
@@ -189,7 +186,7 @@ def read_hdf5(path: Path, candidates, pick, check=None) -> dict:
     except ImportError as e:
         raise DataError("reading HDF5 files needs h5py: pip install h5py") from e
     from sparsenet import h5safe
-    from sparsenet.memory import available_memory
+    from sparsenet.memory import check_available
 
     fh = h5safe.open_file(path, DataError, f"cannot read HDF5 file '{path}'")
     try:
@@ -203,11 +200,8 @@ def read_hdf5(path: Path, candidates, pick, check=None) -> dict:
                     raise DataError(f"{where}: '{k}' holds {ds.dtype}, expected numbers (or strings for labels)")
             if check is not None:
                 check(datasets)
-            need = sum(h5safe.declared_bytes(ds) for ds in datasets.values())
-            available, source = available_memory()
-            if need > available:
-                raise DataError(f"{where}: its arrays {', '.join(keys)} declare {need / 2**30:.2f} GiB, more than the "
-                                f"{available / 2**30:.2f} GiB available ({source})")
+            check_available(sum(h5safe.declared_bytes(ds) for ds in datasets.values()),
+                            f"{where}: its arrays {', '.join(keys)} declare")
             return {k: h5safe.read_array(ds.asstr() if h5py.check_string_dtype(ds.dtype) else ds, where, DataError)
                     for k, ds in datasets.items()}
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a damaged file

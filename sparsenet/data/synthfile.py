@@ -100,16 +100,13 @@ def _useful_block(cfg, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def _check_memory(cfg, block_bytes: int) -> None:
     """What writing the file holds at once, against the memory available: a block of noise rows and its copy in
     HDF5's chunk buffer, the useful columns (float64 from the generator, then float32), labels and row order."""
-    from sparsenet.memory import available_memory
+    from sparsenet.memory import check_available
 
     if 4 * cfg.features >= 1 << 32:
         raise DataError(f"--features {cfg.features}: one sample would be {4 * cfg.features / 2**30:.1f} GiB, more than "
                         f"an HDF5 chunk holds (4 GiB: at most {(1 << 30) - 1:,} features)")
-    need = 2 * block_bytes + cfg.samples * (cfg.informative + cfg.redundant) * 12 + cfg.samples * 24
-    available, source = available_memory()
-    if need > available:
-        raise DataError(f"writing {cfg.samples:,} samples of {cfg.features:,} features needs about {need / 2**30:.2f} GiB "
-                        f"at once, more than the {available / 2**30:.2f} GiB available ({source})")
+    check_available(2 * block_bytes + cfg.samples * (cfg.informative + cfg.redundant) * 12 + cfg.samples * 24,
+                    f"writing {cfg.samples:,} samples of {cfg.features:,} features needs about", " at once")
 
 
 def write_synthetic(cfg, seed: int, path: str | os.PathLike | None = None,
