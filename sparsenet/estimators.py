@@ -49,10 +49,15 @@ def _cut(values: list, limit: int = 20) -> str:
     return str(values[:limit])[:-1] + (", ...]" if len(values) > limit else "]")
 
 
-def _default(key: str):
-    node = _DEFAULTS
+def _at(tree: dict, key: str):
+    """The value of a dotted key ("train.lr") in a nested config dict (config_to_dict)."""
     for part in key.split("."):
-        node = node[part]
+        tree = tree[part]
+    return tree
+
+
+def _default(key: str):
+    node = _at(_DEFAULTS, key)
     return tuple(node) if isinstance(node, list) else node
 
 
@@ -137,16 +142,10 @@ class _SETBase(BaseEstimator):
         if old is None:  # fitted by a version that did not keep its config
             return
         before, now = config_to_dict(old), config_to_dict(cfg)
-
-        def value(d, key):
-            for part in key.split("."):
-                d = d[part]
-            return d
-
         mapping = dict(PARAMETERS, output="model.output")
         frozen = [(param, key) for param, key in mapping.items() if key.startswith("model.") or key in FROZEN_KEYS]
-        changed = [f"{param} ({value(before, key)!r} -> {value(now, key)!r})" for param, key in frozen
-                   if value(before, key) != value(now, key)]
+        changed = [f"{param} ({_at(before, key)!r} -> {_at(now, key)!r})" for param, key in frozen
+                   if _at(before, key) != _at(now, key)]
         if changed:
             raise ParameterError(f"{type(self).__name__}: warm_start and partial_fit continue the fitted network, but "
                                  f"{', '.join(changed)} changed since it was fitted; set them back, or fit anew with "

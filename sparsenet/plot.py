@@ -121,7 +121,8 @@ def _check_rows(rows: list, path: str) -> None:
             bad += [k for k in ("nnz", "neurons") if k in r and not (isinstance(r[k], list) and all(map(_number, r[k])))]
             if not bad:
                 continue
-            problem = f"has {bad[0]} {str(r.get(bad[0]))[:40]}, expected {'a list of numbers' if bad[0] in ('nnz', 'neurons') else 'a number'}"
+            expected = "a list of numbers" if bad[0] in ("nnz", "neurons") else "a number"
+            problem = f"has {bad[0]} {str(r.get(bad[0]))[:40]}, expected {expected}"
         raise SparsenetError(f"metrics file {path} line {i} {problem}; is it a sparsenet metrics.jsonl?")
 
 
