@@ -3,7 +3,6 @@ to end, hostile parts refused in one line, planned in O(nnz), trained and scored
 
 import json
 
-import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -16,6 +15,7 @@ from sparsenet.errors import DataError
 from sparsenet.memory import plan_memory
 from sparsenet.train import new_state, train_epoch
 from tests import naive
+from tests.unit.data_files import write_arrays
 
 
 def words(n=300, d=2000, seed=0):
@@ -34,15 +34,6 @@ def parts(name, x):
             f"{name}_shape": np.array(x.shape)}
 
 
-def write(path, arrays):
-    if path.suffix == ".npz":
-        np.savez(path, **arrays)
-    else:
-        with h5py.File(path, "w") as f:
-            for k, v in arrays.items():
-                f[k] = v
-
-
 def cfg_for(path, *extra):
     return load_config(None, [f"data.name={'npz' if path.suffix == '.npz' else 'hdf5'}", f"data.path={path}", *extra])
 
@@ -51,7 +42,7 @@ def cfg_for(path, *extra):
 def test_split_and_whole_files_load_as_csr(tmp_path, suffix):
     x, y = words()
     split = tmp_path / f"split{suffix}"
-    write(split, {**parts("x_train", x[:200]), "y_train": y[:200], **parts("x_test", x[200:]), "y_test": y[200:]})
+    write_arrays(split, {**parts("x_train", x[:200]), "y_train": y[:200], **parts("x_test", x[200:]), "y_test": y[200:]})
     d = load_dataset(cfg_for(split, "data.standardize=false").data, 0)
     assert isinstance(d.x_train, CSRRows) and d.x_train.shape == (200, 2000) and d.x_test.shape == (100, 2000)
     np.testing.assert_array_equal(naive.csr_dense(d.x_train), x[:200].toarray())
@@ -63,7 +54,7 @@ def test_split_and_whole_files_load_as_csr(tmp_path, suffix):
     np.testing.assert_allclose(d.std, std, rtol=1e-5)
     np.testing.assert_array_equal(naive.csr_dense(d.x_test), x[200:].toarray() / d.std)
     whole = tmp_path / f"whole{suffix}"
-    write(whole, {**parts("x", x), "y": y})
+    write_arrays(whole, {**parts("x", x), "y": y})
     d = load_dataset(cfg_for(whole, "data.standardize=false", "data.test_fraction=0.25").data, 3)
     assert d.x_train.shape == (225, 2000) and d.x_test.shape == (75, 2000)
     perm = np.random.default_rng(3).permutation(300)  # data.prepare.split's order
@@ -90,7 +81,7 @@ def test_hostile_csr_parts_are_one_line_errors(tmp_path, suffix, change, message
             "x_indptr": np.array([0, 3, 3, 5]), "x_shape": np.array([3, 6]), "y": np.array([0, 1, 0])}
     arrays = {k: v for k, v in {**good, **change}.items() if v is not None}
     path = tmp_path / f"bad{suffix}"
-    write(path, arrays)
+    write_arrays(path, arrays)
     with pytest.raises(DataError, match=message) as err:
         load_dataset(cfg_for(path, "data.test_fraction=0.34").data, 0)
     assert "\n" not in str(err.value)
@@ -98,7 +89,7 @@ def test_hostile_csr_parts_are_one_line_errors(tmp_path, suffix, change, message
 
 def test_unsorted_and_duplicate_columns_are_made_canonical(tmp_path):
     path = tmp_path / "dup.npz"
-    write(path, {"x_data": np.array([1.0, 2, 3, 4, 5]), "x_indices": np.array([2, 0, 2, 1, 1]),
+    write_arrays(path, {"x_data": np.array([1.0, 2, 3, 4, 5]), "x_indices": np.array([2, 0, 2, 1, 1]),
                  "x_indptr": np.array([0, 3, 3, 5]), "x_shape": np.array([3, 4]), "y": np.array([0, 1, 0])})
     d = load_dataset(cfg_for(path, "data.test_fraction=0.34", "data.standardize=false").data, 0)
     for x in (d.x_train, d.x_test):
@@ -112,7 +103,7 @@ def test_unsorted_and_duplicate_columns_are_made_canonical(tmp_path):
 def test_plan_counts_nnz_and_no_input_buffer(tmp_path):
     x, y = words(400, 50_000)
     path = tmp_path / "w.npz"
-    write(path, {**parts("x", x), "y": y})
+    write_arrays(path, {**parts("x", x), "y": y})
     cfg = cfg_for(path, "model.hidden=[32]", "model.epsilon=2", "train.batch_size=16")
     data = load_dataset(cfg.data, cfg.seed)
     plan = plan_memory(cfg)
@@ -130,7 +121,7 @@ def test_plan_counts_nnz_and_no_input_buffer(tmp_path):
 def test_cli_trains_predicts_and_refuses_a_csr_file(tmp_path, capsys):
     x, y = words(600, 3000, seed=1)
     path = tmp_path / "w.h5"
-    write(path, {**parts("x", x), "y": y})
+    write_arrays(path, {**parts("x", x), "y": y})
     (tmp_path / "c.yaml").write_text(f"data: {{name: hdf5, path: {path}, standardize: false}}\n"
                                      "model: {hidden: [32], epsilon: 4}\n"
                                      "train: {epochs: 8, batch_size: 16, lr: 0.05, progress: false}\n")
@@ -138,11 +129,11 @@ def test_cli_trains_predicts_and_refuses_a_csr_file(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["test_accuracy"] > 0.8  # chance is 1/3: the vocabularies are learnt
     test = tmp_path / "new.npz"
-    write(test, {**parts("x", x[:50]), "y": y[:50]})
+    write_arrays(test, {**parts("x", x[:50]), "y": y[:50]})
     assert main(["predict", str(tmp_path / "run" / "checkpoint.h5"), "--data", str(test)]) == 0
     preds = capsys.readouterr().out.strip().splitlines()
     assert preds[0] == "prediction" and len(preds) >= 51
     bad = tmp_path / "bad.npz"
-    write(bad, {**parts("x", x[:50]), "x_indptr": np.zeros(51, np.int64) + 1, "y": y[:50]})
+    write_arrays(bad, {**parts("x", x[:50]), "x_indptr": np.zeros(51, np.int64) + 1, "y": y[:50]})
     assert main(["predict", str(tmp_path / "run" / "checkpoint.h5"), "--data", str(bad)]) == 2
     assert "CSR indptr must rise from 0 to nnz" in capsys.readouterr().err

@@ -317,7 +317,7 @@ def test_the_plan_of_the_wide_config_is_within_15_percent_of_its_peak_rss(tmp_pa
 @pytest.mark.parametrize("standardize", [True, False])
 def test_the_planned_data_bytes_are_what_a_uint8_data_file_holds(tmp_path, kind, layout, standardize):
     """A file storing x as uint8 is held at 1 byte per feature (data/rows.py), and planned so."""
-    import h5py
+    from tests.unit.data_files import write_arrays
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (300, 50), dtype=np.uint8)
@@ -325,12 +325,7 @@ def test_the_planned_data_bytes_are_what_a_uint8_data_file_holds(tmp_path, kind,
     arrays = ({"x_train": x[:200], "y_train": y[:200], "x_test": x[200:], "y_test": y[200:]} if layout == "split"
               else {"x": x, "y": y})
     path = tmp_path / f"d.{'npz' if kind == 'npz' else 'h5'}"
-    if kind == "npz":
-        np.savez(path, **arrays)
-    else:
-        with h5py.File(path, "w") as f:
-            for k, v in arrays.items():
-                f[k] = v
+    write_arrays(path, arrays)
     cfg = load_config(None, [f"data.name={kind}", f"data.path={path}", f"data.standardize={standardize}",
                              "model.hidden=[10]", "memory_limit_gb=64"])
     data = load_dataset(cfg.data, cfg.seed)

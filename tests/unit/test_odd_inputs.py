@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.unit.cli_errors import error_of
+from tests.unit.data_files import write_arrays
 from sparsenet.cli import main
 
 SMALL = ["--set", "model.hidden=[8]", "--set", "model.epsilon=2", "--set", "train.epochs=1",
@@ -37,12 +38,7 @@ def test_data_with_no_features_is_one_line_not_a_division_by_zero(capsys, tmp_pa
     arrays = {"x": x[:, :0], "y": y} if layout == "whole" else \
         {"x_train": x[:, :0], "y_train": y, "x_test": x[:10, :0], "y_test": y[:10]}
     path = tmp_path / ("d.npz" if kind == "npz" else "d.h5")
-    if kind == "npz":
-        np.savez(path, **arrays)
-    else:
-        with h5py.File(path, "w") as f:
-            for k, a in arrays.items():
-                f[k] = a
+    write_arrays(path, arrays)
     err = error_of(capsys, _train_argv(tmp_path, kind, path))
     assert "is empty, got shape (50, 0)" in err
 
